@@ -220,3 +220,35 @@ class World:
             if role is not None and role.allows(action, data=data):
                 return True
         return False
+
+
+def _new_storage_key() -> str:
+    import base64
+
+    return base64.b64encode(secrets.token_bytes(64)).decode()
+
+
+def storage_keys(resource: Resource) -> dict[str, str]:
+    """The account keys `{"key1": ..., "key2": ...}` of a storage account (created on first use).
+
+    These are the keys ARM lists and the keys Azurite checks.
+    """
+    keys = resource.data.get("keys")
+    if keys is None:
+        keys = resource.data["keys"] = {"key1": _new_storage_key(), "key2": _new_storage_key()}
+        resource.data["key_created"] = {"key1": time.time(), "key2": time.time()}
+    return keys
+
+
+def regenerate_storage_key(resource: Resource, key_name: str) -> dict[str, str]:
+    """Replace `key1` or `key2` of a storage account; callers then resync Azurite.
+
+    Raises:
+        KeyError: `key_name` is not key1 or key2.
+    """
+    keys = storage_keys(resource)
+    if key_name not in keys:
+        raise KeyError(key_name)
+    keys[key_name] = _new_storage_key()
+    resource.data["key_created"][key_name] = time.time()
+    return keys

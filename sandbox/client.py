@@ -1,0 +1,218 @@
+"""The Python side of the sandbox for tests, benchmarks and the demo.
+
+`SandboxProcess` starts `python -m sandbox` as a child process, waits for its env file, and
+stops it (and every process it started) on `close()`.  `SandboxClient` reads an env file and
+offers the control API (faults, counters, resources, tokens, event subscriptions) plus ready
+SDK credentials.  Both work from the env file alone, like any other tool would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables an env file exports."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("export "):
+            continue
+        key, _, raw = line[len("export "):].partition("=")
+        parts = shlex.split(raw)
+        env[key] = parts[0] if parts else ""
+    return env
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    name: str
+    client_id: str
+    object_id: str
+    resource_id: str
+
+
+class SandboxClient:
+    """Control API and facts of a running sandbox, from its env file."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.control_url = env["SANDBOX_CONTROL_URL"]
+        self.tenant_id = env["AZURE_TENANT_ID"]
+        self.subscription_id = env["SANDBOX_SUBSCRIPTION_ID"]
+        self.resource_group = env["SANDBOX_RESOURCE_GROUP"]
+        self.arm_endpoint = env["SANDBOX_ARM_ENDPOINT"]
+        self.authority = env["SANDBOX_AUTHORITY"]
+        self.vault_dns_suffix = env["SANDBOX_VAULT_DNS_SUFFIX"]
+        self.keyvault_audience = env["SANDBOX_KEYVAULT_AUDIENCE"]
+        self.ca_bundle = env["REQUESTS_CA_BUNDLE"]
+        self.identities: dict[str, UserIdentity] = {}
+        for entry in filter(None, env["SANDBOX_USER_IDENTITIES"].split(",")):
+            name, _, rest = entry.partition("=")
+            client_id, object_id, resource_id = rest.split(":", 2)
+            self.identities[name] = UserIdentity(name, client_id, object_id, resource_id)
+
+    @classmethod
+    def from_env_file(cls, path: Path) -> SandboxClient:
+        return cls(read_env_file(path))
+
+    # ---- facts ------------------------------------------------------------------------------
+    def vault_url(self, name: str) -> str:
+        return f"https://{name}.{self.vault_dns_suffix}"
+
+    def storage_endpoint(self, account: str, service: str = "blob") -> str:
+        return f"https://{account}.{service}.{self.env['SANDBOX_STORAGE_SUFFIX']}"
+
+    def resource_id(self, kind: str, name: str, resource_group: str | None = None) -> str:
+        provider = {
+            "vault": "Microsoft.KeyVault/vaults",
+            "storage": "Microsoft.Storage/storageAccounts",
+            "cosmos": "Microsoft.DocumentDB/databaseAccounts",
+            "site": "Microsoft.Web/sites",
+        }[kind]
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{resource_group or self.resource_group}"
+            f"/providers/{provider}/{name}"
+        )
+
+    def credential(self, identity: str | None = None) -> Any:
+        """A `ManagedIdentityCredential` for `identity` (a user-assigned name; None = system)."""
+        from azure.identity import ManagedIdentityCredential
+
+        if identity is None or identity == "system":
+            return ManagedIdentityCredential()
+        return ManagedIdentityCredential(client_id=self.identities[identity].client_id)
+
+    def admin_credential(self) -> Any:
+        return self.credential("admin")
+
+    # ---- control API ------------------------------------------------------------------------
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
+        """Call the control API; returns the decoded JSON answer (None for 204).
+
+        Raises:
+            RuntimeError: the control API answered with an error status.
+        """
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(  # noqa: S310 (the control URL is http on loopback)
+            self.control_url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback)
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"control API {method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from None
+        return json.loads(raw) if raw else None
+
+    def counters(self) -> dict[str, Any]:
+        return self.call("GET", "/counters")
+
+    def reset_counters(self) -> None:
+        self.call("DELETE", "/counters")
+
+    def set_faults(self, rules: list[dict[str, Any]] | None = None, throttles: dict[str, Any] | None = None, seed: int | None = None) -> None:
+        body: dict[str, Any] = {"rules": rules or []}
+        if throttles is not None:
+            body["throttles"] = throttles
+        if seed is not None:
+            body["seed"] = seed
+        self.call("PUT", "/faults", body)
+
+    def clear_faults(self) -> None:
+        self.call("DELETE", "/faults")
+
+    def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
+        return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
+
+    def issue_token(self, identity: str, resource: str, *, lifetime_s: int | None = None, claims: dict[str, Any] | None = None) -> str:
+        """A token signed by the sandbox issuer, with optional lifetime (negative = expired) and extra claims."""
+        body: dict[str, Any] = {"identity": identity, "resource": resource}
+        if lifetime_s is not None:
+            body["lifetime_s"] = lifetime_s
+        if claims:
+            body["claims"] = claims
+        return str(self.call("POST", "/tokens", body)["access_token"])
+
+    def world(self) -> dict[str, Any]:
+        return self.call("GET", "/world")
+
+
+class SandboxProcess:
+    """`python -m sandbox` as a child process, for a test session, a benchmark or the demo."""
+
+    def __init__(self, env_file: Path | None = None, *, extra_args: list[str] | None = None, startup_timeout: float = 30.0) -> None:
+        self._tmp = None
+        if env_file is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="vaultrelay-sbx-")
+            env_file = Path(self._tmp.name) / "env"
+        self.env_file = env_file
+        env_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--env-file", str(env_file), "--quiet", *(extra_args or [])],
+            cwd=PROJECT_ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=None,
+        )
+        deadline = time.monotonic() + startup_timeout
+        while not env_file.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sandbox exited with {self.process.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("sandbox did not become ready in time")
+            time.sleep(0.05)
+        self.env = read_env_file(env_file)
+        self.client = SandboxClient(self.env)
+
+    def apply_to_current_process(self) -> None:
+        """Export the env file into `os.environ` and install the name resolver here."""
+        from sandbox.resolver import install
+
+        for key, value in self.env.items():
+            if key != "PYTHONPATH":
+                os.environ[key] = value
+        install(self.env["SANDBOX_DOMAIN"])
+
+    def subprocess_env(self) -> dict[str, str]:
+        """`os.environ` plus the env file, for child processes."""
+        env = dict(os.environ)
+        env.update(self.env)
+        return env
+
+    def close(self, timeout: float = 15.0) -> None:
+        """SIGTERM the sandbox and wait; SIGKILL its whole process group if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            pass
+        else:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+# vaultrelay: every target bootstraps what it needs (venv, Python deps, Azurite via npm ci).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: setup test lint typecheck unit demo sandbox bench clean serve
+
+setup: $(STAMP_PY) $(STAMP_NODE)
+
+$(STAMP_PY): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(STAMP_PY)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP_PY)
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest
+
+## The README's test command: lint + type check + the whole test suite.
+test: lint typecheck unit
+
+## The README's demo command: local Azure, a sync, what was pushed, a bundle over HTTP.
+demo: setup
+	$(PY) -m demo
+
+## Run the sandbox alone (env file in .sandbox/env) until Ctrl-C.
+sandbox: setup
+	$(PY) -m sandbox --env-file .sandbox/env
+
+bench: setup
+	$(PY) bench/resolve.py
+
+## With Azure Functions Core Tools on PATH: the Function host against the sandbox.
+serve: setup
+	./scripts/serve.sh
+
+clean:
+	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

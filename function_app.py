@@ -1,0 +1,12 @@
+"""Azure Functions entry point: registers the blueprints, nothing else.
+
+Each blueprint in `functions/` parses its trigger, calls `core`, and maps errors to responses.
+Heavy Azure SDK imports happen on first use, not here, to keep cold starts short.
+"""
+
+import azure.functions as func
+
+from functions.health import bp as health_bp
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_functions(health_bp)

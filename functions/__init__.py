@@ -1,0 +1,1 @@
+"""Azure Functions blueprints, one per trigger kind: thin shells over `core`."""

@@ -1,0 +1,48 @@
+"""Retries for every Azure call vaultrelay makes: azure-core's RetryPolicy, with jitter.
+
+azure-core already honours `Retry-After` on 429/503 and retries 408/429/5xx and connection
+errors with exponential backoff; it does not add jitter, so many instances that were throttled
+together would retry together.  `JitteredRetryPolicy` spreads the exponential part by +-50 %
+(`Retry-After` from the service is honoured exactly), and the whole operation is bounded by
+`timeout` seconds (azure-core's absolute deadline across attempts).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.pipeline.policies import RetryPolicy
+
+
+class JitteredRetryPolicy(RetryPolicy):
+    """RetryPolicy whose exponential backoff is multiplied by a random factor in [0.5, 1.5)."""
+
+    def __init__(self, *, rng: random.Random | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._rng = rng or random.Random()
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        base = super().get_backoff_time(settings)
+        if base <= 0:
+            return 0.0
+        return float(min(settings["max_backoff"], base * self._rng.uniform(0.5, 1.5)))
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How hard vaultrelay retries one Azure call."""
+
+    total: int = 6
+    backoff_factor: float = 0.4
+    backoff_max: int = 30
+    deadline_s: int = 120
+
+    def policy(self) -> JitteredRetryPolicy:
+        return JitteredRetryPolicy(
+            retry_total=self.total,
+            retry_backoff_factor=self.backoff_factor,
+            retry_backoff_max=self.backoff_max,
+            timeout=self.deadline_s,
+        )

@@ -292,3 +292,21 @@ def role_definition_resource_id(subscription_id: str, role: RoleDefinition) -> s
         f"/subscriptions/{subscription_id}/providers/Microsoft.Authorization/"
         f"roleDefinitions/{role.role_id}"
     )
+
+
+# A custom role vaultrelay's infra defines where the built-ins are too broad: DocumentDB Account
+# Contributor can change the whole account, while vaultrelay only needs the key operations.
+COSMOS_KEY_OPERATOR = RoleDefinition(
+    "7e0b1c2a-9f4d-5c3b-8a6e-1d2f3a4b5c6d",
+    "vaultrelay Cosmos DB Key Operator",
+    actions=(
+        "Microsoft.DocumentDB/databaseAccounts/read",
+        "Microsoft.DocumentDB/databaseAccounts/listKeys/action",
+        "Microsoft.DocumentDB/databaseAccounts/readonlykeys/action",
+        "Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action",
+        "Microsoft.DocumentDB/databaseAccounts/regenerateKey/action",
+    ),
+    description="List, read-only-list and regenerate Cosmos DB account keys (custom role).",
+)
+CUSTOM_ROLES: dict[str, RoleDefinition] = {COSMOS_KEY_OPERATOR.role_id: COSMOS_KEY_OPERATOR}
+ROLES_BY_NAME[COSMOS_KEY_OPERATOR.name.lower()] = COSMOS_KEY_OPERATOR

@@ -1,0 +1,169 @@
+"""The source interface, the per-store and per-run context, and SDK error translation."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from core.azure_clients import AzureClients
+from core.engine.singleflight import SingleFlight
+from core.identity import BufferedTokenCredential
+from core.permissions import role_hint_for_action
+from core.sources.fetched import Fetched, SourceProblem
+
+
+@dataclass(frozen=True)
+class PlannedRef:
+    """One reference, normalized from the config: what to fetch, never a value.
+
+    `params` holds the kind's parameters as a sorted tuple so identical references compare
+    equal (deduplication) whatever their variable names.
+    """
+
+    name: str
+    path: str
+    store: str
+    kind: str
+    params: tuple[tuple[str, Any], ...]
+    description: str
+
+    def param(self, key: str, default: Any = None) -> Any:
+        for name, value in self.params:
+            if name == key:
+                return value
+        return default
+
+    @property
+    def dedup_key(self) -> tuple[Any, ...]:
+        return (self.store, self.kind, self.params)
+
+
+@dataclass
+class StoreRuntime:
+    """Everything about one secretStore that sources need at run time."""
+
+    name: str
+    credential: BufferedTokenCredential | Any
+    identity_description: str
+    client_id: str | None = None
+    max_concurrent: int = 10
+    batch_size: int = 25
+    secret_cache_ttl: float = 0.0
+    default_subscription: str | None = None
+    # (resource kind, name lower) -> (subscription, resource group or None)
+    resource_overrides: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict)
+    max_sas_expiry: timedelta = timedelta(days=7)
+    preferred_regions: tuple[str, ...] = ()
+    semaphore: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.semaphore = threading.BoundedSemaphore(self.max_concurrent)
+
+    def subscription_for(self, kind: str, name: str, explicit: str | None) -> str:
+        """The subscription holding resource `name`: the reference's own, a `resources:` override,
+        then `default_subscription`.
+
+        Raises:
+            SourceProblem: none is known.
+        """
+        if explicit:
+            return explicit
+        override = self.resource_overrides.get((kind, name.lower()))
+        if override and override[0]:
+            return override[0]
+        if self.default_subscription:
+            return self.default_subscription
+        raise SourceProblem("invalid", f"no subscription known for {kind} '{name}': set default_subscription on store '{self.name}' or subscription on the reference")
+
+    def resource_group_for(self, kind: str, name: str, explicit: str | None) -> str | None:
+        if explicit:
+            return explicit
+        override = self.resource_overrides.get((kind, name.lower()))
+        return override[1] if override else None
+
+
+@dataclass
+class RunContext:
+    """State shared by every reference of one resolve run."""
+
+    clients: AzureClients
+    sql_suffix: str = "database.windows.net"
+    flights: SingleFlight[Any] = field(default_factory=SingleFlight)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def once(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """Run `fn` once per key in this run (shared listKeys, delegation keys, discovery)."""
+        return self.flights.do(key, fn)
+
+
+class Source(Protocol):
+    """A `from:` kind: fetch one planned reference."""
+
+    kind: str
+
+    def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
+        """The value of `ref`.
+
+        Raises:
+            SourceProblem: the referenced object is unusable.
+            azure.core.exceptions.AzureError: from the SDK; the engine translates it.
+        """
+        ...
+
+
+_SIG = re.compile(r"(sig|signature|AccountKey|access_token)=([^&;\s'\"]+)", re.IGNORECASE)
+_ACTION = re.compile(r"(?:Action: '|perform action ')([A-Za-z0-9./_-]+)'")
+
+
+def scrub(text: str) -> str:
+    """Remove anything that looks like a credential from an error message."""
+    return _SIG.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+def translate_error(exc: BaseException) -> tuple[str, str, str | None]:
+    """(reason, message, hint) for an exception raised while fetching; never includes values."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, SourceProblem):
+        return exc.kind, scrub(str(exc)), None
+    if isinstance(exc, ResourceNotFoundError):
+        return "not_found", scrub(_first_line(exc)), None
+    if (isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError | ResourceNotFoundError)) or (
+        isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) in (None, 400, 401)
+    ):
+        return "identity", scrub(_first_line(exc)), "check the store's identity settings and that the identity exists on this host"
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code
+        text = scrub(str(exc.message or exc))
+        if status == 403:
+            action = _ACTION.search(text)
+            role = role_hint_for_action(action.group(1)) if action else None
+            hint = f"grant '{role}' for action {action.group(1)}" if role and action else (f"missing permission for {action.group(1)}" if action else None)
+            return "access_denied", _first_line_text(text), hint
+        if status == 404:
+            return "not_found", _first_line_text(text), None
+        if status == 429:
+            return "throttled", _first_line_text(text), "the service kept throttling past the retry deadline"
+        return "error", f"HTTP {status}: {_first_line_text(text)}", None
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return "network", scrub(_first_line(exc)), None
+    return "error", f"{type(exc).__name__}: {scrub(_first_line(exc))}", None
+
+
+def _first_line(exc: BaseException) -> str:
+    return _first_line_text(str(getattr(exc, "message", None) or exc))
+
+
+def _first_line_text(text: str) -> str:
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[0][:400] if lines else "no detail"

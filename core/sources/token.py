@@ -1,0 +1,27 @@
+"""`operation: get_token`: an Entra access token for any resource; its expiry is metadata."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from core.sources.base import PlannedRef, RunContext, StoreRuntime
+from core.sources.fetched import Fetched
+
+
+def scope_of(resource: str | None, scope: str | None) -> str:
+    """`https://vault.azure.net` -> `https://vault.azure.net/.default`; a scope is kept."""
+    if scope:
+        return scope
+    assert resource is not None
+    return resource.rstrip("/") + "/.default"
+
+
+class TokenSource:
+    kind = "token"
+
+    def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
+        token = store.credential.get_token(scope_of(ref.param("resource"), ref.param("scope")))
+        return Fetched(
+            value=token.token, expires_on=datetime.fromtimestamp(token.expires_on, UTC),
+            content_type="application/jwt", detail={"kind": "token"},
+        )

@@ -1,0 +1,171 @@
+"""Resolve an env: deduplicated, concurrent, cached, with per-reference failures.
+
+* Identical references (same store, kind and parameters) are fetched once per run, whatever
+  the variables that use them; shared ARM calls (listKeys, delegation keys, discovery) run once
+  per run through the run context.
+* Fetches run on a thread pool; each store allows at most `performance.max_concurrent` of its
+  fetches at once and dispatches them in waves of `performance.batch_size`.
+* `cache.secret_cache` keeps values across runs in this process for `ttl` seconds.
+* A failure is recorded for its variables only; the rest still resolve.  Nothing here logs or
+  raises a value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.azure_clients import AzureClients
+from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
+from core.engine.singleflight import ValueCache
+from core.sources.base import PlannedRef, RunContext, StoreRuntime, translate_error
+from core.sources.fetched import Fetched
+from core.sources.registry import SourceRegistry, default_registry
+
+log = logging.getLogger("vaultrelay.resolve")
+
+# Values survive between runs in one process (a warm Functions instance) only for stores that
+# enable secret_cache, and only for their ttl.
+PROCESS_VALUE_CACHE: ValueCache[Fetched] = ValueCache()
+
+
+@dataclass
+class ResolveStats:
+    references: int = 0
+    unique: int = 0
+    fetched: int = 0
+    cache_hits: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Resolver:
+    """Resolves planned references with the stores' identities."""
+
+    def __init__(
+        self, stores: Mapping[str, StoreRuntime], clients: AzureClients, *,
+        registry: SourceRegistry | None = None, value_cache: ValueCache[Fetched] | None = None,
+        sql_suffix: str = "database.windows.net", active_key: Any = None,
+    ) -> None:
+        self.stores = dict(stores)
+        self.clients = clients
+        self.registry = registry or default_registry()
+        self.value_cache = value_cache if value_cache is not None else PROCESS_VALUE_CACHE
+        self.sql_suffix = sql_suffix
+        self.active_key = active_key
+        self.last_stats = ResolveStats()
+
+    def resolve(self, env: str, refs: Iterable[PlannedRef], literals: Mapping[str, Any] | None = None) -> Bundle:
+        """Resolve every reference of `env`; literals are passed through.
+
+        Never raises for a reference's failure: it lands in `Bundle.failures`.
+        """
+        began = time.monotonic()
+        bundle = Bundle(env=env)
+        for name, value in (literals or {}).items():
+            bundle.values[name] = ResolvedValue(name=name, value=value, source="literal", store="", identity="")
+        refs = list(refs)
+        groups: dict[tuple[Any, ...], list[PlannedRef]] = {}
+        for ref in refs:
+            groups.setdefault(ref.dedup_key, []).append(ref)
+        stats = ResolveStats(references=len(refs), unique=len(groups))
+        run = RunContext(clients=self.clients, sql_suffix=self.sql_suffix)
+        if self.active_key is not None:
+            run.active_key = self.active_key  # type: ignore[attr-defined]
+
+        pending: dict[Future[Fetched], list[PlannedRef]] = {}
+        to_fetch: list[tuple[PlannedRef, list[PlannedRef]]] = []
+        for key, group in groups.items():
+            first = group[0]
+            store = self.stores.get(first.store)
+            if store is None:
+                self._fail(bundle, group, "invalid", f"unknown store '{first.store}'", None)
+                continue
+            cached = self.value_cache.get(self._cache_key(store, key)) if store.secret_cache_ttl > 0 else None
+            if cached is not None:
+                stats.cache_hits += 1
+                self._succeed(bundle, group, store, cached)
+                continue
+            to_fetch.append((first, group))
+
+        workers = max([s.max_concurrent for s in self.stores.values()] + [1])
+        with ThreadPoolExecutor(max_workers=min(workers * max(1, len(self.stores)), 256), thread_name_prefix="vaultrelay-resolve") as pool:
+            for wave in self._waves(to_fetch):
+                for first, group in wave:
+                    store = self.stores[first.store]
+                    pending[pool.submit(self._fetch, first, store, run)] = group
+            for future, group in pending.items():
+                first = group[0]
+                store = self.stores[first.store]
+                try:
+                    fetched = future.result()
+                except Exception as exc:
+                    reason, message, hint = translate_error(exc)
+                    self._fail(bundle, group, reason, message, hint)
+                    stats.failed += len(group)
+                    continue
+                stats.fetched += 1
+                stats.by_kind[first.kind] = stats.by_kind.get(first.kind, 0) + 1
+                if store.secret_cache_ttl > 0:
+                    self.value_cache.put(self._cache_key(store, first.dedup_key), fetched, self._ttl(store, fetched))
+                self._succeed(bundle, group, store, fetched)
+        stats.seconds = time.monotonic() - began
+        self.last_stats = stats
+        log.debug("resolved env %s: %d references, %d unique, %d fetched, %d cached, %d failed in %.3fs",
+                  env, stats.references, stats.unique, stats.fetched, stats.cache_hits, stats.failed, stats.seconds)
+        return bundle
+
+    def _waves(self, items: list[tuple[PlannedRef, list[PlannedRef]]]) -> Iterable[list[tuple[PlannedRef, list[PlannedRef]]]]:
+        # Interleave stores so one slow store does not hold back another's first wave.
+        by_store: dict[str, list[tuple[PlannedRef, list[PlannedRef]]]] = {}
+        for item in items:
+            by_store.setdefault(item[0].store, []).append(item)
+        offsets = dict.fromkeys(by_store, 0)
+        while any(offsets[s] < len(by_store[s]) for s in by_store):
+            wave: list[tuple[PlannedRef, list[PlannedRef]]] = []
+            for store_name, queue in by_store.items():
+                size = self.stores[store_name].batch_size
+                wave.extend(queue[offsets[store_name]: offsets[store_name] + size])
+                offsets[store_name] += size
+            yield wave
+
+    def _fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
+        source = self.registry.get(ref.kind)
+        with store.semaphore:
+            log.debug("fetching %s for %s via store %s (%s)", ref.description, ref.name, store.name, store.identity_description)
+            return source.fetch(ref, store, run)
+
+    @staticmethod
+    def _cache_key(store: StoreRuntime, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (store.identity_description, *key)
+
+    @staticmethod
+    def _ttl(store: StoreRuntime, fetched: Fetched) -> float:
+        ttl = store.secret_cache_ttl
+        if fetched.expires_on is not None:
+            # Never serve a cached value past (or close to) its own expiry.
+            remaining = fetched.expires_on.timestamp() - time.time() - 60
+            ttl = min(ttl, remaining)
+        return ttl
+
+    @staticmethod
+    def _succeed(bundle: Bundle, group: list[PlannedRef], store: StoreRuntime, fetched: Fetched) -> None:
+        from core.values import SecretValue
+
+        for ref in group:
+            bundle.values[ref.name] = ResolvedValue(
+                name=ref.name, value=SecretValue(fetched.value), source=ref.description, store=store.name,
+                identity=store.identity_description, version=fetched.version, expires_on=fetched.expires_on,
+                content_type=fetched.content_type, detail=dict(fetched.detail),
+            )
+
+    @staticmethod
+    def _fail(bundle: Bundle, group: list[PlannedRef], reason: str, message: str, hint: str | None) -> None:
+        for ref in group:
+            bundle.failures[ref.name] = ResolutionFailure(name=ref.name, path=ref.path, reason=reason, message=message, hint=hint)
+            log.warning("could not resolve %s (%s): %s", ref.name, ref.path, reason)

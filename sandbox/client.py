@@ -139,6 +139,10 @@ class SandboxClient:
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 
+    def assign_role(self, identity: str, role: str, scope: str | None = None) -> dict[str, Any]:
+        """Grant `role` to the named identity at `scope` (default: the subscription), directly."""
+        return self.call("POST", "/role-assignments", {"identity": identity, "role": role, "scope": scope})
+
     def issue_token(self, identity: str, resource: str, *, lifetime_s: int | None = None, claims: dict[str, Any] | None = None) -> str:
         """A token signed by the sandbox issuer, with optional lifetime (negative = expired) and extra claims."""
         body: dict[str, Any] = {"identity": identity, "resource": resource}

@@ -132,8 +132,10 @@ async def read_json(request: web.Request) -> Any:
         return {}
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise AzureError(400, "BadParameter", f"The request body is not valid JSON: {exc.msg}.") from exc
+    except UnicodeDecodeError as exc:
+        raise AzureError(400, "BadParameter", "The request body is not UTF-8.") from exc
 
 
 def bearer_token(request: web.Request) -> str | None:

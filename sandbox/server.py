@@ -248,6 +248,20 @@ class Sandbox:
                 await rt.azurite.sync_accounts()
             return json_response({"id": resource.id, "name": resource.name, "type": resource.type}, status=201)
 
+        @routes.post("/role-assignments")
+        async def assign_role(request: web.Request) -> web.Response:
+            # A shortcut for tests; the real way is ARM Microsoft.Authorization/roleAssignments.
+            body = await read_json(request)
+            identity = self.world.identities.get(str(body.get("identity")))
+            scope = str(body.get("scope") or self.world.subscription_scope)
+            try:
+                assignment = self.world.assign_role(scope, str(body.get("role")), identity.object_id) if identity else None
+            except KeyError:
+                assignment = None
+            if assignment is None:
+                return json_response({"error": "identity (a known name) and role (a known role name) are required"}, status=400)
+            return json_response({"id": assignment.id, "name": assignment.name}, status=201)
+
         @routes.post("/tokens")
         async def issue_token(request: web.Request) -> web.Response:
             body = await read_json(request)

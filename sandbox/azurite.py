@@ -1,42 +1,276 @@
-"""Azurite process management and the storage proxy (stub: filled in by the storage work)."""
+"""Azurite (the real storage emulator) and the proxy that puts it on the sandbox's HTTPS port.
+
+`AzuriteManager` runs one Azurite 3.37.0 (pinned in package.json) for Blob, Queue and Table over
+HTTPS with the sandbox certificate, `--oauth basic` (bearer tokens from the sandbox identity
+endpoint) and shared key / SAS for every storage account of the world (`AZURITE_ACCOUNTS`, with
+the keys ARM's listKeys returns).  Data lives in the sandbox work directory so that a restart
+keeps it: Azurite reads its accounts only from its environment, so regenerating a key (or adding
+an account) restarts it with the new account set, after which the old key and everything it
+signed is rejected.  Azurite dies with the sandbox: it stays in the sandbox's process group and
+gets SIGKILL from the kernel if the sandbox process dies (PR_SET_PDEATHSIG).
+
+`StorageProxy` serves `https://<account>.<blob|queue|table>.<suffix>` by forwarding each request
+unchanged (Host included: Azurite takes the account from the first label of a production-style
+host) to Azurite's port for that service, so storage gets the same faults and counters as every
+other stand-in.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
-from sandbox.http import AzureError, CallContext, Service
+from sandbox.http import CallContext, Service, bearer_token, json_response
 from sandbox.runtime import Runtime
 from sandbox.tls import SandboxPki
+from sandbox.world import STORAGE_TYPE, storage_keys
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AZURITE_JS = PROJECT_ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
+EMULATOR_ACCOUNT = "devstoreaccount1"
+EMULATOR_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+SERVICES = ("blob", "queue", "table")
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers", "transfer-encoding", "upgrade"}
+_PR_SET_PDEATHSIG = 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class AzuriteManager:
+    """Starts, restarts and stops the sandbox's Azurite."""
+
     def __init__(self, runtime: Runtime, workdir: Path, pki: SandboxPki) -> None:
         self.runtime = runtime
         self.workdir = workdir
         self.pki = pki
+        self.ports = {service: _free_port() for service in SERVICES}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._accounts_env = ""
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+
+    def accounts_env(self) -> str:
+        """`AZURITE_ACCOUNTS` for every storage account of the world, plus the emulator account."""
+        entries = [f"{EMULATOR_ACCOUNT}:{EMULATOR_KEY}"]
+        for resource in sorted(self.runtime.world.resources_of(STORAGE_TYPE), key=lambda r: r.name):
+            keys = storage_keys(resource)
+            entries.append(f"{resource.name}:{keys['key1']}:{keys['key2']}")
+        return ";".join(entries)
 
     async def start(self) -> None:
-        return None
+        """Start Azurite with the current accounts; returns when every service accepts connections."""
+        async with self._lock:
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        node = shutil.which("node")
+        if node is None or not AZURITE_JS.exists():
+            raise RuntimeError("Azurite is not installed: run `npm ci` (make setup does it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._accounts_env = self.accounts_env()
+        env = dict(os.environ)
+        env["AZURITE_ACCOUNTS"] = self._accounts_env
+        args = [
+            node, str(AZURITE_JS),
+            "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+            "--blobPort", str(self.ports["blob"]), "--queuePort", str(self.ports["queue"]),
+            "--tablePort", str(self.ports["table"]),
+            "--location", str(self.workdir),
+            "--cert", str(self.pki.server_cert), "--key", str(self.pki.server_key),
+            "--oauth", "basic", "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
+        ]
+        log = (self.workdir / "azurite.log").open("ab")
+        try:
+            self.process = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + 20
+        while not all(self._accepts(port) for port in self.ports.values()):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Azurite exited with {self.process.returncode}; see {self.workdir / 'azurite.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("Azurite did not start in time")
+            await asyncio.sleep(0.05)
+        self._ready.set()
+
+    @staticmethod
+    def _accepts(port: int) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+        return False
 
     async def stop(self) -> None:
-        return None
+        async with self._lock:
+            await self._stop_locked()
+
+    async def _stop_locked(self) -> None:
+        self._ready.clear()
+        process = self.process
+        self.process = None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)  # Azurite saves its databases when it closes
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    async def restart(self) -> None:
+        async with self._lock:
+            await self._stop_locked()
+            self.restarts += 1
+            await self._start_locked()
 
     async def sync_accounts(self) -> None:
-        return None
+        """Restart Azurite if the world's accounts or keys changed since it started."""
+        if self.accounts_env() != self._accounts_env:
+            await self.restart()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ports": dict(self.ports),
+            "pid": self.process.pid if self.process is not None else None,
+            "running": self.process is not None and self.process.poll() is None,
+            "restarts": self.restarts,
+        }
+
+    def control_routes(self, app: web.Application) -> None:
+        async def describe(request: web.Request) -> web.Response:
+            return json_response(self.describe())
+
+        async def restart(request: web.Request) -> web.Response:
+            await self.restart()
+            return json_response(self.describe())
+
+        async def stop(request: web.Request) -> web.Response:
+            await self.stop()
+            return json_response(self.describe())
+
+        async def start(request: web.Request) -> web.Response:
+            await self.start()
+            return json_response(self.describe())
+
+        app.router.add_get("/azurite", describe)
+        app.router.add_post("/azurite/restart", restart)
+        app.router.add_post("/azurite/stop", stop)
+        app.router.add_post("/azurite/start", start)
 
 
 class StorageProxy(Service):
+    """Forwards production-style storage URLs on the sandbox port to Azurite."""
+
     name = "storage"
     raw = True
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            assert self.runtime.azurite is not None
+            context = ssl.create_default_context(cafile=str(self.runtime.azurite.pki.ca_cert))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context, limit=256),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            )
+        return self._session
+
+    @staticmethod
+    def _service(request: web.Request) -> str:
+        labels = request.host.split(".")
+        return labels[1].lower() if len(labels) > 1 else "blob"
 
     def operation_of(self, request: web.Request) -> str:
-        return request.method
+        comp = request.query.get("comp")
+        restype = request.query.get("restype")
+        suffix = f":{comp}" if comp else (f":{restype}" if restype else "")
+        return f"{self._service(request)}:{request.method}{suffix}"
 
     async def handle_raw(self, request: web.Request, ctx: CallContext) -> web.StreamResponse:
-        raise AzureError(503, "ServiceUnavailable", "storage is not wired yet")
+        manager = self.runtime.azurite
+        token = bearer_token(request)
+        if token is not None:
+            with contextlib.suppress(Exception):
+                ctx.identity, ctx.claims = self.runtime.issuer.validate(token, set())
+        if manager is None or not await manager.wait_ready(15.0):
+            return _storage_error(503, "ServerBusy", "The storage service is not available right now.")
+        service = self._service(request)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        body = await request.read()
+        url = f"https://127.0.0.1:{manager.ports[service]}{request.raw_path}"
+        for attempt in range(40):
+            try:
+                async with self._client().request(
+                    request.method, url, headers=headers, data=body if body else None, allow_redirects=False,
+                ) as upstream:
+                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                    for key, value in upstream.headers.items():
+                        if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                            response.headers.add(key, value)
+                    if upstream.content_length is not None:
+                        response.content_length = upstream.content_length
+                    await response.prepare(request)
+                    if request.method != "HEAD":
+                        async for chunk in upstream.content.iter_chunked(65536):
+                            await response.write(chunk)
+                    await response.write_eof()
+                    return response
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
+                # Azurite is restarting (key rotation) or was stopped: wait for it a while.
+                if attempt == 39 or not await manager.wait_ready(0.25):
+                    await asyncio.sleep(0.25)
+                continue
+        return _storage_error(503, "ServerBusy", "The storage service is not available right now.")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _storage_error(status: int, code: str, message: str) -> web.Response:
+    body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    return web.Response(status=status, body=body.encode(), content_type="application/xml", headers={"x-ms-error-code": code})
+
+
+def account_key_bytes(key: str) -> bytes:
+    return base64.b64decode(key)

@@ -338,6 +338,9 @@ class Sandbox:
             await self.runtime.events.stop()
         if self.runtime.azurite is not None:
             await self.runtime.azurite.stop()
+        proxy = self._services.get("storage")
+        if proxy is not None:
+            await proxy.close()  # type: ignore[attr-defined]
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -52,7 +52,7 @@ def account_keys(ref: PlannedRef, store: StoreRuntime, run: RunContext, account:
     def list_keys() -> dict[str, str]:
         client = run.clients.storage_management(subscription, store.credential)
         result = client.storage_accounts.list_keys(group, account)
-        return {key.key_name.lower(): key.value for key in result.keys}
+        return {key.key_name.lower(): key.value for key in result.keys_property or []}
 
     return run.once(("listKeys", subscription, account.lower(), store.name), list_keys)
 

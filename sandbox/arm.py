@@ -1,37 +1,55 @@
 """Azure Resource Manager stand-in.
 
-Implements, with the request paths, bodies and status codes of the public REST specifications
-(any date-style api-version is accepted; the installed SDKs send Microsoft.Storage 2026-09-01,
-Microsoft.DocumentDB 2026-03-15, Microsoft.Web 2025-05-01 and Microsoft.Authorization
-2022-04-01):
+Serves `https://management.<domain>` with the request paths, bodies, status codes and
+long-running-operation headers of the public REST specifications, so the unmodified management
+SDKs work against it.  Implemented api-versions (the ones the installed SDKs send; any older
+date-style version, `-preview` included, is accepted too, a newer one is refused with ARM's
+`NoRegisteredProviderFound`, a missing one with `MissingApiVersionParameter`):
 
-* Microsoft.Storage/storageAccounts: get, create (PUT), list (subscription, resource group),
-  `listKeys`, `regenerateKey` (Azurite is restarted so the old key stops working);
-* Microsoft.DocumentDB/databaseAccounts: get, create, list, `listKeys`, `readonlykeys`
-  (POST and GET), `listConnectionStrings`, `regenerateKey` (a long-running operation with a
-  `Location` header to poll);
-* Microsoft.Web/sites (and `/slots/{slot}`): get, create, `config/appsettings/list`, PUT
-  `config/appsettings`;
-* Microsoft.KeyVault/vaults: get, create, list;
-* resource groups: get, create;
-* Microsoft.Authorization: role assignments (create, get, delete, list at any scope with
-  `atScope()` / `principalId eq` filters) and role definitions (get, list, `roleName eq` filter).
+* Microsoft.Storage 2026-09-01 (azure-mgmt-storage): storage accounts get, create (PUT; a
+  long-running operation: 202 + `Location`), list (subscription, resource group), `listKeys`,
+  `regenerateKey` (Azurite is resynced so it accepts the new key and rejects the old one);
+* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create (PUT; 200
+  with `provisioningState: Creating` + `Azure-AsyncOperation`), list, `listKeys`, `readonlykeys`
+  (POST and GET), `listConnectionStrings`, `regenerateKey` (202 + `Azure-AsyncOperation` +
+  `Location`; the key changes when the operation completes);
+* Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
+  (POST) and `config/appsettings` (PUT), also under `/slots/{slot}`;
+* Microsoft.Authorization 2022-04-01 (azure-mgmt-authorization; up to 2022-05-01-preview):
+  role assignments (create, get, delete, list at any scope with `atScope()`,
+  `principalId eq '{id}'` and `assignedTo('{id}')` filters) at subscription, resource group,
+  resource and sub-resource scopes; role definitions (get, list, `roleName eq` and `type eq`
+  filters);
+* Microsoft.KeyVault (vaults get, create, list) and Microsoft.Resources (resource groups get,
+  create, list): no SDK is installed for them, any date-style api-version is accepted.
 
-Every call needs a bearer token for ARM (`https://management.azure.com`) and is authorized with
-Azure RBAC; a denial is ARM's `AuthorizationFailed` body naming the action and scope.
+Long-running operations answer "in progress" to the first poll and complete on the next one (or
+on their own after `OPERATION_DEADLINE_S`), at
+`/subscriptions/{sub}/providers/{namespace}/locations/{location}/{operationsStatus|operationResults|asyncoperations}/{id}`.
+
+Every call needs a bearer token for ARM (`https://management.azure.com` or
+`https://management.core.windows.net`) and is authorized with Azure RBAC
+(`World.authorize(..., data=False)`); a denial is ARM's `AuthorizationFailed` body naming the
+action and scope.  Built-in role definitions at the tenant root (`/providers/...`) are readable
+by any authenticated principal, as in Azure.  Paths are case-insensitive.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
+import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from core.azure_roles import RoleDefinition
+from core.azure_roles import BUILTIN_ROLES, RoleDefinition
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.world import (
@@ -46,21 +64,79 @@ from sandbox.world import (
 )
 
 ARM_AUDIENCES = {"https://management.azure.com", "https://management.core.windows.net"}
-_API_VERSION = re.compile(r"^20\d\d-\d\d-\d\d(-preview)?$")
+OPERATION_DEADLINE_S = 30.0
+"""A long-running operation nobody polls completes on its own after this long."""
+
+# Newest api-version (date part) per resource provider namespace; older ones are accepted.
+NEWEST_API_VERSIONS = {
+    "microsoft.storage": "2026-09-01",
+    "microsoft.documentdb": "2026-03-15",
+    "microsoft.web": "2025-05-01",
+    "microsoft.authorization": "2022-05-01",
+}
+_API_VERSION = re.compile(r"^(?P<date>20\d\d-\d\d-\d\d)(-preview)?$")
+_LAST_NAMESPACE = re.compile(r".*/providers/(?P<ns>[^/]+)", re.IGNORECASE)
+
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
-_TYPES = {
-    "storage": (STORAGE_TYPE, r"Microsoft\.Storage/storageAccounts"),
-    "cosmos": (COSMOS_TYPE, r"Microsoft\.DocumentDB/databaseAccounts"),
-    "site": (SITE_TYPE, r"Microsoft\.Web/sites"),
-    "vault": (VAULT_TYPE, r"Microsoft\.KeyVault/vaults"),
+_AUTHZ = r"/providers/Microsoft\.Authorization"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    type: str
+    pattern: str
+    name_rule: re.Pattern[str]
+    name_error: str
+
+
+_KINDS = {
+    "storage": _Kind(
+        STORAGE_TYPE, r"Microsoft\.Storage/storageAccounts", re.compile(r"^[a-z0-9]{3,24}$"),
+        "AccountNameInvalid",
+    ),
+    "cosmos": _Kind(
+        COSMOS_TYPE, r"Microsoft\.DocumentDB/databaseAccounts",
+        re.compile(r"^[a-z0-9][a-z0-9-]{1,42}[a-z0-9]$"), "InvalidResourceName",
+    ),
+    "site": _Kind(
+        SITE_TYPE, r"Microsoft\.Web/sites", re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$"),
+        "InvalidResourceName",
+    ),
+    "vault": _Kind(
+        VAULT_TYPE, r"Microsoft\.KeyVault/vaults", re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$"),
+        "VaultNameNotValid",
+    ),
 }
+_KIND_BY_TYPE = {kind.type.lower(): name for name, kind in _KINDS.items()}
+
+# keyKind of regenerateKey -> the field of listKeys, and the connection string labels.
 _COSMOS_KEYS = {
     "primary": "primaryMasterKey",
     "secondary": "secondaryMasterKey",
     "primaryReadonly": "primaryReadonlyMasterKey",
     "secondaryReadonly": "secondaryReadonlyMasterKey",
 }
+_COSMOS_LABELS = {
+    "primary": ("Primary", "Primary SQL Connection String"),
+    "secondary": ("Secondary", "Secondary SQL Connection String"),
+    "primaryReadonly": ("PrimaryReadonly", "Primary Read-Only SQL Connection String"),
+    "secondaryReadonly": ("SecondaryReadonly", "Secondary Read-Only SQL Connection String"),
+}
+_PRINCIPAL_TYPES = {"user", "group", "serviceprincipal", "foreigngroup", "device"}
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+# ARM's 401 codes, by the start of the message `unauthorized_message` renders.
+_AUTH_MISSING = "Authentication failed. The 'Authorization' header is missing."
+_AUTH_EXPIRED = "The access token has expired."
+_AUTH_AUDIENCE = "The access token has been obtained for wrong audience or resource."
+_AUTH_INVALID = "The access token is invalid."
+_AUTH_CODES = (
+    (_AUTH_MISSING, "AuthenticationFailed"),
+    (_AUTH_EXPIRED, "ExpiredAuthenticationToken"),
+    (_AUTH_AUDIENCE, "InvalidAuthenticationTokenAudience"),
+    (_AUTH_INVALID, "InvalidAuthenticationToken"),
+)
 
 
 def _iso(ts: float) -> str:
@@ -68,18 +144,44 @@ def _iso(ts: float) -> str:
 
 
 def _new_key() -> str:
-    import base64
-    import secrets
-
     return base64.b64encode(secrets.token_bytes(64)).decode()
 
 
 def cosmos_keys(resource: Resource) -> dict[str, str]:
-    """The four keys of a Cosmos DB account (created on first use)."""
+    """The four keys of a Cosmos DB account, by listKeys field name (created on first use)."""
     keys = resource.data.get("cosmos_keys")
     if keys is None:
         keys = resource.data["cosmos_keys"] = {name: _new_key() for name in _COSMOS_KEYS.values()}
     return keys  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Operation:
+    """A long-running operation: in progress for `polls_left` polls, then done."""
+
+    id: str
+    principal_id: str
+    status_url: str
+    result_url: str
+    finish: Callable[[], None] | None = None
+    result: Callable[[], dict[str, Any]] | None = None
+    polls_left: int = 1
+    started: float = 0.0
+    ended: float | None = None
+
+    def complete(self) -> None:
+        if self.ended is None:
+            self.ended = time.time()
+            if self.finish is not None:
+                self.finish()
+
+    def poll(self) -> bool:
+        """One poll: whether the operation is done now."""
+        if self.ended is None and self.polls_left > 0:
+            self.polls_left -= 1
+            return False
+        self.complete()
+        return True
 
 
 class ArmService(Service):
@@ -89,17 +191,23 @@ class ArmService(Service):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
-        self.operations: dict[str, int] = {}
+        self.operations: dict[str, _Operation] = {}
+        self._group_locations: dict[str, str] = {}
         r = self.add_route
         # resource groups
+        r("GET", _SUB + "/resourceGroups", "ListResourceGroups", self.list_resource_groups)
         r("PUT", _RG, "PutResourceGroup", self.put_resource_group)
         r("GET", _RG, "GetResourceGroup", self.get_resource_group)
-        # generic resources of the known types
-        for kind, (_, pattern) in _TYPES.items():
-            r("GET", rf"{_SUB}/providers/{pattern}", f"List{kind.title()}", self._lister(kind))
-            r("GET", rf"{_RG}/providers/{pattern}", f"List{kind.title()}InGroup", self._lister(kind))
-            r("GET", rf"{_RG}/providers/{pattern}/(?P<name>[^/]+)", f"Get{kind.title()}", self._getter(kind))
-            r("PUT", rf"{_RG}/providers/{pattern}/(?P<name>[^/]+)", f"Put{kind.title()}", self._putter(kind))
+        # resources of the known types
+        for kind, spec in _KINDS.items():
+            title = kind.title()
+            r("GET", rf"{_SUB}/providers/{spec.pattern}", f"List{title}", self._lister(kind))
+            r("GET", rf"{_RG}/providers/{spec.pattern}", f"List{title}InGroup", self._lister(kind))
+            r("GET", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Get{title}", self._getter(kind))
+            r("PUT", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Put{title}", self._putter(kind))
+        # long-running operations
+        r("GET", _SUB + r"/providers/(?P<ns>[^/]+)/locations/(?P<loc>[^/]+)/(?P<kind>operationsStatus|operationResults|asyncoperations)/(?P<op>[^/]+)",
+          "GetOperation", self.get_operation)
         # storage keys
         st = rf"{_RG}/providers/Microsoft\.Storage/storageAccounts/(?P<name>[^/]+)"
         r("POST", st + "/listKeys", "StorageListKeys", self.storage_list_keys)
@@ -111,18 +219,17 @@ class ArmService(Service):
         r("GET", db + "/readonlykeys", "CosmosReadOnlyKeys", self.cosmos_readonly_keys)
         r("POST", db + "/listConnectionStrings", "CosmosListConnectionStrings", self.cosmos_connection_strings)
         r("POST", db + "/regenerateKey", "CosmosRegenerateKey", self.cosmos_regenerate_key)
-        r("GET", r"/providers/Microsoft\.DocumentDB/operationResults/(?P<op>[^/]+)", "CosmosOperationResult", self.operation_result)
         # app settings
         site = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)(/slots/(?P<slot>[^/]+))?"
         r("POST", site + "/config/appsettings/list", "ListAppSettings", self.list_app_settings)
         r("PUT", site + "/config/appsettings", "UpdateAppSettings", self.update_app_settings)
         # authorization
-        ra = r"(?P<scope>/subscriptions/.+?)/providers/Microsoft\.Authorization/roleAssignments"
+        ra = rf"(?P<scope>/subscriptions/.+?){_AUTHZ}/roleAssignments"
         r("PUT", ra + r"/(?P<name>[^/]+)", "CreateRoleAssignment", self.create_role_assignment)
         r("GET", ra + r"/(?P<name>[^/]+)", "GetRoleAssignment", self.get_role_assignment)
         r("DELETE", ra + r"/(?P<name>[^/]+)", "DeleteRoleAssignment", self.delete_role_assignment)
         r("GET", ra, "ListRoleAssignments", self.list_role_assignments)
-        rd = r"(?P<scope>(/subscriptions/.+?)?)/providers/Microsoft\.Authorization/roleDefinitions"
+        rd = rf"(?P<scope>(/subscriptions/.+?)?){_AUTHZ}/roleDefinitions"
         r("GET", rd + r"/(?P<role_id>[^/]+)", "GetRoleDefinition", self.get_role_definition)
         r("GET", rd, "ListRoleDefinitions", self.list_role_definitions)
 
@@ -134,33 +241,56 @@ class ArmService(Service):
         return set(ARM_AUDIENCES)
 
     def challenge(self, request: web.Request) -> dict[str, str]:
+        if "Authorization" in request.headers:
+            description = "The access token is invalid."
+        else:
+            description = "The authentication failed because of missing 'Authorization' header."
         return {
             "WWW-Authenticate": (
                 f'Bearer authorization_uri="{self.runtime.authority}/{self.runtime.world.tenant_id}", '
-                'error="invalid_token", error_description="The authentication failed because of missing \'Authorization\' header."'
+                f'error="invalid_token", error_description="{description}"'
             )
         }
 
     def unauthorized_message(self, reason: str | None) -> str:
-        return reason or "Authentication failed. The 'Authorization' header is missing."
+        if reason is None:
+            return _AUTH_MISSING
+        if "expired" in reason.lower():
+            return _AUTH_EXPIRED
+        if "audience" in reason.lower():
+            allowed = ",".join(f"'{a}'" for a in sorted(ARM_AUDIENCES))
+            return f"{_AUTH_AUDIENCE} It should exactly match with one of the allowed audiences {allowed}."
+        return f"{_AUTH_INVALID} {reason}"
 
     def render_error(self, error: AzureError) -> web.Response:
-        code = "AuthenticationFailed" if error.status == 401 else error.code
+        code = error.code
+        if error.status == 401:
+            code = next((c for prefix, c in _AUTH_CODES if error.message.startswith(prefix)), "AuthenticationFailed")
         return json_response({"error": {"code": code, "message": error.message}}, status=error.status, headers=error.headers)
 
-    # ---- helpers ----------------------------------------------------------------------------
+    # ---- checks -----------------------------------------------------------------------------
     def _check(self, request: web.Request, sub: str | None = None) -> None:
+        """The api-version (present, well-formed, not newer than the provider's) and subscription."""
         api_version = request.query.get("api-version")
         if not api_version:
             raise AzureError(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
-        if not _API_VERSION.match(api_version):
-            raise AzureError(400, "InvalidApiVersionParameter", f"The api-version '{api_version}' is invalid.")
-        if sub is not None and sub.lower() != self.runtime.world.subscription_id:
+        found = _API_VERSION.match(api_version)
+        if found is None:
+            raise AzureError(400, "InvalidApiVersionParameter", f"The api-version '{api_version}' is invalid. The supported versions are date-style, such as '2022-04-01'.")
+        namespace_match = _LAST_NAMESPACE.match(request.path)
+        namespace = namespace_match.group("ns") if namespace_match else "Microsoft.Resources"
+        newest = NEWEST_API_VERSIONS.get(namespace.lower())
+        if newest is not None and found.group("date") > newest:
+            raise AzureError(400, "NoRegisteredProviderFound", (
+                f"No registered resource provider found for API version '{api_version}' of namespace "
+                f"'{namespace}'. The newest supported api-version is '{newest}'."
+            ))
+        if sub is not None and sub.lower() != self.runtime.world.subscription_id.lower():
             raise AzureError(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
 
     def _authorize(self, ctx: CallContext, action: str, scope: str) -> None:
         identity = ctx.identity
-        assert identity is not None
+        assert identity is not None, "every ARM route requires a token"
         if not self.runtime.world.authorize(identity.object_id, action, scope, data=False):
             raise AzureError(403, "AuthorizationFailed", (
                 f"The client '{identity.client_id}' with object id '{identity.object_id}' does not have authorization "
@@ -175,33 +305,113 @@ class ArmService(Service):
         return group
 
     def _resource(self, kind: str, rg: str, name: str) -> Resource:
-        type_, _ = _TYPES[kind]
+        type_ = _KINDS[kind].type
         self._group(rg)
         resource = self.runtime.world.find_resource(type_, name, resource_group=rg)
         if resource is None:
-            raise AzureError(404, "ResourceNotFound", f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+            raise AzureError(404, "ResourceNotFound", (
+                f"The Resource '{type_}/{name}' under resource group '{rg}' was not found. "
+                "For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+            ))
         return resource
 
+    def _check_scope(self, request: web.Request, scope: str) -> str:
+        """Validate a role assignment/definition scope: subscription, existing group, existing resource.
+
+        Returns the scope without a trailing slash.
+        """
+        scope = scope.rstrip("/")
+        parts = scope.strip("/").split("/")
+        if len(parts) < 2 or parts[0].lower() != "subscriptions":
+            raise AzureError(400, "InvalidScope", f"The scope '{scope}' is not valid.")
+        self._check(request, parts[1])
+        if len(parts) >= 4 and parts[2].lower() == "resourcegroups":
+            self._group(parts[3])
+            if len(parts) >= 8 and parts[4].lower() == "providers":
+                kind = _KIND_BY_TYPE.get(f"{parts[5]}/{parts[6]}".lower())
+                if kind is not None:
+                    self._resource(kind, parts[3], parts[7])
+        elif len(parts) > 2:
+            raise AzureError(400, "InvalidScope", f"The scope '{scope}' is not valid.")
+        return scope
+
+    # ---- long-running operations ------------------------------------------------------------
+    def _start_operation(
+        self, ctx: CallContext, namespace: str, location: str, api_version: str, *,
+        finish: Callable[[], None] | None = None, result: Callable[[], dict[str, Any]] | None = None,
+        result_kind: str = "operationResults",
+    ) -> _Operation:
+        assert ctx.identity is not None
+        self._forget_old_operations()
+        op_id = str(uuid.uuid4())
+        base = f"{self.runtime.arm_endpoint}/subscriptions/{self.runtime.world.subscription_id}/providers/{namespace}/locations/{location}"
+        operation = _Operation(
+            id=op_id, principal_id=ctx.identity.object_id,
+            status_url=f"{base}/operationsStatus/{op_id}?api-version={api_version}",
+            result_url=f"{base}/{result_kind}/{op_id}?api-version={api_version}",
+            finish=finish, result=result, started=time.time(),
+        )
+        self.operations[op_id] = operation
+        asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S, operation.complete)
+        return operation
+
+    def _forget_old_operations(self) -> None:
+        cutoff = time.time() - 600
+        for op_id in [k for k, op in self.operations.items() if op.ended is not None and op.ended < cutoff]:
+            del self.operations[op_id]
+
+    async def get_operation(
+        self, request: web.Request, ctx: CallContext, sub: str, ns: str, loc: str, kind: str, op: str,
+    ) -> web.Response:
+        self._check(request, sub)
+        operation = self.operations.get(op)
+        assert ctx.identity is not None
+        # An operation URL belongs to the principal that started the operation.
+        if operation is None or operation.principal_id != ctx.identity.object_id:
+            raise AzureError(404, "OperationNotFound", f"The operation '{op}' was not found.")
+        done = operation.poll()
+        if kind.lower() == "operationsstatus":
+            body: dict[str, Any] = {
+                "id": request.path, "name": operation.id, "status": "Succeeded" if done else "InProgress",
+                "startTime": _iso(operation.started),
+            }
+            if operation.ended is not None:
+                body["endTime"] = _iso(operation.ended)
+            return json_response(body)
+        if not done:
+            return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
+        if operation.result is not None:
+            return json_response(operation.result())
+        return web.Response(status=204)
+
+    # ---- views ------------------------------------------------------------------------------
     def _view(self, resource: Resource) -> dict[str, Any]:
         suffix = self.runtime.suffix
-        properties: dict[str, Any] = {"provisioningState": "Succeeded", **resource.properties}
+        properties: dict[str, Any] = {
+            **resource.properties, "provisioningState": resource.data.get("provisioning_state", "Succeeded"),
+        }
         body: dict[str, Any] = {
             "id": resource.id, "name": resource.name, "type": resource.type, "location": resource.location,
             "tags": dict(resource.tags),
         }
         if resource.type == STORAGE_TYPE:
-            body.update({"kind": "StorageV2", "sku": {"name": "Standard_LRS", "tier": "Standard"}})
+            body["kind"] = resource.data.get("kind", "StorageV2")
+            sku = resource.data.get("sku", "Standard_LRS")
+            body["sku"] = {"name": sku, "tier": "Premium" if sku.startswith("Premium") else "Standard"}
             properties["primaryEndpoints"] = {s: f"https://{resource.name}.{s}.{suffix}/" for s in ("blob", "queue", "table")}
             properties.setdefault("allowSharedKeyAccess", True)
+            created = resource.data.get("key_created", {})
+            if created:
+                properties["keyCreationTime"] = {name: _iso(ts) for name, ts in created.items()}
         elif resource.type == COSMOS_TYPE:
-            body["kind"] = "GlobalDocumentDB"
+            body["kind"] = resource.data.get("kind", "GlobalDocumentDB")
             properties.update({
                 "documentEndpoint": f"https://{resource.name}.documents.{suffix}/",
                 "databaseAccountOfferType": "Standard",
                 "locations": [{"locationName": resource.location, "failoverPriority": 0}],
             })
         elif resource.type == SITE_TYPE:
-            body["kind"] = "functionapp,linux"
+            body["kind"] = resource.data.get("kind", "functionapp,linux")
             properties.update({"defaultHostName": f"{resource.name}.azurewebsites.net", "state": "Running"})
         elif resource.type == VAULT_TYPE:
             properties.update({
@@ -212,33 +422,44 @@ class ArmService(Service):
         body["properties"] = properties
         return body
 
-    # ---- resource groups and resources ------------------------------------------------------
+    def _group_view(self, group: str) -> dict[str, Any]:
+        return {
+            "id": f"/subscriptions/{self.runtime.world.subscription_id}/resourceGroups/{group}", "name": group,
+            "type": "Microsoft.Resources/resourceGroups", "location": self._group_locations.get(group.lower(), "eastus"),
+            "properties": {"provisioningState": "Succeeded"},
+        }
+
+    # ---- resource groups --------------------------------------------------------------------
+    async def list_resource_groups(self, request: web.Request, ctx: CallContext, sub: str) -> web.Response:
+        self._check(request, sub)
+        self._authorize(ctx, "Microsoft.Resources/subscriptions/resourceGroups/read", self.runtime.world.subscription_scope)
+        return json_response({"value": [self._group_view(g) for g in self.runtime.world.resource_groups.values()]})
+
     async def put_resource_group(self, request: web.Request, ctx: CallContext, sub: str, rg: str) -> web.Response:
         self._check(request, sub)
-        scope = f"/subscriptions/{sub}/resourceGroups/{rg}"
-        self._authorize(ctx, "Microsoft.Resources/subscriptions/resourceGroups/write", scope)
+        existing = self.runtime.world.resource_groups.get(rg.lower())
+        self._authorize(ctx, "Microsoft.Resources/subscriptions/resourceGroups/write", f"/subscriptions/{sub}/resourceGroups/{existing or rg}")
         body = await read_json(request)
-        existed = rg.lower() in self.runtime.world.resource_groups
-        self.runtime.world.resource_groups.setdefault(rg.lower(), rg)
-        return json_response({
-            "id": f"/subscriptions/{self.runtime.world.subscription_id}/resourceGroups/{rg}", "name": rg,
-            "type": "Microsoft.Resources/resourceGroups", "location": body.get("location", "eastus"),
-            "properties": {"provisioningState": "Succeeded"},
-        }, status=200 if existed else 201)
+        if not isinstance(body, dict) or not body.get("location"):
+            raise AzureError(400, "LocationRequired", "The location property is required for this definition.")
+        if existing is None:
+            self.runtime.world.resource_groups[rg.lower()] = rg
+            self._group_locations[rg.lower()] = str(body["location"])
+        return json_response(self._group_view(existing or rg), status=200 if existing else 201)
 
     async def get_resource_group(self, request: web.Request, ctx: CallContext, sub: str, rg: str) -> web.Response:
         self._check(request, sub)
         group = self._group(rg)
-        scope = f"/subscriptions/{sub}/resourceGroups/{group}"
-        self._authorize(ctx, "Microsoft.Resources/subscriptions/resourceGroups/read", scope)
-        return json_response({"id": scope, "name": group, "type": "Microsoft.Resources/resourceGroups", "location": "eastus", "properties": {"provisioningState": "Succeeded"}})
+        self._authorize(ctx, "Microsoft.Resources/subscriptions/resourceGroups/read", f"/subscriptions/{sub}/resourceGroups/{group}")
+        return json_response(self._group_view(group))
 
-    def _lister(self, kind: str) -> Any:
-        type_, _ = _TYPES[kind]
+    # ---- resources --------------------------------------------------------------------------
+    def _lister(self, kind: str) -> Callable[..., Awaitable[web.Response]]:
+        type_ = _KINDS[kind].type
 
         async def handler(request: web.Request, ctx: CallContext, sub: str, rg: str | None = None) -> web.Response:
             self._check(request, sub)
-            scope = f"/subscriptions/{sub}" + (f"/resourceGroups/{self._group(rg)}" if rg else "")
+            scope = self.runtime.world.subscription_scope + (f"/resourceGroups/{self._group(rg)}" if rg else "")
             self._authorize(ctx, f"{type_}/read", scope)
             found = [
                 self._view(res) for res in self.runtime.world.resources_of(type_)
@@ -248,8 +469,8 @@ class ArmService(Service):
 
         return handler
 
-    def _getter(self, kind: str) -> Any:
-        type_, _ = _TYPES[kind]
+    def _getter(self, kind: str) -> Callable[..., Awaitable[web.Response]]:
+        type_ = _KINDS[kind].type
 
         async def handler(request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
             self._check(request, sub)
@@ -259,28 +480,63 @@ class ArmService(Service):
 
         return handler
 
-    def _putter(self, kind: str) -> Any:
-        type_, _ = _TYPES[kind]
+    def _putter(self, kind: str) -> Callable[..., Awaitable[web.Response]]:
+        spec = _KINDS[kind]
 
         async def handler(request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
             self._check(request, sub)
             group = self._group(rg)
-            scope = f"/subscriptions/{sub}/resourceGroups/{group}/providers/{type_}/{name}"
-            self._authorize(ctx, f"{type_}/write", scope)
+            world = self.runtime.world
+            scope = f"{world.subscription_scope}/resourceGroups/{group}/providers/{spec.type}/{name}"
+            self._authorize(ctx, f"{spec.type}/write", scope)
             body = await read_json(request)
-            existing = self.runtime.world.find_resource(type_, name)
+            if not isinstance(body, dict):
+                raise AzureError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+            if not spec.name_rule.match(name):
+                raise AzureError(400, spec.name_error, f"'{name}' is not a valid {spec.type} name.")
+            existing = world.find_resource(spec.type, name)
             if existing is not None and existing.resource_group.lower() != group.lower():
-                raise AzureError(409, "Conflict", f"The name '{name}' is already in use in another resource group.")
-            resource = self.runtime.world.add_resource(
-                type_, name, resource_group=group, location=str(body.get("location") or "eastus"),
-                tags={str(k): str(v) for k, v in (body.get("tags") or {}).items()},
-            )
-            if type_ == STORAGE_TYPE and self.runtime.azurite is not None:
-                storage_keys(resource)
-                await self.runtime.azurite.sync_accounts()
-            return json_response(self._view(resource), status=200 if existing else 201)
+                code = "StorageAccountAlreadyTaken" if kind == "storage" else "Conflict"
+                raise AzureError(409, code, f"The name '{name}' is already taken by a {spec.type} in another resource group.")
+            if existing is None and not body.get("location"):
+                raise AzureError(400, "LocationRequired", "The location property is required for this definition.")
+            tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+            if existing is not None:
+                existing.tags = tags or existing.tags
+                return json_response(self._view(existing))
+            resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags)
+            if body.get("kind"):
+                resource.data["kind"] = str(body["kind"])
+            return await self._created(request, ctx, kind, resource, body)
 
         return handler
+
+    async def _created(self, request: web.Request, ctx: CallContext, kind: str, resource: Resource, body: dict[str, Any]) -> web.Response:
+        """The answer to the PUT that created `resource`, with its long-running operation if any."""
+        api_version = request.query["api-version"]
+
+        def succeeded() -> None:
+            resource.data["provisioning_state"] = "Succeeded"
+
+        if kind == "storage":
+            sku = body.get("sku")
+            if isinstance(sku, dict) and sku.get("name"):
+                resource.data["sku"] = str(sku["name"])
+            storage_keys(resource)
+            resource.data["provisioning_state"] = "Creating"
+            if self.runtime.azurite is not None:
+                await self.runtime.azurite.sync_accounts()
+            operation = self._start_operation(
+                ctx, "Microsoft.Storage", resource.location, api_version, finish=succeeded,
+                result=lambda: self._view(resource), result_kind="asyncoperations",
+            )
+            return web.Response(status=202, headers={"Location": operation.result_url, "Retry-After": "0"})
+        if kind == "cosmos":
+            cosmos_keys(resource)
+            resource.data["provisioning_state"] = "Creating"
+            operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, api_version, finish=succeeded)
+            return json_response(self._view(resource), headers={"Azure-AsyncOperation": operation.status_url})
+        return json_response(self._view(resource), status=201 if kind == "vault" else 200)
 
     # ---- storage ----------------------------------------------------------------------------
     def _storage_keys_body(self, resource: Resource) -> dict[str, Any]:
@@ -302,7 +558,7 @@ class ArmService(Service):
         resource = self._resource("storage", rg, name)
         self._authorize(ctx, "Microsoft.Storage/storageAccounts/regeneratekey/action", resource.id)
         body = await read_json(request)
-        key_name = str(body.get("keyName", "")).lower()
+        key_name = str(body.get("keyName", "") if isinstance(body, dict) else "").lower()
         try:
             regenerate_storage_key(resource, key_name)
         except KeyError:
@@ -330,15 +586,15 @@ class ArmService(Service):
         resource = self._resource("cosmos", rg, name)
         self._authorize(ctx, "Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action", resource.id)
         keys = cosmos_keys(resource)
+        # Azure writes the port (`:443/`); the sandbox's HTTPS port is part of its suffix already.
         endpoint = f"https://{resource.name}.documents.{self.runtime.suffix}/"
-        entries = []
-        for kind, label in (("primary", "Primary"), ("secondary", "Secondary"), ("primaryReadonly", "Primary Read-Only"), ("secondaryReadonly", "Secondary Read-Only")):
-            entries.append({
-                "connectionString": f"AccountEndpoint={endpoint};AccountKey={keys[_COSMOS_KEYS[kind]]};",
-                "description": f"{label} SQL Connection String",
-                "keyKind": kind[0].upper() + kind[1:],
-                "type": "Sql",
-            })
+        entries = [
+            {
+                "connectionString": f"AccountEndpoint={endpoint};AccountKey={keys[field]};",
+                "description": _COSMOS_LABELS[kind][1], "keyKind": _COSMOS_LABELS[kind][0], "type": "Sql",
+            }
+            for kind, field in _COSMOS_KEYS.items()
+        ]
         return json_response({"connectionStrings": entries})
 
     async def cosmos_regenerate_key(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
@@ -346,56 +602,59 @@ class ArmService(Service):
         resource = self._resource("cosmos", rg, name)
         self._authorize(ctx, "Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", resource.id)
         body = await read_json(request)
-        kind = str(body.get("keyKind", ""))
-        matched = next((k for k in _COSMOS_KEYS if k.lower() == kind.lower()), None)
-        if matched is None:
-            raise AzureError(400, "BadRequest", "keyKind must be one of primary, secondary, primaryReadonly, secondaryReadonly.")
-        cosmos_keys(resource)[_COSMOS_KEYS[matched]] = _new_key()
-        operation = uuid.uuid4().hex
-        self.operations[operation] = 1  # answers "in progress" once, then done
-        location = f"{self.runtime.arm_endpoint}/providers/Microsoft.DocumentDB/operationResults/{operation}?api-version={request.query['api-version']}"
-        return web.Response(status=202, headers={"Location": location, "Retry-After": "0"})
+        requested = str(body.get("keyKind", "") if isinstance(body, dict) else "")
+        key_kind = next((k for k in _COSMOS_KEYS if k.lower() == requested.lower()), None)
+        if key_kind is None:
+            raise AzureError(400, "BadRequest", f"Invalid keyKind '{requested}'; expected one of {', '.join(_COSMOS_KEYS)}.")
+        pending = resource.data.get("pending_operation")
+        if pending in self.operations and self.operations[pending].ended is None:
+            raise AzureError(412, "PreconditionFailed", "There is already an operation in progress which requires exclusive lock on this service. Please retry the operation after sometime.")
 
-    async def operation_result(self, request: web.Request, ctx: CallContext, op: str) -> web.Response:
-        self._check(request)
-        remaining = self.operations.get(op)
-        if remaining is None:
-            raise AzureError(404, "NotFound", f"Operation '{op}' was not found.")
-        if remaining > 0:
-            self.operations[op] = remaining - 1
-            return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
-        return web.Response(status=204)
+        def regenerate() -> None:
+            cosmos_keys(resource)[_COSMOS_KEYS[key_kind]] = _new_key()
+
+        operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, request.query["api-version"], finish=regenerate)
+        resource.data["pending_operation"] = operation.id
+        return web.Response(status=202, headers={
+            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
+        })
 
     # ---- app settings -----------------------------------------------------------------------
-    def _settings_view(self, resource: Resource, slot: str | None, settings: dict[str, str]) -> dict[str, Any]:
-        base = resource.id + (f"/slots/{slot}" if slot else "")
-        return {"id": f"{base}/config/appsettings", "name": "appsettings", "type": "Microsoft.Web/sites/config", "location": resource.location, "properties": dict(settings)}
-
     def _settings(self, resource: Resource, slot: str | None) -> dict[str, str]:
         return resource.data.setdefault("appsettings", {}).setdefault((slot or "").lower(), {})  # type: ignore[no-any-return]
 
+    def _settings_view(self, resource: Resource, slot: str | None) -> dict[str, Any]:
+        base = resource.id + (f"/slots/{slot}" if slot else "")
+        return {
+            "id": f"{base}/config/appsettings", "name": "appsettings",
+            "type": "Microsoft.Web/sites/slots/config" if slot else "Microsoft.Web/sites/config",
+            "location": resource.location, "properties": dict(self._settings(resource, slot)),
+        }
+
+    def _site_for_settings(self, ctx: CallContext, rg: str, name: str, slot: str | None, verb: str) -> Resource:
+        resource = self._resource("site", rg, name)
+        prefix = "Microsoft.Web/sites/slots" if slot else "Microsoft.Web/sites"
+        self._authorize(ctx, f"{prefix}/config/{verb}", resource.id + (f"/slots/{slot}" if slot else ""))
+        return resource
+
     async def list_app_settings(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str, slot: str | None = None) -> web.Response:
         self._check(request, sub)
-        resource = self._resource("site", rg, name)
-        action = "Microsoft.Web/sites/slots/config/list/action" if slot else "Microsoft.Web/sites/config/list/action"
-        self._authorize(ctx, action, resource.id + (f"/slots/{slot}" if slot else ""))
-        return json_response(self._settings_view(resource, slot, self._settings(resource, slot)))
+        resource = self._site_for_settings(ctx, rg, name, slot, "list/action")
+        return json_response(self._settings_view(resource, slot))
 
     async def update_app_settings(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str, slot: str | None = None) -> web.Response:
         self._check(request, sub)
-        resource = self._resource("site", rg, name)
-        action = "Microsoft.Web/sites/slots/config/write" if slot else "Microsoft.Web/sites/config/write"
-        self._authorize(ctx, action, resource.id + (f"/slots/{slot}" if slot else ""))
+        resource = self._site_for_settings(ctx, rg, name, slot, "write")
         body = await read_json(request)
-        properties = body.get("properties")
+        properties = body.get("properties") if isinstance(body, dict) else None
         if not isinstance(properties, dict) or not all(isinstance(v, str) for v in properties.values()):
             raise AzureError(400, "BadRequest", "properties must be an object of string values.")
         settings = self._settings(resource, slot)
         settings.clear()
         settings.update(properties)  # PUT replaces the whole set, as in Azure
-        return json_response(self._settings_view(resource, slot, settings))
+        return json_response(self._settings_view(resource, slot))
 
-    # ---- authorization ----------------------------------------------------------------------
+    # ---- role assignments -------------------------------------------------------------------
     def _assignment_view(self, assignment: RoleAssignment) -> dict[str, Any]:
         return {
             "id": assignment.id, "name": assignment.name, "type": "Microsoft.Authorization/roleAssignments",
@@ -406,91 +665,145 @@ class ArmService(Service):
             },
         }
 
-    def _check_scope(self, request: web.Request, scope: str) -> None:
-        sub = scope.split("/")[2] if scope.count("/") >= 2 else ""
-        self._check(request, sub)
+    def _role_from_id(self, role_definition_id: str) -> RoleDefinition:
+        """The role a roleDefinitionId (`[/subscriptions/{sub}]/providers/.../roleDefinitions/{guid}`) names."""
+        found = re.match(
+            r"^(/subscriptions/(?P<sub>[^/]+))?/providers/Microsoft\.Authorization/roleDefinitions/(?P<guid>[^/]+)/?$",
+            role_definition_id, re.IGNORECASE,
+        )
+        role = self.runtime.world.roles.get(found.group("guid").lower()) if found else None
+        if found is None or role is None or (found.group("sub") or self.runtime.world.subscription_id).lower() != self.runtime.world.subscription_id.lower():
+            raise AzureError(400, "RoleDefinitionDoesNotExist", f"The specified role definition with ID '{role_definition_id}' does not exist.")
+        return role
+
+    def _find_assignment(self, scope: str, name: str) -> RoleAssignment | None:
+        for assignment in self.runtime.world.role_assignments.values():
+            if assignment.name.lower() == name.lower() and assignment.scope.lower().rstrip("/") == scope.lower():
+                return assignment
+        return None
 
     async def create_role_assignment(self, request: web.Request, ctx: CallContext, scope: str, name: str) -> web.Response:
-        self._check_scope(request, scope)
+        scope = self._check_scope(request, scope)
         self._authorize(ctx, "Microsoft.Authorization/roleAssignments/write", scope)
+        if not _GUID.match(name):
+            raise AzureError(400, "InvalidRoleAssignmentId", f"The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID.")
         body = await read_json(request)
-        properties = body.get("properties") or {}
-        role_id = str(properties.get("roleDefinitionId", "")).rstrip("/").rsplit("/", 1)[-1].lower()
+        properties = (body.get("properties") if isinstance(body, dict) else None) or {}
+        role = self._role_from_id(str(properties.get("roleDefinitionId", "")))
         principal = str(properties.get("principalId", ""))
-        if role_id not in self.runtime.world.roles:
-            raise AzureError(400, "RoleDefinitionDoesNotExist", f"The specified role definition with ID '{role_id}' does not exist.")
-        if self.runtime.world.find_identity(object_id=principal) is None:
-            raise AzureError(400, "PrincipalNotFound", f"Principal {principal} does not exist in the directory {self.runtime.world.tenant_id}.")
-        for existing in self.runtime.world.role_assignments.values():
-            if (existing.scope.lower() == scope.lower() and existing.role_guid == role_id
-                    and existing.principal_id.lower() == principal.lower() and existing.name.lower() != name.lower()):
+        world = self.runtime.world
+        if world.find_identity(object_id=principal) is None:
+            raise AzureError(400, "PrincipalNotFound", f"Principal {principal.replace('-', '')} does not exist in the directory {world.tenant_id}. Check that you have the correct principal ID.")
+        principal_type = str(properties.get("principalType") or "ServicePrincipal")
+        if principal_type.lower() not in _PRINCIPAL_TYPES:
+            raise AzureError(400, "InvalidPrincipalType", f"The principal type '{principal_type}' is not valid.")
+        same_name = self._find_assignment(scope, name)
+        for existing in world.role_assignments.values():
+            if (existing.scope.lower().rstrip("/") == scope.lower() and existing.role_guid == role.role_id
+                    and existing.principal_id.lower() == principal.lower() and existing is not same_name):
                 raise AzureError(409, "RoleAssignmentExists", "The role assignment already exists.")
-        assignment = self.runtime.world.assign_role(
-            scope, self.runtime.world.roles[role_id], principal, name=name,
-            principal_type=str(properties.get("principalType") or "ServicePrincipal"),
-        )
+        if same_name is not None:
+            if same_name.role_guid != role.role_id or same_name.principal_id.lower() != principal.lower():
+                raise AzureError(409, "RoleAssignmentUpdateNotPermitted", "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.")
+            return json_response(self._assignment_view(same_name), status=201)
+        assignment = world.assign_role(scope, role, principal, name=name.lower(), principal_type=principal_type)
         return json_response(self._assignment_view(assignment), status=201)
 
-    def _find_assignment(self, scope: str, name: str) -> RoleAssignment:
-        for assignment in self.runtime.world.role_assignments.values():
-            if assignment.name.lower() == name.lower() and assignment.scope.lower().rstrip("/") == scope.lower().rstrip("/"):
-                return assignment
-        raise AzureError(404, "RoleAssignmentNotFound", f"The role assignment '{name}' is not found.")
-
     async def get_role_assignment(self, request: web.Request, ctx: CallContext, scope: str, name: str) -> web.Response:
-        self._check_scope(request, scope)
+        scope = self._check_scope(request, scope)
         self._authorize(ctx, "Microsoft.Authorization/roleAssignments/read", scope)
-        return json_response(self._assignment_view(self._find_assignment(scope, name)))
+        assignment = self._find_assignment(scope, name)
+        if assignment is None:
+            raise AzureError(404, "RoleAssignmentNotFound", f"The role assignment '{name}' is not found.")
+        return json_response(self._assignment_view(assignment))
 
     async def delete_role_assignment(self, request: web.Request, ctx: CallContext, scope: str, name: str) -> web.Response:
-        self._check_scope(request, scope)
+        scope = self._check_scope(request, scope)
         self._authorize(ctx, "Microsoft.Authorization/roleAssignments/delete", scope)
         assignment = self._find_assignment(scope, name)
+        if assignment is None:
+            return web.Response(status=204)  # deleting what is not there succeeds, as in ARM
         del self.runtime.world.role_assignments[assignment.id.lower()]
         return json_response(self._assignment_view(assignment))
 
     async def list_role_assignments(self, request: web.Request, ctx: CallContext, scope: str) -> web.Response:
-        self._check_scope(request, scope)
+        scope = self._check_scope(request, scope)
         self._authorize(ctx, "Microsoft.Authorization/roleAssignments/read", scope)
-        query = request.query.get("$filter", "")
-        at_scope = "atscope()" in query.lower()
-        principal = re.search(r"principalId\s+eq\s+'([^']+)'", query, re.IGNORECASE)
-        wanted = scope.lower().rstrip("/")
+        at_scope, principal = _assignment_filter(request.query.get("$filter", ""))
+        wanted = scope.lower()
         found = []
         for assignment in self.runtime.world.role_assignments.values():
             own = assignment.scope.lower().rstrip("/")
-            above = wanted == own or wanted.startswith(own + "/")
+            at_or_above = wanted == own or wanted.startswith(own + "/")
             below = own.startswith(wanted + "/")
-            if not (above or (below and not at_scope)):
+            if not (at_or_above or (below and not at_scope)):
                 continue
-            if principal and assignment.principal_id.lower() != principal.group(1).lower():
+            if principal is not None and assignment.principal_id.lower() != principal:
                 continue
             found.append(self._assignment_view(assignment))
         return json_response({"value": found})
 
-    def _role_view(self, role: RoleDefinition) -> dict[str, Any]:
+    # ---- role definitions -------------------------------------------------------------------
+    def _role_view(self, role: RoleDefinition, scope: str) -> dict[str, Any]:
+        sub = self.runtime.world.subscription_scope if scope else ""
         return {
-            "id": f"/subscriptions/{self.runtime.world.subscription_id}/providers/Microsoft.Authorization/roleDefinitions/{role.role_id}",
+            "id": f"{sub}/providers/Microsoft.Authorization/roleDefinitions/{role.role_id}",
             "name": role.role_id, "type": "Microsoft.Authorization/roleDefinitions",
             "properties": {
-                "roleName": role.name, "description": role.description, "type": "BuiltInRole",
+                "roleName": role.name, "description": role.description,
+                "type": "BuiltInRole" if role.role_id in BUILTIN_ROLES else "CustomRole",
                 "permissions": [{
                     "actions": list(role.actions), "notActions": list(role.not_actions),
                     "dataActions": list(role.data_actions), "notDataActions": list(role.not_data_actions),
                 }],
-                "assignableScopes": ["/"],
+                "assignableScopes": ["/"] if role.role_id in BUILTIN_ROLES else [self.runtime.world.subscription_scope],
             },
         }
 
+    def _role_scope(self, request: web.Request, ctx: CallContext, scope: str) -> str:
+        """Check a role definition read at `scope` ("" = the tenant root, readable by everyone)."""
+        if not scope.strip("/"):
+            self._check(request)
+            return ""
+        scope = self._check_scope(request, scope)
+        self._authorize(ctx, "Microsoft.Authorization/roleDefinitions/read", scope)
+        return scope
+
     async def get_role_definition(self, request: web.Request, ctx: CallContext, scope: str, role_id: str) -> web.Response:
-        self._check(request)
+        scope = self._role_scope(request, ctx, scope)
         role = self.runtime.world.roles.get(role_id.lower())
         if role is None:
             raise AzureError(404, "RoleDefinitionDoesNotExist", f"The specified role definition with ID '{role_id}' does not exist.")
-        return json_response(self._role_view(role))
+        return json_response(self._role_view(role, scope))
 
     async def list_role_definitions(self, request: web.Request, ctx: CallContext, scope: str) -> web.Response:
-        self._check(request)
-        name = re.search(r"roleName\s+eq\s+'([^']+)'", request.query.get("$filter", ""), re.IGNORECASE)
-        roles = [r for r in self.runtime.world.roles.values() if name is None or r.name.lower() == name.group(1).lower()]
-        return json_response({"value": [self._role_view(r) for r in roles]})
+        scope = self._role_scope(request, ctx, scope)
+        query = request.query.get("$filter", "")
+        name = re.search(r"roleName\s+eq\s+'([^']+)'", query, re.IGNORECASE)
+        kind = re.search(r"type\s+eq\s+'([^']+)'", query, re.IGNORECASE)
+        views = [self._role_view(r, scope) for r in self.runtime.world.roles.values()]
+        found = [
+            v for v in views
+            if (name is None or v["properties"]["roleName"].lower() == name.group(1).lower())
+            and (kind is None or v["properties"]["type"].lower() == kind.group(1).lower())
+        ]
+        return json_response({"value": found})
+
+
+def _assignment_filter(query: str) -> tuple[bool, str | None]:
+    """`(at_scope, principal_id)` of a role assignment `$filter`.
+
+    Raises:
+        AzureError: a filter the role assignment API does not support.
+    """
+    at_scope = False
+    principal: str | None = None
+    for clause in filter(None, (c.strip() for c in re.split(r"\s+and\s+", query.strip(), flags=re.IGNORECASE))):
+        if clause.lower() == "atscope()":
+            at_scope = True
+            continue
+        found = re.fullmatch(r"principalId\s+eq\s+'([^']+)'|assignedTo\('([^']+)'\)", clause, re.IGNORECASE)
+        if found is None:
+            raise AzureError(400, "UnsupportedQuery", f"The filter '{query}' is not supported. Supported filters: atScope(), principalId eq '{{id}}', assignedTo('{{id}}').")
+        principal = (found.group(1) or found.group(2)).lower()
+    return at_scope, principal

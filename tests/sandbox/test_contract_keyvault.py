@@ -184,7 +184,7 @@ def test_certificate_import_pkcs12_backing_secret(sandbox: SandboxClient, admin_
     loaded_key, loaded_cert, _ = pkcs12.load_key_and_certificates(base64.b64decode(backing.value or ""), None)
     assert loaded_cert == cert
     assert loaded_key is not None
-    assert certs.get_certificate(name).properties.x509_thumbprint == cert.fingerprint(hashes.SHA1())  # noqa: S303
+    assert certs.get_certificate(name).properties.x509_thumbprint == cert.fingerprint(hashes.SHA1())
 
 
 def test_certificate_import_pem_backing_secret(sandbox: SandboxClient, admin_secrets: SecretClient) -> None:

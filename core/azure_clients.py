@@ -8,21 +8,46 @@ starts pay for every import).  Every client gets vaultrelay's retry policy.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+
 from core.retry import RetrySettings
+
+request_log = logging.getLogger("vaultrelay.requests")
+
+
+class RequestLogPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Logs method, host, path and status of each attempt; never the query (SAS), headers or body."""
+
+    def on_request(self, request: Any) -> None:
+        request.context["vaultrelay_started"] = time.monotonic()
+
+    def on_response(self, request: Any, response: Any) -> None:
+        started = request.context.get("vaultrelay_started", time.monotonic())
+        http = request.http_request
+        parts = urllib.parse.urlsplit(http.url)
+        request_log.info("%s https://%s%s -> %s in %.0f ms", http.method, parts.netloc, parts.path,
+                         response.http_response.status_code, (time.monotonic() - started) * 1000)
 
 
 class CloudLike(Protocol):
     """What the client factory needs to know about the cloud it talks to."""
 
-    arm_endpoint: str
-    arm_audience: str
-    vault_dns_suffix: str
-    storage_suffix: str
+    @property
+    def arm_endpoint(self) -> str: ...
+    @property
+    def arm_audience(self) -> str: ...
+    @property
+    def vault_dns_suffix(self) -> str: ...
+    @property
+    def storage_suffix(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,7 @@ class AzureClients:
         self._clients: dict[_Key, Any] = {}
         self._lock = threading.Lock()
         self._session: Any = None
+        self._logged: set[int] = set()
 
     # ---- shared plumbing --------------------------------------------------------------------
     def _transport(self) -> Any:
@@ -59,13 +85,22 @@ class AzureClients:
                 self._session = session
         return RequestsTransport(session=self._session, session_owner=False)
 
-    def _common(self) -> dict[str, Any]:
-        return {"transport": self._transport(), "retry_policy": self.retry.policy()}
+    def _common(self, credential: Any = None) -> dict[str, Any]:
+        return {"transport": self._transport(), "retry_policy": self.retry.policy(), **self._logging(credential)}
 
-    def _storage_common(self) -> dict[str, Any]:
+    def _storage_common(self, credential: Any = None) -> dict[str, Any]:
         # The storage SDKs have their own retry policy (secondary endpoints, storage error
         # codes); give it vaultrelay's budget instead of replacing it.
-        return {"transport": self._transport(), "retry_total": self.retry.total}
+        return {"transport": self._transport(), "retry_total": self.retry.total, **self._logging(credential)}
+
+    def log_requests_for(self, credential: Any) -> None:
+        """`debug.log_requests`: clients built for `credential` log every request (no query, no body)."""
+        self._logged.add(id(credential))
+
+    def _logging(self, credential: Any) -> dict[str, Any]:
+        if credential is not None and id(credential) in self._logged:
+            return {"per_retry_policies": [RequestLogPolicy()]}
+        return {}
 
     def _cached(self, kind: str, endpoint: str, credential: Any, build: Callable[[], Any]) -> Any:
         key = _Key(kind, endpoint.lower(), id(credential))
@@ -100,7 +135,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.secrets import SecretClient
 
-            return SecretClient(url, credential, **self._common())
+            return SecretClient(url, credential, **self._common(credential))
 
         return self._cached("secrets", url, credential, build)
 
@@ -110,7 +145,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.certificates import CertificateClient
 
-            return CertificateClient(url, credential, **self._common())
+            return CertificateClient(url, credential, **self._common(credential))
 
         return self._cached("certificates", url, credential, build)
 
@@ -120,7 +155,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.keys import KeyClient
 
-            return KeyClient(url, credential, **self._common())
+            return KeyClient(url, credential, **self._common(credential))
 
         return self._cached("keys", url, credential, build)
 
@@ -131,7 +166,7 @@ class AzureClients:
 
             return StorageManagementClient(
                 credential, subscription_id, base_url=self.cloud.arm_endpoint,
-                credential_scopes=self._arm_scopes, **self._common(),
+                credential_scopes=self._arm_scopes, **self._common(credential),
             )
 
         return self._cached("mgmt-storage", subscription_id, credential, build)
@@ -142,7 +177,7 @@ class AzureClients:
 
             return CosmosDBManagementClient(
                 credential, subscription_id, base_url=self.cloud.arm_endpoint,
-                credential_scopes=self._arm_scopes, **self._common(),
+                credential_scopes=self._arm_scopes, **self._common(credential),
             )
 
         return self._cached("mgmt-cosmos", subscription_id, credential, build)
@@ -153,7 +188,7 @@ class AzureClients:
 
             return WebSiteManagementClient(
                 credential, subscription_id, base_url=self.cloud.arm_endpoint,
-                credential_scopes=self._arm_scopes, **self._common(),
+                credential_scopes=self._arm_scopes, **self._common(credential),
             )
 
         return self._cached("mgmt-web", subscription_id, credential, build)
@@ -165,7 +200,7 @@ class AzureClients:
         def build() -> Any:
             from azure.storage.blob import BlobServiceClient
 
-            return BlobServiceClient(url, credential=credential, **self._storage_common())
+            return BlobServiceClient(url, credential=credential, **self._storage_common(credential))
 
         return self._cached("blob", url, credential, build)
 
@@ -175,7 +210,7 @@ class AzureClients:
         def build() -> Any:
             from azure.data.tables import TableServiceClient
 
-            return TableServiceClient(endpoint=url, credential=credential, **self._storage_common())
+            return TableServiceClient(endpoint=url, credential=credential, **self._storage_common(credential))
 
         return self._cached("table", url, credential, build)
 

@@ -9,10 +9,12 @@ counted for status and benchmarks.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.credentials import AccessToken, TokenCredential
@@ -84,3 +86,160 @@ class BufferedTokenCredential:
         close = getattr(self.inner, "close", None)
         if close is not None:
             close()
+
+
+# ---- building credentials from the config ---------------------------------------------------
+log = logging.getLogger("vaultrelay.identity")
+
+
+class TracingCredential:
+    """`debug.trace_identity`: logs which identity produced each token (claims, never the token)."""
+
+    def __init__(self, inner: Any, description: str) -> None:
+        self.inner = inner
+        self.description = description
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        token = self.inner.get_token(*scopes, **kwargs)
+        claims = _claims(token.token)
+        log.info(
+            "token for %s from %s: oid=%s appid=%s tid=%s, expires in %ds", " ".join(scopes), self.description,
+            claims.get("oid"), claims.get("appid") or claims.get("azp"), claims.get("tid"), int(token.expires_on - time.time()),
+        )
+        return token
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    import jwt
+
+    try:
+        return dict(jwt.decode(token, options={"verify_signature": False}))
+    except jwt.PyJWTError:
+        return {}
+
+
+@dataclass(frozen=True)
+class CredentialSpec:
+    """What a store's credential is, as a hashable key: stores with equal specs share one."""
+
+    chain: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = field(repr=False)  # may hold a client secret
+    authority: str
+    custom_cloud: bool
+    buffer_s: float
+    cache_enabled: bool
+    trace: bool
+    description: str
+
+
+def credential_spec(store: Any, cloud: Any, *, skipped: frozenset[int] = frozenset(), environ: Mapping[str, str] | None = None) -> CredentialSpec:
+    """The credential a config store asks for (`store` is a ManagedIdentityStore or KeyVaultStore).
+
+    Fallback entries in `skipped` (unset variables) are left out; `environment` entries read their
+    variables from `environ` now, so a missing variable leaves that entry out too.
+    """
+    environ = os.environ if environ is None else environ
+    steps: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    described: list[str] = []
+    if getattr(store, "type", "") == "azure.keyvault":
+        auth = store.auth
+        steps.append(("service_principal", (("client_id", auth.client_id), ("client_secret", auth.client_secret), ("tenant_id", auth.tenant_id))))
+        described.append(f"service principal {auth.client_id}")
+        cache, debug = store.cache, None
+    else:
+        cache, debug = store.cache, store.debug
+        entries = store.fallback if store.fallback is not None else [None]
+        for index, entry in enumerate(entries):
+            if index in skipped:
+                continue
+            kind = "managed_identity" if entry is None else entry.type
+            if kind == "managed_identity":
+                identity = (entry.identity if entry is not None and entry.identity is not None else store.identity)
+                selector = tuple((k, getattr(identity, k)) for k in ("client_id", "resource_id", "object_id") if getattr(identity, k))
+                steps.append(("managed_identity", selector))
+                described.append(identity.describe())
+            elif kind == "azure_cli":
+                steps.append(("azure_cli", (("tenant_id", entry.tenant_id),) if entry.tenant_id else ()))
+                described.append("Azure CLI")
+            elif kind == "service_principal":
+                steps.append(("service_principal", (("client_id", entry.client_id), ("client_secret", entry.client_secret), ("tenant_id", entry.tenant_id))))
+                described.append(f"service principal {entry.client_id}")
+            elif kind == "environment":
+                values = {k: environ.get(getattr(entry, f"{k}_env"), "") for k in ("client_id", "client_secret", "tenant_id")}
+                if all(values.values()):
+                    steps.append(("service_principal", tuple(values.items())))
+                    described.append(f"service principal {values['client_id']} (from ${entry.client_id_env})")
+            elif kind == "workload_identity":
+                params = tuple((k, v) for k, v in (("client_id", entry.client_id), ("tenant_id", entry.tenant_id), ("token_file_path", entry.token_file)) if v)
+                steps.append(("workload_identity", params))
+                described.append("workload identity")
+    return CredentialSpec(
+        chain=tuple(steps), authority=cloud.authority, custom_cloud=not cloud.is_public,
+        buffer_s=float(cache.token_cache.buffer), cache_enabled=bool(cache.token_cache.enabled),
+        trace=bool(debug and debug.trace_identity), description=" -> ".join(described) or "no usable credential",
+    )
+
+
+class CredentialPool:
+    """One credential per distinct spec, shared by every store and client that needs it."""
+
+    def __init__(self) -> None:
+        self._credentials: dict[CredentialSpec, BufferedTokenCredential] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: CredentialSpec) -> BufferedTokenCredential:
+        """The shared credential for `spec`.
+
+        Raises:
+            ValueError: the spec has no usable credential (every fallback was skipped).
+        """
+        with self._lock:
+            credential = self._credentials.get(spec)
+            if credential is None:
+                credential = BufferedTokenCredential(
+                    _build(spec), buffer_s=spec.buffer_s, enabled=spec.cache_enabled, description=spec.description,
+                )
+                self._credentials[spec] = credential
+            return credential
+
+    def close(self) -> None:
+        with self._lock:
+            for credential in self._credentials.values():
+                credential.close()
+            self._credentials.clear()
+
+
+def _build(spec: CredentialSpec) -> Any:
+    from azure.identity import ChainedTokenCredential
+
+    if not spec.chain:
+        raise ValueError("no usable credential: every fallback entry was skipped")
+    common: dict[str, Any] = {"authority": spec.authority}
+    if spec.custom_cloud:
+        # A custom authority cannot be validated through login.microsoftonline.com's discovery.
+        common["disable_instance_discovery"] = True
+    parts = [_one(kind, dict(params), common) for kind, params in spec.chain]
+    credential: Any = parts[0] if len(parts) == 1 else ChainedTokenCredential(*parts)
+    return TracingCredential(credential, spec.description) if spec.trace else credential
+
+
+def _one(kind: str, params: dict[str, str], common: dict[str, Any]) -> Any:
+    from azure import identity
+
+    if kind == "managed_identity":
+        if "client_id" in params:
+            return identity.ManagedIdentityCredential(client_id=params["client_id"])
+        if params:
+            return identity.ManagedIdentityCredential(identity_config=params)
+        return identity.ManagedIdentityCredential()
+    if kind == "azure_cli":
+        return identity.AzureCliCredential(tenant_id=params.get("tenant_id", ""))
+    if kind == "service_principal":
+        return identity.ClientSecretCredential(params["tenant_id"], params["client_id"], params["client_secret"], **common)
+    if kind == "workload_identity":
+        return identity.WorkloadIdentityCredential(**params, **common)
+    raise ValueError(f"unknown credential kind {kind!r}")

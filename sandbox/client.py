@@ -143,6 +143,37 @@ class SandboxClient:
         """Grant `role` to the named identity at `scope` (default: the subscription), directly."""
         return self.call("POST", "/role-assignments", {"identity": identity, "role": role, "scope": scope})
 
+    def principal_id(self, identity: str) -> str:
+        """Object id of `system` or a user-assigned identity's name."""
+        if identity == "system":
+            return self.env["SANDBOX_SYSTEM_PRINCIPAL_ID"]
+        return self.identities[identity].object_id
+
+    def grant(self, identity: str, role: str, scope: str | None = None) -> Any:
+        """Grant `role` (a built-in role name) to `identity` at `scope` the real way: a
+        `Microsoft.Authorization/roleAssignments` PUT by the admin identity through the SDK.
+        Idempotent: the assignment name is derived from scope, role and principal."""
+        import uuid
+
+        from azure.core.exceptions import ResourceExistsError
+        from azure.mgmt.authorization import AuthorizationManagementClient
+        from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
+
+        from core.azure_roles import role_by_name
+
+        scope = scope or f"/subscriptions/{self.subscription_id}"
+        principal = self.principal_id(identity)
+        definition = role_by_name(role)
+        name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{definition.role_id}|{principal}"))
+        client = AuthorizationManagementClient(self.admin_credential(), self.subscription_id, base_url=self.arm_endpoint)
+        try:
+            return client.role_assignments.create(scope, name, RoleAssignmentCreateParameters(  # type: ignore[call-arg]
+                role_definition_id=f"/subscriptions/{self.subscription_id}/providers/Microsoft.Authorization/roleDefinitions/{definition.role_id}",
+                principal_id=principal, principal_type="ServicePrincipal",
+            ))
+        except ResourceExistsError:
+            return client.role_assignments.get(scope, name)
+
     def issue_token(self, identity: str, resource: str, *, lifetime_s: int | None = None, claims: dict[str, Any] | None = None) -> str:
         """A token signed by the sandbox issuer, with optional lifetime (negative = expired) and extra claims."""
         body: dict[str, Any] = {"identity": identity, "resource": resource}

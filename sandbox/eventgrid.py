@@ -85,6 +85,7 @@ class EventGrid:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random(7)
+        self._validation_locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._deliver_forever()) for _ in range(4)]
@@ -200,7 +201,10 @@ class EventGrid:
         if subscription.id not in self.subscriptions:
             return
         if not subscription.skip_validation and not subscription.validated:
-            subscription.validated = await self._validate(subscription)
+            # One handshake per subscription, even when several workers hold its first events.
+            async with self._validation_locks.setdefault(subscription.id, asyncio.Lock()):
+                if not subscription.validated:
+                    subscription.validated = await self._validate(subscription)
             if not subscription.validated:
                 subscription.failed_validation = True
                 return

@@ -102,7 +102,10 @@ class Sandbox:
         for name in DEFAULT_USER_IDENTITIES:
             world.add_identity(name, "user")
         world.add_identity("sp", "service_principal")
-        world.assign_role(world.subscription_scope, "Owner", world.identities["admin"].object_id)
+        # The admin has full rights, data planes included (Owner alone grants no data actions,
+        # exactly as in Azure), so any SDK client can seed data with it.
+        for role in ("Owner", "Key Vault Administrator", "Storage Blob Data Contributor", "Storage Table Data Contributor"):
+            world.assign_role(world.subscription_scope, role, world.identities["admin"].object_id)
         for vault in DEFAULT_VAULTS:
             world.add_resource(VAULT_TYPE, vault)
         for account in DEFAULT_STORAGE_ACCOUNTS:

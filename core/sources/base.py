@@ -50,6 +50,7 @@ class StoreRuntime:
     credential: BufferedTokenCredential | Any
     identity_description: str
     client_id: str | None = None
+    user_assigned: bool = False
     max_concurrent: int = 10
     batch_size: int = 25
     secret_cache_ttl: float = 0.0

@@ -1,0 +1,381 @@
+"""Load a config file: YAML with line numbers, `${VAR}` interpolation, validation, all errors at once.
+
+Interpolation: `${VAR}` is the variable's value, `${VAR:-default}` falls back to `default` when
+VAR is unset or empty, `$$` is a literal `$`.  An unset variable without a default is an error,
+except inside a `fallback:` entry: that entry is then skipped at run time (a warning says so),
+because a fallback such as a service principal for local runs is meant to be absent in Azure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from core.config.model import Config, ManagedIdentityStore
+from core.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG = "vaultrelay.yaml"
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+_LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and what the loader learned about it."""
+
+    config: Config
+    file: str
+    lines: dict[Path_, int] = field(default_factory=dict, repr=False)
+    warnings: list[ConfigProblem] = field(default_factory=list)
+    # (store, fallback index) -> why the entry is skipped (an unset variable)
+    skipped_fallbacks: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def line_of(self, path: Path_) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """`explicit`, else `$VAULTRELAY_CONFIG`, else `vaultrelay.yaml`."""
+    environ = os.environ if environ is None else environ
+    return Path(explicit or environ.get("VAULTRELAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML or invalid; every problem is listed.
+    """
+    file = config_path(path, environ)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read config: {exc.strerror or exc}")]) from None
+    return parse_config(text, str(file), environ=environ)
+
+
+def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Validate config `text` (named `file` in messages).
+
+    Raises:
+        ConfigError: every problem found.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[ConfigProblem] = []
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([ConfigProblem(file, line, "", f"not valid YAML: {reason}")]) from None
+    if data is None:
+        raise ConfigError([ConfigProblem(file, 1, "", "the file is empty: expected version: 1, secretStores: and envs:")])
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(file, 1, "", f"expected a mapping at the top level, got {_kind(data)}")])
+    lines: dict[Path_, int] = {}
+    _index(node, (), lines, problems, file)
+
+    skipped: dict[tuple[str, int], str] = {}
+    warnings: list[ConfigProblem] = []
+    data = _interpolate(data, (), environ, problems, skipped, file, lines)
+    for (store, index), reason in skipped.items():
+        path: Path_ = ("secretStores", store, "fallback", index)
+        warnings.append(ConfigProblem(file, lines.get(path), _dotted(path), f"skipped at run time: {reason}", "warning"))
+
+    problems.extend(_cross_references(data, lines, file))
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, data, lines, file))
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise ConfigError(_dedupe(problems) + warnings)
+    assert config is not None
+    warnings.extend(_warnings(config, lines, file))
+    return LoadedConfig(config=config, file=file, lines=lines, warnings=warnings, skipped_fallbacks=skipped)
+
+
+# ---- YAML positions -------------------------------------------------------------------------
+def _index(node: yaml.Node | None, path: Path_, lines: dict[Path_, int], problems: list[ConfigProblem], file: str) -> None:
+    if node is None:
+        return
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key == "<<":
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(ConfigProblem(file, line, _dotted((*path, key)), f"duplicate key '{key}' (first at line {seen[key]})"))
+                continue
+            seen[key] = line
+            lines[(*path, key)] = line
+            _index(value_node, (*path, key), lines, problems, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            _index(item, (*path, i), lines, problems, file)
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+# ---- interpolation --------------------------------------------------------------------------
+def _interpolate(
+    value: Any, path: Path_, environ: Mapping[str, str], problems: list[ConfigProblem],
+    skipped: dict[tuple[str, int], str], file: str, lines: dict[Path_, int],
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), environ, problems, skipped, file, lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), environ, problems, skipped, file, lines) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    unset: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        current = environ.get(name)
+        if current:
+            return current
+        if default is not None:
+            return default
+        unset.append(name)
+        return _PLACEHOLDER
+
+    result = _VAR.sub(substitute, value)
+    if unset:
+        in_fallback = len(path) >= 4 and path[0] == "secretStores" and path[2] == "fallback" and isinstance(path[3], int)
+        names = ", ".join(f"${{{n}}}" for n in unset)
+        if in_fallback:
+            key = (str(path[1]), int(path[3]))
+            before = skipped.get(key, "").removesuffix(" not set").removesuffix(" is").removesuffix(" are")
+            names = f"{before}, {names}" if before else names
+            skipped[key] = f"{names} {'are' if ',' in names else 'is'} not set"
+        else:
+            problems.append(ConfigProblem(file, lines.get(path), _dotted(path),
+                                          f"environment variable {names} is not set (write ${{{unset[0]}:-default}} for a default)"))
+    return result
+
+
+def _cross_references(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    """References to stores that do not exist (checked on the raw data, so they are reported
+    together with every other problem)."""
+    problems: list[ConfigProblem] = []
+    stores = data.get("secretStores")
+    envs = data.get("envs")
+    if not isinstance(stores, dict) or not isinstance(envs, dict):
+        return problems
+    for env, variables in envs.items():
+        if not isinstance(variables, dict):
+            continue
+        for name, variable in variables.items():
+            ref = variable.get("from") if isinstance(variable, dict) else None
+            store = ref.get("store") if isinstance(ref, dict) else None
+            if isinstance(store, str) and store not in stores:
+                path: Path_ = ("envs", env, name, "from", "store")
+                guess = difflib.get_close_matches(store, [str(s) for s in stores], n=1, cutoff=0.6)
+                hint = f"did you mean '{guess[0]}'?" if guess else f"stores: {', '.join(sorted(map(str, stores))) or 'none'}"
+                problems.append(ConfigProblem(file, _line(path, lines), _dotted(path), f"unknown store '{store}' ({hint})"))
+    return problems
+
+
+# ---- pydantic errors -> problems ------------------------------------------------------------
+def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = _data_path(error["loc"], data)
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        if error["type"] == "extra_forbidden":
+            key = loc[-1]
+            candidates = _allowed_keys(loc[:-1], data)
+            guess = difflib.get_close_matches(str(key), candidates, n=1, cutoff=0.6)
+            hint = f"; did you mean '{guess[0]}'?" if guess else (f"; expected one of: {', '.join(sorted(candidates))}" if candidates else "")
+            message = f"unknown key '{key}'{hint}"
+        elif error["type"] == "missing":
+            message = f"missing required key '{loc[-1]}'"
+        elif error["type"] in ("literal_error", "union_tag_invalid"):
+            expected = error.get("ctx", {}).get("expected") or error.get("ctx", {}).get("expected_tags")
+            message = f"expected {expected}" if expected else message
+        elif error["type"] == "string_pattern_mismatch":
+            message = f"invalid value: {_pattern_hint(loc)}"
+        elif error["type"] in ("string_type", "int_type", "bool_type", "dict_type", "list_type", "model_type", "float_type", "int_parsing", "bool_parsing", "float_parsing"):
+            expected = {"string_type": "a string", "int_type": "a whole number", "int_parsing": "a whole number", "bool_type": "true or false",
+                        "bool_parsing": "true or false", "dict_type": "a mapping", "model_type": "a mapping", "list_type": "a list",
+                        "float_type": "a number", "float_parsing": "a number"}[error["type"]]
+            message = f"expected {expected}, got {_kind(_value_at(loc, data))}"
+        elif error["type"] == "union_tag_not_found":
+            message = "missing required key 'type'"
+        for part in message.split("\n"):
+            located = _LOCATED.match(part)
+            if located:
+                where = tuple(int(p) if p.isdigit() else p for p in located.group(1).split("."))
+                problems.append(ConfigProblem(file, _line(where, lines), located.group(1), located.group(2)))
+            else:
+                problems.append(ConfigProblem(file, _line(loc, lines), _dotted(loc), part))
+    return problems
+
+
+def _pattern_hint(loc: Path_) -> str:
+    key = loc[-1] if loc else ""
+    return {
+        "vault": "a vault name is 3-24 letters, digits and hyphens, starting with a letter",
+        "secret": "a name is 1-127 letters, digits and hyphens",
+        "version": "a version is 32 hex digits",
+        "services": "services are letters among b, q, t, f",
+        "resource_types": "resource types are letters among s, c, o",
+        "ip": "an IPv4 address or range a.b.c.d-e.f.g.h",
+        "vault_name": "a vault name is 3-24 letters, digits and hyphens, starting with a letter",
+    }.get(str(key), "does not match the expected format") if key else "does not match the expected format"
+
+
+def _line(path: Path_, lines: dict[Path_, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> Path_:
+    """`loc` without pydantic's union tags and validator names: only keys present in the data
+    (the last element is kept: it names a missing or unknown key)."""
+    path: list[str | int] = []
+    current = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(current, dict) and part in current:
+            path.append(part)
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            path.append(part)
+            current = current[part]
+        elif last and isinstance(part, str) and not _is_tag(part):
+            path.append(part)
+    return tuple(path)
+
+
+def _is_tag(part: str) -> bool:
+    return part.startswith(("function-", "literal[", "azure.")) or part in (
+        "managed_identity", "azure_cli", "service_principal", "environment", "workload_identity", "Cloud", "str")
+
+
+def _value_at(path: Path_, data: Any) -> Any:
+    current = data
+    for part in path:
+        try:
+            current = current[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return current
+
+
+def _allowed_keys(path: Path_, data: Any) -> list[str]:
+    """Field names (by alias) of the model found at `path` in a Config."""
+    tp: Any = Config
+    current = data
+    for part in path:
+        tp = _select(tp, current)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {(f.alias or name): f for name, f in tp.model_fields.items()}
+            if part not in fields:
+                return []
+            tp = fields[part].annotation
+        else:
+            origin = typing.get_origin(tp)
+            args = typing.get_args(tp)
+            if origin is dict:
+                tp = args[1]
+            elif origin is list:
+                tp = args[0]
+            else:
+                return []
+        current = _value_at((part,), current)
+    tp = _select(tp, current)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.alias or name for name, f in tp.model_fields.items()]
+    return []
+
+
+def _select(tp: Any, value: Any) -> Any:
+    """Unwrap Annotated/Optional, and pick a union member by the data's `type`."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            wanted = value.get("type") if isinstance(value, dict) else None
+            for model in models:
+                annotation = model.model_fields.get("type")
+                if annotation is not None and wanted in typing.get_args(annotation.annotation):
+                    return model
+            return models[0] if len(models) == 1 else tp
+        return tp
+
+
+def _dedupe(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    seen: set[tuple[Any, ...]] = set()
+    result = []
+    for problem in problems:
+        key = (problem.path, problem.message.split(" (")[0])
+        if key not in seen:
+            seen.add(key)
+            result.append(problem)
+    return result
+
+
+# ---- warnings: keys that are accepted but change nothing here ---------------------------------
+def _warnings(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    warnings: list[ConfigProblem] = []
+    for name, store in config.secretStores.items():
+        if not isinstance(store, ManagedIdentityStore):
+            path: Path_ = ("secretStores", name, "auth", "client_secret")
+            warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
+                                          "type azure.keyvault authenticates with a client secret; type azure.managed_identity needs none (see docs/config.md)", "warning"))
+            continue
+        if store.fallback is not None and store.identity.type != "system_assigned":
+            if not any(f.type == "managed_identity" for f in store.fallback):
+                path = ("secretStores", name, "identity")
+                warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
+                                              "identity is unused: the fallback list has no managed_identity entry", "warning"))
+    return warnings

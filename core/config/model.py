@@ -1,0 +1,478 @@
+"""The typed config: the dsops `azure.managed_identity` format, as vaultrelay implements it.
+
+Every model forbids unknown keys (the loader turns those into "did you mean" errors).  Field
+descriptions end up in the shipped JSON Schema, so editors show them.  Values are validated here;
+whether the referenced objects exist is a run-time question.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+
+from core.config.durations import parse_duration
+
+GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_GUID_RE = re.compile(GUID)
+_IDENTITY_RESOURCE_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.managedidentity/userassignedidentities/[^/]+$",
+    re.IGNORECASE,
+)
+VAULT_NAME = r"^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$"
+SECRET_NAME = r"^[0-9a-zA-Z-]{1,127}$"
+STORAGE_ACCOUNT = r"^[a-z0-9]{3,24}$"
+COSMOS_ACCOUNT = r"^[a-z0-9][a-z0-9-]{1,42}[a-z0-9]$"
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+# Duration, written as a number or as `90s`, `30m`, `24h`, `7d`, `1w`.
+Duration = Annotated[
+    float,
+    BeforeValidator(lambda value: _duration(value)),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"}],
+                    "description": "seconds, or a duration like 30m, 24h, 7d"}),
+]
+
+
+# ---- cloud -------------------------------------------------------------------------------------
+class Cloud(Strict):
+    """Which Azure cloud: a named one, or `custom` with its endpoints (a sovereign or local cloud).
+
+    Written either as a name (`cloud: AzureChinaCloud`) or as a mapping.
+    """
+
+    name: Literal["AzureCloud", "AzureChinaCloud", "AzureUSGovernment", "custom"] = "AzureCloud"
+    authority: str | None = Field(None, description="Entra authority host, e.g. https://login.microsoftonline.com")
+    arm_endpoint: str | None = Field(None, description="Resource Manager endpoint, e.g. https://management.azure.com")
+    arm_audience: str | None = Field(None, description="Resource Manager token audience")
+    vault_dns_suffix: str | None = Field(None, description="Key Vault DNS suffix: vault v is at https://v.<suffix>")
+    storage_suffix: str | None = Field(None, description="Storage suffix: account a's blobs are at https://a.blob.<suffix>")
+    cosmos_suffix: str | None = Field(None, description="Cosmos DB endpoint suffix (documents.azure.com in AzureCloud)")
+    sql_suffix: str | None = Field(None, description="SQL server suffix (database.windows.net in AzureCloud)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> Cloud:
+        endpoints = ("authority", "arm_endpoint", "vault_dns_suffix", "storage_suffix")
+        if self.name == "custom":
+            missing = [k for k in endpoints if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"a custom cloud needs {', '.join(missing)}")
+            for key in ("authority", "arm_endpoint", "arm_audience"):
+                value = getattr(self, key)
+                if value and not value.startswith("https://"):
+                    raise ValueError(f"{key} must be an https:// URL")
+        else:
+            given = [k for k in (*endpoints, "arm_audience", "cosmos_suffix", "sql_suffix") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} can only be set with name: custom ({self.name} has fixed endpoints)")
+        return self
+
+
+# ---- stores ------------------------------------------------------------------------------------
+class Identity(Strict):
+    """Which managed identity of the host a store uses."""
+
+    type: Literal["system_assigned", "user_assigned"] = "system_assigned"
+    client_id: str | None = Field(None, description="user-assigned identity's client id")
+    resource_id: str | None = Field(None, description="user-assigned identity's ARM resource id")
+    object_id: str | None = Field(None, description="user-assigned identity's object (principal) id")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Identity:
+        given = [k for k in ("client_id", "resource_id", "object_id") if getattr(self, k)]
+        if self.type == "system_assigned" and given:
+            raise ValueError(f"a system_assigned identity takes no {given[0]}; use type: user_assigned")
+        if self.type == "user_assigned":
+            if len(given) != 1:
+                raise ValueError("a user_assigned identity needs exactly one of client_id, resource_id, object_id"
+                                 + (f" (got {', '.join(given)})" if given else ""))
+            if self.client_id and not _GUID_RE.match(self.client_id):
+                raise ValueError("client_id must be a GUID")
+            if self.object_id and not _GUID_RE.match(self.object_id):
+                raise ValueError("object_id must be a GUID")
+            if self.resource_id and not _IDENTITY_RESOURCE_ID.match(self.resource_id):
+                raise ValueError("resource_id must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
+                                 "Microsoft.ManagedIdentity/userAssignedIdentities/<name>")
+        return self
+
+    def describe(self) -> str:
+        if self.type == "system_assigned":
+            return "system-assigned managed identity"
+        selector = next(f"{k}={getattr(self, k)}" for k in ("client_id", "resource_id", "object_id") if getattr(self, k))
+        return f"user-assigned managed identity ({selector})"
+
+
+class ManagedIdentityFallback(Strict):
+    type: Literal["managed_identity"]
+    identity: Identity | None = Field(None, description="defaults to the store's identity")
+
+
+class AzureCliFallback(Strict):
+    type: Literal["azure_cli"]
+    tenant_id: str | None = None
+
+
+class ServicePrincipalFallback(Strict):
+    type: Literal["service_principal"]
+    client_id: str | None = None
+    client_secret: str | None = Field(None, description="prefer ${VAR} interpolation to a literal")
+    tenant_id: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ServicePrincipalFallback:
+        missing = [k for k in ("client_id", "client_secret", "tenant_id") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"service_principal needs {', '.join(missing)}")
+        return self
+
+
+class EnvironmentFallback(Strict):
+    """A service principal whose settings are read from environment variables at run time."""
+
+    type: Literal["environment"]
+    client_id_env: str = Field("AZURE_CLIENT_ID", pattern=ENV_VAR_NAME)
+    client_secret_env: str = Field("AZURE_CLIENT_SECRET", pattern=ENV_VAR_NAME)
+    tenant_id_env: str = Field("AZURE_TENANT_ID", pattern=ENV_VAR_NAME)
+
+
+class WorkloadIdentityFallback(Strict):
+    """AKS workload identity (federated token file); unset fields come from AZURE_* variables."""
+
+    type: Literal["workload_identity"]
+    client_id: str | None = None
+    tenant_id: str | None = None
+    token_file: str | None = None
+
+
+Fallback = Annotated[
+    ManagedIdentityFallback | AzureCliFallback | ServicePrincipalFallback | EnvironmentFallback | WorkloadIdentityFallback,
+    Field(discriminator="type"),
+]
+
+
+class TokenCache(Strict):
+    enabled: bool = True
+    buffer: Duration = Field(300, description="refresh a token this many seconds before it expires")
+
+
+class SecretCache(Strict):
+    enabled: bool = False
+    ttl: Duration = Field(600, description="keep resolved values this many seconds in one process")
+
+
+class Cache(Strict):
+    token_cache: TokenCache = TokenCache()
+    secret_cache: SecretCache = SecretCache()
+
+
+class Performance(Strict):
+    max_concurrent: int = Field(10, ge=1, le=256, description="requests in flight at once for this store")
+    batch_size: int = Field(25, ge=1, le=1000, description="references dispatched per wave")
+
+
+class ResourceOverride(Strict):
+    """Where a named resource lives when it is not in the store's default subscription."""
+
+    type: Literal["keyvault", "storage", "cosmosdb", "sql"]
+    name: str
+    subscription: str | None = None
+    resource_group: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ResourceOverride:
+        if not self.subscription and not self.resource_group:
+            raise ValueError("a resources entry needs subscription or resource_group")
+        return self
+
+
+class Debug(Strict):
+    enabled: bool = False
+    log_tokens: bool = Field(False, description="refused when true: vaultrelay never logs tokens")
+    log_requests: bool = Field(False, description="log each Azure request's method, host, path and status")
+    trace_identity: bool = Field(False, description="log which identity and credential produced each token")
+
+    @field_validator("log_tokens")
+    @classmethod
+    def _never(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("log_tokens: true is refused: vaultrelay never logs tokens or secret values")
+        return value
+
+
+class ManagedIdentityStore(Strict):
+    """`type: azure.managed_identity`: the host's managed identity, with optional fallbacks."""
+
+    type: Literal["azure.managed_identity"]
+    identity: Identity = Identity()
+    fallback: list[Fallback] | None = Field(None, description="credentials tried in order (replaces the plain identity)")
+    cache: Cache = Cache()
+    performance: Performance = Performance()
+    default_subscription: str | None = None
+    resources: list[ResourceOverride] = []
+    preferred_regions: list[str] = Field([], description="Azure regions in order of preference (Cosmos DB connection metadata)")
+    debug: Debug = Debug()
+    max_sas_expiry: Duration = Field(7 * 86400, description="cap on any SAS this store mints (default 7d)")
+
+    @field_validator("preferred_regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        for region in value:
+            if not re.fullmatch(r"[a-z][a-z0-9]+", region):
+                raise ValueError(f"'{region}' is not an Azure region name (lowercase, no spaces, e.g. eastus)")
+        return value
+
+
+class ServicePrincipalAuth(Strict):
+    client_id: str
+    client_secret: str
+    tenant_id: str
+
+
+class KeyVaultStore(Strict):
+    """`type: azure.keyvault`: the legacy service-principal store (see the migration guide)."""
+
+    type: Literal["azure.keyvault"]
+    vault_name: str = Field(pattern=VAULT_NAME)
+    auth: ServicePrincipalAuth
+    cache: Cache = Cache()
+    performance: Performance = Performance()
+
+
+Store = Annotated[ManagedIdentityStore | KeyVaultStore, Field(discriminator="type")]
+
+
+# ---- references --------------------------------------------------------------------------------
+REFERENCE_KEYS: dict[str, set[str]] = {
+    "keyvault": {"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group"},
+    "storage_key": {"store", "resource_type", "account", "key", "subscription", "resource_group"},
+    "sas": {"store", "resource_type", "account", "operation", "permissions", "expiry", "sas_type", "services",
+            "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group"},
+    "sql": {"store", "resource_type", "server", "database", "format"},
+    "cosmos": {"store", "resource_type", "account", "key", "format", "subscription", "resource_group"},
+    "token": {"store", "operation", "resource", "scope"},
+}
+
+
+class Reference(Strict):
+    """A `from:` block.  Which keys apply depends on the kind (resource_type / operation / vault)."""
+
+    store: str = Field(description="name of a secretStores entry")
+    resource_type: Literal["storage", "sql", "cosmosdb"] | None = None
+    operation: Literal["generate_sas", "get_token"] | None = None
+    # Key Vault
+    vault: str | None = Field(None, pattern=VAULT_NAME)
+    secret: str | None = Field(None, pattern=SECRET_NAME, description="secret, certificate or key name")
+    version: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
+    type: Literal["secret", "certificate", "key"] | None = None
+    format: Literal["pem", "pfx", "jwk", "connection_string", "ado", "odbc", "jdbc", "key"] | None = None
+    # storage / cosmos
+    account: str | None = None
+    key: Literal["key1", "key2", "active", "primary", "secondary", "primary_readonly", "secondary_readonly"] | None = None
+    permissions: str | None = None
+    expiry: Duration | None = Field(None, description="SAS lifetime: 30m, 24h, 7d or seconds")
+    sas_type: Literal["user_delegation", "service", "account"] | None = None
+    services: str | None = Field(None, pattern=r"^[bqtf]+$", description="account SAS services: b q t f")
+    resource_types: str | None = Field(None, pattern=r"^[sco]+$", description="account SAS resource types: s c o")
+    container: str | None = None
+    blob: str | None = None
+    table: str | None = None
+    ip: str | None = Field(None, pattern=r"^\d{1,3}(\.\d{1,3}){3}(-\d{1,3}(\.\d{1,3}){3})?$")
+    https_only: bool | None = None
+    # sql
+    server: str | None = None
+    database: str | None = None
+    # token
+    resource: str | None = None
+    scope: str | None = None
+    # where
+    subscription: str | None = None
+    resource_group: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.operation == "get_token":
+            return "token"
+        if self.resource_type == "storage":
+            return "sas" if self.operation == "generate_sas" else "storage_key"
+        if self.resource_type == "sql":
+            return "sql"
+        if self.resource_type == "cosmosdb":
+            return "cosmos"
+        return "keyvault"
+
+    @model_validator(mode="after")
+    def _per_kind(self) -> Reference:
+        kind = self.kind
+        given = {k for k in self.model_fields_set if getattr(self, k) is not None}
+        extra = sorted(given - REFERENCE_KEYS[kind])
+        label = {"keyvault": "a Key Vault reference", "storage_key": "a storage key reference", "sas": "a SAS reference",
+                 "sql": "a sql reference", "cosmos": "a cosmosdb reference", "token": "a get_token reference"}[kind]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} {'does' if len(extra) == 1 else 'do'} not apply to {label} "
+                             f"(allowed: {', '.join(sorted(REFERENCE_KEYS[kind] - {'store'}))})")
+        if self.operation == "generate_sas" and self.resource_type != "storage":
+            raise ValueError("operation: generate_sas needs resource_type: storage")
+        need: list[str] = []
+        if kind == "keyvault":
+            need = [k for k in ("secret",) if not self.secret]
+            fmt_ok: dict[str | None, set[str | None]] = {None: {None}, "secret": {None}, "certificate": {None, "pem", "pfx"}, "key": {None, "jwk", "pem"}}
+            if self.format not in fmt_ok[self.type]:
+                raise ValueError(f"format: {self.format} does not apply to type: {self.type or 'secret'}"
+                                 + (f" (use {' or '.join(sorted(f for f in fmt_ok[self.type] if f))})" if self.type in ("certificate", "key") else ""))
+        elif kind in ("storage_key", "sas", "cosmos"):
+            need = [k for k in ("account",) if not self.account]
+            if self.account:
+                pattern = COSMOS_ACCOUNT if kind == "cosmos" else STORAGE_ACCOUNT
+                if not re.fullmatch(pattern, self.account):
+                    raise ValueError(f"account '{self.account}' is not a valid {'Cosmos DB' if kind == 'cosmos' else 'storage'} account name")
+            if kind == "storage_key" and self.key not in (None, "key1", "key2", "active"):
+                raise ValueError(f"key: {self.key} is not a storage key (use key1, key2 or active)")
+            if kind == "cosmos":
+                if self.key in ("key1", "key2", "active"):
+                    raise ValueError(f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly or secondary_readonly)")
+                if self.format not in (None, "key", "connection_string"):
+                    raise ValueError("format must be key or connection_string for cosmosdb")
+            if kind == "sas":
+                need = need + [k for k in ("permissions", "expiry") if getattr(self, k) is None]
+                self._check_sas()
+        elif kind == "sql":
+            need = [k for k in ("server", "database") if not self.server or not getattr(self, k)]
+            if self.format not in (None, "connection_string", "ado", "odbc", "jdbc"):
+                raise ValueError("format must be connection_string (ADO.NET), ado, odbc or jdbc for sql")
+        elif kind == "token":
+            if bool(self.resource) == bool(self.scope):
+                raise ValueError("get_token needs exactly one of resource or scope")
+            target = self.resource or self.scope or ""
+            if not target.startswith(("https://", "api://")) and not _GUID_RE.match(target.split("/")[0]):
+                raise ValueError("resource/scope must be an https:// or api:// URI or an application id")
+        if need:
+            raise ValueError(f"{label} needs {', '.join(need)}")
+        return self
+
+    def _check_sas(self) -> None:
+        sas_type = self.effective_sas_type
+        scope = [k for k in ("container", "blob", "table") if getattr(self, k)]
+        if self.blob and not self.container:
+            raise ValueError("blob needs container")
+        if self.table and (self.container or self.blob):
+            raise ValueError("table cannot be combined with container/blob")
+        if sas_type == "account":
+            if scope:
+                raise ValueError(f"an account SAS is account-wide; {scope[0]} needs sas_type: service or user_delegation")
+            letters = "rwdxylacuptfi"
+        else:
+            if self.services or self.resource_types:
+                raise ValueError("services/resource_types apply to sas_type: account only")
+            if sas_type == "user_delegation":
+                if not self.container:
+                    raise ValueError("a user delegation SAS is a Blob SAS: it needs container (and optionally blob)")
+                letters = "racwdxltmeop"
+            else:
+                if not scope:
+                    raise ValueError("a service SAS needs container (optionally blob) or table")
+                letters = "raud" if self.table else "racwdxltmeop"
+        assert self.permissions is not None
+        bad = sorted(set(self.permissions) - set(letters))
+        if bad or not self.permissions:
+            article = "an" if sas_type[0] in "aeiou" else "a"
+            label = sas_type.replace("_", " ")
+            raise ValueError(f"permissions '{self.permissions}' contains {''.join(bad) or 'nothing'}: allowed letters for {article} {label} SAS are '{letters}'")
+
+    @property
+    def effective_sas_type(self) -> str:
+        """`sas_type`, or the default: user delegation for a Blob container scope (no account key
+        is touched, Microsoft's recommendation), a service SAS for a table, else an account SAS."""
+        if self.sas_type:
+            return self.sas_type
+        if self.table:
+            return "service"
+        if self.container:
+            return "user_delegation"
+        return "account"
+
+
+class Variable(Strict):
+    """One variable of an env: a literal `value` or a `from:` reference."""
+
+    value: str | None = None
+    from_: Reference | None = Field(None, alias="from")
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        # In YAML a literal is written as a plain scalar (`LOG_LEVEL: info`).
+        mapping = handler(core_schema)
+        return {"anyOf": [{"type": ["string", "number", "boolean"], "description": "a literal value"}, mapping]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _literal(cls, data: Any) -> Any:
+        if isinstance(data, str | int | float | bool):
+            return {"value": str(data).lower() if isinstance(data, bool) else str(data)}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Variable:
+        if (self.value is None) == (self.from_ is None):
+            raise ValueError("a variable is a literal string or a mapping with from:")
+        return self
+
+
+class Config(Strict):
+    """A vaultrelay config file."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="vaultrelay config")
+
+    version: Literal[1]
+    cloud: Cloud | None = Field(
+        None, description="defaults to $VAULTRELAY_CLOUD, then AzureCloud")
+    secretStores: dict[str, Store]
+    envs: dict[str, dict[str, Variable]] = {}
+
+    @field_validator("envs")
+    @classmethod
+    def _names(cls, envs: dict[str, dict[str, Variable]]) -> dict[str, dict[str, Variable]]:
+        for variables in envs.values():
+            for name in variables:
+                if not re.fullmatch(ENV_VAR_NAME, name):
+                    raise ValueError(f"'{name}' is not a valid environment variable name")
+        return envs
+
+    @model_validator(mode="after")
+    def _stores_exist(self) -> Config:
+        problems: list[str] = []
+        for env, variables in self.envs.items():
+            for name, variable in variables.items():
+                ref = variable.from_
+                if ref is None:
+                    continue
+                store = self.secretStores.get(ref.store)
+                where = f"envs.{env}.{name}.from"
+                if store is None:
+                    problems.append(_located(f"{where}.store", f"unknown store '{ref.store}' (stores: {', '.join(sorted(self.secretStores)) or 'none'})"))
+                elif isinstance(store, KeyVaultStore) and ref.kind != "keyvault":
+                    problems.append(_located(where, f"store '{ref.store}' is type azure.keyvault: it reads Key Vault objects only"))
+                elif isinstance(store, ManagedIdentityStore) and ref.kind == "keyvault" and not ref.vault:
+                    problems.append(_located(where, "a Key Vault reference needs vault"))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _located(path: str, message: str) -> str:
+    """A message for the loader to place at `path` (the model validator sees the whole file)."""
+    return f"@{path}@ {message}"

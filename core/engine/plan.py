@@ -1,0 +1,201 @@
+"""From a validated config to planned references and store runtimes (no network, no values).
+
+`Broker` is the facade the CLI and the Function app share: one per process and config, holding
+the cloud, the shared credentials and SDK clients, and the per-store runtime settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from core.azure_clients import AzureClients
+from core.config import LoadedConfig, ManagedIdentityStore, Reference, resolve_cloud
+from core.config.cloud import CloudEndpoints
+from core.engine.bundle import Bundle
+from core.engine.resolve import Resolver
+from core.errors import NotFoundError
+from core.identity import CredentialPool, credential_spec
+from core.sources.base import PlannedRef, StoreRuntime
+
+log = logging.getLogger("vaultrelay.plan")
+
+SAS_DEFAULTS = {"https_only": True}
+
+
+@dataclass(frozen=True)
+class EnvPlan:
+    """What resolving an env involves: literals (not secret) and references."""
+
+    env: str
+    literals: dict[str, str]
+    refs: list[PlannedRef]
+    stores: dict[str, str] = field(default_factory=dict)  # store -> identity description
+
+
+def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> PlannedRef:
+    """The normalized, hashable form of one `from:` block."""
+    kind = ref.kind
+    params: dict[str, Any]
+    if kind == "keyvault":
+        vault = ref.vault or getattr(store_config, "vault_name", None)
+        object_type = ref.type or "secret"
+        kind = {"secret": "keyvault_secret", "certificate": "keyvault_certificate", "key": "keyvault_key"}[object_type]
+        params = {"vault": vault, "secret": ref.secret, "version": ref.version}
+        if object_type != "secret":
+            params["format"] = ref.format or ("pem" if object_type == "certificate" else "jwk")
+        description = f"keyvault {object_type} {vault}/{ref.secret}@{ref.version or 'latest'}"
+    elif kind == "storage_key":
+        params = {"account": ref.account, "key": ref.key or "key1"}
+        description = f"storage key {ref.account}/{params['key']}"
+    elif kind == "sas":
+        params = {
+            "account": ref.account, "sas_type": ref.effective_sas_type, "permissions": ref.permissions, "expiry_s": ref.expiry,
+            "services": ref.services, "resource_types": ref.resource_types, "container": ref.container, "blob": ref.blob,
+            "table": ref.table, "ip": ref.ip, "https_only": SAS_DEFAULTS["https_only"] if ref.https_only is None else ref.https_only,
+        }
+        scope = "/".join(p for p in (ref.container, ref.blob, ref.table) if p)
+        description = f"{params['sas_type'].replace('_', ' ')} SAS {ref.account}{'/' + scope if scope else ''} ({ref.permissions})"
+    elif kind == "cosmos":
+        params = {"account": ref.account, "key": ref.key or "primary", "format": "connection_string" if ref.format == "connection_string" else "key"}
+        description = f"cosmosdb {'connection string' if params['format'] == 'connection_string' else 'key'} {ref.account}/{params['key']}"
+    elif kind == "sql":
+        fmt = "ado" if ref.format in (None, "connection_string") else ref.format
+        params = {"server": ref.server, "database": ref.database, "format": fmt}
+        description = f"sql {fmt} connection string {ref.server}/{ref.database}"
+    else:
+        params = {"resource": ref.resource, "scope": ref.scope}
+        description = f"token for {ref.resource or ref.scope}"
+    if kind in ("storage_key", "sas", "cosmos"):
+        params["subscription"] = ref.subscription
+        params["resource_group"] = ref.resource_group
+    clean = tuple(sorted((k, v) for k, v in params.items() if v is not None))
+    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description)
+
+
+def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
+    """The plan of `env`.
+
+    Raises:
+        NotFoundError: no such env.
+    """
+    config = loaded.config
+    if env not in config.envs:
+        raise NotFoundError(f"no env '{env}' in {loaded.file} (envs: {', '.join(sorted(config.envs)) or 'none'})")
+    literals: dict[str, str] = {}
+    refs: list[PlannedRef] = []
+    for name, variable in config.envs[env].items():
+        if variable.from_ is None:
+            assert variable.value is not None
+            literals[name] = variable.value
+        else:
+            refs.append(plan_reference(name, f"envs.{env}.{name}.from", variable.from_, config.secretStores[variable.from_.store]))
+    return EnvPlan(env=env, literals=literals, refs=refs)
+
+
+class Broker:
+    """Resolves a config's envs with shared credentials and clients (one per process and config)."""
+
+    def __init__(
+        self, loaded: LoadedConfig, *, environ: Mapping[str, str] | None = None,
+        credentials: CredentialPool | None = None, clients: AzureClients | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.environ = os.environ if environ is None else environ
+        self.cloud: CloudEndpoints = resolve_cloud(loaded.config.cloud, self.environ)
+        stores = loaded.config.secretStores.values()
+        pool = max([s.performance.max_concurrent for s in stores] + [10])
+        self.clients = clients or AzureClients(self.cloud, pool_size=pool)
+        self.credentials = credentials or CredentialPool()
+        self._stores: dict[str, StoreRuntime] = {}
+        self._store_errors: dict[str, str] = {}
+        self.last_stats: Any = None
+
+    # ---- stores -------------------------------------------------------------------------
+    def store(self, name: str) -> StoreRuntime:
+        """The runtime of store `name` (its credential is built on first use).
+
+        Raises:
+            NotFoundError: no such store.
+            ValueError: the store has no usable credential.
+        """
+        if name in self._stores:
+            return self._stores[name]
+        config = self.loaded.config.secretStores.get(name)
+        if config is None:
+            raise NotFoundError(f"no store '{name}'")
+        skipped = frozenset(i for (store, i) in self.loaded.skipped_fallbacks if store == name)
+        spec = credential_spec(config, self.cloud, skipped=skipped, environ=self.environ)
+        credential = self.credentials.get(spec)
+        runtime = StoreRuntime(
+            name=name, credential=credential, identity_description=spec.description,
+            max_concurrent=config.performance.max_concurrent, batch_size=config.performance.batch_size,
+            secret_cache_ttl=float(config.cache.secret_cache.ttl) if config.cache.secret_cache.enabled else 0.0,
+        )
+        if isinstance(config, ManagedIdentityStore):
+            identity = config.identity
+            uses_identity = config.fallback is None or any(f.type == "managed_identity" for f in config.fallback)
+            runtime.client_id = identity.client_id if uses_identity else None
+            runtime.user_assigned = identity.type == "user_assigned" and uses_identity
+            runtime.default_subscription = (config.default_subscription or self.environ.get("VAULTRELAY_SUBSCRIPTION_ID")
+                                            or self.environ.get("AZURE_SUBSCRIPTION_ID") or None)
+            runtime.resource_overrides = {
+                (_kind_of(r.type), r.name.lower()): (r.subscription, r.resource_group) for r in config.resources
+            }
+            runtime.max_sas_expiry = timedelta(seconds=config.max_sas_expiry)
+            runtime.preferred_regions = tuple(config.preferred_regions)
+            if config.debug.log_requests:
+                self.clients.log_requests_for(credential)
+            if config.debug.enabled:
+                logging.getLogger("vaultrelay").setLevel(logging.DEBUG)
+        self._stores[name] = runtime
+        return runtime
+
+    # ---- resolve ------------------------------------------------------------------------
+    def plan(self, env: str) -> EnvPlan:
+        plan = plan_env(self.loaded, env)
+        for ref in plan.refs:
+            if ref.store not in plan.stores:
+                try:
+                    plan.stores[ref.store] = self.store(ref.store).identity_description
+                except ValueError as exc:
+                    plan.stores[ref.store] = f"unusable: {exc}"
+        return plan
+
+    def resolve(self, env: str) -> Bundle:
+        """Resolve every variable of `env`; per-variable failures land in the bundle.
+
+        Raises:
+            NotFoundError: no such env.
+        """
+        plan = plan_env(self.loaded, env)
+        stores: dict[str, StoreRuntime] = {}
+        unusable: dict[str, str] = {}
+        for ref in plan.refs:
+            if ref.store in stores or ref.store in unusable:
+                continue
+            try:
+                stores[ref.store] = self.store(ref.store)
+            except ValueError as exc:
+                unusable[ref.store] = str(exc)
+        resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix)
+        bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
+        self.last_stats = resolver.last_stats
+        for ref in plan.refs:
+            if ref.store in unusable:
+                from core.engine.bundle import ResolutionFailure
+
+                bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "identity", f"store '{ref.store}': {unusable[ref.store]}")
+        return bundle
+
+    def close(self) -> None:
+        self.clients.close()
+        self.credentials.close()
+
+
+def _kind_of(resource_type: str) -> str:
+    return {"keyvault": "keyvault", "storage": "storage", "cosmosdb": "cosmosdb", "sql": "sql"}[resource_type]

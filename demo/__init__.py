@@ -1,0 +1,1 @@
+"""`make demo`: vaultrelay's main job on the embedded local Azure."""

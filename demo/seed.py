@@ -1,0 +1,70 @@
+"""Seed the sandbox the way a platform team would prepare Azure for vaultrelay.
+
+Secrets and a certificate go into the source vaults through the admin identity's SDK clients;
+roles are granted through ARM role assignments, exactly as `az role assignment create` would.
+Used by the demo and by tests that need the example config to resolve.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sandbox.client import SandboxClient
+
+EXAMPLE_SECRETS = {
+    ("kv-source", "database-password"): "s3cr3t-db-password",
+    ("kv-source", "api-key"): "api-key-0123456789",
+    ("kv-shared", "data-api-key"): "data-team-key-42",
+}
+
+# (identity, role, resource kind, resource name); kind None = subscription scope
+EXAMPLE_ROLES = [
+    ("system", "Key Vault Secrets User", "vault", "kv-source"),
+    ("system", "Storage Account Key Operator Service Role", "storage", "sandboxstore"),
+    ("system", "Storage Blob Data Contributor", "storage", "sandboxstore"),
+    ("system", "Storage Blob Delegator", "storage", "sandboxstore"),
+    ("system", "Reader", None, None),
+    ("system", "DocumentDB Account Contributor", "cosmos", "sandbox-cosmos"),
+    ("data", "Key Vault Secrets User", "vault", "kv-shared"),
+]
+
+
+def self_signed_pem(common_name: str) -> bytes:
+    """A PEM certificate with its private key (what Key Vault imports)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=90)).sign(key, hashes.SHA256())
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
+
+
+def seed_example(sandbox: SandboxClient) -> dict[str, Any]:
+    """Put the example config's secrets in place and grant its identities their roles.
+
+    Idempotent: running it twice adds new secret versions and skips existing assignments.
+    """
+    from azure.keyvault.certificates import CertificateClient
+    from azure.keyvault.secrets import SecretClient
+
+    admin = sandbox.admin_credential()
+    for (vault, name), value in EXAMPLE_SECRETS.items():
+        SecretClient(sandbox.vault_url(vault), admin).set_secret(name, value)
+    CertificateClient(sandbox.vault_url("kv-source"), admin).import_certificate("app-certificate", self_signed_pem("app.example"))
+    for identity, role, kind, name in EXAMPLE_ROLES:
+        sandbox.grant(identity, role, sandbox.resource_id(kind, name) if kind else None)
+    return {"secrets": len(EXAMPLE_SECRETS) + 1, "roles": len(EXAMPLE_ROLES)}
+
+
+def example_environment(sandbox: SandboxClient) -> dict[str, str]:
+    """Variables the example config interpolates, pointed at the sandbox."""
+    return {"DATA_IDENTITY_CLIENT_ID": sandbox.identities["data"].client_id}

@@ -1,0 +1,204 @@
+"""`vaultrelay`: the local command line over the same engine the Function app uses.
+
+    vaultrelay validate [--config F]
+    vaultrelay plan --env E
+    vaultrelay resolve --env E [--format json|dotenv|shell] [--reveal] [--allow-partial]
+    vaultrelay exec --env E [--allow-partial] -- CMD ARGS...
+
+The config file is `--config`, else `$VAULTRELAY_CONFIG`, else `vaultrelay.yaml`.
+Exit codes: 0 ok, 1 resolution errors, 2 config or usage errors; `exec` passes the child's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from core.errors import ConfigError, NotFoundError
+
+EXIT_OK, EXIT_RESOLUTION, EXIT_CONFIG = 0, 1, 2
+MASK = "********"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaultrelay", description="Resolve secret references with the host's managed identity.")
+    parser.add_argument("--config", "-c", help="config file (default: $VAULTRELAY_CONFIG or vaultrelay.yaml)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log progress to stderr (never values)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("validate", help="check the config statically (no network)")
+    plan = commands.add_parser("plan", help="what an env would resolve, from which store and identity (no values)")
+    plan.add_argument("--env", "-e", required=True)
+    resolve = commands.add_parser("resolve", help="resolve an env and print it")
+    resolve.add_argument("--env", "-e", required=True)
+    resolve.add_argument("--format", "-f", choices=("table", "json", "dotenv", "shell"), default=None,
+                         help="default: table on a terminal, dotenv when piped")
+    resolve.add_argument("--reveal", action="store_true", help="print values (masked otherwise)")
+    resolve.add_argument("--allow-partial", action="store_true", help="print what resolved even if some variables failed")
+    exec_ = commands.add_parser("exec", help="run a command with the env's variables set")
+    exec_.add_argument("--env", "-e", required=True)
+    exec_.add_argument("--allow-partial", action="store_true", help="run even if some variables failed")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose, err)
+    from core.config import load_config
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.write(f"{problem}\n")
+        return EXIT_CONFIG
+    for warning in loaded.warnings:
+        err.write(f"{warning}\n")
+    try:
+        if args.command == "validate":
+            return _validate(loaded, out)
+        if args.command == "plan":
+            return _plan(loaded, args.env, out)
+        if args.command == "resolve":
+            return _resolve(loaded, args, out, err)
+        return _exec(loaded, args, err)
+    except NotFoundError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.write(f"{problem}\n")
+        return EXIT_CONFIG
+
+
+def _configure_logging(verbose: bool, err: TextIO) -> None:
+    import logging
+
+    if verbose and not logging.getLogger().handlers:
+        logging.basicConfig(stream=err, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _validate(loaded: Any, out: TextIO) -> int:
+    config = loaded.config
+    count = sum(len(v) for v in config.envs.values())
+    out.write(f"{loaded.file}: ok ({len(config.secretStores)} stores, {len(config.envs)} envs, {count} variables)\n")
+    return EXIT_OK
+
+
+def _plan(loaded: Any, env: str, out: TextIO) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.engine.plan import Broker
+
+    broker = Broker(loaded)
+    try:
+        plan = broker.plan(env)
+    finally:
+        broker.close()
+    table = Table(title=f"plan for env {env}", show_lines=False)
+    for column in ("variable", "kind", "what", "store", "identity"):
+        table.add_column(column)
+    for name, _ in sorted(plan.literals.items()):
+        table.add_row(name, "literal", "(literal value from the config)", "", "")
+    for ref in sorted(plan.refs, key=lambda r: r.name):
+        table.add_row(ref.name, ref.kind, ref.description, ref.store, plan.stores.get(ref.store, ""))
+    unique = len({r.dedup_key for r in plan.refs})
+    Console(file=out, width=200 if not out.isatty() else None).print(table)
+    out.write(f"{len(plan.refs)} references ({unique} unique), {len(plan.literals)} literals\n")
+    return EXIT_OK
+
+
+def _resolve_bundle(loaded: Any, env: str, err: TextIO) -> Any:
+    from core.engine.plan import Broker
+
+    broker = Broker(loaded)
+    try:
+        if err.isatty():
+            from rich.console import Console
+
+            with Console(file=err).status(f"resolving env {env}..."):
+                return broker.resolve(env)
+        return broker.resolve(env)
+    finally:
+        broker.close()
+
+
+def _report_failures(bundle: Any, err: TextIO) -> None:
+    for name in sorted(bundle.failures):
+        err.write(f"error: {name}: {bundle.failures[name]}\n")
+
+
+def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    bundle = _resolve_bundle(loaded, args.env, err)
+    _report_failures(bundle, err)
+    if bundle.failures and not args.allow_partial:
+        err.write(f"{len(bundle.failures)} of {len(bundle.failures) + len(bundle.values)} variables failed; nothing printed (use --allow-partial)\n")
+        return EXIT_RESOLUTION
+    values = bundle.as_plain_dict() if args.reveal else {name: MASK for name in bundle.values}
+    fmt = args.format or ("table" if out.isatty() else "dotenv")
+    if fmt == "json":
+        out.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    elif fmt == "dotenv":
+        for name, value in sorted(values.items()):
+            out.write(f"{name}={_dotenv_quote(value)}\n")
+    elif fmt == "shell":
+        for name, value in sorted(values.items()):
+            out.write(f"export {name}={shlex.quote(value)}\n")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"env {args.env}")
+        for column in ("variable", "value", "source", "version", "expires"):
+            table.add_column(column)
+        for name, item in sorted(bundle.values.items()):
+            expires = item.expires_on.strftime("%Y-%m-%d %H:%M:%SZ") if item.expires_on else ""
+            table.add_row(name, values[name], item.source, item.version or "", expires)
+        Console(file=out, width=None if out.isatty() else 160).print(table)
+    return EXIT_RESOLUTION if bundle.failures else EXIT_OK
+
+
+def _dotenv_quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "-_./:@+=," for c in value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        err.write("exec needs a command: vaultrelay exec --env E -- CMD ARGS...\n")
+        return EXIT_CONFIG
+    bundle = _resolve_bundle(loaded, args.env, err)
+    _report_failures(bundle, err)
+    if bundle.failures and not args.allow_partial:
+        err.write(f"{len(bundle.failures)} variables failed; not running {argv[0]} (use --allow-partial)\n")
+        return EXIT_RESOLUTION
+    env = dict(os.environ)
+    env.update(bundle.as_plain_dict())
+    try:
+        completed = subprocess.run(argv, env=env, check=False)  # noqa: S603 - the user's own command
+    except FileNotFoundError:
+        err.write(f"exec: command not found: {argv[0]}\n")
+        return 127
+    except PermissionError:
+        err.write(f"exec: permission denied: {argv[0]}\n")
+        return 126
+    code = completed.returncode
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -373,6 +373,11 @@ def _warnings(config: Config, lines: dict[Path_, int], file: str) -> list[Config
             warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                           "type azure.keyvault authenticates with a client secret; type azure.managed_identity needs none (see docs/config.md)", "warning"))
             continue
+        if store.preferred_regions:
+            path = ("secretStores", name, "preferred_regions")
+            warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
+                                          "has no effect: Key Vault, ARM and storage endpoints are not chosen by region, and keys and "
+                                          "connection strings are the same in every region", "warning"))
         if store.fallback is not None and store.identity.type != "system_assigned":
             if not any(f.type == "managed_identity" for f in store.fallback):
                 path = ("secretStores", name, "identity")

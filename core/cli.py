@@ -189,7 +189,7 @@ def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
     env = dict(os.environ)
     env.update(bundle.as_plain_dict())
     try:
-        completed = subprocess.run(argv, env=env, check=False)  # noqa: S603 - the user's own command
+        completed = subprocess.run(argv, env=env, check=False)
     except FileNotFoundError:
         err.write(f"exec: command not found: {argv[0]}\n")
         return 127

@@ -51,7 +51,7 @@ def main() -> int:
         ]
         for title, argv in steps:
             console.rule(title)
-            result = subprocess.run(argv, env=env, cwd=ROOT, check=False)  # noqa: S603 - our own CLI
+            result = subprocess.run(argv, env=env, cwd=ROOT, check=False)
             if result.returncode != 0:
                 console.print(f"[red]step failed with exit code {result.returncode}[/red]")
                 return result.returncode

@@ -1,0 +1,377 @@
+"""Config: the dsops format's examples validate; bad input gets precise, complete, value-free errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import jsonschema_rs
+import pytest
+import yaml
+
+from core.config import parse_config, resolve_cloud
+from core.config.cloud import NAMED_CLOUDS
+from core.config.durations import parse_duration
+from core.config.schema import SCHEMA_FILE, render_schema
+from core.engine.plan import plan_env
+from core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"DATA_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+       "APP_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-666666666666",
+       "PRIMARY_SUBSCRIPTION_ID": "sub-primary", "SHARED_SUBSCRIPTION_ID": "sub-shared"}
+
+# The reference page's examples, each as a complete file.
+DSOPS_EXAMPLES = {
+    "basic": """
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+        envs:
+          production:
+            DATABASE_PASSWORD:
+              from: {store: azure, vault: prod-keyvault, secret: database-password}
+    """,
+    "user_assigned": """
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            identity:
+              type: user_assigned
+              resource_id: /subscriptions/SUB_ID/resourcegroups/RG/providers/Microsoft.ManagedIdentity/userAssignedIdentities/my-identity
+        envs:
+          production:
+            SECRET: {from: {store: azure, vault: my-keyvault, secret: app-secret}}
+    """,
+    "multiple_identities": """
+        version: 1
+        secretStores:
+          azure-default: {type: azure.managed_identity}
+          azure-data:
+            type: azure.managed_identity
+            identity: {type: user_assigned, client_id: "${DATA_IDENTITY_CLIENT_ID}"}
+          azure-app:
+            type: azure.managed_identity
+            identity: {type: user_assigned, client_id: "${APP_IDENTITY_CLIENT_ID}"}
+        envs:
+          production:
+            DATABASE_PASSWORD: {from: {store: azure-data, vault: data-keyvault, secret: db-password}}
+            APP_SECRET: {from: {store: azure-app, vault: app-keyvault, secret: api-key}}
+    """,
+    "services": """
+        version: 1
+        secretStores:
+          azure: {type: azure.managed_identity}
+        envs:
+          production:
+            API_KEY: {from: {store: azure, vault: my-keyvault, secret: api-key}}
+            TLS_CERT: {from: {store: azure, vault: my-keyvault, secret: app-certificate, type: certificate}}
+            ENCRYPTION_KEY: {from: {store: azure, vault: my-keyvault, secret: data-key, type: key}}
+            STORAGE_KEY: {from: {store: azure, resource_type: storage, account: mystorageaccount, key: key1}}
+            STORAGE_SAS:
+              from: {store: azure, resource_type: storage, account: mystorageaccount, operation: generate_sas, permissions: rl, expiry: 24h}
+            SQL_CONNECTION:
+              from: {store: azure, resource_type: sql, server: myserver.database.windows.net, database: mydb, format: connection_string}
+            COSMOS_KEY: {from: {store: azure, resource_type: cosmosdb, account: mycosmosaccount, key: primary}}
+            COSMOS_CONNECTION: {from: {store: azure, resource_type: cosmosdb, account: mycosmosaccount, format: connection_string}}
+            AAD_TOKEN: {from: {store: azure, operation: get_token, resource: "https://vault.azure.net"}}
+            GRAPH_TOKEN: {from: {store: azure, operation: get_token, resource: "https://graph.microsoft.com"}}
+    """,
+    "cross_subscription": """
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            default_subscription: ${PRIMARY_SUBSCRIPTION_ID}
+            resources:
+              - type: keyvault
+                name: shared-keyvault
+                subscription: ${SHARED_SUBSCRIPTION_ID}
+        envs:
+          production:
+            SHARED_SECRET:
+              from: {store: azure, vault: shared-keyvault, secret: shared-api-key, subscription: "${SHARED_SUBSCRIPTION_ID}"}
+    """,
+    "fallback_and_tuning": """
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            fallback:
+              - type: managed_identity
+              - type: azure_cli
+              - type: service_principal
+                client_id: ${AZURE_CLIENT_ID}
+                client_secret: ${AZURE_CLIENT_SECRET}
+                tenant_id: ${AZURE_TENANT_ID}
+              - type: environment
+                client_id_env: AZURE_CLIENT_ID
+                client_secret_env: AZURE_CLIENT_SECRET
+                tenant_id_env: AZURE_TENANT_ID
+            cache:
+              token_cache: {enabled: true, buffer: 300}
+              secret_cache: {enabled: true, ttl: 600}
+            performance: {max_concurrent: 10, batch_size: 25}
+            preferred_regions: [eastus, westus, centralus]
+            debug: {enabled: true, log_tokens: false, log_requests: true, trace_identity: true}
+        envs: {}
+    """,
+    "legacy_keyvault": """
+        version: 1
+        secretStores:
+          azure:
+            type: azure.keyvault
+            vault_name: mykeyvault
+            auth:
+              client_id: ${SP_ID:-11111111-2222-3333-4444-555555555555}
+              client_secret: ${SP_SECRET:-not-a-real-secret}
+              tenant_id: ${SP_TENANT:-tenant}
+        envs:
+          production:
+            API_KEY: {from: {store: azure, secret: api-key}}
+    """,
+}
+
+
+def parse(text: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return parse_config(textwrap.dedent(text), "vaultrelay.yaml", environ={**ENV, **(env or {})})
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env)
+    return [str(p) for p in info.value.problems if p.severity == "error"]
+
+
+@pytest.mark.parametrize("name", sorted(DSOPS_EXAMPLES))
+def test_every_reference_example_validates_and_matches_the_shipped_schema(name: str) -> None:
+    loaded = parse(DSOPS_EXAMPLES[name])
+    validator = jsonschema_rs.validator_for(json.loads(SCHEMA_FILE.read_text()))
+    raw = yaml.safe_load(textwrap.dedent(DSOPS_EXAMPLES[name]))
+    assert [e.message for e in validator.iter_errors(raw)] == []
+    for env in loaded.config.envs:
+        assert plan_env(loaded, env).refs or plan_env(loaded, env).literals
+
+
+def test_the_shipped_schema_is_the_generated_one() -> None:
+    assert SCHEMA_FILE.read_text() == render_schema(), "run python -m core.config.schema"
+
+
+def test_the_example_config_validates() -> None:
+    loaded = parse((ROOT / "examples" / "vaultrelay.yaml").read_text())
+    assert set(loaded.config.envs["production"]) >= {"DATABASE_PASSWORD", "STORAGE_SAS", "UPLOADS_SAS", "SQL_CONNECTION"}
+
+
+def test_plan_normalizes_each_kind() -> None:
+    loaded = parse(DSOPS_EXAMPLES["services"])
+    refs = {r.name: r for r in plan_env(loaded, "production").refs}
+    assert refs["API_KEY"].kind == "keyvault_secret" and refs["API_KEY"].param("vault") == "my-keyvault"
+    assert refs["TLS_CERT"].kind == "keyvault_certificate" and refs["TLS_CERT"].param("format") == "pem"
+    assert refs["ENCRYPTION_KEY"].kind == "keyvault_key" and refs["ENCRYPTION_KEY"].param("format") == "jwk"
+    assert refs["STORAGE_KEY"].kind == "storage_key" and refs["STORAGE_KEY"].param("key") == "key1"
+    sas = refs["STORAGE_SAS"]
+    assert (sas.kind, sas.param("sas_type"), sas.param("expiry_s"), sas.param("https_only")) == ("sas", "account", 86400.0, True)
+    assert refs["SQL_CONNECTION"].param("format") == "ado"
+    assert refs["COSMOS_KEY"].param("key") == "primary" and refs["COSMOS_KEY"].param("format") == "key"
+    assert refs["COSMOS_CONNECTION"].param("format") == "connection_string"
+    assert refs["AAD_TOKEN"].kind == "token"
+
+
+def test_identical_references_share_a_dedup_key_whatever_their_names() -> None:
+    loaded = parse("""
+        version: 1
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: {from: {store: azure, vault: kv-one, secret: s}}
+            B: {from: {secret: s, vault: kv-one, store: azure}}
+            C: {from: {store: azure, vault: kv-one, secret: s, version: 0123456789abcdef0123456789abcdef}}
+    """)
+    refs = {r.name: r for r in plan_env(loaded, "e").refs}
+    assert refs["A"].dedup_key == refs["B"].dedup_key != refs["C"].dedup_key
+
+
+def test_every_problem_is_reported_at_once_with_file_line_and_path() -> None:
+    found = problems("""
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            identiy: {type: system_assigned}
+        envs:
+          production:
+            DATABASE_PASSWORD:
+              from:
+                store: azure
+                vault: prod_keyvault
+                secert: database-password
+            X:
+              from: {store: azrue, vault: abc, secret: x}
+    """)
+    assert "vaultrelay.yaml:6: secretStores.azure.identiy: unknown key 'identiy'; did you mean 'identity'?" in found
+    assert any(p.startswith("vaultrelay.yaml:12: envs.production.DATABASE_PASSWORD.from.vault: invalid value") for p in found)
+    assert "vaultrelay.yaml:13: envs.production.DATABASE_PASSWORD.from.secert: unknown key 'secert'; did you mean 'secret'?" in found
+    assert "vaultrelay.yaml:15: envs.production.X.from.store: unknown store 'azrue' (did you mean 'azure'?)" in found
+    assert len(found) == 4
+
+
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: rlz, expiry: 1h}",
+     "allowed letters for an account SAS"),
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r}", "needs expiry"),
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r, expiry: soon}",
+     "expected a duration like 30m"),
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r, expiry: 1h, sas_type: user_delegation}",
+     "needs container"),
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r, expiry: 1h, sas_type: account, container: c}",
+     "an account SAS is account-wide"),
+    ("{store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: rw, expiry: 1h, table: t}",
+     "allowed letters for a service SAS are 'raud'"),
+    ("{store: azure, resource_type: storage, account: Bad_Name, key: key1}", "not a valid storage account name"),
+    ("{store: azure, resource_type: storage, account: acct1, key: primary}", "is not a storage key"),
+    ("{store: azure, resource_type: cosmosdb, account: cosmos1, key: key1}", "is not a Cosmos DB key"),
+    ("{store: azure, resource_type: sql, server: s.database.windows.net}", "needs database"),
+    ("{store: azure, operation: get_token}", "exactly one of resource or scope"),
+    ("{store: azure, operation: get_token, resource: https://x, vault: kv-one}", "vault does not apply to a get_token reference"),
+    ("{store: azure, vault: kv-one, secret: s, type: certificate, format: jwk}", "use pem or pfx"),
+    ("{store: azure, vault: kv-one}", "needs secret"),
+    ("{store: azure, secret: s}", "needs vault"),
+    ("{store: azure, resource_type: blob, account: a}", "expected 'storage', 'sql' or 'cosmosdb'"),
+])
+def test_reference_errors_name_the_reference_and_the_rule(snippet: str, expected: str) -> None:
+    found = problems(f"""
+        version: 1
+        secretStores: {{azure: {{type: azure.managed_identity}}}}
+        envs:
+          e:
+            V:
+              from: {snippet}
+    """)
+    assert len(found) == 1, found
+    assert found[0].startswith("vaultrelay.yaml:7: envs.e.V.from"), found
+    assert expected in found[0]
+
+
+@pytest.mark.parametrize(("identity", "expected"), [
+    ("{type: user_assigned}", "needs exactly one of client_id, resource_id, object_id"),
+    ("{type: user_assigned, client_id: 11111111-2222-3333-4444-555555555555, object_id: 11111111-2222-3333-4444-555555555555}", "got client_id, object_id"),
+    ("{type: user_assigned, client_id: nope}", "client_id must be a GUID"),
+    ("{type: user_assigned, resource_id: /subscriptions/x/whatever}", "resource_id must look like"),
+    ("{type: system_assigned, client_id: 11111111-2222-3333-4444-555555555555}", "takes no client_id"),
+    ("{type: both}", "expected 'system_assigned' or 'user_assigned'"),
+])
+def test_identity_errors(identity: str, expected: str) -> None:
+    found = problems(f"""
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            identity: {identity}
+    """)
+    assert len(found) == 1 and "secretStores.azure.identity" in found[0] and expected in found[0], found
+
+
+def test_log_tokens_true_is_refused() -> None:
+    found = problems("""
+        version: 1
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            debug: {enabled: true, log_tokens: true}
+    """)
+    assert found == ["vaultrelay.yaml:6: secretStores.azure.debug.log_tokens: "
+                     "log_tokens: true is refused: vaultrelay never logs tokens or secret values"]
+
+
+def test_interpolation_defaults_escapes_and_unset_variables() -> None:
+    loaded = parse("""
+        version: 1
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: ${PRIMARY_SUBSCRIPTION_ID}
+            B: ${NOT_SET:-fallback-value}
+            C: cost $$5 for ${SHARED_SUBSCRIPTION_ID}
+    """)
+    assert plan_env(loaded, "e").literals == {"A": "sub-primary", "B": "fallback-value", "C": "cost $5 for sub-shared"}
+    found = problems("""
+        version: 1
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: ${NOT_SET_AT_ALL}
+    """)
+    assert found == ["vaultrelay.yaml:6: envs.e.A: environment variable ${NOT_SET_AT_ALL} is not set "
+                     "(write ${NOT_SET_AT_ALL:-default} for a default)"]
+
+
+def test_an_unset_variable_in_a_fallback_entry_skips_that_entry_with_a_warning() -> None:
+    loaded = parse(DSOPS_EXAMPLES["fallback_and_tuning"], {"AZURE_CLIENT_ID": "", "AZURE_CLIENT_SECRET": "", "AZURE_TENANT_ID": ""})
+    assert loaded.skipped_fallbacks == {("azure", 2): "${AZURE_CLIENT_ID}, ${AZURE_CLIENT_SECRET}, ${AZURE_TENANT_ID} are not set"}
+    messages = [str(w) for w in loaded.warnings]
+    assert any("secretStores.azure.fallback[2]: warning: skipped at run time" in m for m in messages)
+    assert any("preferred_regions: warning: has no effect" in m for m in messages)
+
+
+def test_secret_literals_never_appear_in_errors() -> None:
+    secret = "Sup3r-S3cret-Value-9f8e"
+    with pytest.raises(ConfigError) as info:
+        parse(f"""
+            version: 1
+            secretStores:
+              azure:
+                type: azure.keyvault
+                vault_name: my_bad_vault
+                auth: {{client_id: 1, client_secret: {secret}, tenant_id: [t], extra: {secret}}}
+        """)
+    text = str(info.value) + "".join(str(p) for p in info.value.problems)
+    assert secret not in text
+    assert "secretStores.azure.auth.extra: unknown key 'extra'" in text
+    assert "secretStores.azure.auth.client_id: expected a string, got a number" in text
+
+
+def test_yaml_syntax_duplicates_and_shape_errors() -> None:
+    assert problems("version: 1\nsecretStores: {a: [}\n")[0].startswith("vaultrelay.yaml:2: not valid YAML")
+    assert problems("")[0].endswith("the file is empty: expected version: 1, secretStores: and envs:")
+    assert problems("- a\n- b\n") == ["vaultrelay.yaml:1: expected a mapping at the top level, got a list"]
+    dup = problems("""
+        version: 1
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: one
+            A: two
+    """)
+    assert dup == ["vaultrelay.yaml:7: envs.e.A: duplicate key 'A' (first at line 6)"]
+    assert problems("version: 2\nsecretStores: {}\n") == ["vaultrelay.yaml:1: version: expected 1"]
+    assert "missing required key 'type'" in problems("version: 1\nsecretStores: {azure: {identity: {}}}\n")[0]
+
+
+def test_clouds_named_custom_and_from_the_environment() -> None:
+    assert resolve_cloud(parse("version: 1\ncloud: AzureChinaCloud\nsecretStores: {}\n").config.cloud, {}).vault_dns_suffix == "vault.azure.cn"
+    assert resolve_cloud(None, {}) == NAMED_CLOUDS["AzureCloud"]
+    assert resolve_cloud(None, {"VAULTRELAY_CLOUD": "AzureUSGovernment"}).arm_endpoint == "https://management.usgovcloudapi.net"
+    custom = resolve_cloud(None, {"VAULTRELAY_CLOUD": "custom", "VAULTRELAY_AUTHORITY_HOST": "https://login.x", "VAULTRELAY_ARM_ENDPOINT": "https://arm.x/",
+                                  "VAULTRELAY_VAULT_DNS_SUFFIX": "vault.x", "VAULTRELAY_STORAGE_SUFFIX": "core.x"})
+    assert (custom.arm_endpoint, custom.cosmos_suffix, custom.is_public) == ("https://arm.x", "documents.core.x", False)
+    with pytest.raises(ConfigError, match="needs storage_suffix"):
+        resolve_cloud(None, {"VAULTRELAY_CLOUD": "custom", "VAULTRELAY_AUTHORITY_HOST": "https://login.x",
+                             "VAULTRELAY_ARM_ENDPOINT": "https://arm.x", "VAULTRELAY_VAULT_DNS_SUFFIX": "vault.x"})
+    with pytest.raises(ConfigError, match="unknown cloud 'Mars'"):
+        resolve_cloud(None, {"VAULTRELAY_CLOUD": "Mars"})
+    found = problems("version: 1\ncloud: {name: AzureCloud, arm_endpoint: https://x}\nsecretStores: {}\n")
+    assert "can only be set with name: custom" in found[0]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1w", 604800), (15, 15)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "1y", "-5m", "five", True, -1])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)

@@ -257,13 +257,26 @@ Store = Annotated[ManagedIdentityStore | KeyVaultStore, Field(discriminator="typ
 
 
 # ---- references --------------------------------------------------------------------------------
+class Rotate(Strict):
+    """Dual-key rotation of a storage or Cosmos DB account (vaultrelay extension)."""
+
+    every: Duration = Field(description="rotate when the active key is older than this, e.g. 30d")
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_an_hour(cls, value: float) -> float:
+        if value < 3600:
+            raise ValueError("rotate.every must be at least 1h")
+        return value
+
+
 REFERENCE_KEYS: dict[str, set[str]] = {
     "keyvault": {"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group"},
-    "storage_key": {"store", "resource_type", "account", "key", "subscription", "resource_group"},
+    "storage_key": {"store", "resource_type", "account", "key", "subscription", "resource_group", "rotate"},
     "sas": {"store", "resource_type", "account", "operation", "permissions", "expiry", "sas_type", "services",
-            "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group"},
+            "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group", "rotate_before"},
     "sql": {"store", "resource_type", "server", "database", "format"},
-    "cosmos": {"store", "resource_type", "account", "key", "format", "subscription", "resource_group"},
+    "cosmos": {"store", "resource_type", "account", "key", "format", "subscription", "resource_group", "rotate"},
     "token": {"store", "operation", "resource", "scope"},
 }
 
@@ -282,7 +295,9 @@ class Reference(Strict):
     format: Literal["pem", "pfx", "jwk", "connection_string", "ado", "odbc", "jdbc", "key"] | None = None
     # storage / cosmos
     account: str | None = None
-    key: Literal["key1", "key2", "active", "primary", "secondary", "primary_readonly", "secondary_readonly"] | None = None
+    key: Literal["key1", "key2", "active", "primary", "secondary", "primary_readonly", "secondary_readonly"] | None = Field(
+        None, description="storage: key1, key2 or active (the one rotation keeps in use); cosmosdb: primary, secondary, "
+                          "primary_readonly, secondary_readonly or active")
     permissions: str | None = None
     expiry: Duration | None = Field(None, description="SAS lifetime: 30m, 24h, 7d or seconds")
     sas_type: Literal["user_delegation", "service", "account"] | None = None
@@ -302,6 +317,9 @@ class Reference(Strict):
     # where
     subscription: str | None = None
     resource_group: str | None = None
+    # rotation (vaultrelay extension)
+    rotate_before: Duration | None = Field(None, description="SAS: re-mint when less than this lifetime remains (default a third of expiry)")
+    rotate: Rotate | None = Field(None, description="storage/cosmos `key: active`: regenerate the inactive key and switch on this schedule")
 
     @property
     def kind(self) -> str:
@@ -343,13 +361,17 @@ class Reference(Strict):
             if kind == "storage_key" and self.key not in (None, "key1", "key2", "active"):
                 raise ValueError(f"key: {self.key} is not a storage key (use key1, key2 or active)")
             if kind == "cosmos":
-                if self.key in ("key1", "key2", "active"):
-                    raise ValueError(f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly or secondary_readonly)")
+                if self.key in ("key1", "key2"):
+                    raise ValueError(f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly, secondary_readonly or active)")
                 if self.format not in (None, "key", "connection_string"):
                     raise ValueError("format must be key or connection_string for cosmosdb")
             if kind == "sas":
                 need = need + [k for k in ("permissions", "expiry") if getattr(self, k) is None]
                 self._check_sas()
+                if self.rotate_before is not None and self.expiry is not None and self.rotate_before >= self.expiry:
+                    raise ValueError("rotate_before must be shorter than expiry")
+            if self.rotate is not None and self.key != "active":
+                raise ValueError("rotate needs key: active (vaultrelay alternates the two keys and publishes the active one)")
         elif kind == "sql":
             need = [k for k in ("server", "database") if not self.server or not getattr(self, k)]
             if self.format not in (None, "connection_string", "ado", "odbc", "jdbc"):
@@ -432,6 +454,95 @@ class Variable(Strict):
         return self
 
 
+# ---- vaultrelay extensions: targets, state, HTTP access ------------------------------------------
+class TargetBase(Strict):
+    env: str = Field(description="the env whose bundle this target receives")
+    drift_policy: Literal["report", "repair"] = Field("report", description="when the target was changed by someone else")
+
+
+class KeyVaultTarget(TargetBase):
+    """Push to a Key Vault: one secret per variable, or one JSON secret for the bundle."""
+
+    type: Literal["keyvault"]
+    store: str = Field(description="the store whose identity writes (needs Key Vault Secrets Officer)")
+    vault: str = Field(pattern=VAULT_NAME)
+    mode: Literal["per_variable", "bundle"] = "per_variable"
+    name_style: Literal["kebab", "exact", "lower"] = Field("kebab", description="DATABASE_PASSWORD -> database-password (kebab)")
+    prefix: str = Field("", pattern=r"^[0-9a-zA-Z-]*$", description="prepended to every secret name")
+    secret_name: str | None = Field(None, pattern=SECRET_NAME, description="bundle mode: the secret's name (default <env>-bundle)")
+    deletion_policy: Literal["delete", "keep"] = Field("keep", description="variables removed from the env: delete their (owned) secrets or keep them")
+
+    @model_validator(mode="after")
+    def _modes(self) -> KeyVaultTarget:
+        if self.secret_name and self.mode != "bundle":
+            raise ValueError("secret_name applies to mode: bundle only")
+        return self
+
+
+class BlobTarget(TargetBase):
+    """Write the bundle as one blob (dotenv or JSON), with an ETag condition."""
+
+    type: Literal["blob"]
+    store: str
+    account: str = Field(pattern=STORAGE_ACCOUNT)
+    container: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+    blob: str | None = Field(None, description="default <env>.env (dotenv) or <env>.json")
+    format: Literal["dotenv", "json"] = "dotenv"
+
+
+class AppSettingsTarget(TargetBase):
+    """Merge the bundle into an App Service / Functions app's settings (others are kept)."""
+
+    type: Literal["app_settings"]
+    store: str
+    site: str
+    resource_group: str | None = None
+    subscription: str | None = None
+    slot: str | None = None
+    deletion_policy: Literal["delete", "keep"] = "keep"
+
+
+class WebhookTarget(TargetBase):
+    """POST the bundle (or the changed names only) to an HTTPS endpoint, signed with HMAC-SHA256."""
+
+    type: Literal["webhook"]
+    url: str
+    payload: Literal["bundle", "changed_names"] = "bundle"
+    signing_key: Variable = Field(description="a literal or a from: reference: the HMAC key")
+    timeout: Duration = 10
+    retries: int = Field(4, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("a webhook url must be https://")
+        return value
+
+
+Target = Annotated[KeyVaultTarget | BlobTarget | AppSettingsTarget | WebhookTarget, Field(discriminator="type")]
+
+
+class State(Strict):
+    """Where vaultrelay keeps its records (Table Storage) and the values it mints (Key Vault)."""
+
+    store: str = Field(description="the store whose identity reads and writes state")
+    account: str | None = Field(None, pattern=STORAGE_ACCOUNT, description="storage account of the state tables (default $VAULTRELAY_STATE_ACCOUNT)")
+    table_endpoint: str | None = Field(None, description="full table endpoint instead of account")
+    table_prefix: str = Field("vaultrelay", pattern=r"^[A-Za-z][A-Za-z0-9]{2,40}$")
+    vault: str | None = Field(None, pattern=VAULT_NAME, description="vault that keeps minted SAS tokens between runs (needed for SAS rotation)")
+    fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
+
+
+class Api(Strict):
+    """The HTTP API: how callers authenticate."""
+
+    audience: str | None = Field(None, description="token audience, e.g. api://vaultrelay (default $VAULTRELAY_API_AUDIENCE)")
+    auth_mode: Literal["bearer", "app_service"] = "bearer"
+    admins: list[str] = Field([], description="object ids, app ids or group ids allowed to sync, rotate and read status")
+    admin_role: str = Field("VaultRelay.Admin", description="an app role claim that also grants admin access")
+
+
 class Config(Strict):
     """A vaultrelay config file."""
 
@@ -442,6 +553,10 @@ class Config(Strict):
         None, description="defaults to $VAULTRELAY_CLOUD, then AzureCloud")
     secretStores: dict[str, Store]
     envs: dict[str, dict[str, Variable]] = {}
+    targets: dict[str, Target] = Field({}, description="vaultrelay extension: where envs are pushed")
+    state: State | None = Field(None, description="vaultrelay extension: Table Storage state for sync and rotation")
+    access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> object ids / app ids / group ids that may fetch it")
+    api: Api = Api()
 
     @field_validator("envs")
     @classmethod
@@ -468,9 +583,35 @@ class Config(Strict):
                     problems.append(_located(where, f"store '{ref.store}' is type azure.keyvault: it reads Key Vault objects only"))
                 elif isinstance(store, ManagedIdentityStore) and ref.kind == "keyvault" and not ref.vault:
                     problems.append(_located(where, "a Key Vault reference needs vault"))
+        for name, target in self.targets.items():
+            where = f"targets.{name}"
+            if target.env not in self.envs:
+                problems.append(_located(f"{where}.env", f"unknown env '{target.env}' (envs: {', '.join(sorted(self.envs)) or 'none'})"))
+            store_name = getattr(target, "store", None)
+            if store_name is not None and store_name not in self.secretStores:
+                problems.append(_located(f"{where}.store", f"unknown store '{store_name}'"))
+            key = getattr(target, "signing_key", None)
+            if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
+                problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
+        if self.state is not None and self.state.store not in self.secretStores:
+            problems.append(_located("state.store", f"unknown store '{self.state.store}'"))
+        for env in self.access:
+            if env not in self.envs:
+                problems.append(_located(f"access.{env}", f"unknown env '{env}'"))
+        if self.state is None and (self.targets or self._rotated()):
+            problems.append(_located("targets" if self.targets else "envs", "targets and rotation need a state: section (Table Storage)"))
+        if self.state is not None and self.state.vault is None and self._minted_sas_with_targets():
+            problems.append(_located("state", "state.vault is needed: SAS tokens pushed to targets are kept there between runs"))
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _rotated(self) -> bool:
+        return any(v.from_ is not None and v.from_.rotate is not None for vs in self.envs.values() for v in vs.values())
+
+    def _minted_sas_with_targets(self) -> bool:
+        envs = {t.env for t in self.targets.values()}
+        return any(v.from_ is not None and v.from_.kind == "sas" for e in envs for v in self.envs.get(e, {}).values())
 
 
 def _located(path: str, message: str) -> str:

@@ -12,14 +12,13 @@ Exit codes: 0 ok, 1 resolution errors, 2 config or usage errors; `exec` passes t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from core.engine.render import FORMATS, render
 from core.errors import ConfigError, NotFoundError
 
 EXIT_OK, EXIT_RESOLUTION, EXIT_CONFIG = 0, 1, 2
@@ -145,14 +144,8 @@ def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) ->
         return EXIT_RESOLUTION
     values = bundle.as_plain_dict() if args.reveal else {name: MASK for name in bundle.values}
     fmt = args.format or ("table" if out.isatty() else "dotenv")
-    if fmt == "json":
-        out.write(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    elif fmt == "dotenv":
-        for name, value in sorted(values.items()):
-            out.write(f"{name}={_dotenv_quote(value)}\n")
-    elif fmt == "shell":
-        for name, value in sorted(values.items()):
-            out.write(f"export {name}={shlex.quote(value)}\n")
+    if fmt in FORMATS:
+        out.write(render(values, fmt))
     else:
         from rich.console import Console
         from rich.table import Table
@@ -165,13 +158,6 @@ def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) ->
             table.add_row(name, values[name], item.source, item.version or "", expires)
         Console(file=out, width=None if out.isatty() else 160).print(table)
     return EXIT_RESOLUTION if bundle.failures else EXIT_OK
-
-
-def _dotenv_quote(value: str) -> str:
-    if value and all(c.isalnum() or c in "-_./:@+=," for c in value):
-        return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
-    return f'"{escaped}"'
 
 
 def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:

@@ -37,6 +37,60 @@ class RequestLogPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
                          response.http_response.status_code, (time.monotonic() - started) * 1000)
 
 
+def _shared_trust_adapter(**kwargs: Any) -> Any:
+    """A requests `HTTPAdapter` that parses each CA bundle once, not once per new connection.
+
+    requests hands urllib3 the bundle's path (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` or certifi),
+    and urllib3 then loads the whole bundle into a new SSL context for every TLS connection: about
+    10 ms of CPU under the GIL each.  A resolve opens up to `max_concurrent` connections per host
+    at once, so a cold resolve spent most of its time there.  This adapter gives every pool one
+    SSL context per bundle, loaded once; verification is unchanged (same bundle, certificate and
+    hostname checked).  A client certificate or `verify=False` keeps requests' own behaviour.
+    """
+    import os
+    import ssl
+
+    from requests.adapters import HTTPAdapter
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    class SharedTrustAdapter(HTTPAdapter):
+        def __init__(self, **kw: Any) -> None:
+            self._contexts: dict[str, ssl.SSLContext] = {}
+            self._contexts_lock = threading.Lock()
+            super().__init__(**kw)
+
+        def _context(self, location: str) -> ssl.SSLContext:
+            with self._contexts_lock:
+                context = self._contexts.get(location)
+                if context is None:
+                    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+                    if os.path.isdir(location):
+                        context.load_verify_locations(capath=location)
+                    else:
+                        context.load_verify_locations(cafile=location)
+                    self._contexts[location] = context
+                return context
+
+        def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+            host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+            if verify is not False and cert is None and host_params.get("scheme") == "https":
+                location = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
+                pool_kwargs.pop("ca_certs", None)
+                pool_kwargs.pop("ca_cert_dir", None)
+                pool_kwargs["ssl_context"] = self._context(location)
+            return host_params, pool_kwargs
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            super().cert_verify(conn, url, verify, cert)
+            # The pool's context already trusts the bundle; a path here would reload it per connection.
+            if getattr(conn, "conn_kw", {}).get("ssl_context") in self._contexts.values():
+                conn.ca_certs = None
+                conn.ca_cert_dir = None
+
+    return SharedTrustAdapter(**kwargs)
+
+
 class CloudLike(Protocol):
     """What the client factory needs to know about the cloud it talks to."""
 
@@ -76,14 +130,17 @@ class AzureClients:
         with self._lock:
             if self._session is None:
                 import requests
-                from requests.adapters import HTTPAdapter
 
                 session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=32, pool_maxsize=self.pool_size, max_retries=0)
+                adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=self.pool_size, max_retries=0)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)
                 self._session = session
         return RequestsTransport(session=self._session, session_owner=False)
+
+    def transport(self) -> Any:
+        """A transport over the shared connection pool (for vaultrelay's own pipelines)."""
+        return self._transport()
 
     def _common(self, credential: Any = None) -> dict[str, Any]:
         return {"transport": self._transport(), "retry_policy": self.retry.policy(), **self._logging(credential)}
@@ -126,6 +183,9 @@ class AzureClients:
         return f"https://{vault}.{self.cloud.vault_dns_suffix}"
 
     def storage_url(self, account: str, service: str) -> str:
+        """`https://<account>.<service>.<suffix>`; a full https URL is taken as it is."""
+        if account.startswith("https://"):
+            return account.rstrip("/")
         return f"https://{account}.{service}.{self.cloud.storage_suffix}"
 
     # ---- Key Vault --------------------------------------------------------------------------

@@ -27,6 +27,11 @@ EXAMPLE_ROLES = [
     ("system", "Reader", None, None),
     ("system", "DocumentDB Account Contributor", "cosmos", "sandbox-cosmos"),
     ("data", "Key Vault Secrets User", "vault", "kv-shared"),
+    # the write side: target vault (also the state vault), bundle blobs, state tables, app settings
+    ("system", "Key Vault Secrets Officer", "vault", "kv-target"),
+    ("system", "Storage Blob Data Contributor", "storage", "sandboxdata"),
+    ("system", "Storage Table Data Contributor", "storage", "sandboxstore"),
+    ("system", "Website Contributor", "site", "sandbox-web"),
 ]
 
 

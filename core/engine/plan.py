@@ -57,6 +57,7 @@ def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> P
             "account": ref.account, "sas_type": ref.effective_sas_type, "permissions": ref.permissions, "expiry_s": ref.expiry,
             "services": ref.services, "resource_types": ref.resource_types, "container": ref.container, "blob": ref.blob,
             "table": ref.table, "ip": ref.ip, "https_only": SAS_DEFAULTS["https_only"] if ref.https_only is None else ref.https_only,
+            "rotate_before_s": ref.rotate_before,
         }
         scope = "/".join(p for p in (ref.container, ref.blob, ref.table) if p)
         description = f"{params['sas_type'].replace('_', ' ')} SAS {ref.account}{'/' + scope if scope else ''} ({ref.permissions})"
@@ -166,13 +167,21 @@ class Broker:
                     plan.stores[ref.store] = f"unusable: {exc}"
         return plan
 
-    def resolve(self, env: str) -> Bundle:
+    def resolve(self, env: str, *, active_key: Any = None) -> Bundle:
         """Resolve every variable of `env`; per-variable failures land in the bundle.
+
+        `active_key(kind, account)` names the key rotation keeps in use ("key1"/"key2" for
+        storage, "primary"/"secondary" for Cosmos DB); default key1 / primary.
 
         Raises:
             NotFoundError: no such env.
         """
         plan = plan_env(self.loaded, env)
+        return self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
+
+    def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None) -> Bundle:
+        """Resolve `refs` (and pass `literals` through) as one run."""
+        plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}
         for ref in plan.refs:
@@ -182,7 +191,7 @@ class Broker:
                 stores[ref.store] = self.store(ref.store)
             except ValueError as exc:
                 unusable[ref.store] = str(exc)
-        resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix)
+        resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key)
         bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
         self.last_stats = resolver.last_stats
         for ref in plan.refs:

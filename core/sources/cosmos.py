@@ -50,6 +50,9 @@ class CosmosSource:
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         account = ref.param("account")
         key = ref.param("key", "primary")
+        if key == "active":
+            chooser = getattr(run, "active_key", None)
+            key = str(chooser("cosmos", account)) if chooser is not None else "primary"
         subscription, group = _locate(ref, store, run, account)
         client = run.clients.cosmos_management(subscription, store.credential)
         if ref.param("format", "key") == "connection_string":

@@ -60,7 +60,7 @@ def account_keys(ref: PlannedRef, store: StoreRuntime, run: RunContext, account:
 def active_key_name(ref: PlannedRef, run: RunContext, account: str) -> str:
     """The key a `key: active` reference or a key-signed SAS uses (rotation state decides)."""
     chooser = getattr(run, "active_key", None)
-    return str(chooser(account)) if chooser is not None else "key1"
+    return str(chooser("storage", account)) if chooser is not None else "key1"
 
 
 class StorageKeySource:

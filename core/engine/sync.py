@@ -1,0 +1,399 @@
+"""Sync: resolve each env that has targets and push only what changed, recording every decision.
+
+For each env (under a lease, so concurrent instances do not push the same env at once):
+1. resolve the env; SAS tokens come from the state vault (`core.engine.minted`), re-minted only
+   when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
+   ever published) and the failure is recorded for `status`.
+2. per target: read its snapshot, compare with the last push record (keyed fingerprints) and the
+   desired bundle: adds / updates / removals by name, and drift (the target changed since
+   vaultrelay's last push).  Unchanged and no drift: zero target writes, zero state writes.
+3. push, then replace the push record conditionally on its ETag.  A crash between 2 and 3 leaves
+   the old record; the next run sees the same differences and pushes again (pushes are
+   idempotent "ensure" operations), so it converges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from core.engine.bundle import Bundle
+from core.engine.plan import Broker, plan_env
+from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.state.fingerprints import Fingerprinter
+from core.state.tables import Conflict, Row, StateStore
+from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
+from core.targets.registry import TargetRegistry, default_targets
+
+log = logging.getLogger("vaultrelay.sync")
+
+FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
+LEASE_SECONDS = 300.0
+
+
+@dataclass
+class TargetReport:
+    env: str
+    target: str
+    kind: str
+    adds: list[str] = field(default_factory=list)
+    updates: list[str] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    writes: int = 0
+    outcome: str = "unchanged"  # unchanged, pushed, would_push, error, skipped, busy
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SyncReport:
+    targets: list[TargetReport] = field(default_factory=list)
+    minted: list[str] = field(default_factory=list)
+    failures: dict[str, list[str]] = field(default_factory=dict)  # env -> failing variables (with reasons)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(t.outcome not in ("error",) for t in self.targets)
+
+    @property
+    def target_writes(self) -> int:
+        return sum(t.writes for t in self.targets)
+
+
+def instance_id() -> str:
+    """Who holds a lease: the Functions instance id when there is one, else host and pid."""
+    return os.environ.get("WEBSITE_INSTANCE_ID") or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class SyncEngine:
+    """Sync, rotation and status over one config (one per process and config)."""
+
+    def __init__(
+        self, broker: Broker, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
+        owner: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.broker = broker
+        self.config = broker.loaded.config
+        self.registry = registry or default_targets()
+        self.owner = owner or instance_id()
+        self.clock = clock
+        self._state = state
+        self._fingerprinter: Fingerprinter | None = None
+
+    # ---- wiring -------------------------------------------------------------------------
+    @property
+    def state(self) -> StateStore:
+        """The state store (tables created on first use).
+
+        Raises:
+            ConfigError: the config has no `state:` section or no state account.
+        """
+        if self._state is None:
+            settings = self.config.state
+            if settings is None:
+                raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state", "sync, rotate and status need a state: section")])
+            credential = self.broker.store(settings.store).credential
+            endpoint = settings.table_endpoint
+            account = settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
+            if not endpoint and not account:
+                raise ConfigError([ConfigProblem(self.broker.loaded.file, self.broker.loaded.line_of(("state",)), "state",
+                                                 "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
+            service = self.broker.clients.table_service(str(endpoint or account), credential)
+            self._state = StateStore(service, settings.table_prefix)
+        self._state.ensure_tables()
+        return self._state
+
+    def state_vault(self) -> Any:
+        settings = self.config.state
+        assert settings is not None and settings.vault is not None
+        return self.broker.clients.secret_client(settings.vault, self.broker.store(settings.store).credential)
+
+    @property
+    def fingerprinter(self) -> Fingerprinter:
+        """The HMAC key: `state.fingerprint_key`, else $VAULTRELAY_FINGERPRINT_KEY, else a key kept
+        in `state.vault` (created once; the oldest version wins if two instances race).
+
+        Raises:
+            ConfigError: no key can be found or made.
+        """
+        if self._fingerprinter is None:
+            self._fingerprinter = Fingerprinter(self._fingerprint_key().encode())
+        return self._fingerprinter
+
+    def _fingerprint_key(self) -> str:
+        settings = self.config.state
+        configured = settings.fingerprint_key if settings else None
+        if configured is not None:
+            return self.resolve_variable(configured, "state.fingerprint_key")
+        from_env = self.broker.environ.get("VAULTRELAY_FINGERPRINT_KEY")
+        if from_env:
+            return from_env
+        if settings is not None and settings.vault:
+            return self._vault_fingerprint_key()
+        raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state.fingerprint_key",
+                                         "no fingerprint key: set state.fingerprint_key, $VAULTRELAY_FINGERPRINT_KEY or state.vault")])
+
+    def _vault_fingerprint_key(self) -> str:
+        import secrets
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        vault = self.state_vault()
+        try:
+            vault.get_secret(FINGERPRINT_SECRET)
+        except ResourceNotFoundError:
+            vault.set_secret(FINGERPRINT_SECRET, secrets.token_urlsafe(48), content_type="application/x-vaultrelay-key",
+                             tags={"managed-by": "vaultrelay"})
+        versions = sorted(vault.list_properties_of_secret_versions(FINGERPRINT_SECRET), key=lambda p: (p.created_on, p.version))
+        return str(vault.get_secret(FINGERPRINT_SECRET, versions[0].version).value)
+
+    def resolve_variable(self, variable: Any, path: str) -> str:
+        """A literal or a single `from:` reference (signing keys, the fingerprint key).
+
+        Raises:
+            ConfigError: the reference does not resolve.
+        """
+        if variable.from_ is None:
+            return str(variable.value)
+        from core.engine.plan import plan_reference
+
+        ref = plan_reference("_", path, variable.from_, self.config.secretStores[variable.from_.store])
+        bundle = self.broker.resolve_refs("_", [ref])
+        if bundle.failures:
+            raise ConfigError([ConfigProblem(self.broker.loaded.file, None, path, f"does not resolve: {bundle.failures['_'].reason}")])
+        return str(bundle.values["_"].value.reveal())
+
+    def active_key(self, kind: str, account: str) -> str:
+        row = self.state.get("rotations", kind, account.lower())
+        default = "key1" if kind == "storage" else "primary"
+        return str(row.fields.get("active", default)) if row else default
+
+    # ---- resolve for sync ---------------------------------------------------------------
+    def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
+        """The env's bundle with SAS tokens served from (and minted into) the state vault."""
+        from core.engine.minted import MintedSas
+
+        plan = plan_env(self.broker.loaded, env)
+        sas = [r for r in plan.refs if r.kind == "sas"]
+        others = [r for r in plan.refs if r.kind != "sas"]
+        bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
+        outcomes: list[Any] = []
+        if sas:
+            def record(ref: Any, outcome: Any) -> None:
+                self.state.audit(self.owner, "sas.minted", f"{env}/{ref.name}", {"reason": outcome.reason, "expires": str(outcome.expires_on)})
+                row = self.state.get("rotations", "sas", outcome.secret) or Row("sas", outcome.secret)
+                row.fields.update({"variable": ref.name, "env": env, "issued": self.clock().isoformat(), "expires": str(outcome.expires_on),
+                                   "reason": outcome.reason})
+                try:
+                    self.state.put("rotations", row)
+                except Conflict:
+                    log.info("rotation record of %s updated concurrently", outcome.secret)
+
+            minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
+            minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
+            outcomes = minted.outcomes
+        return bundle, outcomes
+
+    # ---- sync ---------------------------------------------------------------------------
+    def envs_with_targets(self) -> list[str]:
+        return sorted({t.env for t in self.config.targets.values()})
+
+    def sync(self, env: str | None = None, *, dry_run: bool = False, force_mint: bool = False) -> SyncReport:
+        """Sync `env` (default: every env that has targets).
+
+        Raises:
+            NotFoundError: `env` has no targets.
+        """
+        began = time.monotonic()
+        envs = self.envs_with_targets()
+        if env is not None:
+            if env not in envs:
+                raise NotFoundError(f"env '{env}' has no targets (envs with targets: {', '.join(envs) or 'none'})")
+            envs = [env]
+        report = SyncReport()
+        for name in envs:
+            self._sync_env(name, report, dry_run=dry_run, force_mint=force_mint)
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _sync_env(self, env: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == env}
+        if not dry_run and not force_mint:
+            # A read-only pass first: an unchanged env costs no lease and no state write at all.
+            probe = SyncReport()
+            self._sync_env_pass(env, targets, probe, dry_run=True, force_mint=False)
+            if not probe.failures and all(t.outcome == "unchanged" and not self._drift_changed(t) for t in probe.targets):
+                report.targets.extend(probe.targets)
+                return
+        lease = None if dry_run else self.state.acquire_lease(f"sync:{env}", self.owner, LEASE_SECONDS)
+        if lease is None and not dry_run:
+            report.targets.extend(TargetReport(env, n, t.type, outcome="busy") for n, t in targets.items())
+            return
+        try:
+            self._sync_env_pass(env, targets, report, dry_run=dry_run, force_mint=force_mint)
+        finally:
+            if lease is not None:
+                self.state.release_lease(lease)
+
+    def _drift_changed(self, target: TargetReport) -> bool:
+        record = self.state.get("pushes", target.env, target.target)
+        return sorted(record.json("drift", []) if record else []) != target.drift
+
+    def _sync_env_pass(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+        bundle, minted = self.resolve_env(env, force_mint=force_mint, dry_run=dry_run)
+        report.minted.extend(f"{env}/{m.name}" for m in minted)
+        would_mint = {n for n, f in bundle.failures.items() if f.reason == "would_mint"}
+        failures = {n: f for n, f in bundle.failures.items() if n not in would_mint}
+        if failures:
+            failing = sorted(f"{n}: {f.reason}" for n, f in failures.items())
+            report.failures[env] = failing
+            for name, target in targets.items():
+                item = TargetReport(env, name, target.type, outcome="skipped", error=f"env {env} did not resolve completely ({', '.join(failing)}); nothing pushed")
+                report.targets.append(item)
+                if not dry_run:
+                    self._record_error(env, name, item.error or "")
+            return
+        desired = {
+            name: DesiredItem(name, item.value, self.fingerprinter.of(item.value), item.expires_on, item.content_type)
+            for name, item in bundle.values.items()
+        }
+        for name in would_mint:  # dry run: a token that would be minted counts as a change
+            desired[name] = DesiredItem(name, None, "(to be minted)")
+        for name, target in targets.items():
+            report.targets.append(self._sync_target(env, name, target, desired, dry_run=dry_run))
+
+    def _context(self, name: str, target: Any) -> TargetContext:
+        store_name = getattr(target, "store", None)
+        credential = self.broker.store(store_name).credential if store_name else None
+        subscription = self.broker.store(store_name).default_subscription if store_name else None
+        return TargetContext(name=name, clients=self.broker.clients, credential=credential, fingerprinter=self.fingerprinter,
+                             subscription=subscription, resolve_value=lambda v: self.resolve_variable(v, f"targets.{name}.signing_key"))
+
+    def _sync_target(self, env: str, name: str, target: Any, desired: dict[str, DesiredItem], *, dry_run: bool) -> TargetReport:
+        report = TargetReport(env, name, target.type)
+        record = self.state.get("pushes", env, name)
+        recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
+        try:
+            writer = self.registry.build(target, self._context(name, target))
+            snapshot = writer.snapshot(set(desired) | set(recorded), recorded)
+        except TargetError as exc:
+            return self._fail(report, str(exc), dry_run)
+        except Exception as exc:
+            return self._fail(report, f"target {name}: {type(exc).__name__}", dry_run)
+        change, drift = self._diff(writer.whole_bundle, desired, recorded, snapshot, record)
+        report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
+        report.drift = sorted(drift)
+        if drift and target.drift_policy == "repair":
+            change = Change(change.adds, change.updates | (frozenset(drift) & frozenset(desired)), change.removals)
+            report.updates = sorted(change.updates)
+        if writer.whole_bundle and not change.empty:
+            change = Change(change.adds, frozenset(desired) - change.adds, change.removals)
+        recorded_drift = record.json("drift", []) if record else []
+        if change.empty:
+            if not dry_run and record is not None and sorted(recorded_drift) != report.drift:
+                self._update_record(record, {"drift": report.drift})
+            return report
+        if dry_run:
+            report.outcome = "would_push"
+            return report
+        try:
+            result = writer.push(env, desired, change, snapshot)
+        except TargetError as exc:
+            return self._fail(report, str(exc), dry_run)
+        except Exception as exc:
+            return self._fail(report, f"target {name}: push failed: {type(exc).__name__}", dry_run)
+        report.writes = result.writes
+        report.outcome = "pushed"
+        fields = {
+            "fingerprints": {n: d.fingerprint for n, d in desired.items()},
+            "pushed_at": self.clock().isoformat(), "outcome": "ok", "error": "", "drift": [] if target.drift_policy == "repair" else report.drift,
+            "target_etag": result.etag or "", "kind": target.type, "writes": result.writes,
+        }
+        self._write_record(env, name, record, fields)
+        self.state.audit(self.owner, "push", f"{env}->{name}", {
+            "adds": report.adds, "updates": report.updates, "removals": report.removals, "drift": report.drift,
+            "fingerprints": {n: desired[n].fingerprint for n in sorted(change.writes)},
+        })
+        return report
+
+    @staticmethod
+    def _diff(whole: bool, desired: dict[str, DesiredItem], recorded: dict[str, str], snapshot: Snapshot, record: Row | None) -> tuple[Change, set[str]]:
+        adds = frozenset(n for n in desired if n not in recorded)
+        updates = frozenset(n for n in desired if n in recorded and recorded[n] != desired[n].fingerprint)
+        removals = frozenset(n for n in recorded if n not in desired)
+        drift: set[str] = set()
+        if whole:
+            last_etag = record.fields.get("target_etag") if record else None
+            if record is not None and record.fields.get("pushed_at") and (not snapshot.exists or (last_etag and snapshot.etag != last_etag)):
+                drift = {"(content)"}
+        else:
+            for n, fp in recorded.items():
+                if n in snapshot.fingerprints and snapshot.fingerprints[n] != fp:
+                    drift.add(n)
+        if whole and drift:
+            updates = updates | frozenset(n for n in desired if n in recorded)
+        return Change(adds, updates, removals), drift
+
+    def _fail(self, report: TargetReport, message: str, dry_run: bool) -> TargetReport:
+        report.outcome = "error"
+        report.error = message
+        log.warning("sync %s -> %s failed: %s", report.env, report.target, message)
+        if not dry_run:
+            self._record_error(report.env, report.target, message)
+        return report
+
+    def _record_error(self, env: str, target: str, message: str) -> None:
+        record = self.state.get("pushes", env, target)
+        if record is not None and record.fields.get("error") == message:
+            return
+        self._write_record(env, target, record, {"error": message, "failed_at": self.clock().isoformat(), "outcome": "error"})
+
+    def _update_record(self, record: Row, updates: dict[str, Any]) -> None:
+        self._write_record(record.partition, record.key, record, updates)
+
+    def _write_record(self, env: str, target: str, record: Row | None, updates: dict[str, Any]) -> None:
+        for _ in range(5):
+            row = Row(env, target, dict(record.fields) if record else {}, record.etag if record else None)
+            for key, value in updates.items():
+                if isinstance(value, dict | list):
+                    row.set_json(key, value)
+                else:
+                    row.fields[key] = value
+            try:
+                self.state.put("pushes", row)
+                return
+            except Conflict:
+                record = self.state.get("pushes", env, target)
+        raise Conflict(f"push record {env}/{target} kept changing")
+
+    # ---- status -------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        """Per env and target: last push, drift, last error; per rotation: active key, next due."""
+        rows: list[dict[str, Any]] = []
+        for name, target in sorted(self.config.targets.items()):
+            record = self.state.get("pushes", target.env, name)
+            fields = record.fields if record else {}
+            rows.append({
+                "env": target.env, "target": name, "kind": target.type, "last_push": fields.get("pushed_at", ""),
+                "outcome": fields.get("outcome", "never"), "drift": ", ".join(record.json("drift", [])) if record else "",
+                "last_error": fields.get("error", ""), "variables": len(record.json("fingerprints", {})) if record else 0,
+            })
+        return rows
+
+    def rotation_status(self) -> list[dict[str, Any]]:
+        rows = []
+        for kind in ("storage", "cosmos", "sas"):
+            for row in self.state.query("rotations", kind):
+                rows.append({"kind": kind, "name": row.key, **{k: v for k, v in row.fields.items() if not k.startswith("fp_")}})
+        return rows

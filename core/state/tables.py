@@ -1,0 +1,227 @@
+"""vaultrelay's state in Azure Table Storage: push records, rotation records, processed events,
+leases and an append-only audit log.  Rows carry names, versions, times and keyed
+fingerprints, never values.
+
+Table and partition design (`<prefix>` is `state.table_prefix`, default `vaultrelay`):
+
+| table | PartitionKey | RowKey | what |
+|---|---|---|---|
+| `<prefix>pushes` | env | target | last push: fingerprints and versions per variable, target ETag, time, outcome, drift, last error |
+| `<prefix>rotations` | kind (`storage`, `cosmos`, `sas`) | name | active key / issued, expires, next rotation, phase of an unfinished rotation |
+| `<prefix>events` | day (`YYYYMMDD`) | event id | processed Event Grid events (idempotency) |
+| `<prefix>leases` | `lease` | name | owner and expiry of a lease |
+| `<prefix>audit` | day (`YYYYMMDD`) | inverted time + id | who, what, why (append only) |
+
+Every update of an existing row is conditional on its ETag (optimistic concurrency); creations
+are conditional on absence.  A `Conflict` means another instance got there first: callers re-read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("vaultrelay.state")
+
+TABLES = ("pushes", "rotations", "events", "leases", "audit")
+
+
+class Conflict(Exception):
+    """A conditional write lost: the row changed (or appeared) since it was read."""
+
+
+@dataclass
+class Row:
+    """A state row: its keys, its fields and the ETag it was read with (None = new)."""
+
+    partition: str
+    key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    etag: str | None = None
+
+    def json(self, name: str, default: Any = None) -> Any:
+        raw = self.fields.get(name)
+        return json.loads(raw) if isinstance(raw, str) and raw else default
+
+    def set_json(self, name: str, value: Any) -> None:
+        self.fields[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    name: str
+    owner: str
+    expires_at: float
+    etag: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateStore:
+    """Typed access to the state tables through azure-data-tables clients."""
+
+    def __init__(self, table_service: Any, prefix: str = "vaultrelay", *, clock: Callable[[], float] = time.time) -> None:
+        self._service = table_service
+        self.prefix = prefix
+        self._clock = clock
+        self._tables: dict[str, Any] = {}
+        self._ensured = False
+        self.writes = 0  # state writes made by this instance (status, benchmarks)
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def table(self, name: str) -> Any:
+        client = self._tables.get(name)
+        if client is None:
+            client = self._tables[name] = self._service.get_table_client(self.prefix + name)
+        return client
+
+    def ensure_tables(self) -> None:
+        """Create the tables if they do not exist (idempotent, once per process)."""
+        if self._ensured:
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        for name in TABLES:
+            try:
+                self._service.create_table(self.prefix + name)
+            except ResourceExistsError:
+                pass
+        self._ensured = True
+
+    def get(self, table: str, partition: str, key: str) -> Row | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table(table).get_entity(partition, key)
+        except ResourceNotFoundError:
+            return None
+        fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+        return Row(partition, key, fields, entity.metadata.get("etag"))
+
+    def put(self, table: str, row: Row) -> Row:
+        """Create `row` (etag None: must not exist) or replace it (etag: must be unchanged).
+
+        Raises:
+            Conflict: another writer created or changed the row first.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": row.partition, "RowKey": row.key, **row.fields}
+        client = self.table(table)
+        try:
+            if row.etag is None:
+                result = client.create_entity(entity)
+            else:
+                result = client.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
+            raise
+        self.writes += 1
+        return Row(row.partition, row.key, dict(row.fields), result.get("etag"))
+
+    def delete(self, table: str, row: Row) -> None:
+        """Delete `row` if unchanged since read.
+
+        Raises:
+            Conflict: the row changed.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.table(table).delete_entity(row.partition, row.key, etag=row.etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError as exc:
+            raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
+        except ResourceNotFoundError:
+            return
+        self.writes += 1
+
+    def query(self, table: str, partition: str | None = None) -> Iterator[Row]:
+        client = self.table(table)
+        entities: Iterable[Any] = (
+            client.query_entities("PartitionKey eq @pk", parameters={"pk": partition}) if partition is not None else client.list_entities()
+        )
+        for entity in entities:
+            fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+            yield Row(entity["PartitionKey"], entity["RowKey"], fields, entity.metadata.get("etag"))
+
+    def batch(self, table: str, rows: list[Row]) -> None:
+        """Upsert rows of one partition in transactions of at most 100 (unconditional: for rows
+        that only this caller writes, like audit entries)."""
+        for start in range(0, len(rows), 100):
+            chunk = rows[start:start + 100]
+            if not chunk:
+                continue
+            assert len({r.partition for r in chunk}) == 1, "a batch must stay in one partition"
+            self.table(table).submit_transaction(
+                [("upsert", {"PartitionKey": r.partition, "RowKey": r.key, **r.fields}, {"mode": "replace"}) for r in chunk])
+            self.writes += 1
+
+    # ---- leases -------------------------------------------------------------------------
+    def acquire_lease(self, name: str, owner: str, seconds: float) -> Lease | None:
+        """The lease `name` for `seconds`, or None while another owner holds it."""
+        now = self._clock()
+        current = self.get("leases", "lease", name)
+        row = Row("lease", name, {"owner": owner, "expires_at": now + seconds, "acquired_at": now})
+        if current is not None:
+            if current.fields.get("owner") != owner and float(current.fields.get("expires_at", 0)) > now:
+                return None
+            row.etag = current.etag
+        try:
+            written = self.put("leases", row)
+        except Conflict:
+            return None
+        assert written.etag is not None
+        return Lease(name, owner, now + seconds, written.etag)
+
+    def release_lease(self, lease: Lease) -> None:
+        try:
+            self.delete("leases", Row("lease", lease.name, etag=lease.etag))
+        except Conflict:
+            log.info("lease %s was taken over before release", lease.name)
+
+    # ---- events -------------------------------------------------------------------------
+    def first_time(self, event_id: str, detail: dict[str, str] | None = None) -> bool:
+        """Record event `event_id`; False when it was already processed (a duplicate)."""
+        day = _utcnow().strftime("%Y%m%d")
+        existing = self.get("events", day, event_id)
+        if existing is not None:
+            return False
+        try:
+            self.put("events", Row(day, event_id, {"seen_at": self._clock(), **(detail or {})}))
+        except Conflict:
+            return False
+        return True
+
+    # ---- audit --------------------------------------------------------------------------
+    def audit(self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> None:
+        """Append an audit entry (who, what, on what, why; never values)."""
+        now = _utcnow()
+        inverted = f"{10**13 - int(now.timestamp() * 1000):013d}"
+        row = Row(now.strftime("%Y%m%d"), f"{inverted}-{uuid.uuid4().hex[:12]}", {
+            "actor": actor, "action": action, "subject": subject, "at": now.isoformat(),
+            "detail": json.dumps(detail or {}, sort_keys=True, default=str),
+        })
+        try:
+            self.put("audit", row)
+        except Exception as exc:  # auditing must not break the operation it records
+            log.error("audit write failed for %s %s: %s", action, subject, type(exc).__name__)
+
+    def recent_audit(self, limit: int = 50) -> list[Row]:
+        day = _utcnow().strftime("%Y%m%d")
+        rows = list(self.query("audit", day))
+        rows.sort(key=lambda r: r.key)
+        return rows[:limit]

@@ -1,0 +1,1 @@
+"""Push targets, one module per kind, one registry (`core.targets.registry`)."""

@@ -1,0 +1,87 @@
+"""`type: blob` target: the bundle as one dotenv or JSON blob, written with an ETag condition.
+
+The blob's metadata says `managed_by=vaultrelay` and holds the bundle fingerprint; a blob without
+that metadata is never overwritten.  Drift is a blob ETag different from the one last written.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+
+
+def render_dotenv(values: dict[str, str]) -> str:
+    """`NAME="value"` lines, escaped so that dotenv loaders and `set -a; . file` read them back."""
+    lines = []
+    for name in sorted(values):
+        escaped = values[name].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$").replace("`", "\\`")
+        lines.append(f'{name}="{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
+class BlobTargetWriter:
+    kind = "blob"
+    whole_bundle = True
+
+    def __init__(self, config: Any, ctx: TargetContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        blob = config.blob or f"{config.env}.{'json' if config.format == 'json' else 'env'}"
+        service = ctx.clients.blob_service(config.account, ctx.credential)
+        self.client = service.get_blob_client(config.container, blob)
+        self.container = service.get_container_client(config.container)
+        self.blob = blob
+
+    def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            props = self.client.get_blob_properties()
+        except ResourceNotFoundError:
+            return Snapshot(exists=False)
+        except HttpResponseError as exc:
+            raise TargetError(f"target {self.ctx.name}: cannot read blob {self.config.container}/{self.blob}: HTTP {exc.status_code}") from None
+        snapshot = Snapshot(etag=props.etag)
+        if (props.metadata or {}).get("managed_by") != "vaultrelay":
+            snapshot.foreign.add(self.blob)
+        return snapshot
+
+    def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+
+        if snapshot.foreign:
+            raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} is not managed by vaultrelay; refusing to overwrite")
+        values = {name: item.value.reveal() for name, item in desired.items()}
+        body = json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)
+        fingerprint = self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()})
+        metadata = {"managed_by": "vaultrelay", "vaultrelay_env": env, "vaultrelay_fingerprint": fingerprint}
+        condition: dict[str, Any] = (
+            {"etag": snapshot.etag, "match_condition": MatchConditions.IfNotModified} if snapshot.exists and snapshot.etag
+            else {"match_condition": MatchConditions.IfMissing}
+        )
+        content_type = "application/json" if self.config.format == "json" else "text/plain; charset=utf-8"
+        from azure.storage.blob import ContentSettings
+
+        try:
+            if not snapshot.exists:
+                try:
+                    self.container.create_container()
+                except ResourceExistsError:
+                    pass
+            result = self.client.upload_blob(body.encode(), overwrite=True, metadata=metadata,
+                                             content_settings=ContentSettings(content_type=content_type, cache_control="no-store"), **condition)
+        except (ResourceModifiedError, ResourceExistsError):
+            raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} changed during the push; retry next run") from None
+        except ResourceNotFoundError:
+            raise TargetError(f"target {self.ctx.name}: container {self.config.container} not found") from None
+        except HttpResponseError as exc:
+            raise TargetError(f"target {self.ctx.name}: writing blob {self.config.container}/{self.blob} failed: HTTP {exc.status_code}") from None
+        return PushResult(etag=result.get("etag"), writes=1)

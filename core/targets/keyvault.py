@@ -1,0 +1,130 @@
+"""`type: keyvault` target: one secret per variable, or one JSON secret for the whole bundle.
+
+Every secret written carries `managed-by: vaultrelay`, the env, the target and a keyed fingerprint
+in its tags, plus content type and `expires_on` for values that expire.  A secret that exists
+without `managed-by: vaultrelay` is never overwritten or deleted.  Removed variables are deleted
+(soft delete) or kept per `deletion_policy`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from core.targets.base import (
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+    TAG_ENV,
+    TAG_FINGERPRINT,
+    TAG_TARGET,
+    Change,
+    DesiredItem,
+    PushResult,
+    Snapshot,
+    TargetContext,
+    TargetError,
+)
+
+
+def secret_name_for(variable: str, style: str, prefix: str = "") -> str:
+    """`DATABASE_PASSWORD` -> `database-password` (kebab), `DATABASE-PASSWORD` (exact), ..."""
+    if style == "kebab":
+        name = re.sub(r"[^0-9a-zA-Z]+", "-", variable).strip("-").lower()
+    elif style == "lower":
+        name = variable.replace("_", "-").lower()
+    else:
+        name = variable.replace("_", "-")
+    return f"{prefix}{name}"
+
+
+class KeyVaultTargetWriter:
+    kind = "keyvault"
+
+    def __init__(self, config: Any, ctx: TargetContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.whole_bundle = config.mode == "bundle"
+        self.client = ctx.clients.secret_client(config.vault, ctx.credential)
+        self.bundle_secret = config.secret_name or f"{config.env}-bundle"
+
+    def _secret(self, variable: str) -> str:
+        return secret_name_for(variable, self.config.name_style, self.config.prefix)
+
+    def _list(self) -> dict[str, Any]:
+        try:
+            return {p.name: p for p in self.client.list_properties_of_secrets()}
+        except Exception as exc:
+            raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {type(exc).__name__}") from None
+
+    def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
+        existing = self._list()
+        snapshot = Snapshot()
+        if self.whole_bundle:
+            props = existing.get(self.bundle_secret)
+            if props is not None:
+                tags = props.tags or {}
+                if tags.get(MANAGED_BY) != MANAGED_BY_VALUE:
+                    snapshot.foreign.add(self.bundle_secret)
+                snapshot.etag = tags.get(TAG_FINGERPRINT)
+            snapshot.exists = props is not None
+            return snapshot
+        for variable in names:
+            props = existing.get(self._secret(variable))
+            if props is None:
+                snapshot.fingerprints[variable] = None
+                continue
+            tags = props.tags or {}
+            if tags.get(MANAGED_BY) != MANAGED_BY_VALUE:
+                snapshot.foreign.add(variable)
+            snapshot.fingerprints[variable] = tags.get(TAG_FINGERPRINT)
+        return snapshot
+
+    def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
+        foreign = sorted(snapshot.foreign & (set(change.writes) | set(change.removals))) if not self.whole_bundle else sorted(snapshot.foreign)
+        if foreign:
+            names = ", ".join(self._secret(v) if not self.whole_bundle else v for v in foreign)
+            raise TargetError(f"target {self.ctx.name}: vault {self.config.vault} has secret(s) {names} not managed by vaultrelay; refusing to overwrite")
+        if self.whole_bundle:
+            return self._push_bundle(env, desired)
+        writes = 0
+        for variable in sorted(change.writes):
+            item = desired[variable]
+            self._set(self._secret(variable), item.value.reveal(), item, env)
+            writes += 1
+        if self.config.deletion_policy == "delete":
+            for variable in sorted(change.removals):
+                if snapshot.fingerprints.get(variable) is not None or variable in snapshot.fingerprints:
+                    self._delete(self._secret(variable))
+                    writes += 1
+        return PushResult(writes=writes)
+
+    def _push_bundle(self, env: str, desired: dict[str, DesiredItem]) -> PushResult:
+        payload = json.dumps({name: item.value.reveal() for name, item in sorted(desired.items())}, sort_keys=True)
+        fingerprint = self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()})
+        expiries = [i.expires_on for i in desired.values() if i.expires_on is not None]
+        item = DesiredItem(self.bundle_secret, None, fingerprint, min(expiries) if expiries else None, "application/json")
+        self._set(self.bundle_secret, payload, item, env)
+        return PushResult(etag=fingerprint, writes=1)
+
+    def _set(self, name: str, value: str, item: DesiredItem, env: str) -> None:
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        tags = {MANAGED_BY: MANAGED_BY_VALUE, TAG_ENV: env, TAG_TARGET: self.ctx.name, TAG_FINGERPRINT: item.fingerprint}
+        kwargs = {"content_type": item.content_type, "expires_on": item.expires_on, "tags": tags}
+        try:
+            self.client.set_secret(name, value, **kwargs)
+        except (ResourceExistsError, HttpResponseError) as exc:
+            if getattr(exc, "status_code", None) != 409:
+                raise TargetError(f"target {self.ctx.name}: setting {name} failed: HTTP {getattr(exc, 'status_code', '?')}") from None
+            # Deleted earlier (by vaultrelay's deletion policy) and still recoverable: recover, then set.
+            self.client.begin_recover_deleted_secret(name).wait()
+            self.client.set_secret(name, value, **kwargs)
+
+    def _delete(self, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.client.begin_delete_secret(name)
+        except ResourceNotFoundError:
+            pass

@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="default: table on a terminal, dotenv when piped")
     resolve.add_argument("--reveal", action="store_true", help="print values (masked otherwise)")
     resolve.add_argument("--allow-partial", action="store_true", help="print what resolved even if some variables failed")
+    sync = commands.add_parser("sync", help="push envs to their targets, only what changed")
+    sync.add_argument("--env", "-e", help="one env (default: every env with targets)")
+    sync.add_argument("--dry-run", action="store_true", help="show adds/updates/removals and drift; write nothing")
+    sync.add_argument("--force-mint", action="store_true", help="re-mint SAS tokens even if not due")
+    rotate = commands.add_parser("rotate", help="rotate storage / Cosmos DB keys that are due")
+    rotate.add_argument("--name", "-n", help="one rotation, e.g. storage:myaccount (see status)")
+    rotate.add_argument("--force", action="store_true", help="rotate even if not due")
+    commands.add_parser("status", help="per env and target: last push, drift, last error; rotations")
     exec_ = commands.add_parser("exec", help="run a command with the env's variables set")
     exec_.add_argument("--env", "-e", required=True)
     exec_.add_argument("--allow-partial", action="store_true", help="run even if some variables failed")
@@ -68,6 +76,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             return _plan(loaded, args.env, out)
         if args.command == "resolve":
             return _resolve(loaded, args, out, err)
+        if args.command in ("sync", "rotate", "status"):
+            return _write_side(loaded, args, out, err)
         return _exec(loaded, args, err)
     except NotFoundError as exc:
         err.write(f"{exc}\n")
@@ -158,6 +168,72 @@ def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) ->
             table.add_row(name, values[name], item.source, item.version or "", expires)
         Console(file=out, width=None if out.isatty() else 160).print(table)
     return EXIT_RESOLUTION if bundle.failures else EXIT_OK
+
+
+def _write_side(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.engine.plan import Broker
+    from core.engine.sync import SyncEngine
+
+    console = Console(file=out, width=None if out.isatty() else 160)
+    broker = Broker(loaded)
+    engine = SyncEngine(broker)
+    try:
+        if args.command == "sync":
+            report = engine.sync(args.env, dry_run=args.dry_run, force_mint=args.force_mint)
+            table = Table(title="sync" + (" (dry run)" if args.dry_run else ""))
+            for column in ("env", "target", "outcome", "adds", "updates", "removals", "drift", "writes"):
+                table.add_column(column)
+            for t in report.targets:
+                table.add_row(t.env, t.target, t.outcome, ", ".join(t.adds), ", ".join(t.updates), ", ".join(t.removals),
+                              ", ".join(t.drift), str(t.writes))
+            console.print(table)
+            for env, failing in report.failures.items():
+                err.write(f"error: env {env}: {'; '.join(failing)}\n")
+            for t in report.targets:
+                if t.error:
+                    err.write(f"error: {t.env} -> {t.target}: {t.error}\n")
+            if report.minted:
+                out.write(f"minted: {', '.join(report.minted)}\n")
+            out.write(f"{report.target_writes} target writes in {report.seconds:.2f}s\n")
+            return EXIT_OK if report.ok else EXIT_RESOLUTION
+        if args.command == "rotate":
+            from core.engine.rotate import KeyRotation
+
+            try:
+                reports = KeyRotation(engine).rotate(args.name, force=args.force)
+            except KeyError as exc:
+                err.write(f"{exc.args[0]}\n")
+                return EXIT_CONFIG
+            table = Table(title="rotate")
+            for column in ("rotation", "outcome", "from", "to", "re-pushed", "next due"):
+                table.add_column(column)
+            for r in reports:
+                table.add_row(r.name, r.outcome, r.old_active or "", r.new_active or "", ", ".join(r.repushed), r.next_due or "")
+            console.print(table)
+            for r in reports:
+                if r.error:
+                    err.write(f"error: {r.name}: {r.error}\n")
+            return EXIT_RESOLUTION if any(r.outcome == "error" for r in reports) else EXIT_OK
+        table = Table(title="targets")
+        rows = engine.status()
+        for column in ("env", "target", "kind", "last push", "outcome", "variables", "drift", "last error"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["env"], row["target"], row["kind"], row["last_push"], row["outcome"], str(row["variables"]), row["drift"], row["last_error"])
+        console.print(table)
+        rotations = Table(title="rotations")
+        for column in ("kind", "name", "active / variable", "rotated / issued", "next due / expires", "phase"):
+            rotations.add_column(column)
+        for rec in engine.rotation_status():
+            rotations.add_row(rec["kind"], rec["name"], str(rec.get("active") or rec.get("variable", "")), str(rec.get("rotated_at") or rec.get("issued", "")),
+                              str(rec.get("next_due") or rec.get("expires", "")), str(rec.get("phase", "")))
+        console.print(rotations)
+        return EXIT_OK
+    finally:
+        broker.close()
 
 
 def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:

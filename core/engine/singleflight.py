@@ -75,3 +75,11 @@ class ValueCache(Generic[T]):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def invalidate(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop every entry whose key matches; returns how many were dropped."""
+        with self._lock:
+            doomed = [key for key in self._entries if predicate(key)]
+            for key in doomed:
+                del self._entries[key]
+            return len(doomed)

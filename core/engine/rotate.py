@@ -1,0 +1,253 @@
+"""Dual-key rotation of storage and Cosmos DB account keys (`key: active` + `rotate: {every}`).
+
+Microsoft's dual-key pattern, end to end:
+1. regenerate the **inactive** key (nobody uses it: consumers were moved off it last time),
+2. verify the new key works (one cheap authorized call),
+3. switch `active` to it in the rotation record,
+4. re-push every env that uses the account: `key: active` references now publish the new key,
+   and SAS tokens signed with the old key are re-minted with the new one,
+5. only then is the rotation done; the old key keeps working until the *next* rotation
+   regenerates it, so consumers that have not picked up the new values yet keep working.
+
+Each step is recorded (`phase`) before it is taken, under a lease, with ETag-conditional writes:
+several instances on one schedule rotate once, and a run killed at any point is resumed by the
+next one without regenerating twice (the inactive key's fingerprint before regeneration tells
+whether step 1 already happened).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.engine.resolve import forget_values
+from core.sources.base import PlannedRef, RunContext
+from core.state.tables import Conflict, Row
+
+log = logging.getLogger("vaultrelay.rotate")
+
+OTHER = {"key1": "key2", "key2": "key1", "primary": "secondary", "secondary": "primary"}
+LEASE_SECONDS = 900.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # "storage:<account>" / "cosmos:<account>"
+    kind: str  # storage | cosmos
+    account: str
+    store: str
+    every: float
+    ref: PlannedRef
+    envs: tuple[str, ...]
+
+
+@dataclass
+class RotationReport:
+    name: str
+    outcome: str  # adopted, rotated, resumed, not_due, busy, error
+    old_active: str | None = None
+    new_active: str | None = None
+    next_due: str | None = None
+    repushed: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class KeyRotation:
+    """Rotation of every `rotate:` reference in a config, through a SyncEngine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.broker = engine.broker
+        self.state = engine.state
+
+    def candidates(self) -> dict[str, Candidate]:
+        from core.engine.plan import plan_env
+
+        found: dict[str, Candidate] = {}
+        config = self.broker.loaded.config
+        for env in config.envs:
+            for ref in plan_env(self.broker.loaded, env).refs:
+                variable = config.envs[env][ref.name].from_
+                if variable is None or variable.rotate is None:
+                    continue
+                kind = "storage" if ref.kind == "storage_key" else "cosmos"
+                name = f"{kind}:{ref.param('account').lower()}"
+                users = tuple(sorted(self._envs_using(kind, ref.param("account"))))
+                previous = found.get(name)
+                every = min(variable.rotate.every, previous.every) if previous else variable.rotate.every
+                found[name] = Candidate(name, kind, ref.param("account").lower(), ref.store, every, ref, users)
+        return found
+
+    def _envs_using(self, kind: str, account: str) -> set[str]:
+        from core.engine.plan import plan_env
+
+        envs = set()
+        for env in self.broker.loaded.config.envs:
+            for ref in plan_env(self.broker.loaded, env).refs:
+                if ref.param("account", "").lower() != account.lower():
+                    continue
+                if kind == "storage" and (ref.kind == "storage_key" or (ref.kind == "sas" and ref.param("sas_type") != "user_delegation")):
+                    envs.add(env)
+                elif kind == "cosmos" and ref.kind == "cosmos":
+                    envs.add(env)
+        return envs
+
+    def rotate(self, name: str | None = None, *, force: bool = False) -> list[RotationReport]:
+        """Rotate what is due (or `name`, or everything with `force`).
+
+        Raises:
+            KeyError: `name` is not a rotation of this config.
+        """
+        candidates = self.candidates()
+        if name is not None:
+            if name not in candidates:
+                raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'})")
+            candidates = {name: candidates[name]}
+        return [self._rotate_one(c, force) for c in candidates.values()]
+
+    # ---- one rotation -------------------------------------------------------------------
+    def _rotate_one(self, c: Candidate, force: bool) -> RotationReport:
+        now = self.engine.clock()
+        row = self.state.get("rotations", c.kind, c.account)
+        default = "key1" if c.kind == "storage" else "primary"
+        if row is None and not force:
+            # First sight of this account: adopt it (key1/primary active from now); the schedule
+            # starts today rather than rotating at once on a fresh deployment.
+            next_due = now + timedelta(seconds=c.every)
+            try:
+                self.state.put("rotations", Row(c.kind, c.account, {"active": default, "rotated_at": now.isoformat(), "next_due": next_due.isoformat(), "phase": ""}))
+            except Conflict:
+                return RotationReport(c.name, "busy")
+            return RotationReport(c.name, "adopted", default, next_due=next_due.isoformat())
+        if row is not None and not row.fields.get("phase") and not force and not self._due(row, c, now):
+            return RotationReport(c.name, "not_due", row.fields.get("active", default), next_due=row.fields.get("next_due"))
+        lease = self.state.acquire_lease(f"rotate:{c.name}", self.engine.owner, LEASE_SECONDS)
+        if lease is None:
+            return RotationReport(c.name, "busy")
+        try:
+            row = self.state.get("rotations", c.kind, c.account) or Row(c.kind, c.account, {"active": default, "rotated_at": ""})
+            phase = row.fields.get("phase") or ""
+            if not phase and not force and not self._due(row, c, now):
+                return RotationReport(c.name, "not_due", row.fields.get("active"), next_due=row.fields.get("next_due"))
+            return self._run(c, row, resumed=bool(phase))
+        except Exception as exc:
+            log.error("rotation %s failed: %s", c.name, type(exc).__name__)
+            self.state.audit(self.engine.owner, "rotation.failed", c.name, {"error": type(exc).__name__})
+            return RotationReport(c.name, "error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        finally:
+            self.state.release_lease(lease)
+
+    @staticmethod
+    def _due(row: Row, c: Candidate, now: datetime) -> bool:
+        rotated_at = row.fields.get("rotated_at")
+        if not rotated_at:
+            return True
+        return now - datetime.fromisoformat(rotated_at) >= timedelta(seconds=c.every)
+
+    def _run(self, c: Candidate, row: Row, *, resumed: bool) -> RotationReport:
+        fp = self.engine.fingerprinter
+        active = str(row.fields.get("active"))
+        target = str(row.fields.get("target_key") or OTHER[active])
+        report = RotationReport(c.name, "resumed" if resumed else "rotated", old_active=active, new_active=target)
+        phase = row.fields.get("phase") or ""
+        if not phase:
+            keys = self._keys(c)
+            row.fields.update({"phase": "regenerating", "target_key": target, "fp_before": fp.of(keys[target]), "started_at": self.engine.clock().isoformat()})
+            row = self._save(row)
+            phase = "regenerating"
+        if phase == "regenerating":
+            keys = self._keys(c, fresh=True)
+            if fp.of(keys[target]) == row.fields.get("fp_before"):
+                self._regenerate(c, target)
+                keys = self._keys(c, fresh=True)
+            else:
+                log.info("rotation %s: %s was already regenerated by an interrupted run", c.name, target)
+            problem = self._verify(c, keys[target])
+            if problem:
+                raise RuntimeError(f"the regenerated {target} did not work: {problem}")
+            row.fields.update({"phase": "switching"})
+            row = self._save(row)
+            phase = "switching"
+        if phase == "switching":
+            row.fields.update({"active": target, "previous": active, "rotated_at": self.engine.clock().isoformat(), "phase": "repushing"})
+            row = self._save(row)
+            forget_values(account=c.account)
+            phase = "repushing"
+        if phase == "repushing":
+            for env in c.envs:
+                if env in self.engine.envs_with_targets():
+                    result = self.engine.sync(env)
+                    if not result.ok:
+                        raise RuntimeError(f"re-push of env {env} after switching to {target} did not complete; will resume")
+                    report.repushed.append(env)
+            next_due = self.engine.clock() + timedelta(seconds=c.every)
+            row.fields.update({"phase": "", "target_key": "", "fp_before": "", "next_due": next_due.isoformat()})
+            row = self._save(row)
+            report.next_due = next_due.isoformat()
+        self.state.audit(self.engine.owner, "rotation.done", c.name, {"from": active, "to": target, "repushed": report.repushed, "resumed": resumed})
+        return report
+
+    def _save(self, row: Row) -> Row:
+        try:
+            return self.state.put("rotations", row)
+        except Conflict:
+            raise RuntimeError("the rotation record changed underneath this run (another instance); giving up this run") from None
+
+    # ---- provider calls -----------------------------------------------------------------
+    def _run_context(self) -> RunContext:
+        return RunContext(clients=self.broker.clients)
+
+    def _keys(self, c: Candidate, *, fresh: bool = False) -> dict[str, str]:
+        store = self.broker.store(c.store)
+        run = self._run_context()
+        if c.kind == "storage":
+            from core.sources.storage import account_keys
+
+            return account_keys(c.ref, store, run, c.account)
+        from core.sources.cosmos import _locate
+
+        subscription, group = _locate(c.ref, store, run, c.account)
+        keys = self.broker.clients.cosmos_management(subscription, store.credential).database_accounts.list_keys(group, c.account)
+        return {"primary": keys.primary_master_key, "secondary": keys.secondary_master_key}
+
+    def _regenerate(self, c: Candidate, key: str) -> None:
+        store = self.broker.store(c.store)
+        run = self._run_context()
+        log.info("rotation %s: regenerating %s", c.name, key)
+        if c.kind == "storage":
+            from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
+
+            from core.sources.storage import locate_account
+
+            subscription, group = locate_account(c.ref, store, run, c.account)
+            self.broker.clients.storage_management(subscription, store.credential).storage_accounts.regenerate_key(
+                group, c.account, StorageAccountRegenerateKeyParameters(key_name=key))
+        else:
+            from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
+
+            from core.sources.cosmos import _locate
+
+            subscription, group = _locate(c.ref, store, run, c.account)
+            self.broker.clients.cosmos_management(subscription, store.credential).database_accounts.begin_regenerate_key(
+                group, c.account, DatabaseAccountRegenerateKeyParameters(key_kind=key)).result()
+
+    def _verify(self, c: Candidate, key: str) -> str | None:
+        """One authorized call with the new key (storage); Cosmos keys are checked by being listed
+        changed (a data-plane call would need the account's endpoint and network access)."""
+        if c.kind != "storage":
+            return None
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob import BlobServiceClient
+
+        client = BlobServiceClient(self.broker.clients.storage_url(c.account, "blob"),
+                                   credential={"account_name": c.account, "account_key": key}, retry_total=2)
+        try:
+            client.get_service_properties()
+        except HttpResponseError as exc:
+            return f"HTTP {exc.status_code}"
+        return None

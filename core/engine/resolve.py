@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -127,6 +128,7 @@ class Resolver:
         by_store: dict[str, list[tuple[PlannedRef, list[PlannedRef]]]] = {}
         for item in items:
             by_store.setdefault(item[0].store, []).append(item)
+        by_store = {name: _dispatch_order(queue) for name, queue in by_store.items()}
         offsets = dict.fromkeys(by_store, 0)
         while any(offsets[s] < len(by_store[s]) for s in by_store):
             wave: list[tuple[PlannedRef, list[PlannedRef]]] = []
@@ -171,3 +173,46 @@ class Resolver:
         for ref in group:
             bundle.failures[ref.name] = ResolutionFailure(name=ref.name, path=ref.path, reason=reason, message=message, hint=hint)
             log.warning("could not resolve %s (%s): %s", ref.name, ref.path, reason)
+
+
+def forget_values(**params: str) -> int:
+    """Drop cached values of references whose parameters include all of `params` (compared
+    case-insensitively), e.g. `forget_values(account="acct")` after a key rotation or
+    `forget_values(vault="kv", secret="db")` after a new secret version."""
+    wanted = {k: v.lower() for k, v in params.items()}
+
+    def matches(key: Any) -> bool:
+        found = dict(key[-1]) if isinstance(key, tuple) and key and isinstance(key[-1], tuple) else {}
+        return all(str(found.get(k, "")).lower() == v for k, v in wanted.items())
+
+    return PROCESS_VALUE_CACHE.invalidate(matches)
+
+
+# Kinds whose references to one account share per-run calls (listKeys, delegation key, Cosmos DB keys).
+_SHARED_CALL_KINDS = frozenset({"storage_key", "sas", "cosmos"})
+
+
+def _dispatch_order(items: list[tuple[PlannedRef, list[PlannedRef]]]) -> list[tuple[PlannedRef, list[PlannedRef]]]:
+    """One store's fetches in the order that shortens the run's critical path.
+
+    First one reference per target (vault, account): their one-off round trips (the Key Vault
+    challenge and token, the ARM token and listKeys) then overlap instead of each target waiting
+    for the previous one.  Then the other fetches that need requests of their own, round-robin over
+    targets.  Last the references that only reuse a per-run shared call (a second key or SAS of an
+    account): by then the shared call is done, so they never hold a concurrency slot while waiting.
+    """
+    groups: dict[tuple[str, Any], list[tuple[PlannedRef, list[PlannedRef]]]] = {}
+    for item in items:
+        ref = item[0]
+        if ref.kind in _SHARED_CALL_KINDS:
+            target: Any = ("account", ref.kind == "cosmos", str(ref.param("account", "")).lower())
+        elif ref.kind.startswith("keyvault_"):
+            target = ("vault", str(ref.param("vault", "")).lower())
+        else:
+            target = ("ref", ref.dedup_key)
+        groups.setdefault(target, []).append(item)
+    leaders = [group[0] for group in groups.values()]
+    independent = [[item for item in group[1:] if item[0].kind not in _SHARED_CALL_KINDS] for group in groups.values()]
+    spread = [item for row in itertools.zip_longest(*independent) for item in row if item is not None]
+    followers = [item for group in groups.values() for item in group[1:] if item[0].kind in _SHARED_CALL_KINDS]
+    return leaders + spread + followers

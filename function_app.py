@@ -7,6 +7,8 @@ Heavy Azure SDK imports happen on first use, not here, to keep cold starts short
 import azure.functions as func
 
 from functions.health import bp as health_bp
+from functions.http_api import bp as http_api_bp
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(health_bp)
+app.register_functions(http_api_bp)

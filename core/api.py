@@ -1,0 +1,330 @@
+"""The HTTP API without a web framework: requests in (path parameter, query, headers), status,
+headers and body out.  `functions/http_api.py` and `functions/health.py` are thin shells over it,
+and tests can drive it directly.
+
+* `GET /api/envs/{env}`: the resolved env in `format=json|dotenv|shell` (or by `Accept`), with
+  `Cache-Control: no-store`.  No token: 401 with a `WWW-Authenticate: Bearer` challenge.  A caller
+  not in the env's `access:` list and an env that does not exist get the same 403 body, so
+  callers cannot find out which envs exist.  If any variable fails: 502 with the variables'
+  names and failure reasons (never values, never partial bundles).  Every fetch is audited.
+* `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
+  token for each audience the config needs from it (tokens and values are never shown).
+
+One `ApiContext` (config, Broker, authenticator) is kept per process and config file; it is
+rebuilt when the file's modification time or size changes.  The config is `$VAULTRELAY_CONFIG`
+(a file path), else `vaultrelay.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.audit import AuditSink, LoggingAuditSink
+from core.engine.render import FORMATS, MEDIA_TYPES, negotiate, render
+
+log = logging.getLogger("vaultrelay.api")
+
+FETCH_ACTION = "env.fetch"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"}
+FORBIDDEN_BODY = {"error": "forbidden", "message": "the caller may not fetch this env, or it does not exist"}
+MAX_ENV_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; charset=utf-8"
+
+    @classmethod
+    def json(cls, status: int, document: Any, headers: Mapping[str, str] | None = None) -> ApiResponse:
+        return cls(status, (json.dumps(document, sort_keys=True) + "\n").encode(), "application/json", {**NO_STORE, **(headers or {})})
+
+
+@dataclass
+class ApiContext:
+    """What one config file gives the API: the loaded config, its Broker and authenticator."""
+
+    loaded: Any  # core.config.LoadedConfig
+    broker: Any  # core.engine.plan.Broker
+    signature: tuple[int, int, int]
+    _authenticator: Any = None
+    _fingerprinter: tuple[Any, str] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def authenticator(self, environ: Mapping[str, str]) -> Any:
+        from core.access import Authenticator, audiences_from, tenant_from
+
+        with self._lock:
+            if self._authenticator is None:
+                api = self.loaded.config.api
+                self._authenticator = Authenticator(
+                    api.auth_mode, authority=self.broker.cloud.authority, tenant_id=tenant_from(environ),
+                    audiences=audiences_from(api.audience, environ),
+                )
+            return self._authenticator
+
+    def fingerprinter(self, environ: Mapping[str, str]) -> tuple[Any, str]:
+        from core.audit import fingerprinter
+
+        with self._lock:
+            if self._fingerprinter is None:
+                self._fingerprinter = fingerprinter(self.broker, environ)
+            return self._fingerprinter
+
+
+class ConfigUnavailable(Exception):
+    """The config cannot be loaded; the message is for logs (it names the file, never values)."""
+
+
+class HttpApi:
+    """The HTTP API of one process."""
+
+    def __init__(
+        self, *, environ: Mapping[str, str] | None = None, audit: AuditSink | None = None,
+        broker_factory: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.environ = os.environ if environ is None else environ
+        self.audit: AuditSink = audit or LoggingAuditSink()
+        self._broker_factory = broker_factory
+        self._context: ApiContext | None = None
+        self._context_path: str | None = None
+        self._failed: tuple[str, tuple[int, int, int], str] | None = None
+        self._lock = threading.Lock()
+
+    # ---- the config, per file version ---------------------------------------------------
+    def context(self) -> ApiContext:
+        """The context of the current config file, reloaded when the file changed.
+
+        Raises:
+            ConfigUnavailable: the file is missing or invalid.
+        """
+        from core.config import config_path, load_config
+
+        path = str(config_path(None, self.environ))
+        if path.startswith(("https://", "http://")):
+            raise ConfigUnavailable("VAULTRELAY_CONFIG must be a file path (URLs are not supported)")
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise ConfigUnavailable(f"cannot read config {path}: {exc.strerror or exc}") from None
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        with self._lock:
+            current = self._context
+            if current is not None and self._context_path == path and current.signature == signature:
+                return current
+            if self._failed is not None and self._failed[:2] == (path, signature):
+                raise ConfigUnavailable(self._failed[2])
+            from core.errors import ConfigError
+
+            try:
+                loaded = load_config(path, environ=self.environ)
+                broker = self._make_broker(loaded)
+            except ConfigError as exc:
+                # Fail closed (an edit may have revoked access) until the file changes again.
+                self._failed = (path, signature, str(exc))
+                raise ConfigUnavailable(str(exc)) from None
+            self._failed = None
+            context = self._context = ApiContext(loaded=loaded, broker=broker, signature=signature)
+            self._context_path = path
+        if current is not None:
+            # Requests still running on the old Broker keep using it; close it once they are done.
+            timer = threading.Timer(60.0, current.broker.close)
+            timer.daemon = True
+            timer.start()
+        log.info("config %s loaded (%d envs)", path, len(loaded.config.envs))
+        return context
+
+    def _make_broker(self, loaded: Any) -> Any:
+        if self._broker_factory is not None:
+            return self._broker_factory(loaded)
+        from core.engine.plan import Broker
+
+        return Broker(loaded, environ=self.environ)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._context is not None:
+                self._context.broker.close()
+                self._context = None
+
+    # ---- GET /api/envs/{env} -------------------------------------------------------------
+    def fetch_env(self, env: str, *, query: Mapping[str, str], headers: Mapping[str, str]) -> ApiResponse:
+        """Answer `GET /api/envs/{env}`; `headers` may have names in any case."""
+        from core.access import AuthError, AuthUnavailable, may_fetch
+
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        try:
+            context = self.context()
+        except ConfigUnavailable as exc:
+            log.error("env fetch refused: %s", exc)
+            return ApiResponse.json(503, {"error": "unavailable", "message": "the config cannot be loaded"}, {"Retry-After": "30"})
+        try:
+            principal = context.authenticator(self.environ).authenticate(lowered)
+        except AuthError as exc:
+            self._audit("anonymous", env, {"outcome": "unauthenticated", "status": str(exc.status)})
+            body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
+            return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
+        except AuthUnavailable as exc:
+            log.error("env fetch refused: %s", exc)
+            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+        config = context.loaded.config
+        if env not in config.envs or not may_fetch(config.access, env, principal):
+            self._audit(principal.actor, env, {"outcome": "denied", "via": principal.via})
+            return ApiResponse.json(403, FORBIDDEN_BODY)
+        fmt, problem = _format(query, lowered)
+        if fmt is None:
+            status = 406 if problem == "accept" else 400
+            message = ("no acceptable representation: use application/json, text/plain or text/x-shellscript"
+                       if status == 406 else f"format must be one of {', '.join(FORMATS)}")
+            return ApiResponse.json(status, {"error": "not_acceptable" if status == 406 else "bad_request", "message": message})
+        from core.errors import NotFoundError
+
+        try:
+            bundle = context.broker.resolve(env)
+        except NotFoundError:
+            self._audit(principal.actor, env, {"outcome": "denied", "via": principal.via})
+            return ApiResponse.json(403, FORBIDDEN_BODY)
+        if bundle.failures:
+            failures = [{"name": name, "reason": bundle.failures[name].reason} for name in sorted(bundle.failures)]
+            for name in sorted(bundle.failures):
+                log.warning("env %s: %s", env, bundle.failures[name])
+            self._audit(principal.actor, env, {
+                "outcome": "failed", "via": principal.via, "failed": ",".join(f["name"] for f in failures),
+            })
+            return ApiResponse.json(502, {"error": "resolution_failed", "env": env, "failures": failures})
+        prints, key_source = context.fingerprinter(self.environ)
+        detail = {"outcome": "ok", "via": principal.via, "format": fmt, "variables": str(len(bundle.values)),
+                  "fingerprint_key": key_source}
+        for name, item in sorted(bundle.values.items()):
+            detail[f"fp.{name}"] = prints.of(item.value)
+            if item.version:
+                detail[f"version.{name}"] = str(item.version)
+        self._audit(principal.actor, env, detail)
+        text = render(bundle.as_plain_dict(), fmt)
+        return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
+
+    def _audit(self, actor: str, env: str, detail: dict[str, str]) -> None:
+        safe_env = (env if env.isprintable() else env.encode("unicode_escape").decode())[:MAX_ENV_LENGTH]
+        try:
+            self.audit.record(actor, FETCH_ACTION, safe_env, detail)
+        except Exception:  # a broken sink must not turn a fetch into a 500; it is logged
+            log.exception("audit sink failed for %s on env %s", FETCH_ACTION, safe_env)
+
+    # ---- GET /api/health?deep=1 ----------------------------------------------------------
+    def readiness(self) -> ApiResponse:
+        """200 when the config loads and every store's identity gets a token for each audience
+        the config needs; 503 otherwise.  Names stores and audiences, never tokens or values."""
+        try:
+            context = self.context()
+        except ConfigUnavailable as exc:
+            log.error("readiness: %s", exc)
+            return ApiResponse.json(503, {"status": "unavailable", "config": "cannot be loaded"})
+        broker = context.broker
+        stores: dict[str, Any] = {}
+        ready = True
+        for store, scopes in sorted(store_scopes(context.loaded, broker.cloud).items()):
+            checks: dict[str, str] = {}
+            try:
+                credential = broker.store(store).credential
+            except Exception as exc:  # an unusable store makes the app not ready
+                log.warning("readiness: store %s has no usable credential: %s", store, exc)
+                stores[store] = {"ok": False, "error": "no usable credential"}
+                ready = False
+                continue
+            for scope in sorted(scopes):
+                try:
+                    credential.get_token(scope)
+                    checks[scope] = "ok"
+                except Exception as exc:  # reported by kind only
+                    log.warning("readiness: store %s cannot get a token for %s: %s", store, scope, type(exc).__name__)
+                    checks[scope] = _token_failure(exc)
+            ok = all(v == "ok" for v in checks.values())
+            ready = ready and ok
+            stores[store] = {"ok": ok, "scopes": checks}
+        return ApiResponse.json(200 if ready else 503, {"status": "ok" if ready else "unavailable", "config": "ok", "stores": stores})
+
+
+def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
+    """Store -> the token scopes it needs: for every env's references, the targets it writes and
+    the state it keeps."""
+    from core.engine.plan import plan_env
+    from core.sources.token import scope_of
+
+    vault_scope = f"https://{cloud.vault_dns_suffix}/.default"
+    arm_scope = cloud.arm_scope
+    storage_scope = "https://storage.azure.com/.default"
+    needs: dict[str, set[str]] = {}
+    for env in loaded.config.envs:
+        for ref in plan_env(loaded, env).refs:
+            scopes = needs.setdefault(ref.store, set())
+            if ref.kind.startswith("keyvault"):
+                scopes.add(vault_scope)
+            elif ref.kind in ("storage_key", "cosmos"):
+                scopes.add(arm_scope)
+            elif ref.kind == "sas":
+                scopes.add(storage_scope if ref.param("sas_type") == "user_delegation" else arm_scope)
+            elif ref.kind == "token":
+                scopes.add(scope_of(ref.param("resource"), ref.param("scope")))
+    config = loaded.config
+    for target in config.targets.values():
+        store = getattr(target, "store", None)
+        if store is not None:
+            scope = {"keyvault": vault_scope, "blob": storage_scope, "app_settings": arm_scope}.get(target.type)
+            if scope:
+                needs.setdefault(store, set()).add(scope)
+    if config.state is not None:
+        needs.setdefault(config.state.store, set()).add(storage_scope)
+        if config.state.vault:
+            needs[config.state.store].add(vault_scope)
+    return needs
+
+
+def _token_failure(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "Authentication" in name or "Credential" in name:
+        return "identity"
+    if "Service" in name or isinstance(exc, OSError):
+        return "network"
+    return "error"
+
+
+def _format(query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(format, None) or (None, "format" | "accept")."""
+    requested = query.get("format")
+    if requested is not None:
+        return (requested, None) if requested in FORMATS else (None, "format")
+    fmt = negotiate(headers.get("accept"))
+    return (fmt, None) if fmt else (None, "accept")
+
+
+_DEFAULT: HttpApi | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_api() -> HttpApi:
+    """The process-wide HttpApi (created on first use)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = HttpApi()
+        return _DEFAULT
+
+
+def set_default_api(api: HttpApi | None) -> HttpApi | None:
+    """Replace the process-wide HttpApi (e.g. to plug in another audit sink); returns the old one."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        old, _DEFAULT = _DEFAULT, api
+        return old

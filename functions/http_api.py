@@ -1,0 +1,47 @@
+"""`GET /api/envs/{env}`: an env's resolved bundle for an authorized caller (see core/api.py).
+
+Only `azure.functions` is imported here; the engine loads on the first request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import azure.functions as func
+
+if TYPE_CHECKING:
+    from core.api import ApiResponse
+
+bp = func.Blueprint()
+log = logging.getLogger("vaultrelay.functions")
+
+INTERNAL_ERROR = b'{"error": "internal", "message": "internal error"}\n'
+
+
+@bp.route(route="envs/{env}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def get_env(req: func.HttpRequest) -> func.HttpResponse:
+    """The resolved env as JSON, dotenv or shell (format query or Accept); callers authenticate
+    with an Entra bearer token (or App Service Authentication) and must be in the env's access list."""
+    try:
+        from core.api import default_api
+
+        response = default_api().fetch_env(
+            req.route_params.get("env", ""), query=dict(req.params), headers=dict(req.headers.items()),
+        )
+    except Exception:  # a bug: logged with its traceback, answered without detail
+        log.exception("GET /api/envs/{env} failed")
+        return internal_error()
+    return to_http_response(response)
+
+
+def to_http_response(response: ApiResponse) -> func.HttpResponse:
+    """A core.api.ApiResponse as the Functions host's response."""
+    return func.HttpResponse(
+        response.body, status_code=response.status, mimetype=response.media_type, charset="utf-8",
+        headers=dict(response.headers),
+    )
+
+
+def internal_error() -> func.HttpResponse:
+    return func.HttpResponse(INTERNAL_ERROR, status_code=500, mimetype="application/json", headers={"Cache-Control": "no-store"})

@@ -43,7 +43,11 @@ def main() -> int:
             ("2. validate the config (static, no network)", [*vaultrelay, "validate"]),
             ("3. plan: what env production resolves, with which identity", [*vaultrelay, "plan", "--env", "production"]),
             ("4. resolve with the managed identity (values masked)", [*vaultrelay, "resolve", "--env", "production", "--format", "table"]),
-            ("5. exec: a child process gets the variables", [
+            ("5. sync: push env production to a target vault, a blob and app settings", [*vaultrelay, "sync"]),
+            ("6. sync again: nothing changed, so nothing is written", [*vaultrelay, "sync"]),
+            ("7. rotate the storage account key (dual-key: regenerate the inactive key, switch, re-push)", [*vaultrelay, "rotate", "--force"]),
+            ("8. status: last push, drift and rotations per env and target", [*vaultrelay, "status"]),
+            ("9. exec: a child process gets the variables", [
                 *vaultrelay, "exec", "--env", "production", "--", sys.executable, "-c",
                 "import os; print('child sees', sum(k in os.environ for k in ('DATABASE_PASSWORD', 'STORAGE_SAS', 'COSMOS_CONNECTION')), "
                 "'secrets; DATABASE_PASSWORD has', len(os.environ['DATABASE_PASSWORD']), 'characters')",

@@ -126,7 +126,9 @@ class KeyRotation:
             return RotationReport(c.name, "adopted", default, next_due=next_due.isoformat())
         if row is not None and not row.fields.get("phase") and not force and not self._due(row, c, now):
             return RotationReport(c.name, "not_due", row.fields.get("active", default), next_due=row.fields.get("next_due"))
-        lease = self.state.acquire_lease(f"rotate:{c.name}", self.engine.owner, LEASE_SECONDS)
+        from core.engine.sync import holder_is_dead
+
+        lease = self.state.acquire_lease(f"rotate:{c.name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None:
             return RotationReport(c.name, "busy")
         try:

@@ -35,7 +35,7 @@ from core.targets.registry import TargetRegistry, default_targets
 log = logging.getLogger("vaultrelay.sync")
 
 FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
-LEASE_SECONDS = 300.0
+LEASE_SECONDS = 120.0
 
 
 @dataclass
@@ -73,7 +73,25 @@ class SyncReport:
 
 def instance_id() -> str:
     """Who holds a lease: the Functions instance id when there is one, else host and pid."""
-    return os.environ.get("WEBSITE_INSTANCE_ID") or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    instance = os.environ.get("WEBSITE_INSTANCE_ID")
+    return f"{instance}:{os.getpid()}:{uuid.uuid4().hex[:6]}" if instance else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def holder_is_dead(owner: str) -> bool:
+    """True when `owner` is a process on this host that no longer runs (it crashed holding a
+    lease).  Holders on other hosts are trusted until their lease expires."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    local = host in (socket.gethostname(), os.environ.get("WEBSITE_INSTANCE_ID", "\0"))
+    if not local or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class SyncEngine:
@@ -236,7 +254,7 @@ class SyncEngine:
             if not probe.failures and all(t.outcome == "unchanged" and not self._drift_changed(t) for t in probe.targets):
                 report.targets.extend(probe.targets)
                 return
-        lease = None if dry_run else self.state.acquire_lease(f"sync:{env}", self.owner, LEASE_SECONDS)
+        lease = None if dry_run else self.state.acquire_lease(f"sync:{env}", self.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None and not dry_run:
             report.targets.extend(TargetReport(env, n, t.type, outcome="busy") for n, t in targets.items())
             return
@@ -295,7 +313,8 @@ class SyncEngine:
         report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
         report.drift = sorted(drift)
         if drift and target.drift_policy == "repair":
-            change = Change(change.adds, change.updates | (frozenset(drift) & frozenset(desired)), change.removals)
+            repaired = frozenset(desired) - change.adds if writer.whole_bundle else frozenset(drift) & frozenset(desired)
+            change = Change(change.adds, change.updates | repaired, change.removals)
             report.updates = sorted(change.updates)
         if writer.whole_bundle and not change.empty:
             change = Change(change.adds, frozenset(desired) - change.adds, change.removals)
@@ -341,8 +360,6 @@ class SyncEngine:
             for n, fp in recorded.items():
                 if n in snapshot.fingerprints and snapshot.fingerprints[n] != fp:
                     drift.add(n)
-        if whole and drift:
-            updates = updates | frozenset(n for n in desired if n in recorded)
         return Change(adds, updates, removals), drift
 
     def _fail(self, report: TargetReport, message: str, dry_run: bool) -> TargetReport:

@@ -171,13 +171,19 @@ class StateStore:
             self.writes += 1
 
     # ---- leases -------------------------------------------------------------------------
-    def acquire_lease(self, name: str, owner: str, seconds: float) -> Lease | None:
-        """The lease `name` for `seconds`, or None while another owner holds it."""
+    def acquire_lease(self, name: str, owner: str, seconds: float, *, stale: Callable[[str], bool] | None = None) -> Lease | None:
+        """The lease `name` for `seconds`, or None while another owner holds it.
+
+        `stale(owner)` may declare a holder dead before its lease expires (a process on this host
+        that no longer exists); its lease is then taken over at once.
+        """
         now = self._clock()
         current = self.get("leases", "lease", name)
         row = Row("lease", name, {"owner": owner, "expires_at": now + seconds, "acquired_at": now})
         if current is not None:
-            if current.fields.get("owner") != owner and float(current.fields.get("expires_at", 0)) > now:
+            holder = str(current.fields.get("owner", ""))
+            alive = float(current.fields.get("expires_at", 0)) > now and not (stale is not None and stale(holder))
+            if holder != owner and alive:
                 return None
             row.etag = current.etag
         try:

@@ -364,6 +364,7 @@ def test_sync_killed_at_random_points_converges(world: World, tmp_path: Path, sa
         final = run_cli(sandbox_process, config, "sync")
         out, err = final.communicate(timeout=120)
         assert final.returncode == 0, err.decode()
+        assert "busy" not in out.decode(), f"round {round_}: a dead run's lease blocked the next one"
         expected = {f"V{i}": world.source.get_secret(n).value for i, n in enumerate(names)}
         got = {f"V{i}": world.target.get_secret(f"vr-{world.tag}-v{i}").value for i in range(6)}
         assert got == expected, f"round {round_}"

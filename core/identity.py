@@ -222,7 +222,20 @@ def _build(spec: CredentialSpec) -> Any:
     if spec.custom_cloud:
         # A custom authority cannot be validated through login.microsoftonline.com's discovery.
         common["disable_instance_discovery"] = True
-    parts = [_one(kind, dict(params), common) for kind, params in spec.chain]
+    parts: list[Any] = []
+    unavailable: list[str] = []
+    for kind, params in spec.chain:
+        try:
+            parts.append(_one(kind, dict(params), common))
+        except ValueError as exc:
+            # A workload_identity entry outside AKS (no client id, tenant or federated token
+            # file): like an `environment` entry without its variables, the chain goes on.
+            if kind != "workload_identity":
+                raise
+            log.info("fallback entry workload_identity is unavailable here: %s", exc)
+            unavailable.append(f"workload_identity: {exc}")
+    if not parts:
+        raise ValueError(f"no usable credential: {'; '.join(unavailable)}")
     credential: Any = parts[0] if len(parts) == 1 else ChainedTokenCredential(*parts)
     return TracingCredential(credential, spec.description) if spec.trace else credential
 

@@ -26,6 +26,25 @@ class KeyReader(Protocol):
     def get_key(self, name: str, version: str | None = None, **kwargs: Any) -> Any: ...
 
 
+# Key Vault refuses to return a disabled object: 403 Forbidden with this inner error code.
+_DISABLED_CODES = {"SecretDisabled", "KeyDisabled", "CertificateDisabled"}
+
+
+def _get(kind: str, name: str, call: Any) -> Any:
+    """`call()`; Key Vault's refusal to return a disabled object becomes a `disabled` problem
+    (it is a 403, which would otherwise read as a missing role)."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        return call()
+    except HttpResponseError as exc:
+        inner = getattr(getattr(exc, "error", None), "innererror", None)
+        code = inner.get("code") if isinstance(inner, dict) else None
+        if exc.status_code == 403 and code in _DISABLED_CODES:
+            raise SourceProblem("disabled", f"{kind} '{name}' is disabled") from None
+        raise
+
+
 def _check_validity(kind: str, name: str, properties: Any, now: datetime) -> None:
     if properties.enabled is False:
         raise SourceProblem("disabled", f"{kind} '{name}' is disabled")
@@ -44,7 +63,7 @@ def read_secret(client: SecretReader, name: str, version: str | None, *, now: da
         SourceProblem: disabled, not yet valid, expired, or without a value.
         azure.core.exceptions.HttpResponseError: from the SDK (translated by the caller).
     """
-    secret = client.get_secret(name, version)
+    secret = _get("secret", name, lambda: client.get_secret(name, version))
     props = secret.properties
     _check_validity("secret", name, props, now or datetime.now(UTC))
     if secret.value is None:
@@ -61,7 +80,7 @@ def read_certificate(client: SecretReader, name: str, version: str | None, fmt: 
     Raises:
         SourceProblem: disabled/expired, not a certificate, or an unreadable bundle.
     """
-    secret = client.get_secret(name, version)
+    secret = _get("certificate", name, lambda: client.get_secret(name, version))
     props = secret.properties
     _check_validity("certificate", name, props, now or datetime.now(UTC))
     content_type = (props.content_type or "").lower()
@@ -126,7 +145,7 @@ def read_key(client: KeyReader, name: str, version: str | None, fmt: str, *, now
     Raises:
         SourceProblem: disabled/expired or an unsupported key type for PEM.
     """
-    key = client.get_key(name, version)
+    key = _get("key", name, lambda: client.get_key(name, version))
     props = key.properties
     _check_validity("key", name, props, now or datetime.now(UTC))
     jwk = key.key
@@ -134,19 +153,24 @@ def read_key(client: KeyReader, name: str, version: str | None, fmt: str, *, now
         value = _jwk_to_pem(jwk, name)
         content_type = PEM_CONTENT_TYPE
     else:
-        public = {"kid": jwk.kid, "kty": str(jwk.kty)}
+        public = {"kid": jwk.kid, "kty": _text(jwk.kty)}
         for field in ("n", "e", "crv", "x", "y"):
             part = getattr(jwk, field, None)
             if part is not None:
                 public[field] = part if isinstance(part, str) else _b64url(part)
         if jwk.key_ops:
-            public["key_ops"] = [str(op) for op in jwk.key_ops]
+            public["key_ops"] = [_text(op) for op in jwk.key_ops]
         value = json.dumps(public, sort_keys=True)
         content_type = "application/jwk+json"
     return Fetched(
         value=value, version=props.version, expires_on=props.expires_on, content_type=content_type,
         detail={"kind": "key", "format": fmt},
     )
+
+
+def _text(value: Any) -> str:
+    """The wire value of an SDK enum (KeyType.rsa -> "RSA"); `str()` of one gives its Python name."""
+    return str(getattr(value, "value", value))
 
 
 def _b64url(raw: bytes) -> str:
@@ -157,13 +181,13 @@ def _jwk_to_pem(jwk: Any, name: str) -> str:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    kty = str(jwk.kty).upper()
+    kty = _text(jwk.kty).upper()
     public_key: Any
     if kty.startswith("RSA"):
         public_key = rsa.RSAPublicNumbers(int.from_bytes(jwk.e, "big"), int.from_bytes(jwk.n, "big")).public_key()
     elif kty.startswith("EC"):
         curves = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1(), "P-256K": ec.SECP256K1()}
-        curve = curves.get(str(jwk.crv))
+        curve = curves.get(_text(jwk.crv))
         if curve is None:
             raise SourceProblem("invalid", f"key '{name}' uses an unsupported curve")
         public_key = ec.EllipticCurvePublicNumbers(int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"), curve).public_key()

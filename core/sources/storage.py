@@ -13,7 +13,7 @@ from typing import Any
 
 from core.sources.base import PlannedRef, RunContext, StoreRuntime
 from core.sources.fetched import Fetched, SourceProblem
-from core.sources.sas_mint import SasRequest, mint_sas, sas_window
+from core.sources.sas_mint import CLOCK_SKEW, USER_DELEGATION_KEY_MAX, SasRequest, mint_sas, sas_window
 
 STORAGE_KIND = "storage"
 
@@ -105,12 +105,13 @@ class SasSource:
     @staticmethod
     def _delegation_key(store: StoreRuntime, run: RunContext, account: str, start: Any, expiry: Any) -> Any:
         # One delegation key per account and identity per run, valid as long as the longest
-        # SAS a store may mint (the service caps delegation keys at 7 days).
+        # SAS a store may mint, but at most 7 days from now (the service refuses longer keys).
         def get() -> Any:
             client = run.clients.blob_service(account, store.credential)
-            return client.get_user_delegation_key(start, start + store.max_sas_expiry + timedelta(minutes=15))
+            return client.get_user_delegation_key(start, start + CLOCK_SKEW + min(store.max_sas_expiry, USER_DELEGATION_KEY_MAX))
 
         key = run.once(("udk", account.lower(), store.name), get)
         if key.signed_expiry is not None and str(key.signed_expiry) < expiry.strftime("%Y-%m-%dT%H:%M:%SZ"):
-            raise SourceProblem("invalid", f"user delegation key for '{account}' expires before the SAS would")
+            raise SourceProblem("invalid", f"a user delegation SAS for '{account}' cannot outlive its delegation key "
+                                           f"(at most {USER_DELEGATION_KEY_MAX.days} days); ask for a shorter expiry")
         return key

@@ -202,6 +202,31 @@ _ROLES: tuple[RoleDefinition, ...] = (
         description="Read blob containers and blobs.",
     ),
     RoleDefinition(
+        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b", "Storage Blob Data Owner",
+        actions=(
+            "Microsoft.Storage/storageAccounts/blobServices/containers/*",
+            "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action",
+        ),
+        data_actions=("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/*",),
+        description="Full access to blob containers and data, including POSIX ACLs (the Functions host's AzureWebJobsStorage).",
+    ),
+    RoleDefinition(
+        "974c5e8b-45b9-4653-ba55-5f855dd0fb88", "Storage Queue Data Contributor",
+        actions=(
+            "Microsoft.Storage/storageAccounts/queueServices/queues/delete",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/read",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/write",
+        ),
+        data_actions=(
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/delete",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/write",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/add/action",
+        ),
+        description="Read, write and delete queues and queue messages (the Functions host's AzureWebJobsStorage).",
+    ),
+    RoleDefinition(
         "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", "Storage Table Data Contributor",
         actions=(
             "Microsoft.Storage/storageAccounts/tableServices/tables/read",
@@ -251,6 +276,17 @@ _ROLES: tuple[RoleDefinition, ...] = (
             "Microsoft.Support/*",
         ),
         description="Read Cosmos DB account data and read-only keys.",
+    ),
+    # --- Azure Monitor ---
+    RoleDefinition(
+        "3913510d-42f4-4e42-8a64-420c390055eb", "Monitoring Metrics Publisher",
+        actions=(
+            "Microsoft.Insights/Register/Action",
+            "Microsoft.Support/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+        ),
+        data_actions=("Microsoft.Insights/Metrics/Write", "Microsoft.Insights/Telemetry/Write"),
+        description="Publish metrics and telemetry (Application Insights with local authentication disabled).",
     ),
     # --- App Service ---
     RoleDefinition(

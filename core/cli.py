@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("validate", help="check the config statically (no network)")
     plan = commands.add_parser("plan", help="what an env would resolve, from which store and identity (no values)")
-    plan.add_argument("--env", "-e", required=True)
+    plan.add_argument("--env", "-e", help="the env (required unless --permissions; with it, limits the report to this env)")
+    plan.add_argument("--permissions", action="store_true", help="which roles each identity needs where (no network)")
+    plan.add_argument("--bicep-params", metavar="FILE", help="with --permissions: write infra/main.bicep parameters granting them")
     resolve = commands.add_parser("resolve", help="resolve an env and print it")
     resolve.add_argument("--env", "-e", required=True)
     resolve.add_argument("--format", "-f", choices=("table", "json", "dotenv", "shell"), default=None,
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if args.command == "validate":
             return _validate(loaded, out)
         if args.command == "plan":
+            if args.permissions or args.bicep_params:
+                return _plan_permissions(loaded, args, out, err)
+            if not args.env:
+                err.write("plan needs --env (or --permissions)\n")
+                return EXIT_CONFIG
             return _plan(loaded, args.env, out)
         if args.command == "resolve":
             return _resolve(loaded, args, out, err)
@@ -260,6 +267,30 @@ def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
         return 126
     code = completed.returncode
     return 128 - code if code < 0 else code
+
+
+def _plan_permissions(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`plan --permissions [--env E] [--bicep-params FILE]`: needs per identity and scope, least roles."""
+    import json
+
+    from core.permissions import compute_permissions, format_permissions, render_bicep_parameters
+
+    if args.env and args.env not in loaded.config.envs:
+        raise NotFoundError(f"no env '{args.env}' in {loaded.file} (envs: {', '.join(sorted(loaded.config.envs)) or 'none'})")
+    report = compute_permissions(loaded, envs=[args.env] if args.env else None)
+    out.write(format_permissions(report))
+    if args.bicep_params:
+        document, warnings = render_bicep_parameters(report, loaded.config)
+        text = json.dumps(document, indent=2) + "\n"
+        if args.bicep_params == "-":
+            out.write(text)
+        else:
+            with open(args.bicep_params, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            out.write(f"wrote {args.bicep_params}\n")
+        for warning in warnings:
+            err.write(f"warning: {warning}\n")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

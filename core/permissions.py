@@ -8,9 +8,15 @@ custom) role that grants it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from core.azure_roles import ROLES_BY_NAME, RoleDefinition
+
+if TYPE_CHECKING:
+    from core.config import Config, LoadedConfig, Reference
 
 
 @dataclass(frozen=True)
@@ -88,3 +94,494 @@ def role_hint_for_action(action: str) -> str | None:
             if need.action.lower() == lowered:
                 return need.role
     return None
+
+
+# ---- per-config permissions: who needs what, where --------------------------------------------
+# Needs that only exist because a reference names no resource group: vaultrelay then finds the
+# resource by listing the subscription.  Giving `resource_group` (or a `resources:` entry, or a
+# target's `resource_group`) removes them; the Bicep template never grants them.
+_LOCATE_STORAGE = Need("Microsoft.Storage/storageAccounts/read", False, "subscription", "Reader", "find a storage account's resource group by listing the subscription")
+_LOCATE_COSMOS = Need("Microsoft.DocumentDB/databaseAccounts/read", False, "subscription", "Reader", "find a Cosmos DB account's resource group by listing the subscription")
+_LOCATE_SITE = Need("Microsoft.Web/sites/read", False, "subscription", "Reader", "find a site's resource group by listing the subscription")
+_KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User", "read back minted SAS tokens and the fingerprint key")
+
+MATRIX.update({
+    "state:vault": (_KV_SET, _KV_LIST, _KV_READ_BACK),
+    "locate:storage": (_LOCATE_STORAGE,),
+    "locate:cosmos": (_LOCATE_COSMOS,),
+    "locate:site": (_LOCATE_SITE,),
+})
+
+# Letters of a user delegation (Blob) SAS that need more than Storage Blob Data Reader.
+_SAS_READ_LETTERS = frozenset("rl")
+SYSTEM_ASSIGNED = "system-assigned"
+
+
+@dataclass(frozen=True)
+class IdentityRef:
+    """Which credential a store uses, as far as Azure RBAC is concerned."""
+
+    key: str  # "system-assigned", "user-assigned:client_id=...", "service-principal:<client id>", "other:<what>"
+    description: str
+    kind: str  # "system_assigned", "user_assigned", "service_principal", "other"
+    client_id: str | None = None
+    resource_id: str | None = None
+    object_id: str | None = None
+
+    @property
+    def is_managed(self) -> bool:
+        return self.kind in ("system_assigned", "user_assigned")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a role is needed.  `name` is a vault, storage account, "account/container", Cosmos DB
+    account, site, state account ("" = the deployment's own storage account) or subscription."""
+
+    kind: str  # "vault", "storage", "container", "cosmos", "site", "table", "subscription"
+    name: str
+    subscription: str | None = None  # None: the subscription vaultrelay is deployed in
+    resource_group: str | None = None  # None: unknown (the config names none)
+
+    def describe(self) -> str:
+        label = {"vault": "key vault", "storage": "storage account", "container": "blob container", "cosmos": "Cosmos DB account",
+                 "site": "site", "table": "state tables of", "subscription": "subscription"}[self.kind]
+        if self.kind == "subscription":
+            return f"{label} {self.name or '(deployment subscription)'}"
+        name = self.name or "the deployment's storage account ($VAULTRELAY_STATE_ACCOUNT)"
+        where = []
+        if self.resource_group:
+            where.append(f"rg {self.resource_group}")
+        if self.subscription:
+            where.append(f"subscription {self.subscription}")
+        return f"{label} {name}" + (f" ({', '.join(where)})" if where else "")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One need of one capability, and the config path that causes it."""
+
+    capability: str
+    need: Need
+    path: str
+
+    @property
+    def optional(self) -> bool:
+        """Avoidable: only needed because the config names no resource group."""
+        return self.capability.startswith("locate:")
+
+
+@dataclass
+class Grant:
+    """What one identity needs on one scope, and the least roles that grant it."""
+
+    identity: IdentityRef
+    scope: Scope
+    requirements: list[Requirement] = field(default_factory=list)
+
+    @property
+    def capabilities(self) -> list[str]:
+        return sorted({r.capability for r in self.requirements})
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return least_roles([r.need for r in self.requirements])
+
+    @property
+    def optional(self) -> bool:
+        return all(r.optional for r in self.requirements)
+
+
+@dataclass
+class PermissionReport:
+    """Every grant a config needs (`compute_permissions`), plus what RBAC cannot express."""
+
+    file: str
+    grants: list[Grant] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # needs outside Azure RBAC (SQL users, API permissions)
+    warnings: list[str] = field(default_factory=list)
+
+    def identities(self) -> list[IdentityRef]:
+        seen: dict[str, IdentityRef] = {}
+        for grant in self.grants:
+            seen.setdefault(grant.identity.key, grant.identity)
+        return list(seen.values())
+
+    def grant(self, identity: IdentityRef, scope: Scope) -> Grant:
+        for existing in self.grants:
+            if existing.identity.key == identity.key and existing.scope == scope:
+                return existing
+        created = Grant(identity, scope)
+        self.grants.append(created)
+        return created
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "grants": [
+                {"identity": g.identity.description, "scope": g.scope.describe(), "scope_kind": g.scope.kind, "name": g.scope.name,
+                 "subscription": g.scope.subscription, "resource_group": g.scope.resource_group, "roles": list(g.roles),
+                 "optional": g.optional, "capabilities": g.capabilities,
+                 "because": sorted({f"{r.path}: {r.need.why}" for r in g.requirements})}
+                for g in self.grants
+            ],
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+
+def least_roles(needs: Iterable[Need]) -> tuple[str, ...]:
+    """The fewest of the needs' own least roles that still grant every need.
+
+    Each need names its least role; when one of those roles also grants the needs another was
+    chosen for (Key Vault Secrets Officer reads what Key Vault Secrets User reads), the narrower
+    one is dropped.  The result is sorted by name.
+    """
+    needs = list(dict.fromkeys(needs))
+    chosen: dict[str, list[Need]] = {}
+    for need in needs:
+        chosen.setdefault(need.role, []).append(need)
+    roles = set(chosen)
+    for role in sorted(chosen, key=lambda r: (len(chosen[r]), r)):
+        rest = roles - {role}
+        if rest and all(any(ROLES_BY_NAME[r.lower()].allows(n.action, data=n.data) for r in rest) for n in needs):
+            roles = rest
+    return tuple(sorted(roles))
+
+
+def compute_permissions(
+    loaded: LoadedConfig, *, envs: Iterable[str] | None = None, environ: Mapping[str, str] | None = None,
+) -> PermissionReport:
+    """Who needs which roles where for `loaded` to work: every reference of `envs` (all envs by
+    default), the targets those envs are pushed to, rotation, and the state section.
+
+    No network: scopes come from the config (`vault`, `account`, `resource_group`, `subscription`,
+    the stores' `resources:` and `default_subscription`, `$VAULTRELAY_SUBSCRIPTION_ID`).
+    """
+    environ = os.environ if environ is None else environ
+    config = loaded.config
+    wanted = set(config.envs) if envs is None else set(envs)
+    report = PermissionReport(file=loaded.file)
+    walker = _Walker(config, report, environ)
+    for env in sorted(wanted & set(config.envs)):
+        for name, variable in config.envs[env].items():
+            if variable.from_ is not None:
+                walker.reference(variable.from_, f"envs.{env}.{name}.from")
+    pushed = False
+    for name, target in sorted(config.targets.items()):
+        if target.env in wanted:
+            pushed = True
+            walker.target(name, target)
+    rotated = any(v.from_ is not None and v.from_.rotate is not None for e in wanted for v in config.envs.get(e, {}).values())
+    if config.state is not None and (pushed or rotated or envs is None):
+        walker.state(config.state)
+    return report
+
+
+def format_permissions(report: PermissionReport) -> str:
+    """`vaultrelay plan --permissions` as text: one block per identity, one line per scope."""
+    lines = [f"permissions for {report.file}"]
+    by_identity: dict[str, list[Grant]] = {}
+    for grant in report.grants:
+        by_identity.setdefault(grant.identity.key, []).append(grant)
+    if not by_identity:
+        lines.append("  nothing: no reference, target or state needs an Azure role")
+    for grants in by_identity.values():
+        lines.append("")
+        lines.append(grants[0].identity.description)
+        for grant in sorted(grants, key=lambda g: (g.optional, g.scope.kind, g.scope.name)):
+            roles = ", ".join(grant.roles)
+            suffix = "  (avoidable: give the resource group)" if grant.optional else ""
+            lines.append(f"  {grant.scope.describe()}: {roles}{suffix}")
+            for because in sorted({f"{r.need.why} ({r.path})" for r in grant.requirements}):
+                lines.append(f"      - {because}")
+    for title, items in (("outside Azure RBAC", report.notes), ("warnings", report.warnings)):
+        if items:
+            lines.append("")
+            lines.append(f"{title}:")
+            lines.extend(f"  - {item}" for item in items)
+    return "\n".join(lines) + "\n"
+
+
+class _Walker:
+    """Turns config objects into requirements on a PermissionReport."""
+
+    def __init__(self, config: Config, report: PermissionReport, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.report = report
+        self.environ = environ
+
+    # ---- identities and places ----------------------------------------------------------
+    def identity(self, store_name: str) -> IdentityRef:
+        from core.config.model import KeyVaultStore
+
+        store = self.config.secretStores[store_name]
+        if isinstance(store, KeyVaultStore):
+            client = store.auth.client_id
+            return IdentityRef(f"service-principal:{client.lower()}", f"service principal {client} (store {store_name}, azure.keyvault)",
+                               "service_principal", client_id=client)
+        identity = store.identity
+        if store.fallback is not None:
+            managed = [f for f in store.fallback if f.type == "managed_identity"]
+            if not managed:
+                first = store.fallback[0]
+                what = getattr(first, "client_id", None) or first.type
+                return IdentityRef(f"other:{first.type}:{what}", f"{first.type.replace('_', ' ')} {what if what != first.type else ''}".strip()
+                                   + f" (store {store_name})", "other")
+            identity = getattr(managed[0], "identity", None) or identity
+        if identity.type == "system_assigned":
+            return IdentityRef(SYSTEM_ASSIGNED, "system-assigned managed identity of the Function app", "system_assigned")
+        selector = next((k, getattr(identity, k)) for k in ("client_id", "resource_id", "object_id") if getattr(identity, k))
+        return IdentityRef(f"user-assigned:{selector[0]}={selector[1].lower()}", identity.describe(), "user_assigned",
+                           client_id=identity.client_id, resource_id=identity.resource_id, object_id=identity.object_id)
+
+    def _override(self, store_name: str, kind: str, name: str) -> tuple[str | None, str | None]:
+        from core.config.model import ManagedIdentityStore
+
+        store = self.config.secretStores[store_name]
+        if isinstance(store, ManagedIdentityStore):
+            for resource in store.resources:
+                if resource.type == kind and resource.name.lower() == name.lower():
+                    return resource.subscription, resource.resource_group
+        return None, None
+
+    def _subscription(self, store_name: str, explicit: str | None, override: str | None) -> str | None:
+        from core.config.model import ManagedIdentityStore
+
+        store = self.config.secretStores[store_name]
+        default = store.default_subscription if isinstance(store, ManagedIdentityStore) else None
+        return (explicit or override or default or self.environ.get("VAULTRELAY_SUBSCRIPTION_ID")
+                or self.environ.get("AZURE_SUBSCRIPTION_ID") or None)
+
+    def scope(self, store_name: str, kind: str, name: str, *, subscription: str | None = None, resource_group: str | None = None) -> Scope:
+        override_kind = {"vault": "keyvault", "storage": "storage", "container": "storage", "cosmos": "cosmosdb", "table": "storage"}.get(kind)
+        lookup = name.split("/")[0]
+        o_sub, o_group = self._override(store_name, override_kind, lookup) if override_kind else (None, None)
+        return Scope(kind, name, self._subscription(store_name, subscription, o_sub), resource_group or o_group)
+
+    def add(self, store_name: str, scope: Scope, capability: str, path: str, *, container: Scope | None = None) -> None:
+        """The needs of `capability` on `scope` (container-scoped needs on `container` if given)."""
+        identity = self.identity(store_name)
+        for need in MATRIX[capability]:
+            where = container if container is not None and need.scope_kind == "container" else scope
+            grant = self.report.grant(identity, where)
+            requirement = Requirement(capability, need, path)
+            if requirement not in grant.requirements:
+                grant.requirements.append(requirement)
+
+    def _locate(self, store_name: str, scope: Scope, capability: str, path: str) -> None:
+        if scope.resource_group is None:
+            self.add(store_name, Scope("subscription", scope.subscription or ""), capability, path)
+
+    # ---- what the config does -----------------------------------------------------------
+    def reference(self, ref: Reference, path: str) -> None:
+        kind = ref.kind
+        store = ref.store
+        if kind == "keyvault":
+            vault = ref.vault or getattr(self.config.secretStores[store], "vault_name", None) or ""
+            capability = {"secret": "source:keyvault_secret", "certificate": "source:keyvault_certificate",
+                          "key": "source:keyvault_key"}[ref.type or "secret"]
+            self.add(store, self.scope(store, "vault", vault, subscription=ref.subscription), capability, path)
+        elif kind in ("storage_key", "sas"):
+            account = ref.account or ""
+            scope = self.scope(store, "storage", account, subscription=ref.subscription, resource_group=ref.resource_group)
+            if kind == "sas" and ref.effective_sas_type == "user_delegation":
+                # The delegation key is an account action, the data role belongs on the container
+                # (a user delegation SAS grants at most what its signer may do there).
+                write = bool(set(ref.permissions or "") - _SAS_READ_LETTERS)
+                container = Scope("container", f"{account}/{ref.container}", scope.subscription, scope.resource_group)
+                self.add(store, scope, "source:sas_user_delegation_write" if write else "source:sas_user_delegation_read", path,
+                         container=container)
+                return
+            if kind == "storage_key":
+                self.add(store, scope, "source:storage_key", path)
+            else:
+                self.add(store, scope, "source:sas_service" if ref.effective_sas_type == "service" else "source:sas_account", path)
+            if ref.rotate is not None:
+                self.add(store, scope, "rotate:storage_key", path)
+            self._locate(store, scope, "locate:storage", path)
+        elif kind == "cosmos":
+            scope = self.scope(store, "cosmos", ref.account or "", subscription=ref.subscription, resource_group=ref.resource_group)
+            if ref.format == "connection_string":
+                capability = "source:cosmos_connection_string"
+            elif (ref.key or "").endswith("_readonly"):
+                capability = "source:cosmos_readonly_key"
+            else:
+                capability = "source:cosmos_key"
+            self.add(store, scope, capability, path)
+            if ref.rotate is not None:
+                self.add(store, scope, "rotate:cosmos_key", path)
+            self._locate(store, scope, "locate:cosmos", path)
+        elif kind == "sql":
+            self._note(f"{self.identity(store).description} needs a contained database user in {ref.server}/{ref.database} "
+                       f"(CREATE USER [<identity name>] FROM EXTERNAL PROVIDER, plus database roles); Azure RBAC does not grant it ({path})")
+        elif kind == "token":
+            self._note(f"{self.identity(store).description} gets tokens for {ref.resource or ref.scope}: whatever that resource "
+                       f"authorizes (app roles, API permissions) is granted there, not by Azure RBAC ({path})")
+
+    def target(self, name: str, target: Any) -> None:
+        path = f"targets.{name}"
+        if target.type == "keyvault":
+            self.add(target.store, self.scope(target.store, "vault", target.vault), "target:keyvault", path)
+        elif target.type == "blob":
+            storage = self.scope(target.store, "container", f"{target.account}/{target.container}")
+            self.add(target.store, storage, "target:blob", path)
+        elif target.type == "app_settings":
+            site = Scope("site", target.site, self._subscription(target.store, target.subscription, None), target.resource_group)
+            self.add(target.store, site, "target:app_settings", path)
+            if target.resource_group is None:
+                self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
+        elif target.type == "webhook":
+            if target.signing_key.from_ is not None:
+                self.reference(target.signing_key.from_, f"{path}.signing_key.from")
+
+    def state(self, state: Any) -> None:
+        account = state.account or self.environ.get("VAULTRELAY_STATE_ACCOUNT") or ""
+        if state.table_endpoint and not state.account:
+            account = state.table_endpoint.split("//")[-1].split(".")[0]
+        self.add(state.store, self.scope(state.store, "table", account), "state:tables", "state")
+        if state.vault:
+            self.add(state.store, self.scope(state.store, "vault", state.vault), "state:vault", "state.vault")
+        if state.fingerprint_key is not None and state.fingerprint_key.from_ is not None:
+            self.reference(state.fingerprint_key.from_, "state.fingerprint_key.from")
+
+    def _note(self, text: str) -> None:
+        if text not in self.report.notes:
+            self.report.notes.append(text)
+
+
+# ---- Bicep parameters: the same grants, in infra/main.parameters.json's shape ------------------
+BICEP_PARAMETERS_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#"
+# Parameters infra/main.bicep takes from azd's environment (the renderer keeps them as they are).
+AZD_PARAMETERS: dict[str, Any] = {
+    "environmentName": "${AZURE_ENV_NAME}",
+    "location": "${AZURE_LOCATION}",
+    "vaultrelayConfig": "${VAULTRELAY_CONFIG=vaultrelay.yaml}",
+    "syncSchedule": "${VAULTRELAY_SYNC_SCHEDULE=0 */15 * * * *}",
+    "createKeyVault": "${VAULTRELAY_CREATE_KEY_VAULT=false}",
+    "keyVaultEventsEnabled": "${VAULTRELAY_KEYVAULT_EVENTS=false}",
+    "createCosmosKeyOperatorRole": "${VAULTRELAY_CREATE_COSMOS_ROLE=true}",
+}
+GRANT_LISTS = ("sourceVaults", "targetVaults", "storageAccounts", "blobContainers", "cosmosAccounts", "webApps")
+
+
+def render_bicep_parameters(
+    report: PermissionReport, config: Config | None = None, *, environ: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """A deployment parameters document for infra/main.bicep granting `report`'s roles, and the
+    warnings about what it could not express (placeholders to fill, grants left out).
+
+    The Function app's own identity is the user-assigned one whose client id is $AZURE_CLIENT_ID
+    (identityType UserAssigned), else the system-assigned one if a store uses it (identityType
+    SystemAssigned).  Grants to other managed identities carry `principalId` (the identity's
+    object id when the config gives it, else a placeholder) and those identities are attached
+    to the app through `additionalUserAssignedIdentityIds`.
+    """
+    environ = os.environ if environ is None else environ
+    warnings: list[str] = []
+    identities = report.identities()
+    client = (environ.get("AZURE_CLIENT_ID") or "").lower()
+    app = next((i for i in identities if i.kind == "user_assigned" and i.client_id and i.client_id.lower() == client), None)
+    identity_type = "UserAssigned"
+    if app is None:
+        app = next((i for i in identities if i.kind == "system_assigned"), None)
+        identity_type = "SystemAssigned" if app is not None else "UserAssigned"
+    if app is None and any(i.is_managed for i in identities):
+        warnings.append("no store uses the identity the template creates: give a store identity: {type: user_assigned, "
+                        "client_id: ${AZURE_CLIENT_ID}} (the template sets AZURE_CLIENT_ID), or use the system-assigned identity")
+    extra_identities: list[str] = []
+    lists: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {name: {} for name in GRANT_LISTS}
+
+    def entry(list_name: str, grant: Grant, name: str, *, account: str | None = None) -> dict[str, Any]:
+        scope = grant.scope
+        principal = None if app is not None and grant.identity.key == app.key else _principal_of(grant.identity)
+        holder = account or name  # the resource whose resource group is needed
+        key = ((account or "").lower(), name.lower(), (scope.resource_group or "").lower(), (scope.subscription or "").lower(), principal or "")
+        found = lists[list_name].get(key)
+        if found is None:
+            found = {"account": account, "container": name} if account is not None else {"name": name}
+            found["resourceGroup"] = scope.resource_group or f"<resource group of {holder}>"
+            if scope.resource_group is None:
+                warnings.append(f"{list_name}: fill in the resource group of {holder} (or give it in the config: "
+                                f"resource_group, or a resources: entry)")
+            if scope.subscription:
+                found["subscriptionId"] = scope.subscription
+            if principal is not None:
+                found["principalId"] = principal
+                if grant.identity.kind == "user_assigned":
+                    attached = grant.identity.resource_id or f"<resource id of {grant.identity.description}>"
+                    if attached not in extra_identities:
+                        extra_identities.append(attached)
+            lists[list_name][key] = found
+        return found
+
+    for grant in report.grants:
+        roles = set(grant.roles)
+        scope = grant.scope
+        if grant.optional:
+            warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
+                            f"{grant.identity.description} ({', '.join(grant.capabilities)}); give resource groups instead")
+            continue
+        if not grant.identity.is_managed:
+            warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
+                            f"{grant.identity.description}, which is not a managed identity of the Function app")
+            continue
+        capabilities = set(grant.capabilities)
+        if scope.kind == "vault":
+            if "Key Vault Secrets Officer" in roles:
+                entry("targetVaults", grant, scope.name)
+            if "Key Vault Secrets User" in roles or "Key Vault Reader" in roles:
+                source = entry("sourceVaults", grant, scope.name)
+                # `secrets` defaults to true in the template: say false when only keys are read.
+                source["secrets"] = bool(source.get("secrets")) or "Key Vault Secrets User" in roles
+                if "Key Vault Reader" in roles:
+                    source["publicKeys"] = True
+        elif scope.kind == "container":
+            account, _, container = scope.name.partition("/")
+            blob = entry("blobContainers", grant, container, account=account)
+            blob["write"] = bool(blob.get("write")) or "Storage Blob Data Contributor" in roles
+        elif scope.kind in ("storage", "table"):
+            account = scope.name
+            if scope.kind == "table" and (not account or account.lower() == (environ.get("VAULTRELAY_STATE_ACCOUNT") or "").lower()):
+                continue  # the template's own storage account: granted there
+            storage = entry("storageAccounts", grant, account)
+            if "Storage Account Key Operator Service Role" in roles:
+                storage["keyRead"] = True
+                if "rotate:storage_key" in capabilities:
+                    storage["keyRotate"] = True
+            if "Storage Blob Delegator" in roles:
+                storage["userDelegationSas"] = True
+            if "Storage Table Data Contributor" in roles:
+                storage["tableData"] = True
+        elif scope.kind == "cosmos":
+            cosmos = entry("cosmosAccounts", grant, scope.name)
+            # `keys` defaults to true in the template: say false when only read-only keys are read.
+            cosmos["keys"] = bool(cosmos.get("keys")) or COSMOS_KEY_OPERATOR_NAME in roles
+            if COSMOS_KEY_OPERATOR_NAME in roles and "rotate:cosmos_key" in capabilities:
+                cosmos["rotate"] = True
+            if "Cosmos DB Account Reader Role" in roles and not cosmos["keys"]:
+                cosmos["readOnlyKeys"] = True
+        elif scope.kind == "site":
+            entry("webApps", grant, scope.name)
+        else:  # every scope kind is handled above; a new one must be added here and in infra/
+            warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()}")
+
+    parameters: dict[str, Any] = {name: {"value": value} for name, value in AZD_PARAMETERS.items()}
+    parameters["identityType"] = {"value": identity_type}
+    parameters["additionalUserAssignedIdentityIds"] = {"value": extra_identities}
+    api_audience = config.api.audience if config is not None else None
+    parameters["apiAudience"] = {"value": api_audience or "${VAULTRELAY_API_AUDIENCE=}"}
+    state = config.state if config is not None else None
+    parameters["stateTablePrefix"] = {"value": state.table_prefix if state is not None else "vaultrelay"}
+    for name in GRANT_LISTS:
+        parameters[name] = {"value": list(lists[name].values())}
+    return {"$schema": BICEP_PARAMETERS_SCHEMA, "contentVersion": "1.0.0.0", "parameters": parameters}, list(dict.fromkeys(warnings))
+
+
+COSMOS_KEY_OPERATOR_NAME = "vaultrelay Cosmos DB Key Operator"
+
+
+def _principal_of(identity: IdentityRef) -> str:
+    if identity.object_id:
+        return identity.object_id
+    return f"<object id of {identity.description}>"

@@ -88,7 +88,7 @@ def test_resolution_errors_exit_1_and_print_nothing_unless_partial(tmp_path: Pat
         "version: 1\nsecretStores: {azure: {type: azure.managed_identity}}\n"
         "envs:\n  e:\n    GOOD: {from: {store: azure, vault: kv-source, secret: api-key}}\n"
         "    MISSING: {from: {store: azure, vault: kv-source, secret: no-such-secret}}\n"
-        "    DENIED: {from: {store: azure, vault: kv-target, secret: anything}}\n"
+        "    DENIED: {from: {store: azure, vault: kv-shared, secret: anything}}\n"
     )
     code, out, err = run("--config", str(config), "resolve", "--env", "e", "--format", "json", "--reveal")
     assert code == EXIT_RESOLUTION and out == ""

@@ -8,7 +8,11 @@ import azure.functions as func
 
 from functions.health import bp as health_bp
 from functions.http_api import bp as http_api_bp
+from functions.keyvault_events import bp as keyvault_events_bp
+from functions.scheduled import bp as scheduled_bp
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(health_bp)
 app.register_functions(http_api_bp)
+app.register_functions(scheduled_bp)
+app.register_functions(keyvault_events_bp)

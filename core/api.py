@@ -75,6 +75,17 @@ class ApiContext:
                 )
             return self._authenticator
 
+    def engine(self) -> Any:
+        """The SyncEngine over this config (state, sync, rotation, events)."""
+        from core.engine.sync import SyncEngine
+
+        with self._lock:
+            engine = getattr(self, "_engine", None)
+            if engine is None:
+                engine = SyncEngine(self.broker)
+                object.__setattr__(self, "_engine", engine)
+            return engine
+
     def fingerprinter(self, environ: Mapping[str, str]) -> tuple[Any, str]:
         from core.audit import fingerprinter
 
@@ -221,6 +232,97 @@ class HttpApi:
             self.audit.record(actor, FETCH_ACTION, safe_env, detail)
         except Exception:  # a broken sink must not turn a fetch into a 500; it is logged
             log.exception("audit sink failed for %s on env %s", FETCH_ACTION, safe_env)
+
+    # ---- admin routes: POST /sync[/{env}], POST /rotate/{name}, GET /status ----------------
+    def admin(self, action: str, *, headers: Mapping[str, str], env: str | None = None, name: str | None = None,
+              query: Mapping[str, str] | None = None) -> ApiResponse:
+        """Run `sync`, `rotate` or `status` for an admin caller; answers carry names, never values."""
+        from core.access import AuthError, AuthUnavailable, is_admin
+
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        try:
+            context = self.context()
+        except ConfigUnavailable as exc:
+            log.error("%s refused: %s", action, exc)
+            return ApiResponse.json(503, {"error": "unavailable", "message": "the config cannot be loaded"}, {"Retry-After": "30"})
+        try:
+            principal = context.authenticator(self.environ).authenticate(lowered)
+        except AuthError as exc:
+            body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
+            return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
+        except AuthUnavailable:
+            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+        api = context.loaded.config.api
+        if not is_admin(api.admins, api.admin_role, principal):
+            self._record(principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
+            return ApiResponse.json(403, {"error": "forbidden", "message": "this route needs an admin (api.admins or the admin role)"})
+        from core.errors import ConfigError, NotFoundError
+
+        try:
+            engine = context.engine()
+            if action == "sync":
+                dry_run = str((query or {}).get("dry_run", "")).lower() in ("1", "true", "yes")
+                report = engine.sync(env, dry_run=dry_run)
+                document: dict[str, Any] = {
+                    "ok": report.ok, "dry_run": dry_run, "minted": report.minted, "failures": report.failures,
+                    "targets": [{k: v for k, v in t.as_dict().items()} for t in report.targets],
+                }
+                status = 200 if report.ok else 502
+            elif action == "rotate":
+                from core.engine.rotate import KeyRotation
+
+                force = str((query or {}).get("force", "")).lower() in ("1", "true", "yes")
+                reports = KeyRotation(engine).rotate(name, force=force)
+                document = {"rotations": [r.as_dict() for r in reports]}
+                status = 502 if any(r.outcome == "error" for r in reports) else 200
+            else:
+                document = {"targets": engine.status(), "rotations": engine.rotation_status()}
+                status = 200
+        except (NotFoundError, KeyError) as exc:
+            message = str(exc.args[0]) if exc.args else "not found"
+            return ApiResponse.json(404, {"error": "not_found", "message": message})
+        except ConfigError as exc:
+            return ApiResponse.json(409, {"error": "not_configured", "message": "; ".join(p.message for p in exc.problems)})
+        self._record(principal.actor, f"admin.{action}", env or name or "", {"outcome": str(status)})
+        return ApiResponse.json(status, document)
+
+    def _record(self, actor: str, action: str, subject: str, detail: dict[str, str]) -> None:
+        try:
+            self.audit.record(actor, action, subject[:MAX_ENV_LENGTH], detail)
+        except Exception:
+            log.exception("audit sink failed for %s", action)
+
+    # ---- Event Grid and timer -------------------------------------------------------------
+    def keyvault_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Handle one Key Vault event.
+
+        Raises:
+            ConfigUnavailable: no config (the event is retried by Event Grid).
+            Exception: a valid event could not be acted on (retried).
+        """
+        from core.engine.events import KeyVaultEvents
+
+        context = self.context()
+        with context._lock:
+            handler = getattr(context, "_events", None)
+        if handler is None:
+            handler = KeyVaultEvents(context.engine())
+            object.__setattr__(context, "_events", handler)
+        outcome = handler.handle(event)
+        return dict(outcome.__dict__)
+
+    def scheduled(self) -> dict[str, Any]:
+        """The timer's work: rotations that are due, then a sync of every env with targets."""
+        from core.engine.rotate import KeyRotation
+
+        context = self.context()
+        engine = context.engine()
+        rotations = KeyRotation(engine).rotate()
+        report = engine.sync()
+        return {
+            "rotations": [r.as_dict() for r in rotations], "ok": report.ok, "target_writes": report.target_writes,
+            "targets": [f"{t.env}->{t.target}: {t.outcome}" for t in report.targets], "failures": report.failures,
+        }
 
     # ---- GET /api/health?deep=1 ----------------------------------------------------------
     def readiness(self) -> ApiResponse:

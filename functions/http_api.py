@@ -45,3 +45,38 @@ def to_http_response(response: ApiResponse) -> func.HttpResponse:
 
 def internal_error() -> func.HttpResponse:
     return func.HttpResponse(INTERNAL_ERROR, status_code=500, mimetype="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _admin(action: str, req: func.HttpRequest, **names: str) -> func.HttpResponse:
+    try:
+        from core.api import default_api
+
+        response = default_api().admin(action, headers=dict(req.headers.items()), query=dict(req.params), **names)
+    except Exception:
+        log.exception("admin %s failed", action)
+        return internal_error()
+    return to_http_response(response)
+
+
+@bp.route(route="sync", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def sync_all(req: func.HttpRequest) -> func.HttpResponse:
+    """Sync every env that has targets now (admins only); answers what changed, by name."""
+    return _admin("sync", req)
+
+
+@bp.route(route="sync/{env}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def sync_env(req: func.HttpRequest) -> func.HttpResponse:
+    """Sync one env now (admins only)."""
+    return _admin("sync", req, env=req.route_params.get("env", ""))
+
+
+@bp.route(route="rotate/{name}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def rotate(req: func.HttpRequest) -> func.HttpResponse:
+    """Rotate one key rotation (e.g. `storage:myaccount`) now if due, or with `?force=1` (admins only)."""
+    return _admin("rotate", req, name=req.route_params.get("name", ""))
+
+
+@bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    """Per env and target: last push, drift, last error; rotations (admins only, no values)."""
+    return _admin("status", req)

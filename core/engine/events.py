@@ -1,0 +1,185 @@
+"""Reactions to Key Vault events (Event Grid or CloudEvents schema).
+
+* `SecretNewVersionCreated`: re-sync only the envs that reference that vault + secret (an index
+  built from the config once, not a scan), after dropping the cached value.
+* `SecretNearExpiry` / `SecretExpired`: when vaultrelay owns the secret (a SAS it minted in the
+  state vault, or a secret it pushed to a target vault) the owning env is re-synced (a minted SAS
+  is re-minted); otherwise a warning is recorded for `status`.
+* Every event id is recorded once it was handled: duplicates, retries and out-of-order deliveries
+  change nothing twice (an older version's event re-syncs to the latest value, a no-op).  An event
+  about an unknown vault or secret, of another type, or with a malformed body is logged and
+  acknowledged (never retried forever); only a failure of vaultrelay itself raises, so that Event
+  Grid delivers again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.engine.plan import plan_env
+from core.engine.resolve import forget_values
+from core.state.tables import Conflict, Row
+
+log = logging.getLogger("vaultrelay.events")
+
+NEW_VERSION = "Microsoft.KeyVault.SecretNewVersionCreated"
+NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
+EXPIRED = "Microsoft.KeyVault.SecretExpired"
+HANDLED = (NEW_VERSION, NEAR_EXPIRY, EXPIRED)
+
+
+@dataclass(frozen=True)
+class KeyVaultEvent:
+    id: str
+    type: str
+    vault: str
+    name: str
+    version: str | None
+
+
+class MalformedEvent(ValueError):
+    """The event body is not a Key Vault event; the message names the missing or bad field."""
+
+
+def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
+    """A Key Vault event from its Event Grid or CloudEvents form (a dict as delivered).
+
+    Raises:
+        MalformedEvent: a required field is missing or has the wrong type.
+    """
+    event_id = event.get("id")
+    event_type = event.get("eventType") or event.get("type")
+    data = event.get("data")
+    if not isinstance(event_id, str) or not event_id:
+        raise MalformedEvent("id: missing")
+    if not isinstance(event_type, str) or not event_type:
+        raise MalformedEvent("eventType/type: missing")
+    if not isinstance(data, Mapping):
+        raise MalformedEvent("data: expected an object")
+    vault = data.get("VaultName") or data.get("vaultName")
+    name = data.get("ObjectName") or data.get("objectName")
+    version = data.get("Version") or data.get("version")
+    if not isinstance(vault, str) or not vault:
+        raise MalformedEvent("data.VaultName: missing")
+    if not isinstance(name, str) or not name:
+        raise MalformedEvent("data.ObjectName: missing")
+    if version is not None and not isinstance(version, str):
+        raise MalformedEvent("data.Version: expected a string")
+    return KeyVaultEvent(event_id, event_type, vault.lower(), name.lower(), version)
+
+
+@dataclass
+class EventOutcome:
+    event_id: str
+    outcome: str  # synced, rotated, warning, duplicate, ignored, malformed
+    envs: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+class KeyVaultEvents:
+    """Handles Key Vault events for one SyncEngine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.index = self._build_index()
+
+    def _build_index(self) -> dict[tuple[str, str], set[str]]:
+        """(vault, secret) -> envs with targets that reference it."""
+        loaded = self.engine.broker.loaded
+        with_targets = set(self.engine.envs_with_targets())
+        index: dict[tuple[str, str], set[str]] = {}
+        for env in with_targets:
+            for ref in plan_env(loaded, env).refs:
+                if ref.kind.startswith("keyvault_"):
+                    index.setdefault((str(ref.param("vault")).lower(), str(ref.param("secret")).lower()), set()).add(env)
+        return index
+
+    def handle(self, raw: Mapping[str, Any]) -> EventOutcome:
+        """Handle one delivered event.
+
+        Raises:
+            Exception: vaultrelay could not act on a valid event (Event Grid should retry).
+        """
+        try:
+            event = parse_event(raw)
+        except MalformedEvent as exc:
+            log.warning("malformed Key Vault event acknowledged: %s", exc)
+            return EventOutcome(str(raw.get("id", "")), "malformed", detail=str(exc))
+        if event.type not in HANDLED:
+            return EventOutcome(event.id, "ignored", detail=f"event type {event.type} is not handled")
+        state = self.engine.state
+        if state.get("events", _day_of(state), event.id) is not None or self._seen_before(event.id):
+            return EventOutcome(event.id, "duplicate")
+        if event.type == NEW_VERSION:
+            outcome = self._new_version(event)
+        else:
+            outcome = self._expiring(event)
+        self._record(event, outcome)
+        return outcome
+
+    def _seen_before(self, event_id: str) -> bool:
+        # Redeliveries can cross midnight: look in yesterday's partition too.
+        from datetime import UTC, datetime, timedelta
+
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d")
+        return self.engine.state.get("events", yesterday, event_id) is not None
+
+    def _new_version(self, event: KeyVaultEvent) -> EventOutcome:
+        envs = sorted(self.index.get((event.vault, event.name), set()))
+        if not envs:
+            return EventOutcome(event.id, "ignored", detail=f"no env with targets references {event.vault}/{event.name}")
+        forget_values(vault=event.vault, secret=event.name)
+        for env in envs:
+            report = self.engine.sync(env)
+            if not report.ok:
+                raise RuntimeError(f"re-sync of env {env} after a new version of {event.vault}/{event.name} did not complete")
+        return EventOutcome(event.id, "synced", envs)
+
+    def _expiring(self, event: KeyVaultEvent) -> EventOutcome:
+        config = self.engine.config
+        state_vault = (config.state.vault or "").lower() if config.state else ""
+        if event.vault == state_vault and event.name.startswith("vr-sas-"):
+            row = self.engine.state.get("rotations", "sas", event.name)
+            env = str(row.fields.get("env")) if row else None
+            if env and env in self.engine.envs_with_targets():
+                report = self.engine.sync(env, force_mint=False)
+                if not report.ok:
+                    raise RuntimeError(f"re-mint for env {env} did not complete")
+                return EventOutcome(event.id, "rotated", [env])
+        owned = sorted(
+            t.env for t in config.targets.values()
+            if t.type == "keyvault" and t.vault.lower() == event.vault
+        )
+        if owned:
+            for env in owned:
+                self.engine.sync(env)
+            return EventOutcome(event.id, "synced", owned, detail="target secret re-pushed")
+        sources = sorted(self.index.get((event.vault, event.name), set()))
+        detail = f"{event.type.rsplit('.', 1)[-1]}: {event.vault}/{event.name} is not managed by vaultrelay"
+        row = Row("warning", f"{event.vault}:{event.name}", {"event": event.type, "envs": ",".join(sources), "detail": detail})
+        existing = self.engine.state.get("rotations", "warning", row.key)
+        row.etag = existing.etag if existing else None
+        try:
+            self.engine.state.put("rotations", row)
+        except Conflict:
+            pass
+        log.warning("%s", detail)
+        return EventOutcome(event.id, "warning", sources, detail)
+
+    def _record(self, event: KeyVaultEvent, outcome: EventOutcome) -> None:
+        state = self.engine.state
+        try:
+            state.put("events", Row(_day_of(state), event.id, {"type": event.type, "subject": f"{event.vault}/{event.name}",
+                                                                  "outcome": outcome.outcome, "envs": ",".join(outcome.envs)}))
+        except Conflict:
+            pass  # handled concurrently by another instance: same outcome
+        state.audit(self.engine.owner, f"event.{outcome.outcome}", f"{event.vault}/{event.name}", {"event": event.id, "envs": outcome.envs})
+
+
+def _day_of(state: Any) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%d")

@@ -1,0 +1,29 @@
+"""Timer `sync`: due rotations, then a sync of every env with targets.
+
+The schedule is the app setting `VAULTRELAY_SYNC_SCHEDULE` (NCRONTAB, e.g. `0 */15 * * * *`).
+The Functions host runs one timer invocation at a time across instances (a blob lease); vaultrelay's
+own leases make an overlapping run (a manual sync, a late past-due run) do no double work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+
+bp = func.Blueprint()
+log = logging.getLogger("vaultrelay.functions")
+
+
+@bp.timer_trigger(schedule="%VAULTRELAY_SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def sync_timer(timer: func.TimerRequest) -> None:
+    """Rotate what is due and sync every env; a failure is logged and retried on the next tick."""
+    from core.api import default_api
+
+    if timer.past_due:
+        log.warning("sync timer is past due; running now")
+    result = default_api().scheduled()
+    log.info("scheduled sync: %s", json.dumps({k: result[k] for k in ("ok", "target_writes", "targets", "rotations")}, default=str))
+    if not result["ok"]:
+        log.error("scheduled sync incomplete: %s", json.dumps(result["failures"]))

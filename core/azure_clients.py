@@ -9,6 +9,7 @@ starts pay for every import).  Every client gets vaultrelay's retry policy.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import urllib.parse
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.core.pipeline.policies import HTTPPolicy, SansIOHTTPPolicy
 
 from core.retry import RetrySettings
 
@@ -37,6 +38,58 @@ class RequestLogPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
                          response.http_response.status_code, (time.monotonic() - started) * 1000)
 
 
+class ChallengeGate:
+    """One Key Vault challenge per vault instead of one per concurrent first request.
+
+    A Key Vault client learns a vault's authentication challenge from a first, unauthenticated
+    request that the vault answers with 401 (the SDK then caches the challenge per host for the
+    process).  A resolve starts up to `max_concurrent` requests to a vault at once, and each of them
+    would pay that 401.  The gate (one per vault and SDK package) lets one request through and
+    holds the others until a request to the vault goes out with a token (`seen`, a raw request
+    hook, runs after the SDK's auth policy) or the first request ends; the held requests then go
+    out with the cached challenge, together with the first one's authorized retry, so no round
+    trip is lost.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._open = threading.Event()
+        self._led = False
+        self._lock = threading.Lock()
+        self._timeout_s = timeout_s
+
+    def seen(self, request: Any) -> None:
+        if "Authorization" in request.http_request.headers:
+            self._open.set()
+
+    def policy(self) -> ChallengeGatePolicy:
+        """A per-call policy for one client's pipeline (a policy instance must not be shared:
+        the pipeline links it to the next policy)."""
+        return ChallengeGatePolicy(self)
+
+    def send(self, next_send: Callable[[], Any]) -> Any:
+        if not self._open.is_set():
+            with self._lock:
+                lead, self._led = not self._led, True
+            if lead:
+                try:
+                    return next_send()
+                finally:
+                    self._open.set()
+            self._open.wait(self._timeout_s)
+        return next_send()
+
+
+class ChallengeGatePolicy(HTTPPolicy):  # type: ignore[type-arg]
+    """Runs a client's requests through its vault's `ChallengeGate` (before the SDK's auth policy)."""
+
+    def __init__(self, gate: ChallengeGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def send(self, request: Any) -> Any:
+        return self.gate.send(lambda: self.next.send(request))
+
+
 def _shared_trust_adapter(**kwargs: Any) -> Any:
     """A requests `HTTPAdapter` that parses each CA bundle once, not once per new connection.
 
@@ -47,7 +100,6 @@ def _shared_trust_adapter(**kwargs: Any) -> Any:
     SSL context per bundle, loaded once; verification is unchanged (same bundle, certificate and
     hostname checked).  A client certificate or `verify=False` keeps requests' own behaviour.
     """
-    import os
     import ssl
 
     from requests.adapters import HTTPAdapter
@@ -122,6 +174,7 @@ class AzureClients:
         self._lock = threading.Lock()
         self._session: Any = None
         self._logged: set[int] = set()
+        self._gates: dict[str, ChallengeGate] = {}
 
     # ---- shared plumbing --------------------------------------------------------------------
     def _transport(self) -> Any:
@@ -144,6 +197,15 @@ class AzureClients:
 
     def _common(self, credential: Any = None) -> dict[str, Any]:
         return {"transport": self._transport(), "retry_policy": self.retry.policy(), **self._logging(credential)}
+
+    def _keyvault_common(self, kind: str, url: str, credential: Any) -> dict[str, Any]:
+        # One gate per SDK package and vault: each Key Vault package keeps its own challenge cache.
+        with self._lock:
+            gate = self._gates.setdefault(f"{kind} {url.lower()}", ChallengeGate(self.retry.deadline_s))
+        options = self._common(credential)
+        options["per_call_policies"] = [gate.policy()]
+        options["raw_request_hook"] = gate.seen
+        return options
 
     def _storage_common(self, credential: Any = None) -> dict[str, Any]:
         # The storage SDKs have their own retry policy (secondary endpoints, storage error
@@ -195,7 +257,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.secrets import SecretClient
 
-            return SecretClient(url, credential, **self._common(credential))
+            return SecretClient(url, credential, **self._keyvault_common("secrets", url, credential))
 
         return self._cached("secrets", url, credential, build)
 
@@ -205,7 +267,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.certificates import CertificateClient
 
-            return CertificateClient(url, credential, **self._common(credential))
+            return CertificateClient(url, credential, **self._keyvault_common("certificates", url, credential))
 
         return self._cached("certificates", url, credential, build)
 
@@ -215,7 +277,7 @@ class AzureClients:
         def build() -> Any:
             from azure.keyvault.keys import KeyClient
 
-            return KeyClient(url, credential, **self._common(credential))
+            return KeyClient(url, credential, **self._keyvault_common("keys", url, credential))
 
         return self._cached("keys", url, credential, build)
 

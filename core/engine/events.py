@@ -74,7 +74,7 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
 @dataclass
 class EventOutcome:
     event_id: str
-    outcome: str  # synced, rotated, warning, duplicate, ignored, malformed
+    outcome: str  # synced, warning, duplicate, ignored, malformed
     envs: list[str] = field(default_factory=list)
     detail: str = ""
 
@@ -145,10 +145,12 @@ class KeyVaultEvents:
             row = self.engine.state.get("rotations", "sas", event.name)
             env = str(row.fields.get("env")) if row else None
             if env and env in self.engine.envs_with_targets():
+                # Key Vault warns 30 days ahead, so every short-lived SAS is "near expiry" from the
+                # start: re-sync, which re-mints only when the token is due (rotate_before).
                 report = self.engine.sync(env, force_mint=False)
                 if not report.ok:
                     raise RuntimeError(f"re-mint for env {env} did not complete")
-                return EventOutcome(event.id, "rotated", [env])
+                return EventOutcome(event.id, "synced", [env], detail=f"minted SAS checked: re-minted {'yes' if report.minted else 'no (not due)'}")
         owned = sorted(
             t.env for t in config.targets.values()
             if t.type == "keyvault" and t.vault.lower() == event.vault

@@ -1,0 +1,166 @@
+"""Per-config permissions: which identity needs which least roles on which scope, the Bicep
+parameters they render to, and `vaultrelay plan --permissions` (no network, no sandbox)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from core.cli import EXIT_CONFIG, EXIT_OK, main
+from core.config import load_config, parse_config
+from core.permissions import MATRIX, compute_permissions, format_permissions, least_roles, render_bicep_parameters
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "vaultrelay.yaml"
+DATA_ID = "11111111-2222-3333-4444-555555555555"
+# Variables the sandbox fixture may have put into the process environment.
+AMBIENT = ("AZURE_CLIENT_ID", "AZURE_SUBSCRIPTION_ID", "VAULTRELAY_SUBSCRIPTION_ID", "VAULTRELAY_STATE_ACCOUNT", "VAULTRELAY_CONFIG")
+
+
+def roles_by_scope(report: object) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    return {(g.identity.key, g.scope.kind, g.scope.name): g.roles for g in report.grants}  # type: ignore[attr-defined]
+
+
+def test_least_roles_drops_roles_another_chosen_role_covers() -> None:
+    assert least_roles([*MATRIX["source:keyvault_secret"], *MATRIX["target:keyvault"]]) == ("Key Vault Secrets Officer",)
+    assert least_roles([*MATRIX["source:cosmos_readonly_key"], *MATRIX["source:cosmos_key"]]) == ("vaultrelay Cosmos DB Key Operator",)
+    assert least_roles(MATRIX["source:cosmos_readonly_key"]) == ("Cosmos DB Account Reader Role",)
+    storage = least_roles([*MATRIX["source:storage_key"], *MATRIX["source:sas_user_delegation_read"][:1]])
+    assert storage == ("Storage Account Key Operator Service Role", "Storage Blob Delegator")
+    assert least_roles([]) == ()
+
+
+def test_example_config_needs() -> None:
+    loaded = load_config(EXAMPLE, environ={"DATA_IDENTITY_CLIENT_ID": DATA_ID})
+    report = compute_permissions(loaded, environ={})
+    got = roles_by_scope(report)
+    data = f"user-assigned:client_id={DATA_ID}"
+    assert got[("system-assigned", "vault", "kv-source")] == ("Key Vault Secrets User",)
+    assert got[("system-assigned", "vault", "kv-target")] == ("Key Vault Secrets Officer",)  # target + state.vault
+    assert got[(data, "vault", "kv-shared")] == ("Key Vault Secrets User",)
+    assert got[("system-assigned", "storage", "sandboxstore")] == ("Storage Account Key Operator Service Role", "Storage Blob Delegator")
+    assert got[("system-assigned", "container", "sandboxstore/uploads")] == ("Storage Blob Data Contributor",)  # rcw
+    assert got[("system-assigned", "container", "sandboxdata/bundles")] == ("Storage Blob Data Contributor",)
+    assert got[("system-assigned", "cosmos", "sandbox-cosmos")] == ("vaultrelay Cosmos DB Key Operator",)
+    assert got[("system-assigned", "site", "sandbox-web")] == ("Website Contributor",)
+    assert got[("system-assigned", "table", "sandboxstore")] == ("Storage Table Data Contributor",)
+    locate = next(g for g in report.grants if g.scope.kind == "subscription")
+    assert locate.optional and locate.roles == ("Reader",)
+    assert any("contained database user in myserver.database.windows.net/mydb" in n for n in report.notes)
+    assert any("https://graph.microsoft.com" in n for n in report.notes)
+    capabilities = {c for g in report.grants for c in g.capabilities}
+    assert "rotate:storage_key" in capabilities  # STORAGE_KEY rotates
+
+
+def test_user_delegation_sas_read_only_needs_blob_data_reader() -> None:
+    text = """
+version: 1
+secretStores:
+  s: {type: azure.managed_identity}
+envs:
+  e:
+    READ: {from: {store: s, resource_type: storage, account: acct, resource_group: rg, operation: generate_sas, container: c, permissions: rl, expiry: 1h}}
+"""
+    report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
+    got = roles_by_scope(report)
+    assert got[("system-assigned", "storage", "acct")] == ("Storage Blob Delegator",)
+    assert got[("system-assigned", "container", "acct/c")] == ("Storage Blob Data Reader",)
+    assert not any(g.optional for g in report.grants)  # a resource group was given: no subscription listing
+
+
+def test_envs_filter_limits_references_and_targets() -> None:
+    text = """
+version: 1
+secretStores:
+  s: {type: azure.managed_identity}
+envs:
+  a:
+    X: {from: {store: s, vault: kv-a, secret: x}}
+  b:
+    Y: {from: {store: s, vault: kv-b, secret: y}}
+targets:
+  out: {type: keyvault, env: b, store: s, vault: kv-out}
+state:
+  store: s
+  account: ststate
+"""
+    loaded = parse_config(text, "t.yaml", environ={})
+    only_a = {g.scope.name for g in compute_permissions(loaded, envs=["a"], environ={}).grants}
+    assert only_a == {"kv-a"}
+    only_b = {g.scope.name for g in compute_permissions(loaded, envs=["b"], environ={}).grants}
+    assert only_b == {"kv-b", "kv-out", "ststate"}
+
+
+def test_service_principal_stores_are_reported_but_not_rendered() -> None:
+    text = """
+version: 1
+secretStores:
+  legacy:
+    type: azure.keyvault
+    vault_name: kv-old
+    auth: {client_id: c0ffee00-0000-0000-0000-000000000000, client_secret: x, tenant_id: t}
+envs:
+  e:
+    X: {from: {store: legacy, secret: x}}
+"""
+    report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
+    [grant] = report.grants
+    assert grant.identity.kind == "service_principal" and grant.scope.name == "kv-old"
+    document, warnings = render_bicep_parameters(report, environ={})
+    assert document["parameters"]["sourceVaults"]["value"] == []
+    assert any("not a managed identity" in w for w in warnings)
+
+
+def test_format_permissions_groups_by_identity() -> None:
+    loaded = load_config(EXAMPLE, environ={"DATA_IDENTITY_CLIENT_ID": DATA_ID})
+    text = format_permissions(compute_permissions(loaded, environ={}))
+    assert text.startswith(f"permissions for {EXAMPLE}")
+    assert "system-assigned managed identity of the Function app" in text
+    assert f"user-assigned managed identity (client_id={DATA_ID})" in text
+    assert "key vault kv-source: Key Vault Secrets User" in text
+    assert "(avoidable: give the resource group)" in text
+    assert "outside Azure RBAC:" in text
+
+
+@pytest.fixture()
+def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in AMBIENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATA_IDENTITY_CLIENT_ID", DATA_ID)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_plan_permissions(quiet_env: None) -> None:
+    code, out, _err = run("--config", str(EXAMPLE), "plan", "--permissions")
+    assert code == EXIT_OK
+    assert "key vault kv-target: Key Vault Secrets Officer" in out
+    code, out_env, _ = run("--config", str(EXAMPLE), "plan", "--permissions", "--env", "production")
+    assert code == EXIT_OK and out_env == out  # the example has one env
+
+
+def test_cli_plan_bicep_params(quiet_env: None, tmp_path: Path) -> None:
+    target = tmp_path / "params.json"
+    code, out, err = run("--config", str(EXAMPLE), "plan", "--permissions", "--bicep-params", str(target))
+    assert code == EXIT_OK and f"wrote {target}" in out
+    document = json.loads(target.read_text())
+    shipped = json.loads((ROOT / "infra" / "main.parameters.json").read_text())
+    assert set(document["parameters"]) == set(shipped["parameters"])
+    assert document["parameters"]["identityType"]["value"] == "SystemAssigned"
+    assert "warning: sourceVaults: fill in the resource group of kv-source" in err
+    code, out, _ = run("--config", str(EXAMPLE), "plan", "--bicep-params", "-")
+    assert code == EXIT_OK and '"$schema"' in out
+
+
+def test_cli_plan_usage_errors(quiet_env: None) -> None:
+    code, _, err = run("--config", str(EXAMPLE), "plan")
+    assert code == EXIT_CONFIG and "plan needs --env" in err
+    code, _, err = run("--config", str(EXAMPLE), "plan", "--permissions", "--env", "nope")
+    assert code == EXIT_CONFIG and "no env 'nope'" in err

@@ -1,0 +1,339 @@
+"""Role assignments in infra/ against core/azure_roles.py and core/permissions.py.
+
+- every role definition id in a template is a role vaultrelay knows, with its name in a comment;
+- assignments are named with guid() and scoped to a resource, never a subscription;
+- nothing broad (Owner, Contributor, User Access Administrator) is ever granted;
+- the custom Cosmos DB role is exactly core/azure_roles.py COSMOS_KEY_OPERATOR;
+- for the example config (and a richer one), every role `vaultrelay plan --permissions` says is
+  needed is granted by rbac.bicep fed with the rendered parameters, and nothing more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.azure_roles import BUILTIN_ROLES, COSMOS_KEY_OPERATOR, CUSTOM_ROLES, ROLES_BY_NAME
+from core.config import LoadedConfig, load_config, parse_config
+from core.permissions import Grant, PermissionReport, compute_permissions, render_bicep_parameters
+from tests.infra.bicep import (
+    APP,
+    DEPLOYMENT_SUBSCRIPTION,
+    GUID,
+    INFRA,
+    ROOT,
+    SimulatedGrant,
+    bicep_files,
+    body,
+    parse,
+    role_variables,
+    simulate_rbac,
+    walk,
+)
+
+KNOWN_ROLES = {**BUILTIN_ROLES, **CUSTOM_ROLES}
+BROAD = {"8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "b24988ac-6180-42a0-ab88-20f7382dd24c", "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9"}
+DATA_IDENTITY = "11111111-2222-3333-4444-555555555555"
+
+
+def _guid_lines(path: Path) -> list[tuple[int, str, str]]:
+    lines = path.read_text().splitlines()
+    return [(i, m.group(0), lines[i]) for i, line in enumerate(lines) for m in GUID.finditer(line)]
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_role_id_is_known_and_named_in_a_comment(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    for index, guid, line in _guid_lines(path):
+        role = KNOWN_ROLES.get(guid.lower())
+        assert role is not None, f"{path.name}:{index + 1}: {guid} is not a role in core/azure_roles.py"
+        comment = (line.split("//", 1)[1] if "//" in line else "") + " " + (lines[index - 1] if index else "")
+        assert role.name.lower() in comment.lower(), f"{path.name}:{index + 1}: {guid} needs a comment naming '{role.name}'"
+        assert guid.lower() not in BROAD, f"{path.name}:{index + 1}: {role.name} is too broad"
+
+
+def _role_assignments() -> list[tuple[Path, str, dict[str, Any]]]:
+    return [(path, name, resource) for path in bicep_files() for name, resource in parse(path).get("resources", {}).items()
+            if resource["type"] == "Microsoft.Authorization/roleAssignments"]
+
+
+def test_role_assignments_use_guid_names_and_resource_scopes() -> None:
+    assignments = _role_assignments()
+    assert assignments
+    for path, name, resource in assignments:
+        tree = parse(path)
+        assert tree["globals"]["scope"]["value"] == "resourceGroup", f"{path.name}: role assignments at subscription scope"
+        config = body(resource)
+        assert config["name"]["function"]["type"] == "guid", f"{path.name}: {name} is not named with guid()"
+        scope, parts = config["scope"], []
+        while isinstance(scope, dict) and scope.get("operator", {}).get("type") == "nested_resource_accessor":
+            parts.append(scope["operator"]["operands"]["operand_1"])  # account::blobService::container
+            scope = scope["operator"]["operands"]["operand_2"]
+        target = "__".join([*parts, scope]) if isinstance(scope, str) else None
+        assert target in tree["resources"] and tree["resources"][target]["existing"], f"{path.name}: {name} scope {scope}"
+        definition = config["properties"]["roleDefinitionId"]["function"]
+        assert definition["type"] == "subscription_resource_id"
+        assert definition["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+        assert config["properties"]["principalType"] in ("ServicePrincipal", "principalType")
+
+
+def test_role_definitions_only_in_the_custom_role_file() -> None:
+    definitions = [(p, n) for p in bicep_files() for n, r in parse(p).get("resources", {}).items()
+                   if r["type"] == "Microsoft.Authorization/roleDefinitions"]
+    assert [(p.name, n) for p, n in definitions] == [("cosmos-role.bicep", "role")]
+
+
+def test_custom_cosmos_role_matches_core() -> None:
+    tree = parse(INFRA / "app" / "cosmos-role.bicep")
+    role = body(tree["resources"]["role"])
+    assert role_variables(tree)[role["name"]] == COSMOS_KEY_OPERATOR.role_id
+    properties = role["properties"]
+    assert properties["roleName"] == COSMOS_KEY_OPERATOR.name
+    assert properties["type"] == "CustomRole"
+    [permissions] = properties["permissions"]
+    assert tuple(permissions["actions"]) == COSMOS_KEY_OPERATOR.actions
+    assert permissions["notActions"] == [] and permissions["dataActions"] == [] and permissions["notDataActions"] == []
+    assert all(a.lower().startswith("microsoft.documentdb/databaseaccounts/") for a in permissions["actions"])
+    assert COSMOS_KEY_OPERATOR.allows("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", data=False)
+    assert not COSMOS_KEY_OPERATOR.allows("Microsoft.DocumentDB/databaseAccounts/write", data=False)
+
+
+def test_host_roles_on_the_deployment_storage_and_telemetry() -> None:
+    """The Functions host needs blob (owner: deployment packages, leases) and queue access on
+    AzureWebJobsStorage; vaultrelay's state needs tables; telemetry needs the publisher role."""
+    tree = parse(INFRA / "app" / "host-rbac.bicep")
+    roles = role_variables(tree)
+    storage_roles = {roles[v] for v in tree["variables"]["storageRoles"]["value"]}
+    assert {KNOWN_ROLES[r].name for r in storage_roles} == {
+        "Storage Blob Data Owner", "Storage Queue Data Contributor", "Storage Table Data Contributor"}
+    telemetry = body(tree["resources"]["telemetryAccess"])
+    assert telemetry["scope"] == "appInsights"
+    assert KNOWN_ROLES[roles["monitoringMetricsPublisher"]].name == "Monitoring Metrics Publisher"
+    own_vault = body(tree["modules"]["ownVaultAccess"])["params"]["roleDefinitionIds"]
+    assert [KNOWN_ROLES[roles[v]].name for v in own_vault] == ["Key Vault Secrets Officer"]
+    # The state tables live in this account: the grant covers what the matrix says state needs.
+    table_role = ROLES_BY_NAME["storage table data contributor"]
+    assert table_role.allows("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", data=True)
+
+
+def test_dead_letter_role_is_blob_data_contributor_on_the_container_only() -> None:
+    tree = parse(INFRA / "app" / "eventgrid.bicep")
+    access = tree["modules"]["deadLetterAccess"]
+    assert access["detail"]["path"] == "rbac-container.bicep"
+    ids = body(access)["params"]["roleDefinitionIds"]
+    assert [KNOWN_ROLES[role_variables(tree)[v]].name for v in ids] == ["Storage Blob Data Contributor"]
+
+
+# ---- the example config's needs are what the template grants -------------------------------
+RICH_CONFIG = """
+version: 1
+secretStores:
+  app:
+    type: azure.managed_identity
+    identity:
+      type: user_assigned
+      client_id: aaaaaaaa-0000-0000-0000-000000000001
+    default_subscription: 00000000-0000-0000-0000-00000000000a
+    resources:
+      - {type: keyvault, name: kv-src, resource_group: rg-src}
+      - {type: keyvault, name: kv-out, resource_group: rg-out}
+      - {type: keyvault, name: kv-state, resource_group: rg-state}
+      - {type: storage, name: stdata, resource_group: rg-data}
+      - {type: storage, name: ststate, resource_group: rg-state}
+      - {type: cosmosdb, name: cosmos-rw, resource_group: rg-db, subscription: 00000000-0000-0000-0000-00000000000b}
+  team:
+    type: azure.managed_identity
+    identity:
+      type: user_assigned
+      object_id: bbbbbbbb-0000-0000-0000-000000000002
+envs:
+  prod:
+    SECRET: {from: {store: app, vault: kv-src, secret: s1}}
+    CERT: {from: {store: app, vault: kv-src, secret: c1, type: certificate}}
+    JWK: {from: {store: app, vault: kv-src, secret: k1, type: key}}
+    KEYONLY: {from: {store: app, vault: kv-out, secret: k2, type: key}}
+    STKEY: {from: {store: app, resource_type: storage, account: stdata, key: active, rotate: {every: 30d}}}
+    READSAS: {from: {store: app, resource_type: storage, account: stdata, operation: generate_sas, container: logs, permissions: rl, expiry: 1h}}
+    TABLESAS: {from: {store: app, resource_type: storage, account: stdata, operation: generate_sas, table: t1, permissions: r, expiry: 1h}}
+    COSMOS: {from: {store: app, resource_type: cosmosdb, account: cosmos-rw, key: active, rotate: {every: 30d}}}
+    COSMOS_RO: {from: {store: team, resource_type: cosmosdb, account: cosmos-ro, key: primary_readonly, resource_group: rg-ro}}
+    TEAM: {from: {store: team, vault: kv-team, secret: t}}
+targets:
+  out:
+    type: keyvault
+    env: prod
+    store: app
+    vault: kv-out
+  files:
+    type: blob
+    env: prod
+    store: app
+    account: stdata
+    container: bundles
+  site:
+    type: app_settings
+    env: prod
+    store: app
+    site: web1
+    resource_group: rg-web
+    subscription: 00000000-0000-0000-0000-00000000000c
+state:
+  store: app
+  account: ststate
+  vault: kv-state
+"""
+
+
+def _example() -> LoadedConfig:
+    return load_config(ROOT / "examples" / "vaultrelay.yaml", environ={"DATA_IDENTITY_CLIENT_ID": DATA_IDENTITY})
+
+
+def _rich() -> LoadedConfig:
+    return parse_config(RICH_CONFIG, "rich.yaml", environ={})
+
+
+CONFIGS = {
+    # The example as planned where it runs: the template's state account, its system identity.
+    "example": (_example, {"VAULTRELAY_STATE_ACCOUNT": "sandboxstore"}),
+    "rich": (_rich, {"AZURE_CLIENT_ID": "aaaaaaaa-0000-0000-0000-000000000001"}),
+}
+_SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site"}
+
+
+def _rendered(name: str) -> tuple[PermissionReport, dict[str, Any], list[str], dict[str, str]]:
+    factory, environ = CONFIGS[name]
+    loaded = factory()
+    report = compute_permissions(loaded, environ=environ)
+    document, warnings = render_bicep_parameters(report, loaded.config, environ=environ)
+    return report, document, warnings, environ
+
+
+def _principal(grant: Grant, document: dict[str, Any]) -> str:
+    identity_type = document["parameters"]["identityType"]["value"]
+    app_key = "system-assigned" if identity_type == "SystemAssigned" else None
+    if grant.identity.kind == "user_assigned" and identity_type == "UserAssigned" and grant.identity.client_id == "aaaaaaaa-0000-0000-0000-000000000001":
+        app_key = grant.identity.key
+    if grant.identity.key == app_key:
+        return APP
+    return grant.identity.object_id or f"<object id of {grant.identity.description}>"
+
+
+def _granted(grant: Grant, simulated: list[SimulatedGrant], document: dict[str, Any]) -> list[SimulatedGrant]:
+    kind = _SCOPE_KIND[grant.scope.kind]
+    return [s for s in simulated if s.kind == kind and s.name.lower() == grant.scope.name.lower() and s.principal == _principal(grant, document)]
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_every_needed_role_is_granted_by_the_template(config: str) -> None:
+    report, document, _warnings, environ = _rendered(config)
+    parameters = {name: p["value"] for name, p in document["parameters"].items() if isinstance(p["value"], list)}
+    simulated = simulate_rbac(parameters)
+    checked = 0
+    for grant in report.grants:
+        if grant.optional:
+            continue
+        if grant.scope.kind == "table" and grant.scope.name.lower() == environ.get("VAULTRELAY_STATE_ACCOUNT", "").lower():
+            continue  # the template's own storage account: host-rbac.bicep (tested above)
+        matches = _granted(grant, simulated, document)
+        assert matches, f"nothing granted for {grant.identity.description} on {grant.scope.describe()}"
+        roles = [KNOWN_ROLES[r] for s in matches for r in s.role_ids]
+        for requirement in grant.requirements:
+            need = requirement.need
+            assert any(r.allows(need.action, data=need.data) for r in roles), (
+                f"{grant.scope.describe()}: {need.action} ({requirement.path}) not granted by {[r.name for r in roles]}")
+        if grant.scope.subscription:
+            assert all(s.subscription == grant.scope.subscription for s in matches), (grant.scope, matches)
+        if grant.scope.resource_group:
+            assert all(s.resource_group == grant.scope.resource_group for s in matches), (grant.scope, matches)
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_the_template_grants_nothing_the_config_does_not_need(config: str) -> None:
+    report, document, _warnings, _environ = _rendered(config)
+    parameters = {name: p["value"] for name, p in document["parameters"].items() if isinstance(p["value"], list)}
+    for simulated in simulate_rbac(parameters):
+        needed = [g for g in report.grants if not g.optional and _SCOPE_KIND[g.scope.kind] == simulated.kind
+                  and g.scope.name.lower() == simulated.name.lower() and _principal(g, document) == simulated.principal]
+        assert needed, f"{simulated.module} grants on {simulated.kind} {simulated.name} which nothing needs"
+        wanted = {r for g in needed for r in g.roles}
+        for role_id in simulated.role_ids:
+            assert KNOWN_ROLES[role_id].name in wanted, f"{simulated.module}: {KNOWN_ROLES[role_id].name} on {simulated.name} is more than needed ({wanted})"
+
+
+def test_rich_config_renders_resource_groups_subscriptions_and_other_identities() -> None:
+    report, document, warnings, _ = _rendered("rich")
+    values = {name: p["value"] for name, p in document["parameters"].items()}
+    assert values["identityType"] == "UserAssigned"
+    cosmos = {c["name"]: c for c in values["cosmosAccounts"]}
+    assert cosmos["cosmos-rw"] == {"name": "cosmos-rw", "resourceGroup": "rg-db", "subscriptionId": "00000000-0000-0000-0000-00000000000b",
+                                   "keys": True, "rotate": True}
+    assert cosmos["cosmos-ro"]["readOnlyKeys"] is True and cosmos["cosmos-ro"]["keys"] is False
+    assert cosmos["cosmos-ro"]["principalId"] == "bbbbbbbb-0000-0000-0000-000000000002"
+    sources = {v["name"]: v for v in values["sourceVaults"]}
+    assert sources["kv-src"]["secrets"] is True and sources["kv-src"]["publicKeys"] is True
+    assert sources["kv-out"] == {"name": "kv-out", "resourceGroup": "rg-out", "subscriptionId": "00000000-0000-0000-0000-00000000000a",
+                                 "secrets": False, "publicKeys": True}
+    assert {v["name"] for v in values["targetVaults"]} == {"kv-out", "kv-state"}
+    storage = {s["name"]: s for s in values["storageAccounts"]}
+    assert storage["stdata"]["keyRead"] and storage["stdata"]["keyRotate"] and storage["stdata"]["userDelegationSas"]
+    assert storage["ststate"] == {"name": "ststate", "resourceGroup": "rg-state", "subscriptionId": "00000000-0000-0000-0000-00000000000a",
+                                  "tableData": True}
+    containers = {c["container"]: c for c in values["blobContainers"]}
+    assert containers["logs"]["write"] is False and containers["bundles"]["write"] is True
+    assert values["webApps"] == [{"name": "web1", "resourceGroup": "rg-web", "subscriptionId": "00000000-0000-0000-0000-00000000000c"}]
+    assert values["additionalUserAssignedIdentityIds"] == [
+        "<resource id of user-assigned managed identity (object_id=bbbbbbbb-0000-0000-0000-000000000002)>"]
+    assert any("kv-team" in w for w in warnings)  # its resource group is unknown
+    assert not any(g.optional for g in report.grants if g.identity.key.startswith("user-assigned:client_id"))
+
+
+def test_example_renders_placeholders_and_warns_about_them() -> None:
+    _report, document, warnings, _ = _rendered("example")
+    values = {name: p["value"] for name, p in document["parameters"].items()}
+    assert values["identityType"] == "SystemAssigned"  # the example's main store is system-assigned
+    assert any(v["resourceGroup"].startswith("<resource group of") for v in values["sourceVaults"])
+    assert any("fill in the resource group of kv-source" in w for w in warnings)
+    assert any(w.startswith("not granted by the template: Reader") for w in warnings)  # locating accounts
+    # The example keeps state in sandboxstore, which is VAULTRELAY_STATE_ACCOUNT here: no extra grant.
+    assert not any(s.get("tableData") for s in values["storageAccounts"])
+
+
+def test_rendered_parameters_match_main_parameters_json() -> None:
+    import json
+
+    shipped = json.loads((INFRA / "main.parameters.json").read_text())
+    declared = parse(INFRA / "main.bicep")["parameters"]
+    for name in CONFIGS:
+        _report, document, _warnings, _ = _rendered(name)
+        assert set(document["parameters"]) == set(shipped["parameters"]), name
+        assert set(document["parameters"]) <= set(declared)
+        for key in ("environmentName", "location", "vaultrelayConfig", "syncSchedule"):
+            assert document["parameters"][key] == shipped["parameters"][key]
+        # Every entry field the renderer writes is a field of the list's type in main.bicep.
+        types = parse(INFRA / "main.bicep")["types"]
+        for param, type_name in (("sourceVaults", "sourceVaultType"), ("targetVaults", "targetVaultType"),
+                                 ("storageAccounts", "storageAccountType"), ("blobContainers", "blobContainerType"),
+                                 ("cosmosAccounts", "cosmosAccountType"), ("webApps", "webAppType")):
+            fields = set(types[type_name]["value"])
+            for entry in document["parameters"][param]["value"]:
+                assert set(entry) <= fields, (param, set(entry) - fields)
+
+
+def test_deployment_subscription_default_is_used_when_entries_name_none() -> None:
+    [grant] = simulate_rbac({"webApps": [{"name": "w", "resourceGroup": "rg"}]})
+    assert grant.subscription == DEPLOYMENT_SUBSCRIPTION and grant.principal == APP
+    assert [KNOWN_ROLES[r].name for r in grant.role_ids] == ["Website Contributor"]
+
+
+def test_no_template_mentions_a_broad_role_at_all() -> None:
+    for path in bicep_files():
+        text = path.read_text().lower()
+        for guid in BROAD:
+            assert guid not in text, path
+        for node in walk(parse(path)):
+            if isinstance(node, str):
+                assert node.lower() not in {"owner", "contributor", "user access administrator"}, path

@@ -1,22 +1,40 @@
 """`make demo`: start the local Azure, prepare it like a platform team would, then run vaultrelay.
 
-Steps: start the sandbox (Azurite + Azure stand-ins), seed secrets and grant roles through ARM,
-validate and plan the example config, resolve it with the managed identity (values masked), and
-run a command under `vaultrelay exec`.  Everything stops when the demo ends.
+Steps, each printed: start the sandbox (Azurite + Azure stand-ins), seed secrets and grant roles
+through ARM, validate and plan the example config, run the timer function once (bundles pushed to
+a target vault, a blob and app settings), sync again (nothing written), fetch a bundle through the
+HTTP function with a caller's Entra token and show a refused caller, change a source secret so
+that the sandbox delivers a Key Vault event and the target follows, rotate a SAS and prove old and
+new both work, rotate the storage key, show status, and run a command under `vaultrelay exec`.
+Everything the demo started is stopped at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "vaultrelay.yaml"
+AUDIENCE = "api://vaultrelay-demo"
+
+
+def demo_config(sandbox: Any, workdir: Path) -> Path:
+    """The example config plus who may fetch it over HTTP (the `caller` identity) and an admin."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["api"] = {"audience": AUDIENCE, "admins": [sandbox.identities["admin"].object_id]}
+    config["access"] = {"production": [sandbox.identities["caller"].object_id]}
+    path = workdir / "vaultrelay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def main() -> int:
@@ -32,39 +50,123 @@ def main() -> int:
         client = sandbox.client
         seeded = seed_example(client)
         os.environ.update(example_environment(client))
-        os.environ["VAULTRELAY_CONFIG"] = str(CONFIG)
+        config = demo_config(client, Path(sandbox.env_file).parent)
+        os.environ["VAULTRELAY_CONFIG"] = str(config)
         console.print(f"seeded {seeded['secrets']} Key Vault objects and {seeded['roles']} role assignments (through ARM)")
 
         env = sandbox.subprocess_env()  # includes the name resolution for *.vaultrelay.test
         env.update(example_environment(client))
-        env["VAULTRELAY_CONFIG"] = str(CONFIG)
+        env["VAULTRELAY_CONFIG"] = str(config)
         vaultrelay = [sys.executable, "-m", "core.cli"]
-        steps = [
-            ("2. validate the config (static, no network)", [*vaultrelay, "validate"]),
-            ("3. plan: what env production resolves, with which identity", [*vaultrelay, "plan", "--env", "production"]),
-            ("4. resolve with the managed identity (values masked)", [*vaultrelay, "resolve", "--env", "production", "--format", "table"]),
-            ("5. sync: push env production to a target vault, a blob and app settings", [*vaultrelay, "sync"]),
-            ("6. sync again: nothing changed, so nothing is written", [*vaultrelay, "sync"]),
-            ("7. rotate the storage account key (dual-key: regenerate the inactive key, switch, re-push)", [*vaultrelay, "rotate", "--force"]),
-            ("8. status: last push, drift and rotations per env and target", [*vaultrelay, "status"]),
-            ("9. exec: a child process gets the variables", [
-                *vaultrelay, "exec", "--env", "production", "--", sys.executable, "-c",
-                "import os; print('child sees', sum(k in os.environ for k in ('DATABASE_PASSWORD', 'STORAGE_SAS', 'COSMOS_CONNECTION')), "
-                "'secrets; DATABASE_PASSWORD has', len(os.environ['DATABASE_PASSWORD']), 'characters')",
-            ]),
-        ]
-        for title, argv in steps:
+
+        def cli(title: str, *args: str) -> None:
             console.rule(title)
-            result = subprocess.run(argv, env=env, cwd=ROOT, check=False)
+            result = subprocess.run([*vaultrelay, *args], env=env, cwd=ROOT, check=False)  # our own CLI
             if result.returncode != 0:
-                console.print(f"[red]step failed with exit code {result.returncode}[/red]")
-                return result.returncode
+                raise SystemExit(f"step failed with exit code {result.returncode}")
+
+        cli("2. validate the config (static, no network)", "validate")
+        cli("3. plan: what env production resolves, with which identity", "plan", "--env", "production")
+
+        from azure.functions.timer import TimerRequest
+
+        import function_app
+        from core.api import HttpApi, set_default_api
+
+        functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+        api = HttpApi(environ={**os.environ, "VAULTRELAY_API_AUDIENCE": AUDIENCE})
+        set_default_api(api)
+        console.rule("4. the timer function runs once: bundles pushed to a target vault, a blob and app settings")
+        functions["sync_timer"](TimerRequest())
+        show_status(console, api)
+        cli("5. sync again: nothing changed, so nothing is written", "sync")
+
+        console.rule("6. a CI job fetches env production over HTTP with its own managed identity's token")
+        fetch(console, functions, client.issue_token("caller", AUDIENCE), "caller (in access list)")
+        fetch(console, functions, client.issue_token("other", AUDIENCE), "other (not in access list)")
+        fetch(console, functions, None, "no token")
+
+        console.rule("7. a source secret changes: Key Vault's event reaches the Event Grid function, the target follows")
+        event_roundtrip(console, client, functions)
+
+        console.rule("8. the SAS is rotated: old and new tokens both work until the old one expires")
+        sas_overlap(console, client, api)
+
+        cli("9. rotate the storage account key (dual-key: regenerate the inactive key, switch, re-push)", "rotate", "--force")
+        cli("10. status: last push, drift and rotations per env and target", "status")
+        cli("11. exec: a child process gets the variables", "exec", "--env", "production", "--", sys.executable, "-c",
+            "import os; print('child sees', sum(k in os.environ for k in ('DATABASE_PASSWORD', 'STORAGE_SAS', 'COSMOS_CONNECTION')), "
+            "'secrets; DATABASE_PASSWORD has', len(os.environ['DATABASE_PASSWORD']), 'characters')")
+        api.close()
         counters = client.counters()
         console.rule("what the local Azure saw")
         targets = ", ".join(f"{k}: {v}" for k, v in sorted(counters.get("by_target", {}).items()))
         console.print(f"{counters.get('total')} requests, {counters.get('tokens_issued')} tokens issued; by target: {targets}")
     console.print(f"demo finished in {time.monotonic() - started:.1f}s; the sandbox and Azurite are stopped")
     return 0
+
+
+def show_status(console: Console, api: Any) -> None:
+    for row in api.context().engine().status():
+        console.print(f"  {row['env']} -> {row['target']} ({row['kind']}): {row['outcome']}, {row['variables']} variables")
+
+
+def fetch(console: Console, functions: dict[str, Any], token: str | None, who: str) -> None:
+    import azure.functions as func
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = func.HttpRequest("GET", "http://localhost/api/envs/production?format=json", headers=headers, params={"format": "json"},
+                           route_params={"env": "production"}, body=b"")
+    response = functions["get_env"](req)
+    body = response.get_body().decode()
+    if response.status_code == 200:
+        names = sorted(json.loads(body))
+        console.print(f"  {who}: HTTP 200, {len(names)} variables ({', '.join(names[:4])}, ...), values not shown here")
+    else:
+        console.print(f"  {who}: HTTP {response.status_code} {body.strip()}")
+
+
+def event_roundtrip(console: Console, client: Any, functions: dict[str, Any]) -> None:
+    import azure.functions as func
+    from azure.keyvault.secrets import SecretClient
+
+    from sandbox.receiver import EventReceiver, subscribe
+
+    with EventReceiver() as receiver:
+        subscription = subscribe(client, receiver, vault="kv-source", event_types=["Microsoft.KeyVault.SecretNewVersionCreated"])
+        source = SecretClient(client.vault_url("kv-source"), client.admin_credential())
+        source.set_secret("api-key", "api-key-rotated-by-the-team")
+        delivered = receiver.wait_for(1, timeout=15)[0]
+        console.print(f"  delivered: {delivered['eventType']} for {delivered['data']['VaultName']}/{delivered['data']['ObjectName']}")
+        event = func.EventGridEvent(id=delivered["id"], data=delivered["data"], topic=delivered.get("topic", ""), subject=delivered.get("subject", ""),
+                                    event_type=delivered["eventType"], event_time=None, data_version=delivered.get("dataVersion", "1"))
+        functions["keyvault_events"](event)
+        functions["keyvault_events"](event)  # Event Grid delivers at least once: the duplicate changes nothing
+        client.call("DELETE", f"/eventgrid/subscriptions/{subscription['id']}")
+    target = SecretClient(client.vault_url("kv-target"), client.admin_credential()).get_secret("api-key")
+    follows = target.value == "api-key-rotated-by-the-team"
+    console.print(f"  target kv-target/api-key follows the source: {follows} (version {target.properties.version[:8]}...)")
+
+
+def sas_overlap(console: Console, client: Any, api: Any) -> None:
+    from azure.core.exceptions import HttpResponseError
+    from azure.keyvault.secrets import SecretClient
+    from azure.storage.blob import BlobServiceClient
+
+    target = SecretClient(client.vault_url("kv-target"), client.admin_credential())
+    old = target.get_secret("storage-sas").value
+    time.sleep(1.1)  # SAS times have one-second resolution
+    report = api.context().engine().sync("production", force_mint=True)
+    new = target.get_secret("storage-sas").value
+
+    def works(token: str) -> bool:
+        try:
+            next(iter(BlobServiceClient(client.storage_endpoint("sandboxstore"), credential=token, retry_total=0).list_containers()), None)
+        except HttpResponseError:
+            return False
+        return True
+
+    console.print(f"  re-minted: {', '.join(report.minted)}; new token differs: {new != old}; old works: {works(old)}; new works: {works(new)}")
 
 
 if __name__ == "__main__":

@@ -601,7 +601,7 @@ class Config(Strict):
         if self.state is None and (self.targets or self._rotated()):
             problems.append(_located("targets" if self.targets else "envs", "targets and rotation need a state: section (Table Storage)"))
         if self.state is not None and self.state.vault is None and self._minted_sas_with_targets():
-            problems.append(_located("state", "state.vault is needed: SAS tokens pushed to targets are kept there between runs"))
+            problems.append(_located("state", "state.vault is needed: SAS and access tokens pushed to targets are kept there between runs"))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -611,7 +611,7 @@ class Config(Strict):
 
     def _minted_sas_with_targets(self) -> bool:
         envs = {t.env for t in self.targets.values()}
-        return any(v.from_ is not None and v.from_.kind == "sas" for e in envs for v in self.envs.get(e, {}).values())
+        return any(v.from_ is not None and v.from_.kind in ("sas", "token") for e in envs for v in self.envs.get(e, {}).values())
 
 
 def _located(path: str, message: str) -> str:

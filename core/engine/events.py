@@ -141,7 +141,7 @@ class KeyVaultEvents:
     def _expiring(self, event: KeyVaultEvent) -> EventOutcome:
         config = self.engine.config
         state_vault = (config.state.vault or "").lower() if config.state else ""
-        if event.vault == state_vault and event.name.startswith("vr-sas-"):
+        if event.vault == state_vault and event.name.startswith(("vr-sas-", "vr-token-")):
             row = self.engine.state.get("rotations", "sas", event.name)
             env = str(row.fields.get("env")) if row else None
             if env and env in self.engine.envs_with_targets():

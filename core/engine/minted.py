@@ -29,9 +29,12 @@ TAG_ISSUED = "issued"
 TAG_REFERENCE = "vaultrelay-reference"
 
 
+MINTED_KINDS = ("sas", "token")
+
+
 def minted_secret_name(ref: PlannedRef) -> str:
-    digest = hashlib.sha256(repr(ref.params).encode()).hexdigest()[:24]
-    return f"vr-sas-{digest}"
+    digest = hashlib.sha256(repr((ref.store, ref.params)).encode()).hexdigest()[:24]
+    return f"vr-{ref.kind}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ class MintedSas:
                 assert current is not None
                 bundle.values[ref.name] = ResolvedValue(
                     name=ref.name, value=SecretValue(current.value), source=ref.description, store=ref.store, identity="minted",
-                    version=current.properties.version, expires_on=current.properties.expires_on, content_type="application/x-sas-token",
-                    detail={"kind": "sas", "signed_with": (current.properties.tags or {}).get(TAG_SIGNED_WITH, "")},
+                    version=current.properties.version, expires_on=current.properties.expires_on, content_type=current.properties.content_type,
+                    detail={"kind": ref.kind, "signed_with": (current.properties.tags or {}).get(TAG_SIGNED_WITH, "")},
                 )
                 continue
             if dry_run:
@@ -93,35 +96,39 @@ class MintedSas:
         if props.expires_on is None:
             return "no expiry recorded"
         now = self.clock()
-        lifetime = timedelta(seconds=float(ref.param("expiry_s")))
+        if ref.kind == "sas":
+            lifetime = timedelta(seconds=float(ref.param("expiry_s")))
+        else:  # an access token: its own lifetime, from when it was stored
+            created = props.created_on or now
+            lifetime = max(props.expires_on - created, timedelta(minutes=5))
         rotate_before = timedelta(seconds=float(ref.param("rotate_before_s") or lifetime.total_seconds() / 3))
         if props.expires_on - now <= rotate_before:
             return f"less than {rotate_before} left"
         signed_with = (props.tags or {}).get(TAG_SIGNED_WITH)
-        if ref.param("sas_type") != "user_delegation" and signed_with != self.active_key("storage", ref.param("account")):
+        if ref.kind == "sas" and ref.param("sas_type") != "user_delegation" and signed_with != self.active_key("storage", ref.param("account")):
             return f"signed with {signed_with}, active key is {self.active_key('storage', ref.param('account'))}"
         return None
 
     def _mint(self, env: str, ref: PlannedRef, secret: str, reason: str, bundle: Bundle) -> None:
-        minted = self.broker.resolve_refs(env, [ref], active_key=self.active_key)
+        minted = self.broker.resolve_refs(env, [ref], active_key=self.active_key, fresh=True)
         if ref.name in minted.failures:
             bundle.failures[ref.name] = minted.failures[ref.name]
             return
         item = minted.values[ref.name]
-        problem = verify_sas(self.broker, ref, item.value.reveal())
+        problem = verify_sas(self.broker, ref, item.value.reveal()) if ref.kind == "sas" else None
         if problem:
             bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "verification_failed", f"the new SAS did not work: {problem}; not published")
             return
         signed_with = item.detail.get("signed_with", "")
         stored = self.vault.set_secret(
-            secret, item.value.reveal(), content_type="application/x-sas-token", expires_on=item.expires_on,
+            secret, item.value.reveal(), content_type=item.content_type or "application/x-sas-token", expires_on=item.expires_on,
             tags={"managed-by": "vaultrelay", TAG_SIGNED_WITH: signed_with, TAG_ISSUED: self.clock().isoformat(timespec="seconds"),
                   TAG_REFERENCE: ref.description[:250]},
         )
         bundle.values[ref.name] = ResolvedValue(
             name=ref.name, value=item.value, source=ref.description, store=ref.store, identity=item.identity,
-            version=stored.properties.version, expires_on=item.expires_on, content_type="application/x-sas-token",
-            detail={"kind": "sas", "signed_with": signed_with},
+            version=stored.properties.version, expires_on=item.expires_on, content_type=item.content_type,
+            detail={"kind": ref.kind, "signed_with": signed_with},
         )
         outcome = MintOutcome(ref.name, secret, True, reason, item.expires_on)
         self.outcomes.append(outcome)

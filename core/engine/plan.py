@@ -179,8 +179,10 @@ class Broker:
         plan = plan_env(self.loaded, env)
         return self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
 
-    def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None) -> Bundle:
-        """Resolve `refs` (and pass `literals` through) as one run."""
+    def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
+                     fresh: bool = False) -> Bundle:
+        """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
+        (minting must mint)."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}
@@ -191,7 +193,10 @@ class Broker:
                 stores[ref.store] = self.store(ref.store)
             except ValueError as exc:
                 unusable[ref.store] = str(exc)
-        resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key)
+        from core.engine.singleflight import ValueCache
+
+        resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key,
+                            value_cache=ValueCache() if fresh else None)
         bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
         self.last_stats = resolver.last_stats
         for ref in plan.refs:

@@ -203,14 +203,16 @@ class SyncEngine:
         from core.engine.minted import MintedSas
 
         plan = plan_env(self.broker.loaded, env)
-        sas = [r for r in plan.refs if r.kind == "sas"]
-        others = [r for r in plan.refs if r.kind != "sas"]
+        from core.engine.minted import MINTED_KINDS
+
+        sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
+        others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
         bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
         outcomes: list[Any] = []
         if sas:
             def record(ref: Any, outcome: Any) -> None:
                 self.state.audit(self.owner, "sas.minted", f"{env}/{ref.name}", {"reason": outcome.reason, "expires": str(outcome.expires_on)})
-                row = self.state.get("rotations", "sas", outcome.secret) or Row("sas", outcome.secret)
+                row = self.state.get("rotations", "sas", outcome.secret) or Row("sas", outcome.secret)  # SAS and tokens
                 row.fields.update({"variable": ref.name, "env": env, "issued": self.clock().isoformat(), "expires": str(outcome.expires_on),
                                    "reason": outcome.reason})
                 try:

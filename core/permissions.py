@@ -9,6 +9,7 @@ custom) role that grants it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -262,7 +263,7 @@ def compute_permissions(
     config = loaded.config
     wanted = set(config.envs) if envs is None else set(envs)
     report = PermissionReport(file=loaded.file)
-    walker = _Walker(config, report, environ)
+    walker = _Walker(config, report, environ, skipped=dict(loaded.skipped_fallbacks))
     for env in sorted(wanted & set(config.envs)):
         for name, variable in config.envs[env].items():
             if variable.from_ is not None:
@@ -306,10 +307,12 @@ def format_permissions(report: PermissionReport) -> str:
 class _Walker:
     """Turns config objects into requirements on a PermissionReport."""
 
-    def __init__(self, config: Config, report: PermissionReport, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, report: PermissionReport, environ: Mapping[str, str], *,
+                 skipped: dict[tuple[str, int], str] | None = None) -> None:
         self.config = config
         self.report = report
         self.environ = environ
+        self.skipped = skipped or {}
 
     # ---- identities and places ----------------------------------------------------------
     def identity(self, store_name: str) -> IdentityRef:
@@ -322,13 +325,20 @@ class _Walker:
                                "service_principal", client_id=client)
         identity = store.identity
         if store.fallback is not None:
-            managed = [f for f in store.fallback if f.type == "managed_identity"]
+            managed = [(i, f) for i, f in enumerate(store.fallback) if f.type == "managed_identity"]
             if not managed:
                 first = store.fallback[0]
                 what = getattr(first, "client_id", None) or first.type
                 return IdentityRef(f"other:{first.type}:{what}", f"{first.type.replace('_', ' ')} {what if what != first.type else ''}".strip()
                                    + f" (store {store_name})", "other")
-            identity = getattr(managed[0], "identity", None) or identity
+            index, entry = managed[0]
+            identity = getattr(entry, "identity", None) or identity
+            reason = self.skipped.get((store_name, index))
+            if reason is not None and identity.type == "user_assigned":
+                # Its selector comes from a variable unset here (${AZURE_CLIENT_ID} in Azure).
+                variable = next(iter(re.findall(r"\$\{(\w+)", reason)), "?")
+                return IdentityRef(f"user-assigned:client_id=${{{variable}}}",
+                                   f"user-assigned managed identity (client_id=${{{variable}}}, not set here)", "user_assigned")
         if identity.type == "system_assigned":
             return IdentityRef(SYSTEM_ASSIGNED, "system-assigned managed identity of the Function app", "system_assigned")
         selector = next((k, getattr(identity, k)) for k in ("client_id", "resource_id", "object_id") if getattr(identity, k))
@@ -472,7 +482,7 @@ def render_bicep_parameters(
     warnings about what it could not express (placeholders to fill, grants left out).
 
     The Function app's own identity is the user-assigned one whose client id is $AZURE_CLIENT_ID
-    (identityType UserAssigned), else the system-assigned one if a store uses it (identityType
+    (or comes from an unset ${AZURE_CLIENT_ID} in a fallback entry) (identityType UserAssigned), else the system-assigned one if a store uses it (identityType
     SystemAssigned).  Grants to other managed identities carry `principalId` (the identity's
     object id when the config gives it, else a placeholder) and those identities are attached
     to the app through `additionalUserAssignedIdentityIds`.
@@ -481,7 +491,8 @@ def render_bicep_parameters(
     warnings: list[str] = []
     identities = report.identities()
     client = (environ.get("AZURE_CLIENT_ID") or "").lower()
-    app = next((i for i in identities if i.kind == "user_assigned" and i.client_id and i.client_id.lower() == client), None)
+    app = next((i for i in identities if i.kind == "user_assigned" and (
+        (i.client_id and i.client_id.lower() == client) or i.key == "user-assigned:client_id=${AZURE_CLIENT_ID}")), None)
     identity_type = "UserAssigned"
     if app is None:
         app = next((i for i in identities if i.kind == "system_assigned"), None)

@@ -164,3 +164,30 @@ def test_cli_plan_usage_errors(quiet_env: None) -> None:
     assert code == EXIT_CONFIG and "plan needs --env" in err
     code, _, err = run("--config", str(EXAMPLE), "plan", "--permissions", "--env", "nope")
     assert code == EXIT_CONFIG and "no env 'nope'" in err
+
+
+def test_unset_azure_client_id_in_a_fallback_is_the_apps_identity() -> None:
+    text = """
+version: 1
+secretStores:
+  kv:
+    type: azure.managed_identity
+    fallback:
+      - type: managed_identity
+        identity:
+          type: user_assigned
+          client_id: ${AZURE_CLIENT_ID}
+      - type: azure_cli
+envs:
+  production:
+    X: {from: {store: kv, vault: kv-source, secret: x, subscription: s1}}
+"""
+    loaded = parse_config(text, "t.yaml", environ={})
+    report = compute_permissions(loaded, environ={})
+    [grant] = report.grants
+    assert grant.identity.description == "user-assigned managed identity (client_id=${AZURE_CLIENT_ID}, not set here)"
+    document, _ = render_bicep_parameters(report, loaded.config, environ={})
+    assert document["parameters"]["identityType"]["value"] == "UserAssigned"
+    assert document["parameters"]["sourceVaults"]["value"] == [
+        {"name": "kv-source", "resourceGroup": "<resource group of kv-source>", "subscriptionId": "s1", "secrets": True}]
+    assert document["parameters"]["additionalUserAssignedIdentityIds"]["value"] == []

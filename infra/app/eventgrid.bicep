@@ -86,7 +86,7 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = {
 
 // A plain resource (not the AVM module's eventSubscriptions) so that it is created after the
 // dead-letter role assignment above exists.
-resource subscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
+resource eventSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: systemTopic
   name: 'vaultrelay-keyvault-events'
   properties: {

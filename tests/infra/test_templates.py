@@ -175,7 +175,7 @@ def test_public_network_access_is_justified_where_enabled() -> None:
 
 def test_event_subscription_filters_retries_and_dead_letters() -> None:
     tree = parse(INFRA / "app" / "eventgrid.bicep")
-    subscription = tree["resources"]["subscription"]
+    subscription = tree["resources"]["eventSubscription"]
     assert subscription["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
     properties = body(subscription)["properties"]
     destination = properties["destination"]

@@ -31,14 +31,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-def _duration(value: Any) -> float:
-    return parse_duration(value)
-
-
 # Duration, written as a number or as `90s`, `30m`, `24h`, `7d`, `1w`.
 Duration = Annotated[
     float,
-    BeforeValidator(lambda value: _duration(value)),
+    BeforeValidator(parse_duration),
     WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"}],
                     "description": "seconds, or a duration like 30m, 24h, 7d"}),
 ]

@@ -110,8 +110,7 @@ class KeyVaultEvents:
             return EventOutcome(str(raw.get("id", "")), "malformed", detail=str(exc))
         if event.type not in HANDLED:
             return EventOutcome(event.id, "ignored", detail=f"event type {event.type} is not handled")
-        state = self.engine.state
-        if state.get("events", _day_of(state), event.id) is not None or self._seen_before(event.id):
+        if self.engine.state.event_seen(event.id):
             return EventOutcome(event.id, "duplicate")
         if event.type == NEW_VERSION:
             outcome = self._new_version(event)
@@ -119,13 +118,6 @@ class KeyVaultEvents:
             outcome = self._expiring(event)
         self._record(event, outcome)
         return outcome
-
-    def _seen_before(self, event_id: str) -> bool:
-        # Redeliveries can cross midnight: look in yesterday's partition too.
-        from datetime import UTC, datetime, timedelta
-
-        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d")
-        return self.engine.state.get("events", yesterday, event_id) is not None
 
     def _new_version(self, event: KeyVaultEvent) -> EventOutcome:
         envs = sorted(self.index.get((event.vault, event.name), set()))
@@ -173,15 +165,7 @@ class KeyVaultEvents:
 
     def _record(self, event: KeyVaultEvent, outcome: EventOutcome) -> None:
         state = self.engine.state
-        try:
-            state.put("events", Row(_day_of(state), event.id, {"type": event.type, "subject": f"{event.vault}/{event.name}",
-                                                                  "outcome": outcome.outcome, "envs": ",".join(outcome.envs)}))
-        except Conflict:
-            pass  # handled concurrently by another instance: same outcome
+        state.record_event(event.id, {"type": event.type, "subject": f"{event.vault}/{event.name}",
+                                      "outcome": outcome.outcome, "envs": ",".join(outcome.envs)})
         state.audit(self.engine.owner, f"event.{outcome.outcome}", f"{event.vault}/{event.name}", {"event": event.id, "envs": outcome.envs})
 
-
-def _day_of(state: Any) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y%m%d")

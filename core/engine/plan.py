@@ -145,7 +145,7 @@ class Broker:
             runtime.default_subscription = (config.default_subscription or self.environ.get("VAULTRELAY_SUBSCRIPTION_ID")
                                             or self.environ.get("AZURE_SUBSCRIPTION_ID") or None)
             runtime.resource_overrides = {
-                (_kind_of(r.type), r.name.lower()): (r.subscription, r.resource_group) for r in config.resources
+                (r.type, r.name.lower()): (r.subscription, r.resource_group) for r in config.resources
             }
             runtime.max_sas_expiry = timedelta(seconds=config.max_sas_expiry)
             runtime.preferred_regions = tuple(config.preferred_regions)
@@ -210,6 +210,3 @@ class Broker:
         self.clients.close()
         self.credentials.close()
 
-
-def _kind_of(resource_type: str) -> str:
-    return {"keyvault": "keyvault", "storage": "storage", "cosmosdb": "cosmosdb", "sql": "sql"}[resource_type]

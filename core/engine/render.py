@@ -46,8 +46,12 @@ def dotenv_quote(value: str) -> str:
     """A dotenv value: bare when it is plain, else double-quoted with \\ " newline and $ escaped."""
     if value and all(c.isalnum() or c in "-_./:@+=," for c in value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
-    return f'"{escaped}"'
+    return f'"{dotenv_escape(value)}"'
+
+
+def dotenv_escape(value: str) -> str:
+    """The inside of a double-quoted dotenv value: \\ " newline and $ escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
 
 
 def negotiate(accept: str | None, default: str = "json") -> str | None:

@@ -51,8 +51,11 @@ class TargetReport:
     outcome: str = "unchanged"  # unchanged, pushed, would_push, error, skipped, busy
     error: str | None = None
 
+    # The drift found differs from the drift recorded (status needs a state write).
+    drift_unrecorded: bool = field(default=False, repr=False)
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "drift_unrecorded"}
 
 
 @dataclass
@@ -253,7 +256,7 @@ class SyncEngine:
             # A read-only pass first: an unchanged env costs no lease and no state write at all.
             probe = SyncReport()
             self._sync_env_pass(env, targets, probe, dry_run=True, force_mint=False)
-            if not probe.failures and all(t.outcome == "unchanged" and not self._drift_changed(t) for t in probe.targets):
+            if not probe.failures and all(t.outcome == "unchanged" and not t.drift_unrecorded for t in probe.targets):
                 report.targets.extend(probe.targets)
                 return
         lease = None if dry_run else self.state.acquire_lease(f"sync:{env}", self.owner, LEASE_SECONDS, stale=holder_is_dead)
@@ -265,10 +268,6 @@ class SyncEngine:
         finally:
             if lease is not None:
                 self.state.release_lease(lease)
-
-    def _drift_changed(self, target: TargetReport) -> bool:
-        record = self.state.get("pushes", target.env, target.target)
-        return sorted(record.json("drift", []) if record else []) != target.drift
 
     def _sync_env_pass(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         bundle, minted = self.resolve_env(env, force_mint=force_mint, dry_run=dry_run)
@@ -320,9 +319,9 @@ class SyncEngine:
             report.updates = sorted(change.updates)
         if writer.whole_bundle and not change.empty:
             change = Change(change.adds, frozenset(desired) - change.adds, change.removals)
-        recorded_drift = record.json("drift", []) if record else []
+        report.drift_unrecorded = record is not None and sorted(record.json("drift", [])) != report.drift
         if change.empty:
-            if not dry_run and record is not None and sorted(recorded_drift) != report.drift:
+            if not dry_run and record is not None and report.drift_unrecorded:
                 self._update_record(record, {"drift": report.drift})
             return report
         if dry_run:

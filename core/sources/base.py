@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -99,6 +99,36 @@ class RunContext:
     def once(self, key: Any, fn: Callable[[], Any]) -> Any:
         """Run `fn` once per key in this run (shared listKeys, delegation keys, discovery)."""
         return self.flights.do(key, fn)
+
+
+def resource_group_of(resource_id: str) -> str:
+    """The resource group named in an ARM resource id (case-insensitive `resourceGroups` segment)."""
+    parts = resource_id.split("/")
+    return parts[[p.lower() for p in parts].index("resourcegroups") + 1]
+
+
+def locate(
+    ref: PlannedRef, store: StoreRuntime, run: RunContext, kind: str, name: str, label: str,
+    list_resources: Callable[[str], Iterable[Any]],
+) -> tuple[str, str]:
+    """(subscription, resource group) of resource `name`: from the reference or a `resources:`
+    entry, else found by listing the subscription's resources of that kind (once per run).
+
+    Raises:
+        SourceProblem: no resource of that name in the subscription.
+    """
+    subscription = store.subscription_for(kind, name, ref.param("subscription"))
+    group = store.resource_group_for(kind, name, ref.param("resource_group"))
+    if group:
+        return subscription, group
+
+    def discover() -> str:
+        for item in list_resources(subscription):
+            if item.name.lower() == name.lower():
+                return resource_group_of(item.id)
+        raise SourceProblem("not_found", f"{label} '{name}' not found in subscription {subscription}")
+
+    return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), discover)
 
 
 class Source(Protocol):

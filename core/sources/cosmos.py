@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime
+from core.sources.base import PlannedRef, RunContext, StoreRuntime, locate
 from core.sources.fetched import Fetched, SourceProblem
 
 COSMOS_KIND = "cosmosdb"
@@ -28,20 +28,8 @@ _CONNECTION_STRING_DESCRIPTIONS = {
 
 
 def _locate(ref: PlannedRef, store: StoreRuntime, run: RunContext, account: str) -> tuple[str, str]:
-    subscription = store.subscription_for(COSMOS_KIND, account, ref.param("subscription"))
-    group = store.resource_group_for(COSMOS_KIND, account, ref.param("resource_group"))
-    if group:
-        return subscription, group
-
-    def discover() -> str:
-        client = run.clients.cosmos_management(subscription, store.credential)
-        for item in client.database_accounts.list():
-            if item.name.lower() == account.lower():
-                parts = item.id.split("/")
-                return parts[[p.lower() for p in parts].index("resourcegroups") + 1]
-        raise SourceProblem("not_found", f"Cosmos DB account '{account}' not found in subscription {subscription}")
-
-    return subscription, run.once(("locate", COSMOS_KIND, subscription, account.lower(), store.name), discover)
+    return locate(ref, store, run, COSMOS_KIND, account, "Cosmos DB account",
+                  lambda subscription: run.clients.cosmos_management(subscription, store.credential).database_accounts.list())
 
 
 class CosmosSource:

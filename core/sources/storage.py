@@ -11,17 +11,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime
+from core.sources.base import PlannedRef, RunContext, StoreRuntime, locate
 from core.sources.fetched import Fetched, SourceProblem
 from core.sources.sas_mint import CLOCK_SKEW, USER_DELEGATION_KEY_MAX, SasRequest, mint_sas, sas_window
 
 STORAGE_KIND = "storage"
-
-
-def _parse_id_resource_group(resource_id: str) -> str:
-    parts = resource_id.split("/")
-    lowered = [p.lower() for p in parts]
-    return parts[lowered.index("resourcegroups") + 1]
 
 
 def locate_account(ref: PlannedRef, store: StoreRuntime, run: RunContext, account: str) -> tuple[str, str]:
@@ -30,19 +24,8 @@ def locate_account(ref: PlannedRef, store: StoreRuntime, run: RunContext, accoun
     Raises:
         SourceProblem: the account is not in the subscription.
     """
-    subscription = store.subscription_for(STORAGE_KIND, account, ref.param("subscription"))
-    group = store.resource_group_for(STORAGE_KIND, account, ref.param("resource_group"))
-    if group:
-        return subscription, group
-
-    def discover() -> str:
-        client = run.clients.storage_management(subscription, store.credential)
-        for item in client.storage_accounts.list():
-            if item.name.lower() == account.lower():
-                return _parse_id_resource_group(item.id)
-        raise SourceProblem("not_found", f"storage account '{account}' not found in subscription {subscription}")
-
-    return subscription, run.once(("locate", STORAGE_KIND, subscription, account.lower(), store.name), discover)
+    return locate(ref, store, run, STORAGE_KIND, account, "storage account",
+                  lambda subscription: run.clients.storage_management(subscription, store.credential).storage_accounts.list())
 
 
 def account_keys(ref: PlannedRef, store: StoreRuntime, run: RunContext, account: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 log = logging.getLogger("vaultrelay.state")
@@ -200,17 +200,18 @@ class StateStore:
             log.info("lease %s was taken over before release", lease.name)
 
     # ---- events -------------------------------------------------------------------------
-    def first_time(self, event_id: str, detail: dict[str, str] | None = None) -> bool:
-        """Record event `event_id`; False when it was already processed (a duplicate)."""
-        day = _utcnow().strftime("%Y%m%d")
-        existing = self.get("events", day, event_id)
-        if existing is not None:
-            return False
+    def event_seen(self, event_id: str) -> bool:
+        """Whether event `event_id` was already handled (today's or yesterday's partition:
+        redeliveries can cross midnight)."""
+        today = _utcnow()
+        return any(self.get("events", day.strftime("%Y%m%d"), event_id) is not None for day in (today, today - timedelta(days=1)))
+
+    def record_event(self, event_id: str, detail: dict[str, str]) -> None:
+        """Mark event `event_id` handled (another instance having done so too is fine)."""
         try:
-            self.put("events", Row(day, event_id, {"seen_at": self._clock(), **(detail or {})}))
+            self.put("events", Row(_utcnow().strftime("%Y%m%d"), event_id, {"seen_at": self._clock(), **detail}))
         except Conflict:
-            return False
-        return True
+            pass
 
     # ---- audit --------------------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.sources.base import resource_group_of
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
 
@@ -31,8 +32,7 @@ class AppSettingsTargetWriter:
             return str(self._group)
         for site in self.web.web_apps.list():
             if site.name.lower() == self.config.site.lower():
-                parts = str(site.id).split("/")
-                self._group = parts[[p.lower() for p in parts].index("resourcegroups") + 1]
+                self._group = resource_group_of(str(site.id))
                 return str(self._group)
         raise TargetError(f"target {self.ctx.name}: site {self.config.site} not found")
 

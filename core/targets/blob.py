@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from core.engine.render import dotenv_escape
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
 
 def render_dotenv(values: dict[str, str]) -> str:
     """`NAME="value"` lines, escaped so that dotenv loaders and `set -a; . file` read them back."""
-    lines = []
-    for name in sorted(values):
-        escaped = values[name].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$").replace("`", "\\`")
-        lines.append(f'{name}="{escaped}"')
-    return "\n".join(lines) + "\n"
+    # Always quoted, and backticks escaped too: the file is meant to be sourced by a shell.
+    def quoted(value: str) -> str:
+        return '"' + dotenv_escape(value).replace("`", "\\`") + '"'
+
+    return "".join(f"{name}={quoted(values[name])}\n" for name in sorted(values))
 
 
 class BlobTargetWriter:

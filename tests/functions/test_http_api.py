@@ -14,7 +14,7 @@ import pytest
 
 from core.api import FORBIDDEN_BODY, HttpApi
 from core.audit import MemoryAuditSink
-from demo.seed import EXAMPLE_SECRETS, example_environment, seed_example
+from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import (
     ADMIN_ROLE,
@@ -33,15 +33,6 @@ from tests.functions.apihelpers import (
 
 SECRET_VALUES = list(EXAMPLE_SECRETS.values())
 OID_CLAIM = "http://schemas.microsoft.com/identity/claims/objectidentifier"
-
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> Iterator[SandboxClient]:
-    seed_example(sandbox)
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in example_environment(sandbox).items():
-            patch.setenv(key, value)
-        yield sandbox
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,8 @@ from azure.keyvault.secrets import SecretClient
 
 from core.api import HttpApi
 from core.audit import MemoryAuditSink
-from demo.seed import example_environment, seed_example
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
-
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> Iterator[SandboxClient]:
-    seed_example(sandbox)
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in example_environment(sandbox).items():
-            patch.setenv(key, value)
-        yield sandbox
 
 
 @pytest.fixture(scope="module")

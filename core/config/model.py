@@ -530,6 +530,24 @@ class State(Strict):
     fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
 
 
+class TaggedSecrets(Strict):
+    """A vault whose secrets tagged like Microsoft's rotation samples (`CredentialId`,
+    `ProviderAddress`, `ValidityPeriodDays`) vaultrelay rotates: the alternate key of the storage or
+    Cosmos DB account is regenerated and written as the secret's new version."""
+
+    vault: str = Field(pattern=VAULT_NAME)
+    store: str = Field(description="the store whose identity reads and writes the secrets (Key Vault Secrets Officer) and lists and "
+                                   "regenerates the accounts' keys (Storage Account Key Operator Service Role, DocumentDB Account Contributor)")
+    rotate_before: Duration = Field(30 * 86400, gt=0, description="rotate when less than this is left before the secret expires (capped at half "
+                                                                  "of ValidityPeriodDays); default 30d, Key Vault's near-expiry notice")
+
+
+class Rotation(Strict):
+    """Rotation beyond `rotate:` references."""
+
+    tagged_secrets: list[TaggedSecrets] = Field([], description="vaults whose secrets tagged like Microsoft's rotation samples are rotated")
+
+
 class Api(Strict):
     """The HTTP API: how callers authenticate."""
 
@@ -552,6 +570,7 @@ class Config(Strict):
     targets: dict[str, Target] = Field({}, description="vaultrelay extension: where envs are pushed")
     state: State | None = Field(None, description="vaultrelay extension: Table Storage state for sync and rotation")
     access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> object ids / app ids / group ids that may fetch it")
+    rotation: Rotation = Field(Rotation(), description="vaultrelay extension: Key Vault secrets tagged like Microsoft's rotation samples")
     api: Api = Api()
 
     @field_validator("envs")
@@ -594,8 +613,17 @@ class Config(Strict):
         for env in self.access:
             if env not in self.envs:
                 problems.append(_located(f"access.{env}", f"unknown env '{env}'"))
-        if self.state is None and (self.targets or self._rotated()):
-            problems.append(_located("targets" if self.targets else "envs", "targets and rotation need a state: section (Table Storage)"))
+        for i, tagged in enumerate(self.rotation.tagged_secrets):
+            store = self.secretStores.get(tagged.store)
+            if store is None:
+                problems.append(_located(f"rotation.tagged_secrets.{i}.store", f"unknown store '{tagged.store}'"))
+            elif not isinstance(store, ManagedIdentityStore):
+                problems.append(_located(f"rotation.tagged_secrets.{i}.store", f"store '{tagged.store}' is type azure.keyvault: it cannot regenerate account keys"))
+            if [t.vault.lower() for t in self.rotation.tagged_secrets].index(tagged.vault.lower()) != i:
+                problems.append(_located(f"rotation.tagged_secrets.{i}.vault", f"vault '{tagged.vault}' is listed twice"))
+        if self.state is None and (self.targets or self._rotated() or self.rotation.tagged_secrets):
+            where = "targets" if self.targets else ("envs" if self._rotated() else "rotation")
+            problems.append(_located(where, "targets and rotation need a state: section (Table Storage)"))
         if self.state is not None and self.state.vault is None and self._minted_sas_with_targets():
             problems.append(_located("state", "state.vault is needed: SAS and access tokens pushed to targets are kept there between runs"))
         if problems:

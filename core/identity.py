@@ -256,3 +256,16 @@ def _one(kind: str, params: dict[str, str], common: dict[str, Any]) -> Any:
     if kind == "workload_identity":
         return identity.WorkloadIdentityCredential(**params, **common)
     raise ValueError(f"unknown credential kind {kind!r}")
+
+
+def app_credential(environ: Mapping[str, str] | None = None) -> Any:
+    """The Function app's own managed identity, for what is read before any config says which
+    identity to use (the config blob): the user-assigned identity whose client id is
+    `$AZURE_CLIENT_ID` (the template sets it), else the system-assigned identity.  This is the
+    identity the template's state store uses (`client_id: ${AZURE_CLIENT_ID}`).
+    """
+    from azure.identity import ManagedIdentityCredential
+
+    environ = os.environ if environ is None else environ
+    client_id = (environ.get("AZURE_CLIENT_ID") or "").strip()
+    return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()

@@ -10,9 +10,10 @@ and tests can drive it directly.
 * `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
   token for each audience the config needs from it (tokens and values are never shown).
 
-One `ApiContext` (config, Broker, authenticator) is kept per process and config file; it is
-rebuilt when the file's modification time or size changes.  The config is `$VAULTRELAY_CONFIG`
-(a file path), else `vaultrelay.yaml`.
+One `ApiContext` (config, Broker, authenticator) is kept per process and config version; it is
+rebuilt when the version changes.  The config is `$VAULTRELAY_CONFIG`, a file path (checked on
+every request: modification time, size) or a blob URL (checked by ETag at most every
+`$VAULTRELAY_CONFIG_RELOAD_SECONDS`; see core/config/source.py), else `vaultrelay.yaml`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class ApiContext:
 
     loaded: Any  # core.config.LoadedConfig
     broker: Any  # core.engine.plan.Broker
-    signature: tuple[int, int, int]
+    signature: tuple[Any, ...]
+    location: str = ""
     _authenticator: Any = None
     _fingerprinter: tuple[Any, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -110,51 +112,71 @@ class HttpApi:
         self.audit: AuditSink = audit or LoggingAuditSink()
         self._broker_factory = broker_factory
         self._context: ApiContext | None = None
-        self._context_path: str | None = None
-        self._failed: tuple[str, tuple[int, int, int], str] | None = None
+        self._source: Any = None  # core.config.source.ConfigSource
+        self._failed: tuple[str, tuple[Any, ...], str] | None = None
         self._lock = threading.Lock()
 
-    # ---- the config, per file version ---------------------------------------------------
-    def context(self) -> ApiContext:
-        """The context of the current config file, reloaded when the file changed.
+    # ---- the config, per version ------------------------------------------------------------
+    def _config_source(self) -> Any:
+        """The source `$VAULTRELAY_CONFIG` names (kept while the setting is unchanged).
 
         Raises:
-            ConfigUnavailable: the file is missing or invalid.
+            ConfigUnavailable: the setting is not a usable path or blob URL.
         """
-        from core.config import config_path, load_config
+        from core.config.source import ConfigSourceError, config_location, open_source
 
-        path = str(config_path(None, self.environ))
-        if path.startswith(("https://", "http://")):
-            raise ConfigUnavailable("VAULTRELAY_CONFIG must be a file path (URLs are not supported)")
+        location = config_location(self.environ)
+        with self._lock:
+            if self._source is not None and self._source.location == location:
+                return self._source
+            try:
+                source = open_source(self.environ)
+            except ConfigSourceError as exc:
+                raise ConfigUnavailable(str(exc)) from None
+            old, self._source = self._source, source
+        if old is not None:
+            old.close()
+        return source
+
+    def context(self) -> ApiContext:
+        """The context of the current config version, rebuilt when the file (modification time,
+        size) or the blob (ETag) changed.
+
+        Raises:
+            ConfigUnavailable: the config cannot be read (and no version was read before), or the
+                current version is invalid (fails closed until it changes again).
+        """
+        from core.config.source import ConfigSourceError, load_snapshot
+
+        source = self._config_source()
         try:
-            stat = os.stat(path)
-        except OSError as exc:
-            raise ConfigUnavailable(f"cannot read config {path}: {exc.strerror or exc}") from None
-        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            snapshot = source.snapshot()
+        except ConfigSourceError as exc:
+            raise ConfigUnavailable(str(exc)) from None
         with self._lock:
             current = self._context
-            if current is not None and self._context_path == path and current.signature == signature:
+            if current is not None and current.location == snapshot.location and current.signature == snapshot.signature:
                 return current
-            if self._failed is not None and self._failed[:2] == (path, signature):
+            if self._failed is not None and self._failed[:2] == (snapshot.location, snapshot.signature):
                 raise ConfigUnavailable(self._failed[2])
             from core.errors import ConfigError
 
             try:
-                loaded = load_config(path, environ=self.environ)
+                loaded = load_snapshot(snapshot, self.environ)
                 broker = self._make_broker(loaded)
             except ConfigError as exc:
-                # Fail closed (an edit may have revoked access) until the file changes again.
-                self._failed = (path, signature, str(exc))
+                # Fail closed (an edit may have revoked access) until the config changes again.
+                self._failed = (snapshot.location, snapshot.signature, str(exc))
                 raise ConfigUnavailable(str(exc)) from None
             self._failed = None
-            context = self._context = ApiContext(loaded=loaded, broker=broker, signature=signature)
-            self._context_path = path
+            context = self._context = ApiContext(loaded=loaded, broker=broker, signature=snapshot.signature,
+                                                 location=snapshot.location)
         if current is not None:
             # Requests still running on the old Broker keep using it; close it once they are done.
             timer = threading.Timer(60.0, current.broker.close)
             timer.daemon = True
             timer.start()
-        log.info("config %s loaded (%d envs)", path, len(loaded.config.envs))
+        log.info("config %s loaded (%d envs)", snapshot.location, len(loaded.config.envs))
         return context
 
     def _make_broker(self, loaded: Any) -> Any:
@@ -169,6 +191,9 @@ class HttpApi:
             if self._context is not None:
                 self._context.broker.close()
                 self._context = None
+            source, self._source = self._source, None
+        if source is not None:
+            source.close()
 
     # ---- GET /api/envs/{env} -------------------------------------------------------------
     def fetch_env(self, env: str, *, query: Mapping[str, str], headers: Mapping[str, str]) -> ApiResponse:
@@ -332,7 +357,12 @@ class HttpApi:
             context = self.context()
         except ConfigUnavailable as exc:
             log.error("readiness: %s", exc)
-            return ApiResponse.json(503, {"status": "unavailable", "config": "cannot be loaded"})
+            document: dict[str, Any] = {"status": "unavailable", "config": "cannot be loaded"}
+            if self._source is not None:
+                document["config_source"] = self._source.status()
+            return ApiResponse.json(503, document)
+        # A blob that cannot be re-read leaves the last good config serving, but not ready.
+        source_status = self._source.status() if self._source is not None else {"kind": "file", "ok": True}
         broker = context.broker
         stores: dict[str, Any] = {}
         ready = True
@@ -355,7 +385,11 @@ class HttpApi:
             ok = all(v == "ok" for v in checks.values())
             ready = ready and ok
             stores[store] = {"ok": ok, "scopes": checks}
-        return ApiResponse.json(200 if ready else 503, {"status": "ok" if ready else "unavailable", "config": "ok", "stores": stores})
+        ready = ready and bool(source_status.get("ok"))
+        return ApiResponse.json(200 if ready else 503, {
+            "status": "ok" if ready else "unavailable", "config": "ok" if source_status.get("ok") else "stale",
+            "config_source": source_status, "stores": stores,
+        })
 
 
 def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:

@@ -69,7 +69,7 @@ param storageSkuName string = 'Standard_LRS'
 param logRetentionInDays int = 30
 
 // ---- vaultrelay settings -----------------------------------------------------------------
-@description('VAULTRELAY_CONFIG: path of the config file in the deployed package (relative paths resolve against the worker\'s working directory).')
+@description('VAULTRELAY_CONFIG: path of the config file in the deployed package (relative paths resolve against the worker\'s working directory), or an https://<account>.blob.<suffix>/<container>/<blob> URL read with the app\'s identity (grant it Storage Blob Data Reader on the container: blobContainers).')
 param vaultrelayConfig string = 'vaultrelay.yaml'
 
 @description('VAULTRELAY_SYNC_SCHEDULE: NCRONTAB schedule (six fields) of the scheduled sync.')
@@ -352,6 +352,7 @@ var baseSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.outputs.connectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: useUserAssigned ? 'ClientId=${identityClientId};Authorization=AAD' : 'Authorization=AAD'
   VAULTRELAY_CONFIG: vaultrelayConfig
+  VAULTRELAY_CONFIG_RELOAD_SECONDS: '30'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience

@@ -7,9 +7,11 @@ For each env (under a lease, so concurrent instances do not push the same env at
 2. per target: read its snapshot, compare with the last push record (keyed fingerprints) and the
    desired bundle: adds / updates / removals by name, and drift (the target changed since
    vaultrelay's last push).  Unchanged and no drift: zero target writes, zero state writes.
-3. push, then replace the push record conditionally on its ETag.  A crash between 2 and 3 leaves
-   the old record; the next run sees the same differences and pushes again (pushes are
-   idempotent "ensure" operations), so it converges.
+3. push, then replace the push record conditionally on its ETag.  A crash (or a state failure)
+   between 2 and 3 leaves the old record; the next run compares the target itself with the
+   desired bundle, writes only what is not there yet and records it, so it converges without
+   claiming a push that did not happen.  Targets that cannot mark what vaultrelay wrote (app
+   settings) get the names about to be written recorded first (`pending`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from core.engine.bundle import Bundle
 from core.engine.plan import Broker, plan_env
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.fingerprints import Fingerprinter
-from core.state.tables import Conflict, Row, StateStore
+from core.state.tables import Conflict, Row, StateStore, StateUnavailable
 from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
 
@@ -48,14 +50,16 @@ class TargetReport:
     removals: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     writes: int = 0
-    outcome: str = "unchanged"  # unchanged, pushed, would_push, error, skipped, busy
+    # unchanged, pushed, recorded (the target already held the bundle; only state caught up),
+    # would_push, error, skipped, busy
+    outcome: str = "unchanged"
     error: str | None = None
 
-    # The drift found differs from the drift recorded (status needs a state write).
-    drift_unrecorded: bool = field(default=False, repr=False)
+    # The push record is out of date (drift, a cleared error, a push not yet recorded): a state write is due.
+    record_stale: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "drift_unrecorded"}
+        return {k: v for k, v in self.__dict__.items() if k != "record_stale"}
 
 
 @dataclass
@@ -246,17 +250,26 @@ class SyncEngine:
             envs = [env]
         report = SyncReport()
         for name in envs:
-            self._sync_env(name, report, dry_run=dry_run, force_mint=force_mint)
+            targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
+            start = len(report.targets)
+            try:
+                self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
+            except StateUnavailable as exc:
+                # Raised before any of these targets was written (a failure after a push is caught
+                # where it happens): report it; it cannot be recorded, the state is what failed.
+                log.warning("sync %s stopped: %s", name, exc)
+                reported = {t.target for t in report.targets[start:]}
+                report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
+                                      for n, t in targets.items() if n not in reported)
         report.seconds = time.monotonic() - began
         return report
 
-    def _sync_env(self, env: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
-        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == env}
+    def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:
             # A read-only pass first: an unchanged env costs no lease and no state write at all.
             probe = SyncReport()
             self._sync_env_pass(env, targets, probe, dry_run=True, force_mint=False)
-            if not probe.failures and all(t.outcome == "unchanged" and not t.drift_unrecorded for t in probe.targets):
+            if not probe.failures and all(t.outcome == "unchanged" and not t.record_stale for t in probe.targets):
                 report.targets.extend(probe.targets)
                 return
         lease = None if dry_run else self.state.acquire_lease(f"sync:{env}", self.owner, LEASE_SECONDS, stale=holder_is_dead)
@@ -303,14 +316,16 @@ class SyncEngine:
         report = TargetReport(env, name, target.type)
         record = self.state.get("pushes", env, name)
         recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
+        pending: dict[str, str] = record.json("pending", {}) if record else {}
         try:
             writer = self.registry.build(target, self._context(name, target))
-            snapshot = writer.snapshot(set(desired) | set(recorded), recorded)
+            snapshot = writer.snapshot(set(desired) | set(recorded) | set(pending), {**pending, **recorded})
         except TargetError as exc:
             return self._fail(report, str(exc), dry_run)
         except Exception as exc:
             return self._fail(report, f"target {name}: {type(exc).__name__}", dry_run)
-        change, drift = self._diff(writer.whole_bundle, desired, recorded, snapshot, record)
+        bundle_fp = self.fingerprinter.of_mapping({n: d.value for n, d in desired.items()}) if writer.whole_bundle else None
+        change, drift, in_place = self._diff(writer.whole_bundle, desired, recorded, pending, snapshot, record, bundle_fp)
         report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
         report.drift = sorted(drift)
         if drift and target.drift_policy == "repair":
@@ -319,14 +334,32 @@ class SyncEngine:
             report.updates = sorted(change.updates)
         if writer.whole_bundle and not change.empty:
             change = Change(change.adds, frozenset(desired) - change.adds, change.removals)
-        report.drift_unrecorded = record is not None and sorted(record.json("drift", [])) != report.drift
+        fingerprints = {n: d.fingerprint for n, d in desired.items()}
+        report.record_stale = record is not None and (
+            sorted(record.json("drift", [])) != report.drift or record.fields.get("outcome") == "error" or bool(pending))
         if change.empty:
-            if not dry_run and record is not None and report.drift_unrecorded:
-                self._update_record(record, {"drift": report.drift})
+            if in_place and (record is None or recorded != fingerprints or bool(pending)
+                             or (writer.whole_bundle and record.fields.get("target_etag") != (snapshot.etag or ""))):
+                # The target already holds the desired bundle (an earlier push whose record was
+                # not written): record it, write nothing to the target.
+                report.record_stale = True
+                if not dry_run:
+                    report.outcome = "recorded"
+                    return self._record_push(report, record, target, desired, change, snapshot.etag)
+                return report
+            if not dry_run and record is not None and report.record_stale:
+                self._update_record(record, {"drift": report.drift, "outcome": "ok" if record.fields.get("pushed_at") else "never", "error": ""})
             return report
         if dry_run:
             report.outcome = "would_push"
             return report
+        if getattr(writer, "ownership_in_state", False) and change.writes:
+            # Names this target cannot mark as ours: record them before writing them, so a push
+            # whose record is lost is still recognised as vaultrelay's by the next run.
+            try:
+                record = self._write_record(env, name, record, {"pending": {**pending, **{n: fingerprints[n] for n in change.writes}}})
+            except StateUnavailable as exc:
+                return self._fail(report, f"target {name}: {exc}; nothing pushed", dry_run)
         try:
             result = writer.push(env, desired, change, snapshot)
         except TargetError as exc:
@@ -335,40 +368,73 @@ class SyncEngine:
             return self._fail(report, f"target {name}: push failed: {type(exc).__name__}", dry_run)
         report.writes = result.writes
         report.outcome = "pushed"
+        return self._record_push(report, record, target, desired, change, result.etag)
+
+    def _record_push(self, report: TargetReport, record: Row | None, target: Any, desired: dict[str, DesiredItem],
+                     change: Change, etag: str | None) -> TargetReport:
         fields = {
-            "fingerprints": {n: d.fingerprint for n, d in desired.items()},
+            "fingerprints": {n: d.fingerprint for n, d in desired.items()}, "pending": {},
             "pushed_at": self.clock().isoformat(), "outcome": "ok", "error": "", "drift": [] if target.drift_policy == "repair" else report.drift,
-            "target_etag": result.etag or "", "kind": target.type, "writes": result.writes,
+            "target_etag": etag or "", "kind": target.type, "writes": report.writes,
         }
-        self._write_record(env, name, record, fields)
-        self.state.audit(self.owner, "push", f"{env}->{name}", {
+        try:
+            self._write_record(report.env, report.target, record, fields)
+        except StateUnavailable as exc:
+            # The target holds the new bundle but state does not say so: the next run compares
+            # the target with the bundle, finds it in place and records it without rewriting it.
+            report.outcome = "error"
+            report.error = (f"target {report.target}: {'pushed' if report.writes else 'up to date'} ({report.writes} writes) "
+                            f"but the push record was not written: {exc}; the next run records it")
+            log.warning("sync %s -> %s: %s", report.env, report.target, report.error)
+            return report
+        self.state.audit(self.owner, "push" if report.writes else "push.recorded", f"{report.env}->{report.target}", {
             "adds": report.adds, "updates": report.updates, "removals": report.removals, "drift": report.drift,
             "fingerprints": {n: desired[n].fingerprint for n in sorted(change.writes)},
         })
         return report
 
     @staticmethod
-    def _diff(whole: bool, desired: dict[str, DesiredItem], recorded: dict[str, str], snapshot: Snapshot, record: Row | None) -> tuple[Change, set[str]]:
+    def _diff(whole: bool, desired: dict[str, DesiredItem], recorded: dict[str, str], pending: dict[str, str],
+              snapshot: Snapshot, record: Row | None, bundle_fp: str | None) -> tuple[Change, set[str], bool]:
+        """(what to write, drift, whether the target already holds the desired bundle).
+
+        Compared with the push record, then corrected by what the target holds: a name whose
+        content already has the desired fingerprint is not written again (a push that died or
+        whose record was lost), and is not drift.
+        """
         adds = frozenset(n for n in desired if n not in recorded)
         updates = frozenset(n for n in desired if n in recorded and recorded[n] != desired[n].fingerprint)
         removals = frozenset(n for n in recorded if n not in desired)
         drift: set[str] = set()
         if whole:
+            in_place = snapshot.exists and not snapshot.foreign and bundle_fp is not None and snapshot.bundle_fingerprint == bundle_fp
+            if in_place:
+                return Change(), drift, True
             last_etag = record.fields.get("target_etag") if record else None
             if record is not None and record.fields.get("pushed_at") and (not snapshot.exists or (last_etag and snapshot.etag != last_etag)):
                 drift = {"(content)"}
-        else:
-            for n, fp in recorded.items():
-                if n in snapshot.fingerprints and snapshot.fingerprints[n] != fp:
-                    drift.add(n)
-        return Change(adds, updates, removals), drift
+            return Change(adds, updates, removals), drift, False
+        for n, fp in recorded.items():
+            if n not in snapshot.fingerprints:
+                continue
+            ours = {fp, pending.get(n), desired[n].fingerprint if n in desired else None} - {None}
+            if snapshot.fingerprints[n] not in ours:
+                drift.add(n)
+        placed = {n for n in desired if n not in snapshot.foreign and snapshot.fingerprints.get(n) == desired[n].fingerprint}
+        gone = {n for n in removals if n in snapshot.fingerprints and snapshot.fingerprints[n] is None}
+        change = Change(adds - placed, updates - placed, removals - gone)
+        in_place = change.empty and not drift
+        return change, drift, in_place
 
     def _fail(self, report: TargetReport, message: str, dry_run: bool) -> TargetReport:
         report.outcome = "error"
         report.error = message
         log.warning("sync %s -> %s failed: %s", report.env, report.target, message)
         if not dry_run:
-            self._record_error(report.env, report.target, message)
+            try:
+                self._record_error(report.env, report.target, message)
+            except StateUnavailable as exc:
+                report.error = f"{message} (not recorded for status: {exc})"
         return report
 
     def _record_error(self, env: str, target: str, message: str) -> None:
@@ -380,7 +446,13 @@ class SyncEngine:
     def _update_record(self, record: Row, updates: dict[str, Any]) -> None:
         self._write_record(record.partition, record.key, record, updates)
 
-    def _write_record(self, env: str, target: str, record: Row | None, updates: dict[str, Any]) -> None:
+    def _write_record(self, env: str, target: str, record: Row | None, updates: dict[str, Any]) -> Row:
+        """Merge `updates` into the push record, conditionally on its ETag (re-read on conflict).
+
+        Raises:
+            Conflict: the record kept changing.
+            StateUnavailable: the table failed.
+        """
         for _ in range(5):
             row = Row(env, target, dict(record.fields) if record else {}, record.etag if record else None)
             for key, value in updates.items():
@@ -389,8 +461,7 @@ class SyncEngine:
                 else:
                     row.fields[key] = value
             try:
-                self.state.put("pushes", row)
-                return
+                return self.state.put("pushes", row)
             except Conflict:
                 record = self.state.get("pushes", env, target)
         raise Conflict(f"push record {env}/{target} kept changing")

@@ -14,6 +14,8 @@ Table and partition design (`<prefix>` is `state.table_prefix`, default `vaultre
 
 Every update of an existing row is conditional on its ETag (optimistic concurrency); creations
 are conditional on absence.  A `Conflict` means another instance got there first: callers re-read.
+Any other failure of the table service (5xx after retries, a dropped connection) is a
+`StateUnavailable` naming the table and the HTTP status, never a row's content.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.errors import VaultRelayError
+
 log = logging.getLogger("vaultrelay.state")
 
 TABLES = ("pushes", "rotations", "events", "leases", "audit")
@@ -34,6 +38,16 @@ TABLES = ("pushes", "rotations", "events", "leases", "audit")
 
 class Conflict(Exception):
     """A conditional write lost: the row changed (or appeared) since it was read."""
+
+
+class StateUnavailable(VaultRelayError):
+    """The state table could not be read or written (service error or connection failure)."""
+
+
+def _unavailable(table: str, doing: str, exc: Exception) -> StateUnavailable:
+    status = getattr(exc, "status_code", None)
+    cause = f"HTTP {status}" if status else type(exc).__name__
+    return StateUnavailable(f"state table {table} unavailable ({doing}): {cause}")
 
 
 @dataclass
@@ -87,22 +101,26 @@ class StateStore:
         """Create the tables if they do not exist (idempotent, once per process)."""
         if self._ensured:
             return
-        from azure.core.exceptions import ResourceExistsError
+        from azure.core.exceptions import AzureError, ResourceExistsError
 
         for name in TABLES:
             try:
                 self._service.create_table(self.prefix + name)
             except ResourceExistsError:
                 pass
+            except AzureError as exc:
+                raise _unavailable(self.prefix + name, "creating", exc) from None
         self._ensured = True
 
     def get(self, table: str, partition: str, key: str) -> Row | None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
             entity = self.table(table).get_entity(partition, key)
         except ResourceNotFoundError:
             return None
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "reading", exc) from None
         fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
         return Row(partition, key, fields, entity.metadata.get("etag"))
 
@@ -111,9 +129,10 @@ class StateStore:
 
         Raises:
             Conflict: another writer created or changed the row first.
+            StateUnavailable: the table service failed.
         """
         from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
         entity = {"PartitionKey": row.partition, "RowKey": row.key, **row.fields}
@@ -128,7 +147,9 @@ class StateStore:
         except HttpResponseError as exc:
             if exc.status_code in (409, 412):
                 raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
-            raise
+            raise _unavailable(self.prefix + table, "writing", exc) from None
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "writing", exc) from None
         self.writes += 1
         return Row(row.partition, row.key, dict(row.fields), result.get("etag"))
 
@@ -137,9 +158,10 @@ class StateStore:
 
         Raises:
             Conflict: the row changed.
+            StateUnavailable: the table service failed.
         """
         from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 
         try:
             self.table(table).delete_entity(row.partition, row.key, etag=row.etag, match_condition=MatchConditions.IfNotModified)
@@ -147,16 +169,30 @@ class StateStore:
             raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
         except ResourceNotFoundError:
             return
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "deleting", exc) from None
         self.writes += 1
 
     def query(self, table: str, partition: str | None = None) -> Iterator[Row]:
+        """Rows of `partition` (or of the whole table).
+
+        Raises:
+            StateUnavailable: the table service failed.
+        """
+        from azure.core.exceptions import AzureError
+
         client = self.table(table)
         entities: Iterable[Any] = (
             client.query_entities("PartitionKey eq @pk", parameters={"pk": partition}) if partition is not None else client.list_entities()
         )
-        for entity in entities:
-            fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
-            yield Row(entity["PartitionKey"], entity["RowKey"], fields, entity.metadata.get("etag"))
+        rows: list[Row] = []
+        try:
+            for entity in entities:
+                fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+                rows.append(Row(entity["PartitionKey"], entity["RowKey"], fields, entity.metadata.get("etag")))
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "reading", exc) from None
+        yield from rows
 
     def batch(self, table: str, rows: list[Row]) -> None:
         """Upsert rows of one partition in transactions of at most 100 (unconditional: for rows
@@ -166,8 +202,13 @@ class StateStore:
             if not chunk:
                 continue
             assert len({r.partition for r in chunk}) == 1, "a batch must stay in one partition"
-            self.table(table).submit_transaction(
-                [("upsert", {"PartitionKey": r.partition, "RowKey": r.key, **r.fields}, {"mode": "replace"}) for r in chunk])
+            from azure.core.exceptions import AzureError
+
+            try:
+                self.table(table).submit_transaction(
+                    [("upsert", {"PartitionKey": r.partition, "RowKey": r.key, **r.fields}, {"mode": "replace"}) for r in chunk])
+            except AzureError as exc:
+                raise _unavailable(self.prefix + table, "writing a batch", exc) from None
             self.writes += 1
 
     # ---- leases -------------------------------------------------------------------------
@@ -194,10 +235,13 @@ class StateStore:
         return Lease(name, owner, now + seconds, written.etag)
 
     def release_lease(self, lease: Lease) -> None:
+        """Give `lease` back; if the table cannot be written it simply expires."""
         try:
             self.delete("leases", Row("lease", lease.name, etag=lease.etag))
         except Conflict:
             log.info("lease %s was taken over before release", lease.name)
+        except StateUnavailable as exc:
+            log.warning("lease %s not released (it expires on its own): %s", lease.name, exc)
 
     # ---- events -------------------------------------------------------------------------
     def event_seen(self, event_id: str) -> bool:

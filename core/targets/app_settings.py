@@ -16,6 +16,7 @@ from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetC
 class AppSettingsTargetWriter:
     kind = "app_settings"
     whole_bundle = False
+    ownership_in_state = True
 
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config

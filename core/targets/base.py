@@ -39,6 +39,9 @@ class Snapshot:
     etag: str | None = None
     foreign: set[str] = field(default_factory=set)  # names present but not owned by vaultrelay
     exists: bool = True
+    # Whole-bundle targets: the bundle fingerprint vaultrelay stamped on what is there now (blob
+    # metadata, bundle secret tag); equal to the desired one means the target already holds it.
+    bundle_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,13 @@ class TargetError(Exception):
 class TargetWriter(Protocol):
     kind: str
     whole_bundle: bool  # True: any change rewrites everything (blob, bundle secret, webhook payload)
+    # True: the target cannot mark what vaultrelay wrote (app settings have no tags), so the
+    # engine records the names it is about to write before pushing them.
+    ownership_in_state: bool
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
-        """Current state for `names` (desired plus last pushed).
+        """Current state for `names` (desired plus last pushed); `recorded` are the names (and
+        fingerprints) vaultrelay pushed or was about to push.
 
         Raises:
             TargetError: the target cannot be read.

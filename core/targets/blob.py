@@ -25,6 +25,7 @@ def render_dotenv(values: dict[str, str]) -> str:
 class BlobTargetWriter:
     kind = "blob"
     whole_bundle = True
+    ownership_in_state = False
 
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config
@@ -44,7 +45,7 @@ class BlobTargetWriter:
             return Snapshot(exists=False)
         except HttpResponseError as exc:
             raise TargetError(f"target {self.ctx.name}: cannot read blob {self.config.container}/{self.blob}: HTTP {exc.status_code}") from None
-        snapshot = Snapshot(etag=props.etag)
+        snapshot = Snapshot(etag=props.etag, bundle_fingerprint=(props.metadata or {}).get("vaultrelay_fingerprint"))
         if (props.metadata or {}).get("managed_by") != "vaultrelay":
             snapshot.foreign.add(self.blob)
         return snapshot

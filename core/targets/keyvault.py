@@ -40,6 +40,7 @@ def secret_name_for(variable: str, style: str, prefix: str = "") -> str:
 
 class KeyVaultTargetWriter:
     kind = "keyvault"
+    ownership_in_state = False
 
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config
@@ -66,7 +67,7 @@ class KeyVaultTargetWriter:
                 tags = props.tags or {}
                 if tags.get(MANAGED_BY) != MANAGED_BY_VALUE:
                     snapshot.foreign.add(self.bundle_secret)
-                snapshot.etag = tags.get(TAG_FINGERPRINT)
+                snapshot.etag = snapshot.bundle_fingerprint = tags.get(TAG_FINGERPRINT)
             snapshot.exists = props is not None
             return snapshot
         for variable in names:
@@ -87,16 +88,21 @@ class KeyVaultTargetWriter:
             raise TargetError(f"target {self.ctx.name}: vault {self.config.vault} has secret(s) {names} not managed by vaultrelay; refusing to overwrite")
         if self.whole_bundle:
             return self._push_bundle(env, desired)
+        # One secret per write: a failure leaves the earlier ones written (each tagged with its
+        # fingerprint), which the next run sees as already in place and does not write again.
+        removals = sorted(v for v in change.removals if snapshot.fingerprints.get(v) is not None) if self.config.deletion_policy == "delete" else []
+        total = len(change.writes) + len(removals)
         writes = 0
-        for variable in sorted(change.writes):
-            item = desired[variable]
-            self._set(self._secret(variable), item.value.reveal(), item, env)
-            writes += 1
-        if self.config.deletion_policy == "delete":
-            for variable in sorted(change.removals):
-                if snapshot.fingerprints.get(variable) is not None or variable in snapshot.fingerprints:
-                    self._delete(self._secret(variable))
-                    writes += 1
+        try:
+            for variable in sorted(change.writes):
+                item = desired[variable]
+                self._set(self._secret(variable), item.value.reveal(), item, env)
+                writes += 1
+            for variable in removals:
+                self._delete(self._secret(variable))
+                writes += 1
+        except TargetError as exc:
+            raise TargetError(f"{exc} (after {writes} of {total} writes; the next run writes the rest)") from None
         return PushResult(writes=writes)
 
     def _push_bundle(self, env: str, desired: dict[str, DesiredItem]) -> PushResult:
@@ -108,23 +114,33 @@ class KeyVaultTargetWriter:
         return PushResult(etag=fingerprint, writes=1)
 
     def _set(self, name: str, value: str, item: DesiredItem, env: str) -> None:
-        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 
         tags = {MANAGED_BY: MANAGED_BY_VALUE, TAG_ENV: env, TAG_TARGET: self.ctx.name, TAG_FINGERPRINT: item.fingerprint}
         kwargs = {"content_type": item.content_type, "expires_on": item.expires_on, "tags": tags}
         try:
-            self.client.set_secret(name, value, **kwargs)
-        except (ResourceExistsError, HttpResponseError) as exc:
-            if getattr(exc, "status_code", None) != 409:
-                raise TargetError(f"target {self.ctx.name}: setting {name} failed: HTTP {getattr(exc, 'status_code', '?')}") from None
-            # Deleted earlier (by vaultrelay's deletion policy) and still recoverable: recover, then set.
-            self.client.begin_recover_deleted_secret(name).wait()
-            self.client.set_secret(name, value, **kwargs)
+            try:
+                self.client.set_secret(name, value, **kwargs)
+            except (ResourceExistsError, HttpResponseError) as exc:
+                if getattr(exc, "status_code", None) != 409:
+                    raise
+                # Deleted earlier (by vaultrelay's deletion policy) and still recoverable: recover, then set.
+                self.client.begin_recover_deleted_secret(name).wait()
+                self.client.set_secret(name, value, **kwargs)
+        except AzureError as exc:
+            raise TargetError(f"target {self.ctx.name}: setting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
 
     def _delete(self, name: str) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
             self.client.begin_delete_secret(name)
         except ResourceNotFoundError:
             pass
+        except AzureError as exc:
+            raise TargetError(f"target {self.ctx.name}: deleting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+
+
+def _cause(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"HTTP {status}" if status else type(exc).__name__

@@ -23,6 +23,7 @@ def signature(key: str, timestamp: str, body: bytes) -> str:
 class WebhookTargetWriter:
     kind = "webhook"
     whole_bundle = True
+    ownership_in_state = False
 
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config

@@ -134,13 +134,63 @@ def _shared_trust_adapter(**kwargs: Any) -> Any:
             return host_params, pool_kwargs
 
         def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            if verify and cert is None and url[:5].lower() == "https" and self._owns(conn):
+                # The bundle was checked when the context was built: no stat() per request.
+                conn.cert_reqs = "CERT_REQUIRED"
+                conn.ca_certs = None
+                conn.ca_cert_dir = None
+                return
             super().cert_verify(conn, url, verify, cert)
             # The pool's context already trusts the bundle; a path here would reload it per connection.
-            if getattr(conn, "conn_kw", {}).get("ssl_context") in self._contexts.values():
+            if self._owns(conn):
                 conn.ca_certs = None
                 conn.ca_cert_dir = None
 
+        def _owns(self, conn: Any) -> bool:
+            context = getattr(conn, "conn_kw", {}).get("ssl_context")
+            return context is not None and any(context is c for c in self._contexts.values())
+
     return SharedTrustAdapter(**kwargs)
+
+
+def _environment_once_session() -> Any:
+    """A requests `Session` that reads the environment once, not on every request.
+
+    With `trust_env`, requests re-reads the proxy variables (twice: proxies and no_proxy), the CA
+    bundle variables and looks for ~/.netrc on every request: a few hundred environment lookups
+    and stat() calls, about a third of a Key Vault GET's client CPU, all under the GIL.  This
+    session reads `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` when it is built and the proxy settings
+    once per origin (scheme and host), honouring `no_proxy` as requests does.  It never reads
+    ~/.netrc: every Azure call carries its own bearer token or SAS.  Environment changes made
+    after the session was built apply to the next session (one per `AzureClients`).
+    """
+    import requests
+    from requests.utils import get_environ_proxies
+
+    class EnvironmentOnceSession(requests.Session):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trust_env = False
+            self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            self._proxies_by_origin: dict[str, dict[str, str]] = {}
+
+        def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+            if proxies is not None:
+                if proxies.get("no_proxy"):
+                    found = get_environ_proxies(url, no_proxy=proxies["no_proxy"])
+                else:
+                    parts = urllib.parse.urlsplit(url)
+                    origin = f"{parts.scheme}://{parts.netloc}"
+                    found = self._proxies_by_origin.get(origin)
+                    if found is None:
+                        found = self._proxies_by_origin.setdefault(origin, get_environ_proxies(url, no_proxy=None))
+                for key, value in found.items():
+                    proxies.setdefault(key, value)
+            if (verify is True or verify is None) and self._ca_bundle:
+                verify = self._ca_bundle
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+    return EnvironmentOnceSession()
 
 
 class CloudLike(Protocol):
@@ -182,9 +232,7 @@ class AzureClients:
 
         with self._lock:
             if self._session is None:
-                import requests
-
-                session = requests.Session()
+                session = _environment_once_session()
                 adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=self.pool_size, max_retries=0)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)

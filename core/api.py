@@ -6,7 +6,8 @@ and tests can drive it directly.
   `Cache-Control: no-store`.  No token: 401 with a `WWW-Authenticate: Bearer` challenge.  A caller
   not in the env's `access:` list and an env that does not exist get the same 403 body, so
   callers cannot find out which envs exist.  If any variable fails: 502 with the variables'
-  names and failure reasons (never values, never partial bundles).  Every fetch is audited.
+  names and failure reasons (never values, never partial bundles).  Every fetch is audited; a
+  fetch whose audit record cannot be stored answers 503 and returns nothing (fails closed).
 * `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
   token for each audience the config needs from it (tokens and values are never shown).
 
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.audit import AuditSink, LoggingAuditSink
+from core.audit import AuditSink, AuditWriteError, LoggingAuditSink
 from core.engine.render import FORMATS, MEDIA_TYPES, negotiate, render
 
 log = logging.getLogger("vaultrelay.api")
@@ -35,6 +36,7 @@ FETCH_ACTION = "env.fetch"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"}
 FORBIDDEN_BODY = {"error": "forbidden", "message": "the caller may not fetch this env, or it does not exist"}
 MAX_ENV_LENGTH = 128
+AUDIT_UNAVAILABLE_BODY = {"error": "unavailable", "message": "the fetch could not be audited, so nothing is returned; try again later"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,52 @@ class ApiContext:
                 object.__setattr__(self, "_engine", engine)
             return engine
 
+    def audit_sink(self) -> AuditSink:
+        """The default audit: the `vaultrelay.audit` log and, with a `state:` section, the state
+        store's audit table (durable: a failed row write raises AuditWriteError)."""
+        from core.audit import FanOutAuditSink, TableAuditSink
+
+        with self._lock:
+            sink = getattr(self, "_audit_sink", None)
+            if sink is None:
+                if self.loaded.config.state is not None:
+                    sink = FanOutAuditSink(LoggingAuditSink(), TableAuditSink(self.audit_state))
+                else:
+                    sink = LoggingAuditSink()
+                object.__setattr__(self, "_audit_sink", sink)
+            return sink
+
+    def audit_state(self) -> Any:
+        """The state store (`core.state.tables.StateStore`) the fetch audit writes to: the
+        engine's tables, through a client with a short retry budget (the write is on a fetch's
+        path: better a quick 503 than a caller waiting out storage's long backoff).
+
+        Raises:
+            ConfigError: no state account; StateUnavailable or an SDK error: the tables cannot be created.
+        """
+        with self._lock:
+            store = getattr(self, "_audit_state", None)
+        if store is None:
+            from azure.data.tables import TableServiceClient
+
+            from core.errors import ConfigError, ConfigProblem
+            from core.state.tables import StateStore
+
+            settings = self.loaded.config.state
+            assert settings is not None
+            where = settings.table_endpoint or settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
+            if not where:
+                raise ConfigError([ConfigProblem(self.loaded.file, None, "state", "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
+            service = TableServiceClient(
+                endpoint=self.broker.clients.storage_url(str(where), "table"), credential=self.broker.store(settings.store).credential,
+                transport=self.broker.clients.transport(), retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2,
+            )
+            store = StateStore(service, settings.table_prefix)
+            with self._lock:
+                store = self.__dict__.setdefault("_audit_state", store)
+        store.ensure_tables()
+        return store
+
     def fingerprinter(self, environ: Mapping[str, str]) -> tuple[Any, str]:
         from core.audit import fingerprinter
 
@@ -109,7 +157,9 @@ class HttpApi:
         broker_factory: Callable[[Any], Any] | None = None,
     ) -> None:
         self.environ = os.environ if environ is None else environ
-        self.audit: AuditSink = audit or LoggingAuditSink()
+        # An explicit sink replaces the default (the log plus, with state, the audit table).
+        self._audit_override = audit
+        self._logging_audit = LoggingAuditSink()
         self._broker_factory = broker_factory
         self._context: ApiContext | None = None
         self._source: Any = None  # core.config.source.ConfigSource
@@ -209,7 +259,7 @@ class HttpApi:
         try:
             principal = context.authenticator(self.environ).authenticate(lowered)
         except AuthError as exc:
-            self._audit("anonymous", env, {"outcome": "unauthenticated", "status": str(exc.status)})
+            self._audit(context, "anonymous", env, {"outcome": "unauthenticated", "status": str(exc.status)})
             body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
             return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
         except AuthUnavailable as exc:
@@ -217,7 +267,7 @@ class HttpApi:
             return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
         config = context.loaded.config
         if env not in config.envs or not may_fetch(config.access, env, principal):
-            self._audit(principal.actor, env, {"outcome": "denied", "via": principal.via})
+            self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
             return ApiResponse.json(403, FORBIDDEN_BODY)
         fmt, problem = _format(query, lowered)
         if fmt is None:
@@ -230,13 +280,13 @@ class HttpApi:
         try:
             bundle = context.broker.resolve(env)
         except NotFoundError:
-            self._audit(principal.actor, env, {"outcome": "denied", "via": principal.via})
+            self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
             return ApiResponse.json(403, FORBIDDEN_BODY)
         if bundle.failures:
             failures = [{"name": name, "reason": bundle.failures[name].reason} for name in sorted(bundle.failures)]
             for name in sorted(bundle.failures):
                 log.warning("env %s: %s", env, bundle.failures[name])
-            self._audit(principal.actor, env, {
+            self._audit(context, principal.actor, env, {
                 "outcome": "failed", "via": principal.via, "failed": ",".join(f["name"] for f in failures),
             })
             return ApiResponse.json(502, {"error": "resolution_failed", "env": env, "failures": failures})
@@ -247,16 +297,35 @@ class HttpApi:
             detail[f"fp.{name}"] = prints.of(item.value)
             if item.version:
                 detail[f"version.{name}"] = str(item.version)
-        self._audit(principal.actor, env, detail)
+        try:
+            self._audit(context, principal.actor, env, detail, required=True)
+        except Exception:
+            # No values without an audit record: fail closed (logged by the sink, without values).
+            return ApiResponse.json(503, AUDIT_UNAVAILABLE_BODY, {"Retry-After": "30"})
         text = render(bundle.as_plain_dict(), fmt)
         return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
 
-    def _audit(self, actor: str, env: str, detail: dict[str, str]) -> None:
+    def audit_sink(self, context: ApiContext | None = None) -> AuditSink:
+        """Where this process's audit records go (for `context`'s config)."""
+        if self._audit_override is not None:
+            return self._audit_override
+        return context.audit_sink() if context is not None else self._logging_audit
+
+    def _audit(self, context: ApiContext, actor: str, env: str, detail: dict[str, str], *, required: bool = False) -> None:
+        """Record a fetch.  A failure is logged; with `required` (values are about to be handed
+        out) it is raised as well.
+
+        Raises:
+            AuditWriteError: `required` and the record could not be stored.
+        """
         safe_env = (env if env.isprintable() else env.encode("unicode_escape").decode())[:MAX_ENV_LENGTH]
         try:
-            self.audit.record(actor, FETCH_ACTION, safe_env, detail)
-        except Exception:  # a broken sink must not turn a fetch into a 500; it is logged
-            log.exception("audit sink failed for %s on env %s", FETCH_ACTION, safe_env)
+            self.audit_sink(context).record(actor, FETCH_ACTION, safe_env, detail)
+        except Exception as exc:  # a broken sink must not turn a fetch into a 500; it is logged
+            if not isinstance(exc, AuditWriteError):
+                log.exception("audit sink failed for %s on env %s", FETCH_ACTION, safe_env)
+            if required:
+                raise AuditWriteError(f"{FETCH_ACTION} on {safe_env} was not audited") from None
 
     # ---- admin routes: POST /sync[/{env}], POST /rotate/{name}, GET /status ----------------
     def admin(self, action: str, *, headers: Mapping[str, str], env: str | None = None, name: str | None = None,
@@ -279,7 +348,7 @@ class HttpApi:
             return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
         api = context.loaded.config.api
         if not is_admin(api.admins, api.admin_role, principal):
-            self._record(principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
+            self._record(context, principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
             return ApiResponse.json(403, {"error": "forbidden", "message": "this route needs an admin (api.admins or the admin role)"})
         from core.errors import ConfigError, NotFoundError
 
@@ -308,12 +377,14 @@ class HttpApi:
             return ApiResponse.json(404, {"error": "not_found", "message": message})
         except ConfigError as exc:
             return ApiResponse.json(409, {"error": "not_configured", "message": "; ".join(p.message for p in exc.problems)})
-        self._record(principal.actor, f"admin.{action}", env or name or "", {"outcome": str(status)})
+        self._record(context, principal.actor, f"admin.{action}", env or name or "", {"outcome": str(status)})
         return ApiResponse.json(status, document)
 
-    def _record(self, actor: str, action: str, subject: str, detail: dict[str, str]) -> None:
+    def _record(self, context: ApiContext, actor: str, action: str, subject: str, detail: dict[str, str]) -> None:
         try:
-            self.audit.record(actor, action, subject[:MAX_ENV_LENGTH], detail)
+            self.audit_sink(context).record(actor, action, subject[:MAX_ENV_LENGTH], detail)
+        except AuditWriteError:
+            pass  # logged by the sink; the admin action already ran and its answer carries no values
         except Exception:
             log.exception("audit sink failed for %s", action)
 

@@ -1,9 +1,14 @@
 """The audit trail: who fetched, synced or rotated what, recorded without values.
 
-`AuditSink` is what the engine and the HTTP API write to.  The defaults here keep records in
-memory (tests, a single process) or write one JSON line per record to the `vaultrelay.audit`
-logger (which Application Insights collects on Azure Functions).  A durable Table Storage sink
-implements the same Protocol.
+`AuditSink` is what the HTTP API writes to.  The sinks here keep records in memory (tests, a
+single process), write one JSON line per record to the `vaultrelay.audit` logger (which
+Application Insights collects on Azure Functions), or append a row to the state store's audit
+table (`<prefix>audit`, the table sync and rotation write to).  The Function app's default is the
+logger and, when the config has a `state:` section, the table (core/api.py).
+
+The table is durable and says so: when its row cannot be written, `record` raises
+`AuditWriteError`, and a fetch that would hand out values answers 503 instead (a secret broker
+does not hand out secrets it cannot account for).
 
 A record names the actor (`oid:<object id>`, `appid:<app id>` or `anonymous`), the action
 (e.g. `env.fetch`), the env and string details such as the outcome and, per variable, a keyed
@@ -17,8 +22,9 @@ import logging
 import os
 import secrets
 import threading
+import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -30,10 +36,14 @@ FINGERPRINT_KEY_VARIABLE = "VAULTRELAY_FINGERPRINT_KEY"
 
 @runtime_checkable
 class AuditSink(Protocol):
-    """Where audit records go.  Implementations must not raise for a record they cannot store
-    (log and drop it instead) and must never be handed values."""
+    """Where audit records go; never handed values.  A best-effort sink logs and drops a record
+    it cannot store; a durable one raises `AuditWriteError` so the caller can refuse the action."""
 
     def record(self, actor: str, action: str, env: str, detail: dict[str, str]) -> None: ...
+
+
+class AuditWriteError(Exception):
+    """A durable sink could not store a record (the message names the action and env, never values)."""
 
 
 @dataclass(frozen=True)
@@ -82,17 +92,64 @@ class LoggingAuditSink:
 
 
 class FanOutAuditSink:
-    """Every record to each of `sinks`; one failing sink does not stop the others."""
+    """Every record to each of `sinks`; one failing sink does not stop the others.
+
+    Raises:
+        AuditWriteError: a durable sink failed (after every sink was tried); other sinks'
+            failures are logged and dropped.
+    """
 
     def __init__(self, *sinks: AuditSink) -> None:
         self.sinks = sinks
 
     def record(self, actor: str, action: str, env: str, detail: dict[str, str]) -> None:
+        durable_failure: AuditWriteError | None = None
         for sink in self.sinks:
             try:
                 sink.record(actor, action, env, detail)
-            except Exception:  # an audit sink must not break a fetch; the failure is logged
+            except AuditWriteError as exc:
+                durable_failure = durable_failure or exc
+            except Exception:  # a best-effort sink must not break a fetch; the failure is logged
                 log.exception("audit sink %s failed to record %s on %s", type(sink).__name__, action, env)
+        if durable_failure is not None:
+            raise durable_failure
+
+
+class TableAuditSink:
+    """Each record as a row of the state store's audit table, in the layout `StateStore.audit`
+    writes (PartitionKey: day `YYYYMMDD`; RowKey: inverted milliseconds + a random suffix, newest
+    first; `actor`, `action`, `subject` (the env), `at`, `detail` as JSON).
+
+    `state` returns the `core.state.tables.StateStore` (called per record: it is built and its
+    tables are created on first use, and that may fail like a write).
+    """
+
+    def __init__(self, state: Callable[[], Any]) -> None:
+        self._state = state
+        self.writes = 0
+
+    def record(self, actor: str, action: str, env: str, detail: dict[str, str]) -> None:
+        """Append the row.
+
+        Raises:
+            AuditWriteError: the state store or its audit table cannot be reached or written.
+        """
+        from core.state.tables import Row
+
+        now = datetime.now(UTC)
+        inverted = f"{10**13 - int(now.timestamp() * 1000):013d}"
+        row = Row(now.strftime("%Y%m%d"), f"{inverted}-{uuid.uuid4().hex[:12]}", {
+            "actor": actor, "action": action, "subject": env, "at": now.isoformat(),
+            "detail": json.dumps(detail, sort_keys=True, default=str),
+        })
+        try:
+            self._state().put("audit", row)
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            cause = f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}"
+            log.error("audit row for %s on %s could not be written: %s", action, env, cause)
+            raise AuditWriteError(f"the audit record of {action} on {env} could not be written: {cause}") from None
+        self.writes += 1
 
 
 _EPHEMERAL_KEY = secrets.token_bytes(32)

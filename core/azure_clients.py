@@ -90,6 +90,79 @@ class ChallengeGatePolicy(HTTPPolicy):  # type: ignore[type-arg]
         return self.gate.send(lambda: self.next.send(request))
 
 
+class VaultPacer:
+    """One vault's shared backoff: after a 429, no request to the vault goes out before its
+    `Retry-After`, and fewer go out at once.
+
+    Without it, every worker that was throttled sleeps and retries on its own, and the workers
+    that were not yet throttled keep sending into an empty budget: each such request is a 429
+    more.  With it, a 429 closes the vault to every attempt (first tries and retries, of every
+    Key Vault client of this process) until its `Retry-After` has passed, and halves the number
+    of requests the vault may have in flight (what is in flight when the budget runs out comes
+    back 429).  The limit grows back by one per round of successful requests (additive increase,
+    so it settles where the budget is used without overshooting), and is lifted altogether once
+    it is back above what the store would send anyway.
+    """
+
+    def __init__(self, *, ceiling: int = 256, clock: Callable[[], float] = time.monotonic) -> None:
+        self._cond = threading.Condition()
+        self._clock = clock
+        self._ceiling = ceiling
+        self._blocked_until = 0.0
+        self._limit = float("inf")
+        self._in_flight = 0
+        self.throttled = 0
+
+    def acquire(self) -> None:
+        with self._cond:
+            while True:
+                wait = self._blocked_until - self._clock()
+                if wait > 0:
+                    self._cond.wait(wait)
+                elif self._in_flight >= self._limit:
+                    self._cond.wait(1.0)
+                else:
+                    break
+            self._in_flight += 1
+
+    def release(self, status: int | None, retry_after: float | None) -> None:
+        with self._cond:
+            in_flight = self._in_flight
+            self._in_flight -= 1
+            if status == 429:
+                self.throttled += 1
+                self._limit = max(1.0, float(min(self._limit, in_flight) // 2))
+                self._blocked_until = max(self._blocked_until, self._clock() + max(retry_after or 1.0, 0.0))
+            elif status is not None and status < 400 and self._limit != float("inf"):
+                self._limit += 1.0 / self._limit
+                if self._limit >= self._ceiling:
+                    self._limit = float("inf")
+            self._cond.notify_all()
+
+
+class VaultPacerPolicy(HTTPPolicy):  # type: ignore[type-arg]
+    """Runs every attempt (a per-retry policy) of a Key Vault client through its vault's pacer."""
+
+    def __init__(self, pacer: VaultPacer) -> None:
+        super().__init__()
+        self.pacer = pacer
+
+    def send(self, request: Any) -> Any:
+        from azure.core.pipeline.policies._utils import get_retry_after
+
+        self.pacer.acquire()
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            response = self.next.send(request)
+            status = response.http_response.status_code
+            if status == 429:
+                retry_after = get_retry_after(response)
+            return response
+        finally:
+            self.pacer.release(status, retry_after)
+
+
 def _shared_trust_adapter(**kwargs: Any) -> Any:
     """A requests `HTTPAdapter` that parses each CA bundle once, not once per new connection.
 
@@ -225,6 +298,7 @@ class AzureClients:
         self._session: Any = None
         self._logged: set[int] = set()
         self._gates: dict[str, ChallengeGate] = {}
+        self._pacers: dict[str, VaultPacer] = {}
 
     # ---- shared plumbing --------------------------------------------------------------------
     def _transport(self) -> Any:
@@ -250,8 +324,11 @@ class AzureClients:
         # One gate per SDK package and vault: each Key Vault package keeps its own challenge cache.
         with self._lock:
             gate = self._gates.setdefault(f"{kind} {url.lower()}", ChallengeGate(self.retry.deadline_s))
+            # One pacer per vault: the budget is the vault's, whatever the client or identity.
+            pacer = self._pacers.setdefault(url.lower(), VaultPacer())
         options = self._common(credential)
         options["per_call_policies"] = [gate.policy()]
+        options["per_retry_policies"] = [*options.get("per_retry_policies", []), VaultPacerPolicy(pacer)]
         options["raw_request_hook"] = gate.seen
         return options
 

@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
+CHECKOV_VENV := .venv-checkov
+STAMP_CHECKOV := $(CHECKOV_VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo sandbox bench clean serve
+.PHONY: setup test lint typecheck unit scan-infra demo sandbox bench clean serve
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -29,8 +31,18 @@ typecheck: $(STAMP_PY)
 unit: setup
 	$(PY) -m pytest
 
-## The README's test command: lint + type check + the whole test suite.
-test: lint typecheck unit
+## checkov over infra/ with .checkov.yaml, from its own venv (its packaging<24 pin conflicts with
+## pytest 9).  A file checkov cannot parse fails the scan instead of being left out.
+$(STAMP_CHECKOV): requirements-scan.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
+	touch $@
+
+scan-infra: $(STAMP_CHECKOV)
+	CKV_PARSE_ERROR_FAIL=true $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml
+
+## The README's test command: lint + type check + infra scan + the whole test suite.
+test: lint typecheck scan-infra unit
 
 ## The README's demo command: local Azure, a sync, what was pushed, a bundle over HTTP.
 demo: setup
@@ -48,4 +60,4 @@ serve: setup
 	./scripts/serve.sh
 
 clean:
-	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

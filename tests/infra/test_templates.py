@@ -1,9 +1,10 @@
 """infra/: every Bicep file parses, modules are pinned and resolvable, azd and parameter files
 agree with main.bicep, and the security settings a scanner (checkov) would check hold.
 
-checkov itself is not used: every checkov release requires packaging<24 and pytest 9 requires
-packaging>=24 (see requirements-dev.txt).  The policy tests below are the subset of its Azure
-checks that apply to these resources, written against the parsed templates.  Where a check is
+checkov runs apart (`make scan-infra`, its own venv: every checkov release requires packaging<24
+and pytest 9 requires packaging>=24), but its Bicep checks only see `resource` declarations, not
+the settings passed to Azure Verified Modules.  The policy tests below are the subset of its Azure
+checks that apply to those module calls, written against the parsed templates.  Where a check is
 deliberately not met (public network access without a VNet), the template says why in a
 comment right above the setting and a test keeps it that way.
 """

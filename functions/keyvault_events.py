@@ -13,6 +13,7 @@ from typing import Any
 import azure.functions as func
 
 bp = func.Blueprint()
+NO_CONTEXT: func.Context = None  # type: ignore[assignment]  # the host passes it; tests may not
 log = logging.getLogger("vaultrelay.functions")
 
 
@@ -27,10 +28,13 @@ def event_as_dict(event: func.EventGridEvent) -> dict[str, Any]:
 
 
 @bp.event_grid_trigger(arg_name="event")
-def keyvault_events(event: func.EventGridEvent) -> None:
+def keyvault_events(event: func.EventGridEvent, context: func.Context = NO_CONTEXT) -> None:
     """React to SecretNewVersionCreated (re-sync the envs that use the secret) and
     SecretNearExpiry / SecretExpired (re-mint what vaultrelay owns, else warn)."""
+    from core import telemetry
     from core.api import default_api
 
-    outcome = default_api().keyvault_event(event_as_dict(event))
-    log.info("key vault event %s: %s", outcome.get("event_id"), json.dumps(outcome, default=str))
+    with telemetry.invocation(context, "keyvault_events"):
+        outcome = default_api().keyvault_event(event_as_dict(event))
+        telemetry.annotate(outcome=outcome.get("outcome"))
+        log.info("key vault event %s: %s", outcome.get("event_id"), json.dumps(outcome, default=str))

@@ -13,17 +13,21 @@ import logging
 import azure.functions as func
 
 bp = func.Blueprint()
+NO_CONTEXT: func.Context = None  # type: ignore[assignment]  # the host passes it; tests may not
 log = logging.getLogger("vaultrelay.functions")
 
 
 @bp.timer_trigger(schedule="%VAULTRELAY_SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
-def sync_timer(timer: func.TimerRequest) -> None:
+def sync_timer(timer: func.TimerRequest, context: func.Context = NO_CONTEXT) -> None:
     """Rotate what is due and sync every env; a failure is logged and retried on the next tick."""
+    from core import telemetry
     from core.api import default_api
 
-    if timer.past_due:
-        log.warning("sync timer is past due; running now")
-    result = default_api().scheduled()
-    log.info("scheduled sync: %s", json.dumps({k: result[k] for k in ("ok", "target_writes", "targets", "rotations")}, default=str))
-    if not result["ok"]:
-        log.error("scheduled sync incomplete: %s", json.dumps(result["failures"]))
+    with telemetry.invocation(context, "sync_timer"):
+        if timer.past_due:
+            log.warning("sync timer is past due; running now")
+        result = default_api().scheduled()
+        telemetry.annotate(outcome="ok" if result["ok"] else "incomplete")
+        log.info("scheduled sync: %s", json.dumps({k: result[k] for k in ("ok", "target_writes", "targets", "rotations")}, default=str))
+        if not result["ok"]:
+            log.error("scheduled sync incomplete: %s", json.dumps(result["failures"]))

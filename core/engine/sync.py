@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from core import telemetry
 from core.engine.bundle import Bundle
 from core.engine.plan import Broker, plan_env
 from core.errors import ConfigError, ConfigProblem, NotFoundError
@@ -214,6 +215,7 @@ class SyncEngine:
 
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
         others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
+        began = time.perf_counter()
         bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
         outcomes: list[Any] = []
         if sas:
@@ -230,6 +232,7 @@ class SyncEngine:
             minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
             minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
             outcomes = minted.outcomes
+        telemetry.record_resolve(time.perf_counter() - began, failed=bool(bundle.failures))
         return bundle, outcomes
 
     # ---- sync ---------------------------------------------------------------------------
@@ -262,6 +265,8 @@ class SyncEngine:
                 report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
                                       for n, t in targets.items() if n not in reported)
         report.seconds = time.monotonic() - began
+        if not dry_run:
+            telemetry.record_sync(report)
         return report
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,6 +249,16 @@ class HttpApi:
     # ---- GET /api/envs/{env} -------------------------------------------------------------
     def fetch_env(self, env: str, *, query: Mapping[str, str], headers: Mapping[str, str]) -> ApiResponse:
         """Answer `GET /api/envs/{env}`; `headers` may have names in any case."""
+        from core import telemetry
+
+        telemetry.annotate(env=env)
+        response = self._fetch_env(env, query, headers)
+        telemetry.annotate(outcome=str(response.status))
+        log.info("GET /api/envs/%s: %d", telemetry.safe_name(env), response.status)
+        return response
+
+    def _fetch_env(self, env: str, query: Mapping[str, str], headers: Mapping[str, str]) -> ApiResponse:
+        from core import telemetry
         from core.access import AuthError, AuthUnavailable, may_fetch
 
         lowered = {str(k).lower(): str(v) for k, v in headers.items()}
@@ -277,12 +288,16 @@ class HttpApi:
             return ApiResponse.json(status, {"error": "not_acceptable" if status == 406 else "bad_request", "message": message})
         from core.errors import NotFoundError
 
+        began = time.perf_counter()
         try:
             bundle = context.broker.resolve(env)
         except NotFoundError:
             self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
             return ApiResponse.json(403, FORBIDDEN_BODY)
+        telemetry.record_resolve(time.perf_counter() - began, failed=bool(bundle.failures))
         if bundle.failures:
+            for failure in bundle.failures.values():
+                telemetry.record_failure(failure.reason, "resolve")
             failures = [{"name": name, "reason": bundle.failures[name].reason} for name in sorted(bundle.failures)]
             for name in sorted(bundle.failures):
                 log.warning("env %s: %s", env, bundle.failures[name])
@@ -301,6 +316,7 @@ class HttpApi:
             self._audit(context, principal.actor, env, detail, required=True)
         except Exception:
             # No values without an audit record: fail closed (logged by the sink, without values).
+            telemetry.record_failure("audit_unavailable", "audit")
             return ApiResponse.json(503, AUDIT_UNAVAILABLE_BODY, {"Retry-After": "30"})
         text = render(bundle.as_plain_dict(), fmt)
         return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
@@ -367,6 +383,7 @@ class HttpApi:
 
                 force = str((query or {}).get("force", "")).lower() in ("1", "true", "yes")
                 reports = KeyRotation(engine).rotate(name, force=force)
+                _record_rotations(reports)
                 document = {"rotations": [r.as_dict() for r in reports]}
                 status = 502 if any(r.outcome == "error" for r in reports) else 200
             else:
@@ -414,6 +431,7 @@ class HttpApi:
         context = self.context()
         engine = context.engine()
         rotations = KeyRotation(engine).rotate()
+        _record_rotations(rotations)
         report = engine.sync()
         return {
             "rotations": [r.as_dict() for r in rotations], "ok": report.ok, "target_writes": report.target_writes,
@@ -496,6 +514,13 @@ def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
         if config.state.vault:
             needs[config.state.store].add(vault_scope)
     return needs
+
+
+def _record_rotations(reports: list[Any]) -> None:
+    from core import telemetry
+
+    for report in reports:
+        telemetry.record_rotation(str(report.name).partition(":")[0], report.outcome)
 
 
 def _token_failure(exc: BaseException) -> str:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import time
@@ -101,7 +102,7 @@ class Resolver:
             for wave in self._waves(to_fetch):
                 for first, group in wave:
                     store = self.stores[first.store]
-                    pending[pool.submit(self._fetch, first, store, run)] = group
+                    pending[pool.submit(contextvars.copy_context().run, self._fetch, first, store, run)] = group  # the log context follows
             for future, group in pending.items():
                 first = group[0]
                 store = self.stores[first.store]

@@ -4,7 +4,9 @@
   built from the config once, not a scan), after dropping the cached value.
 * `SecretNearExpiry` / `SecretExpired`: when vaultrelay owns the secret (a SAS it minted in the
   state vault, or a secret it pushed to a target vault) the owning env is re-synced (a minted SAS
-  is re-minted); otherwise a warning is recorded for `status`.
+  is re-minted); a secret tagged like Microsoft's rotation samples (`CredentialId`,
+  `ProviderAddress`, `ValidityPeriodDays`) in a vault listed under `rotation.tagged_secrets` is
+  rotated (core.engine.tagged_rotation); otherwise a warning is recorded for `status`.
 * Every event id is recorded once it was handled: duplicates, retries and out-of-order deliveries
   change nothing twice (an older version's event re-syncs to the latest value, a no-op).  An event
   about an unknown vault or secret, of another type, or with a malformed body is logged and
@@ -21,6 +23,7 @@ from typing import Any
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
+from core.sources.sas_mint import DELEGATION_KEY_PREFIX
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.events")
@@ -74,7 +77,7 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
 @dataclass
 class EventOutcome:
     event_id: str
-    outcome: str  # synced, warning, duplicate, ignored, malformed
+    outcome: str  # synced, rotated, warning, duplicate, ignored, malformed
     envs: list[str] = field(default_factory=list)
     detail: str = ""
 
@@ -143,6 +146,11 @@ class KeyVaultEvents:
                 if not report.ok:
                     raise RuntimeError(f"re-mint for env {env} did not complete")
                 return EventOutcome(event.id, "synced", [env], detail=f"minted SAS checked: re-minted {'yes' if report.minted else 'no (not due)'}")
+        if event.vault == state_vault and event.name.startswith(DELEGATION_KEY_PREFIX):
+            return EventOutcome(event.id, "ignored", detail="a cached user delegation key: renewed when a SAS needs more lifetime than it has left")
+        tagged = self._tagged_rotation(event)
+        if tagged is not None:
+            return tagged
         owned = sorted(
             t.env for t in config.targets.values()
             if t.type == "keyvault" and t.vault.lower() == event.vault
@@ -162,6 +170,30 @@ class KeyVaultEvents:
             pass
         log.warning("%s", detail)
         return EventOutcome(event.id, "warning", sources, detail)
+
+    def _tagged_rotation(self, event: KeyVaultEvent) -> EventOutcome | None:
+        """Rotate a secret tagged like Microsoft's rotation samples in a vault listed under
+        `rotation.tagged_secrets`; None when that does not apply.
+
+        Raises:
+            RuntimeError: the rotation failed (Event Grid delivers again; the record lets the
+                next attempt resume).
+        """
+        from core.engine.tagged_rotation import TaggedSecretRotation
+
+        rotation = TaggedSecretRotation(self.engine)
+        if not rotation.watches(event.vault):
+            return None
+        report = rotation.on_event(event.vault, event.name, event.version, expired=event.type == EXPIRED)
+        if report is None:
+            return None
+        if report.outcome == "error":
+            raise RuntimeError(f"rotation of {event.vault}/{event.name} failed: {report.error}")
+        if report.outcome in ("rotated", "resumed"):
+            return EventOutcome(event.id, "rotated", report.repushed, detail=f"{report.old_active} -> {report.new_active}; next due {report.next_due}")
+        if report.outcome == "unsupported":
+            return EventOutcome(event.id, "warning", detail=f"{event.vault}/{event.name} not rotated: {report.error}")
+        return EventOutcome(event.id, "ignored", detail=f"tagged secret {event.vault}/{event.name}: {report.outcome.replace('_', ' ')}")
 
     def _record(self, event: KeyVaultEvent, outcome: EventOutcome) -> None:
         state = self.engine.state

@@ -6,7 +6,8 @@ reference's parameters, with `expires_on` and tags (`signed-with`, `issued`).  I
 less than `rotate_before` of its lifetime remains (default a third), when the key that signed it
 is no longer the active key, or on `--force`.  The old token is not revoked: it stays valid until
 its own expiry, which is the consumers' overlap window.  A new token is verified with one cheap
-authorized call before it is stored or pushed anywhere.
+authorized call before it is stored or pushed anywhere.  User delegation keys that sign SAS are
+kept in the same vault between runs (`core.sources.sas_mint.StoredDelegationKeys`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.sources.base import PlannedRef
+from core.sources.sas_mint import StoredDelegationKeys
 from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.minted")
@@ -59,6 +61,8 @@ class MintedSas:
         self.clock = clock
         self.on_mint = on_mint
         self.outcomes: list[MintOutcome] = []
+        # User delegation keys live next to the tokens they sign, reused across runs and instances.
+        self.delegation_keys = StoredDelegationKeys(vault_client, clock=clock)
 
     def fill(self, env: str, refs: list[PlannedRef], bundle: Bundle, *, force: bool = False, dry_run: bool = False) -> None:
         """Put the current token of every SAS reference in `bundle` (values or failures)."""
@@ -110,7 +114,7 @@ class MintedSas:
         return None
 
     def _mint(self, env: str, ref: PlannedRef, secret: str, reason: str, bundle: Bundle) -> None:
-        minted = self.broker.resolve_refs(env, [ref], active_key=self.active_key, fresh=True)
+        minted = self.broker.resolve_refs(env, [ref], active_key=self.active_key, fresh=True, delegation_keys=self.delegation_keys)
         if ref.name in minted.failures:
             bundle.failures[ref.name] = minted.failures[ref.name]
             return

@@ -180,9 +180,9 @@ class Broker:
         return self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
 
     def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
-                     fresh: bool = False) -> Bundle:
+                     fresh: bool = False, delegation_keys: Any = None) -> Bundle:
         """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
-        (minting must mint)."""
+        (minting must mint); `delegation_keys` keeps user delegation keys between runs."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}
@@ -196,7 +196,7 @@ class Broker:
         from core.engine.singleflight import ValueCache
 
         resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key,
-                            value_cache=ValueCache() if fresh else None)
+                            value_cache=ValueCache() if fresh else None, delegation_keys=delegation_keys)
         bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
         self.last_stats = resolver.last_stats
         for ref in plan.refs:

@@ -52,7 +52,7 @@ class Resolver:
     def __init__(
         self, stores: Mapping[str, StoreRuntime], clients: AzureClients, *,
         registry: SourceRegistry | None = None, value_cache: ValueCache[Fetched] | None = None,
-        sql_suffix: str = "database.windows.net", active_key: Any = None,
+        sql_suffix: str = "database.windows.net", active_key: Any = None, delegation_keys: Any = None,
     ) -> None:
         self.stores = dict(stores)
         self.clients = clients
@@ -60,6 +60,7 @@ class Resolver:
         self.value_cache = value_cache if value_cache is not None else PROCESS_VALUE_CACHE
         self.sql_suffix = sql_suffix
         self.active_key = active_key
+        self.delegation_keys = delegation_keys  # core.sources.sas_mint.StoredDelegationKeys, when kept between runs
         self.last_stats = ResolveStats()
 
     def resolve(self, env: str, refs: Iterable[PlannedRef], literals: Mapping[str, Any] | None = None) -> Bundle:
@@ -81,6 +82,8 @@ class Resolver:
         run = RunContext(clients=self.clients, sql_suffix=self.sql_suffix)
         if self.active_key is not None:
             run.active_key = self.active_key  # type: ignore[attr-defined]
+        if self.delegation_keys is not None:
+            run.delegation_keys = self.delegation_keys  # type: ignore[attr-defined]
 
         pending: dict[Future[Fetched], list[PlannedRef]] = {}
         to_fetch: list[tuple[PlannedRef, list[PlannedRef]]] = []

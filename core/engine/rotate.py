@@ -46,7 +46,7 @@ class Candidate:
 @dataclass
 class RotationReport:
     name: str
-    outcome: str  # adopted, rotated, resumed, not_due, busy, error
+    outcome: str  # adopted, rotated, resumed, not_due, busy, error; tagged secrets also already_rotated, not_tagged, unsupported
     old_active: str | None = None
     new_active: str | None = None
     next_due: str | None = None
@@ -85,17 +85,29 @@ class KeyRotation:
         return found
 
     def rotate(self, name: str | None = None, *, force: bool = False) -> list[RotationReport]:
-        """Rotate what is due (or `name`, or everything with `force`).
+        """Rotate what is due (or `name`, or everything with `force`): account keys of `rotate:`
+        references, then the secrets of `rotation.tagged_secrets` vaults (core.engine.tagged_rotation).
 
         Raises:
             KeyError: `name` is not a rotation of this config.
         """
+        from core.engine.tagged_rotation import TaggedSecretRotation
+
+        tagged = TaggedSecretRotation(self.engine) if self.engine.config.rotation.tagged_secrets else None
+        if name is not None and name.startswith("tagged:"):
+            if tagged is None:
+                raise KeyError(f"no rotation named '{name}' (no rotation.tagged_secrets in the config)")
+            return tagged.rotate(name, force=force)
         candidates = self.candidates()
         if name is not None:
             if name not in candidates:
-                raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'})")
+                extra = ", tagged:<vault>/<secret>" if tagged is not None else ""
+                raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'}{extra})")
             candidates = {name: candidates[name]}
-        return [self._rotate_one(c, force) for c in candidates.values()]
+        reports = [self._rotate_one(c, force) for c in candidates.values()]
+        if tagged is not None and name is None:
+            reports.extend(tagged.rotate(force=force))
+        return reports
 
     # ---- one rotation -------------------------------------------------------------------
     def _rotate_one(self, c: Candidate, force: bool) -> RotationReport:
@@ -231,16 +243,21 @@ class KeyRotation:
         changed (a data-plane call would need the account's endpoint and network access)."""
         if c.kind != "storage":
             return None
-        from azure.core.exceptions import HttpResponseError
-        from azure.storage.blob import BlobServiceClient
+        return verify_storage_key(self.broker.clients, c.account, key)
 
-        client = BlobServiceClient(self.broker.clients.storage_url(c.account, "blob"),
-                                   credential={"account_name": c.account, "account_key": key}, retry_total=2)
-        try:
-            client.get_service_properties()
-        except HttpResponseError as exc:
-            return f"HTTP {exc.status_code}"
-        return None
+
+def verify_storage_key(clients: Any, account: str, key: str) -> str | None:
+    """One cheap authorized call (Get Blob Service Properties) with `key`; None when it works,
+    else why not (an HTTP status, never the key)."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient(clients.storage_url(account, "blob"), credential={"account_name": account, "account_key": key}, retry_total=2)
+    try:
+        client.get_service_properties()
+    except HttpResponseError as exc:
+        return f"HTTP {exc.status_code}"
+    return None
 
 
 def _envs_using(plans: dict[str, list[PlannedRef]], kind: str, account: str) -> set[str]:

@@ -8,14 +8,24 @@ needs, and never contains the token.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.sources.fetched import Fetched, SourceProblem
 
+log = logging.getLogger("vaultrelay.sas")
+
 CLOCK_SKEW = timedelta(minutes=15)
 USER_DELEGATION_KEY_MAX = timedelta(days=7)
+DELEGATION_KEY_PREFIX = "vr-udk-"
+_DELEGATION_KEY_FIELDS = ("signed_oid", "signed_tid", "signed_delegated_user_tid", "signed_start", "signed_expiry",
+                          "signed_service", "signed_version", "value")
 
 
 @dataclass(frozen=True)
@@ -120,3 +130,85 @@ def _table_permissions(letters: str) -> dict[str, bool]:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def _key_expiry(key: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(key.signed_expiry).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+
+
+class StoredDelegationKeys:
+    """User delegation keys kept between runs and instances in the state vault.
+
+    A delegation key is a secret (anyone holding it signs SAS for the identity), so it lives in
+    Key Vault, never in the state tables: one secret per account and identity
+    (`vr-udk-<digest>`), its value the key's fields as JSON, `expires_on` the key's own expiry,
+    tags naming the account and expiry.  A stored key is reused while it outlives the SAS being
+    signed (a SAS must not outlive its delegation key); otherwise a new one is requested (valid up
+    to the 7-day limit) and stored.  Keeping it is an optimisation: when the vault cannot be read
+    or written, the new key is still used and the reason is logged (never the key).
+    """
+
+    def __init__(self, vault: Any, *, clock: Callable[[], datetime] = now_utc) -> None:
+        self.vault = vault
+        self.clock = clock
+        self.requested = 0  # keys this object asked Azure for
+        self._memo: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def secret_name(account: str, identity: str) -> str:
+        digest = hashlib.sha256(repr((account.lower(), identity)).encode()).hexdigest()[:24]
+        return f"{DELEGATION_KEY_PREFIX}{digest}"
+
+    def key_for(self, account: str, identity: str, sas_expiry: datetime, request: Callable[[], Any]) -> Any:
+        """A delegation key of `identity` for `account` that is valid at least until `sas_expiry`:
+        the one kept in the vault, else `request()`'s (which is then kept)."""
+        name = self.secret_name(account, identity)
+        with self._lock:
+            key = self._memo.get(name)
+            if not self._lasts(key, sas_expiry):
+                key = self._read(name)
+            if not self._lasts(key, sas_expiry):
+                key = request()
+                self.requested += 1
+                self._store(name, account, key)
+            self._memo[name] = key
+            return key
+
+    def _lasts(self, key: Any, sas_expiry: datetime) -> bool:
+        expiry = _key_expiry(key) if key is not None else None
+        return expiry is not None and expiry >= sas_expiry and self.clock() < expiry
+
+    def _read(self, name: str) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.storage.blob import UserDelegationKey
+
+        try:
+            stored = self.vault.get_secret(name)
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            log.warning("cannot read the kept delegation key %s: %s; requesting a new one", name, type(exc).__name__)
+            return None
+        try:
+            fields = json.loads(stored.value or "")
+            key = UserDelegationKey()
+            for field in _DELEGATION_KEY_FIELDS:
+                setattr(key, field, fields.get(field))
+        except (ValueError, AttributeError):
+            log.warning("the kept delegation key %s is not readable; requesting a new one", name)
+            return None
+        return key if key.value else None
+
+    def _store(self, name: str, account: str, key: Any) -> None:
+        expiry = _key_expiry(key)
+        body = json.dumps({field: getattr(key, field, None) for field in _DELEGATION_KEY_FIELDS}, sort_keys=True)
+        try:
+            self.vault.set_secret(name, body, content_type="application/x-user-delegation-key", expires_on=expiry, tags={
+                "managed-by": "vaultrelay", "vaultrelay-account": account.lower(), "signed-expiry": str(key.signed_expiry),
+                "issued": self.clock().isoformat(timespec="seconds")})
+        except Exception as exc:
+            log.warning("cannot keep the new delegation key in %s: %s", name, type(exc).__name__)

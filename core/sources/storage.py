@@ -93,7 +93,11 @@ class SasSource:
             client = run.clients.blob_service(account, store.credential)
             return client.get_user_delegation_key(start, start + CLOCK_SKEW + min(store.max_sas_expiry, USER_DELEGATION_KEY_MAX))
 
-        key = run.once(("udk", account.lower(), store.name), get)
+        kept = getattr(run, "delegation_keys", None)
+        if kept is not None:  # kept between runs (state vault): reused while it outlives the SAS
+            key = kept.key_for(account, f"{store.name}:{store.identity_description}", expiry, get)
+        else:
+            key = run.once(("udk", account.lower(), store.name), get)
         if key.signed_expiry is not None and str(key.signed_expiry) < expiry.strftime("%Y-%m-%dT%H:%M:%SZ"):
             raise SourceProblem("invalid", f"a user delegation SAS for '{account}' cannot outlive its delegation key "
                                            f"(at most {USER_DELEGATION_KEY_MAX.days} days); ask for a shorter expiry")

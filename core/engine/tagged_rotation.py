@@ -1,0 +1,414 @@
+"""Rotation of Key Vault secrets tagged the way Microsoft's rotation samples tag them.
+
+Microsoft's samples (storage account keys, Cosmos DB keys, "two sets of credentials") keep an
+account key in a Key Vault secret tagged `CredentialId` (`key1`/`key2`, or `Primary`/`Secondary`
+for Cosmos DB), `ProviderAddress` (the account's ARM resource id) and `ValidityPeriodDays`; on
+`SecretNearExpiry` a function regenerates the *alternate* credential and writes it as the secret's
+new version with `CredentialId` switched and `expires = now + ValidityPeriodDays`.  vaultrelay does
+the same, as a drop-in replacement, for the vaults listed under `rotation.tagged_secrets`:
+
+* triggered by `SecretNearExpiry` / `SecretExpired` (core.engine.events) and by the timer / CLI
+  `rotate` for secrets within their due window: less than `rotate_before` (default 30 days, Key
+  Vault's near-expiry notice) before expiry, capped at half of `ValidityPeriodDays` so that a
+  fresh version is never due at once (short validity periods would otherwise rotate in a loop);
+* the new key is verified (one authorized call with it for storage; for Cosmos DB, that the listed
+  key changed) before the secret version is written; the old credential is left alone, so
+  consumers of the previous version keep working until the next rotation regenerates it;
+* idempotent and safe with several instances: a lease per secret, an ETag-conditional record of
+  each phase (`rotations` table, partition `tagged`), and the secret's current version, CredentialId
+  and ProviderAddress are checked before acting, so a duplicate or late event (an older version)
+  regenerates nothing; a run killed between regenerating and writing is resumed without
+  regenerating again (the alternate key's fingerprint before regeneration tells);
+* envs with targets that reference the secret are re-pushed with the new version;
+* audited (names, versions, key ids; never values).  Secrets with an unsupported
+  ProviderAddress kind or unusable tags get a status warning naming the secret and the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.engine.plan import plan_env
+from core.engine.resolve import forget_values
+from core.engine.rotate import RotationReport, verify_storage_key
+from core.state.tables import Conflict, Row
+
+log = logging.getLogger("vaultrelay.tagged")
+
+TAG_CREDENTIAL = "CredentialId"
+TAG_PROVIDER = "ProviderAddress"
+TAG_VALIDITY = "ValidityPeriodDays"
+SAMPLE_TAGS = (TAG_CREDENTIAL, TAG_PROVIDER, TAG_VALIDITY)
+PARTITION = "tagged"
+LEASE_SECONDS = 900.0
+
+# CredentialId (lower case) -> (provider kind, the alternate credential, the ARM key name to regenerate).
+_ALTERNATES = {
+    "key1": ("storage", "key2"), "key2": ("storage", "key1"),
+    "primary": ("cosmos", "secondary"), "secondary": ("cosmos", "primary"),
+    "primaryreadonly": ("cosmos", "secondaryreadonly"), "secondaryreadonly": ("cosmos", "primaryreadonly"),
+}
+_PROVIDER_KINDS = {"microsoft.storage/storageaccounts": "storage", "microsoft.documentdb/databaseaccounts": "cosmos"}
+# Cosmos DB keyKind of regenerateKey, and the listKeys / readonlykeys attribute holding the key.
+_COSMOS_KEY_KIND = {"primary": "primary", "secondary": "secondary", "primaryreadonly": "primaryReadonly", "secondaryreadonly": "secondaryReadonly"}
+_COSMOS_ATTRIBUTE = {"primary": "primary_master_key", "secondary": "secondary_master_key",
+                     "primaryreadonly": "primary_readonly_master_key", "secondaryreadonly": "secondary_readonly_master_key"}
+
+
+class UnusableTags(ValueError):
+    """The sample tags are there but cannot be acted on; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    """The account a `ProviderAddress` names."""
+
+    kind: str  # storage | cosmos
+    subscription: str
+    resource_group: str
+    account: str
+
+
+def parse_provider(address: str) -> Provider:
+    """The storage or Cosmos DB account of an ARM resource id.
+
+    Raises:
+        UnusableTags: not a resource id, or a resource kind vaultrelay does not rotate.
+    """
+    parts = [p for p in address.strip().split("/") if p]
+    lowered = [p.lower() for p in parts]
+    if len(parts) != 8 or lowered[0] != "subscriptions" or lowered[2] != "resourcegroups" or lowered[4] != "providers":
+        raise UnusableTags(f"ProviderAddress is not an ARM resource id (/subscriptions/<id>/resourceGroups/<group>/providers/<type>/<name>): {address[:200]!r}")
+    resource_type = f"{parts[5]}/{parts[6]}"
+    kind = _PROVIDER_KINDS.get(resource_type.lower())
+    if kind is None:
+        raise UnusableTags(f"ProviderAddress is a {resource_type}; vaultrelay rotates storage accounts and Cosmos DB accounts only")
+    return Provider(kind, parts[1], parts[3], parts[7])
+
+
+@dataclass(frozen=True)
+class TaggedSecret:
+    """The current version of a tagged secret: its properties, never its value."""
+
+    vault: str
+    name: str
+    version: str
+    credential_id: str
+    provider_address: str
+    validity: timedelta
+    expires_on: datetime | None
+    created_on: datetime | None
+    content_type: str | None
+    tags: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.vault}:{self.name}"
+
+    @property
+    def provider(self) -> Provider:
+        return parse_provider(self.provider_address)
+
+    def alternate(self) -> str:
+        """The alternate CredentialId, written the way this one is (`key1` -> `key2`, `Primary` -> `Secondary`).
+
+        Raises:
+            UnusableTags: an unknown CredentialId or one that does not fit the provider.
+        """
+        found = _ALTERNATES.get(self.credential_id.lower())
+        kind = self.provider.kind
+        if found is None or found[0] != kind:
+            allowed = ", ".join(k for k, (p, _) in _ALTERNATES.items() if p == kind)
+            raise UnusableTags(f"CredentialId {self.credential_id!r} is not a {'storage' if kind == 'storage' else 'Cosmos DB'} key (use {allowed})")
+        other = found[1]
+        if self.credential_id[:1].isupper():
+            return {"secondaryreadonly": "SecondaryReadonly", "primaryreadonly": "PrimaryReadonly"}.get(other, other.capitalize())
+        return other
+
+
+def tagged_secret(vault: str, properties: Any) -> TaggedSecret | None:
+    """A `TaggedSecret` from Key Vault secret properties, or None when the sample tags are absent.
+
+    Raises:
+        UnusableTags: ValidityPeriodDays is not a positive number.
+    """
+    tags = dict(properties.tags or {})
+    if not all(tags.get(t) for t in SAMPLE_TAGS):
+        return None
+    try:
+        days = float(tags[TAG_VALIDITY])
+    except ValueError:
+        days = 0.0
+    if not 0 < days <= 3650:
+        raise UnusableTags(f"ValidityPeriodDays {tags[TAG_VALIDITY][:20]!r} is not a number of days between 1 and 3650")
+    return TaggedSecret(
+        vault=vault.lower(), name=str(properties.name), version=str(properties.version or ""), credential_id=tags[TAG_CREDENTIAL],
+        provider_address=tags[TAG_PROVIDER], validity=timedelta(days=days), expires_on=properties.expires_on,
+        created_on=properties.created_on, content_type=properties.content_type, tags=tags,
+    )
+
+
+class TaggedSecretRotation:
+    """Rotates the tagged secrets of the vaults a config opts in, through a SyncEngine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.broker = engine.broker
+        self.watched = {t.vault.lower(): t for t in engine.config.rotation.tagged_secrets}
+
+    def watches(self, vault: str) -> bool:
+        return vault.lower() in self.watched
+
+    def _vault(self, vault: str) -> Any:
+        settings = self.watched[vault.lower()]
+        return self.broker.clients.secret_client(settings.vault, self.broker.store(settings.store).credential)
+
+    def _credential(self, vault: str) -> Any:
+        return self.broker.store(self.watched[vault.lower()].store).credential
+
+    # ---- finding them -------------------------------------------------------------------
+    def names(self, vault: str) -> list[str]:
+        """`tagged:<vault>/<secret>` of every tagged secret in a watched vault (properties only;
+        secrets vaultrelay pushed itself are never taken for sample-tagged ones)."""
+        found = []
+        for props in self._vault(vault).list_properties_of_secrets():
+            tags = props.tags or {}
+            if all(tags.get(t) for t in SAMPLE_TAGS) and tags.get("managed-by") != "vaultrelay":
+                found.append(f"tagged:{vault.lower()}/{props.name}")
+        return found
+
+    def current(self, vault: str, name: str) -> TaggedSecret | None:
+        """The secret's current version, or None when it does not exist or carries no sample tags.
+
+        Raises:
+            UnusableTags: the tags cannot be acted on.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            secret = self._vault(vault).get_secret(name)
+        except ResourceNotFoundError:
+            return None
+        return tagged_secret(vault, secret.properties)
+
+    # ---- entry points -------------------------------------------------------------------
+    def rotate(self, name: str | None = None, *, force: bool = False) -> list[RotationReport]:
+        """Rotate the tagged secrets that are due (or `name`, `tagged:<vault>/<secret>`; or all with `force`).
+        A vault that cannot be listed is one error report; the other vaults go on.
+
+        Raises:
+            KeyError: `name` is not a tagged secret of a watched vault.
+        """
+        if name is not None:
+            vault, _, secret = name.removeprefix("tagged:").partition("/")
+            if not self.watches(vault) or not secret:
+                raise KeyError(f"no tagged secret named '{name}' (watched vaults: {', '.join(sorted(self.watched)) or 'none'})")
+            try:
+                tagged = self.current(vault, secret)
+            except UnusableTags:  # rotate_secret records the warning
+                return [self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due")]
+            if tagged is None:
+                raise KeyError(f"{vault}/{secret} does not exist or carries no {', '.join(SAMPLE_TAGS)} tags")
+            return [self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due")]
+        reports = []
+        for vault in sorted(self.watched):
+            try:
+                names = self.names(vault)
+            except Exception as exc:
+                log.error("cannot list tagged secrets of %s: %s", vault, type(exc).__name__)
+                reports.append(RotationReport(f"tagged:{vault}", "error", error=f"cannot list the vault's secrets: {type(exc).__name__}"))
+                continue
+            for full in names:
+                secret = full.partition("/")[2]
+                reports.append(self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due"))
+        return reports
+
+    def on_event(self, vault: str, name: str, version: str | None, *, expired: bool) -> RotationReport | None:
+        """React to SecretNearExpiry / SecretExpired of `vault`/`name`; None when vaultrelay does
+        not rotate that secret (the vault is not watched or the secret carries no sample tags)."""
+        if not self.watches(vault):
+            return None
+        try:
+            if self.current(vault, name) is None:
+                return None
+        except UnusableTags:
+            pass  # rotate_secret records the warning
+        return self.rotate_secret(vault, name, expected_version=version, force=expired,
+                                  reason="SecretExpired" if expired else "SecretNearExpiry")
+
+    # ---- one secret ---------------------------------------------------------------------
+    def due(self, secret: TaggedSecret, now: datetime) -> bool:
+        if secret.expires_on is None:
+            return True
+        window = min(timedelta(seconds=float(self.watched[secret.vault].rotate_before)), secret.validity / 2)
+        return secret.expires_on - now <= window
+
+    def rotate_secret(self, vault: str, name: str, *, expected_version: str | None = None, force: bool = False,
+                      reason: str = "due") -> RotationReport:
+        """Rotate one tagged secret when due (always with `force`); `expected_version` is the version
+        an event was about: when the secret has moved on since, it was already rotated."""
+        label = f"tagged:{vault.lower()}/{name}"
+        now = self.engine.clock()
+        try:
+            secret = self.current(vault, name)
+            if secret is None:
+                return RotationReport(label, "not_tagged")
+            provider = secret.provider
+            alternate = secret.alternate()
+        except UnusableTags as exc:
+            return self._warn(vault, name, str(exc), label)
+        state = self.engine.state
+        row = state.get("rotations", PARTITION, secret.key)
+        unfinished = row is not None and bool(row.fields.get("phase"))
+        if not unfinished:
+            if expected_version and secret.version != expected_version:
+                return RotationReport(label, "already_rotated", new_active=secret.credential_id)
+            if not force and not self.due(secret, now):
+                return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
+        from core.engine.sync import holder_is_dead
+
+        # Table keys cannot hold "/": the lease is named vault:secret.
+        lease = state.acquire_lease(f"rotate:tagged:{vault.lower()}:{name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
+        if lease is None:
+            return RotationReport(label, "busy")
+        try:
+            # Re-read under the lease: another instance may have finished meanwhile.
+            secret = self.current(vault, name)
+            if secret is None:
+                return RotationReport(label, "not_tagged")
+            row = state.get("rotations", PARTITION, secret.key)
+            phase = str(row.fields.get("phase") or "") if row else ""
+            if phase and row is not None and row.fields.get("from_version") != secret.version:
+                # Killed after writing the new version: only the record is left to finish.
+                if secret.credential_id == row.fields.get("target") and secret.provider_address == row.fields.get("provider"):
+                    self._finish(row, secret, now)
+                    return RotationReport(label, "resumed", row.fields.get("from"), secret.credential_id, next_due=self._next_due(secret))
+                phase = ""  # someone else wrote a version: start over from what is there now
+            if not phase:
+                if expected_version and secret.version != expected_version:
+                    return RotationReport(label, "already_rotated", new_active=secret.credential_id)
+                if not force and not self.due(secret, now):
+                    return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
+            return self._run(secret, provider, alternate, row, resumed=bool(phase), reason=reason, label=label)
+        except UnusableTags as exc:
+            return self._warn(vault, name, str(exc), label)
+        except Exception as exc:
+            log.error("rotation of %s failed: %s", label, type(exc).__name__)
+            state.audit(self.engine.owner, "tagged.failed", f"{vault}/{name}", {"error": type(exc).__name__})
+            return RotationReport(label, "error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        finally:
+            state.release_lease(lease)
+
+    def _run(self, secret: TaggedSecret, provider: Provider, alternate: str, row: Row | None, *, resumed: bool, reason: str,
+             label: str) -> RotationReport:
+        fp = self.engine.fingerprinter
+        report = RotationReport(label, "resumed" if resumed else "rotated", old_active=secret.credential_id, new_active=alternate)
+        credential = self._credential(secret.vault)
+        if not resumed or row is None:
+            keys = self._keys(provider, credential)
+            fields = {"phase": "regenerating", "from": secret.credential_id, "target": alternate, "from_version": secret.version,
+                      "provider": secret.provider_address, "fp_before": fp.of(keys[alternate.lower()]),
+                      "started_at": self.engine.clock().isoformat(), "reason": reason}
+            row = self._save(Row(PARTITION, secret.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+        keys = self._keys(provider, credential)
+        if fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
+            self._regenerate(provider, alternate.lower(), credential)
+            keys = self._keys(provider, credential)
+            if fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
+                raise RuntimeError(f"{provider.account} still lists the old {alternate} after regenerating it")
+        else:
+            log.info("rotation %s: %s was already regenerated by an interrupted run", label, alternate)
+        problem = verify_storage_key(self.broker.clients, provider.account, keys[alternate.lower()]) if provider.kind == "storage" else None
+        if problem:
+            raise RuntimeError(f"the regenerated {alternate} did not work: {problem}")
+        now = self.engine.clock()
+        tags = {**secret.tags, TAG_CREDENTIAL: alternate, TAG_PROVIDER: secret.provider_address, TAG_VALIDITY: secret.tags[TAG_VALIDITY]}
+        written = self._vault(secret.vault).set_secret(secret.name, keys[alternate.lower()], tags=tags, expires_on=now + secret.validity,
+                                                       content_type=secret.content_type)
+        new = tagged_secret(secret.vault, written.properties)
+        assert new is not None
+        self._finish(row, new, now)
+        report.next_due = self._next_due(new)
+        self.engine.state.audit(self.engine.owner, "tagged.rotated", f"{secret.vault}/{secret.name}", {
+            "from": secret.credential_id, "to": alternate, "kind": provider.kind, "account": provider.account,
+            "from_version": secret.version, "to_version": new.version, "reason": reason, "resumed": resumed,
+        })
+        report.repushed = self._repush(secret.vault, secret.name)
+        return report
+
+    def _finish(self, row: Row, secret: TaggedSecret, now: datetime) -> None:
+        row.fields.update({"phase": "", "fp_before": "", "active": secret.credential_id, "version": secret.version,
+                           "rotated_at": now.isoformat(), "next_due": self._next_due(secret) or ""})
+        self._save(row)
+
+    def _next_due(self, secret: TaggedSecret) -> str | None:
+        if secret.expires_on is None:
+            return None
+        window = min(timedelta(seconds=float(self.watched[secret.vault].rotate_before)), secret.validity / 2)
+        return (secret.expires_on - window).isoformat()
+
+    def _save(self, row: Row) -> Row:
+        try:
+            return self.engine.state.put("rotations", row)
+        except Conflict:
+            raise RuntimeError("the rotation record changed underneath this run (another instance); giving up this run") from None
+
+    def _repush(self, vault: str, name: str) -> list[str]:
+        """Re-sync the envs with targets that reference the secret (they get the new version)."""
+        forget_values(vault=vault, secret=name)
+        envs = []
+        loaded = self.broker.loaded
+        for env in self.engine.envs_with_targets():
+            refs = plan_env(loaded, env).refs
+            if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
+                   for r in refs):
+                result = self.engine.sync(env)
+                if not result.ok:
+                    raise RuntimeError(f"re-push of env {env} after rotating {vault}/{name} did not complete")
+                envs.append(env)
+        return envs
+
+    def _warn(self, vault: str, name: str, detail: str, label: str) -> RotationReport:
+        message = f"{vault}/{name}: {detail}"
+        log.warning("tagged secret not rotated: %s", message)
+        state = self.engine.state
+        existing = state.get("rotations", "warning", f"{vault.lower()}:{name}")
+        if existing is None or existing.fields.get("detail") != message:
+            row = Row("warning", f"{vault.lower()}:{name}", {"detail": message, "at": self.engine.clock().isoformat()},
+                      existing.etag if existing else None)
+            try:
+                state.put("rotations", row)
+            except Conflict:
+                pass
+        return RotationReport(label, "unsupported", error=detail)
+
+    # ---- provider calls -----------------------------------------------------------------
+    def _keys(self, provider: Provider, credential: Any) -> dict[str, str]:
+        """The account's keys by lower-case CredentialId, listed now (never a cached listing)."""
+        clients = self.broker.clients
+        if provider.kind == "storage":
+            result = clients.storage_management(provider.subscription, credential).storage_accounts.list_keys(provider.resource_group, provider.account)
+            return {key.key_name.lower(): key.value for key in result.keys_property or []}
+        accounts = clients.cosmos_management(provider.subscription, credential).database_accounts
+        keys = accounts.list_keys(provider.resource_group, provider.account)
+        readonly = accounts.list_read_only_keys(provider.resource_group, provider.account)
+        found = {k: getattr(keys, a, None) for k, a in _COSMOS_ATTRIBUTE.items() if not k.endswith("readonly")}
+        found.update({k: getattr(readonly, a, None) for k, a in _COSMOS_ATTRIBUTE.items() if k.endswith("readonly")})
+        return {k: v for k, v in found.items() if v}
+
+    def _regenerate(self, provider: Provider, key: str, credential: Any) -> None:
+        clients = self.broker.clients
+        log.info("tagged rotation: regenerating %s of %s", key, provider.account)
+        if provider.kind == "storage":
+            from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
+
+            clients.storage_management(provider.subscription, credential).storage_accounts.regenerate_key(
+                provider.resource_group, provider.account, StorageAccountRegenerateKeyParameters(key_name=key))
+        else:
+            from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
+
+            clients.cosmos_management(provider.subscription, credential).database_accounts.begin_regenerate_key(
+                provider.resource_group, provider.account, DatabaseAccountRegenerateKeyParameters(key_kind=_COSMOS_KEY_KIND[key])).result()

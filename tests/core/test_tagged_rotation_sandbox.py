@@ -1,0 +1,221 @@
+"""Key Vault secrets tagged like Microsoft's rotation samples (CredentialId, ProviderAddress,
+ValidityPeriodDays), rotated by vaultrelay against the sandbox: through a near-expiry event and
+through the timer/CLI rotation.  Key values are compared by digest, never printed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.secrets import SecretClient
+from azure.mgmt.storage import StorageManagementClient
+from azure.storage.blob import BlobServiceClient
+
+from core.engine.events import KeyVaultEvents
+from core.engine.rotate import KeyRotation
+from core.engine.sync import SyncEngine
+from sandbox.client import SandboxClient
+from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
+from tests.core.test_sync_sandbox import World, fresh_account, regenerations, seeded, world
+
+__all__ = ["seeded", "world"]  # fixtures used by this module's tests
+
+NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
+
+
+def digest(value: str | None) -> str:
+    return hashlib.sha256((value or "").encode()).hexdigest()
+
+
+def storage_keys(sandbox: SandboxClient, account: str) -> dict[str, str]:
+    client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
+    return {k.key_name: k.value for k in client.storage_accounts.list_keys(sandbox.resource_group, account).keys_property or []}
+
+
+def key_works(sandbox: SandboxClient, account: str, key: str) -> bool:
+    client = BlobServiceClient(sandbox.storage_endpoint(account), credential={"account_name": account, "account_key": key}, retry_total=0)
+    try:
+        client.get_service_properties()
+    except HttpResponseError:
+        return False
+    return True
+
+
+class Tagged:
+    """A vault of its own (watched), seeded the way Microsoft's sample deployment seeds it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        sandbox = world.sandbox
+        self.vault = f"kvt{world.tag}"
+        sandbox.create_resource("vault", self.vault)
+        scope = sandbox.resource_id("vault", self.vault)
+        sandbox.grant("system", "Key Vault Secrets Officer", scope)
+        sandbox.grant("admin", "Key Vault Secrets Officer", scope)
+        self.client = SecretClient(sandbox.vault_url(self.vault), world.admin)
+
+    def seed(self, name: str, value: str, credential_id: str, provider: str, *, expires_in: timedelta, validity_days: str = "60") -> Any:
+        return self.client.set_secret(name, value, expires_on=datetime.now(UTC) + expires_in, content_type="text/plain", tags={
+            "CredentialId": credential_id, "ProviderAddress": provider, "ValidityPeriodDays": validity_days})
+
+    def body(self, env_secret: str | None = None) -> str:
+        env = ""
+        if env_secret:
+            env = f"""
+        envs:
+          app:
+            ACCOUNT_KEY: {{from: {{store: azure, vault: {self.vault}, secret: {env_secret}}}}}
+        targets:
+          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
+"""
+        return f"""
+        rotation:
+          tagged_secrets:
+            - {{vault: {self.vault}, store: azure}}
+{env}"""
+
+    def engine(self, env_secret: str | None = None) -> SyncEngine:
+        return self.world.engine(self.body(env_secret))
+
+
+def near_expiry(vault: str, name: str, version: str | None, event_id: str | None = None) -> dict[str, Any]:
+    return {"id": event_id or str(uuid.uuid4()), "eventType": NEAR_EXPIRY, "subject": name,
+            "data": {"VaultName": vault, "ObjectType": "Secret", "ObjectName": name, "Version": version}}
+
+
+@pytest.fixture()
+def tagged(world: World) -> Tagged:
+    return Tagged(world)
+
+
+def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    provider = sandbox.resource_id("storage", account)
+    before = storage_keys(sandbox, account)
+    seeded_secret = tagged.seed("storage-key", before["key1"], "key1", provider, expires_in=timedelta(days=10))
+    engine = tagged.engine("storage-key")
+    assert engine.sync().ok
+    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(before["key1"])
+
+    sandbox.reset_counters()
+    event = near_expiry(tagged.vault, "storage-key", seeded_secret.properties.version)
+    outcome = KeyVaultEvents(tagged.engine("storage-key")).handle(event)
+    assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
+    assert regenerations(sandbox, account) == 1
+
+    after = storage_keys(sandbox, account)
+    assert digest(after["key2"]) != digest(before["key2"])  # the alternate key was regenerated
+    assert digest(after["key1"]) == digest(before["key1"])  # the one in use was left alone
+    current = tagged.client.get_secret("storage-key")
+    assert current.properties.version != seeded_secret.properties.version
+    assert digest(current.value) == digest(after["key2"])
+    assert current.properties.tags == {"CredentialId": "key2", "ProviderAddress": provider, "ValidityPeriodDays": "60"}
+    assert current.properties.content_type == "text/plain"
+    expected_expiry = datetime.now(UTC) + timedelta(days=60)
+    assert current.properties.expires_on is not None and abs(current.properties.expires_on - expected_expiry) < timedelta(minutes=2)
+    assert key_works(sandbox, account, current.value or "") and key_works(sandbox, account, before["key1"])
+    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(after["key2"])  # re-pushed
+
+    # The same event again, a late event about the old version, and Key Vault's own near-expiry
+    # notice of the new (60-day) version: nothing is regenerated.
+    handler = KeyVaultEvents(tagged.engine("storage-key"))
+    assert handler.handle(event).outcome == "duplicate"
+    late = handler.handle(near_expiry(tagged.vault, "storage-key", seeded_secret.properties.version))
+    assert late.outcome == "ignored" and "already rotated" in late.detail
+    fresh = handler.handle(near_expiry(tagged.vault, "storage-key", current.properties.version))
+    assert fresh.outcome == "ignored" and "not due" in fresh.detail
+    assert regenerations(sandbox, account) == 1
+    assert digest(tagged.client.get_secret("storage-key").value) == digest(after["key2"])
+
+    state = tagged.engine().state
+    record = state.get("rotations", "tagged", f"{tagged.vault}:storage-key")
+    assert record is not None and record.fields["active"] == "key2" and record.fields["phase"] == ""
+    audit = [r for r in state.query("audit") if r.fields.get("action") == "tagged.rotated"]
+    assert len(audit) == 1 and json.loads(audit[0].fields["detail"])["to"] == "key2"
+    rows = json.dumps([r.fields for t in ("rotations", "audit", "events") for r in state.query(t)], default=str)
+    assert all(k not in rows for k in (before["key1"], before["key2"], after["key2"]))
+
+
+def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_warns_on_other_kinds(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    cosmos = fresh_cosmos_account(sandbox, world.tag)
+    storage_provider = sandbox.resource_id("storage", account)
+    cosmos_provider = sandbox.resource_id("cosmos", cosmos)
+    keys = storage_keys(sandbox, account)
+    cosmos_before = cosmos_keys(sandbox, cosmos)
+    tagged.seed("due-key", keys["key2"], "key2", storage_provider, expires_in=timedelta(days=5))
+    tagged.seed("later-key", keys["key2"], "key2", storage_provider, expires_in=timedelta(days=50))
+    tagged.seed("cosmos-key", cosmos_before.primary_master_key, "Primary", cosmos_provider, expires_in=timedelta(days=2), validity_days="30")
+    sql = f"/subscriptions/{sandbox.subscription_id}/resourceGroups/{sandbox.resource_group}/providers/Microsoft.Sql/servers/sql{world.tag}"
+    tagged.seed("sql-password", "not-a-key", "key1", sql, expires_in=timedelta(days=1))
+    tagged.client.set_secret("untagged", "whatever", expires_on=datetime.now(UTC) + timedelta(days=1))
+
+    sandbox.reset_counters()
+    reports = {r.name: r for r in KeyRotation(tagged.engine()).rotate()}
+    prefix = f"tagged:{tagged.vault}/"
+    assert set(reports) == {prefix + n for n in ("due-key", "later-key", "cosmos-key", "sql-password")}
+    assert (reports[prefix + "due-key"].outcome, reports[prefix + "due-key"].new_active) == ("rotated", "key1")
+    assert reports[prefix + "later-key"].outcome == "not_due"
+    assert (reports[prefix + "cosmos-key"].outcome, reports[prefix + "cosmos-key"].new_active) == ("rotated", "Secondary")
+    unsupported = reports[prefix + "sql-password"]
+    assert unsupported.outcome == "unsupported" and "Microsoft.Sql/servers" in (unsupported.error or "")
+    warnings = {r.key: r.fields for r in tagged.engine().state.query("rotations", "warning")}
+    assert "sql-password" in warnings[f"{tagged.vault}:sql-password"]["detail"]
+    assert "Microsoft.Sql/servers" in warnings[f"{tagged.vault}:sql-password"]["detail"]
+
+    after = storage_keys(sandbox, account)
+    assert digest(after["key1"]) != digest(keys["key1"]) and digest(after["key2"]) == digest(keys["key2"])
+    assert digest(tagged.client.get_secret("due-key").value) == digest(after["key1"])
+    assert key_works(sandbox, account, after["key1"])
+    cosmos_after = cosmos_keys(sandbox, cosmos)
+    assert digest(cosmos_after.secondary_master_key) != digest(cosmos_before.secondary_master_key)
+    assert digest(cosmos_after.primary_master_key) == digest(cosmos_before.primary_master_key)
+    rotated_cosmos = tagged.client.get_secret("cosmos-key")
+    assert digest(rotated_cosmos.value) == digest(cosmos_after.secondary_master_key)
+    assert rotated_cosmos.properties.tags["CredentialId"] == "Secondary"
+    endpoints = sandbox.counters()["by_endpoint"]
+    assert (endpoints.get("arm:StorageRegenerateKey"), endpoints.get("arm:CosmosRegenerateKey")) == (1, 1)
+
+    sandbox.reset_counters()
+    again = {r.name: r.outcome for r in KeyRotation(tagged.engine()).rotate()}
+    assert again == {prefix + "due-key": "not_due", prefix + "later-key": "not_due", prefix + "cosmos-key": "not_due",
+                     prefix + "sql-password": "unsupported"}
+    assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
+
+    (one,) = KeyRotation(tagged.engine()).rotate(prefix + "later-key", force=True)
+    assert (one.outcome, one.old_active, one.new_active) == ("rotated", "key2", "key1")
+    with pytest.raises(KeyError):
+        KeyRotation(tagged.engine()).rotate(prefix + "untagged")
+
+
+def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    provider = sandbox.resource_id("storage", account)
+    keys = storage_keys(sandbox, account)
+    seeded_secret = tagged.seed("storage-key", keys["key1"], "key1", provider, expires_in=timedelta(days=3))
+    engine = tagged.engine()
+    # A run that recorded its intent and regenerated key2, then died before writing the secret.
+    from core.state.tables import Row
+
+    engine.state.put("rotations", Row("tagged", f"{tagged.vault}:storage-key", {
+        "phase": "regenerating", "from": "key1", "target": "key2", "from_version": seeded_secret.properties.version,
+        "provider": provider, "fp_before": engine.fingerprinter.of(keys["key2"])}))
+    from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
+
+    StorageManagementClient(world.admin, sandbox.subscription_id, base_url=sandbox.arm_endpoint).storage_accounts.regenerate_key(
+        sandbox.resource_group, account, StorageAccountRegenerateKeyParameters(key_name="key2"))
+    regenerated = storage_keys(sandbox, account)["key2"]
+
+    sandbox.reset_counters()
+    (report,) = KeyRotation(tagged.engine()).rotate()
+    assert (report.outcome, report.new_active) == ("resumed", "key2"), report
+    assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
+    assert digest(tagged.client.get_secret("storage-key").value) == digest(regenerated)

@@ -3,11 +3,16 @@ delegation keys kept between runs in the state vault."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
+from azure.storage.blob import ContainerClient
 
 from core.engine.rotate import KeyRotation
+from core.sources.sas_mint import StoredDelegationKeys
 from sandbox.client import SandboxClient
 from tests.core.test_sync_sandbox import World, regenerations, seeded, world
 
@@ -66,3 +71,54 @@ def test_cosmos_key_rotation_regenerates_the_inactive_key_switches_and_repushes(
     assert not any("regenerate" in k.lower() for k in world.sandbox.counters()["by_endpoint"])
     assert cosmos_keys(world.sandbox, account).secondary_master_key == after.secondary_master_key
     assert world.engine(body).sync().target_writes == 0
+
+
+def delegation_key_requests(sandbox: SandboxClient) -> int:
+    return sum(v for k, v in sandbox.counters()["by_endpoint"].items() if "userdelegationkey" in k.lower())
+
+
+def sas_lists(sandbox: SandboxClient, account: str, container: str, token: str) -> list[str]:
+    client = ContainerClient(sandbox.storage_endpoint(account), container, credential=token, retry_total=0)
+    return [b.name for b in client.list_blobs()]
+
+
+def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_out(world: World) -> None:
+    sandbox = world.sandbox
+    container = f"ud{world.tag}"
+    admin_container = ContainerClient(sandbox.storage_endpoint("sandboxstore"), container, credential=world.admin)
+    admin_container.create_container()
+    admin_container.upload_blob("hello.txt", b"hello")
+    body = f"""
+        envs:
+          app:
+            UD_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {container}, permissions: rl, expiry: 1h}}}}
+        targets:
+          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
+    """
+    first = world.engine(body)
+    identity = f"azure:{first.broker.store('azure').identity_description}"
+    kept = StoredDelegationKeys.secret_name("sandboxstore", identity)
+    vault = world.target  # the config's state.vault
+    # Whatever earlier tests kept for this identity: make it one that runs out in 5 minutes.
+    near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
+
+    sandbox.reset_counters()
+    assert first.sync().minted == ["app/UD_SAS"]
+    assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry key was renewed
+    stored = vault.get_secret(kept)
+    expiry = datetime.fromisoformat(stored.properties.tags["signed-expiry"].replace("Z", "+00:00"))
+    assert timedelta(days=6) < expiry - datetime.now(UTC) <= timedelta(days=7)
+    assert stored.properties.expires_on is not None and abs(stored.properties.expires_on - expiry) < timedelta(seconds=2)
+    assert stored.properties.content_type == "application/x-user-delegation-key"
+    assert sas_lists(sandbox, "sandboxstore", container, world.target.get_secret(f"vr-{world.tag}-ud-sas").value or "") == ["hello.txt"]
+
+    time.sleep(1.1)  # SAS times have one-second resolution
+    second = world.engine(body)  # another run, another instance: nothing shared in memory
+    report = second.sync(force_mint=True)
+    assert report.minted == ["app/UD_SAS"] and report.targets[0].updates == ["UD_SAS"], report
+    assert delegation_key_requests(sandbox) == 1  # the kept key signed it
+    assert vault.get_secret(kept).properties.version == stored.properties.version
+    token = world.target.get_secret(f"vr-{world.tag}-ud-sas").value or ""
+    assert "skoid=" in token and sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]
+    assert not any(stored.value and stored.value in json.dumps(r.fields, default=str) for t in ("rotations", "audit") for r in second.state.query(t))

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from core.permissions import denied_note
 from core.targets.base import (
     MANAGED_BY,
     MANAGED_BY_VALUE,
@@ -56,7 +57,7 @@ class KeyVaultTargetWriter:
         try:
             return {p.name: p for p in self.client.list_properties_of_secrets()}
         except Exception as exc:
-            raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {type(exc).__name__}") from None
+            raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {_cause(exc)}") from None
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         existing = self._list()
@@ -143,4 +144,4 @@ class KeyVaultTargetWriter:
 
 def _cause(exc: Exception) -> str:
     status = getattr(exc, "status_code", None)
-    return f"HTTP {status}" if status else type(exc).__name__
+    return (f"HTTP {status}" if status else type(exc).__name__) + denied_note(exc, "target:keyvault")

@@ -97,6 +97,109 @@ def role_hint_for_action(action: str) -> str | None:
     return None
 
 
+# ---- 403s: which role was missing, where ------------------------------------------------------
+_DENIED_ACTION = re.compile(r"(?:Action: '|perform action ')([A-Za-z0-9./_-]+)'")
+_DENIED_SCOPE = re.compile(r"(?:Resource: '|over scope ')(/[^'\s]+)'")
+_RESOURCE_LABELS = {
+    "microsoft.keyvault/vaults": "key vault", "microsoft.storage/storageaccounts": "storage account",
+    "microsoft.documentdb/databaseaccounts": "Cosmos DB account", "microsoft.web/sites": "site",
+}
+_STORAGE = "Microsoft.Storage/storageAccounts"
+
+
+def describe_resource(resource_id: str) -> str:
+    """'key vault kv-source', 'blob container acct/c', 'subscription <id>': the resource an ARM id
+    or RBAC scope names, as people say it (objects inside a vault count as the vault)."""
+    parts = [p for p in resource_id.split("/") if p]
+    lowered = [p.lower() for p in parts]
+    if "providers" in lowered:
+        at = lowered.index("providers")
+        kind, name = "/".join(lowered[at + 1:at + 3]), (parts[at + 3] if len(parts) > at + 3 else "")
+        rest = lowered[at + 4:]
+        if kind == "microsoft.storage/storageaccounts" and len(rest) >= 4 and rest[2] in ("containers", "tables"):
+            return f"{'blob container' if rest[2] == 'containers' else 'table'} {name}/{parts[at + 7]}"
+        return f"{_RESOURCE_LABELS.get(kind, kind)} {name}".strip()
+    if "resourcegroups" in lowered:
+        return f"resource group {parts[lowered.index('resourcegroups') + 1]}"
+    if "subscriptions" in lowered and len(parts) > lowered.index("subscriptions") + 1:
+        return f"subscription {parts[lowered.index('subscriptions') + 1]}"
+    return resource_id
+
+
+def _storage_denial(request: Any) -> tuple[str | None, str | None]:
+    """(action, place) of a storage data-plane request Azure refused: its 403
+    (AuthorizationPermissionMismatch) names neither, so they follow from the request."""
+    from urllib.parse import parse_qs, urlsplit
+
+    url = urlsplit(str(getattr(request, "url", "") or ""))
+    labels = (url.hostname or "").split(".")
+    if len(labels) < 3 or labels[1] not in ("blob", "table"):
+        return None, None
+    account, service = labels[0], labels[1]
+    method = str(getattr(request, "method", "GET")).upper()
+    query = {k.lower(): v[-1].lower() for k, v in parse_qs(url.query).items()}
+    parts = [p for p in url.path.split("/") if p]
+    if service == "blob":
+        if not parts:
+            if query.get("comp") == "userdelegationkey":
+                return f"{_STORAGE}/blobServices/generateUserDelegationKey/action", f"storage account {account}"
+            return None, f"storage account {account}"
+        verb = "read" if method in ("GET", "HEAD") else ("delete" if method == "DELETE" else "write")
+        return f"{_STORAGE}/blobServices/containers/blobs/{verb}", f"blob container {account}/{parts[0]}"
+    verb = "read" if method in ("GET", "HEAD") else ("delete" if method == "DELETE" else "write")
+    return f"{_STORAGE}/tableServices/tables/entities/{verb}", f"storage account {account}"
+
+
+def denied_role_hint(exc: BaseException, capability: str | None = None) -> str | None:
+    """For a 403 from Azure: "needs '<least role>' on <resource> (denied: <action>)".
+
+    The action and resource come from the answer (Key Vault and ARM name them) or, for storage
+    data-plane answers that do not, from the refused request.  With `capability` (what the caller
+    was doing, e.g. "target:blob") the role is the one `plan --permissions` names for it (a blob
+    target reads before it writes: the denied read still needs Storage Blob Data Contributor);
+    without, the matrix's least role for the denied action.  None when nothing useful can be said.
+    """
+    text = str(getattr(exc, "message", None) or exc)
+    found_action = _DENIED_ACTION.search(text)
+    found_scope = _DENIED_SCOPE.search(text)
+    action = found_action.group(1) if found_action else None
+    place = describe_resource(found_scope.group(1)) if found_scope else None
+    if action is None:
+        response = getattr(exc, "response", None)
+        action, storage_place = _storage_denial(getattr(response, "request", None))
+        place = place or storage_place
+    role: str | None = None
+    if capability is not None and MATRIX.get(capability):
+        roles = least_roles(MATRIX[capability])
+        role = roles[0] if len(roles) == 1 else None
+    if role is None and action:
+        role = role_hint_for_action(action)
+    if role is None:
+        return f"missing permission for {action}" + (f" on {place}" if place else "") if action else None
+    return f"needs '{role}'" + (f" on {place}" if place else "") + (f" (denied: {action})" if action else "")
+
+
+def denied_note(exc: BaseException, capability: str) -> str:
+    """": needs '<role>' on <resource> (denied: <action>)" for a 403 from Azure, else ""; for
+    messages that already say what failed (targets, state)."""
+    if not is_access_denied(exc):
+        return ""
+    hint = denied_role_hint(exc, capability)
+    return f": {hint}" if hint else ""
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    """Azure answered 403 for lack of a role (not a disabled secret or a failed signature)."""
+    if getattr(exc, "status_code", None) != 403:
+        return False
+    code = str(getattr(exc, "error_code", None) or "")
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    code = code or str(headers.get("x-ms-error-code", ""))
+    text = str(getattr(exc, "message", None) or exc)
+    return code not in ("SecretDisabled", "AuthenticationFailed", "AuthorizationFailure") and "disabled" not in text.lower()
+
+
 # ---- per-config permissions: who needs what, where --------------------------------------------
 # Needs that only exist because a reference names no resource group: vaultrelay then finds the
 # resource by listing the subscription.  Giving `resource_group` (or a `resources:` entry, or a

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
+from core.permissions import denied_note
 from core.sources.base import PlannedRef
 from core.sources.sas_mint import StoredDelegationKeys
 from core.values import SecretValue
@@ -75,7 +76,9 @@ class MintedSas:
             except ResourceNotFoundError:
                 current = None
             except Exception as exc:
-                bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "state", f"cannot read minted SAS {secret}: {type(exc).__name__}")
+                denied = denied_note(exc, "state:vault")
+                bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "access_denied" if denied else "state",
+                                                              f"cannot read minted SAS {secret}: {type(exc).__name__}", denied[2:] or None)
                 continue
             reason = self._due(ref, current, force)
             if reason is None:

@@ -293,7 +293,8 @@ class SyncEngine:
         would_mint = {n for n, f in bundle.failures.items() if f.reason == "would_mint"}
         failures = {n: f for n, f in bundle.failures.items() if n not in would_mint}
         if failures:
-            failing = sorted(f"{n}: {f.reason}" for n, f in failures.items())
+            # a 403's hint names the missing role and where (core.permissions.denied_role_hint)
+            failing = sorted(f"{n}: {f.reason}" + (f" ({f.hint})" if f.reason == "access_denied" and f.hint else "") for n, f in failures.items())
             report.failures[env] = failing
             for name, target in targets.items():
                 item = TargetReport(env, name, target.type, outcome="skipped", error=f"env {env} did not resolve completely ({', '.join(failing)}); nothing pushed")

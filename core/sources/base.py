@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from core.azure_clients import AzureClients
 from core.engine.singleflight import SingleFlight
 from core.identity import BufferedTokenCredential
-from core.permissions import role_hint_for_action
+from core.permissions import denied_role_hint
 from core.sources.fetched import Fetched, SourceProblem
 
 
@@ -147,7 +147,6 @@ class Source(Protocol):
 
 
 _SIG = re.compile(r"(sig|signature|AccountKey|access_token)=([^&;\s'\"]+)", re.IGNORECASE)
-_ACTION = re.compile(r"(?:Action: '|perform action ')([A-Za-z0-9./_-]+)'")
 
 
 def scrub(text: str) -> str:
@@ -177,10 +176,7 @@ def translate_error(exc: BaseException) -> tuple[str, str, str | None]:
         status = exc.status_code
         text = scrub(str(exc.message or exc))
         if status == 403:
-            action = _ACTION.search(text)
-            role = role_hint_for_action(action.group(1)) if action else None
-            hint = f"grant '{role}' for action {action.group(1)}" if role and action else (f"missing permission for {action.group(1)}" if action else None)
-            return "access_denied", _first_line_text(text), hint
+            return "access_denied", _first_line_text(text), denied_role_hint(exc)
         if status == 404:
             return "not_found", _first_line_text(text), None
         if status == 429:

@@ -45,9 +45,11 @@ class StateUnavailable(VaultRelayError):
 
 
 def _unavailable(table: str, doing: str, exc: Exception) -> StateUnavailable:
+    from core.permissions import denied_note
+
     status = getattr(exc, "status_code", None)
     cause = f"HTTP {status}" if status else type(exc).__name__
-    return StateUnavailable(f"state table {table} unavailable ({doing}): {cause}")
+    return StateUnavailable(f"state table {table} unavailable ({doing}): {cause}{denied_note(exc, 'state:tables')}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.permissions import denied_note
 from core.sources.base import resource_group_of
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
@@ -46,7 +47,7 @@ class AppSettingsTargetWriter:
             else:
                 result = self.web.web_apps.list_application_settings(self._resource_group(), self.config.site)
         except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: cannot read app settings of {self.config.site}: HTTP {exc.status_code}") from None
+            raise TargetError(f"target {self.ctx.name}: cannot read app settings of {self.config.site}: HTTP {exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
         return dict(result.properties or {})
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
@@ -80,6 +81,6 @@ class AppSettingsTargetWriter:
             else:
                 self.web.web_apps.update_application_settings(self._resource_group(), self.config.site, StringDictionary(properties=merged))
         except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: updating app settings of {self.config.site} failed: HTTP {exc.status_code}") from None
+            raise TargetError(f"target {self.ctx.name}: updating app settings of {self.config.site} failed: HTTP {exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
         self._current = merged
         return PushResult(writes=1)

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from core.engine.render import dotenv_escape
+from core.permissions import denied_note
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
 
@@ -44,7 +45,7 @@ class BlobTargetWriter:
         except ResourceNotFoundError:
             return Snapshot(exists=False)
         except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: cannot read blob {self.config.container}/{self.blob}: HTTP {exc.status_code}") from None
+            raise TargetError(f"target {self.ctx.name}: cannot read blob {self.config.container}/{self.blob}: HTTP {exc.status_code}{denied_note(exc, 'target:blob')}") from None
         snapshot = Snapshot(etag=props.etag, bundle_fingerprint=(props.metadata or {}).get("vaultrelay_fingerprint"))
         if (props.metadata or {}).get("managed_by") != "vaultrelay":
             snapshot.foreign.add(self.blob)
@@ -85,5 +86,5 @@ class BlobTargetWriter:
         except ResourceNotFoundError:
             raise TargetError(f"target {self.ctx.name}: container {self.config.container} not found") from None
         except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: writing blob {self.config.container}/{self.blob} failed: HTTP {exc.status_code}") from None
+            raise TargetError(f"target {self.ctx.name}: writing blob {self.config.container}/{self.blob} failed: HTTP {exc.status_code}{denied_note(exc, 'target:blob')}") from None
         return PushResult(etag=result.get("etag"), writes=1)

@@ -22,18 +22,19 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from core import telemetry
-from core.engine.bundle import Bundle
+from core.engine.bundle import Bundle, ResolvedValue
 from core.engine.plan import Broker, plan_env
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Row, StateStore, StateUnavailable
 from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
+from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.sync")
 
@@ -116,6 +117,11 @@ class SyncEngine:
         self.clock = clock
         self._state = state
         self._fingerprinter: Fingerprinter | None = None
+        # Held for one sync() only: values resolved for all its envs at once, the push records
+        # read in one scan (for the read-only passes), and what target writers share (listings).
+        self._prefetched: dict[str, Bundle] = {}
+        self._preloaded: dict[tuple[str, str], Row] | None = None
+        self._run_cache: dict[str, Any] = {}
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -216,7 +222,13 @@ class SyncEngine:
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
         others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
         began = time.perf_counter()
-        bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
+        prefetched = self._prefetched.get(env)
+        if prefetched is not None:
+            bundle = Bundle(env, dict(prefetched.values), dict(prefetched.failures))
+            for name, value in plan.literals.items():
+                bundle.values[name] = ResolvedValue(name=name, value=SecretValue(value), source="literal", store="", identity="")
+        else:
+            bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
         outcomes: list[Any] = []
         if sas:
             def record(ref: Any, outcome: Any) -> None:
@@ -239,6 +251,24 @@ class SyncEngine:
     def envs_with_targets(self) -> list[str]:
         return sorted({t.env for t in self.config.targets.values()})
 
+    def _prefetch(self, envs: list[str]) -> None:
+        """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
+        envs share is fetched once per sync, not once per env.  Values are held for this sync only."""
+        from core.engine.minted import MINTED_KINDS
+
+        refs: list[Any] = []
+        for env in envs:
+            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in plan_env(self.broker.loaded, env).refs if r.kind not in MINTED_KINDS)
+        bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
+        split = {env: Bundle(env) for env in envs}
+        for key, value in bundle.values.items():
+            env, _, name = key.partition("\0")
+            split[env].values[name] = replace(value, name=name)
+        for key, failure in bundle.failures.items():
+            env, _, name = key.partition("\0")
+            split[env].failures[name] = replace(failure, name=name)
+        self._prefetched = split
+
     def sync(self, env: str | None = None, *, dry_run: bool = False, force_mint: bool = False) -> SyncReport:
         """Sync `env` (default: every env that has targets).
 
@@ -252,6 +282,26 @@ class SyncEngine:
                 raise NotFoundError(f"env '{env}' has no targets (envs with targets: {', '.join(envs) or 'none'})")
             envs = [env]
         report = SyncReport()
+        try:
+            self._sync_envs(envs, report, dry_run=dry_run, force_mint=force_mint)
+        finally:
+            self._prefetched, self._preloaded, self._run_cache = {}, None, {}
+        report.seconds = time.monotonic() - began
+        if not dry_run:
+            telemetry.record_sync(report)
+        return report
+
+    def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+        if len(envs) > 1:
+            try:
+                self._prefetch(envs)
+            except StateUnavailable:
+                self._prefetched = {}  # each env resolves on its own and reports the failure
+            try:
+                # One scan of the push records instead of one read per target (read-only passes only).
+                self._preloaded = {(r.partition, r.key): r for r in self.state.query("pushes")}
+            except StateUnavailable:
+                self._preloaded = None  # each env reads its own and reports the failure
         for name in envs:
             targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
             start = len(report.targets)
@@ -264,10 +314,6 @@ class SyncEngine:
                 reported = {t.target for t in report.targets[start:]}
                 report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
                                       for n, t in targets.items() if n not in reported)
-        report.seconds = time.monotonic() - began
-        if not dry_run:
-            telemetry.record_sync(report)
-        return report
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:
@@ -316,11 +362,15 @@ class SyncEngine:
         credential = self.broker.store(store_name).credential if store_name else None
         subscription = self.broker.store(store_name).default_subscription if store_name else None
         return TargetContext(name=name, clients=self.broker.clients, credential=credential, fingerprinter=self.fingerprinter,
-                             subscription=subscription, resolve_value=lambda v: self.resolve_variable(v, f"targets.{name}.signing_key"))
+                             subscription=subscription, resolve_value=lambda v: self.resolve_variable(v, f"targets.{name}.signing_key"),
+                             run_cache=self._run_cache)
 
     def _sync_target(self, env: str, name: str, target: Any, desired: dict[str, DesiredItem], *, dry_run: bool) -> TargetReport:
         report = TargetReport(env, name, target.type)
-        record = self.state.get("pushes", env, name)
+        if dry_run and self._preloaded is not None:
+            record = self._preloaded.get((env, name))
+        else:
+            record = self.state.get("pushes", env, name)
         recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
         pending: dict[str, str] = record.json("pending", {}) if record else {}
         try:

@@ -104,3 +104,5 @@ class TargetContext:
     fingerprinter: Fingerprinter
     subscription: str | None = None
     resolve_value: Any = None  # callable(Variable) -> str, for webhook signing keys
+    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while).
+    run_cache: dict[str, Any] = field(default_factory=dict)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from core.permissions import denied_note
@@ -26,6 +27,8 @@ from core.targets.base import (
     TargetContext,
     TargetError,
 )
+
+LISTING_TTL_S = 60.0
 
 
 def secret_name_for(variable: str, style: str, prefix: str = "") -> str:
@@ -54,10 +57,27 @@ class KeyVaultTargetWriter:
         return secret_name_for(variable, self.config.name_style, self.config.prefix)
 
     def _list(self) -> dict[str, Any]:
+        """Name -> properties of every secret in the vault.  One listing serves every target of
+        a sync run on this vault for LISTING_TTL_S (a vault of 10,000 secrets is 400 pages);
+        vaultrelay's own writes update it, other writers are seen by a later listing."""
+        key = f"keyvault-listing {self.client.vault_url}"
+        cached = self.ctx.run_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+            return dict(cached[1])
         try:
-            return {p.name: p for p in self.client.list_properties_of_secrets()}
+            listing = {p.name: p for p in self.client.list_properties_of_secrets()}
         except Exception as exc:
             raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {_cause(exc)}") from None
+        self.ctx.run_cache[key] = (time.monotonic(), listing)
+        return dict(listing)
+
+    def _listed(self, name: str, properties: Any) -> None:
+        cached = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
+        if cached is not None:
+            if properties is None:
+                cached[1].pop(name, None)
+            else:
+                cached[1][name] = properties
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         existing = self._list()
@@ -121,13 +141,14 @@ class KeyVaultTargetWriter:
         kwargs = {"content_type": item.content_type, "expires_on": item.expires_on, "tags": tags}
         try:
             try:
-                self.client.set_secret(name, value, **kwargs)
+                written = self.client.set_secret(name, value, **kwargs)
             except (ResourceExistsError, HttpResponseError) as exc:
                 if getattr(exc, "status_code", None) != 409:
                     raise
                 # Deleted earlier (by vaultrelay's deletion policy) and still recoverable: recover, then set.
                 self.client.begin_recover_deleted_secret(name).wait()
-                self.client.set_secret(name, value, **kwargs)
+                written = self.client.set_secret(name, value, **kwargs)
+            self._listed(name, written.properties)
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: setting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
 
@@ -140,6 +161,7 @@ class KeyVaultTargetWriter:
             pass
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: deleting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        self._listed(name, None)
 
 
 def _cause(exc: Exception) -> str:

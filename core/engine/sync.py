@@ -538,7 +538,7 @@ class SyncEngine:
 
     def rotation_status(self) -> list[dict[str, Any]]:
         rows = []
-        for kind in ("storage", "cosmos", "sas"):
+        for kind in ("storage", "cosmos", "sas", "tagged", "warning"):  # tagged: core.engine.tagged_rotation
             for row in self.state.query("rotations", kind):
                 rows.append({"kind": kind, "name": row.key, **{k: v for k, v in row.fields.items() if not k.startswith("fp_")}})
         return rows

@@ -98,11 +98,14 @@ def tag() -> str:
 
 @pytest.fixture(scope="module")
 def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
-    """The example config with its own state tables and one Key Vault target."""
+    """The example config with its own state tables and one Key Vault target for an env that
+    mints nothing (minted SAS tokens live in the shared state vault other modules count on)."""
     path = write_config(tmp_path_factory.mktemp("telemetry") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
     config["state"]["table_prefix"] = f"m{tag}"
-    config["targets"] = {"vault": {"type": "keyvault", "env": "production", "store": "azure", "vault": "kv-target", "prefix": f"tm-{tag}-"}}
+    config["envs"]["metrics"] = {k: config["envs"]["production"][k] for k in ("LOG_LEVEL", "DATABASE_PASSWORD", "API_KEY", "DATA_SECRET")}
+    config["access"]["metrics"] = config["access"]["production"]
+    config["targets"] = {"vault": {"type": "keyvault", "env": "metrics", "store": "azure", "vault": "kv-target", "prefix": f"tm-{tag}-"}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
@@ -147,8 +150,8 @@ def bearer(sandbox: SandboxClient, identity: str) -> dict[str, str]:
 def test_a_sync_records_push_counters_and_resolve_latency(
     functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, reader: InMemoryMetricReader,
 ) -> None:
-    response = call(functions, "sync_env", request("POST", "/api/sync/production", headers=bearer(seeded, "admin"),
-                                                   route_params={"env": "production"}), InvocationContext("sync_env"))
+    response = call(functions, "sync_env", request("POST", "/api/sync/metrics", headers=bearer(seeded, "admin"),
+                                                   route_params={"env": "metrics"}), InvocationContext("sync_env"))
     assert response.status_code == 200, response.get_body()
     metrics = points(reader)
     pushes = {(p.attributes["target.kind"], p.attributes["outcome"]): p.value for p in metrics["vaultrelay.pushes"]}
@@ -157,7 +160,7 @@ def test_a_sync_records_push_counters_and_resolve_latency(
     assert latency.count >= 1 and latency.sum > 0 and dict(latency.attributes) == {"outcome": "ok"}
 
     # Again: nothing changed, so the push is counted as unchanged.
-    call(functions, "sync_env", request("POST", "/api/sync/production", headers=bearer(seeded, "admin"), route_params={"env": "production"}))
+    call(functions, "sync_env", request("POST", "/api/sync/metrics", headers=bearer(seeded, "admin"), route_params={"env": "metrics"}))
     pushes = {(p.attributes["target.kind"], p.attributes["outcome"]): p.value for p in points(reader)["vaultrelay.pushes"]}
     assert pushes == {("keyvault", "pushed"): 1, ("keyvault", "unchanged"): 1}
     assert_no_values_in(reader.get_metrics_data().to_json())

@@ -29,6 +29,15 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 _LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
 
+# Bounds on what the YAML parser is asked to build, so that a hostile or broken file is a clean
+# ConfigError instead of a hang, a RecursionError or gigabytes of memory.  A real config (even
+# thousands of variables) is far below each of them.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64  # nested mappings/lists; a config needs about 8
+MAX_NODES = 500_000  # YAML nodes once every alias is expanded (a "billion laughs" file has 10**9)
+# libyaml's loader when PyYAML has it: the same nodes, marks and errors, about ten times faster.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 Path_ = tuple[str | int, ...]
 
 
@@ -65,7 +74,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
     """
     file = config_path(path, environ)
     try:
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError([ConfigProblem(str(file), None, "", _too_large(file.stat().st_size))])
         text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(file), None, "", f"not UTF-8 text (byte {exc.start})")]) from None
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read config: {exc.strerror or exc}")]) from None
     return parse_config(text, str(file), environ=environ)
@@ -79,9 +92,12 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     """
     environ = os.environ if environ is None else environ
     problems: list[ConfigProblem] = []
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(file, None, "", _too_large(len(text)))])
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        _check_shape(text, file)
+        node = yaml.compose(text, Loader=_YAML_LOADER)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -113,6 +129,59 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     assert config is not None
     warnings.extend(_warnings(config, lines, file))
     return LoadedConfig(config=config, file=file, lines=lines, warnings=warnings, skipped_fallbacks=skipped)
+
+
+def _too_large(size: int) -> str:
+    return f"the file is too large ({size:,} bytes; at most {MAX_CONFIG_BYTES:,})"
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Reject nesting deeper than MAX_DEPTH, recursive aliases and more than MAX_NODES nodes once
+    aliases are expanded, from the parser's events (the parser is not recursive and builds
+    nothing; the composer, the constructor and validation all are, or expand aliases).
+
+    Raises:
+        ConfigError: the file is too deep or expands too far.
+        yaml.YAMLError: the text is not YAML.
+    """
+    sizes: dict[str, int] = {}  # anchor -> expanded node count of the node it names
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, node count so far) per open collection
+    total = 0
+
+    def fail(line: int | None, message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(file, line, "", message)])
+
+    def add(count: int, event: yaml.Event) -> None:
+        nonlocal total
+        if open_nodes:
+            anchor, so_far = open_nodes[-1]
+            open_nodes[-1] = (anchor, so_far + count)
+        total += count
+        if total > MAX_NODES:
+            raise fail(event.start_mark.line + 1, f"the file expands to more than {MAX_NODES:,} values (aliases included)")
+
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_nodes) >= MAX_DEPTH:
+                raise fail(event.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+            open_nodes.append((event.anchor, 1))
+            total += 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, count = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+            total -= count  # counted again as one value of its parent (or of the document)
+            add(count, event)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+            add(1, event)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                if any(anchor == event.anchor for anchor, _ in open_nodes):
+                    raise fail(event.start_mark.line + 1, f"alias *{event.anchor} refers to a value that contains it")
+                continue  # an unknown alias: the composer reports it with its position
+            add(sizes[event.anchor], event)
 
 
 # ---- YAML positions -------------------------------------------------------------------------

@@ -29,6 +29,9 @@ NOT_SET = {
     "AZURE_SUBSCRIPTION_ID": "VAULTRELAY_SUBSCRIPTION_ID is set (read first)",
     # Set by the platform.
     "WEBSITE_INSTANCE_ID": "set by App Service / Functions",
+    # requests' own trust-store variables, honoured by the shared HTTP session; Azure's public CAs need none.
+    "REQUESTS_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",
+    "CURL_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",
 }
 # Set only when its parameter is given (a Key Vault reference: the template mints no secrets).
 CONDITIONAL = {"VAULTRELAY_FINGERPRINT_KEY": "fingerprintKeySecretUri"}

@@ -131,6 +131,10 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     return LoadedConfig(config=config, file=file, lines=lines, warnings=warnings, skipped_fallbacks=skipped)
 
 
+def _event_line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark is not None else None
+
+
 def _too_large(size: int) -> str:
     return f"the file is too large ({size:,} bytes; at most {MAX_CONFIG_BYTES:,})"
 
@@ -158,12 +162,12 @@ def _check_shape(text: str, file: str) -> None:
             open_nodes[-1] = (anchor, so_far + count)
         total += count
         if total > MAX_NODES:
-            raise fail(event.start_mark.line + 1, f"the file expands to more than {MAX_NODES:,} values (aliases included)")
+            raise fail(_event_line(event), f"the file expands to more than {MAX_NODES:,} values (aliases included)")
 
     for event in yaml.parse(text, Loader=_YAML_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
             if len(open_nodes) >= MAX_DEPTH:
-                raise fail(event.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+                raise fail(_event_line(event), f"nested more than {MAX_DEPTH} levels deep")
             open_nodes.append((event.anchor, 1))
             total += 1
         elif isinstance(event, yaml.CollectionEndEvent):
@@ -179,7 +183,7 @@ def _check_shape(text: str, file: str) -> None:
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:
                 if any(anchor == event.anchor for anchor, _ in open_nodes):
-                    raise fail(event.start_mark.line + 1, f"alias *{event.anchor} refers to a value that contains it")
+                    raise fail(_event_line(event), f"alias *{event.anchor} refers to a value that contains it")
                 continue  # an unknown alias: the composer reports it with its position
             add(sizes[event.anchor], event)
 

@@ -32,6 +32,7 @@ NEW_VERSION = "Microsoft.KeyVault.SecretNewVersionCreated"
 NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
 EXPIRED = "Microsoft.KeyVault.SecretExpired"
 HANDLED = (NEW_VERSION, NEAR_EXPIRY, EXPIRED)
+MAX_ID_ECHO = 200  # a malformed body's id is echoed in the outcome at most this long
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
     Raises:
         MalformedEvent: a required field is missing or has the wrong type.
     """
+    if not isinstance(event, Mapping):
+        raise MalformedEvent(f"expected a JSON object, got {type(event).__name__}")
     event_id = event.get("id")
     event_type = event.get("eventType") or event.get("type")
     data = event.get("data")
@@ -110,7 +113,8 @@ class KeyVaultEvents:
             event = parse_event(raw)
         except MalformedEvent as exc:
             log.warning("malformed Key Vault event acknowledged: %s", exc)
-            return EventOutcome(str(raw.get("id", "")), "malformed", detail=str(exc))
+            raw_id = raw.get("id", "") if isinstance(raw, Mapping) else ""
+            return EventOutcome(str(raw_id)[:MAX_ID_ECHO], "malformed", detail=str(exc))
         if event.type not in HANDLED:
             return EventOutcome(event.id, "ignored", detail=f"event type {event.type} is not handled")
         if self.engine.state.event_seen(event.id):

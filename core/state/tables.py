@@ -250,12 +250,13 @@ class StateStore:
         """Whether event `event_id` was already handled (today's or yesterday's partition:
         redeliveries can cross midnight)."""
         today = _utcnow()
-        return any(self.get("events", day.strftime("%Y%m%d"), event_id) is not None for day in (today, today - timedelta(days=1)))
+        key = event_key(event_id)
+        return any(self.get("events", day.strftime("%Y%m%d"), key) is not None for day in (today, today - timedelta(days=1)))
 
     def record_event(self, event_id: str, detail: dict[str, str]) -> None:
         """Mark event `event_id` handled (another instance having done so too is fine)."""
         try:
-            self.put("events", Row(_utcnow().strftime("%Y%m%d"), event_id, {"seen_at": self._clock(), **detail}))
+            self.put("events", Row(_utcnow().strftime("%Y%m%d"), event_key(event_id), {"seen_at": self._clock(), **detail}))
         except Conflict:
             pass
 
@@ -278,3 +279,18 @@ class StateStore:
         rows = list(self.query("audit", day))
         rows.sort(key=lambda r: r.key)
         return rows[:limit]
+
+
+_KEY_FORBIDDEN = frozenset("/\\#?") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+MAX_EVENT_KEY = 255
+
+
+def event_key(event_id: str) -> str:
+    """The events table's RowKey for `event_id`: the id itself when Table Storage accepts it as a
+    key, else `sha256-<hex>` of it (keys may not hold / \\ # ? or control characters and are at
+    most 1 KiB; Event Grid ids are GUIDs, but a delivered body may carry anything)."""
+    if len(event_id) <= MAX_EVENT_KEY and not _KEY_FORBIDDEN.intersection(event_id) and not event_id.startswith("sha256-"):
+        return event_id
+    import hashlib
+
+    return "sha256-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()

@@ -170,15 +170,11 @@ class TaggedSecretRotation:
         return self.broker.store(self.watched[vault.lower()].store).credential
 
     # ---- finding them -------------------------------------------------------------------
-    def names(self, vault: str) -> list[str]:
-        """`tagged:<vault>/<secret>` of every tagged secret in a watched vault (properties only;
-        secrets vaultrelay pushed itself are never taken for sample-tagged ones)."""
-        found = []
-        for props in self._vault(vault).list_properties_of_secrets():
-            tags = props.tags or {}
-            if all(tags.get(t) for t in SAMPLE_TAGS) and tags.get("managed-by") != "vaultrelay":
-                found.append(f"tagged:{vault.lower()}/{props.name}")
-        return found
+    def listed(self, vault: str) -> list[Any]:
+        """Properties (never values) of every secret of a watched vault that carries the sample
+        tags; secrets vaultrelay pushed itself are never taken for sample-tagged ones."""
+        return [props for props in self._vault(vault).list_properties_of_secrets()
+                if all((props.tags or {}).get(t) for t in SAMPLE_TAGS) and (props.tags or {}).get("managed-by") != "vaultrelay"]
 
     def current(self, vault: str, name: str) -> TaggedSecret | None:
         """The secret's current version, or None when it does not exist or carries no sample tags.
@@ -214,16 +210,25 @@ class TaggedSecretRotation:
                 raise KeyError(f"{vault}/{secret} does not exist or carries no {', '.join(SAMPLE_TAGS)} tags")
             return [self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due")]
         reports = []
+        now = self.engine.clock()
+        unfinished = {row.key for row in self.engine.state.query("rotations", PARTITION) if row.fields.get("phase")}
         for vault in sorted(self.watched):
             try:
-                names = self.names(vault)
+                listed = self.listed(vault)
             except Exception as exc:
                 log.error("cannot list tagged secrets of %s: %s", vault, type(exc).__name__)
                 reports.append(RotationReport(f"tagged:{vault}", "error", error=f"cannot list the vault's secrets: {type(exc).__name__}"))
                 continue
-            for full in names:
-                secret = full.partition("/")[2]
-                reports.append(self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due"))
+            for props in listed:
+                try:
+                    quick = tagged_secret(vault, props)
+                except UnusableTags:
+                    quick = None  # rotate_secret records the warning
+                if quick is not None and not force and quick.key not in unfinished and not self.due(quick, now):
+                    # The listing carries tags and expiry: a secret that is not due costs no further call.
+                    reports.append(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id, next_due=self._next_due(quick)))
+                    continue
+                reports.append(self.rotate_secret(vault, props.name, force=force, reason="forced" if force else "due"))
         return reports
 
     def on_event(self, vault: str, name: str, version: str | None, *, expired: bool) -> RotationReport | None:

@@ -169,6 +169,9 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
     warnings = {r.key: r.fields for r in tagged.engine().state.query("rotations", "warning")}
     assert "sql-password" in warnings[f"{tagged.vault}:sql-password"]["detail"]
     assert "Microsoft.Sql/servers" in warnings[f"{tagged.vault}:sql-password"]["detail"]
+    status = {(r["kind"], r["name"]): r for r in tagged.engine().rotation_status()}
+    assert status[("tagged", f"{tagged.vault}:due-key")]["active"] == "key1"
+    assert "Microsoft.Sql/servers" in status[("warning", f"{tagged.vault}:sql-password")]["detail"]
 
     after = storage_keys(sandbox, account)
     assert digest(after["key1"]) != digest(keys["key1"]) and digest(after["key2"]) == digest(keys["key2"])

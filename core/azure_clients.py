@@ -249,6 +249,7 @@ def _environment_once_session() -> Any:
 
         def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
             if proxies is not None:
+                found: dict[str, str] | None
                 if proxies.get("no_proxy"):
                     found = get_environ_proxies(url, no_proxy=proxies["no_proxy"])
                 else:
@@ -257,7 +258,7 @@ def _environment_once_session() -> Any:
                     found = self._proxies_by_origin.get(origin)
                     if found is None:
                         found = self._proxies_by_origin.setdefault(origin, get_environ_proxies(url, no_proxy=None))
-                for key, value in found.items():
+                for key, value in (found or {}).items():
                     proxies.setdefault(key, value)
             if (verify is True or verify is None) and self._ca_bundle:
                 verify = self._ca_bundle

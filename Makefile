@@ -7,7 +7,7 @@ STAMP_NODE := node_modules/.installed
 CHECKOV_VENV := .venv-checkov
 STAMP_CHECKOV := $(CHECKOV_VENV)/.installed
 
-.PHONY: setup test lint typecheck unit scan-infra demo sandbox bench clean serve
+.PHONY: setup test lint typecheck unit scan-infra demo sandbox bench bench-sync clean serve
 
 setup: $(STAMP_PY) $(STAMP_NODE)
 
@@ -54,6 +54,10 @@ sandbox: setup
 
 bench: setup
 	$(PY) bench/resolve.py
+
+## Sync of 1,000 envs x 20 references, first and unchanged re-sync (ARGS="--envs 50" for a quick run).
+bench-sync: setup
+	$(PY) bench/sync.py $(ARGS)
 
 ## With Azure Functions Core Tools on PATH: the Function host against the sandbox.
 serve: setup

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -115,6 +116,9 @@ class Broker:
         self._stores: dict[str, StoreRuntime] = {}
         self._store_errors: dict[str, str] = {}
         self.last_stats: Any = None
+        self._delegation_keys: Any = None  # core.sources.sas_mint.StoredDelegationKeys, built on first use
+        self._delegation_keys_checked = False
+        self._lock = threading.Lock()
 
     # ---- stores -------------------------------------------------------------------------
     def store(self, name: str) -> StoreRuntime:
@@ -156,6 +160,30 @@ class Broker:
         self._stores[name] = runtime
         return runtime
 
+    def kept_delegation_keys(self) -> Any:
+        """The user delegation keys kept between runs in `state.vault` (one object per Broker,
+        so per process and config), or None when there is nowhere to keep them: the config has no
+        `state.vault`, or the state store has no usable identity.  Without them a key is requested
+        per run.  The reason is logged once; a key never is."""
+        with self._lock:
+            if self._delegation_keys_checked:
+                return self._delegation_keys
+            self._delegation_keys_checked = True
+            settings = self.loaded.config.state
+            if settings is None or not settings.vault:
+                log.info("user delegation keys are requested per run: the config has no state.vault to keep them in")
+                return None
+            try:
+                credential = self.store(settings.store).credential
+                vault = self.clients.secret_client(settings.vault, credential)
+            except (ValueError, NotFoundError) as exc:
+                log.warning("user delegation keys are requested per run: state store '%s' is not usable (%s)", settings.store, exc)
+                return None
+            from core.sources.sas_mint import StoredDelegationKeys
+
+            self._delegation_keys = StoredDelegationKeys(vault)
+            return self._delegation_keys
+
     # ---- resolve ------------------------------------------------------------------------
     def plan(self, env: str) -> EnvPlan:
         plan = plan_env(self.loaded, env)
@@ -182,8 +210,11 @@ class Broker:
     def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
                      fresh: bool = False, delegation_keys: Any = None) -> Bundle:
         """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
-        (minting must mint); `delegation_keys` keeps user delegation keys between runs."""
+        (minting must mint); `delegation_keys` keeps user delegation keys between runs (default:
+        this Broker's, kept in `state.vault` when the config has one)."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
+        if delegation_keys is None and any(r.kind == "sas" and r.param("sas_type") == "user_delegation" for r in plan.refs):
+            delegation_keys = self.kept_delegation_keys()
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}
         for ref in plan.refs:

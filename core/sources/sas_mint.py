@@ -191,7 +191,7 @@ class StoredDelegationKeys:
         except ResourceNotFoundError:
             return None
         except Exception as exc:
-            log.warning("cannot read the kept delegation key %s: %s; requesting a new one", name, type(exc).__name__)
+            log.warning("cannot read the kept delegation key %s (%s); requesting a new one", name, _why(exc))
             return None
         try:
             fields = json.loads(stored.value or "")
@@ -211,4 +211,17 @@ class StoredDelegationKeys:
                 "managed-by": "vaultrelay", "vaultrelay-account": account.lower(), "signed-expiry": str(key.signed_expiry),
                 "issued": self.clock().isoformat(timespec="seconds")})
         except Exception as exc:
-            log.warning("cannot keep the new delegation key in %s: %s", name, type(exc).__name__)
+            log.warning("cannot keep the new delegation key in %s (%s); it serves this process only", name, _why(exc))
+
+
+def _why(exc: Exception) -> str:
+    """What went wrong with the state vault, for a log line: the error type, HTTP status and
+    service error code (never the message, which could echo what was sent)."""
+    parts = [type(exc).__name__]
+    status = getattr(exc, "status_code", None)
+    if status:
+        parts.append(f"HTTP {status}")
+    code = getattr(exc, "error_code", None) or getattr(getattr(exc, "error", None), "code", None)
+    if code:
+        parts.append(str(code))
+    return " ".join(parts)

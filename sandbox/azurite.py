@@ -13,6 +13,10 @@ gets SIGKILL from the kernel if the sandbox process dies (PR_SET_PDEATHSIG).
 unchanged (Host included: Azurite takes the account from the first label of a production-style
 host) to Azurite's port for that service, so storage gets the same faults and counters as every
 other stand-in.
+
+While Azurite restarts (a key rotation) the proxy holds requests until it is back; while it is
+stopped through the control API (`POST /azurite/stop`: a storage outage) every request is
+answered at once with 503 ServerBusy, as Azure Storage answers when it is unavailable.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class AzuriteManager:
         self.ports = {service: _free_port() for service in SERVICES}
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.stopped = False  # stopped through the control API: an outage, not a restart
         self._accounts_env = ""
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
@@ -85,6 +90,7 @@ class AzuriteManager:
         """Start Azurite with the current accounts; returns when every service accepts connections."""
         async with self._lock:
             await self._start_locked()
+            self.stopped = False
 
     async def _start_locked(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -130,6 +136,7 @@ class AzuriteManager:
 
     async def stop(self) -> None:
         async with self._lock:
+            self.stopped = True
             await self._stop_locked()
 
     async def _stop_locked(self) -> None:
@@ -151,6 +158,7 @@ class AzuriteManager:
             await self._stop_locked()
             self.restarts += 1
             await self._start_locked()
+            self.stopped = False
 
     async def sync_accounts(self) -> None:
         """Restart Azurite if the world's accounts or keys changed since it started."""
@@ -170,6 +178,7 @@ class AzuriteManager:
             "pid": self.process.pid if self.process is not None else None,
             "running": self.process is not None and self.process.poll() is None,
             "restarts": self.restarts,
+            "stopped": self.stopped,
         }
 
     def control_routes(self, app: web.Application) -> None:
@@ -232,7 +241,7 @@ class StorageProxy(Service):
         if token is not None:
             with contextlib.suppress(Exception):
                 ctx.identity, ctx.claims = self.runtime.issuer.validate(token, set())
-        if manager is None or not await manager.wait_ready(15.0):
+        if manager is None or manager.stopped or not await manager.wait_ready(15.0):
             return _storage_error(503, "ServerBusy", "The storage service is not available right now.")
         service = self._service(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -256,7 +265,9 @@ class StorageProxy(Service):
                     await response.write_eof()
                     return response
             except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
-                # Azurite is restarting (key rotation) or was stopped: wait for it a while.
+                # Azurite is restarting (key rotation): wait for it a while; stopped: an outage.
+                if manager.stopped:
+                    break
                 if attempt == 39 or not await manager.wait_ready(0.25):
                     await asyncio.sleep(0.25)
                 continue

@@ -55,6 +55,12 @@ sandbox: setup
 bench: setup
 	$(PY) bench/resolve.py
 
+## The resilience suite's long form against its own sandbox: one table of figures, PASS/FAIL per
+## scenario (ARGS="--short" for the short form make test runs, ARGS="--only 'crash anywhere'").
+.PHONY: soak
+soak: setup
+	$(PY) bench/soak.py $(ARGS)
+
 ## Sync of 1,000 envs x 20 references, first and unchanged re-sync (ARGS="--envs 50" for a quick run).
 bench-sync: setup
 	$(PY) bench/sync.py $(ARGS)

@@ -334,9 +334,19 @@ class AzureClients:
         return options
 
     def _storage_common(self, credential: Any = None) -> dict[str, Any]:
-        # The storage SDKs have their own retry policy (secondary endpoints, storage error
-        # codes); give it vaultrelay's budget instead of replacing it.
+        # The storage SDKs have their own retry policies (secondary endpoints, storage error
+        # codes); give them vaultrelay's budget instead of replacing them.  Their default waits
+        # (blob: 15 s then 15 + 3^n s; tables: 0.8 x 2^n s up to 120 s) would hold one failing
+        # call for minutes.
         return {"transport": self._transport(), "retry_total": self.retry.total, **self._logging(credential)}
+
+    def _blob_options(self, credential: Any) -> dict[str, Any]:
+        return {**self._storage_common(credential), "retry_policy": self.retry.storage_policy()}
+
+    def _table_options(self, credential: Any) -> dict[str, Any]:
+        options = self._storage_common(credential)
+        options.update(retry_backoff_factor=self.retry.backoff_factor, retry_backoff_max=self.retry.backoff_max)
+        return options
 
     def log_requests_for(self, credential: Any) -> None:
         """`debug.log_requests`: clients built for `credential` log every request (no query, no body)."""
@@ -448,7 +458,7 @@ class AzureClients:
         def build() -> Any:
             from azure.storage.blob import BlobServiceClient
 
-            return BlobServiceClient(url, credential=credential, **self._storage_common(credential))
+            return BlobServiceClient(url, credential=credential, **self._blob_options(credential))
 
         return self._cached("blob", url, credential, build)
 
@@ -458,7 +468,7 @@ class AzureClients:
         def build() -> Any:
             from azure.data.tables import TableServiceClient
 
-            return TableServiceClient(endpoint=url, credential=credential, **self._storage_common(credential))
+            return TableServiceClient(endpoint=url, credential=credential, **self._table_options(credential))
 
         return self._cached("table", url, credential, build)
 

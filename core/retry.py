@@ -46,3 +46,18 @@ class RetrySettings:
             retry_backoff_max=self.backoff_max,
             timeout=self.deadline_s,
         )
+
+    def storage_policy(self) -> Any:
+        """The blob SDK's own retry policy (storage error codes, secondary endpoints) with this
+        budget and `JitteredRetryPolicy`'s waits; its default waits 15 s, then 15 + 3^n s."""
+        from azure.storage.blob import ExponentialRetry
+
+        settings = self
+
+        class JitteredStorageRetry(ExponentialRetry):
+            def get_backoff_time(self, retry: dict[str, Any]) -> float:
+                base = settings.backoff_factor * (2 ** max(int(retry["count"]) - 1, 0))
+                return float(min(settings.backoff_max, base * random.uniform(0.5, 1.5)))
+
+        return JitteredStorageRetry(retry_total=self.total)
+

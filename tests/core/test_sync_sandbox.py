@@ -125,7 +125,7 @@ WRITE_WORDS = ("set", "update", "delete", "create", "regenerate", "put", "post",
 def is_write(endpoint: str) -> bool:
     """Sandbox counter keys are `service:Operation` (Key Vault, ARM) or `service:METHOD[:comp]` (storage)."""
     service, _, operation = endpoint.partition(":")
-    if service == "identity":
+    if service == "identity" or operation.lower().startswith(("get", "list")):
         return False
     return any(word in operation.lower() for word in WRITE_WORDS)
 
@@ -133,6 +133,7 @@ def is_write(endpoint: str) -> bool:
 def test_is_write_tells_writes_from_reads() -> None:
     assert is_write("keyvault:SetSecret") and is_write("storage:PUT") and is_write("arm:StorageAccounts_RegenerateKey")
     assert not is_write("keyvault:GetSecret") and not is_write("storage:GET:list") and not is_write("identity:token")
+    assert is_write("arm:UpdateAppSettings") and not is_write("arm:ListAppSettings")  # "set" in "Settings"
 
 
 def per_variable_again(world: World) -> str:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from core.engine.render import FORMATS, render
 from core.errors import ConfigError, NotFoundError
+from core.state.tables import StateUnavailable
 
 EXIT_OK, EXIT_RESOLUTION, EXIT_CONFIG = 0, 1, 2
 MASK = "********"
@@ -89,6 +90,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except NotFoundError as exc:
         err.write(f"{exc}\n")
         return EXIT_CONFIG
+    except StateUnavailable as exc:
+        # The state table (or its account) is down or refuses us: say which, no traceback.
+        err.write(f"error: {exc}\n")
+        return EXIT_RESOLUTION
     except ConfigError as exc:
         for problem in exc.problems:
             err.write(f"{problem}\n")

@@ -122,3 +122,15 @@ def test_no_secret_value_reaches_logs_or_output_at_debug(example_env: SandboxCli
     leaked = [v[:6] + "..." for v in values if v in text]
     assert leaked == []
     assert os.environ.get("DATABASE_PASSWORD") is None
+
+
+def test_status_with_the_state_table_refused_is_a_clear_error_not_a_traceback(tmp_path: Path, example_env: SandboxClient) -> None:
+    # The state account answers 403 (a non-retried refusal): status names the table and the cause.
+    example_env.set_faults(rules=[{"service": "storage", "target": "sandboxstore", "error_rate": 1.0, "error_status": 403}])
+    try:
+        code, out, err = run("status")
+    finally:
+        example_env.clear_faults()
+    assert code == EXIT_RESOLUTION, err
+    assert err.startswith("error: ") and "Traceback" not in err and "HTTP 403" in err
+    assert "table" in err.lower()

@@ -128,7 +128,7 @@ def test_status_with_the_state_table_refused_is_a_clear_error_not_a_traceback(tm
     # The state account answers 403 (a non-retried refusal): status names the table and the cause.
     example_env.set_faults(rules=[{"service": "storage", "target": "sandboxstore", "error_rate": 1.0, "error_status": 403}])
     try:
-        code, out, err = run("status")
+        code, _out, err = run("status")
     finally:
         example_env.clear_faults()
     assert code == EXIT_RESOLUTION, err

@@ -188,6 +188,15 @@ def denied_note(exc: BaseException, capability: str) -> str:
     return f": {hint}" if hint else ""
 
 
+def user_delegation_sas_hint(account: str, container: str, permissions: str) -> str:
+    """Why a freshly minted user delegation SAS was refused: Azure checks the RBAC of the
+    identity that got the delegation key each time the SAS is used, so it must hold the data role."""
+    write = bool(set(permissions) - _SAS_READ_LETTERS)
+    role = (_BLOB_WRITE if write else _BLOB_READ).role
+    return (f"needs '{role}' on blob container {account}/{container} (a user delegation SAS grants at most "
+            f"what the identity that signs it may do)")
+
+
 def is_access_denied(exc: BaseException) -> bool:
     """Azure answered 403 for lack of a role (not a disabled secret or a failed signature)."""
     if getattr(exc, "status_code", None) != 403:

@@ -12,7 +12,12 @@ gets SIGKILL from the kernel if the sandbox process dies (PR_SET_PDEATHSIG).
 `StorageProxy` serves `https://<account>.<blob|queue|table>.<suffix>` by forwarding each request
 unchanged (Host included: Azurite takes the account from the first label of a production-style
 host) to Azurite's port for that service, so storage gets the same faults and counters as every
-other stand-in.
+other stand-in.  Azurite checks a bearer token's issuer, audience and lifetime but not Azure RBAC,
+so the proxy authorizes Blob and Table requests made with a token against the world's role
+assignments first (`storage_data_action`), and so it does for blob requests with a user
+delegation SAS, against the roles of the identity that got the delegation key (`skoid`), as Azure
+does; a denial is Azure's 403 `AuthorizationPermissionMismatch`, which names neither the action
+nor a role.  Queue requests and requests signed with an account key are not checked here.
 
 While Azurite restarts (a key rotation) the proxy holds requests until it is back; while it is
 stopped through the control API (`POST /azurite/stop`: a storage outage) every request is
@@ -41,7 +46,7 @@ from aiohttp import web
 from sandbox.http import CallContext, Service, bearer_token, json_response
 from sandbox.runtime import Runtime
 from sandbox.tls import SandboxPki
-from sandbox.world import STORAGE_TYPE, storage_keys
+from sandbox.world import STORAGE_TYPE, Resource, storage_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_JS = PROJECT_ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
@@ -244,6 +249,16 @@ class StorageProxy(Service):
         if manager is None or manager.stopped or not await manager.wait_ready(15.0):
             return _storage_error(503, "ServerBusy", "The storage service is not available right now.")
         service = self._service(request)
+        # RBAC: of the token's identity, or of the identity that got the user delegation key a
+        # SAS was signed with (`skoid`): Azure checks both, at the time of the request.
+        principal = ctx.identity.object_id if ctx.identity is not None else (
+            request.query.get("skoid") if service == "blob" and "sig" in request.query else None)
+        if principal:
+            account = self.runtime.world.find_resource(STORAGE_TYPE, request.host.split(".", 1)[0])
+            needed = storage_data_action(service, request.method, request.path, request.query, account) if account else None
+            if needed is not None and not self.runtime.world.authorize(principal, needed[0], needed[2], data=needed[1]):
+                return _storage_error(403, "AuthorizationPermissionMismatch",
+                                      "This request is not authorized to perform this operation using this permission.")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
         url = f"https://127.0.0.1:{manager.ports[service]}{request.raw_path}"
@@ -276,6 +291,59 @@ class StorageProxy(Service):
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_BLOB = "Microsoft.Storage/storageAccounts/blobServices"
+_TABLE = "Microsoft.Storage/storageAccounts/tableServices"
+
+
+def storage_data_action(
+    service: str, method: str, path: str, query: Any, account: Resource,
+) -> tuple[str, bool, str] | None:
+    """(action, is data action, scope resource id) Azure RBAC checks for a Blob or Table request
+    made with a bearer token; None for requests the sandbox does not check (queues, service
+    properties and statistics).  Scopes go down to the container or table, so assignments there
+    count, as in Azure.
+    """
+    method = method.upper()
+    read = method in ("GET", "HEAD")
+    parts = [p for p in path.split("/") if p]
+    if service == "blob":
+        comp = (query.get("comp") or "").lower()
+        if not parts:
+            if comp == "userdelegationkey":
+                return f"{_BLOB}/generateUserDelegationKey/action", False, account.id
+            if comp == "list":
+                return f"{_BLOB}/containers/read", False, account.id
+            return None
+        container = f"{account.id}/blobServices/default/containers/{parts[0]}"
+        if len(parts) == 1 and (query.get("restype") or "").lower() == "container":
+            if comp == "list":
+                return f"{_BLOB}/containers/blobs/read", True, container
+            verb = "read" if read else ("delete" if method == "DELETE" else "write")
+            return f"{_BLOB}/containers/{verb}", False, container
+        verb = "read" if read else ("delete" if method == "DELETE" else "write")
+        return f"{_BLOB}/containers/blobs/{verb}", True, container
+    if service == "table":
+        if not parts or parts[0].startswith("$"):
+            # the service root, or $batch (the tables are in the body): account scope
+            return (f"{_TABLE}/tables/entities/write", True, account.id) if parts else None
+        head = parts[0]
+        if head.lower().startswith("tables"):
+            if method == "GET" and head.lower() == "tables":
+                return f"{_TABLE}/tables/read", False, account.id
+            named = head[head.find("(") + 1:head.rfind(")")].strip("'") if "(" in head else ""
+            scope = f"{account.id}/tableServices/default/tables/{named}" if named else account.id
+            return f"{_TABLE}/tables/{'read' if read else ('delete' if method == 'DELETE' else 'write')}", False, scope
+        table = f"{account.id}/tableServices/default/tables/{head.split('(', 1)[0]}"
+        if read:
+            return f"{_TABLE}/tables/entities/read", True, table
+        if method == "DELETE":
+            return f"{_TABLE}/tables/entities/delete", True, table
+        if method == "POST":
+            return f"{_TABLE}/tables/entities/add/action", True, table
+        return f"{_TABLE}/tables/entities/write", True, table
+    return None
 
 
 def _storage_error(status: int, code: str, message: str) -> web.Response:

@@ -139,6 +139,13 @@ class SandboxClient:
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 
+    def create_identity(self, name: str) -> UserIdentity:
+        """A new user-assigned identity called `name`, with no role; usable by name from now on."""
+        made = self.call("POST", "/identities", {"name": name})
+        identity = UserIdentity(name, made["client_id"], made["object_id"], made["resource_id"])
+        self.identities[name] = identity
+        return identity
+
     def assign_role(self, identity: str, role: str, scope: str | None = None) -> dict[str, Any]:
         """Grant `role` to the named identity at `scope` (default: the subscription), directly."""
         return self.call("POST", "/role-assignments", {"identity": identity, "role": role, "scope": scope})

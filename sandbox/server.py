@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -264,6 +265,17 @@ class Sandbox:
             if assignment is None:
                 return json_response({"error": "identity (a known name) and role (a known role name) are required"}, status=400)
             return json_response({"id": assignment.id, "name": assignment.name}, status=201)
+
+        @routes.post("/identities")
+        async def create_identity(request: web.Request) -> web.Response:
+            # A new user-assigned managed identity with no role (Microsoft.ManagedIdentity is not served).
+            body = await read_json(request)
+            name = str(body.get("name") or "")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", name) or name in self.world.identities:
+                return json_response({"error": "name (letters, digits, '-', '_'; not taken) is required"}, status=400)
+            identity = self.world.add_identity(name, "user")
+            return json_response({"name": name, "client_id": identity.client_id, "object_id": identity.object_id,
+                                  "resource_id": identity.resource_id}, status=201)
 
         @routes.post("/tokens")
         async def issue_token(request: web.Request) -> web.Response:

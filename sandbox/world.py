@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.azure_roles import BUILTIN_ROLES, RoleDefinition, role_by_name
+from core.azure_roles import BUILTIN_ROLES, CUSTOM_ROLES, RoleDefinition, role_by_name
 
 _NAMESPACE = uuid.UUID("6f1f9d3e-8c55-4d0a-9a53-6e1c2b7d4a10")
 
@@ -96,7 +96,8 @@ class World:
         self.identities: dict[str, Identity] = {}
         self.resources: dict[str, Resource] = {}
         self.role_assignments: dict[str, RoleAssignment] = {}
-        self.roles: dict[str, RoleDefinition] = dict(BUILTIN_ROLES)
+        # vaultrelay's custom roles count as defined (infra/ defines them in a real tenant).
+        self.roles: dict[str, RoleDefinition] = {**BUILTIN_ROLES, **CUSTOM_ROLES}
         self._resource_listeners: list[Callable[[Resource], None]] = []
 
     # ---- identities -------------------------------------------------------------------------

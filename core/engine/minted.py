@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core import telemetry
 from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
-from core.permissions import denied_note
+from core.permissions import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
 from core.sources.sas_mint import StoredDelegationKeys
 from core.values import SecretValue
@@ -92,7 +93,14 @@ class MintedSas:
             if dry_run:
                 bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "would_mint", f"a new SAS would be minted ({reason})")
                 continue
-            self._mint(env, ref, secret, reason, bundle)
+            # Counted here, whoever syncs: rotation.kind sas (or token), issued / rotated / error.
+            try:
+                self._mint(env, ref, secret, reason, bundle)
+            except Exception:
+                telemetry.record_rotation(ref.kind, "error")
+                raise
+            outcome = "error" if ref.name in bundle.failures else "issued" if reason == "first issue" else "rotated"
+            telemetry.record_rotation(ref.kind, outcome)
 
     def _due(self, ref: PlannedRef, current: Any, force: bool) -> str | None:
         if force:
@@ -124,7 +132,11 @@ class MintedSas:
         item = minted.values[ref.name]
         problem = verify_sas(self.broker, ref, item.value.reveal()) if ref.kind == "sas" else None
         if problem:
-            bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "verification_failed", f"the new SAS did not work: {problem}; not published")
+            # A user delegation SAS works only as far as its signer's data role goes: say which one.
+            denied = ref.param("sas_type") == "user_delegation" and "AuthorizationPermissionMismatch" in problem
+            hint = user_delegation_sas_hint(ref.param("account"), ref.param("container"), str(ref.param("permissions"))) if denied else None
+            bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "access_denied" if denied else "verification_failed",
+                                                          f"the new SAS did not work: {problem}; not published", hint)
             return
         signed_with = item.detail.get("signed_with", "")
         stored = self.vault.set_secret(

@@ -260,8 +260,10 @@ def test_missing_secret_and_vault_are_not_found_missing_role_is_access_denied(
     assert {name: f.reason for name, f in bundle.failures.items()} == {
         "MISSING": "not_found", "NO_VAULT": "not_found", "DENIED": "access_denied", "DENIED_KEY": "access_denied"}
     assert missing in bundle.failures["MISSING"].message
-    assert bundle.failures["DENIED"].hint == "grant 'Key Vault Secrets User' for action Microsoft.KeyVault/vaults/secrets/getSecret/action"
-    assert bundle.failures["DENIED_KEY"].hint == "grant 'Key Vault Reader' for action Microsoft.KeyVault/vaults/keys/read"
+    assert bundle.failures["DENIED"].hint == (
+        f"needs 'Key Vault Secrets User' on key vault {vault.name} (denied: Microsoft.KeyVault/vaults/secrets/getSecret/action)")
+    assert bundle.failures["DENIED_KEY"].hint == (
+        f"needs 'Key Vault Reader' on key vault {vault.name} (denied: Microsoft.KeyVault/vaults/keys/read)")
     assert denied_value not in str(bundle.failures["DENIED"])
 
 
@@ -364,7 +366,7 @@ class Storage:
 @pytest.fixture(scope="module")
 def storage(sandbox: SandboxClient) -> Storage:
     """A storage account created through ARM for this module, with container/blob `b` = b"hello"
-    and a table with entity (p, r); `app` may list its keys and get user delegation keys."""
+    and a table with entity (p, r); `app` may list its keys, get user delegation keys and use blobs."""
     account = "vr" + uuid.uuid4().hex[:16]
     group = sandbox.resource_group
     mgmt = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
@@ -380,6 +382,8 @@ def storage(sandbox: SandboxClient) -> Storage:
     scope = sandbox.resource_id("storage", account)
     sandbox.grant("app", "Storage Account Key Operator Service Role", scope)
     sandbox.grant("app", "Storage Blob Delegator", scope)
+    # A user delegation SAS grants at most what its signer may do (checked when it is used).
+    sandbox.grant("app", "Storage Blob Data Contributor", scope)
     return Storage(account, group, scope, keys, container, table)
 
 
@@ -587,7 +591,8 @@ def test_account_lookup_resource_group_and_resources_override(
     for variable in ("LOOKED_UP", "LOOKED_UP_AGAIN"):
         failure = bundle.failures[variable]
         assert failure.reason == "access_denied"
-        assert failure.hint is not None and failure.hint.endswith("Microsoft.Storage/storageAccounts/read")  # e.g. Reader
+        assert failure.hint == (f"needs 'Reader' on subscription {sandbox.subscription_id} "
+                                "(denied: Microsoft.Storage/storageAccounts/read)")
     by_endpoint = sandbox.counters()["by_endpoint_status"]
     assert by_endpoint.get("arm:ListStorage:403") == 1  # one lookup per account per run, shared
     assert by_endpoint.get("arm:StorageListKeys:200") == 2  # one per store (each store has its own run state)

@@ -382,8 +382,7 @@ class HttpApi:
                 from core.engine.rotate import KeyRotation
 
                 force = str((query or {}).get("force", "")).lower() in ("1", "true", "yes")
-                reports = KeyRotation(engine).rotate(name, force=force)
-                _record_rotations(reports)
+                reports = KeyRotation(engine).rotate(name, force=force)  # counted in the engine
                 document = {"rotations": [r.as_dict() for r in reports]}
                 status = 502 if any(r.outcome == "error" for r in reports) else 200
             else:
@@ -430,8 +429,7 @@ class HttpApi:
 
         context = self.context()
         engine = context.engine()
-        rotations = KeyRotation(engine).rotate()
-        _record_rotations(rotations)
+        rotations = KeyRotation(engine).rotate()  # counted in the engine
         report = engine.sync()
         return {
             "rotations": [r.as_dict() for r in rotations], "ok": report.ok, "target_writes": report.target_writes,
@@ -514,13 +512,6 @@ def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
         if config.state.vault:
             needs[config.state.store].add(vault_scope)
     return needs
-
-
-def _record_rotations(reports: list[Any]) -> None:
-    from core import telemetry
-
-    for report in reports:
-        telemetry.record_rotation(str(report.name).partition(":")[0], report.outcome)
 
 
 def _token_failure(exc: BaseException) -> str:

@@ -6,6 +6,8 @@
   the invocation id), `vaultrelay.invocation_id`, `vaultrelay.function` and, once known,
   `vaultrelay.env`, `vaultrelay.target`, `vaultrelay.outcome` (`annotate(...)`).  They are log
   record attributes, which the OpenTelemetry log handler exports as custom dimensions.
+  `fields(env=..., target=...)` scopes fields to a block (the engine wraps each env and each
+  target's plan/push in it), in an invocation or not (the CLI's records carry them too).
 * **Metrics** through the OpenTelemetry metrics API only (a no-op until a meter provider is
   set): `vaultrelay.pushes` {target.kind, outcome}, `vaultrelay.rotations` {rotation.kind,
   outcome}, `vaultrelay.failures` {reason, stage} and the histogram `vaultrelay.resolve.duration`
@@ -63,6 +65,8 @@ class Operation:
 
 
 _current: contextvars.ContextVar[Operation | None] = contextvars.ContextVar("vaultrelay_operation", default=None)
+# Record attributes of the enclosing `fields(...)` blocks (never mutated: each block sets a new dict).
+_scoped: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("vaultrelay_fields", default=None)
 _factory_lock = threading.Lock()
 _factory_installed = False
 
@@ -86,6 +90,9 @@ def _install_record_factory() -> None:
             operation = _current.get()
             if operation is not None:
                 record.__dict__.update(operation.attributes())
+            scoped = _scoped.get()
+            if scoped:
+                record.__dict__.update(scoped)
             return record
 
         logging.setLogRecordFactory(factory)
@@ -106,6 +113,23 @@ def annotate(**fields: object) -> None:
     for key, value in fields.items():
         if key in FIELDS and value is not None:
             operation.fields[key] = safe_name(value)
+
+
+@contextmanager
+def fields(**values: object) -> Iterator[None]:
+    """Structured fields (`env`, `target`, `outcome`) on every log record created in this context
+    (resolve threads included) until the block ends; an enclosing block's fields come back after
+    it.  Works outside an invocation too (the CLI).  Values that are not short names are `other`."""
+    added = {f"{PREFIX}{k}": safe_name(v) for k, v in values.items() if k in FIELDS and v is not None}
+    if not added:
+        yield
+        return
+    _install_record_factory()
+    token = _scoped.set({**(_scoped.get() or {}), **added})
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
 
 
 def _operation_ids(context: Any) -> tuple[str, str]:

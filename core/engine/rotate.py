@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from core import telemetry
 from core.engine.resolve import forget_values
 from core.sources.base import PlannedRef, RunContext
 from core.state.tables import Conflict, Row
@@ -55,6 +56,13 @@ class RotationReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def counted(report: RotationReport, kind: str) -> RotationReport:
+    """`report`, counted in the `vaultrelay.rotations` metric by `kind` and outcome.  Rotations are
+    counted here in the engine, once each, whoever started them (timer, HTTP, CLI, Key Vault events)."""
+    telemetry.record_rotation(kind, report.outcome)
+    return report
 
 
 class KeyRotation:
@@ -104,7 +112,7 @@ class KeyRotation:
                 extra = ", tagged:<vault>/<secret>" if tagged is not None else ""
                 raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'}{extra})")
             candidates = {name: candidates[name]}
-        reports = [self._rotate_one(c, force) for c in candidates.values()]
+        reports = [counted(self._rotate_one(c, force), c.kind) for c in candidates.values()]
         if tagged is not None and name is None:
             reports.extend(tagged.rotate(force=force))
         return reports

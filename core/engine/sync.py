@@ -305,15 +305,16 @@ class SyncEngine:
         for name in envs:
             targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
             start = len(report.targets)
-            try:
-                self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
-            except StateUnavailable as exc:
-                # Raised before any of these targets was written (a failure after a push is caught
-                # where it happens): report it; it cannot be recorded, the state is what failed.
-                log.warning("sync %s stopped: %s", name, exc)
-                reported = {t.target for t in report.targets[start:]}
-                report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
-                                      for n, t in targets.items() if n not in reported)
+            with telemetry.fields(env=name):  # every log record of this env's sync carries it
+                try:
+                    self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
+                except StateUnavailable as exc:
+                    # Raised before any of these targets was written (a failure after a push is caught
+                    # where it happens): report it; it cannot be recorded, the state is what failed.
+                    log.warning("sync %s stopped: %s", name, exc)
+                    reported = {t.target for t in report.targets[start:]}
+                    report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
+                                          for n, t in targets.items() if n not in reported)
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:
@@ -355,7 +356,8 @@ class SyncEngine:
         for name in would_mint:  # dry run: a token that would be minted counts as a change
             desired[name] = DesiredItem(name, None, "(to be minted)")
         for name, target in targets.items():
-            report.targets.append(self._sync_target(env, name, target, desired, dry_run=dry_run))
+            with telemetry.fields(env=env, target=name):  # the target's snapshot, diff, push and records
+                report.targets.append(self._sync_target(env, name, target, desired, dry_run=dry_run))
 
     def _context(self, name: str, target: Any) -> TargetContext:
         store_name = getattr(target, "store", None)

@@ -33,7 +33,7 @@ from typing import Any
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
-from core.engine.rotate import RotationReport, verify_storage_key
+from core.engine.rotate import RotationReport, counted, verify_storage_key
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.tagged")
@@ -43,6 +43,7 @@ TAG_PROVIDER = "ProviderAddress"
 TAG_VALIDITY = "ValidityPeriodDays"
 SAMPLE_TAGS = (TAG_CREDENTIAL, TAG_PROVIDER, TAG_VALIDITY)
 PARTITION = "tagged"
+KIND = "tagged"  # rotation.kind of the rotation metric
 LEASE_SECONDS = 900.0
 
 # CredentialId (lower case) -> (provider kind, the alternate credential, the ARM key name to regenerate).
@@ -217,7 +218,7 @@ class TaggedSecretRotation:
                 listed = self.listed(vault)
             except Exception as exc:
                 log.error("cannot list tagged secrets of %s: %s", vault, type(exc).__name__)
-                reports.append(RotationReport(f"tagged:{vault}", "error", error=f"cannot list the vault's secrets: {type(exc).__name__}"))
+                reports.append(counted(RotationReport(f"tagged:{vault}", "error", error=f"cannot list the vault's secrets: {type(exc).__name__}"), KIND))
                 continue
             for props in listed:
                 try:
@@ -226,7 +227,8 @@ class TaggedSecretRotation:
                     quick = None  # rotate_secret records the warning
                 if quick is not None and not force and quick.key not in unfinished and not self.due(quick, now):
                     # The listing carries tags and expiry: a secret that is not due costs no further call.
-                    reports.append(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id, next_due=self._next_due(quick)))
+                    reports.append(counted(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id,
+                                                          next_due=self._next_due(quick)), KIND))
                     continue
                 reports.append(self.rotate_secret(vault, props.name, force=force, reason="forced" if force else "due"))
         return reports
@@ -255,6 +257,9 @@ class TaggedSecretRotation:
                       reason: str = "due") -> RotationReport:
         """Rotate one tagged secret when due (always with `force`); `expected_version` is the version
         an event was about: when the secret has moved on since, it was already rotated."""
+        return counted(self._rotate_secret(vault, name, expected_version=expected_version, force=force, reason=reason), KIND)
+
+    def _rotate_secret(self, vault: str, name: str, *, expected_version: str | None, force: bool, reason: str) -> RotationReport:
         label = f"tagged:{vault.lower()}/{name}"
         now = self.engine.clock()
         try:

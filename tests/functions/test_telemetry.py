@@ -1,7 +1,9 @@
 """Telemetry through what function_app.py registers: metrics (an in-memory OpenTelemetry reader)
 for a sync and a fetch, the operation id and structured fields on log records of an invocation,
 no secret value in any metric attribute or log record, and Application Insights configured with
-an endpoint that does not answer: the functions still answer."""
+an endpoint that does not answer: the functions still answer.  Through the engine (as the CLI
+and Key Vault events run it): env and target on the log records of a push, rotations and SAS
+re-mints counted once each."""
 
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from core import telemetry
 from core.api import HttpApi
 from core.audit import MemoryAuditSink
+from core.engine.rotate import KeyRotation
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient, SandboxProcess
+from tests.core.test_rotation_extra_sandbox import cosmos_body, fresh_cosmos_account
+from tests.core.test_sync_sandbox import World
 from tests.functions.apihelpers import AUDIENCE, ROOT, body_json, request, serving, write_config
 
 SECRET_VALUES = list(EXAMPLE_SECRETS.values())
@@ -229,6 +234,74 @@ def test_without_a_trace_context_the_invocation_id_is_the_operation_id(
     # Called without a context (as tests do), an invocation still gets an id of its own.
     health = [r for r in caplog.records if getattr(r, "vaultrelay.function", None) == "health"]
     assert all(len(getattr(r, "vaultrelay.operation_id")) == 32 for r in health)
+
+
+def rotations(reader: InMemoryMetricReader) -> dict[tuple[str, str], int]:
+    return {(p.attributes["rotation.kind"], p.attributes["outcome"]): p.value for p in points(reader).get("vaultrelay.rotations", [])}
+
+
+def test_log_records_of_a_push_carry_the_env_and_the_target(seeded: SandboxClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Through the engine, outside any invocation (as the CLI runs it): the SDK's request records
+    of the target carry env and target, those of resolving the env only the env."""
+    world = World(seeded)
+    secret = world.secret("logged", "logged-value-1")
+    engine = world.engine(f"""
+        envs:
+          logged:
+            LOGGED: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
+        targets:
+          logged-vault: {{type: keyvault, env: logged, store: azure, vault: kv-target, prefix: vr-TAG-}}
+    """)
+    with caplog.at_level(logging.INFO):
+        report = engine.sync("logged")
+        logging.getLogger("vaultrelay.outside").info("after the sync")
+    assert [t.outcome for t in report.targets] == ["pushed"], report
+    requests = [r for r in caplog.records if r.getMessage().startswith("Request URL:")]
+    written = [r for r in requests if f"/secrets/vr-{world.tag}-logged" in r.getMessage().lower() and "Request method: 'PUT'" in r.getMessage()]
+    assert written, "no record of the target write"
+    for record in written:
+        assert getattr(record, "vaultrelay.target") == "logged-vault"
+        assert getattr(record, "vaultrelay.env") == "logged"
+    reads = [r for r in requests if f"/secrets/{secret}" in r.getMessage()]
+    assert reads, "no record of the source read"
+    for record in reads:
+        assert getattr(record, "vaultrelay.env") == "logged" and not hasattr(record, "vaultrelay.target")
+    [outside] = [r for r in caplog.records if r.name == "vaultrelay.outside"]
+    assert not hasattr(outside, "vaultrelay.env") and not hasattr(outside, "vaultrelay.target")
+    assert "logged-value-1" not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_forced_rotation_through_the_engine_is_counted_once(seeded: SandboxClient, reader: InMemoryMetricReader) -> None:
+    world = World(seeded)
+    account = fresh_cosmos_account(seeded, world.tag)
+    engine = world.engine(cosmos_body(account))
+    [report] = KeyRotation(engine).rotate(f"cosmos:{account}", force=True)
+    assert report.outcome == "rotated" and report.repushed == ["app"], report
+    assert rotations(reader) == {("cosmos", "rotated"): 1}
+    # Not due: the check is counted with its outcome, the rotation is not counted again.
+    [again] = KeyRotation(world.engine(cosmos_body(account))).rotate()
+    assert again.outcome == "not_due"
+    assert rotations(reader) == {("cosmos", "rotated"): 1, ("cosmos", "not_due"): 1}
+    assert "vaultrelay.failures" not in points(reader)
+
+
+def test_sas_mints_are_counted_as_rotations_of_kind_sas(seeded: SandboxClient, reader: InMemoryMetricReader) -> None:
+    world = World(seeded)
+    # A container of its own: the minted token's state-vault secret is this test's alone.
+    engine = world.engine("""
+        envs:
+          app:
+            READ_SAS: {from: {store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas,
+                              container: cTAG, permissions: rl, expiry: 1h}}
+        targets:
+          vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}
+    """)
+    assert engine.sync().minted == ["app/READ_SAS"]
+    assert rotations(reader) == {("sas", "issued"): 1}
+    assert engine.sync().minted == []  # served from the state vault: nothing minted, nothing counted
+    assert rotations(reader) == {("sas", "issued"): 1}
+    assert engine.sync(force_mint=True).minted == ["app/READ_SAS"]
+    assert rotations(reader) == {("sas", "issued"): 1, ("sas", "rotated"): 1}
 
 
 def test_metric_attributes_are_names_only() -> None:

@@ -11,6 +11,20 @@ secret; target <= 1.2), the 429s, and the references that failed (must be 0: eve
 under throttling is one a retry could have saved).  Each figure is measured once per store
 concurrency: the default `max_concurrent` and one far above what a window allows (a cold
 Broker each time, with full buckets).
+
+`max_concurrent` 128 is measured in the long form only.  In the short form a window holds 40
+requests per vault, so a cold store allowing 128 in flight has up to 88 requests on the wire
+when the first 429 comes back, before anything is known about the budget: that first burst
+alone is up to 0.22 requests per request needed, and sent per needed measured 1.12-1.32 from
+run to run (how many are on the wire depends on how fast this process opens its connections).
+A slow start in `VaultPacer` (start at 10 or 16 in flight, one more per success until the first
+429) was tried and measured 1.17-1.26: while connections are being opened the process is
+CPU-bound, the bucket refills, and the limit has grown past 120 by the time the budget runs out,
+so it caps nothing.  Capping what was never measured needs a rate (requests per window), and
+Key Vault publishes none per response: `Retry-After` says when to come back, not how much.  A
+conservative fixed start would slow every unthrottled store with a high `max_concurrent`.  With
+Key Vault's real budget (4,000 per 10 s per vault) 128 in flight is at most 3% of one window;
+the long form (a tenth of it, 400 per 10 s) asserts the 1.2 target at 128 too.
 """
 
 from __future__ import annotations

@@ -69,8 +69,23 @@ param storageSkuName string = 'Standard_LRS'
 param logRetentionInDays int = 30
 
 // ---- vaultrelay settings -----------------------------------------------------------------
-@description('VAULTRELAY_CONFIG: path of the config file in the deployed package (relative paths resolve against the worker\'s working directory), or an https://<account>.blob.<suffix>/<container>/<blob> URL read with the app\'s identity (grant it Storage Blob Data Reader on the container: blobContainers).')
+@description('VAULTRELAY_CONFIG: path of the config file in the deployed package (relative paths resolve against the worker\'s working directory), or an https://<account>.blob.<suffix>/<container>/<blob> URL read with the app\'s identity (set configBlobContainer to grant it Storage Blob Data Reader on that container).')
 param vaultrelayConfig string = 'vaultrelay.yaml'
+
+type configBlobContainerType = {
+  // storage account and container of the VAULTRELAY_CONFIG blob
+  account: string
+  container: string
+  // the account's resource group (default: the deployment's) and subscription (default: this one)
+  resourceGroup: string?
+  subscriptionId: string?
+}
+
+@description('Where the VAULTRELAY_CONFIG blob lives, when vaultrelayConfig is a blob URL: the app\'s identity gets Storage Blob Data Reader on that container (nothing more). Empty account: no grant. Not needed when the blob is in the template\'s own storage account (the identity has Storage Blob Data Owner there).')
+param configBlobContainer configBlobContainerType = {
+  account: ''
+  container: ''
+}
 
 @description('VAULTRELAY_SYNC_SCHEDULE: NCRONTAB schedule (six fields) of the scheduled sync.')
 param syncSchedule string = '0 */15 * * * *'
@@ -414,11 +429,21 @@ module cosmosKeyOperatorRole 'app/cosmos-role.bicep' = if (createCosmosKeyOperat
   }
 }
 
+var configContainers = empty(configBlobContainer.account) ? [] : [
+  {
+    account: configBlobContainer.account
+    container: configBlobContainer.container
+    resourceGroup: configBlobContainer.?resourceGroup ?? rg.name
+    subscriptionId: configBlobContainer.?subscriptionId ?? subscription().subscriptionId
+  }
+]
+
 module configAccess 'app/rbac.bicep' = {
   name: 'vaultrelay-config-rbac'
   scope: rg
   params: {
     principalId: principalId
+    configContainers: configContainers
     sourceVaults: sourceVaults
     targetVaults: targetVaults
     storageAccounts: storageAccounts

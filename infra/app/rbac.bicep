@@ -25,6 +25,9 @@ param cosmosAccounts array = []
 @description('See main.bicep webAppType.')
 param webApps array = []
 
+@description('The container of the VAULTRELAY_CONFIG blob (main.bicep configBlobContainer; at most one entry): read with the app\'s identity.')
+param configContainers array = []
+
 // Key Vault Secrets User
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 // Key Vault Reader
@@ -153,6 +156,21 @@ module containerReadAccess 'rbac-container.bicep' = [for (c, i) in readContainer
     accountName: c.account
     containerName: c.container
     principalId: c.?principalId ?? principalId
+    roleDefinitionIds: [
+      storageBlobDataReader
+    ]
+  }
+}]
+
+// The config itself (VAULTRELAY_CONFIG as a blob URL, core/config/source.py): read with the
+// app's identity, so always principalId.
+module configReadAccess 'rbac-container.bicep' = [for (c, i) in configContainers: {
+  name: take('vr-config-read-${deploymentSuffix}-${i}', 64)
+  scope: resourceGroup(c.?subscriptionId ?? subscription().subscriptionId, c.resourceGroup)
+  params: {
+    accountName: c.account
+    containerName: c.container
+    principalId: principalId
     roleDefinitionIds: [
       storageBlobDataReader
     ]

@@ -337,3 +337,19 @@ def test_no_template_mentions_a_broad_role_at_all() -> None:
         for node in walk(parse(path)):
             if isinstance(node, str):
                 assert node.lower() not in {"owner", "contributor", "user access administrator"}, path
+
+
+def test_the_config_blob_container_gets_blob_data_reader_for_the_app_only_when_set() -> None:
+    """VAULTRELAY_CONFIG as a blob URL is read with the app's identity (core/config/source.py):
+    main.bicep's configBlobContainer becomes one Storage Blob Data Reader grant on that container."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["configBlobContainer"]["default"] == {"account": "", "container": ""}  # no grant by default
+    assert body(main["modules"]["configAccess"])["params"]["configContainers"] == "configContainers"
+    [grant] = simulate_rbac({"configContainers": [{"account": "stconfig", "container": "config", "resourceGroup": "rg-config"}]})
+    assert (grant.kind, grant.name, grant.resource_group, grant.subscription, grant.principal) == (
+        "container", "stconfig/config", "rg-config", DEPLOYMENT_SUBSCRIPTION, APP)
+    [role] = [KNOWN_ROLES[r] for r in grant.role_ids]
+    assert role.name == "Storage Blob Data Reader"
+    assert role.allows("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", data=True)
+    assert not role.allows("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write", data=True)
+    assert simulate_rbac({"configContainers": []}) == []

@@ -65,7 +65,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
         world.set_source(name, f"{salt}-p{i}-start")
         for k in range(iterations):
             ctx.secret(f"{salt}-p{i}-v{k}")
-    accounts = [world.fresh_account(f"a{j}") for j in range(due)]
+    accounts = world.fresh_accounts(due)
     world.write_config(_body(names, accounts))
 
     # Adopt the accounts (the schedule starts), push once, then move the rotations past due.

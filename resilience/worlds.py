@@ -139,6 +139,14 @@ class World:
             self.sandbox.grant("system", role, self.sandbox.resource_id("storage", name))
         return name
 
+    def fresh_accounts(self, count: int) -> list[str]:
+        """`count` new accounts created at once (the sandbox restarts Azurite once or twice, not
+        once per account)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return list(pool.map(self.fresh_account, [f"a{j}" for j in range(count)]))
+
     def account_keys(self, account: str) -> dict[str, str]:
         from azure.mgmt.storage import StorageManagementClient
 

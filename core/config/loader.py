@@ -315,6 +315,8 @@ def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: st
         elif error["type"] in ("literal_error", "union_tag_invalid"):
             expected = error.get("ctx", {}).get("expected") or error.get("ctx", {}).get("expected_tags")
             message = f"expected {expected}" if expected else message
+            if error["type"] == "union_tag_invalid":  # pydantic locates the union; the bad value is its tag
+                loc = (*loc, str(error.get("ctx", {}).get("discriminator", "'type'")).strip("'"))
         elif error["type"] == "string_pattern_mismatch":
             message = f"invalid value: {_pattern_hint(loc)}"
         elif error["type"] in ("string_type", "int_type", "bool_type", "dict_type", "list_type", "model_type", "float_type", "int_parsing", "bool_parsing", "float_parsing"):

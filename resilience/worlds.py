@@ -49,7 +49,7 @@ class World:
         ctx.state_account = STATE_ACCOUNT
         ctx.state_tables |= {self.prefix + t for t in ("pushes", "rotations", "events", "leases", "audit")}
         for role, kind, name in _ROLES:
-            ctx.sandbox.grant("system", role, ctx.sandbox.resource_id(kind, name) if kind and name else None)
+            ctx.sandbox.assign_role("system", role, ctx.sandbox.resource_id(kind, name) if kind and name else None)
         self.config_path = ctx.workdir / "vaultrelay.yaml"
 
     # ---- sources ------------------------------------------------------------------------
@@ -136,7 +136,7 @@ class World:
         client.storage_accounts.begin_create(self.sandbox.resource_group, name, StorageAccountCreateParameters(
             sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus"), polling_interval=0.2).result()
         for role in ("Storage Account Key Operator Service Role", "Reader"):
-            self.sandbox.grant("system", role, self.sandbox.resource_id("storage", name))
+            self.sandbox.assign_role("system", role, self.sandbox.resource_id("storage", name))
         return name
 
     def fresh_accounts(self, count: int) -> list[str]:

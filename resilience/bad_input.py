@@ -5,8 +5,13 @@
   child process under a time limit and an address-space cap: a huge file (20 MB), nesting 10,000
   levels deep and a billion-laughs alias bomb.  Only `ConfigError` (with `file:line: path`
   messages) may come out; peak memory is measured (tracemalloc in process, RSS of the children).
+  Generated VALID configs (stores, envs of literals and Key Vault references, targets) must load
+  without a problem, and each one mutated at one place (a bad name, an out-of-range number, an
+  unknown store or env, an unknown type) must give a `ConfigError` naming that YAML path.
 * The HTTP API (`HttpApi.fetch_env` and `HttpApi.admin`) with random env names, queries, headers
-  and tokens: never a 500, never a traceback or an exception in a body.
+  and tokens: never a 500, never a traceback or an exception in a body.  Then with a valid token
+  of a caller allowed to fetch the env: random `format`, `Accept` and other headers give 200, 400
+  or 406 only, and no error body holds the env's secret value.
 * Key Vault event bodies (`HttpApi.keyvault_event`) with random JSON and near-valid events:
   acknowledged (an outcome) or rejected cleanly, never an exception.
 
@@ -61,9 +66,10 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     examples = 600 if ctx.long else 120
     _hostile_files(ctx, result)
     _config_properties(ctx, result, examples)
-    api, cleanup = _api(ctx)
+    api, cleanup, value = _api(ctx)
     try:
         _http_properties(ctx, result, api, examples)
+        _allowed_http_properties(ctx, result, api, examples, value)
         _event_properties(ctx, result, api, examples)
     finally:
         cleanup()
@@ -232,6 +238,7 @@ def _config_properties(ctx: ScenarioContext, result: ScenarioResult, examples: i
 
     for prop in (random_text, yaml_fragments, random_documents, wrong_types):
         prop()
+    _valid_config_properties(ctx, result, examples, fuzz)
     result.figures["config examples"] = counts["examples"]
     result.figures["config errors (clean)"] = counts["config errors"]
     result.figures["config accepted"] = counts["accepted"]
@@ -241,6 +248,155 @@ def _config_properties(ctx: ScenarioContext, result: ScenarioResult, examples: i
     result.figures["config findings"] = len(unique)
     for problem in unique[:10]:
         result.violations.append(problem)
+
+
+def _valid_configs() -> Any:
+    """A hypothesis strategy of valid config documents (dicts), built within the model's rules."""
+    from hypothesis import strategies as st
+
+    names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+    vaults = st.from_regex(r"[a-z][a-z0-9]{2,20}", fullmatch=True)
+    secrets = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9-]{0,30}", fullmatch=True)
+    variables = st.from_regex(r"[A-Z][A-Z0-9_]{0,15}", fullmatch=True)
+    literals = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="$", exclude_categories=("Cs", "Cc")), max_size=30)
+
+    @st.composite
+    def configs(draw: Any) -> dict[str, Any]:
+        stores: dict[str, Any] = {}
+        for store in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+            stores[store] = {"type": "azure.managed_identity"}
+            if draw(st.booleans()):
+                stores[store]["performance"] = {"max_concurrent": draw(st.integers(1, 256)), "batch_size": draw(st.integers(1, 1000))}
+        envs: dict[str, Any] = {}
+        for env in draw(st.lists(names, min_size=1, max_size=3, unique=True)):
+            envs[env] = {}
+            for variable in draw(st.lists(variables, min_size=1, max_size=5, unique=True)):
+                if draw(st.booleans()):
+                    envs[env][variable] = draw(literals)
+                else:
+                    ref: dict[str, Any] = {"store": draw(st.sampled_from(sorted(stores))), "vault": draw(vaults), "secret": draw(secrets)}
+                    if draw(st.integers(0, 3)) == 0:
+                        ref["version"] = draw(st.from_regex(r"[0-9a-f]{32}", fullmatch=True))
+                    envs[env][variable] = {"from": ref}
+        config: dict[str, Any] = {"version": 1, "secretStores": stores, "envs": envs}
+        targets = {f"t{i}": {"type": "keyvault", "env": env, "store": draw(st.sampled_from(sorted(stores))),
+                             "vault": draw(vaults), "prefix": f"t{i}-"}
+                   for i, env in enumerate(draw(st.lists(st.sampled_from(sorted(envs)), max_size=2)))}
+        if targets:  # targets keep their state in Table Storage
+            config["targets"] = targets
+            config["state"] = {"store": draw(st.sampled_from(sorted(stores))),
+                               "account": draw(st.from_regex(r"[a-z0-9]{3,24}", fullmatch=True)),
+                               "table_prefix": draw(st.from_regex(r"[A-Za-z][A-Za-z0-9]{2,12}", fullmatch=True))}
+        return config
+
+    return configs()
+
+
+# (what is mutated, how the path is chosen, the bad value): each must be a ConfigError naming the path.
+_MUTATIONS: list[tuple[str, str, Any]] = [
+    ("max_concurrent 0", "store.performance.max_concurrent", 0),
+    ("max_concurrent 257", "store.performance.max_concurrent", 257),
+    ("max_concurrent not a number", "store.performance.max_concurrent", "many"),
+    ("unknown store type", "store.type", "azure.nope"),
+    ("unknown store", "ref.store", "no-such-store"),
+    ("vault name too short", "ref.vault", "kv"),
+    ("vault name with an underscore", "ref.vault", "kv_source"),
+    ("vault name starting with a digit", "ref.vault", "1vault"),
+    ("secret name with a space", "ref.secret", "db password"),
+    ("secret name too long", "ref.secret", "s" * 128),
+    ("version not hex", "ref.version", "not-a-version"),
+    ("variable not a string or reference", "var", [1, 2]),
+    ("target of an unknown env", "target.env", "no-such-env"),
+    ("target vault name", "target.vault", "v"),
+    ("unknown target type", "target.type", "kv"),
+]
+
+
+def _mutation_path(config: dict[str, Any], kind: str, data: Any) -> tuple[str, ...] | None:
+    """A path of `config` where a mutation of `kind` applies (drawn with hypothesis), or None."""
+    from hypothesis import strategies as st
+
+    stores = sorted(config["secretStores"])
+    refs = [(env, variable) for env, variables in sorted(config["envs"].items())
+            for variable, value in sorted(variables.items()) if isinstance(value, dict)]
+    if kind.startswith("store."):
+        return ("secretStores", data.draw(st.sampled_from(stores)), *kind.split(".")[1:])
+    if kind.startswith("ref."):
+        if not refs:
+            return None
+        env, variable = data.draw(st.sampled_from(refs))
+        return ("envs", env, variable, "from", kind.split(".")[1])
+    if kind == "var":
+        env = data.draw(st.sampled_from(sorted(config["envs"])))
+        return ("envs", env, data.draw(st.sampled_from(sorted(config["envs"][env]))))
+    if kind.startswith("target."):
+        if not config.get("targets"):
+            return None
+        return ("targets", data.draw(st.sampled_from(sorted(config["targets"]))), kind.split(".")[1])
+    raise AssertionError(kind)
+
+
+def _valid_config_properties(ctx: ScenarioContext, result: ScenarioResult, examples: int, fuzz: Any) -> None:
+    import yaml
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from core.config import parse_config
+    from core.errors import ConfigError
+
+    counts = {"valid loaded": 0, "mutations": 0, "mutations named": 0}
+    problems: list[str] = []
+    fuzz = settings(fuzz, max_examples=max(1, examples // 2))  # building a valid config is the slow part
+
+    @fuzz
+    @given(_valid_configs())
+    def valid(config: dict[str, Any]) -> None:
+        text = yaml.safe_dump(config, sort_keys=False)
+        try:
+            parse_config(text, "valid.yaml", environ={})
+            counts["valid loaded"] += 1
+        except ConfigError as exc:
+            ctx.observe(str(exc))
+            problems.append(f"a valid config was refused: {str(exc).splitlines()[-1].strip()[:160]}")
+        except Exception as exc:
+            problems.append(f"a valid config raised {type(exc).__name__}: {str(exc)[:120]}")
+
+    @fuzz
+    @given(_valid_configs(), st.sampled_from(_MUTATIONS), st.data())
+    def mutated(config: dict[str, Any], mutation: tuple[str, str, Any], data: Any) -> None:
+        label, kind, bad = mutation
+        path = _mutation_path(config, kind, data)
+        if path is None:  # nothing of that kind in this config
+            return
+        current: Any = config
+        for key in path[:-1]:
+            current = current.setdefault(key, {})
+        current[path[-1]] = bad
+        dotted = ".".join(path)
+        counts["mutations"] += 1
+        try:
+            parse_config(yaml.safe_dump(config, sort_keys=False), "mutated.yaml", environ={})
+        except ConfigError as exc:
+            ctx.observe(str(exc))
+            if any(problem.path == dotted or problem.path.startswith(dotted + ".") for problem in exc.problems):
+                counts["mutations named"] += 1
+            else:
+                problems.append(f"{label} at {dotted}: the ConfigError names {[p.path for p in exc.problems][:3]}")
+        except Exception as exc:
+            problems.append(f"{label} at {dotted}: {type(exc).__name__}: {str(exc)[:120]}")
+        else:
+            problems.append(f"{label} at {dotted}: accepted")
+
+    valid()
+    mutated()
+    result.figures["config valid generated, loaded"] = counts["valid loaded"]
+    result.figures["config mutations"] = counts["mutations"]
+    result.figures["config mutations named by path"] = counts["mutations named"]
+    result.check(counts["valid loaded"] > 0, "no valid config was generated")
+    result.check(counts["mutations"] > 0, "no mutation was applied")
+    unique = sorted(set(problems))
+    result.figures["config valid/mutation findings"] = len(unique)
+    result.violations.extend(unique[:10])
 
 
 def _leaf_paths(value: Any, path: tuple[Any, ...] = ()) -> Any:
@@ -262,8 +418,10 @@ def _set(config: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 
 
 # ---- the HTTP API and events -----------------------------------------------------------------
-def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None]]:
+def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None], str]:
+    """The HttpApi under test, its cleanup, and the value of the env's one secret."""
     import yaml
+    from azure.keyvault.secrets import SecretClient
 
     from core.api import HttpApi
     from core.audit import MemoryAuditSink
@@ -284,10 +442,13 @@ def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None]]:
     for table in ("pushes", "rotations", "events", "leases", "audit"):
         ctx.state_tables.add(prefix + table)
     sandbox.assign_role("system", "Storage Table Data Contributor", sandbox.resource_id("storage", ctx.state_account))
+    sandbox.assign_role("system", "Key Vault Secrets User", sandbox.resource_id("vault", "kv-source"))
+    value = ctx.secret(f"fuzz-value-{uuid.uuid4().hex}")
+    SecretClient(sandbox.vault_url("kv-source"), sandbox.admin_credential()).set_secret(f"fuzz-{tag}", value)
     path = ctx.workdir / "fuzz-vaultrelay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
-    return api, api.close
+    return api, api.close, value
 
 
 def _response_problems(what: str, response: Any) -> list[str]:
@@ -368,6 +529,61 @@ def _http_properties(ctx: ScenarioContext, result: ScenarioResult, api: Any, exa
     result.figures["http statuses"] = dict(sorted(statuses.items()))
     unique = sorted(set(problems))
     result.figures["http findings"] = len(unique)
+    result.violations.extend(unique[:10])
+
+
+def _allowed_http_properties(ctx: ScenarioContext, result: ScenarioResult, api: Any, examples: int, value: str) -> None:
+    """GET /api/envs/app with a valid token of a caller the env allows: only the representation varies."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sandbox = ctx.sandbox
+    token = ctx.secret(sandbox.issue_token("caller", AUDIENCE))
+    statuses: dict[int, int] = {}
+    problems: list[str] = []
+    count = [0]
+    formats = st.one_of(st.sampled_from(["json", "dotenv", "shell", "JSON", "xml", "", " json", "json\x00", "yaml"]), st.text(max_size=12))
+    media = st.sampled_from(["application/json", "text/plain", "text/x-shellscript", "*/*", "text/*", "application/*", "image/png",
+                             "text/html", "application/json;q=0", "text/plain;q=0.5, application/json;q=0.9", "application/json;q=abc",
+                             "", ",,,", ";q=1", "*/*;q=0"])
+    accept = st.one_of(media, st.lists(media, min_size=1, max_size=3).map(", ".join), st.text(max_size=40))
+    extra = st.dictionaries(st.sampled_from(["X-Forwarded-For", "Content-Type", "x-ms-client-principal", "X-Request-Id", "User-Agent",
+                                             "Cookie", "If-None-Match", "Content-Length", "Host"]), st.text(max_size=40), max_size=3)
+    query = st.fixed_dictionaries({}, optional={"format": formats, "dry_run": st.text(max_size=6), "x": st.text(max_size=6)})
+
+    # Half the examples: each allowed fetch resolves the env (the short form's time budget).
+    @settings(max_examples=max(1, examples // 2), derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(query, st.one_of(st.none(), accept), extra, st.sampled_from(["Authorization", "authorization"]))
+    def fetch(q: dict[str, str], a: str | None, h: dict[str, str], key: str) -> None:
+        headers = {**h, key: f"Bearer {token}"}
+        if a is not None:
+            headers["Accept"] = a
+        count[0] += 1
+        try:
+            response = api.fetch_env("app", query=q, headers=headers)
+        except Exception as exc:
+            ctx.observe(str(exc))
+            problems.append(f"allowed fetch: {type(exc).__name__} escaped: {str(exc)[:120]}")
+            return
+        body = response.body.decode(errors="replace")
+        if response.status != 200:  # a 200 carries the value by design; every other body is scanned for leaks
+            ctx.observe(body)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        what = f"allowed fetch (format {q.get('format')!r}, Accept {a!r})"
+        problems.extend(_response_problems(what, response))
+        if response.status not in (200, 400, 406):
+            problems.append(f"{what}: HTTP {response.status}")
+        if response.status == 200 and value not in body:
+            problems.append(f"{what}: 200 without the env's value")
+        if response.status != 200 and value in body:
+            problems.append(f"{what}: HTTP {response.status} with the secret value in its body")
+
+    fetch()
+    result.figures["allowed http requests"] = count[0]
+    result.figures["allowed http statuses"] = dict(sorted(statuses.items()))
+    result.check(statuses.get(200, 0) > 0, "no allowed fetch answered 200")
+    unique = sorted(set(problems))
+    result.figures["allowed http findings"] = len(unique)
     result.violations.extend(unique[:10])
 
 

@@ -179,7 +179,12 @@ class SandboxClient:
                 principal_id=principal, principal_type="ServicePrincipal",
             ))
         except ResourceExistsError:
-            return client.role_assignments.get(scope, name)
+            # The same grant may exist under another name (made with `assign_role`, or by hand).
+            for existing in client.role_assignments.list_for_scope(scope, filter=f"assignedTo('{principal}')"):
+                if (str(existing.role_definition_id).lower().endswith(definition.role_id)
+                        and str(existing.scope).lower().rstrip("/") == scope.lower().rstrip("/")):
+                    return existing
+            raise
 
     def issue_token(self, identity: str, resource: str, *, lifetime_s: int | None = None, claims: dict[str, Any] | None = None) -> str:
         """A token signed by the sandbox issuer, with optional lifetime (negative = expired) and extra claims."""

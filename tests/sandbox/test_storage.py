@@ -400,7 +400,9 @@ def test_regenerating_key1_revokes_what_it_signed_only(sandbox: SandboxClient) -
         return blob(sandbox, account, container, "b", credential).download_blob().readall()
 
     old_key1, with_key2 = sas(before["key1"]), sas(before["key2"])
+    # A user delegation SAS needs its signer to hold the key and the data role the SAS uses.
     sandbox.grant("data", "Storage Blob Delegator", sandbox.resource_id("storage", account))
+    sandbox.grant("data", "Storage Blob Data Reader", sandbox.resource_id("storage", account))
     mi_service = BlobServiceClient(sandbox.storage_endpoint(account), credential=sandbox.credential("data"))
     delegated = generate_blob_sas(
         account, container, "b", permission=BlobSasPermissions(read=True), expiry=expiry,

@@ -45,6 +45,9 @@ SAMPLE_TAGS = (TAG_CREDENTIAL, TAG_PROVIDER, TAG_VALIDITY)
 PARTITION = "tagged"
 KIND = "tagged"  # rotation.kind of the rotation metric
 LEASE_SECONDS = 900.0
+# Polling of Cosmos DB's regenerateKey operation when ARM sends no Retry-After (the SDK would wait
+# 30 s between polls while holding the rotation lease); a Retry-After from ARM still wins.
+COSMOS_POLL_SECONDS = 5.0
 
 # CredentialId (lower case) -> (provider kind, the alternate credential, the ARM key name to regenerate).
 _ALTERNATES = {
@@ -124,10 +127,26 @@ class TaggedSecret:
         if found is None or found[0] != kind:
             allowed = ", ".join(k for k, (p, _) in _ALTERNATES.items() if p == kind)
             raise UnusableTags(f"CredentialId {self.credential_id!r} is not a {'storage' if kind == 'storage' else 'Cosmos DB'} key (use {allowed})")
-        other = found[1]
-        if self.credential_id[:1].isupper():
-            return {"secondaryreadonly": "SecondaryReadonly", "primaryreadonly": "PrimaryReadonly"}.get(other, other.capitalize())
-        return other
+        return _written_like(self.credential_id, found[1])
+
+
+def _written_like(credential_id: str, alternate: str) -> str:
+    """`alternate` (lower case) spelled the way `credential_id` is: only the part that differs is
+    swapped (`key1` -> `key2`, `Primary` -> `Secondary`), the rest is kept as written, so
+    `PrimaryReadOnly` -> `SecondaryReadOnly`, `secondaryReadonly` -> `primaryReadonly` and
+    `KEY2` -> `KEY1`: consumers matching on the tag see the spelling they were set up with."""
+    lowered = credential_id.lower()
+    for old, new in (("primary", "secondary"), ("secondary", "primary"), ("key1", "key2"), ("key2", "key1")):
+        if lowered.startswith(old) and alternate == new + lowered[len(old):]:
+            head = credential_id[:len(old)]
+            if head.isupper():
+                swapped = new.upper()
+            elif head[:1].isupper():
+                swapped = new.capitalize()
+            else:
+                swapped = new
+            return swapped + credential_id[len(old):]
+    return alternate
 
 
 def tagged_secret(vault: str, properties: Any) -> TaggedSecret | None:
@@ -421,4 +440,5 @@ class TaggedSecretRotation:
             from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
 
             clients.cosmos_management(provider.subscription, credential).database_accounts.begin_regenerate_key(
-                provider.resource_group, provider.account, DatabaseAccountRegenerateKeyParameters(key_kind=_COSMOS_KEY_KIND[key])).result()
+                provider.resource_group, provider.account, DatabaseAccountRegenerateKeyParameters(key_kind=_COSMOS_KEY_KIND[key]),
+                polling_interval=COSMOS_POLL_SECONDS).result()

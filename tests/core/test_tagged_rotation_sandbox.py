@@ -8,6 +8,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +22,12 @@ from core.engine.rotate import KeyRotation
 from core.engine.sync import SyncEngine
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
-from tests.core.test_sync_sandbox import World, fresh_account, regenerations, seeded, world
+from tests.core.test_sync_sandbox import World, regenerations, run_cli, seeded, world, write_config
 
 __all__ = ["seeded", "world"]  # fixtures used by this module's tests
 
 NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
+EXPIRED = "Microsoft.KeyVault.SecretExpired"
 
 
 def digest(value: str | None) -> str:
@@ -35,6 +37,19 @@ def digest(value: str | None) -> str:
 def storage_keys(sandbox: SandboxClient, account: str) -> dict[str, str]:
     client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
     return {k.key_name: k.value for k in client.storage_accounts.list_keys(sandbox.resource_group, account).keys_property or []}
+
+
+def new_storage_account(sandbox: SandboxClient, tag: str) -> str:
+    """fresh_account without its 30 s wait: the sandbox's create operation sends Retry-After: 0."""
+    from azure.mgmt.storage.models import Sku, StorageAccountCreateParameters
+
+    name = f"rot{tag}"
+    client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
+    client.storage_accounts.begin_create(sandbox.resource_group, name, StorageAccountCreateParameters(
+        sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus"), polling_interval=0.2).result()
+    for role in ("Storage Account Key Operator Service Role", "Reader"):
+        sandbox.grant("system", role, sandbox.resource_id("storage", name))
+    return name
 
 
 def key_works(sandbox: SandboxClient, account: str, key: str) -> bool:
@@ -83,9 +98,13 @@ class Tagged:
         return self.world.engine(self.body(env_secret))
 
 
-def near_expiry(vault: str, name: str, version: str | None, event_id: str | None = None) -> dict[str, Any]:
-    return {"id": event_id or str(uuid.uuid4()), "eventType": NEAR_EXPIRY, "subject": name,
+def near_expiry(vault: str, name: str, version: str | None, event_id: str | None = None, *, event_type: str = NEAR_EXPIRY) -> dict[str, Any]:
+    return {"id": event_id or str(uuid.uuid4()), "eventType": event_type, "subject": name,
             "data": {"VaultName": vault, "ObjectType": "Secret", "ObjectName": name, "Version": version}}
+
+
+def expired(vault: str, name: str, version: str | None) -> dict[str, Any]:
+    return near_expiry(vault, name, version, event_type=EXPIRED)
 
 
 @pytest.fixture()
@@ -95,7 +114,7 @@ def tagged(world: World) -> Tagged:
 
 def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = fresh_account(sandbox, world.tag)
+    account = new_storage_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     before = storage_keys(sandbox, account)
     seeded_secret = tagged.seed("storage-key", before["key1"], "key1", provider, expires_in=timedelta(days=10))
@@ -144,7 +163,7 @@ def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, 
 
 def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_warns_on_other_kinds(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = fresh_account(sandbox, world.tag)
+    account = new_storage_account(sandbox, world.tag)
     cosmos = fresh_cosmos_account(sandbox, world.tag)
     storage_provider = sandbox.resource_id("storage", account)
     cosmos_provider = sandbox.resource_id("cosmos", cosmos)
@@ -200,7 +219,7 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
 
 def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = fresh_account(sandbox, world.tag)
+    account = new_storage_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     keys = storage_keys(sandbox, account)
     seeded_secret = tagged.seed("storage-key", keys["key1"], "key1", provider, expires_in=timedelta(days=3))
@@ -222,3 +241,107 @@ def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: Wo
     assert (report.outcome, report.new_active) == ("resumed", "key2"), report
     assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
     assert digest(tagged.client.get_secret("storage-key").value) == digest(regenerated)
+
+
+def test_expired_event_rotates_an_expired_tagged_secret_at_once(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    account = new_storage_account(sandbox, world.tag)
+    provider = sandbox.resource_id("storage", account)
+    before = storage_keys(sandbox, account)
+    # Expired an hour ago: the sample's function missed it (or never ran); consumers of the env fail.
+    seeded_secret = tagged.seed("storage-key", before["key1"], "key1", provider, expires_in=-timedelta(hours=1), validity_days="30")
+    engine = tagged.engine("storage-key")
+    assert "ACCOUNT_KEY" in engine.sync().failures.get("app", [""])[0]  # an expired source secret is not pushed
+
+    sandbox.reset_counters()
+    handler = KeyVaultEvents(tagged.engine("storage-key"))
+    outcome = handler.handle(expired(tagged.vault, "storage-key", seeded_secret.properties.version))
+    assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
+    assert regenerations(sandbox, account) == 1
+    after = storage_keys(sandbox, account)
+    assert digest(after["key2"]) != digest(before["key2"]) and digest(after["key1"]) == digest(before["key1"])
+    current = tagged.client.get_secret("storage-key")
+    assert current.properties.version != seeded_secret.properties.version
+    assert digest(current.value) == digest(after["key2"]) and key_works(sandbox, account, current.value or "")
+    assert current.properties.tags["CredentialId"] == "key2"
+    expected_expiry = datetime.now(UTC) + timedelta(days=30)
+    assert current.properties.expires_on is not None and abs(current.properties.expires_on - expected_expiry) < timedelta(minutes=2)
+    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(after["key2"])  # re-pushed
+    state = tagged.engine().state
+    audit = [json.loads(r.fields["detail"]) for r in state.query("audit") if r.fields.get("action") == "tagged.rotated"]
+    assert [(a["reason"], a["from_version"], a["to_version"]) for a in audit] == [
+        ("SecretExpired", seeded_secret.properties.version, current.properties.version)]
+
+    # Key Vault delivers at least once: a second SecretExpired (another event id) about the expired
+    # version, and the timer afterwards, regenerate nothing.
+    late = KeyVaultEvents(tagged.engine("storage-key")).handle(expired(tagged.vault, "storage-key", seeded_secret.properties.version))
+    assert late.outcome == "ignored" and "already rotated" in late.detail
+    assert [r.outcome for r in KeyRotation(tagged.engine()).rotate()] == ["not_due"]
+    assert regenerations(sandbox, account) == 1
+
+
+@pytest.mark.parametrize(("first", "second"), [("PrimaryReadOnly", "SecondaryReadOnly"), ("SecondaryReadonly", "PrimaryReadonly"),
+                                               ("primaryReadonly", "secondaryReadonly")])
+def test_cosmos_read_only_credential_ids_alternate_between_the_read_only_keys(world: World, tagged: Tagged, first: str, second: str) -> None:
+    sandbox = world.sandbox
+    cosmos = fresh_cosmos_account(sandbox, world.tag)
+    provider = sandbox.resource_id("cosmos", cosmos)
+    attribute = {"primary": "primary_readonly_master_key", "secondary": "secondary_readonly_master_key"}
+    start = first.lower().removesuffix("readonly")
+    other = second.lower().removesuffix("readonly")
+    keys = cosmos_keys(sandbox, cosmos)
+    tagged.seed("cosmos-read", getattr(keys, attribute[start]), first, provider, expires_in=timedelta(days=2), validity_days="30")
+    label = f"tagged:{tagged.vault}/cosmos-read"
+    all_keys = ("primary_master_key", "secondary_master_key", "primary_readonly_master_key", "secondary_readonly_master_key")
+
+    sandbox.reset_counters()
+    (report,) = KeyRotation(tagged.engine()).rotate()
+    assert (report.name, report.outcome, report.old_active, report.new_active) == (label, "rotated", first, second), report
+    assert regenerations(sandbox, cosmos) == 1
+    after = cosmos_keys(sandbox, cosmos)
+    changed = [k for k in all_keys if getattr(after, k) != getattr(keys, k)]
+    assert changed == [attribute[other]]  # only the alternate read-only key; never a read-write key
+    secret = tagged.client.get_secret("cosmos-read")
+    assert digest(secret.value) == digest(getattr(after, attribute[other]))
+    assert secret.properties.tags["CredentialId"] == second  # spelled the way the sample's tag was
+
+    # And back: the next rotation regenerates the first read-only key and leaves the one in use alone.
+    sandbox.reset_counters()
+    (back,) = KeyRotation(tagged.engine()).rotate(label, force=True)
+    assert (back.outcome, back.old_active, back.new_active) == ("rotated", second, first), back
+    assert regenerations(sandbox, cosmos) == 1
+    final = cosmos_keys(sandbox, cosmos)
+    assert [k for k in all_keys if getattr(final, k) != getattr(after, k)] == [attribute[start]]
+    secret = tagged.client.get_secret("cosmos-read")
+    assert digest(secret.value) == digest(getattr(final, attribute[start])) and secret.properties.tags["CredentialId"] == first
+
+
+def test_two_processes_rotating_one_due_tagged_secret_regenerate_once(
+    world: World, tagged: Tagged, tmp_path: Path, sandbox_process: Any, clean_faults: SandboxClient,
+) -> None:
+    sandbox = world.sandbox
+    account = new_storage_account(sandbox, world.tag)
+    provider = sandbox.resource_id("storage", account)
+    keys = storage_keys(sandbox, account)
+    seeded_secret = tagged.seed("storage-key", keys["key1"], "key1", provider, expires_in=timedelta(days=3))
+    config = write_config(world, tagged.body("storage-key"), tmp_path)
+    # A slow regenerateKey keeps the first process inside its rotation while the second arrives.
+    clean_faults.set_faults([{"service": "arm", "target": account, "operation": "StorageRegenerateKey", "latency_ms": 1500}])
+
+    sandbox.reset_counters()
+    procs = [run_cli(sandbox_process, config, "rotate", "--name", f"tagged:{tagged.vault}/storage-key") for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    texts = [out.decode() for out, _ in outputs]
+    assert [p.returncode for p in procs] == [0, 0], [err.decode() for _, err in outputs]
+    assert sum(" rotated " in t for t in texts) == 1, texts
+    assert sum(" busy " in t or " not_due " in t for t in texts) == 1, texts
+    assert regenerations(sandbox, account) == 1
+    versions = list(tagged.client.list_properties_of_secret_versions("storage-key"))
+    assert len(versions) == 2 and seeded_secret.properties.version in {v.version for v in versions}
+    current = tagged.client.get_secret("storage-key")
+    after = storage_keys(sandbox, account)
+    assert current.properties.tags["CredentialId"] == "key2" and digest(current.value) == digest(after["key2"])
+    assert digest(after["key1"]) == digest(keys["key1"])
+    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(after["key2"])  # re-pushed once
+    state = tagged.engine().state
+    assert len([r for r in state.query("audit") if r.fields.get("action") == "tagged.rotated"]) == 1

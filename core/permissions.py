@@ -147,6 +147,8 @@ def _storage_denial(request: Any) -> tuple[str | None, str | None]:
         verb = "read" if method in ("GET", "HEAD") else ("delete" if method == "DELETE" else "write")
         return f"{_STORAGE}/blobServices/containers/blobs/{verb}", f"blob container {account}/{parts[0]}"
     verb = "read" if method in ("GET", "HEAD") else ("delete" if method == "DELETE" else "write")
+    if parts and parts[0].lower().startswith("tables"):  # the table list itself: create, delete, list
+        return f"{_STORAGE}/tableServices/tables/{verb}", f"storage account {account}"
     return f"{_STORAGE}/tableServices/tables/entities/{verb}", f"storage account {account}"
 
 

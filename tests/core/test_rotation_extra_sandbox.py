@@ -4,8 +4,10 @@ delegation keys kept between runs in the state vault."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
@@ -14,7 +16,7 @@ from azure.storage.blob import ContainerClient
 from core.engine.rotate import KeyRotation
 from core.sources.sas_mint import StoredDelegationKeys
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, regenerations, seeded, world
+from tests.core.test_sync_sandbox import World, regenerations, run_cli, seeded, world, write_config
 
 __all__ = ["seeded", "world"]  # fixtures used by this module's tests
 
@@ -122,3 +124,42 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     token = world.target.get_secret(f"vr-{world.tag}-ud-sas").value or ""
     assert "skoid=" in token and sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]
     assert not any(stored.value and stored.value in json.dumps(r.fields, default=str) for t in ("rotations", "audit") for r in second.state.query(t))
+
+
+def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tmp_path: Path, sandbox_process: Any) -> None:
+    """`vaultrelay resolve` and `vaultrelay exec` (separate processes) use the key kept in state.vault."""
+    sandbox = world.sandbox
+    container = f"cli{world.tag}"
+    admin_container = ContainerClient(sandbox.storage_endpoint("sandboxstore"), container, credential=world.admin)
+    admin_container.create_container()
+    admin_container.upload_blob("hello.txt", b"hello")
+    body = f"""
+        envs:
+          app:
+            UD_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {container}, permissions: rl, expiry: 1h}}}}
+    """
+    config = write_config(world, body, tmp_path)
+    engine = world.engine(body)
+    kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}")
+    near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    world.target.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
+
+    sandbox.reset_counters()
+    resolve = run_cli(sandbox_process, config, "resolve", "--env", "app", "--format", "json", "--reveal")
+    out, err = resolve.communicate(timeout=120)
+    assert resolve.returncode == 0, err.decode()
+    first = json.loads(out)["UD_SAS"]
+    assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry kept key was renewed
+    renewed = world.target.get_secret(kept)
+
+    time.sleep(1.1)  # SAS times have one-second resolution
+    run = run_cli(sandbox_process, config, "exec", "--env", "app", "--", sys.executable, "-c", "import os; print(os.environ['UD_SAS'])")
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err.decode()
+    second = out.decode().strip()
+    assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the kept key signed it
+    assert world.target.get_secret(kept).properties.version == renewed.properties.version
+    assert first != second
+    for token in (first, second):
+        assert sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]
+    assert json.loads(renewed.value or "{}")["value"] not in (err.decode() + out.decode())

@@ -2,10 +2,11 @@
 clean run must converge.
 
 Each round changes some source secrets (a sync round) or makes the account's key rotation due
-(a rotation round), starts `python -m core.cli sync` / `rotate` as a child and SIGKILLs it once
-the sandbox has counted a random number of its requests (drawn from `ctx.seed`, up to 1.1 times
-what a whole run makes), so kills spread over the work whatever the host's load.  Where the kill landed is read from the
-sandbox's counters and the state tables: before the push (no target written), during the push
+(a rotation round), lets `vaultrelay sync` / `rotate` (`core.cli.main`) run in a child process
+(started ahead, it imports during the previous round; a go file starts its work) and SIGKILLs it
+once the sandbox has counted a random number of its requests (drawn from `ctx.seed`, up to 1.1
+times what a whole run makes), so kills spread over the work whatever the host's load.  Where
+the kill landed is read from the sandbox's counters and the state tables: before the push (no target written), during the push
 (some targets written, records not all updated), after the push (records written) or after the
 process had already exited; for rotations, the phase the rotation record was left in.
 
@@ -22,9 +23,13 @@ Then a clean run in this process (a fresh engine: `rotate` then `sync` for rotat
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from resilience.common import ScenarioContext, ScenarioResult
@@ -83,69 +88,79 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     orphaned_max = 0
     busy_refusals = 0
     rotation_rounds = 0
-    for round_ in range(kills):
-        rotation = round_ in rotation_at
-        if rotation:
-            rotation_rounds += 1
-            before = (world.rotation_row(account) or {}).get("active", "key1")
-            world.make_due(account)
-        else:
-            for i, name in enumerate(names):
-                if rng.random() < 0.5:
-                    world.set_source(name, f"crash-{world.tag}-{i}-r{round_}")
-        records_before = {r["RowKey"]: r.get("pushed_at") for r in world.rows("pushes")}
-        rotation_before = world.rotation_row(account) or {}
-        ctx.sandbox.reset_counters()
-        kind = "rotate" if rotation else "sync"
-        # Kill after a random number of requests (robust to the host's load, unlike a delay).
-        kill_after = rng.randint(1, int(full_run[kind] * 1.1) + 1)
-        child = world.cli(f"round-{round_:03d}", kind)
-        started = time.monotonic()
-        while child.poll() is None and time.monotonic() - started < 60:
-            if ctx.sandbox.counters()["total"] >= kill_after:
-                break
-            time.sleep(0.01)
-        exited = child.poll() is not None
-        if not exited:
-            child.send_signal(signal.SIGKILL)
-        child.wait()
-        counters = ctx.sandbox.counters()
-        point = _kill_point(world, account, exited, rotation, counters, records_before, rotation_before)
-        if exited:
-            full_run[kind] = max(full_run[kind], counters["total"])
-        spread[point] = spread.get(point, 0) + 1
+    kinds = ["rotate" if r in rotation_at else "sync" for r in range(kills)]
+    child = _spawn(world, 0, kinds[0])
+    try:
+        for round_ in range(kills):
+            rotation = round_ in rotation_at
+            if rotation:
+                rotation_rounds += 1
+                before = (world.rotation_row(account) or {}).get("active", "key1")
+                world.make_due(account)
+            else:
+                for i, name in enumerate(names):
+                    if rng.random() < 0.5:
+                        world.set_source(name, f"crash-{world.tag}-{i}-r{round_}")
+            records_before = {r["RowKey"]: r.get("pushed_at") for r in world.rows("pushes")}
+            rotation_before = world.rotation_row(account) or {}
+            kind = kinds[round_]
+            # Kill after a random number of requests (robust to the host's load, unlike a delay).
+            kill_after = rng.randint(1, int(full_run[kind] * 1.1) + 1)
+            _wait_ready(world, round_, child)
+            ctx.sandbox.reset_counters()
+            (ctx.workdir / f"go-{round_}").touch()
+            started = time.monotonic()
+            while child.poll() is None and time.monotonic() - started < 60:
+                if ctx.sandbox.counters()["total"] >= kill_after:
+                    break
+                time.sleep(0.01)
+            exited = child.poll() is not None
+            if not exited:
+                child.send_signal(signal.SIGKILL)
+            child.wait()
+            counters = ctx.sandbox.counters()
+            if round_ + 1 < kills:  # the next child imports while this round's clean run and checks go on
+                child = _spawn(world, round_ + 1, kinds[round_ + 1])
+            point = _kill_point(world, account, exited, rotation, counters, records_before, rotation_before)
+            if exited:
+                full_run[kind] = max(full_run[kind], counters["total"])
+            spread[point] = spread.get(point, 0) + 1
 
-        # The clean run(s).
-        needed = 0
-        converged = False
-        while needed < MAX_CLEAN_RUNS and not converged:
-            needed += 1
-            clean = world.engine()
-            outcomes = [r.outcome for r in KeyRotation(clean).rotate()] if rotation else []
-            report = clean.sync()
-            busy = any(t.outcome == "busy" for t in report.targets) or "busy" in outcomes
-            busy_refusals += busy
-            converged = report.ok and not busy and "error" not in outcomes and _targets_match(world, names, account)
-            clean.broker.close()
-        runs_needed[needed] = runs_needed.get(needed, 0) + 1
-        result.check(converged, f"round {round_} ({point}): no convergence after {MAX_CLEAN_RUNS} clean runs")
-        status = world.engine().status()
-        result.check(all(s["outcome"] == "ok" and not s["last_error"] for s in status),
-                     f"round {round_} ({point}): status not clean: {[(s['target'], s['outcome'], s['last_error']) for s in status]}")
-        regenerated = regenerations(ctx.sandbox.counters())
-        after = world.rotation_row(account) or {}
-        if rotation:
-            flipped = {"key1": "key2", "key2": "key1"}[str(before)]
-            result.check(regenerated == 1, f"round {round_} ({point}): {regenerated} regenerateKey calls for one due rotation")
-            result.check(after.get("active") == flipped and not after.get("phase"),
-                         f"round {round_} ({point}): rotation left active {after.get('active')!r} phase {after.get('phase')!r}")
-        else:
-            result.check(regenerated == 0, f"round {round_} ({point}): a sync round regenerated a key")
-        now = time.time()
-        leases = world.rows("leases")
-        expired = [r["RowKey"] for r in leases if float(r.get("expires_at", 0)) < now]
-        result.check(not expired, f"round {round_} ({point}): lease(s) left past their expiry: {expired}")
-        orphaned_max = max(orphaned_max, sum(holder_is_dead(str(r.get("owner", ""))) for r in leases))
+            # The clean run(s).
+            needed = 0
+            converged = False
+            while needed < MAX_CLEAN_RUNS and not converged:
+                needed += 1
+                clean = world.engine()
+                outcomes = [r.outcome for r in KeyRotation(clean).rotate()] if rotation else []
+                report = clean.sync()
+                busy = any(t.outcome == "busy" for t in report.targets) or "busy" in outcomes
+                busy_refusals += busy
+                converged = report.ok and not busy and "error" not in outcomes and _targets_match(world, names, account)
+                clean.broker.close()
+            runs_needed[needed] = runs_needed.get(needed, 0) + 1
+            result.check(converged, f"round {round_} ({point}): no convergence after {MAX_CLEAN_RUNS} clean runs")
+            status = world.engine().status()
+            result.check(all(s["outcome"] == "ok" and not s["last_error"] for s in status),
+                         f"round {round_} ({point}): status not clean: {[(s['target'], s['outcome'], s['last_error']) for s in status]}")
+            regenerated = regenerations(ctx.sandbox.counters())
+            after = world.rotation_row(account) or {}
+            if rotation:
+                flipped = {"key1": "key2", "key2": "key1"}[str(before)]
+                result.check(regenerated == 1, f"round {round_} ({point}): {regenerated} regenerateKey calls for one due rotation")
+                result.check(after.get("active") == flipped and not after.get("phase"),
+                             f"round {round_} ({point}): rotation left active {after.get('active')!r} phase {after.get('phase')!r}")
+            else:
+                result.check(regenerated == 0, f"round {round_} ({point}): a sync round regenerated a key")
+            now = time.time()
+            leases = world.rows("leases")
+            expired = [r["RowKey"] for r in leases if float(r.get("expires_at", 0)) < now]
+            result.check(not expired, f"round {round_} ({point}): lease(s) left past their expiry: {expired}")
+            orphaned_max = max(orphaned_max, sum(holder_is_dead(str(r.get("owner", ""))) for r in leases))
+    finally:
+        if child.poll() is None:  # a child started ahead for a round that never came
+            child.kill()
+        child.wait()
     leases = world.rows("leases")
     result.figures.update({
         "kills": kills, "rotation rounds": rotation_rounds,
@@ -157,6 +172,20 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     })
     result.check(busy_refusals == 0, f"{busy_refusals} clean runs were refused as busy (a dead run's lease)")
     return result
+
+
+def _spawn(world: World, round_: int, kind: str) -> subprocess.Popen[bytes]:
+    """A CLI child for round `round_` that imports everything, then waits for its go file."""
+    return world.python(f"round-{round_:03d}", "resilience.crash", "--config", str(world.config_path),
+                        "--ready", str(world.ctx.workdir / f"ready-{round_}"), "--go", str(world.ctx.workdir / f"go-{round_}"), kind)
+
+
+def _wait_ready(world: World, round_: int, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while not (world.ctx.workdir / f"ready-{round_}").exists():
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the child of round {round_} did not get ready (see round-{round_:03d}.err.log)")
+        time.sleep(0.01)
 
 
 def _kill_point(world: World, account: str, exited: bool, rotation: bool, counters: dict[str, Any],
@@ -185,3 +214,36 @@ def _targets_match(world: World, names: list[str], account: str) -> bool:
     expected["K0"] = world.account_keys(account)[str(row.get("active", "key1"))]
     blob = world.blob_text("bundles", f"crash-{world.tag}.env") or ""
     return all(world.target_value(f"vr-{world.tag}-{v.lower()}") == value and f'{v}="{value}"' in blob for v, value in expected.items())
+
+
+# ---- the child: `vaultrelay sync|rotate`, started ahead of its round ------------------------
+def _child(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("--config", "--ready", "--go"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("command", choices=["sync", "rotate"])
+    args = parser.parse_args(argv)
+    # What a run imports, so that the work (and the kill) starts at the go file, not at imports.
+    import azure.data.tables
+    import azure.keyvault.secrets
+    import azure.mgmt.storage
+    import azure.storage.blob  # noqa: F401
+    import rich.table  # noqa: F401
+
+    import core.engine.rotate
+    import core.engine.sync  # noqa: F401
+    from core.cli import main
+    from sandbox.resolver import install
+
+    install(os.environ["SANDBOX_DOMAIN"])
+    Path(args.ready).touch()
+    go = Path(args.go)
+    while not go.exists():
+        time.sleep(0.005)
+    return main(["--config", args.config, args.command])
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1:]))

@@ -41,12 +41,11 @@ PLACEHOLDERS = {store: str(uuid.uuid5(uuid.NAMESPACE_URL, f"vaultrelay-example-{
 
 @dataclass(frozen=True)
 class Role:
-    """One role the example needs: which store's identity, where, which role, and why."""
+    """One role the example needs: which store's identity, where, which role."""
 
     store: str
     scope: Scope
     role: str
-    capabilities: frozenset[str]
 
     @property
     def id(self) -> str:
@@ -69,7 +68,7 @@ def example_roles() -> list[Role]:
     report = compute_permissions(loaded, environ={})
     store_of = {client_id: store for store, client_id in PLACEHOLDERS.items()}
     return sorted(
-        (Role(store_of[g.identity.client_id or ""], g.scope, role, frozenset(g.capabilities)) for g in report.grants for role in g.roles),
+        (Role(store_of[g.identity.client_id or ""], g.scope, role) for g in report.grants for role in g.roles),
         key=lambda r: r.id,
     )
 

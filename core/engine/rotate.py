@@ -31,6 +31,9 @@ log = logging.getLogger("vaultrelay.rotate")
 
 OTHER = {"key1": "key2", "key2": "key1", "primary": "secondary", "secondary": "primary"}
 LEASE_SECONDS = 900.0
+# Polling of Cosmos DB's regenerateKey operation when ARM sends no Retry-After (the SDK would wait
+# 30 s between polls while holding the rotation lease); a Retry-After from ARM still wins.
+COSMOS_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,8 @@ class KeyRotation:
 
             subscription, group = _locate(c.ref, store, run, c.account)
             self.broker.clients.cosmos_management(subscription, store.credential).database_accounts.begin_regenerate_key(
-                group, c.account, DatabaseAccountRegenerateKeyParameters(key_kind=key)).result()
+                group, c.account, DatabaseAccountRegenerateKeyParameters(key_kind=key),
+                polling_interval=COSMOS_POLL_SECONDS).result()
 
     def _verify(self, c: Candidate, key: str) -> str | None:
         """One authorized call with the new key (storage); Cosmos keys are checked by being listed

@@ -33,7 +33,7 @@ from typing import Any
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
-from core.engine.rotate import RotationReport, counted, verify_storage_key
+from core.engine.rotate import COSMOS_POLL_SECONDS, RotationReport, counted, verify_storage_key
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.tagged")
@@ -45,9 +45,6 @@ SAMPLE_TAGS = (TAG_CREDENTIAL, TAG_PROVIDER, TAG_VALIDITY)
 PARTITION = "tagged"
 KIND = "tagged"  # rotation.kind of the rotation metric
 LEASE_SECONDS = 900.0
-# Polling of Cosmos DB's regenerateKey operation when ARM sends no Retry-After (the SDK would wait
-# 30 s between polls while holding the rotation lease); a Retry-After from ARM still wins.
-COSMOS_POLL_SECONDS = 5.0
 
 # CredentialId (lower case) -> (provider kind, the alternate credential, the ARM key name to regenerate).
 _ALTERNATES = {

@@ -222,6 +222,8 @@ _KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True,
 
 MATRIX.update({
     "state:vault": (_KV_SET, _KV_LIST, _KV_READ_BACK),
+    # rotation.tagged_secrets: list the vault's tagged secrets, write their new versions.
+    "rotation:tagged": (_KV_SET, _KV_LIST),
     "locate:storage": (_LOCATE_STORAGE,),
     "locate:cosmos": (_LOCATE_COSMOS,),
     "locate:site": (_LOCATE_SITE,),
@@ -390,6 +392,14 @@ def compute_permissions(
     rotated = any(v.from_ is not None and v.from_.rotate is not None for e in wanted for v in config.envs.get(e, {}).values())
     if config.state is not None and (pushed or rotated or envs is None):
         walker.state(config.state)
+    if envs is None:
+        for i, tagged in enumerate(config.rotation.tagged_secrets):
+            walker.add(tagged.store, walker.scope(tagged.store, "vault", tagged.vault), "rotation:tagged", f"rotation.tagged_secrets.{i}")
+        if config.rotation.tagged_secrets:
+            report.notes.append(
+                "rotation.tagged_secrets: the accounts named by each secret's ProviderAddress tag are known only at run "
+                "time: grant the same store's identity 'Storage Account Key Operator Service Role' on each storage "
+                f"account and '{COSMOS_KEY_OPERATOR_NAME}' on each Cosmos DB account they name")
     return report
 
 

@@ -191,3 +191,22 @@ envs:
     assert document["parameters"]["sourceVaults"]["value"] == [
         {"name": "kv-source", "resourceGroup": "<resource group of kv-source>", "subscriptionId": "s1", "secrets": True}]
     assert document["parameters"]["additionalUserAssignedIdentityIds"]["value"] == []
+
+
+def test_tagged_secret_rotation_needs_secrets_officer_on_the_vault_and_says_what_else() -> None:
+    text = """
+version: 1
+secretStores:
+  azure: {type: azure.managed_identity}
+state: {store: azure, account: stateacct}
+rotation:
+  tagged_secrets:
+    - {vault: kv-rotated, store: azure}
+envs: {}
+"""
+    report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
+    grant = next(g for g in report.grants if g.scope.kind == "vault" and g.scope.name == "kv-rotated")
+    assert grant.roles == ("Key Vault Secrets Officer",) and list(grant.capabilities) == ["rotation:tagged"]
+    assert any("ProviderAddress" in note and "Storage Account Key Operator Service Role" in note for note in report.notes)
+    # Planning one env's needs leaves the whole-config rotation out.
+    assert not any(g.scope.name == "kv-rotated" for g in compute_permissions(parse_config(text, "t.yaml", environ={}), envs=[], environ={}).grants)

@@ -279,7 +279,7 @@ def fresh_account(sandbox: SandboxClient, tag: str) -> str:
     name = f"rot{tag}"
     client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
     client.storage_accounts.begin_create(sandbox.resource_group, name, StorageAccountCreateParameters(
-        sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+        sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus"), polling_interval=0.2).result()
     for role in ("Storage Account Key Operator Service Role", "Reader"):
         sandbox.grant("system", role, sandbox.resource_id("storage", name))
     return name

@@ -345,7 +345,8 @@ class AzureClients:
 
     def _table_options(self, credential: Any) -> dict[str, Any]:
         options = self._storage_common(credential)
-        options.update(retry_backoff_factor=self.retry.backoff_factor, retry_backoff_max=self.retry.backoff_max)
+        options.update(retry_backoff_factor=self.retry.backoff_factor, retry_backoff_max=self.retry.backoff_max,
+                       retry_status=self.retry.per_kind, retry_connect=self.retry.per_kind, retry_read=self.retry.per_kind)
         return options
 
     def log_requests_for(self, credential: Any) -> None:

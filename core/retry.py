@@ -32,9 +32,16 @@ class JitteredRetryPolicy(RetryPolicy):
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """How hard vaultrelay retries one Azure call."""
+    """How hard vaultrelay retries one Azure call.
+
+    At most `total` retries in all, and at most `per_kind` of each kind (a retryable status such
+    as 429/5xx, a connection failure, a read failure: azure-core's own limit, made explicit):
+    with the default waits a call rides over a blip of about three seconds, then fails with a
+    clear error and the next run (the timer, an event retry) converges.
+    """
 
     total: int = 6
+    per_kind: int = 3
     backoff_factor: float = 0.4
     backoff_max: int = 30
     deadline_s: int = 120
@@ -42,6 +49,9 @@ class RetrySettings:
     def policy(self) -> JitteredRetryPolicy:
         return JitteredRetryPolicy(
             retry_total=self.total,
+            retry_status=self.per_kind,
+            retry_connect=self.per_kind,
+            retry_read=self.per_kind,
             retry_backoff_factor=self.backoff_factor,
             retry_backoff_max=self.backoff_max,
             timeout=self.deadline_s,
@@ -59,5 +69,6 @@ class RetrySettings:
                 base = settings.backoff_factor * (2 ** max(int(retry["count"]) - 1, 0))
                 return float(min(settings.backoff_max, base * random.uniform(0.5, 1.5)))
 
-        return JitteredStorageRetry(retry_total=self.total)
+        return JitteredStorageRetry(retry_total=self.total, retry_status=self.per_kind, retry_connect=self.per_kind,
+                                    retry_read=self.per_kind)
 

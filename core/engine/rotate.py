@@ -18,6 +18,7 @@ whether step 1 already happened).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +35,8 @@ LEASE_SECONDS = 900.0
 # Polling of Cosmos DB's regenerateKey operation when ARM sends no Retry-After (the SDK would wait
 # 30 s between polls while holding the rotation lease); a Retry-After from ARM still wins.
 COSMOS_POLL_SECONDS = 5.0
+# Waits between re-push attempts of an env another instance is syncing (its lease lasts a sync).
+REPUSH_WAITS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,7 @@ class KeyRotation:
         if phase == "repushing":
             for env in c.envs:
                 if env in self.engine.envs_with_targets():
-                    result = self.engine.sync(env)
-                    if not result.ok:
-                        raise RuntimeError(f"re-push of env {env} after switching to {target} did not complete; will resume")
+                    self._repush(env, target)
                     report.repushed.append(env)
             next_due = self.engine.clock() + timedelta(seconds=c.every)
             row.fields.update({"phase": "", "target_key": "", "fp_before": "", "next_due": next_due.isoformat()})
@@ -203,6 +204,21 @@ class KeyRotation:
             report.next_due = next_due.isoformat()
         self.state.audit(self.engine.owner, "rotation.done", c.name, {"from": active, "to": target, "repushed": report.repushed, "resumed": resumed})
         return report
+
+    def _repush(self, env: str, target: str) -> None:
+        """Sync `env` after the switch.  Another instance holding the env's lease may have read
+        the old key before the switch, so its push does not count: wait for the lease and push
+        again; if it stays busy the rotation stays in phase `repushing` and the next run resumes."""
+        for wait in (0.0, *REPUSH_WAITS):
+            if wait:
+                log.info("rotation: env %s is being synced by another instance; re-push again in %.0f s", env, wait)
+                time.sleep(wait)
+            result = self.engine.sync(env)
+            if not result.ok:
+                raise RuntimeError(f"re-push of env {env} after switching to {target} did not complete; will resume")
+            if not any(t.outcome == "busy" for t in result.targets):
+                return
+        raise RuntimeError(f"re-push of env {env} after switching to {target}: another instance kept its lease; will resume")
 
     def _save(self, row: Row) -> Row:
         try:

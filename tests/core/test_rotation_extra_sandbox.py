@@ -163,3 +163,33 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     for token in (first, second):
         assert sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]
     assert json.loads(renewed.value or "{}")["value"] not in (err.decode() + out.decode())
+
+
+def test_a_rotation_whose_repush_finds_the_env_busy_waits_for_the_lease_or_resumes_later(world: World, monkeypatch: Any) -> None:
+    import core.engine.rotate as rotate_module
+
+    monkeypatch.setattr(rotate_module, "REPUSH_WAITS", (0.2, 0.2))  # our own module's pacing, not Azure's
+    account = fresh_cosmos_account(world.sandbox, world.tag)
+    body = cosmos_body(account)
+    engine = world.engine(body)
+    assert engine.sync().ok
+    assert [r.outcome for r in KeyRotation(world.engine(body)).rotate()] == ["adopted"]
+
+    # Another instance is syncing env app (it may have read the old key) for the whole rotation.
+    other = world.engine(body)
+    lease = other.state.acquire_lease("sync:app", "other-host:1:abc", 600)
+    assert lease is not None
+    (report,) = KeyRotation(world.engine(body)).rotate(force=True)
+    assert report.outcome == "error" and "kept its lease" in (report.error or ""), report
+    assert regenerations(world.sandbox, account) == 1
+    rows = {r["name"]: r for r in world.engine(body).rotation_status() if r["kind"] == "cosmos"}
+    assert rows[account]["phase"] == "repushing"  # switched, not yet re-pushed: the next run resumes
+    new_key = cosmos_keys(world.sandbox, account).secondary_master_key
+    assert world.target.get_secret(f"vr-{world.tag}-cosmos-key").value != new_key
+
+    other.state.release_lease(lease)
+    world.sandbox.reset_counters()
+    (resumed,) = KeyRotation(world.engine(body)).rotate()
+    assert resumed.outcome == "resumed" and resumed.repushed == ["app"], resumed
+    assert not any("regenerate" in k.lower() for k in world.sandbox.counters()["by_endpoint"])  # not regenerated twice
+    assert world.target.get_secret(f"vr-{world.tag}-cosmos-key").value == new_key

@@ -452,6 +452,28 @@ class AzureClients:
 
         return self._cached("mgmt-web", subscription_id, credential, build)
 
+    def sql_servers(self, subscription_id: str, credential: Any) -> Any:
+        """`core.arm_sql.SqlServers` over an ARM pipeline (no SQL SDK: two REST calls).  No
+        body-logging policy is in the pipeline: a PATCH body carries a password."""
+        def build() -> Any:
+            from azure.core.pipeline import policies
+            from azure.mgmt.core import ARMPipelineClient
+            from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
+
+            from core.arm_sql import SqlServers
+
+            common = self._common(credential)
+            pipeline = [
+                policies.RequestIdPolicy(), policies.HeadersPolicy(), policies.UserAgentPolicy(sdk_moniker="vaultrelay-sql"),
+                policies.ProxyPolicy(), policies.ContentDecodePolicy(), policies.RedirectPolicy(), common["retry_policy"],
+                ARMChallengeAuthenticationPolicy(credential, *self._arm_scopes), *common.get("per_retry_policies", []),
+                ARMHttpLoggingPolicy(),
+            ]
+            client: Any = ARMPipelineClient(base_url=self.cloud.arm_endpoint, policies=pipeline, transport=common["transport"])
+            return SqlServers(client, subscription_id)
+
+        return self._cached("mgmt-sql", subscription_id, credential, build)
+
     # ---- Storage data plane -----------------------------------------------------------------
     def blob_service(self, account: str, credential: Any) -> Any:
         url = self.storage_url(account, "blob")

@@ -277,6 +277,33 @@ _ROLES: tuple[RoleDefinition, ...] = (
         ),
         description="Read Cosmos DB account data and read-only keys.",
     ),
+    # --- Azure SQL ---
+    RoleDefinition(
+        "6d8ee4ec-f05a-4a1d-8b00-a9b17e38b437", "SQL Server Contributor",
+        actions=(
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Insights/alertRules/*",
+            "Microsoft.ResourceHealth/availabilityStatuses/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Sql/locations/*/read",
+            "Microsoft.Sql/servers/*",
+            "Microsoft.Support/*",
+            "Microsoft.Insights/metrics/read",
+            "Microsoft.Insights/metricDefinitions/read",
+        ),
+        not_actions=(
+            "Microsoft.Sql/managedInstances/*",
+            "Microsoft.Sql/servers/auditingSettings/*",
+            "Microsoft.Sql/servers/databases/auditingSettings/*",
+            "Microsoft.Sql/servers/securityAlertPolicies/*",
+            "Microsoft.Sql/servers/vulnerabilityAssessments/*",
+            "Microsoft.Sql/servers/azureADOnlyAuthentications/delete",
+            "Microsoft.Sql/servers/azureADOnlyAuthentications/write",
+        ),
+        description="Manage SQL servers and databases (their administrator password included), but not access to them "
+                    "and not their security-related policies.",
+    ),
     # --- Azure Monitor ---
     RoleDefinition(
         "3913510d-42f4-4e42-8a64-420c390055eb", "Monitoring Metrics Publisher",

@@ -15,6 +15,13 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
   `Location`; the key changes when the operation completes);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
   (POST) and `config/appsettings` (PUT), also under `/slots/{slot}`;
+* Microsoft.Sql 2025-01-01 (the REST shape of azure-mgmt-sql; vaultrelay sends 2021-11-01): servers
+  get, list, create or update (PUT, synchronous here), update (PATCH: 202 + `Azure-AsyncOperation`
+  + `Location`; a new `administratorLoginPassword` takes effect when the operation completes).
+  `administratorLoginPassword` is write-only (never returned, as in Azure) and must meet Azure
+  SQL's complexity rules (8-128 characters of three of: upper, lower, digit, symbol; not containing
+  the login); there is no SQL endpoint, so the control API's `POST /sql/logins/check` says whether a
+  login/password pair would currently sign in;
 * Microsoft.Authorization 2022-04-01 (azure-mgmt-authorization; up to 2022-05-01-preview):
   role assignments (create, get, delete, list at any scope with `atScope()`,
   `principalId eq '{id}'` and `assignedTo('{id}')` filters) at subscription, resource group,
@@ -55,6 +62,7 @@ from sandbox.runtime import Runtime
 from sandbox.world import (
     COSMOS_TYPE,
     SITE_TYPE,
+    SQL_TYPE,
     STORAGE_TYPE,
     VAULT_TYPE,
     Resource,
@@ -72,6 +80,7 @@ NEWEST_API_VERSIONS = {
     "microsoft.storage": "2026-09-01",
     "microsoft.documentdb": "2026-03-15",
     "microsoft.web": "2025-05-01",
+    "microsoft.sql": "2025-01-01",
     "microsoft.authorization": "2022-05-01",
 }
 _API_VERSION = re.compile(r"^(?P<date>20\d\d-\d\d-\d\d)(-preview)?$")
@@ -102,6 +111,9 @@ _KINDS = {
     "site": _Kind(
         SITE_TYPE, r"Microsoft\.Web/sites", re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$"),
         "InvalidResourceName",
+    ),
+    "sql": _Kind(
+        SQL_TYPE, r"Microsoft\.Sql/servers", re.compile(r"^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$"), "InvalidServerName",
     ),
     "vault": _Kind(
         VAULT_TYPE, r"Microsoft\.KeyVault/vaults", re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$"),
@@ -204,7 +216,8 @@ class ArmService(Service):
             r("GET", rf"{_SUB}/providers/{spec.pattern}", f"List{title}", self._lister(kind))
             r("GET", rf"{_RG}/providers/{spec.pattern}", f"List{title}InGroup", self._lister(kind))
             r("GET", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Get{title}", self._getter(kind))
-            r("PUT", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Put{title}", self._putter(kind))
+            if kind != "sql":
+                r("PUT", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Put{title}", self._putter(kind))
         # long-running operations
         r("GET", _SUB + r"/providers/(?P<ns>[^/]+)/locations/(?P<loc>[^/]+)/(?P<kind>operationsStatus|operationResults|asyncoperations)/(?P<op>[^/]+)",
           "GetOperation", self.get_operation)
@@ -219,6 +232,10 @@ class ArmService(Service):
         r("GET", db + "/readonlykeys", "CosmosReadOnlyKeys", self.cosmos_readonly_keys)
         r("POST", db + "/listConnectionStrings", "CosmosListConnectionStrings", self.cosmos_connection_strings)
         r("POST", db + "/regenerateKey", "CosmosRegenerateKey", self.cosmos_regenerate_key)
+        # SQL servers (administrator password is write-only)
+        sql = rf"{_RG}/providers/Microsoft\.Sql/servers/(?P<name>[^/]+)"
+        r("PUT", sql, "PutSql", self.sql_put)
+        r("PATCH", sql, "PatchSql", self.sql_patch)
         # app settings
         site = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)(/slots/(?P<slot>[^/]+))?"
         r("POST", site + "/config/appsettings/list", "ListAppSettings", self.list_app_settings)
@@ -413,6 +430,13 @@ class ArmService(Service):
         elif resource.type == SITE_TYPE:
             body["kind"] = resource.data.get("kind", "functionapp,linux")
             properties.update({"defaultHostName": f"{resource.name}.azurewebsites.net", "state": "Running"})
+        elif resource.type == SQL_TYPE:
+            body["kind"] = "v12.0"
+            properties.update({
+                "version": "12.0", "state": "Ready", "publicNetworkAccess": "Enabled", "minimalTlsVersion": "1.2",
+                "fullyQualifiedDomainName": f"{resource.name}.database.windows.net",
+            })
+            properties.pop("administratorLoginPassword", None)  # write-only: never stored in properties, never returned
         elif resource.type == VAULT_TYPE:
             properties.update({
                 "vaultUri": self.runtime.vault_url(resource.name) + "/", "tenantId": self.runtime.world.tenant_id,
@@ -618,6 +642,102 @@ class ArmService(Service):
         return web.Response(status=202, headers={
             "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
         })
+
+    # ---- SQL servers ------------------------------------------------------------------------
+    def _sql_body(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
+            raise AzureError(400, "InvalidRequestContent", "The request content must be a JSON object with an object 'properties'.")
+        return body
+
+    @staticmethod
+    def _check_sql_password(password: Any, login: str) -> str:
+        """Azure SQL's password policy; the error never repeats the password."""
+        value = password if isinstance(password, str) else ""
+        classes = sum(any(test(c) for c in value) for test in (str.isupper, str.islower, str.isdigit, lambda c: not c.isalnum()))
+        if not 8 <= len(value) <= 128 or classes < 3 or (login and login.lower() in value.lower()):
+            raise AzureError(400, "PasswordNotComplex", (
+                "Password validation failed. The password does not meet policy requirements because it is not complex enough."
+            ))
+        return value
+
+    async def sql_put(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        group = self._group(rg)
+        world = self.runtime.world
+        spec = _KINDS["sql"]
+        self._authorize(ctx, f"{SQL_TYPE}/write", f"{world.subscription_scope}/resourceGroups/{group}/providers/{SQL_TYPE}/{name}")
+        body = self._sql_body(await read_json(request))
+        properties = body.get("properties") or {}
+        if not spec.name_rule.match(name):
+            raise AzureError(400, spec.name_error, f"Invalid value given for parameter ServerName: '{name}'.")
+        existing = world.find_resource(SQL_TYPE, name)
+        if existing is not None and existing.resource_group.lower() != group.lower():
+            raise AzureError(409, "ServerAlreadyExists", f"The server name '{name}' is already in use.")
+        if existing is None:
+            login = str(properties.get("administratorLogin") or "")
+            if not body.get("location"):
+                raise AzureError(400, "LocationRequired", "The location property is required for this definition.")
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}", login) or login.lower() in ("admin", "administrator", "sa", "root", "guest"):
+                raise AzureError(400, "InvalidLoginName", f"Invalid administrator login name '{login}'.")
+            password = self._check_sql_password(properties.get("administratorLoginPassword"), login)
+            tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+            resource = world.add_resource(SQL_TYPE, name, resource_group=group, location=str(body["location"]), tags=tags,
+                                          properties={"administratorLogin": login})
+            resource.data["sql_password"] = password
+            return json_response(self._view(resource), status=201)
+        self._update_sql(existing, body, properties)()
+        return json_response(self._view(existing))
+
+    def _update_sql(self, resource: Resource, body: dict[str, Any], properties: dict[str, Any]) -> Callable[[], None]:
+        """Validate an update and return what applies it (the password changes when it runs)."""
+        login = str(resource.properties.get("administratorLogin") or "")
+        requested = properties.get("administratorLogin")
+        if requested is not None and str(requested) != login:
+            raise AzureError(400, "InvalidParameterValue", "The administrator login of a server cannot be changed.")
+        password = None
+        if "administratorLoginPassword" in properties:
+            password = self._check_sql_password(properties.get("administratorLoginPassword"), login)
+        tags = body.get("tags")
+
+        def apply() -> None:
+            if password is not None:
+                resource.data["sql_password"] = password
+            if isinstance(tags, dict):
+                resource.tags = {str(k): str(v) for k, v in tags.items()}
+
+        return apply
+
+    async def sql_patch(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        resource = self._resource("sql", rg, name)
+        self._authorize(ctx, f"{SQL_TYPE}/write", resource.id)
+        body = self._sql_body(await read_json(request))
+        apply = self._update_sql(resource, body, body.get("properties") or {})
+        pending = resource.data.get("pending_operation")
+        if pending in self.operations and self.operations[pending].ended is None:
+            raise AzureError(409, "ConflictingServerOperation", "An ongoing operation is already in progress on this server. Please retry later.")
+        operation = self._start_operation(ctx, "Microsoft.Sql", resource.location, request.query["api-version"], finish=apply,
+                                          result=lambda: self._view(resource))
+        resource.data["pending_operation"] = operation.id
+        return web.Response(status=202, headers={
+            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
+        })
+
+    def control_routes(self, app: web.Application) -> None:
+        async def check_login(request: web.Request) -> web.Response:
+            # Stands in for a SQL sign-in (there is no SQL endpoint): whether the pair works now.
+            body = await read_json(request)
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("server", "login", "password")):
+                return json_response({"error": "server, login and password (strings) are required"}, status=400)
+            server = self.runtime.world.find_resource(SQL_TYPE, body["server"])
+            if server is None:
+                return json_response({"error": "no such SQL server"}, status=404)
+            login = str(server.properties.get("administratorLogin") or "")
+            current = str(server.data.get("sql_password") or "")
+            valid = bool(current) and body["login"].lower() == login.lower() and secrets.compare_digest(body["password"].encode(), current.encode())
+            return json_response({"valid": valid})
+
+        app.router.add_post("/sql/logins/check", check_login)
 
     # ---- app settings -----------------------------------------------------------------------
     def _settings(self, resource: Resource, slot: str | None) -> dict[str, str]:

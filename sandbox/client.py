@@ -83,6 +83,7 @@ class SandboxClient:
             "storage": "Microsoft.Storage/storageAccounts",
             "cosmos": "Microsoft.DocumentDB/databaseAccounts",
             "site": "Microsoft.Web/sites",
+            "sql": "Microsoft.Sql/servers",
         }[kind]
         return (
             f"/subscriptions/{self.subscription_id}/resourceGroups/{resource_group or self.resource_group}"
@@ -138,6 +139,11 @@ class SandboxClient:
 
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
+
+    def sql_login_valid(self, server: str, login: str, password: str) -> bool:
+        """Whether `login`/`password` would sign in to the SQL server now (the sandbox has no SQL
+        endpoint: this stands in for a connection).  The password is sent to the control API only."""
+        return bool(self.call("POST", "/sql/logins/check", {"server": server, "login": login, "password": password})["valid"])
 
     def create_identity(self, name: str) -> UserIdentity:
         """A new user-assigned identity called `name`, with no role; usable by name from now on."""

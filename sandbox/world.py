@@ -23,6 +23,7 @@ VAULT_TYPE = "Microsoft.KeyVault/vaults"
 STORAGE_TYPE = "Microsoft.Storage/storageAccounts"
 COSMOS_TYPE = "Microsoft.DocumentDB/databaseAccounts"
 SITE_TYPE = "Microsoft.Web/sites"
+SQL_TYPE = "Microsoft.Sql/servers"
 
 
 def stable_uuid(seed: str, *parts: str) -> str:

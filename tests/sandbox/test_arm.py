@@ -550,3 +550,45 @@ def test_resource_groups_and_vaults_through_arm(sandbox: SandboxClient) -> None:
     assert denied.status_code == 403 and "'Microsoft.KeyVault/vaults/write'" in denied.json()["error"]["message"]
     missing = arm(sandbox, "GET", f"/subscriptions/{sandbox.subscription_id}/resourceGroups/{unique('rg')}?api-version=2022-09-01")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "ResourceGroupNotFound"
+
+
+# ---- SQL servers ----------------------------------------------------------------------------
+SQL_SERVER_CONTRIBUTOR = "6d8ee4ec-f05a-4a1d-8b00-a9b17e38b437"
+
+
+def test_sql_server_password_is_write_only_and_changes_when_the_patch_completes(sandbox: SandboxClient, granted: Any) -> None:
+    server = unique("sql")
+    path = sandbox.resource_id("sql", server) + "?api-version=2021-11-01"
+    first, second = "Aa1!" + uuid.uuid4().hex, "Bb2*" + uuid.uuid4().hex
+    created = arm(sandbox, "PUT", path, json={"location": "eastus", "properties": {
+        "administratorLogin": "vradmin", "administratorLoginPassword": first}})
+    assert created.status_code == 201, created.text
+    assert created.json()["properties"]["administratorLogin"] == "vradmin"
+    assert first not in created.text and "administratorLoginPassword" not in created.text
+    got = arm(sandbox, "GET", path)
+    assert got.status_code == 200 and got.json()["type"] == "Microsoft.Sql/servers" and first not in got.text
+    assert sandbox.sql_login_valid(server, "vradmin", first) and not sandbox.sql_login_valid(server, "vradmin", second)
+
+    # Weak passwords and a changed login are refused; the error never repeats the password.
+    weak = arm(sandbox, "PATCH", path, json={"properties": {"administratorLoginPassword": "short"}})
+    assert weak.status_code == 400 and weak.json()["error"]["code"] == "PasswordNotComplex" and "short" not in weak.text
+    with_login = arm(sandbox, "PATCH", path, json={"properties": {"administratorLoginPassword": "Vradmin-1-" + uuid.uuid4().hex}})
+    assert with_login.status_code == 400
+    assert arm(sandbox, "PATCH", path, json={"properties": {"administratorLogin": "other"}}).status_code == 400
+
+    # An identity without Microsoft.Sql/servers/write cannot change it; SQL Server Contributor can.
+    denied = arm(sandbox, "PATCH", path, identity="app", json={"properties": {"administratorLoginPassword": second}})
+    assert denied.status_code == 403 and "Microsoft.Sql/servers/write" in denied.text
+    granted(sandbox.resource_id("sql", server), SQL_SERVER_CONTRIBUTOR, "app")
+    started = arm(sandbox, "PATCH", path, identity="app", json={"properties": {"administratorLoginPassword": second}})
+    assert started.status_code == 202 and second not in started.text
+    status_url = started.headers["Azure-AsyncOperation"]
+    assert "/providers/Microsoft.Sql/locations/eastus/operationsStatus/" in status_url
+    assert arm(sandbox, "PATCH", path, json={"properties": {"administratorLoginPassword": second}}).status_code == 409
+    headers = {"Authorization": f"Bearer {token(sandbox, 'app')}"}
+    assert requests.get(status_url, headers=headers, timeout=15).json()["status"] == "InProgress"
+    assert sandbox.sql_login_valid(server, "vradmin", first)  # not yet
+    assert requests.get(status_url, headers=headers, timeout=15).json()["status"] == "Succeeded"
+    assert sandbox.sql_login_valid(server, "vradmin", second) and not sandbox.sql_login_valid(server, "vradmin", first)
+    assert not sandbox.sql_login_valid(server, "someone", second)
+    assert second not in arm(sandbox, "GET", path).text

@@ -69,7 +69,7 @@ class SqlServers:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        return self._client.send_request(HttpRequest(method, url, headers=headers, content=body))
+        return self._client.send_request(HttpRequest(method, self._client.format_url(url), headers=headers, content=body))
 
     @staticmethod
     def _raise_for(response: Any) -> None:
@@ -163,3 +163,25 @@ def _retry_after(response: Any) -> float:
         return max(0.0, min(float(response.headers.get("Retry-After", POLL_SECONDS)), 60.0))
     except (TypeError, ValueError):
         return POLL_SECONDS
+
+
+PASSWORD_LENGTH = 32
+PASSWORD_SYMBOLS = "-._~!*"
+"""Symbols safe in connection strings (ADO, ODBC, JDBC) and URLs without quoting."""
+_PASSWORD_CLASSES = ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz", "0123456789", PASSWORD_SYMBOLS)
+
+
+def new_password(login: str, length: int = PASSWORD_LENGTH) -> SecretValue:
+    """A random password (the `secrets` module) that meets Azure SQL's policy with room to spare:
+    `length` characters with at least one upper-case letter, lower-case letter, digit and symbol,
+    never containing the login name."""
+    import secrets
+
+    alphabet = "".join(_PASSWORD_CLASSES)
+    while True:
+        chars = [secrets.choice(group) for group in _PASSWORD_CLASSES]
+        chars += [secrets.choice(alphabet) for _ in range(max(length, 8) - len(chars))]
+        secrets.SystemRandom().shuffle(chars)
+        candidate = "".join(chars)
+        if not login or login.lower() not in candidate.lower():
+            return SecretValue(candidate)

@@ -22,6 +22,24 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
 * envs with targets that reference the secret are re-pushed with the new version;
 * audited (names, versions, key ids; never values).  Secrets with an unsupported
   ProviderAddress kind or unusable tags get a status warning naming the secret and the problem.
+
+SQL server administrator passwords (Microsoft's "one set of credentials" sample): `CredentialId` is
+the server's administrator login, `ProviderAddress` a `Microsoft.Sql/servers` resource id.  There is
+one credential and no overlap window: the old password stops working when the new one is set.  A
+new random password (core.arm_sql.new_password) is kept only in memory and in Key Vault, in this
+order, so that a run killed anywhere leaves no password on the server that nobody stored:
+
+1. the record's phase `storing` (no value) and the server read (it exists, the login matches);
+2. the password written as the secret's new version, tags kept plus `vaultrelay-rotation: pending`,
+   `expires = now + ValidityPeriodDays`; phase `setting` with that version;
+3. the password set on the server (ARM PATCH of `administratorLoginPassword`, a long-running
+   operation), the server read back (it exists, `administratorLogin` is the CredentialId);
+4. the `pending` tag removed (same version), the record finished, envs re-pushed.
+
+A current version tagged pending is finished by the next run or event (the stored password is set
+again: the PATCH is idempotent), never replaced by a new password.  When ARM refuses the PATCH
+outright (a 4xx: the server kept its password) the previous version's value is written back as
+the current version.  vaultrelay cannot sign in to SQL, so it does not verify the password itself.
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
 from core.engine.rotate import COSMOS_POLL_SECONDS, RotationReport, counted, verify_storage_key
 from core.state.tables import Conflict, Row
+from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.tagged")
 
@@ -42,6 +61,8 @@ TAG_CREDENTIAL = "CredentialId"
 TAG_PROVIDER = "ProviderAddress"
 TAG_VALIDITY = "ValidityPeriodDays"
 SAMPLE_TAGS = (TAG_CREDENTIAL, TAG_PROVIDER, TAG_VALIDITY)
+TAG_PENDING = "vaultrelay-rotation"
+PENDING = "pending"  # TAG_PENDING's value on a SQL password version not yet known to be set on the server
 PARTITION = "tagged"
 KIND = "tagged"  # rotation.kind of the rotation metric
 LEASE_SECONDS = 900.0
@@ -52,7 +73,8 @@ _ALTERNATES = {
     "primary": ("cosmos", "secondary"), "secondary": ("cosmos", "primary"),
     "primaryreadonly": ("cosmos", "secondaryreadonly"), "secondaryreadonly": ("cosmos", "primaryreadonly"),
 }
-_PROVIDER_KINDS = {"microsoft.storage/storageaccounts": "storage", "microsoft.documentdb/databaseaccounts": "cosmos"}
+_PROVIDER_KINDS = {"microsoft.storage/storageaccounts": "storage", "microsoft.documentdb/databaseaccounts": "cosmos",
+                   "microsoft.sql/servers": "sql"}
 # Cosmos DB keyKind of regenerateKey, and the listKeys / readonlykeys attribute holding the key.
 _COSMOS_KEY_KIND = {"primary": "primary", "secondary": "secondary", "primaryreadonly": "primaryReadonly", "secondaryreadonly": "secondaryReadonly"}
 _COSMOS_ATTRIBUTE = {"primary": "primary_master_key", "secondary": "secondary_master_key",
@@ -67,14 +89,14 @@ class UnusableTags(ValueError):
 class Provider:
     """The account a `ProviderAddress` names."""
 
-    kind: str  # storage | cosmos
+    kind: str  # storage | cosmos | sql
     subscription: str
     resource_group: str
-    account: str
+    account: str  # the account's (or SQL server's) name
 
 
 def parse_provider(address: str) -> Provider:
-    """The storage or Cosmos DB account of an ARM resource id.
+    """The storage account, Cosmos DB account or SQL server of an ARM resource id.
 
     Raises:
         UnusableTags: not a resource id, or a resource kind vaultrelay does not rotate.
@@ -86,7 +108,7 @@ def parse_provider(address: str) -> Provider:
     resource_type = f"{parts[5]}/{parts[6]}"
     kind = _PROVIDER_KINDS.get(resource_type.lower())
     if kind is None:
-        raise UnusableTags(f"ProviderAddress is a {resource_type}; vaultrelay rotates storage accounts and Cosmos DB accounts only")
+        raise UnusableTags(f"ProviderAddress is a {resource_type}; vaultrelay rotates storage accounts, Cosmos DB accounts and SQL servers only")
     return Provider(kind, parts[1], parts[3], parts[7])
 
 
@@ -113,14 +135,22 @@ class TaggedSecret:
     def provider(self) -> Provider:
         return parse_provider(self.provider_address)
 
+    @property
+    def pending(self) -> bool:
+        """A SQL password stored by a rotation that may not be set on the server yet."""
+        return self.tags.get(TAG_PENDING, "").lower() == PENDING
+
     def alternate(self) -> str:
-        """The alternate CredentialId, written the way this one is (`key1` -> `key2`, `Primary` -> `Secondary`).
+        """The alternate CredentialId, written the way this one is (`key1` -> `key2`, `Primary` -> `Secondary`);
+        a SQL server has one credential: its administrator login stays the CredentialId.
 
         Raises:
             UnusableTags: an unknown CredentialId or one that does not fit the provider.
         """
-        found = _ALTERNATES.get(self.credential_id.lower())
         kind = self.provider.kind
+        if kind == "sql":
+            return self.credential_id
+        found = _ALTERNATES.get(self.credential_id.lower())
         if found is None or found[0] != kind:
             allowed = ", ".join(k for k, (p, _) in _ALTERNATES.items() if p == kind)
             raise UnusableTags(f"CredentialId {self.credential_id!r} is not a {'storage' if kind == 'storage' else 'Cosmos DB'} key (use {allowed})")
@@ -241,7 +271,7 @@ class TaggedSecretRotation:
                     quick = tagged_secret(vault, props)
                 except UnusableTags:
                     quick = None  # rotate_secret records the warning
-                if quick is not None and not force and quick.key not in unfinished and not self.due(quick, now):
+                if quick is not None and not force and quick.key not in unfinished and not quick.pending and not self.due(quick, now):
                     # The listing carries tags and expiry: a secret that is not due costs no further call.
                     reports.append(counted(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id,
                                                           next_due=self._next_due(quick)), KIND))
@@ -288,7 +318,7 @@ class TaggedSecretRotation:
             return self._warn(vault, name, str(exc), label)
         state = self.engine.state
         row = state.get("rotations", PARTITION, secret.key)
-        unfinished = row is not None and bool(row.fields.get("phase"))
+        unfinished = (row is not None and bool(row.fields.get("phase"))) or secret.pending
         if not unfinished:
             if expected_version and secret.version != expected_version:
                 return RotationReport(label, "already_rotated", new_active=secret.credential_id)
@@ -306,6 +336,8 @@ class TaggedSecretRotation:
             if secret is None:
                 return RotationReport(label, "not_tagged")
             row = state.get("rotations", PARTITION, secret.key)
+            if secret.provider.kind == "sql":
+                return self._rotate_sql(secret, row, expected_version=expected_version, force=force, reason=reason, label=label)
             phase = str(row.fields.get("phase") or "") if row else ""
             if phase and row is not None and row.fields.get("from_version") != secret.version:
                 # Killed after writing the new version: only the record is left to finish.
@@ -364,6 +396,131 @@ class TaggedSecretRotation:
         })
         report.repushed = self._repush(secret.vault, secret.name)
         return report
+
+    # ---- SQL server administrator passwords ---------------------------------------------
+    def _rotate_sql(self, secret: TaggedSecret, row: Row | None, *, expected_version: str | None, force: bool, reason: str,
+                    label: str) -> RotationReport:
+        """One SQL password rotation under the secret's lease: finish a pending one, else start one when due."""
+        if secret.pending:
+            return self._sql_apply(secret, row, None, resumed=True, reason=reason, label=label)
+        phase = str(row.fields.get("phase") or "") if row else ""
+        if row is not None and phase == "rolling_back":
+            # A refused update whose previous value was written back (the current version is not pending).
+            row.fields.update({"phase": ""})
+            row = self._save(row)
+            phase = ""
+        if row is not None and phase and row.fields.get("from_version") != secret.version:
+            if secret.credential_id == row.fields.get("target") and secret.provider_address == row.fields.get("provider"):
+                # Killed after the pending tag was removed: only the record is left to finish.
+                now = self.engine.clock()
+                self._finish(row, secret, now)
+                return RotationReport(label, "resumed", secret.credential_id, secret.credential_id, next_due=self._next_due(secret))
+            phase = ""  # someone else wrote a version: start over from what is there now
+        if not phase:
+            if expected_version and secret.version != expected_version:
+                return RotationReport(label, "already_rotated", new_active=secret.credential_id)
+            if not force and not self.due(secret, self.engine.clock()):
+                return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
+        # No phase, or killed before a new version was stored: nothing reached the server yet.
+        return self._sql_start(secret, row, resumed=bool(phase), reason=reason, label=label)
+
+    def _sql_server(self, secret: TaggedSecret) -> Any:
+        """The `SqlServers` of the secret's ProviderAddress, with the vault's store identity."""
+        return self.broker.clients.sql_servers(secret.provider.subscription, self._credential(secret.vault))
+
+    def _check_login(self, secret: TaggedSecret, provider: Provider) -> str:
+        """The server's administrator login, which must be the CredentialId.
+
+        Raises:
+            UnusableTags: the server's administrator login is another one.
+        """
+        server = self._sql_server(secret).get(provider.resource_group, provider.account)
+        if server.administrator_login.lower() != secret.credential_id.lower():
+            raise UnusableTags(f"CredentialId {secret.credential_id!r} is not the administrator login of SQL server {provider.account}")
+        return str(server.administrator_login)
+
+    def _sql_start(self, secret: TaggedSecret, row: Row | None, *, resumed: bool, reason: str, label: str) -> RotationReport:
+        from core.arm_sql import new_password
+
+        provider = secret.provider
+        login = self._check_login(secret, provider)
+        fields = {"phase": "storing", "from": secret.credential_id, "target": secret.credential_id, "from_version": secret.version,
+                  "to_version": "", "provider": secret.provider_address, "fp_before": "",
+                  "started_at": self.engine.clock().isoformat(), "reason": reason}
+        row = self._save(Row(PARTITION, secret.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+        password = new_password(login)
+        now = self.engine.clock()
+        written = self._vault(secret.vault).set_secret(
+            secret.name, password.reveal(), tags={**secret.tags, TAG_PENDING: PENDING}, expires_on=now + secret.validity,
+            content_type=secret.content_type)
+        pending = tagged_secret(secret.vault, written.properties)
+        assert pending is not None
+        log.info("rotation %s: new password stored as version %s (pending), setting it on %s", label, pending.version, provider.account)
+        row.fields.update({"phase": "setting", "to_version": pending.version})
+        row = self._save(row)
+        return self._sql_apply(pending, row, password, resumed=resumed, reason=reason, label=label)
+
+    def _sql_apply(self, pending: TaggedSecret, row: Row | None, password: SecretValue | None, *, resumed: bool, reason: str,
+                   label: str) -> RotationReport:
+        """Set the password stored in `pending` (a version tagged pending) on the server, then finish."""
+        from core.arm_sql import PasswordRefused
+
+        provider = pending.provider
+        vault = self._vault(pending.vault)
+        if row is None or not row.fields.get("phase"):
+            # Resumed from the secret alone (the record was lost or never written): the last
+            # finished version, if any, is the one a refusal writes back.
+            fields = {"phase": "setting", "from": pending.credential_id, "target": pending.credential_id,
+                      "from_version": str(row.fields.get("version") or "") if row else "", "to_version": pending.version,
+                      "provider": pending.provider_address, "fp_before": "", "started_at": self.engine.clock().isoformat(), "reason": reason}
+            row = self._save(Row(PARTITION, pending.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+        elif row.fields.get("to_version") != pending.version:
+            row.fields.update({"phase": "setting", "to_version": pending.version})
+            row = self._save(row)
+        if password is None:
+            log.info("rotation %s: version %s is pending: setting its password on %s again", label, pending.version, provider.account)
+            password = SecretValue(vault.get_secret(pending.name, pending.version).value or "")
+        self._check_login(pending, provider)
+        servers = self._sql_server(pending)
+        try:
+            servers.set_administrator_password(provider.resource_group, provider.account, password)
+        except PasswordRefused as exc:
+            self._sql_roll_back(pending, row, exc)
+        del password
+        self._check_login(pending, provider)  # read back: the server is there and the login is the CredentialId
+        tags = {k: v for k, v in pending.tags.items() if k != TAG_PENDING}
+        final = tagged_secret(pending.vault, vault.update_secret_properties(pending.name, pending.version, tags=tags))
+        assert final is not None
+        now = self.engine.clock()
+        self._finish(row, final, now)
+        self.engine.state.audit(self.engine.owner, "tagged.rotated", f"{pending.vault}/{pending.name}", {
+            "from": pending.credential_id, "to": pending.credential_id, "kind": "sql", "account": provider.account,
+            "from_version": row.fields.get("from_version", ""), "to_version": final.version, "reason": reason, "resumed": resumed,
+        })
+        report = RotationReport(label, "resumed" if resumed else "rotated", pending.credential_id, pending.credential_id,
+                                next_due=self._next_due(final))
+        report.repushed = self._repush(pending.vault, pending.name)
+        return report
+
+    def _sql_roll_back(self, pending: TaggedSecret, row: Row, refused: Exception) -> None:
+        """ARM refused the update, so the server kept its password: make the previous version's
+        value current again (consumers must not read a password the server never took).
+
+        Raises:
+            RuntimeError: always (the rotation failed); says whether the previous value was restored.
+        """
+        row.fields.update({"phase": "rolling_back"})
+        row = self._save(row)
+        from_version = str(row.fields.get("from_version") or "")
+        if not from_version:
+            raise RuntimeError(f"{refused}; no previous version is known, the stored password stays pending")
+        vault = self._vault(pending.vault)
+        previous = vault.get_secret(pending.name, from_version)
+        restored = vault.set_secret(pending.name, previous.value, tags=dict(previous.properties.tags or {}),
+                                    expires_on=previous.properties.expires_on, content_type=previous.properties.content_type)
+        row.fields.update({"phase": "", "to_version": "", "last_error": str(refused)[:200]})
+        self._save(row)
+        raise RuntimeError(f"{refused}; the previous password was written back as version {restored.properties.version}")
 
     def _finish(self, row: Row, secret: TaggedSecret, now: datetime) -> None:
         row.fields.update({"phase": "", "fp_before": "", "active": secret.credential_id, "version": secret.version,

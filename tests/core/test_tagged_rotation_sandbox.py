@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from azure.core.exceptions import HttpResponseError
 from azure.keyvault.secrets import SecretClient
 from azure.mgmt.storage import StorageManagementClient
@@ -172,25 +174,25 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
     tagged.seed("due-key", keys["key2"], "key2", storage_provider, expires_in=timedelta(days=5))
     tagged.seed("later-key", keys["key2"], "key2", storage_provider, expires_in=timedelta(days=50))
     tagged.seed("cosmos-key", cosmos_before.primary_master_key, "Primary", cosmos_provider, expires_in=timedelta(days=2), validity_days="30")
-    sql = f"/subscriptions/{sandbox.subscription_id}/resourceGroups/{sandbox.resource_group}/providers/Microsoft.Sql/servers/sql{world.tag}"
-    tagged.seed("sql-password", "not-a-key", "key1", sql, expires_in=timedelta(days=1))
+    hub = f"/subscriptions/{sandbox.subscription_id}/resourceGroups/{sandbox.resource_group}/providers/Microsoft.EventHub/namespaces/eh{world.tag}"
+    tagged.seed("hub-key", "not-a-key", "key1", hub, expires_in=timedelta(days=1))
     tagged.client.set_secret("untagged", "whatever", expires_on=datetime.now(UTC) + timedelta(days=1))
 
     sandbox.reset_counters()
     reports = {r.name: r for r in KeyRotation(tagged.engine()).rotate()}
     prefix = f"tagged:{tagged.vault}/"
-    assert set(reports) == {prefix + n for n in ("due-key", "later-key", "cosmos-key", "sql-password")}
+    assert set(reports) == {prefix + n for n in ("due-key", "later-key", "cosmos-key", "hub-key")}
     assert (reports[prefix + "due-key"].outcome, reports[prefix + "due-key"].new_active) == ("rotated", "key1")
     assert reports[prefix + "later-key"].outcome == "not_due"
     assert (reports[prefix + "cosmos-key"].outcome, reports[prefix + "cosmos-key"].new_active) == ("rotated", "Secondary")
-    unsupported = reports[prefix + "sql-password"]
-    assert unsupported.outcome == "unsupported" and "Microsoft.Sql/servers" in (unsupported.error or "")
+    unsupported = reports[prefix + "hub-key"]
+    assert unsupported.outcome == "unsupported" and "Microsoft.EventHub/namespaces" in (unsupported.error or "")
     warnings = {r.key: r.fields for r in tagged.engine().state.query("rotations", "warning")}
-    assert "sql-password" in warnings[f"{tagged.vault}:sql-password"]["detail"]
-    assert "Microsoft.Sql/servers" in warnings[f"{tagged.vault}:sql-password"]["detail"]
+    assert "hub-key" in warnings[f"{tagged.vault}:hub-key"]["detail"]
+    assert "Microsoft.EventHub/namespaces" in warnings[f"{tagged.vault}:hub-key"]["detail"]
     status = {(r["kind"], r["name"]): r for r in tagged.engine().rotation_status()}
     assert status[("tagged", f"{tagged.vault}:due-key")]["active"] == "key1"
-    assert "Microsoft.Sql/servers" in status[("warning", f"{tagged.vault}:sql-password")]["detail"]
+    assert "Microsoft.EventHub/namespaces" in status[("warning", f"{tagged.vault}:hub-key")]["detail"]
 
     after = storage_keys(sandbox, account)
     assert digest(after["key1"]) != digest(keys["key1"]) and digest(after["key2"]) == digest(keys["key2"])
@@ -208,7 +210,7 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
     sandbox.reset_counters()
     again = {r.name: r.outcome for r in KeyRotation(tagged.engine()).rotate()}
     assert again == {prefix + "due-key": "not_due", prefix + "later-key": "not_due", prefix + "cosmos-key": "not_due",
-                     prefix + "sql-password": "unsupported"}
+                     prefix + "hub-key": "unsupported"}
     assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
 
     (one,) = KeyRotation(tagged.engine()).rotate(prefix + "later-key", force=True)
@@ -345,3 +347,163 @@ def test_two_processes_rotating_one_due_tagged_secret_regenerate_once(
     assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(after["key2"])  # re-pushed once
     state = tagged.engine().state
     assert len([r for r in state.query("audit") if r.fields.get("action") == "tagged.rotated"]) == 1
+
+
+# ---- SQL server administrator passwords (Microsoft's "one set of credentials" sample) ----------
+SQL_LOGIN = "vrsqladmin"
+
+
+def new_sql_server(sandbox: SandboxClient, tag: str, *, role: str = "SQL Server Contributor") -> tuple[str, str]:
+    """A SQL server created through ARM (PUT) by the admin, with `role` for vaultrelay's identity on it;
+    returns its name and initial administrator password."""
+    server = f"sql{tag}"
+    password = "Init-1a-" + uuid.uuid4().hex
+    token = sandbox.admin_credential().get_token("https://management.azure.com/.default").token
+    response = requests.put(f"{sandbox.arm_endpoint}{sandbox.resource_id('sql', server)}?api-version=2021-11-01", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"}, json={"location": "eastus", "properties": {
+                                "administratorLogin": SQL_LOGIN, "administratorLoginPassword": password}})
+    assert response.status_code == 201, response.status_code
+    sandbox.grant("system", role, sandbox.resource_id("sql", server))
+    return server, password
+
+
+def sql_updates(sandbox: SandboxClient) -> int:
+    return int(sandbox.counters()["by_endpoint"].get("arm:PatchSql", 0))
+
+
+def state_rows(engine: SyncEngine) -> str:
+    state = engine.state
+    return json.dumps([r.fields for t in ("rotations", "audit", "events") for r in state.query(t)], default=str)
+
+
+def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tagged: Tagged, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    sandbox = world.sandbox
+    server, initial = new_sql_server(sandbox, world.tag)
+    provider = sandbox.resource_id("sql", server)
+    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=10))
+    assert tagged.engine("sql-password").sync().ok
+    assert sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+
+    sandbox.reset_counters()
+    event = near_expiry(tagged.vault, "sql-password", seeded_secret.properties.version)
+    outcome = KeyVaultEvents(tagged.engine("sql-password")).handle(event)
+    assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
+    assert sql_updates(sandbox) == 1
+
+    current = tagged.client.get_secret("sql-password")
+    password = current.value or ""
+    assert current.properties.version != seeded_secret.properties.version
+    assert digest(password) != digest(initial)
+    assert sandbox.sql_login_valid(server, SQL_LOGIN, password)  # the stored password signs in ...
+    assert not sandbox.sql_login_valid(server, SQL_LOGIN, initial)  # ... and the old one no longer does
+    assert len(password) == 32 and all(any(test(c) for c in password) for test in (str.isupper, str.islower, str.isdigit))
+    assert any(not c.isalnum() for c in password)
+    # Tags as they were (CredentialId is the login: it does not switch), the pending mark removed.
+    assert current.properties.tags == {"CredentialId": SQL_LOGIN, "ProviderAddress": provider, "ValidityPeriodDays": "60"}
+    assert current.properties.content_type == "text/plain" and current.properties.enabled
+    expected_expiry = datetime.now(UTC) + timedelta(days=60)
+    assert current.properties.expires_on is not None and abs(current.properties.expires_on - expected_expiry) < timedelta(minutes=2)
+    assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 2
+    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(password)  # re-pushed
+
+    # The same event again, a late one about the old version, Key Vault's notice of the new version.
+    handler = KeyVaultEvents(tagged.engine("sql-password"))
+    assert handler.handle(event).outcome == "duplicate"
+    late = handler.handle(near_expiry(tagged.vault, "sql-password", seeded_secret.properties.version))
+    assert late.outcome == "ignored" and "already rotated" in late.detail
+    fresh = handler.handle(near_expiry(tagged.vault, "sql-password", current.properties.version))
+    assert fresh.outcome == "ignored" and "not due" in fresh.detail
+    assert sql_updates(sandbox) == 1 and sandbox.sql_login_valid(server, SQL_LOGIN, password)
+
+    engine = tagged.engine()
+    record = engine.state.get("rotations", "tagged", f"{tagged.vault}:sql-password")
+    assert record is not None and record.fields["active"] == SQL_LOGIN and record.fields["phase"] == ""
+    assert record.fields["version"] == current.properties.version
+    audit = [json.loads(r.fields["detail"]) for r in engine.state.query("audit") if r.fields.get("action") == "tagged.rotated"]
+    assert [(a["kind"], a["account"], a["to_version"]) for a in audit] == [("sql", server, current.properties.version)]
+    rows = state_rows(engine)
+    assert password not in rows and initial not in rows
+    logged = caplog.text + "\n".join(str(r.args) for r in caplog.records)
+    assert caplog.records and password not in logged and initial not in logged
+
+
+def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_password(
+    world: World, tagged: Tagged, clean_faults: SandboxClient,
+) -> None:
+    sandbox = world.sandbox
+    server, initial = new_sql_server(sandbox, world.tag)
+    provider = sandbox.resource_id("sql", server)
+    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=3))
+    key = f"{tagged.vault}:sql-password"
+
+    # 1. The password update fails (the server answers 500 and keeps its password): the new
+    #    password is stored as a pending version, and the old one still signs in.
+    clean_faults.set_faults([{"service": "arm", "target": server, "operation": "PatchSql", "error_rate": 1.0, "error_status": 500}])
+    (failed,) = KeyRotation(tagged.engine()).rotate()
+    assert failed.outcome == "error", failed
+    pending = tagged.client.get_secret("sql-password")
+    stored = pending.value or ""
+    assert pending.properties.version != seeded_secret.properties.version
+    assert pending.properties.tags["vaultrelay-rotation"] == "pending" and pending.properties.tags["CredentialId"] == SQL_LOGIN
+    assert sandbox.sql_login_valid(server, SQL_LOGIN, initial) and not sandbox.sql_login_valid(server, SQL_LOGIN, stored)
+    record = tagged.engine().state.get("rotations", "tagged", key)
+    assert record is not None and (record.fields["phase"], record.fields["to_version"]) == ("setting", pending.properties.version)
+
+    # 2. The update goes through but the pending mark cannot be removed (Key Vault answers 500):
+    #    the server has the stored password, the secret is still pending.
+    clean_faults.set_faults([{"service": "keyvault", "target": tagged.vault, "operation": "UpdateSecret", "error_rate": 1.0, "error_status": 500}])
+    (failed_again,) = KeyRotation(tagged.engine()).rotate()
+    assert failed_again.outcome == "error", failed_again
+    assert sandbox.sql_login_valid(server, SQL_LOGIN, stored) and not sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+    still = tagged.client.get_secret("sql-password")
+    assert still.properties.version == pending.properties.version and still.properties.tags.get("vaultrelay-rotation") == "pending"
+
+    # 3. The next run finishes with the stored password: no new password, no new version.
+    clean_faults.clear_faults()
+    sandbox.reset_counters()
+    (report,) = KeyRotation(tagged.engine()).rotate()
+    assert (report.outcome, report.new_active) == ("resumed", SQL_LOGIN), report
+    assert sql_updates(sandbox) == 1  # the same password set again (idempotent)
+    current = tagged.client.get_secret("sql-password")
+    assert current.properties.version == pending.properties.version and digest(current.value) == digest(stored)
+    assert current.properties.tags == {"CredentialId": SQL_LOGIN, "ProviderAddress": provider, "ValidityPeriodDays": "60"}
+    assert sandbox.sql_login_valid(server, SQL_LOGIN, stored)
+    assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 2
+    assert [r.outcome for r in KeyRotation(tagged.engine()).rotate()] == ["not_due"]
+    engine = tagged.engine()
+    record = engine.state.get("rotations", "tagged", key)
+    assert record is not None and record.fields["phase"] == "" and record.fields["version"] == current.properties.version
+    rows = state_rows(engine)
+    assert stored not in rows and initial not in rows
+
+
+def test_a_refused_sql_password_update_writes_the_previous_password_back(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    # Reader: vaultrelay can read the server but not change it (no Microsoft.Sql/servers/write).
+    server, initial = new_sql_server(sandbox, world.tag, role="Reader")
+    provider = sandbox.resource_id("sql", server)
+    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=3))
+
+    (report,) = KeyRotation(tagged.engine()).rotate()
+    assert report.outcome == "error" and "403" in (report.error or "") and "written back" in (report.error or ""), report
+    current = tagged.client.get_secret("sql-password")
+    assert current.properties.version != seeded_secret.properties.version
+    assert digest(current.value) == digest(initial) and sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+    assert current.properties.tags == seeded_secret.properties.tags  # no pending mark: what consumers read works
+    assert current.properties.expires_on == seeded_secret.properties.expires_on
+    assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 3
+    engine = tagged.engine()
+    record = engine.state.get("rotations", "tagged", f"{tagged.vault}:sql-password")
+    assert record is not None and record.fields["phase"] == ""
+    assert initial not in state_rows(engine)
+
+
+def test_a_sql_credential_id_that_is_not_the_server_login_is_a_warning(world: World, tagged: Tagged) -> None:
+    sandbox = world.sandbox
+    server, initial = new_sql_server(sandbox, world.tag)
+    tagged.seed("sql-password", initial, "someoneelse", sandbox.resource_id("sql", server), expires_in=timedelta(days=3))
+    sandbox.reset_counters()
+    (report,) = KeyRotation(tagged.engine()).rotate()
+    assert report.outcome == "unsupported" and "administrator login" in (report.error or ""), report
+    assert sql_updates(sandbox) == 0 and len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 1

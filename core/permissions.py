@@ -399,7 +399,8 @@ def compute_permissions(
             report.notes.append(
                 "rotation.tagged_secrets: the accounts named by each secret's ProviderAddress tag are known only at run "
                 "time: grant the same store's identity 'Storage Account Key Operator Service Role' on each storage "
-                f"account and '{COSMOS_KEY_OPERATOR_NAME}' on each Cosmos DB account they name")
+                f"account, '{COSMOS_KEY_OPERATOR_NAME}' on each Cosmos DB account and 'SQL Server Contributor' on each "
+                "SQL server (its administrator password) they name")
     return report
 
 

@@ -207,6 +207,7 @@ envs: {}
     report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
     grant = next(g for g in report.grants if g.scope.kind == "vault" and g.scope.name == "kv-rotated")
     assert grant.roles == ("Key Vault Secrets Officer",) and list(grant.capabilities) == ["rotation:tagged"]
-    assert any("ProviderAddress" in note and "Storage Account Key Operator Service Role" in note for note in report.notes)
+    assert any("ProviderAddress" in note and "Storage Account Key Operator Service Role" in note and "SQL Server Contributor" in note
+               for note in report.notes)
     # Planning one env's needs leaves the whole-config rotation out.
     assert not any(g.scope.name == "kv-rotated" for g in compute_permissions(parse_config(text, "t.yaml", environ={}), envs=[], environ={}).grants)

@@ -198,12 +198,16 @@ def _shared_trust_adapter(**kwargs: Any) -> Any:
                 return context
 
         def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
-            host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-            if verify is not False and cert is None and host_params.get("scheme") == "https":
-                location = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
-                pool_kwargs.pop("ca_certs", None)
-                pool_kwargs.pop("ca_cert_dir", None)
-                pool_kwargs["ssl_context"] = self._context(location)
+            if verify is False or cert is not None:
+                return super().build_connection_pool_key_attributes(request, verify, cert)
+            # verify=True here: a path would cost a stat() per request and is replaced anyway.
+            host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, True, cert)
+            if host_params.get("scheme") != "https":
+                return super().build_connection_pool_key_attributes(request, verify, cert)
+            location = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs["ssl_context"] = self._context(location)
             return host_params, pool_kwargs
 
         def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:

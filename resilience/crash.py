@@ -33,24 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from resilience.common import ScenarioContext, ScenarioResult
-from resilience.worlds import World, regenerations
+from resilience.worlds import World, app_config, regenerations
 
 VARIABLES = 6
 MAX_CLEAN_RUNS = 3
-
-
-def _body(names: list[str], account: str) -> str:
-    lines = [f"    V{i}: {{from: {{store: azure, vault: kv-source, secret: {n}}}}}" for i, n in enumerate(names)]
-    lines.append(f"    K0: {{from: {{store: azure, resource_type: storage, account: {account}, key: active, rotate: {{every: 1h}}}}}}")
-    env = "\n".join(lines)
-    return f"""\
-envs:
-  app:
-{env}
-targets:
-  vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-  blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "crash-TAG.env"}}
-"""
 
 
 def _target_writes(counters: dict[str, Any]) -> int:
@@ -73,7 +59,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     for i, name in enumerate(names):
         world.set_source(name, f"crash-{world.tag}-{i}-v0")
     account = world.fresh_account("a")
-    world.write_config(_body(names, account))
+    world.write_config(app_config(names, blob="crash-TAG.env", rotated_accounts=[account]))
     # The first push by a child, uninterrupted: how many requests a whole sync makes.
     ctx.sandbox.reset_counters()
     first = world.cli("first-sync", "sync")

@@ -32,25 +32,10 @@ from typing import Any
 
 from core.state.tables import TABLES
 from resilience.common import ScenarioContext, ScenarioResult
-from resilience.worlds import World, regenerations, table_statuses
+from resilience.worlds import World, app_config, regenerations, table_statuses
 
 PROCESSES = 8
 MAX_BUSY_RETRIES = 200
-
-
-def _body(tag_secret: list[str], accounts: list[str]) -> str:
-    lines = [f"    V{i}: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}" for i, name in enumerate(tag_secret)]
-    lines += [f"    K{j}: {{from: {{store: azure, resource_type: storage, account: {a}, key: active, rotate: {{every: 1h}}}}}}"
-              for j, a in enumerate(accounts)]
-    env = "\n".join(lines)
-    return f"""\
-envs:
-  app:
-{env}
-targets:
-  vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-  blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "inst-TAG.env"}}
-"""
 
 
 def run(ctx: ScenarioContext) -> ScenarioResult:
@@ -67,7 +52,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
         for k in range(iterations):
             ctx.secret(f"{salt}-p{i}-v{k}")
     accounts = world.fresh_accounts(due)
-    world.write_config(_body(names, accounts))
+    world.write_config(app_config(names, blob="inst-TAG.env", rotated_accounts=accounts))
 
     # Adopt the accounts (the schedule starts), push once, then move the rotations past due.
     engine = world.engine()

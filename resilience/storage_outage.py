@@ -28,21 +28,9 @@ import time
 from typing import Any
 
 from resilience.common import ScenarioContext, ScenarioResult
-from resilience.worlds import World
+from resilience.worlds import World, app_config
 
 VARIABLES = 3
-
-
-def _body(names: list[str]) -> str:
-    env = "\n".join(f"    V{i}: {{from: {{store: azure, vault: kv-source, secret: {n}}}}}" for i, n in enumerate(names))
-    return f"""\
-envs:
-  app:
-{env}
-targets:
-  vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-  blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "outage-TAG.env"}}
-"""
 
 
 def _blob_writes(counters: dict[str, Any]) -> int:
@@ -87,7 +75,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
         return values
 
     expected = bump()
-    world.write_config(_body(names))
+    world.write_config(app_config(names, blob="outage-TAG.env"))
     first = world.engine().sync()
     result.check(first.ok, f"the first sync failed: {[t.error for t in first.targets if t.error]}")
     rows_before = _state_rows(world)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,23 @@ class World:
         past = datetime.now(UTC) - 2 * every
         row.update({"rotated_at": past.isoformat(), "next_due": (past + every).isoformat()})
         self.tables().get_table_client(self.prefix + "rotations").update_entity(row, mode=UpdateMode.REPLACE)
+
+
+def app_config(secrets: list[str], *, blob: str, rotated_accounts: Sequence[str] = ()) -> str:
+    """The scenarios' config body: env `app` of Key Vault secrets `V<i>` (and `K<j>`, the active key
+    of each rotated account, rotated hourly), pushed to a Key Vault target and to blob `blob`."""
+    lines = [f"    V{i}: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}" for i, name in enumerate(secrets)]
+    lines += [f"    K{j}: {{from: {{store: azure, resource_type: storage, account: {a}, key: active, rotate: {{every: 1h}}}}}}"
+              for j, a in enumerate(rotated_accounts)]
+    env = "\n".join(lines)
+    return f"""\
+envs:
+  app:
+{env}
+targets:
+  vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
+  blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "{blob}"}}
+"""
 
 
 def regenerations(counters: dict[str, Any]) -> int:

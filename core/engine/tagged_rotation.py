@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
@@ -480,7 +480,7 @@ class TaggedSecretRotation:
         if password is None:
             log.info("rotation %s: version %s is pending: setting its password on %s again", label, pending.version, provider.account)
             password = SecretValue(vault.get_secret(pending.name, pending.version).value or "")
-        self._check_login(pending, provider)
+            self._check_login(pending, provider)  # _sql_start checked it for a new password
         servers = self._sql_server(pending)
         try:
             servers.set_administrator_password(provider.resource_group, provider.account, password)
@@ -502,7 +502,7 @@ class TaggedSecretRotation:
         report.repushed = self._repush(pending.vault, pending.name)
         return report
 
-    def _sql_roll_back(self, pending: TaggedSecret, row: Row, refused: Exception) -> None:
+    def _sql_roll_back(self, pending: TaggedSecret, row: Row, refused: Exception) -> NoReturn:
         """ARM refused the update, so the server kept its password: make the previous version's
         value current again (consumers must not read a password the server never took).
 

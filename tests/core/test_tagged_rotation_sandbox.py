@@ -22,6 +22,7 @@ from azure.storage.blob import BlobServiceClient
 from core.engine.events import KeyVaultEvents
 from core.engine.rotate import KeyRotation
 from core.engine.sync import SyncEngine
+from core.values import SecretValue
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
 from tests.core.test_sync_sandbox import World, regenerations, run_cli, seeded, world, write_config
@@ -353,7 +354,7 @@ def test_two_processes_rotating_one_due_tagged_secret_regenerate_once(
 SQL_LOGIN = "vrsqladmin"
 
 
-def new_sql_server(sandbox: SandboxClient, tag: str, *, role: str = "SQL Server Contributor") -> tuple[str, str]:
+def new_sql_server(sandbox: SandboxClient, tag: str, *, role: str = "SQL Server Contributor") -> tuple[str, SecretValue]:
     """A SQL server created through ARM (PUT) by the admin, with `role` for vaultrelay's identity on it;
     returns its name and initial administrator password."""
     server = f"sql{tag}"
@@ -364,11 +365,30 @@ def new_sql_server(sandbox: SandboxClient, tag: str, *, role: str = "SQL Server 
                                 "administratorLogin": SQL_LOGIN, "administratorLoginPassword": password}})
     assert response.status_code == 201, response.status_code
     sandbox.grant("system", role, sandbox.resource_id("sql", server))
-    return server, password
+    return server, SecretValue(password)
+
+
+def signs_in(sandbox: SandboxClient, server: str, password: SecretValue) -> bool:
+    """The sandbox's stand-in for a SQL sign-in (passwords stay SecretValue: a failing assert shows '***')."""
+    return sandbox.sql_login_valid(server, SQL_LOGIN, password.reveal())
+
+
+def value_of(secret: Any) -> SecretValue:
+    return SecretValue(secret.value or "")
+
+
+def character_classes(password: SecretValue) -> int:
+    value = password.reveal()
+    return sum(any(test(c) for c in value) for test in (str.isupper, str.islower, str.isdigit, lambda c: not c.isalnum()))
 
 
 def sql_updates(sandbox: SandboxClient) -> int:
     return int(sandbox.counters()["by_endpoint"].get("arm:PatchSql", 0))
+
+
+def leaks(text: str, *values: SecretValue) -> bool:
+    """Whether `text` holds any of `values`."""
+    return any(v.reveal() in text for v in values)
 
 
 def state_rows(engine: SyncEngine) -> str:
@@ -381,9 +401,9 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
     sandbox = world.sandbox
     server, initial = new_sql_server(sandbox, world.tag)
     provider = sandbox.resource_id("sql", server)
-    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=10))
+    seeded_secret = tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, provider, expires_in=timedelta(days=10))
     assert tagged.engine("sql-password").sync().ok
-    assert sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+    assert signs_in(sandbox, server, initial)
 
     sandbox.reset_counters()
     event = near_expiry(tagged.vault, "sql-password", seeded_secret.properties.version)
@@ -392,20 +412,20 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
     assert sql_updates(sandbox) == 1
 
     current = tagged.client.get_secret("sql-password")
-    password = current.value or ""
+    password = value_of(current)
     assert current.properties.version != seeded_secret.properties.version
-    assert digest(password) != digest(initial)
-    assert sandbox.sql_login_valid(server, SQL_LOGIN, password)  # the stored password signs in ...
-    assert not sandbox.sql_login_valid(server, SQL_LOGIN, initial)  # ... and the old one no longer does
-    assert len(password) == 32 and all(any(test(c) for c in password) for test in (str.isupper, str.islower, str.isdigit))
-    assert any(not c.isalnum() for c in password)
+    assert password != initial
+    assert signs_in(sandbox, server, password)  # the stored password signs in ...
+    assert not signs_in(sandbox, server, initial)  # ... and the old one no longer does
+    assert len(password) == 32 and character_classes(password) == 4
     # Tags as they were (CredentialId is the login: it does not switch), the pending mark removed.
     assert current.properties.tags == {"CredentialId": SQL_LOGIN, "ProviderAddress": provider, "ValidityPeriodDays": "60"}
     assert current.properties.content_type == "text/plain" and current.properties.enabled
     expected_expiry = datetime.now(UTC) + timedelta(days=60)
     assert current.properties.expires_on is not None and abs(current.properties.expires_on - expected_expiry) < timedelta(minutes=2)
     assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 2
-    assert digest(world.target.get_secret(f"vr-{world.tag}-account-key").value) == digest(password)  # re-pushed
+    pushed = value_of(world.target.get_secret(f"vr-{world.tag}-account-key"))
+    assert pushed == password  # re-pushed (SecretValue compares values, shows '***')
 
     # The same event again, a late one about the old version, Key Vault's notice of the new version.
     handler = KeyVaultEvents(tagged.engine("sql-password"))
@@ -414,7 +434,7 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
     assert late.outcome == "ignored" and "already rotated" in late.detail
     fresh = handler.handle(near_expiry(tagged.vault, "sql-password", current.properties.version))
     assert fresh.outcome == "ignored" and "not due" in fresh.detail
-    assert sql_updates(sandbox) == 1 and sandbox.sql_login_valid(server, SQL_LOGIN, password)
+    assert sql_updates(sandbox) == 1 and signs_in(sandbox, server, password)
 
     engine = tagged.engine()
     record = engine.state.get("rotations", "tagged", f"{tagged.vault}:sql-password")
@@ -422,10 +442,9 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
     assert record.fields["version"] == current.properties.version
     audit = [json.loads(r.fields["detail"]) for r in engine.state.query("audit") if r.fields.get("action") == "tagged.rotated"]
     assert [(a["kind"], a["account"], a["to_version"]) for a in audit] == [("sql", server, current.properties.version)]
-    rows = state_rows(engine)
-    assert password not in rows and initial not in rows
-    logged = caplog.text + "\n".join(str(r.args) for r in caplog.records)
-    assert caplog.records and password not in logged and initial not in logged
+    in_rows = leaks(state_rows(engine), password, initial)
+    in_logs = leaks(caplog.text + "\n".join(str(r.args) for r in caplog.records), password, initial)
+    assert caplog.records and not in_rows and not in_logs
 
 
 def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_password(
@@ -434,7 +453,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     sandbox = world.sandbox
     server, initial = new_sql_server(sandbox, world.tag)
     provider = sandbox.resource_id("sql", server)
-    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=3))
+    seeded_secret = tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, provider, expires_in=timedelta(days=3))
     key = f"{tagged.vault}:sql-password"
 
     # 1. The password update fails (the server answers 500 and keeps its password): the new
@@ -443,10 +462,10 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     (failed,) = KeyRotation(tagged.engine()).rotate()
     assert failed.outcome == "error", failed
     pending = tagged.client.get_secret("sql-password")
-    stored = pending.value or ""
+    stored = value_of(pending)
     assert pending.properties.version != seeded_secret.properties.version
     assert pending.properties.tags["vaultrelay-rotation"] == "pending" and pending.properties.tags["CredentialId"] == SQL_LOGIN
-    assert sandbox.sql_login_valid(server, SQL_LOGIN, initial) and not sandbox.sql_login_valid(server, SQL_LOGIN, stored)
+    assert signs_in(sandbox, server, initial) and not signs_in(sandbox, server, stored)
     record = tagged.engine().state.get("rotations", "tagged", key)
     assert record is not None and (record.fields["phase"], record.fields["to_version"]) == ("setting", pending.properties.version)
 
@@ -455,7 +474,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     clean_faults.set_faults([{"service": "keyvault", "target": tagged.vault, "operation": "UpdateSecret", "error_rate": 1.0, "error_status": 500}])
     (failed_again,) = KeyRotation(tagged.engine()).rotate()
     assert failed_again.outcome == "error", failed_again
-    assert sandbox.sql_login_valid(server, SQL_LOGIN, stored) and not sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+    assert signs_in(sandbox, server, stored) and not signs_in(sandbox, server, initial)
     still = tagged.client.get_secret("sql-password")
     assert still.properties.version == pending.properties.version and still.properties.tags.get("vaultrelay-rotation") == "pending"
 
@@ -466,16 +485,17 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     assert (report.outcome, report.new_active) == ("resumed", SQL_LOGIN), report
     assert sql_updates(sandbox) == 1  # the same password set again (idempotent)
     current = tagged.client.get_secret("sql-password")
-    assert current.properties.version == pending.properties.version and digest(current.value) == digest(stored)
+    now_stored = value_of(current)
+    assert current.properties.version == pending.properties.version and now_stored == stored
     assert current.properties.tags == {"CredentialId": SQL_LOGIN, "ProviderAddress": provider, "ValidityPeriodDays": "60"}
-    assert sandbox.sql_login_valid(server, SQL_LOGIN, stored)
+    assert signs_in(sandbox, server, stored)
     assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 2
     assert [r.outcome for r in KeyRotation(tagged.engine()).rotate()] == ["not_due"]
     engine = tagged.engine()
     record = engine.state.get("rotations", "tagged", key)
     assert record is not None and record.fields["phase"] == "" and record.fields["version"] == current.properties.version
-    rows = state_rows(engine)
-    assert stored not in rows and initial not in rows
+    in_rows = leaks(state_rows(engine), stored, initial)
+    assert not in_rows
 
 
 def test_a_refused_sql_password_update_writes_the_previous_password_back(world: World, tagged: Tagged) -> None:
@@ -483,26 +503,28 @@ def test_a_refused_sql_password_update_writes_the_previous_password_back(world: 
     # Reader: vaultrelay can read the server but not change it (no Microsoft.Sql/servers/write).
     server, initial = new_sql_server(sandbox, world.tag, role="Reader")
     provider = sandbox.resource_id("sql", server)
-    seeded_secret = tagged.seed("sql-password", initial, SQL_LOGIN, provider, expires_in=timedelta(days=3))
+    seeded_secret = tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, provider, expires_in=timedelta(days=3))
 
     (report,) = KeyRotation(tagged.engine()).rotate()
     assert report.outcome == "error" and "403" in (report.error or "") and "written back" in (report.error or ""), report
     current = tagged.client.get_secret("sql-password")
     assert current.properties.version != seeded_secret.properties.version
-    assert digest(current.value) == digest(initial) and sandbox.sql_login_valid(server, SQL_LOGIN, initial)
+    restored = value_of(current)
+    assert restored == initial and signs_in(sandbox, server, initial)
     assert current.properties.tags == seeded_secret.properties.tags  # no pending mark: what consumers read works
     assert current.properties.expires_on == seeded_secret.properties.expires_on
     assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 3
     engine = tagged.engine()
     record = engine.state.get("rotations", "tagged", f"{tagged.vault}:sql-password")
     assert record is not None and record.fields["phase"] == ""
-    assert initial not in state_rows(engine)
+    in_rows = leaks(state_rows(engine), initial)
+    assert not in_rows
 
 
 def test_a_sql_credential_id_that_is_not_the_server_login_is_a_warning(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
     server, initial = new_sql_server(sandbox, world.tag)
-    tagged.seed("sql-password", initial, "someoneelse", sandbox.resource_id("sql", server), expires_in=timedelta(days=3))
+    tagged.seed("sql-password", initial.reveal(), "someoneelse", sandbox.resource_id("sql", server), expires_in=timedelta(days=3))
     sandbox.reset_counters()
     (report,) = KeyRotation(tagged.engine()).rotate()
     assert report.outcome == "unsupported" and "administrator login" in (report.error or ""), report

@@ -84,12 +84,17 @@ def sas_lists(sandbox: SandboxClient, account: str, container: str, token: str) 
     return [b.name for b in client.list_blobs()]
 
 
-def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_out(world: World) -> None:
-    sandbox = world.sandbox
-    container = f"ud{world.tag}"
-    admin_container = ContainerClient(sandbox.storage_endpoint("sandboxstore"), container, credential=world.admin)
+def container_with_hello(world: World, container: str) -> str:
+    """A new container of sandboxstore holding hello.txt, for SAS to list."""
+    admin_container = ContainerClient(world.sandbox.storage_endpoint("sandboxstore"), container, credential=world.admin)
     admin_container.create_container()
     admin_container.upload_blob("hello.txt", b"hello")
+    return container
+
+
+def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_out(world: World) -> None:
+    sandbox = world.sandbox
+    container = container_with_hello(world, f"ud{world.tag}")
     body = f"""
         envs:
           app:
@@ -129,10 +134,7 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
 def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tmp_path: Path, sandbox_process: Any) -> None:
     """`vaultrelay resolve` and `vaultrelay exec` (separate processes) use the key kept in state.vault."""
     sandbox = world.sandbox
-    container = f"cli{world.tag}"
-    admin_container = ContainerClient(sandbox.storage_endpoint("sandboxstore"), container, credential=world.admin)
-    admin_container.create_container()
-    admin_container.upload_blob("hello.txt", b"hello")
+    container = container_with_hello(world, f"cli{world.tag}")
     body = f"""
         envs:
           app:

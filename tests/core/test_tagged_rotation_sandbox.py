@@ -25,7 +25,7 @@ from core.engine.sync import SyncEngine
 from core.values import SecretValue
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
-from tests.core.test_sync_sandbox import World, regenerations, run_cli, seeded, world, write_config
+from tests.core.test_sync_sandbox import World, fresh_account, regenerations, run_cli, seeded, world, write_config
 
 __all__ = ["seeded", "world"]  # fixtures used by this module's tests
 
@@ -40,19 +40,6 @@ def digest(value: str | None) -> str:
 def storage_keys(sandbox: SandboxClient, account: str) -> dict[str, str]:
     client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
     return {k.key_name: k.value for k in client.storage_accounts.list_keys(sandbox.resource_group, account).keys_property or []}
-
-
-def new_storage_account(sandbox: SandboxClient, tag: str) -> str:
-    """fresh_account without its 30 s wait: the sandbox's create operation sends Retry-After: 0."""
-    from azure.mgmt.storage.models import Sku, StorageAccountCreateParameters
-
-    name = f"rot{tag}"
-    client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
-    client.storage_accounts.begin_create(sandbox.resource_group, name, StorageAccountCreateParameters(
-        sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus"), polling_interval=0.2).result()
-    for role in ("Storage Account Key Operator Service Role", "Reader"):
-        sandbox.grant("system", role, sandbox.resource_id("storage", name))
-    return name
 
 
 def key_works(sandbox: SandboxClient, account: str, key: str) -> bool:
@@ -117,7 +104,7 @@ def tagged(world: World) -> Tagged:
 
 def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = new_storage_account(sandbox, world.tag)
+    account = fresh_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     before = storage_keys(sandbox, account)
     seeded_secret = tagged.seed("storage-key", before["key1"], "key1", provider, expires_in=timedelta(days=10))
@@ -166,7 +153,7 @@ def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, 
 
 def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_warns_on_other_kinds(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = new_storage_account(sandbox, world.tag)
+    account = fresh_account(sandbox, world.tag)
     cosmos = fresh_cosmos_account(sandbox, world.tag)
     storage_provider = sandbox.resource_id("storage", account)
     cosmos_provider = sandbox.resource_id("cosmos", cosmos)
@@ -222,7 +209,7 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
 
 def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = new_storage_account(sandbox, world.tag)
+    account = fresh_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     keys = storage_keys(sandbox, account)
     seeded_secret = tagged.seed("storage-key", keys["key1"], "key1", provider, expires_in=timedelta(days=3))
@@ -248,7 +235,7 @@ def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: Wo
 
 def test_expired_event_rotates_an_expired_tagged_secret_at_once(world: World, tagged: Tagged) -> None:
     sandbox = world.sandbox
-    account = new_storage_account(sandbox, world.tag)
+    account = fresh_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     before = storage_keys(sandbox, account)
     # Expired an hour ago: the sample's function missed it (or never ran); consumers of the env fail.
@@ -323,7 +310,7 @@ def test_two_processes_rotating_one_due_tagged_secret_regenerate_once(
     world: World, tagged: Tagged, tmp_path: Path, sandbox_process: Any, clean_faults: SandboxClient,
 ) -> None:
     sandbox = world.sandbox
-    account = new_storage_account(sandbox, world.tag)
+    account = fresh_account(sandbox, world.tag)
     provider = sandbox.resource_id("storage", account)
     keys = storage_keys(sandbox, account)
     seeded_secret = tagged.seed("storage-key", keys["key1"], "key1", provider, expires_in=timedelta(days=3))

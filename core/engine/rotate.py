@@ -249,22 +249,14 @@ class KeyRotation:
         run = self._run_context()
         log.info("rotation %s: regenerating %s", c.name, key)
         if c.kind == "storage":
-            from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
-
             from core.sources.storage import locate_account
 
             subscription, group = locate_account(c.ref, store, run, c.account)
-            self.broker.clients.storage_management(subscription, store.credential).storage_accounts.regenerate_key(
-                group, c.account, StorageAccountRegenerateKeyParameters(key_name=key))
         else:
-            from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
-
             from core.sources.cosmos import _locate
 
             subscription, group = _locate(c.ref, store, run, c.account)
-            self.broker.clients.cosmos_management(subscription, store.credential).database_accounts.begin_regenerate_key(
-                group, c.account, DatabaseAccountRegenerateKeyParameters(key_kind=key),
-                polling_interval=COSMOS_POLL_SECONDS).result()
+        regenerate_account_key(self.broker.clients, c.kind, subscription, group, c.account, key, store.credential)
 
     def _verify(self, c: Candidate, key: str) -> str | None:
         """One authorized call with the new key (storage); Cosmos keys are checked by being listed
@@ -272,6 +264,21 @@ class KeyRotation:
         if c.kind != "storage":
             return None
         return verify_storage_key(self.broker.clients, c.account, key)
+
+
+def regenerate_account_key(clients: Any, kind: str, subscription: str, group: str, account: str, key: str, credential: Any) -> None:
+    """Regenerate one key of a storage account (`key`: key1/key2) or a Cosmos DB account (`key`: its
+    key kind, e.g. primary or secondaryReadonly), waiting for Cosmos DB's long-running operation."""
+    if kind == "storage":
+        from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
+
+        clients.storage_management(subscription, credential).storage_accounts.regenerate_key(
+            group, account, StorageAccountRegenerateKeyParameters(key_name=key))
+        return
+    from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
+
+    clients.cosmos_management(subscription, credential).database_accounts.begin_regenerate_key(
+        group, account, DatabaseAccountRegenerateKeyParameters(key_kind=key), polling_interval=COSMOS_POLL_SECONDS).result()
 
 
 def verify_storage_key(clients: Any, account: str, key: str) -> str | None:

@@ -51,7 +51,7 @@ from typing import Any, NoReturn
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
-from core.engine.rotate import COSMOS_POLL_SECONDS, RotationReport, counted, verify_storage_key
+from core.engine.rotate import RotationReport, counted, regenerate_account_key, verify_storage_key
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
 
@@ -583,16 +583,7 @@ class TaggedSecretRotation:
         return {k: v for k, v in found.items() if v}
 
     def _regenerate(self, provider: Provider, key: str, credential: Any) -> None:
-        clients = self.broker.clients
         log.info("tagged rotation: regenerating %s of %s", key, provider.account)
-        if provider.kind == "storage":
-            from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
-
-            clients.storage_management(provider.subscription, credential).storage_accounts.regenerate_key(
-                provider.resource_group, provider.account, StorageAccountRegenerateKeyParameters(key_name=key))
-        else:
-            from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
-
-            clients.cosmos_management(provider.subscription, credential).database_accounts.begin_regenerate_key(
-                provider.resource_group, provider.account, DatabaseAccountRegenerateKeyParameters(key_kind=_COSMOS_KEY_KIND[key]),
-                polling_interval=COSMOS_POLL_SECONDS).result()
+        key_name = key if provider.kind == "storage" else _COSMOS_KEY_KIND[key]
+        regenerate_account_key(self.broker.clients, provider.kind, provider.subscription, provider.resource_group,
+                               provider.account, key_name, credential)

@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -116,9 +115,8 @@ class FanOutAuditSink:
 
 
 class TableAuditSink:
-    """Each record as a row of the state store's audit table, in the layout `StateStore.audit`
-    writes (PartitionKey: day `YYYYMMDD`; RowKey: inverted milliseconds + a random suffix, newest
-    first; `actor`, `action`, `subject` (the env), `at`, `detail` as JSON).
+    """Each record as a row of the state store's audit table, the rows `StateStore.audit` writes
+    (`core.state.tables.audit_row`; `subject` is the env).
 
     `state` returns the `core.state.tables.StateStore` (called per record: it is built and its
     tables are created on first use, and that may fail like a write).
@@ -134,16 +132,10 @@ class TableAuditSink:
         Raises:
             AuditWriteError: the state store or its audit table cannot be reached or written.
         """
-        from core.state.tables import Row
+        from core.state.tables import audit_row
 
-        now = datetime.now(UTC)
-        inverted = f"{10**13 - int(now.timestamp() * 1000):013d}"
-        row = Row(now.strftime("%Y%m%d"), f"{inverted}-{uuid.uuid4().hex[:12]}", {
-            "actor": actor, "action": action, "subject": env, "at": now.isoformat(),
-            "detail": json.dumps(detail, sort_keys=True, default=str),
-        })
         try:
-            self._state().put("audit", row)
+            self._state().put("audit", audit_row(actor, action, env, detail))
         except Exception as exc:
             status = getattr(exc, "status_code", None)
             cause = f"{type(exc).__name__}{f' (HTTP {status})' if status else ''}"

@@ -263,14 +263,8 @@ class StateStore:
     # ---- audit --------------------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> None:
         """Append an audit entry (who, what, on what, why; never values)."""
-        now = _utcnow()
-        inverted = f"{10**13 - int(now.timestamp() * 1000):013d}"
-        row = Row(now.strftime("%Y%m%d"), f"{inverted}-{uuid.uuid4().hex[:12]}", {
-            "actor": actor, "action": action, "subject": subject, "at": now.isoformat(),
-            "detail": json.dumps(detail or {}, sort_keys=True, default=str),
-        })
         try:
-            self.put("audit", row)
+            self.put("audit", audit_row(actor, action, subject, detail or {}))
         except Exception as exc:  # auditing must not break the operation it records
             log.error("audit write failed for %s %s: %s", action, subject, type(exc).__name__)
 
@@ -279,6 +273,17 @@ class StateStore:
         rows = list(self.query("audit", day))
         rows.sort(key=lambda r: r.key)
         return rows[:limit]
+
+
+def audit_row(actor: str, action: str, subject: str, detail: dict[str, Any]) -> Row:
+    """An audit table row: PartitionKey the day `YYYYMMDD`, RowKey inverted milliseconds and a random
+    suffix (newest first), `detail` as JSON (names, versions, fingerprints; never values)."""
+    now = _utcnow()
+    inverted = f"{10**13 - int(now.timestamp() * 1000):013d}"
+    return Row(now.strftime("%Y%m%d"), f"{inverted}-{uuid.uuid4().hex[:12]}", {
+        "actor": actor, "action": action, "subject": subject, "at": now.isoformat(),
+        "detail": json.dumps(detail, sort_keys=True, default=str),
+    })
 
 
 _KEY_FORBIDDEN = frozenset("/\\#?") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))

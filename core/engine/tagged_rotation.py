@@ -370,7 +370,7 @@ class TaggedSecretRotation:
             fields = {"phase": "regenerating", "from": secret.credential_id, "target": alternate, "from_version": secret.version,
                       "provider": secret.provider_address, "fp_before": fp.of(keys[alternate.lower()]),
                       "started_at": self.engine.clock().isoformat(), "reason": reason}
-            row = self._save(Row(PARTITION, secret.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+            row = self._record(row, secret.key, fields)
         keys = self._keys(provider, credential)
         if fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
             self._regenerate(provider, alternate.lower(), credential)
@@ -447,7 +447,7 @@ class TaggedSecretRotation:
         fields = {"phase": "storing", "from": secret.credential_id, "target": secret.credential_id, "from_version": secret.version,
                   "to_version": "", "provider": secret.provider_address, "fp_before": "",
                   "started_at": self.engine.clock().isoformat(), "reason": reason}
-        row = self._save(Row(PARTITION, secret.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+        row = self._record(row, secret.key, fields)
         password = new_password(login)
         now = self.engine.clock()
         written = self._vault(secret.vault).set_secret(
@@ -473,7 +473,7 @@ class TaggedSecretRotation:
             fields = {"phase": "setting", "from": pending.credential_id, "target": pending.credential_id,
                       "from_version": str(row.fields.get("version") or "") if row else "", "to_version": pending.version,
                       "provider": pending.provider_address, "fp_before": "", "started_at": self.engine.clock().isoformat(), "reason": reason}
-            row = self._save(Row(PARTITION, pending.key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
+            row = self._record(row, pending.key, fields)
         elif row.fields.get("to_version") != pending.version:
             row.fields.update({"phase": "setting", "to_version": pending.version})
             row = self._save(row)
@@ -532,6 +532,10 @@ class TaggedSecretRotation:
             return None
         window = min(timedelta(seconds=float(self.watched[secret.vault].rotate_before)), secret.validity / 2)
         return (secret.expires_on - window).isoformat()
+
+    def _record(self, row: Row | None, key: str, fields: dict[str, Any]) -> Row:
+        """Save the secret's rotation record with `fields` updated (created when `row` is None)."""
+        return self._save(Row(PARTITION, key, {**(row.fields if row else {}), **fields}, row.etag if row else None))
 
     def _save(self, row: Row) -> Row:
         try:

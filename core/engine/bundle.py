@@ -26,6 +26,13 @@ class ResolvedValue:
     def __repr__(self) -> str:
         return f"ResolvedValue(name={self.name!r}, value='***', source={self.source!r}, version={self.version!r})"
 
+    @classmethod
+    def literal(cls, name: str, value: str) -> ResolvedValue:
+        """A value written in the config itself (no store, no identity)."""
+        from core.values import SecretValue
+
+        return cls(name=name, value=SecretValue(value), source="literal", store="", identity="")
+
     def fingerprint(self, key: bytes) -> str:
         """A keyed fingerprint of the value (HMAC-SHA256, hex, 32 chars): safe to store."""
         return hmac.new(key, _reveal(self.value).encode(), hashlib.sha256).hexdigest()[:32]

@@ -70,10 +70,8 @@ class Resolver:
         """
         began = time.monotonic()
         bundle = Bundle(env=env)
-        from core.values import SecretValue
-
         for name, value in (literals or {}).items():
-            bundle.values[name] = ResolvedValue(name=name, value=SecretValue(value), source="literal", store="", identity="")
+            bundle.values[name] = ResolvedValue.literal(name, value)
         refs = list(refs)
         groups: dict[tuple[Any, ...], list[PlannedRef]] = {}
         for ref in refs:

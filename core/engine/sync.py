@@ -34,7 +34,6 @@ from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Row, StateStore, StateUnavailable
 from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
-from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.sync")
 
@@ -226,7 +225,7 @@ class SyncEngine:
         if prefetched is not None:
             bundle = Bundle(env, dict(prefetched.values), dict(prefetched.failures))
             for name, value in plan.literals.items():
-                bundle.values[name] = ResolvedValue(name=name, value=SecretValue(value), source="literal", store="", identity="")
+                bundle.values[name] = ResolvedValue.literal(name, value)
         else:
             bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
         outcomes: list[Any] = []

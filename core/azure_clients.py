@@ -163,6 +163,37 @@ class VaultPacerPolicy(HTTPPolicy):  # type: ignore[type-arg]
             self.pacer.release(status, retry_after)
 
 
+_TRUST_CONTEXTS: dict[tuple[str, int, int], Any] = {}
+_TRUST_LOCK = threading.Lock()
+
+
+def _trust_context(location: str) -> Any:
+    """A client SSL context that trusts the CA bundle (file or directory) at `location`.
+
+    Parsing a bundle takes ~30 ms of CPU under the GIL (certifi's ~150 certificates), and every
+    `AzureClients` (one per broker: per invocation, sync run or CLI command) would pay it again
+    before its first request.  So contexts are shared by the whole process, keyed by the bundle's
+    path, modification time and size: a bundle replaced on disk is loaded afresh.  An SSL context
+    is safe to share between threads; verification settings are those urllib3 itself uses.
+    """
+    import ssl
+
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    stat = os.stat(location)
+    key = (location, stat.st_mtime_ns, stat.st_size)
+    with _TRUST_LOCK:
+        context = _TRUST_CONTEXTS.get(key)
+        if context is None:
+            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+            if os.path.isdir(location):
+                context.load_verify_locations(capath=location)
+            else:
+                context.load_verify_locations(cafile=location)
+            _TRUST_CONTEXTS[key] = context
+        return context
+
+
 def _shared_trust_adapter(**kwargs: Any) -> Any:
     """A requests `HTTPAdapter` that parses each CA bundle once, not once per new connection.
 
@@ -172,12 +203,12 @@ def _shared_trust_adapter(**kwargs: Any) -> Any:
     at once, so a cold resolve spent most of its time there.  This adapter gives every pool one
     SSL context per bundle, loaded once; verification is unchanged (same bundle, certificate and
     hostname checked).  A client certificate or `verify=False` keeps requests' own behaviour.
+    The contexts themselves are shared by every adapter of the process (`_trust_context`).
     """
     import ssl
 
     from requests.adapters import HTTPAdapter
     from requests.utils import DEFAULT_CA_BUNDLE_PATH
-    from urllib3.util.ssl_ import create_urllib3_context
 
     class SharedTrustAdapter(HTTPAdapter):
         def __init__(self, **kw: Any) -> None:
@@ -189,12 +220,7 @@ def _shared_trust_adapter(**kwargs: Any) -> Any:
             with self._contexts_lock:
                 context = self._contexts.get(location)
                 if context is None:
-                    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-                    if os.path.isdir(location):
-                        context.load_verify_locations(capath=location)
-                    else:
-                        context.load_verify_locations(cafile=location)
-                    self._contexts[location] = context
+                    context = self._contexts[location] = _trust_context(location)
                 return context
 
         def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
@@ -301,6 +327,7 @@ class AzureClients:
         self._clients: dict[_Key, Any] = {}
         self._lock = threading.Lock()
         self._session: Any = None
+        self._pool: Any = None  # urllib3.PoolManager of the Key Vault clients' transport
         self._logged: set[int] = set()
         self._gates: dict[str, ChallengeGate] = {}
         self._pacers: dict[str, VaultPacer] = {}
@@ -318,6 +345,22 @@ class AzureClients:
                 self._session = session
         return RequestsTransport(session=self._session, session_owner=False)
 
+    def _keyvault_transport(self) -> Any:
+        """`core.transport.Urllib3Transport` over this factory's urllib3 pool, falling back to the
+        requests transport for what it does not handle (proxies, uploads, client certificates)."""
+        from core.transport import Urllib3Transport
+
+        fallback = self._transport()
+        with self._lock:
+            if self._pool is None:
+                import urllib3
+                from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
+                self._pool = urllib3.PoolManager(num_pools=32, maxsize=self.pool_size, block=False, retries=False,
+                                                 ssl_context=_trust_context(bundle))
+            return Urllib3Transport(self._pool, fallback)
+
     def transport(self) -> Any:
         """A transport over the shared connection pool (for vaultrelay's own pipelines)."""
         return self._transport()
@@ -332,6 +375,7 @@ class AzureClients:
             # One pacer per vault: the budget is the vault's, whatever the client or identity.
             pacer = self._pacers.setdefault(url.lower(), VaultPacer())
         options = self._common(credential)
+        options["transport"] = self._keyvault_transport()
         options["per_call_policies"] = [gate.policy()]
         options["per_retry_policies"] = [*options.get("per_retry_policies", []), VaultPacerPolicy(pacer)]
         options["raw_request_hook"] = gate.seen
@@ -384,6 +428,13 @@ class AzureClients:
         if vault.startswith("https://"):
             return vault.rstrip("/")
         return f"https://{vault}.{self.cloud.vault_dns_suffix}"
+
+    def keyvault_scope(self, vault: str) -> str | None:
+        """The token scope a vault's challenge will name (`https://<vault DNS suffix>/.default`),
+        or None for a vault URL outside the cloud's vault domain (its challenge alone tells)."""
+        netloc = urllib.parse.urlsplit(self.vault_url(vault)).netloc.lower()
+        suffix = self.cloud.vault_dns_suffix.lower()
+        return f"https://{suffix}/.default" if netloc.endswith("." + suffix) else None
 
     def storage_url(self, account: str, service: str) -> str:
         """`https://<account>.<service>.<suffix>`; a full https URL is taken as it is."""
@@ -511,3 +562,6 @@ class AzureClients:
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._pool is not None:
+            self._pool.clear()
+            self._pool = None

@@ -26,6 +26,9 @@ class TokenCacheStats:
     fetches: int = 0
 
 
+PREFETCH_FAILURE_TTL_S = 30.0
+
+
 class BufferedTokenCredential:
     """Wraps a TokenCredential; caches each scope's token until `buffer_s` before expiry.
 
@@ -45,6 +48,7 @@ class BufferedTokenCredential:
         self._tokens: dict[tuple[Any, ...], AccessToken] = {}
         self._locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._guard = threading.Lock()
+        self._prefetch_failures: dict[tuple[Any, ...], tuple[Exception, float]] = {}
         self.stats = TokenCacheStats()
 
     def get_token(
@@ -65,16 +69,65 @@ class BufferedTokenCredential:
         token = self._fresh(key)
         if token is not None:
             return token
+        untenanted = (scopes, None, enable_cae)
+        if tenant_id is not None:
+            token = self._from_home_tenant(untenanted, tenant_id)
+            if token is not None:
+                self._tokens[key] = token
+                return token
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             token = self._fresh(key)
             if token is not None:
                 return token
+            self._raise_prefetch_failure(untenanted)
             self.stats.fetches += 1
             token = self.inner.get_token(*scopes, tenant_id=tenant_id, enable_cae=enable_cae, **kwargs)
             self._tokens[key] = token
             return token
+
+    def prefetch(self, scope: str) -> None:
+        """Get `scope`'s token now, ahead of the request that will need it.
+
+        Key Vault clients learn which token to ask for from the vault's 401 challenge, so a cold
+        resolve pays the challenge round trip and then the token round trip before its first
+        read.  Fetched here (on another thread, with the challenge in flight) the token is ready
+        when the challenge comes back: the Key Vault policy then asks for it with the challenge's
+        tenant, which `get_token` serves from this token when the token was issued in that tenant
+        (its `tid`).  Never raises: the request that needs the token reports any failure.
+        """
+        if not self.enabled:
+            return
+        try:
+            self.get_token(scope, enable_cae=True)
+        except Exception as exc:
+            # The request that needs the token gets this failure instead of a second attempt.
+            self._prefetch_failures[((scope,), None, True)] = (exc, self._clock())
+            log.debug("token prefetch for %s failed (%s)", scope, type(exc).__name__)
+
+    def _raise_prefetch_failure(self, key: tuple[Any, ...]) -> None:
+        """Raise (once) the failure of a prefetch of `key` that ended in the last half minute."""
+        failure = self._prefetch_failures.pop(key, None)
+        if failure is not None and self._clock() - failure[1] < PREFETCH_FAILURE_TTL_S:
+            raise failure[0]
+
+    def has_token(self, scope: str) -> bool:
+        """Whether a fresh token for `scope` is cached (for any tenant), so no prefetch is needed."""
+        return any(key[0] == (scope,) and self._fresh(key) is not None for key in list(self._tokens))
+
+    def _from_home_tenant(self, key: tuple[Any, ...], tenant_id: str) -> AccessToken | None:
+        """The token cached (or being fetched) under `key`, without a tenant, if it was issued in
+        `tenant_id`: exactly the token a request for that tenant would get."""
+        with self._guard:
+            lock = self._locks.get(key)
+        if lock is not None:
+            with lock:  # a fetch in flight (a prefetch): wait for it rather than fetch twice
+                pass
+        token = self._fresh(key)
+        if token is not None and str(_claims(token.token).get("tid", "")).lower() == tenant_id.lower():
+            return token
+        return None
 
     def _fresh(self, key: tuple[Any, ...]) -> AccessToken | None:
         token = self._tokens.get(key)

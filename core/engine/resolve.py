@@ -100,6 +100,8 @@ class Resolver:
 
         workers = max([s.max_concurrent for s in self.stores.values()] + [1])
         with ThreadPoolExecutor(max_workers=min(workers * max(1, len(self.stores)), 256), thread_name_prefix="vaultrelay-resolve") as pool:
+            for credential, scope in self._token_prefetches(to_fetch):
+                pool.submit(contextvars.copy_context().run, credential.prefetch, scope)
             for wave in self._waves(to_fetch):
                 for first, group in wave:
                     store = self.stores[first.store]
@@ -124,6 +126,24 @@ class Resolver:
         log.debug("resolved env %s: %d references, %d unique, %d fetched, %d cached, %d failed in %.3fs",
                   env, stats.references, stats.unique, stats.fetched, stats.cache_hits, stats.failed, stats.seconds)
         return bundle
+
+    def _token_prefetches(self, items: list[tuple[PlannedRef, list[PlannedRef]]]) -> list[tuple[Any, str]]:
+        """(credential, scope) of the Key Vault tokens this run will need and has not cached.
+
+        A Key Vault client asks for its token only after the vault's 401 challenge names the
+        scope; fetching it alongside the challenge takes one round trip off a cold run.  The
+        scope is the cloud's vault audience, what every vault of the cloud's domain names.
+        """
+        wanted: dict[tuple[int, str], tuple[Any, str]] = {}
+        for first, _group in items:
+            if not first.kind.startswith("keyvault_"):
+                continue
+            store = self.stores[first.store]
+            scope = self.clients.keyvault_scope(str(first.param("vault", "")))
+            if scope is None or not hasattr(store.credential, "prefetch"):
+                continue
+            wanted.setdefault((id(store.credential), scope), (store.credential, scope))
+        return [(credential, scope) for credential, scope in wanted.values() if not credential.has_token(scope)]
 
     def _waves(self, items: list[tuple[PlannedRef, list[PlannedRef]]]) -> Iterable[list[tuple[PlannedRef, list[PlannedRef]]]]:
         # Interleave stores so one slow store does not hold back another's first wave.

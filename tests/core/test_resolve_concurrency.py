@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from azure.keyvault.secrets import SecretClient
 
+from core import azure_clients
 from core.config import parse_config
 from core.engine.plan import Broker
 from core.engine.resolve import _dispatch_order
@@ -148,12 +149,15 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting)
-    broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
-    try:
-        assert broker.resolve("e").as_plain_dict() == {var: value for var, (_, value) in seeded.items()}
-    finally:
-        broker.close()
-    assert len(loads) == 1  # up to 10 connections to the vault, one parse of the bundle
+    monkeypatch.setattr(azure_clients, "_TRUST_CONTEXTS", {})  # as in a fresh process
+    for _ in range(2):  # two brokers (two invocations of one Functions instance)
+        forget_challenge(clean_faults, name)
+        broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        try:
+            assert broker.resolve("e").as_plain_dict() == {var: value for var, (_, value) in seeded.items()}
+        finally:
+            broker.close()
+    assert len(loads) == 1  # up to 10 connections each, two brokers: one parse of the bundle per process
 
     # The shared context trusts exactly the configured bundle: without the sandbox CA, TLS fails.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
@@ -165,3 +169,41 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
     assert not bundle.values
     assert {failure.reason for failure in bundle.failures.values()} == {"network"}
     assert all("CERTIFICATE_VERIFY_FAILED" in failure.message for failure in bundle.failures.values())
+
+
+def test_a_cold_resolve_fetches_the_vault_token_alongside_the_challenge(
+    clean_faults: SandboxClient, cold_vault: tuple[str, SecretClient, str],
+) -> None:
+    """The token for the cloud's vault audience is fetched while the challenges are in flight:
+    still one token request for the audience, one challenge per vault, and both vaults' challenge
+    flows are served the prefetched token."""
+    from azure.keyvault.secrets._shared import http_challenge_cache
+
+    second = unique("kvc")[:24]
+    second_id = clean_faults.create_resource("vault", second)["id"]
+    vaults = [cold_vault, (second, SecretClient(clean_faults.vault_url(second), clean_faults.admin_credential()), second_id)]
+    lines = ["version: 1", "secretStores:", "  s: {type: azure.managed_identity, performance: {max_concurrent: 4}}", "envs:", "  e:"]
+    expected = {}
+    try:
+        for index, (name, admin, vault_id) in enumerate(vaults):
+            clean_faults.grant("system", "Key Vault Secrets User", vault_id)
+            for item in range(3):
+                secret, value = unique("p"), uuid.uuid4().hex
+                admin.set_secret(secret, value)
+                lines.append(f"    V{index}_{item}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}")
+                expected[f"V{index}_{item}"] = value
+            forget_challenge(clean_faults, name)
+        broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        try:
+            clean_faults.reset_counters()
+            bundle = broker.resolve("e")
+            stats = broker.store("s").credential.stats
+        finally:
+            broker.close()
+    finally:
+        http_challenge_cache.remove_challenge_for_url(clean_faults.vault_url(second))
+    assert bundle.as_plain_dict() == expected
+    counters = clean_faults.counters()
+    assert sum(n for k, n in counters["by_endpoint"].items() if k.startswith("identity:")) == 1
+    assert counters["by_endpoint_status"].get("keyvault:GetSecret:401", 0) == 2
+    assert (stats.fetches, stats.requests) == (1, 3)  # the prefetch, then each vault's challenge flow

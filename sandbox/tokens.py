@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sandbox.http import AzureError, CallContext, Service, json_response
 from sandbox.world import Identity, World
 
+VERIFIED_TOKENS_KEPT = 4096  # validated tokens remembered (a sandbox run issues a few hundred)
+
 MI_API_VERSION = "2019-08-01"
 
 
@@ -60,6 +62,7 @@ class TokenIssuer:
             "n": _b64url_uint(public.n), "e": _b64url_uint(public.e),
         }
         self.issued = 0
+        self._verified: dict[tuple[str, str], dict[str, Any]] = {}
 
     @property
     def issuer(self) -> str:
@@ -106,11 +109,34 @@ class TokenIssuer:
             InvalidToken: bad signature, wrong issuer or audience, expired, not yet valid,
                 or an unknown principal.
         """
+        issuer = self.issuer
+        claims = self._verified.get((token, issuer))
+        if claims is not None:
+            # Verified before (signature, issuer, claim types): only the time window can change.
+            now = time.time()
+            if claims["exp"] <= now:
+                raise InvalidToken("The token is expired.")
+            if claims["nbf"] > now:
+                raise InvalidToken("The token is not yet valid.")
+        else:
+            claims = self._verify(token, issuer)
+        if audiences and normalize_audience(str(claims["aud"])) not in {normalize_audience(a) for a in audiences}:
+            raise InvalidToken("The audience of the token is not valid for this resource.")
+        identity = self.world.find_identity(object_id=str(claims["oid"]))
+        if identity is None:
+            raise InvalidToken("The token's principal does not exist in this tenant.")
+        return identity, claims
+
+    def _verify(self, token: str, issuer: str) -> dict[str, Any]:
+        """Full validation (RS256 signature, issuer, required claims, time window), remembered per
+        token: a signature check costs more CPU than the rest of a Key Vault answer, and real Azure
+        does not make one client's requests wait for another's token checks.
+        """
         try:
             claims = jwt.decode(
                 token, self._key.public_key(), algorithms=["RS256"],
                 options={"verify_aud": False, "require": ["exp", "nbf", "iss", "aud", "oid"]},
-                issuer=self.issuer, leeway=0,
+                issuer=issuer, leeway=0,
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("The token is expired.") from exc
@@ -120,12 +146,10 @@ class TokenIssuer:
             raise InvalidToken("The token issuer is not trusted.") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"The token is invalid: {type(exc).__name__}.") from exc
-        if audiences and normalize_audience(str(claims["aud"])) not in {normalize_audience(a) for a in audiences}:
-            raise InvalidToken("The audience of the token is not valid for this resource.")
-        identity = self.world.find_identity(object_id=str(claims["oid"]))
-        if identity is None:
-            raise InvalidToken("The token's principal does not exist in this tenant.")
-        return identity, claims
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[(token, issuer)] = claims
+        return claims
 
 
 class ManagedIdentityEndpoint:

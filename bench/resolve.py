@@ -407,8 +407,9 @@ def critical_path(spec: dict[str, Any], latency_ms: float) -> dict[str, Any]:
 
     Round trips that cannot be avoided, with the unmodified SDKs and a cold process:
       Key Vault chain: 1 unauthenticated request per vault host to get the 401 challenge (hosts
-        in parallel), then 1 token request for the Key Vault audience, then the unique GETs in
-        ceil(GETs / max_concurrent) waves.
+        in parallel) and 1 token request for the Key Vault audience, in parallel with it (the
+        audience is the cloud's vault domain, known before the challenge names it), then the
+        unique GETs in ceil(GETs / max_concurrent) waves.
       ARM chain: 1 token request for the ARM audience, then listKeys per account (accounts in
         parallel; no account discovery: the config names the resource groups).
       Capacity: every unavoidable request (challenges, tokens, GETs, listKeys) shares the
@@ -420,7 +421,7 @@ def critical_path(spec: dict[str, Any], latency_ms: float) -> dict[str, Any]:
     vaults = {vault for vault, _ in secrets}
     accounts = {r["account"] for r in spec["refs"] if r["kind"] in ("storage_key", "sas")}
     audiences = (1 if secrets else 0) + (1 if accounts else 0)
-    kv_chain = (1 + 1 + math.ceil(len(secrets) / mc)) if secrets else 0
+    kv_chain = (1 + math.ceil(len(secrets) / mc)) if secrets else 0
     arm_chain = (1 + 1) if accounts else 0
     requests = len(vaults) + audiences + len(secrets) + len(accounts)
     capacity = math.ceil(requests / mc)
@@ -575,8 +576,8 @@ def report(console: Any, spec: dict[str, Any], results: dict[str, list[dict[str,
     console.print(
         f"\n[bold]Critical-path limit[/] ({args.latency_ms:g} ms x unavoidable sequential round trips, "
         f"max_concurrent {lim['max_concurrent']}, cold):\n"
-        f"  Key Vault chain: 1 challenge (401, {lim['vaults']} vault hosts in parallel) + 1 token (Key Vault audience) "
-        f"+ ceil({lim['unique_secrets']} unique GETs / {lim['max_concurrent']}) = {lim['kv_chain']} round trips\n"
+        f"  Key Vault chain: 1 challenge (401, {lim['vaults']} vault hosts in parallel) alongside 1 token (Key Vault "
+        f"audience) + ceil({lim['unique_secrets']} unique GETs / {lim['max_concurrent']}) = {lim['kv_chain']} round trips\n"
         f"  ARM chain: 1 token (ARM audience) + 1 listKeys ({lim['accounts']} accounts in parallel; resource groups given, "
         f"no discovery) = {lim['arm_chain']} round trips\n"
         f"  capacity: ceil({lim['requests']} unavoidable requests / {lim['max_concurrent']} slots) = {lim['capacity']} round trips\n"

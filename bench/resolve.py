@@ -414,7 +414,10 @@ def critical_path(spec: dict[str, Any], latency_ms: float) -> dict[str, Any]:
         parallel; no account discovery: the config names the resource groups).
       Capacity: every unavoidable request (challenges, tokens, GETs, listKeys) shares the
         store's max_concurrent slots: ceil(requests / max_concurrent) round trips at least.
-    The limit is the largest of the three (they run concurrently), times the added latency.
+        And no GET or listKeys can go out in the first round trip (each needs a challenge or a
+        token first), so when the challenges and tokens fit in one round trip the GETs and
+        listKeys need ceil((GETs + listKeys) / max_concurrent) more: 1 + that, at least.
+    The limit is the largest of these (they run concurrently), times the added latency.
     """
     mc = spec["max_concurrent"]
     secrets = {(r["vault"], r["secret"]) for r in spec["refs"] if r["kind"] == "secret"}
@@ -424,7 +427,10 @@ def critical_path(spec: dict[str, Any], latency_ms: float) -> dict[str, Any]:
     kv_chain = (1 + math.ceil(len(secrets) / mc)) if secrets else 0
     arm_chain = (1 + 1) if accounts else 0
     requests = len(vaults) + audiences + len(secrets) + len(accounts)
-    capacity = math.ceil(requests / mc)
+    first = len(vaults) + audiences  # the challenges and token requests
+    dependent = len(secrets) + len(accounts)  # the GETs and listKeys, which need one of them
+    after_first = (1 + math.ceil(dependent / mc)) if 0 < first <= mc else 0
+    capacity = max(math.ceil(requests / mc), after_first)
     rts = max(kv_chain, arm_chain, capacity)
     warm_requests = len(secrets) + len(accounts)
     warm_rts = max(math.ceil(len(secrets) / mc), 1 if accounts else 0, math.ceil(warm_requests / mc))
@@ -580,7 +586,9 @@ def report(console: Any, spec: dict[str, Any], results: dict[str, list[dict[str,
         f"audience) + ceil({lim['unique_secrets']} unique GETs / {lim['max_concurrent']}) = {lim['kv_chain']} round trips\n"
         f"  ARM chain: 1 token (ARM audience) + 1 listKeys ({lim['accounts']} accounts in parallel; resource groups given, "
         f"no discovery) = {lim['arm_chain']} round trips\n"
-        f"  capacity: ceil({lim['requests']} unavoidable requests / {lim['max_concurrent']} slots) = {lim['capacity']} round trips\n"
+        f"  capacity: ceil({lim['requests']} unavoidable requests / {lim['max_concurrent']} slots), or 1 round trip of challenges "
+        f"and tokens + ceil({lim['unique_secrets'] + lim['accounts']} GETs and listKeys / {lim['max_concurrent']}) when those fit "
+        f"in one, whichever is more = {lim['capacity']} round trips\n"
         f"  limit = max({lim['kv_chain']}, {lim['arm_chain']}, {lim['capacity']}) = {lim['round_trips']} round trips = "
         f"{lim['seconds'] * 1000:.0f} ms   (warm: no challenge, no tokens: {lim['warm_round_trips']} round trips = "
         f"{lim['warm_seconds'] * 1000:.0f} ms)")

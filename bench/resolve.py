@@ -20,9 +20,11 @@ Fairness: each contender runs in its own fresh Python process (`--child`), which
 everything and runs the contender once untimed (warm imports, warm sandbox), then drops all
 client state (new credentials, clients and HTTP sessions; the Key Vault SDK's process-wide
 challenge cache cleared) and runs it timed: that is the "cold" figure (no tokens, no challenge,
-no connections; warm imports).  The same objects then run again: the "warm" figure (tokens,
-challenges and connections cached; vaultrelay's secret cache is off).  Request counts are the
-sandbox's own counters, reset before each timed run.
+no connections; warm imports, and vaultrelay's CA bundle, which it parses once per process like
+an import, already parsed: a Functions instance pays that on its first invocation only).  The
+same objects then run again: the "warm" figure (tokens, challenges and connections cached;
+vaultrelay's secret cache is off).  Request counts are the sandbox's own counters, reset before
+each timed run.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ class FaultRule:
     service: str | None = None
     target: str | None = None
     operation: str | None = None
+    path_prefix: str | None = None  # e.g. /secrets/db-password: one object (case-insensitive)
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 503
@@ -46,6 +47,7 @@ class FaultRule:
             (self.service is None or self.service == ctx.service)
             and (self.target is None or (ctx.target or "").lower() == self.target.lower())
             and (self.operation is None or self.operation == ctx.operation)
+            and (self.path_prefix is None or ctx.path.lower().startswith(self.path_prefix.lower()))
         )
 
 

@@ -53,6 +53,7 @@ class CallContext:
     service: str
     operation: str = "unknown"
     target: str | None = None
+    path: str = ""
     identity: Identity | None = None
     claims: dict[str, Any] = field(default_factory=dict)
 

@@ -139,7 +139,7 @@ class Sandbox:
             self.runtime.counters.record(ctx, 421)
             return json_response({"error": {"code": "MisdirectedRequest", "message": f"No sandbox service at host {request.host}."}}, status=421)
         service, host_target = found
-        ctx = CallContext(service=service.name, target=host_target)
+        ctx = CallContext(service=service.name, target=host_target, path=request.path)
         status: int | str = 500
         try:
             response = await self._serve(service, request, ctx)

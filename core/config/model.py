@@ -8,6 +8,7 @@ whether the referenced objects exist is a run-time question.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -474,6 +475,33 @@ class KeyVaultTarget(TargetBase):
             raise ValueError("secret_name applies to mode: bundle only")
         return self
 
+    def secret_for(self, variable: str) -> str:
+        """The secret that holds `variable` in per_variable mode."""
+        return secret_name_for(variable, self.name_style, self.prefix)
+
+    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
+        """Secret name -> the variables (of `variables`) this target writes to it.  Key Vault
+        names are case-insensitive, so names differing in case are one secret."""
+        if self.mode == "bundle":
+            return {self.secret_name or f"{self.env}-bundle": sorted(variables)}
+        spelled: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for variable in sorted(variables):
+            secret = self.secret_for(variable)
+            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
+        return names
+
+
+def secret_name_for(variable: str, style: str, prefix: str = "") -> str:
+    """`DATABASE_PASSWORD` -> `database-password` (kebab), `DATABASE-PASSWORD` (exact), ..."""
+    if style == "kebab":
+        name = re.sub(r"[^0-9a-zA-Z]+", "-", variable).strip("-").lower()
+    elif style == "lower":
+        name = variable.replace("_", "-").lower()
+    else:
+        name = variable.replace("_", "-")
+    return f"{prefix}{name}"
+
 
 class BlobTarget(TargetBase):
     """Write the bundle as one blob (dotenv or JSON), with an ETag condition."""
@@ -608,6 +636,7 @@ class Config(Strict):
             key = getattr(target, "signing_key", None)
             if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
                 problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
+        problems.extend(self._keyvault_target_names())
         if self.state is not None and self.state.store not in self.secretStores:
             problems.append(_located("state.store", f"unknown store '{self.state.store}'"))
         for env in self.access:
@@ -629,6 +658,31 @@ class Config(Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _keyvault_target_names(self) -> list[str]:
+        """Each Key Vault secret is written by one target for one variable: two variables that
+        name_style maps to one secret, or two targets writing one secret of a vault, would
+        overwrite each other on every sync.  Names must also fit Key Vault's 127 characters."""
+        problems: list[str] = []
+        claimed: dict[tuple[str, str], str] = {}
+        for name, target in self.targets.items():
+            if not isinstance(target, KeyVaultTarget) or target.env not in self.envs:
+                continue
+            for secret, variables in target.secrets(self.envs[target.env]).items():
+                if target.mode == "per_variable" and len(variables) > 1:
+                    exact_apart = len({secret_name_for(v, "exact").lower() for v in variables}) == len(variables)
+                    remedy = "rename one or use name_style: exact" if exact_apart else "rename one (Key Vault names ignore case)"
+                    problems.append(_located(
+                        f"targets.{name}.name_style",
+                        f"variables {', '.join(variables)} of env '{target.env}' all become secret '{secret}' "
+                        f"(name_style {target.name_style}); {remedy}"))
+                if not re.fullmatch(SECRET_NAME, secret):
+                    problems.append(_located(f"targets.{name}", f"secret name '{secret}' for {variables[0] if target.mode == 'per_variable' else 'the bundle'} "
+                                                                f"is not a Key Vault secret name (1-127 letters, digits and hyphens)"))
+                first = claimed.setdefault((target.vault.lower(), secret.lower()), name)
+                if first != name:
+                    problems.append(_located(f"targets.{name}", f"writes secret '{secret}' of vault {target.vault}, which target '{first}' writes too"))
+        return problems
 
     def _rotated(self) -> bool:
         return any(v.from_ is not None and v.from_.rotate is not None for vs in self.envs.values() for v in vs.values())

@@ -8,9 +8,12 @@ without `managed-by: vaultrelay` is never overwritten or deleted.  Removed varia
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
-import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from core.permissions import denied_note
@@ -29,17 +32,15 @@ from core.targets.base import (
 )
 
 LISTING_TTL_S = 60.0
+WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
 
 
-def secret_name_for(variable: str, style: str, prefix: str = "") -> str:
-    """`DATABASE_PASSWORD` -> `database-password` (kebab), `DATABASE-PASSWORD` (exact), ..."""
-    if style == "kebab":
-        name = re.sub(r"[^0-9a-zA-Z]+", "-", variable).strip("-").lower()
-    elif style == "lower":
-        name = variable.replace("_", "-").lower()
-    else:
-        name = variable.replace("_", "-")
-    return f"{prefix}{name}"
+def _attempt(operation: Callable[[], None]) -> TargetError | None:
+    try:
+        operation()
+    except TargetError as exc:
+        return exc
+    return None
 
 
 class KeyVaultTargetWriter:
@@ -54,7 +55,7 @@ class KeyVaultTargetWriter:
         self.bundle_secret = config.secret_name or f"{config.env}-bundle"
 
     def _secret(self, variable: str) -> str:
-        return secret_name_for(variable, self.config.name_style, self.config.prefix)
+        return str(self.config.secret_for(variable))
 
     def _list(self) -> dict[str, Any]:
         """Name -> properties of every secret in the vault.  One listing serves every target of
@@ -109,22 +110,31 @@ class KeyVaultTargetWriter:
             raise TargetError(f"target {self.ctx.name}: vault {self.config.vault} has secret(s) {names} not managed by vaultrelay; refusing to overwrite")
         if self.whole_bundle:
             return self._push_bundle(env, desired)
-        # One secret per write: a failure leaves the earlier ones written (each tagged with its
-        # fingerprint), which the next run sees as already in place and does not write again.
+        # One secret per write, WRITE_CONCURRENCY at a time (each variable has a secret of its
+        # own: config validation refuses two variables or targets on one secret).  A failure
+        # leaves the others written (each tagged with its fingerprint), which the next run sees
+        # as already in place and does not write again.
         removals = sorted(v for v in change.removals if snapshot.fingerprints.get(v) is not None) if self.config.deletion_policy == "delete" else []
-        total = len(change.writes) + len(removals)
-        writes = 0
-        try:
-            for variable in sorted(change.writes):
-                item = desired[variable]
-                self._set(self._secret(variable), item.value.reveal(), item, env)
-                writes += 1
-            for variable in removals:
-                self._delete(self._secret(variable))
-                writes += 1
-        except TargetError as exc:
-            raise TargetError(f"{exc} (after {writes} of {total} writes; the next run writes the rest)") from None
+        operations: list[Callable[[], None]] = [
+            *(functools.partial(self._set_variable, variable, desired[variable], env) for variable in sorted(change.writes)),
+            *(functools.partial(self._delete, self._secret(variable)) for variable in removals),
+        ]
+        failures: list[TargetError] = []
+        if len(operations) <= 1:
+            outcomes = [_attempt(operation) for operation in operations]
+        else:
+            with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(operations)), thread_name_prefix="vaultrelay-kv-write") as pool:
+                outcomes = list(pool.map(_attempt, [functools.partial(contextvars.copy_context().run, op) for op in operations]))
+        failures = [outcome for outcome in outcomes if outcome is not None]
+        writes = len(operations) - len(failures)
+        if failures:
+            raise TargetError(f"{failures[0]} (and {len(failures) - 1} more; {writes} of {len(operations)} writes done; "
+                              "the next run writes the rest)" if len(failures) > 1 else
+                              f"{failures[0]} ({writes} of {len(operations)} writes done; the next run writes the rest)") from None
         return PushResult(writes=writes)
+
+    def _set_variable(self, variable: str, item: DesiredItem, env: str) -> None:
+        self._set(self._secret(variable), item.value.reveal(), item, env)
 
     def _push_bundle(self, env: str, desired: dict[str, DesiredItem]) -> PushResult:
         payload = json.dumps({name: item.value.reveal() for name, item in sorted(desired.items())}, sort_keys=True)

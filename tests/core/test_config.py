@@ -375,3 +375,42 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
+
+
+def test_keyvault_targets_never_share_a_secret() -> None:
+    """Two variables that name_style maps to one secret (Key Vault names are case-insensitive),
+    or two targets writing one secret of a vault, would overwrite each other on every sync."""
+    found = problems("""
+        version: 1
+        secretStores:
+          s: {type: azure.managed_identity}
+        state: {store: s, account: acct}
+        envs:
+          prod:
+            DB_PASSWORD: a
+            DB__PASSWORD: b
+            Api_Key: c
+            API_KEY: d
+          dev:
+            API_KEY: e
+        targets:
+          kv1: {type: keyvault, env: prod, store: s, vault: kv-one, name_style: exact}
+          kv2: {type: keyvault, env: prod, store: s, vault: kv-two}
+          kv3: {type: keyvault, env: dev, store: s, vault: KV-Two}
+          kv4: {type: keyvault, env: dev, store: s, vault: kv-three, mode: bundle, secret_name: api-key}
+          kv5: {type: keyvault, env: dev, store: s, vault: kv-three}
+          kv6: {type: keyvault, env: dev, store: s, vault: kv-four, prefix: %s}
+          ok: {type: keyvault, env: dev, store: s, vault: kv-five, prefix: dev-}
+    """ % ("p" * 124))
+    assert found == [
+        "vaultrelay.yaml:15: targets.kv1.name_style: variables API_KEY, Api_Key of env 'prod' all become secret 'API-KEY' "
+        "(name_style exact); rename one (Key Vault names ignore case)",
+        "vaultrelay.yaml:16: targets.kv2.name_style: variables API_KEY, Api_Key of env 'prod' all become secret 'api-key' "
+        "(name_style kebab); rename one (Key Vault names ignore case)",
+        "vaultrelay.yaml:16: targets.kv2.name_style: variables DB_PASSWORD, DB__PASSWORD of env 'prod' all become secret "
+        "'db-password' (name_style kebab); rename one or use name_style: exact",
+        "vaultrelay.yaml:17: targets.kv3: writes secret 'api-key' of vault KV-Two, which target 'kv2' writes too",
+        "vaultrelay.yaml:19: targets.kv5: writes secret 'api-key' of vault kv-three, which target 'kv4' writes too",
+        "vaultrelay.yaml:20: targets.kv6: secret name '" + "p" * 124 + "api-key' for API_KEY is not a Key Vault secret name "
+        "(1-127 letters, digits and hyphens)",
+    ]

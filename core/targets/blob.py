@@ -73,14 +73,23 @@ class BlobTargetWriter:
         content_type = "application/json" if self.config.format == "json" else "text/plain; charset=utf-8"
         from azure.storage.blob import ContentSettings
 
+        def upload() -> dict[str, Any]:
+            return dict(self.client.upload_blob(body.encode(), overwrite=True, metadata=metadata,
+                                                content_settings=ContentSettings(content_type=content_type, cache_control="no-store"), **condition))
+
         try:
-            if not snapshot.exists:
+            try:
+                result = upload()
+            except ResourceNotFoundError:
+                if snapshot.exists:
+                    raise
+                # A new blob in a container that does not exist yet (the first push of many to
+                # one container): create it, then write.  An existing container costs nothing.
                 try:
                     self.container.create_container()
                 except ResourceExistsError:
                     pass
-            result = self.client.upload_blob(body.encode(), overwrite=True, metadata=metadata,
-                                             content_settings=ContentSettings(content_type=content_type, cache_control="no-store"), **condition)
+                result = upload()
         except (ResourceModifiedError, ResourceExistsError):
             raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} changed during the push; retry next run") from None
         except ResourceNotFoundError:

@@ -230,6 +230,25 @@ def test_blob_and_app_settings_targets(world: World) -> None:
     assert again["settings"].outcome == "unchanged"
 
 
+def test_blob_targets_create_their_container_once(world: World) -> None:
+    """The first push into a container that does not exist creates it; pushes of other envs into
+    the (now existing) container are one blob write each, with no container request."""
+    container = f"b{world.tag}".lower()
+    secret = world.secret("delta", "delta-value")
+    body = "\n        envs:" + "".join(f"""
+          e{i}{world.tag}:
+            DELTA: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}""" for i in range(3)) + "\n        targets:" + "".join(f"""
+          blob{i}: {{type: blob, env: e{i}{world.tag}, store: azure, account: sandboxdata, container: {container}, blob: e{i}.env}}""" for i in range(3))
+    world.sandbox.reset_counters()
+    report = world.engine(body).sync()
+    assert report.ok and [t.outcome for t in report.targets] == ["pushed"] * 3, report
+    writes = {k: n for k, n in world.sandbox.counters()["by_endpoint_status"].items() if k.startswith("storage:blob:PUT")}
+    assert writes == {"storage:blob:PUT:404": 1, "storage:blob:PUT:container:201": 1, "storage:blob:PUT:201": 3}
+    bundles = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), container, credential=world.admin)
+    assert sorted(b.name for b in bundles.list_blobs()) == ["e0.env", "e1.env", "e2.env"]
+    assert bundles.download_blob("e2.env").readall().decode() == 'DELTA="delta-value"\n'
+
+
 def sas_works(sandbox: SandboxClient, account: str, token: str) -> bool:
     client = BlobServiceClient(sandbox.storage_endpoint(account), credential=token, retry_total=0)
     try:

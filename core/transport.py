@@ -21,6 +21,7 @@ directly, with the same behaviour where it matters:
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -60,14 +61,8 @@ class Urllib3Response(HttpResponseImpl):  # type: ignore[misc]
             content_type=headers.get("Content-Type"), headers=headers, stream_download_generator=_stream_download,
         )
         if not stream:
-            try:
+            with _reading(internal_response):
                 self._content = internal_response.data
-            except ReadTimeoutError as exc:
-                raise ServiceResponseTimeoutError(exc, error=exc) from exc
-            except (ProtocolError, HTTPError) as exc:
-                raise ServiceResponseError(exc, error=exc) from exc
-            finally:
-                internal_response.release_conn()
             self._is_stream_consumed = True
             self._is_closed = True
 
@@ -79,8 +74,16 @@ class Urllib3Response(HttpResponseImpl):  # type: ignore[misc]
 
 def _stream_download(response: Urllib3Response, pipeline: Any, decompress: bool = True, **_: Any) -> Iterator[bytes]:
     raw = response._internal_response
-    try:
+    with _reading(raw):
         yield from raw.stream(response._block_size, decode_content=decompress)
+
+
+@contextlib.contextmanager
+def _reading(raw: Any) -> Iterator[None]:
+    """Errors while reading a response body raised as azure-core's; the connection goes back to
+    the pool afterwards either way."""
+    try:
+        yield
     except ReadTimeoutError as exc:
         raise ServiceResponseTimeoutError(exc, error=exc) from exc
     except (ProtocolError, HTTPError) as exc:

@@ -14,8 +14,9 @@ Then a clean run in this process (a fresh engine: `rotate` then `sync` for rotat
 `sync` otherwise), repeated until it reports success, at most 3 times.  Invariants per round:
 * convergence: every target holds the newest source values and the account's active key, status
   shows no error, and no clean run was refused as `busy` by the dead run's lease;
-* a due rotation is done exactly once (ARM regenerateKey calls in the round, killed run and
-  clean run together, = 1; the active key switched once), a sync round regenerates nothing;
+* a due rotation is done exactly once (ARM regenerateKey calls carried out in the round, killed
+  run and clean run together, = 1; the active key switched once), a sync round regenerates
+  nothing;
 * no lease row is left past its expiry; leases of dead holders still within their expiry are
   counted (they block nothing: a live holder is required to refuse a lease).
 """

@@ -274,24 +274,25 @@ def _environment_once_session() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.trust_env = False
-            self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            self.ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
             self._proxies_by_origin: dict[str, dict[str, str]] = {}
+
+        def environment_proxies(self, url: str) -> dict[str, str]:
+            """The environment's proxies for `url` (honouring no_proxy), read once per origin."""
+            parts = urllib.parse.urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            found = self._proxies_by_origin.get(origin)
+            if found is None:
+                found = self._proxies_by_origin.setdefault(origin, get_environ_proxies(url, no_proxy=None))
+            return found
 
         def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
             if proxies is not None:
-                found: dict[str, str] | None
-                if proxies.get("no_proxy"):
-                    found = get_environ_proxies(url, no_proxy=proxies["no_proxy"])
-                else:
-                    parts = urllib.parse.urlsplit(url)
-                    origin = f"{parts.scheme}://{parts.netloc}"
-                    found = self._proxies_by_origin.get(origin)
-                    if found is None:
-                        found = self._proxies_by_origin.setdefault(origin, get_environ_proxies(url, no_proxy=None))
+                found = get_environ_proxies(url, no_proxy=proxies["no_proxy"]) if proxies.get("no_proxy") else self.environment_proxies(url)
                 for key, value in (found or {}).items():
                     proxies.setdefault(key, value)
-            if (verify is True or verify is None) and self._ca_bundle:
-                verify = self._ca_bundle
+            if (verify is True or verify is None) and self.ca_bundle:
+                verify = self.ca_bundle
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     return EnvironmentOnceSession()
@@ -350,16 +351,15 @@ class AzureClients:
         requests transport for what it does not handle (proxies, uploads, client certificates)."""
         from core.transport import Urllib3Transport
 
-        fallback = self._transport()
+        fallback = self._transport()  # builds the session: its CA bundle and proxy settings serve both
         with self._lock:
             if self._pool is None:
                 import urllib3
                 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or DEFAULT_CA_BUNDLE_PATH
                 self._pool = urllib3.PoolManager(num_pools=32, maxsize=self.pool_size, block=False, retries=False,
-                                                 ssl_context=_trust_context(bundle))
-            return Urllib3Transport(self._pool, fallback)
+                                                 ssl_context=_trust_context(self._session.ca_bundle or DEFAULT_CA_BUNDLE_PATH))
+            return Urllib3Transport(self._pool, fallback, self._session.environment_proxies)
 
     def transport(self) -> Any:
         """A transport over the shared connection pool (for vaultrelay's own pipelines)."""

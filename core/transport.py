@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -96,13 +96,14 @@ class Urllib3Transport(HttpTransport):  # type: ignore[misc]
     """Sends `azure.core.rest` requests through a shared urllib3 pool; see the module docstring.
 
     `pool` is shared by every transport of one `AzureClients` (closing a transport leaves it
-    open); `fallback` is the requests transport over the same settings.
+    open); `fallback` is the requests transport over the same settings; `environment_proxies`
+    gives the environment's proxies for a URL (the requests session's, read once per origin).
     """
 
-    def __init__(self, pool: urllib3.PoolManager, fallback: Any) -> None:
+    def __init__(self, pool: urllib3.PoolManager, fallback: Any, environment_proxies: Callable[[str], Mapping[str, str]]) -> None:
         self._pool = pool
         self._fallback = fallback
-        self._direct_origins: dict[str, bool] = {}
+        self._environment_proxies = environment_proxies
 
     def __enter__(self) -> Urllib3Transport:
         return self
@@ -150,13 +151,5 @@ class Urllib3Transport(HttpTransport):  # type: ignore[misc]
         return Urllib3Response(request=request, internal_response=response, block_size=BLOCK_SIZE, stream=stream)
 
     def _direct(self, url: str) -> bool:
-        """Whether `url`'s origin is reached without a proxy (the environment's proxy variables
-        and no_proxy, read once per origin as vaultrelay's requests session does)."""
-        parts = urllib.parse.urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        direct = self._direct_origins.get(origin)
-        if direct is None:
-            from requests.utils import get_environ_proxies
-
-            direct = self._direct_origins[origin] = parts.scheme not in get_environ_proxies(url, no_proxy=None)
-        return direct
+        """Whether `url` is reached without a proxy (the environment's proxy variables and no_proxy)."""
+        return urllib.parse.urlsplit(url).scheme not in self._environment_proxies(url)

@@ -479,11 +479,16 @@ class KeyVaultTarget(TargetBase):
         """The secret that holds `variable` in per_variable mode."""
         return secret_name_for(variable, self.name_style, self.prefix)
 
+    @property
+    def bundle_secret(self) -> str:
+        """The secret that holds the bundle in bundle mode."""
+        return self.secret_name or f"{self.env}-bundle"
+
     def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
         """Secret name -> the variables (of `variables`) this target writes to it.  Key Vault
         names are case-insensitive, so names differing in case are one secret."""
         if self.mode == "bundle":
-            return {self.secret_name or f"{self.env}-bundle": sorted(variables)}
+            return {self.bundle_secret: sorted(variables)}
         spelled: dict[str, str] = {}
         names: dict[str, list[str]] = {}
         for variable in sorted(variables):

@@ -52,7 +52,7 @@ class KeyVaultTargetWriter:
         self.ctx = ctx
         self.whole_bundle = config.mode == "bundle"
         self.client = ctx.clients.secret_client(config.vault, ctx.credential)
-        self.bundle_secret = config.secret_name or f"{config.env}-bundle"
+        self.bundle_secret = str(config.bundle_secret)
 
     def _secret(self, variable: str) -> str:
         return str(self.config.secret_for(variable))
@@ -119,7 +119,6 @@ class KeyVaultTargetWriter:
             *(functools.partial(self._set_variable, variable, desired[variable], env) for variable in sorted(change.writes)),
             *(functools.partial(self._delete, self._secret(variable)) for variable in removals),
         ]
-        failures: list[TargetError] = []
         if len(operations) <= 1:
             outcomes = [_attempt(operation) for operation in operations]
         else:
@@ -128,9 +127,8 @@ class KeyVaultTargetWriter:
         failures = [outcome for outcome in outcomes if outcome is not None]
         writes = len(operations) - len(failures)
         if failures:
-            raise TargetError(f"{failures[0]} (and {len(failures) - 1} more; {writes} of {len(operations)} writes done; "
-                              "the next run writes the rest)" if len(failures) > 1 else
-                              f"{failures[0]} ({writes} of {len(operations)} writes done; the next run writes the rest)") from None
+            more = f"and {len(failures) - 1} more; " if len(failures) > 1 else ""
+            raise TargetError(f"{failures[0]} ({more}{writes} of {len(operations)} writes done; the next run writes the rest)") from None
         return PushResult(writes=writes)
 
     def _set_variable(self, variable: str, item: DesiredItem, env: str) -> None:

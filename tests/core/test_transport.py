@@ -22,6 +22,7 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError, Ser
 from azure.core.pipeline.transport import HttpRequest as LegacyHttpRequest
 from azure.core.rest import HttpRequest
 
+from core.azure_clients import _environment_once_session
 from core.transport import Urllib3Transport
 
 
@@ -101,7 +102,7 @@ def transport(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Urllib3Transpor
         monkeypatch.delenv(name, raising=False)
     pool = urllib3.PoolManager(maxsize=4, retries=False)
     fallback = RecordingFallback()
-    yield Urllib3Transport(pool, fallback), fallback
+    yield Urllib3Transport(pool, fallback, _environment_once_session().environment_proxies), fallback
     pool.clear()
 
 
@@ -171,11 +172,11 @@ def test_what_it_does_not_handle_goes_to_the_requests_transport(
 
     # A proxy from the environment (read once per origin) sends the origin through requests too;
     # no_proxy keeps it direct.
-    proxied = type(sender)(urllib3.PoolManager(retries=False), fallback)
+    proxied = type(sender)(urllib3.PoolManager(retries=False), fallback, _environment_once_session().environment_proxies)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
     assert proxied.send(HttpRequest("GET", f"{url}/env-proxy")) == "fallback"
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    direct = type(sender)(urllib3.PoolManager(retries=False), fallback)
+    direct = type(sender)(urllib3.PoolManager(retries=False), fallback, _environment_once_session().environment_proxies)
     assert direct.send(HttpRequest("GET", f"{url}/no-proxy")).status_code == 200
     assert [request["path"] for request in seen] == ["/no-proxy"]
 

@@ -25,14 +25,17 @@ import hashlib
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.world import VAULT_TYPE, Resource
+
+T = TypeVar("T")
 
 _API_VERSION = re.compile(r"^(7\.[0-6](-preview(\.\d+)?)?|20\d\d-\d\d-\d\d(-preview)?)$")
 _NAME = r"(?P<name>[0-9a-zA-Z-]{1,127})"
@@ -207,7 +210,9 @@ class KeyVaultService(Service):
                 nbf=version.nbf, exp=version.exp,
             )
 
-    def _page(self, request: web.Request, items: list[dict[str, Any]], path: str) -> web.Response:
+    def _page(self, request: web.Request, entries: Sequence[T], path: str, item: Callable[[T], dict[str, Any]]) -> web.Response:
+        """One page of `entries` (in listing order); only the page's entries are turned into items,
+        so paging through a vault of n objects costs O(n) per page for the sort, not for n items."""
         try:
             size = int(request.query.get("maxresults", DEFAULT_PAGE))
             skip = int(request.query.get("$skiptoken", "0"))
@@ -215,9 +220,9 @@ class KeyVaultService(Service):
             raise AzureError(400, "BadParameter", "maxresults and $skiptoken must be integers.") from None
         if not 1 <= size <= 25:
             raise AzureError(400, "BadParameter", "maxresults must be between 1 and 25.")
-        page = items[skip: skip + size]
+        page = [item(entry) for entry in entries[skip: skip + size]]
         body: dict[str, Any] = {"value": page, "nextLink": None}
-        if skip + size < len(items):
+        if skip + size < len(entries):
             api_version = request.query.get("api-version", "")
             body["nextLink"] = f"{self._base(self._vault(request))}{path}?api-version={api_version}&$skiptoken={skip + size}&maxresults={size}"
         return json_response(body)
@@ -331,18 +336,15 @@ class KeyVaultService(Service):
     async def list_secrets(self, request: web.Request, ctx: CallContext) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/readMetadata/action", "secrets")
-        items = [
-            self._secret_item(vault, obj, obj.current(), versioned=False)
-            for _, obj in sorted(_store(vault, "secrets").items())
-        ]
-        return self._page(request, items, "/secrets")
+        objects = [obj for _, obj in sorted(_store(vault, "secrets").items())]
+        return self._page(request, objects, "/secrets", lambda obj: self._secret_item(vault, obj, obj.current(), versioned=False))
 
     async def list_secret_versions(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/readMetadata/action", f"secrets/{name}")
         obj = self._find_secret(vault, name)
-        items = [self._secret_item(vault, obj, v, versioned=True) for v in obj.versions.values()]
-        return self._page(request, items, f"/secrets/{obj.name}/versions")
+        return self._page(request, list(obj.versions.values()), f"/secrets/{obj.name}/versions",
+                          lambda version: self._secret_item(vault, obj, version, versioned=True))
 
     def _deleted_bundle(self, vault: Resource, obj: VaultObject) -> dict[str, Any]:
         bundle = self._secret_bundle(vault, obj, obj.current(), with_value=False)
@@ -373,8 +375,8 @@ class KeyVaultService(Service):
     async def list_deleted_secrets(self, request: web.Request, ctx: CallContext) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/readMetadata/action", "secrets")
-        items = [self._deleted_bundle(vault, obj) for _, obj in sorted(_store(vault, "deleted_secrets").items())]
-        return self._page(request, items, "/deletedsecrets")
+        objects = [obj for _, obj in sorted(_store(vault, "deleted_secrets").items())]
+        return self._page(request, objects, "/deletedsecrets", lambda obj: self._deleted_bundle(vault, obj))
 
     async def get_deleted_secret(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
@@ -458,15 +460,16 @@ class KeyVaultService(Service):
     async def list_keys(self, request: web.Request, ctx: CallContext) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/keys/read", "keys")
-        items = []
-        for _, obj in sorted(_store(vault, "keys").items()):
+        def key_item(obj: VaultObject) -> dict[str, Any]:
             item: dict[str, Any] = {"kid": f"{self._base(vault)}/keys/{obj.name}", "attributes": obj.current().attributes()}
             if obj.current().tags:
                 item["tags"] = dict(obj.current().tags or {})
             if obj.current().managed:
                 item["managed"] = True
-            items.append(item)
-        return self._page(request, items, "/keys")
+            return item
+
+        objects = [obj for _, obj in sorted(_store(vault, "keys").items())]
+        return self._page(request, objects, "/keys", key_item)
 
     # ---- certificates -----------------------------------------------------------------------
     async def import_certificate(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:

@@ -26,17 +26,20 @@ Targets (printed PASS/FAIL): the first sync pushes every env; the re-sync makes 
 writes and at most one state write per env (vaultrelay's design: zero), and reads no target
 values; the re-sync's wall time is reported as a ratio of the first sync's.
 
-Measured (1,000 x 20, 2 CPUs, load average ~1):
-  first sync        104.5 s, 10,001 KV SET (10,000 pushed + the fingerprint key; a target writes 8
-                    secrets at once), 305 KV GET (300 unique secrets + state), 288 KV list pages,
-                    501 blob writes (500 bundles + the container), 2,001 Table reads, 4,005 Table
-                    writes (lease, record, audit, lease release per env), 4 ARM, 3 token requests,
-                    no error answers, peak RSS 216 MiB (178 MiB after loading the config).
-                    Before the concurrent Key Vault writes: 266.7 s.
-  unchanged re-sync  45.8 s, 0 target writes, 0 state writes (engine count; the sandbox saw the 5
-                    create-table calls answered 409), 305 KV GET, 402 KV list pages, 1 Table read
+Measured (1,000 x 20, 2 CPUs, load average ~1; two runs):
+  first sync        70.8-82.5 s, 10,001 KV SET (10,000 pushed + the fingerprint key; a target writes
+                    8 secrets at once), 305 KV GET (300 unique secrets + state), 311-378 KV list
+                    pages, 501 blob writes (500 bundles + the container), 2,001 Table reads, 4,005
+                    Table writes (lease, record, audit, lease release per env), 4 ARM, 3 token
+                    requests, no error answers, peak RSS 217-220 MiB (178 MiB after loading the
+                    config).  The client is CPU-bound in the SDK pipelines (about 45 ms of CPU per
+                    env of 20 writes); the sandbox and Azurite use the other CPU.
+  unchanged re-sync  12.6-14.5 s, 0 target writes, 0 state writes (engine count; the sandbox saw the
+                    5 create-table calls answered 409), 305 KV GET, 402 KV list pages, 1 Table read
                     (one scan), 500 blob HEADs, 4 ARM, 3 tokens, peak RSS 212 MiB
-  re-sync / first = 0.44.  Config load (not in the wall times) 3.6-4.0 s.
+  re-sync / first = 0.18.  Config load (not in the wall times) 3.2-3.8 s.
+  Before the sandbox's vault listing built only its page (it built all 10,000 items per page):
+  first sync 101-105 s, re-sync 45-46 s; before the concurrent Key Vault writes: 266.7 s.
 """
 
 from __future__ import annotations

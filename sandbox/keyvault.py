@@ -90,6 +90,11 @@ def _store(vault: Resource, collection: str) -> dict[str, VaultObject]:
     return vault.data.setdefault(collection, {})  # type: ignore[no-any-return]
 
 
+def _listing(vault: Resource, collection: str) -> list[VaultObject]:
+    """The collection's objects in listing order (by lower-cased name)."""
+    return [obj for _, obj in sorted(_store(vault, collection).items())]
+
+
 def vault_secrets(vault: Resource) -> dict[str, VaultObject]:
     """Live secrets of a vault by lower-cased name (read-only use by other stand-ins)."""
     return _store(vault, "secrets")
@@ -336,8 +341,7 @@ class KeyVaultService(Service):
     async def list_secrets(self, request: web.Request, ctx: CallContext) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/readMetadata/action", "secrets")
-        objects = [obj for _, obj in sorted(_store(vault, "secrets").items())]
-        return self._page(request, objects, "/secrets", lambda obj: self._secret_item(vault, obj, obj.current(), versioned=False))
+        return self._page(request, _listing(vault, "secrets"), "/secrets", lambda obj: self._secret_item(vault, obj, obj.current(), versioned=False))
 
     async def list_secret_versions(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
@@ -375,8 +379,7 @@ class KeyVaultService(Service):
     async def list_deleted_secrets(self, request: web.Request, ctx: CallContext) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/readMetadata/action", "secrets")
-        objects = [obj for _, obj in sorted(_store(vault, "deleted_secrets").items())]
-        return self._page(request, objects, "/deletedsecrets", lambda obj: self._deleted_bundle(vault, obj))
+        return self._page(request, _listing(vault, "deleted_secrets"), "/deletedsecrets", lambda obj: self._deleted_bundle(vault, obj))
 
     async def get_deleted_secret(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
@@ -468,8 +471,7 @@ class KeyVaultService(Service):
                 item["managed"] = True
             return item
 
-        objects = [obj for _, obj in sorted(_store(vault, "keys").items())]
-        return self._page(request, objects, "/keys", key_item)
+        return self._page(request, _listing(vault, "keys"), "/keys", key_item)
 
     # ---- certificates -----------------------------------------------------------------------
     async def import_certificate(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:

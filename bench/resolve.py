@@ -577,13 +577,13 @@ def main() -> int:
         client.clear_faults()
 
     limit = critical_path(spec, args.latency_ms)
-    limit["floor"] = floor
-    report(console, spec, results, limit, args)
+    report(console, spec, results, limit, floor, args)
     console.print(f"total benchmark time {time.monotonic() - started:.1f}s")
     return 0
 
 
-def report(console: Any, spec: dict[str, Any], results: dict[str, list[dict[str, Any]]], limit: dict[str, Any], args: Any) -> None:
+def report(console: Any, spec: dict[str, Any], results: dict[str, list[dict[str, Any]]], limit: dict[str, Any],
+           floor: dict[str, Any], args: Any) -> None:
     from rich.table import Table
 
     def med(contender: str, key: str) -> float:
@@ -647,7 +647,6 @@ def report(console: Any, spec: dict[str, Any], results: dict[str, list[dict[str,
         f"{lim['warm_seconds'] * 1000:.0f} ms)")
 
     # ---- what any client could reach on this host ----
-    floor = lim["floor"]
     naive_cold = med("naive", "cold_s")
     best_s = lim["round_trips"] * floor["floor_s"]
     console.print(

@@ -1,9 +1,17 @@
 """Load a config file: YAML with line numbers, `${VAR}` interpolation, validation, all errors at once.
 
+YAML: plain scalars are resolved by the YAML 1.2 core schema, not PyYAML's YAML 1.1 one, so `no`,
+`on`, `1:30` and `2024-01-01` stay strings and `017` is not octal; a variable's literal value is
+the text written (`1.10` stays `1.10`, `0x1F` stays `0x1F`, `true` stays `true`).
+
 Interpolation: `${VAR}` is the variable's value, `${VAR:-default}` falls back to `default` when
-VAR is unset or empty, `$$` is a literal `$`.  An unset variable without a default is an error,
-except inside a `fallback:` entry: that entry is then skipped at run time (a warning says so),
-because a fallback such as a service principal for local runs is meant to be absent in Azure.
+VAR is unset or empty (the default may itself hold `${OTHER}`), `$$` is a literal `$`.  An unset or
+empty variable without a default is an error, except inside a `fallback:` entry: that entry is then
+skipped at run time (a warning says so), because a fallback such as a service principal for local
+runs is meant to be absent in Azure.
+
+The config is read from a file (a FIFO or device too, with a deadline), from standard input when
+the path is `-`, or given as text (`parse_config`).
 """
 
 from __future__ import annotations
@@ -11,9 +19,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import select
+import stat
+import sys
+import time
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +33,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from core.config.model import Config, ManagedIdentityStore
+from core.config.model import ENV_VAR_NAME, Config, ManagedIdentityStore
 from core.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG = "vaultrelay.yaml"
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_START = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 _LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
 
@@ -35,8 +47,54 @@ _LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64  # nested mappings/lists; a config needs about 8
 MAX_NODES = 500_000  # YAML nodes once every alias is expanded (a "billion laughs" file has 10**9)
-# libyaml's loader when PyYAML has it: the same nodes, marks and errors, about ten times faster.
-_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# How long a FIFO or device named as the config may take to deliver data (a FIFO nobody writes
+# to would otherwise block the reader forever).
+STREAM_WAIT_S = 10.0
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+# Digits of the longest integer built as a number (Python refuses to convert longer ones, and no
+# config value needs more); a longer one stays text, which validation then reports.
+MAX_INT_DIGITS = 4000
+
+
+def _yaml_12_loader() -> Any:
+    """libyaml's safe loader when PyYAML has it (the same nodes, marks and errors, about ten times
+    faster), resolving plain scalars by the YAML 1.2 core schema instead of YAML 1.1: only
+    true/false (any case style) are booleans, only ~/null/empty are null, integers are decimal,
+    0o octal or 0x hex, and there are no sexagesimal numbers or timestamps."""
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Yaml12Loader(base):  # type: ignore[misc, valid-type]
+        pass
+
+    Yaml12Loader.yaml_implicit_resolvers = {}
+    resolvers = [
+        ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+        ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+         "-+.0123456789"),
+        ("merge", r"^(?:<<)$", "<"),
+    ]
+    for tag, pattern, first in resolvers:
+        Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{tag}", re.compile(pattern), list(first))
+
+    def construct_int(loader: Any, node: yaml.ScalarNode) -> int | str:
+        text = str(loader.construct_scalar(node))
+        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        if len(digits) > MAX_INT_DIGITS:
+            return text
+        if digits.startswith("0o"):
+            return sign * int(digits[2:], 8)
+        if digits.startswith("0x"):
+            return sign * int(digits[2:], 16)
+        return sign * int(digits)
+
+    Yaml12Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return Yaml12Loader
+
+
+_YAML_LOADER: Any = _yaml_12_loader()
 
 Path_ = tuple[str | int, ...]
 
@@ -73,15 +131,74 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
         ConfigError: the file is missing, unreadable, not YAML or invalid; every problem is listed.
     """
     file = config_path(path, environ)
+    name = STDIN_NAME if str(file) == STDIN else str(file)
     try:
-        if file.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError([ConfigProblem(str(file), None, "", _too_large(file.stat().st_size))])
-        text = file.read_text(encoding="utf-8")
+        raw = _read_stdin() if str(file) == STDIN else read_config_bytes(file)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigProblem(str(file), None, "", f"not UTF-8 text (byte {exc.start})")]) from None
+        raise ConfigError([ConfigProblem(name, None, "", f"not UTF-8 text (byte {exc.start})")]) from None
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read config: {exc.strerror or exc}")]) from None
-    return parse_config(text, str(file), environ=environ)
+        raise ConfigError([ConfigProblem(name, None, "", f"cannot read config: {exc.strerror or exc}")]) from None
+    return parse_config(text, name, environ=environ)
+
+
+def _read_stdin() -> bytes:
+    """Standard input up to its end (`--config -`), at most one byte past the size bound."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise ConfigError([ConfigProblem(STDIN_NAME, None, "", "cannot read config: there is no standard input")])
+    data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(STDIN_NAME, None, "", f"the input is too large (more than {MAX_CONFIG_BYTES:,} bytes)")])
+    return bytes(data)
+
+
+def read_config_bytes(file: Path, *, wait_s: float = STREAM_WAIT_S) -> bytes:
+    """The bytes of config file `file`.  A regular file is read whole (size-checked first); a FIFO,
+    a socket or a device is read without blocking, each wait for data bounded by `wait_s`, so a
+    FIFO nobody writes to is an error instead of a hang.
+
+    Raises:
+        ConfigError: a directory, too large, or no data in time.
+        OSError: it cannot be opened or read.
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError([ConfigProblem(str(file), None, "", "cannot read config: it is a directory")])
+        if stat.S_ISREG(info.st_mode):
+            if info.st_size > MAX_CONFIG_BYTES:
+                raise ConfigError([ConfigProblem(str(file), None, "", _too_large(info.st_size))])
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return handle.read(MAX_CONFIG_BYTES + 1)
+        return _read_stream(fd, str(file), wait_s)
+    finally:
+        os.close(fd)
+
+
+def _read_stream(fd: int, name: str, wait_s: float) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    kind = "FIFO" if stat.S_ISFIFO(os.fstat(fd).st_mode) else "stream"
+    while True:
+        # A FIFO opened without a writer reads as empty at once but polls as not ready until a
+        # writer comes: wait for readiness (bounded), then read what is there.
+        ready, _, _ = select.select([fd], [], [], wait_s)
+        if not ready:
+            waited = "nothing is writing to it" if size == 0 else "its writer stopped sending"
+            raise ConfigError([ConfigProblem(name, None, "", f"cannot read config: no data from the {kind} within {wait_s:g} s ({waited})")])
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([ConfigProblem(name, None, "", f"the {kind} delivers more than {MAX_CONFIG_BYTES:,} bytes")])
 
 
 def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -94,9 +211,11 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     problems: list[ConfigProblem] = []
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError([ConfigProblem(file, None, "", _too_large(len(text)))])
+    lines: dict[Path_, int] = {}
+    texts: dict[Path_, str] = {}
     try:
         _check_shape(text, file)
-        node, data = _compose_and_construct(text)
+        _, data = _compose_and_construct(text, lambda root: _index(root, (), lines, problems, file, texts))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -106,17 +225,18 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
         raise ConfigError([ConfigProblem(file, 1, "", "the file is empty: expected version: 1, secretStores: and envs:")])
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(file, 1, "", f"expected a mapping at the top level, got {_kind(data)}")])
-    lines: dict[Path_, int] = {}
-    _index(node, (), lines, problems, file)
+    _literals_as_written(data, texts)
 
-    skipped: dict[tuple[str, int], str] = {}
+    missing: dict[tuple[str, int], _Missing] = {}
     warnings: list[ConfigProblem] = []
-    data = _interpolate(data, (), environ, problems, skipped, file, lines)
+    data = _interpolate(data, (), environ, problems, missing, file, lines)
+    skipped = {key: entry.describe() for key, entry in missing.items()}
     for (store, index), reason in skipped.items():
         path: Path_ = ("secretStores", store, "fallback", index)
         warnings.append(ConfigProblem(file, lines.get(path), _dotted(path), f"skipped at run time: {reason}", "warning"))
 
     problems.extend(_cross_references(data, lines, file))
+    problems.extend(_variable_names(data, lines, file))
     config: Config | None = None
     try:
         config = Config.model_validate(data)
@@ -130,12 +250,15 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     return LoadedConfig(config=config, file=file, lines=lines, warnings=warnings, skipped_fallbacks=skipped)
 
 
-def _compose_and_construct(text: str) -> tuple[Any, Any]:
-    """The node tree (for line numbers) and the data, from one parse (a large config parsed
-    twice spent half its load time in the second parse)."""
+def _compose_and_construct(text: str, index: Callable[[yaml.Node], None]) -> tuple[Any, Any]:
+    """The node tree and the data, from one parse (a large config parsed twice spent half its
+    load time in the second parse).  `index` sees the tree before construction, which folds
+    `<<` merge keys into their mappings."""
     loader = _YAML_LOADER(text)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            index(node)
         data = loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
@@ -200,15 +323,23 @@ def _check_shape(text: str, file: str) -> None:
 
 
 # ---- YAML positions -------------------------------------------------------------------------
-def _index(node: yaml.Node | None, path: Path_, lines: dict[Path_, int], problems: list[ConfigProblem], file: str) -> None:
+def _index(node: yaml.Node | None, path: Path_, lines: dict[Path_, int], problems: list[ConfigProblem], file: str,
+           texts: dict[Path_, str] | None = None) -> None:
+    """Line of every path (and, in `texts`, the source text of every plain scalar that YAML made
+    a number or a boolean)."""
     if node is None:
         return
     lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.ScalarNode):
+        if texts is not None and not node.style and node.tag != "tag:yaml.org,2002:str" and node.value:
+            texts.setdefault(path, node.value)
+    elif isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
+        merged: list[yaml.Node] = []
         for key_node, value_node in node.value:
             key = key_node.value
-            if key == "<<":
+            if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                merged.extend(value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node])
                 continue
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -216,11 +347,38 @@ def _index(node: yaml.Node | None, path: Path_, lines: dict[Path_, int], problem
                 continue
             seen[key] = line
             lines[(*path, key)] = line
-            _index(value_node, (*path, key), lines, problems, file)
+            _index(value_node, (*path, key), lines, problems, file, texts)
+        for source in merged:  # keys written in the mapping override merged ones (no duplicates)
+            for key_node, value_node in source.value if isinstance(source, yaml.MappingNode) else []:
+                if key_node.value not in seen and key_node.value != "<<":
+                    seen[key_node.value] = key_node.start_mark.line + 1
+                    lines[(*path, key_node.value)] = key_node.start_mark.line + 1
+                    _index(value_node, (*path, key_node.value), lines, problems, file, texts)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[(*path, i)] = item.start_mark.line + 1
-            _index(item, (*path, i), lines, problems, file)
+            _index(item, (*path, i), lines, problems, file, texts)
+
+
+def _literals_as_written(data: dict[str, Any], texts: dict[Path_, str]) -> None:
+    """Literal values (`envs.<env>.<VAR>`, a webhook's `signing_key`, `state.fingerprint_key`)
+    are the text written: `1.10` stays `1.10`, `0x1F` stays `0x1F`, `True` stays `True`."""
+    places: list[tuple[Any, Any, Path_]] = []
+    envs = data.get("envs")
+    if isinstance(envs, dict):
+        for env, variables in envs.items():
+            if isinstance(variables, dict):
+                places.extend((variables, name, ("envs", env, name)) for name in variables)
+    targets = data.get("targets")
+    if isinstance(targets, dict):
+        places.extend((target, "signing_key", ("targets", name, "signing_key"))
+                      for name, target in targets.items() if isinstance(target, dict) and "signing_key" in target)
+    state = data.get("state")
+    if isinstance(state, dict) and "fingerprint_key" in state:
+        places.append((state, "fingerprint_key", ("state", "fingerprint_key")))
+    for container, key, path in places:
+        if path in texts and not isinstance(container[key], dict | list):
+            container[key] = texts[path]
 
 
 def _dotted(path: Path_) -> str:
@@ -235,9 +393,94 @@ def _kind(value: Any) -> str:
 
 
 # ---- interpolation --------------------------------------------------------------------------
+class _Missing:
+    """Variables that were unset or empty where no default applied, in the order met."""
+
+    def __init__(self) -> None:
+        self.unset: list[str] = []
+        self.empty: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.unset or self.empty)
+
+    def describe(self) -> str:
+        parts = []
+        for names, what in ((self.unset, "not set"), (self.empty, "empty")):
+            if names:
+                listed = ", ".join(f"${{{n}}}" for n in names)
+                parts.append(f"{listed} {'are' if len(names) > 1 else 'is'} {what}")
+        return "; ".join(parts)
+
+
+def _expand(text: str, environ: Mapping[str, str], missing: _Missing) -> str:
+    """`text` with `$$` and every `${VAR}` / `${VAR:-default}` replaced; a default is expanded
+    only when it is used, and may hold further `${...}`.  Text that is not a well-formed
+    reference (`${` without its `}`, `$x`) stays as written."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "$":
+            out.append(char)
+            i += 1
+            continue
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        match = _VAR_START.match(text, i)
+        if match is None:
+            out.append(char)
+            i += 1
+            continue
+        name = match.group(1)
+        after = match.end()
+        default: str | None = None
+        if text.startswith(":-", after):
+            close = _closing_brace(text, after + 2)
+            if close is None:
+                out.append(char)
+                i += 1
+                continue
+            default, after = text[after + 2:close], close + 1
+        elif text.startswith("}", after):
+            after += 1
+        else:
+            out.append(char)
+            i += 1
+            continue
+        current = environ.get(name)
+        if current:
+            out.append(current)
+        elif default is not None:
+            out.append(_expand(default, environ, missing))
+        else:
+            (missing.unset if current is None else missing.empty).append(name)
+            out.append(_PLACEHOLDER)
+        i = after
+    return "".join(out)
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the `}` closing a `${` whose default starts at `start` (nested `${...}` skipped)."""
+    depth = 0
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return None
+
+
 def _interpolate(
     value: Any, path: Path_, environ: Mapping[str, str], problems: list[ConfigProblem],
-    skipped: dict[tuple[str, int], str], file: str, lines: dict[Path_, int],
+    skipped: dict[tuple[str, int], _Missing], file: str, lines: dict[Path_, int],
 ) -> Any:
     if isinstance(value, dict):
         return {k: _interpolate(v, (*path, k), environ, problems, skipped, file, lines) for k, v in value.items()}
@@ -245,33 +488,37 @@ def _interpolate(
         return [_interpolate(v, (*path, i), environ, problems, skipped, file, lines) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
-    unset: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        current = environ.get(name)
-        if current:
-            return current
-        if default is not None:
-            return default
-        unset.append(name)
-        return _PLACEHOLDER
-
-    result = _VAR.sub(substitute, value)
-    if unset:
+    missing = _Missing()
+    result = _expand(value, environ, missing)
+    if missing:
         in_fallback = len(path) >= 4 and path[0] == "secretStores" and path[2] == "fallback" and isinstance(path[3], int)
-        names = ", ".join(f"${{{n}}}" for n in unset)
         if in_fallback:
-            key = (str(path[1]), int(path[3]))
-            before = skipped.get(key, "").removesuffix(" not set").removesuffix(" is").removesuffix(" are")
-            names = f"{before}, {names}" if before else names
-            skipped[key] = f"{names} {'are' if ',' in names else 'is'} not set"
+            entry = skipped.setdefault((str(path[1]), int(path[3])), _Missing())
+            entry.unset.extend(missing.unset)
+            entry.empty.extend(missing.empty)
         else:
+            first = (missing.unset or missing.empty)[0]
             problems.append(ConfigProblem(file, lines.get(path), _dotted(path),
-                                          f"environment variable {names} is not set (write ${{{unset[0]}:-default}} for a default)"))
+                                          f"environment variable {missing.describe()} (write ${{{first}:-default}} for a default)"))
     return result
+
+
+def _variable_names(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    """Every variable name that is not an environment variable name, each at its own line (checked
+    on the raw data, so they are reported together with every other problem)."""
+    problems: list[ConfigProblem] = []
+    envs = data.get("envs")
+    if not isinstance(envs, dict):
+        return problems
+    for env, variables in envs.items():
+        if not isinstance(variables, dict):
+            continue
+        for name in variables:
+            if not isinstance(name, str) or not re.fullmatch(ENV_VAR_NAME, name):
+                path: Path_ = ("envs", env, name)
+                problems.append(ConfigProblem(file, _line(path, lines), _dotted(path),
+                                              f"'{name}' is not a valid environment variable name (letters, digits and _, not starting with a digit)"))
+    return problems
 
 
 def _cross_references(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
@@ -326,14 +573,28 @@ def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: st
             message = f"expected {expected}, got {_kind(_value_at(loc, data))}"
         elif error["type"] == "union_tag_not_found":
             message = "missing required key 'type'"
+        elif error["type"] == "int_parsing_size":
+            message = f"expected a whole number, got a number of {len(str(_value_at(loc, data)).lstrip('+-')):,} digits"
+        if error["type"] == "extra_forbidden" and len(loc) == 1 and _looks_like_a_variable(loc[0], _value_at(loc, data)):
+            message = (f"unknown key '{loc[0]}': it looks like a variable, which belongs under envs.<env>: "
+                       "(this file looks like a fragment of a config, not a whole one)")
         for part in message.split("\n"):
             located = _LOCATED.match(part)
             if located:
-                where = tuple(int(p) if p.isdigit() else p for p in located.group(1).split("."))
-                problems.append(ConfigProblem(file, _line(where, lines), located.group(1), located.group(2)))
+                relative = located.group(1).startswith(".")
+                parts = tuple(int(p) if p.isdigit() else p for p in located.group(1).lstrip(".").split("."))
+                where = (*loc, *parts) if relative else parts
+                problems.append(ConfigProblem(file, _line(where, lines), _dotted(where), located.group(2)))
             else:
                 problems.append(ConfigProblem(file, _line(loc, lines), _dotted(loc), part))
     return problems
+
+
+def _looks_like_a_variable(key: Any, value: Any) -> bool:
+    """A top-level `NAME: {from: ...}` or `NAME: literal`: a piece of an env pasted on its own."""
+    if not isinstance(key, str) or not re.fullmatch(ENV_VAR_NAME, key) or key != key.upper():
+        return False
+    return (isinstance(value, dict) and "from" in value) or isinstance(value, str | int | float)
 
 
 def _pattern_hint(loc: Path_) -> str:
@@ -464,9 +725,40 @@ def _warnings(config: Config, lines: dict[Path_, int], file: str) -> list[Config
             warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                           "has no effect: Key Vault, ARM and storage endpoints are not chosen by region, and keys and "
                                           "connection strings are the same in every region", "warning"))
+        if len(store.identity.selectors) > 1:
+            used, *ignored = store.identity.selectors
+            path = ("secretStores", name, "identity", ignored[0])
+            warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path)[: -len(ignored[0]) - 1],
+                                          f"{used} and {' and '.join(ignored)} are both given: {used} is used and "
+                                          f"{', '.join(ignored)} ignored (keep one)", "warning"))
         if store.fallback is not None and store.identity.type != "system_assigned":
             if not any(f.type == "managed_identity" for f in store.fallback):
                 path = ("secretStores", name, "identity")
                 warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                               "identity is unused: the fallback list has no managed_identity entry", "warning"))
+    warnings.extend(_sas_caps(config, lines, file))
+    return warnings
+
+
+def _sas_caps(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    """A SAS `expiry` longer than the minted token will live: the store's `max_sas_expiry`, and
+    Azure's 7 days for a user delegation SAS (its delegation key lives at most 7 days)."""
+    from core.config.durations import format_duration
+
+    warnings: list[ConfigProblem] = []
+    week = 7 * 86400
+    for env, variables in config.envs.items():
+        for name, variable in variables.items():
+            ref = variable.from_
+            store = config.secretStores.get(ref.store) if ref is not None else None
+            if ref is None or ref.kind != "sas" or ref.expiry is None or not isinstance(store, ManagedIdentityStore):
+                continue
+            path: Path_ = ("envs", env, name, "from", "expiry")
+            caps = [(store.max_sas_expiry, f"store '{ref.store}' caps SAS lifetimes at max_sas_expiry {format_duration(store.max_sas_expiry)}")]
+            if ref.effective_sas_type == "user_delegation":
+                caps.append((week, "a user delegation SAS lives at most 7d (the lifetime of its delegation key)"))
+            cap, why = min(caps, key=lambda c: c[0])
+            if ref.expiry > cap:
+                warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
+                                              f"expiry {format_duration(ref.expiry)} is capped to {format_duration(cap)}: {why}", "warning"))
     return warnings

@@ -95,17 +95,27 @@ class Identity(Strict):
         if self.type == "system_assigned" and given:
             raise ValueError(f"a system_assigned identity takes no {given[0]}; use type: user_assigned")
         if self.type == "user_assigned":
-            if len(given) != 1:
-                raise ValueError("a user_assigned identity needs exactly one of client_id, resource_id, object_id"
-                                 + (f" (got {', '.join(given)})" if given else ""))
+            # Several selectors (the reference page's example shows client_id and, "or", a
+            # resource_id) are accepted: the first of client_id, resource_id, object_id is used, as
+            # azure-identity itself does, and the loader warns that the others are ignored.
+            if not given:
+                raise ValueError("a user_assigned identity needs one of client_id, resource_id, object_id")
+            problems = []
             if self.client_id and not _GUID_RE.match(self.client_id):
-                raise ValueError("client_id must be a GUID")
+                problems.append(_here("client_id", "client_id must be a GUID"))
             if self.object_id and not _GUID_RE.match(self.object_id):
-                raise ValueError("object_id must be a GUID")
+                problems.append(_here("object_id", "object_id must be a GUID"))
             if self.resource_id and not _IDENTITY_RESOURCE_ID.match(self.resource_id):
-                raise ValueError("resource_id must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
-                                 "Microsoft.ManagedIdentity/userAssignedIdentities/<name>")
+                problems.append(_here("resource_id", "resource_id must look like /subscriptions/<id>/resourceGroups/<rg>/providers/"
+                                                     "Microsoft.ManagedIdentity/userAssignedIdentities/<name>"))
+            if problems:
+                raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def selectors(self) -> list[str]:
+        """The selectors given, in the order azure-identity prefers them (the first is used)."""
+        return [k for k in ("client_id", "resource_id", "object_id") if getattr(self, k)]
 
     def describe(self) -> str:
         if self.type == "system_assigned":
@@ -332,85 +342,94 @@ class Reference(Strict):
 
     @model_validator(mode="after")
     def _per_kind(self) -> Reference:
+        """Every problem of the reference at once, each placed at its own key."""
         kind = self.kind
+        problems: list[str] = []
         given = {k for k in self.model_fields_set if getattr(self, k) is not None}
         extra = sorted(given - REFERENCE_KEYS[kind])
         label = {"keyvault": "a Key Vault reference", "storage_key": "a storage key reference", "sas": "a SAS reference",
                  "sql": "a sql reference", "cosmos": "a cosmosdb reference", "token": "a get_token reference"}[kind]
-        if extra:
-            raise ValueError(f"{', '.join(extra)} {'does' if len(extra) == 1 else 'do'} not apply to {label} "
-                             f"(allowed: {', '.join(sorted(REFERENCE_KEYS[kind] - {'store'}))})")
+        allowed = ", ".join(sorted(REFERENCE_KEYS[kind] - {"store"}))
+        problems.extend(_here(key, f"{key} does not apply to {label} (allowed: {allowed})") for key in extra)
         if self.operation == "generate_sas" and self.resource_type != "storage":
-            raise ValueError("operation: generate_sas needs resource_type: storage")
+            problems.append(_here("operation", "operation: generate_sas needs resource_type: storage"))
         need: list[str] = []
         if kind == "keyvault":
             need = [k for k in ("secret",) if not self.secret]
             fmt_ok: dict[str | None, set[str | None]] = {None: {None}, "secret": {None}, "certificate": {None, "pem", "pfx"}, "key": {None, "jwk", "pem"}}
             if self.format not in fmt_ok[self.type]:
-                raise ValueError(f"format: {self.format} does not apply to type: {self.type or 'secret'}"
-                                 + (f" (use {' or '.join(sorted(f for f in fmt_ok[self.type] if f))})" if self.type in ("certificate", "key") else ""))
+                problems.append(_here("format", f"format: {self.format} does not apply to type: {self.type or 'secret'}"
+                                      + (f" (use {' or '.join(sorted(f for f in fmt_ok[self.type] if f))})" if self.type in ("certificate", "key") else "")))
         elif kind in ("storage_key", "sas", "cosmos"):
             need = [k for k in ("account",) if not self.account]
             if self.account:
                 pattern = COSMOS_ACCOUNT if kind == "cosmos" else STORAGE_ACCOUNT
                 if not re.fullmatch(pattern, self.account):
-                    raise ValueError(f"account '{self.account}' is not a valid {'Cosmos DB' if kind == 'cosmos' else 'storage'} account name")
+                    problems.append(_here("account", f"account '{self.account}' is not a valid {'Cosmos DB' if kind == 'cosmos' else 'storage'} account name "
+                                          + ("(3-44 lowercase letters, digits and hyphens)" if kind == "cosmos" else "(3-24 lowercase letters and digits)")))
             if kind == "storage_key" and self.key not in (None, "key1", "key2", "active"):
-                raise ValueError(f"key: {self.key} is not a storage key (use key1, key2 or active)")
+                problems.append(_here("key", f"key: {self.key} is not a storage key (use key1, key2 or active)"))
             if kind == "cosmos":
                 if self.key in ("key1", "key2"):
-                    raise ValueError(f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly, secondary_readonly or active)")
+                    problems.append(_here("key", f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly, secondary_readonly or active)"))
                 if self.format not in (None, "key", "connection_string"):
-                    raise ValueError("format must be key or connection_string for cosmosdb")
+                    problems.append(_here("format", "format must be key or connection_string for cosmosdb"))
             if kind == "sas":
                 need = need + [k for k in ("permissions", "expiry") if getattr(self, k) is None]
-                self._check_sas()
-                if self.rotate_before is not None and self.expiry is not None and self.rotate_before >= self.expiry:
-                    raise ValueError("rotate_before must be shorter than expiry")
+                problems.extend(self._sas_problems())
             if self.rotate is not None and self.key != "active":
-                raise ValueError("rotate needs key: active (vaultrelay alternates the two keys and publishes the active one)")
+                problems.append(_here("rotate", "rotate needs key: active (vaultrelay alternates the two keys and publishes the active one)"))
         elif kind == "sql":
-            need = [k for k in ("server", "database") if not self.server or not getattr(self, k)]
+            need = [k for k in ("server", "database") if not getattr(self, k)]
             if self.format not in (None, "connection_string", "ado", "odbc", "jdbc"):
-                raise ValueError("format must be connection_string (ADO.NET), ado, odbc or jdbc for sql")
+                problems.append(_here("format", "format must be connection_string (ADO.NET), ado, odbc or jdbc for sql"))
         elif kind == "token":
             if bool(self.resource) == bool(self.scope):
-                raise ValueError("get_token needs exactly one of resource or scope")
+                problems.append("get_token needs exactly one of resource or scope")
             target = self.resource or self.scope or ""
-            if not target.startswith(("https://", "api://")) and not _GUID_RE.match(target.split("/")[0]):
-                raise ValueError("resource/scope must be an https:// or api:// URI or an application id")
+            if target and not target.startswith(("https://", "api://")) and not _GUID_RE.match(target.split("/")[0]):
+                problems.append(_here("resource" if self.resource else "scope", "resource/scope must be an https:// or api:// URI or an application id"))
         if need:
-            raise ValueError(f"{label} needs {', '.join(need)}")
+            problems.insert(0, f"{label} needs {', '.join(need)}")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
-    def _check_sas(self) -> None:
+    def _sas_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.expiry is not None and self.expiry <= 0:
+            problems.append(_here("expiry", "expiry must be longer than 0 (a SAS minted with it would already be expired), e.g. 1h, 24h, 7d"))
+        if self.rotate_before is not None and self.expiry is not None and self.rotate_before >= self.expiry:
+            problems.append(_here("rotate_before", "rotate_before must be shorter than expiry"))
         sas_type = self.effective_sas_type
         scope = [k for k in ("container", "blob", "table") if getattr(self, k)]
         if self.blob and not self.container:
-            raise ValueError("blob needs container")
+            problems.append(_here("blob", "blob needs container"))
         if self.table and (self.container or self.blob):
-            raise ValueError("table cannot be combined with container/blob")
+            problems.append(_here("table", "table cannot be combined with container/blob"))
         if sas_type == "account":
             if scope:
-                raise ValueError(f"an account SAS is account-wide; {scope[0]} needs sas_type: service or user_delegation")
+                problems.append(_here(scope[0], f"an account SAS is account-wide; {scope[0]} needs sas_type: service or user_delegation"))
             letters = "rwdxylacuptfi"
         else:
             if self.services or self.resource_types:
-                raise ValueError("services/resource_types apply to sas_type: account only")
+                problems.append(_here("services" if self.services else "resource_types", "services/resource_types apply to sas_type: account only"))
             if sas_type == "user_delegation":
                 if not self.container:
-                    raise ValueError("a user delegation SAS is a Blob SAS: it needs container (and optionally blob)")
+                    problems.append(_here("sas_type", "a user delegation SAS is a Blob SAS: it needs container (and optionally blob)"))
                 letters = "racwdxltmeop"
             else:
                 if not scope:
-                    raise ValueError("a service SAS needs container (optionally blob) or table")
+                    problems.append(_here("sas_type", "a service SAS needs container (optionally blob) or table"))
                 letters = "raud" if self.table else "racwdxltmeop"
-        assert self.permissions is not None
-        bad = sorted(set(self.permissions) - set(letters))
-        if bad or not self.permissions:
-            article = "an" if sas_type[0] in "aeiou" else "a"
-            label = sas_type.replace("_", " ")
-            raise ValueError(f"permissions '{self.permissions}' contains {''.join(bad) or 'nothing'}: allowed letters for {article} {label} SAS are '{letters}'")
+        if self.permissions is not None:
+            bad = sorted(set(self.permissions) - set(letters))
+            if bad or not self.permissions:
+                label = sas_type.replace("_", " ")
+                article = "an" if label.startswith("account") else "a"
+                problems.append(_here("permissions", f"permissions '{self.permissions}' contains {''.join(bad) or 'nothing'}: "
+                                                     f"allowed letters for {article} {label} SAS are '{letters}'"))
+        return problems
 
     @property
     def effective_sas_type(self) -> str:
@@ -595,7 +614,7 @@ class Config(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="vaultrelay config")
 
-    version: Literal[1]
+    version: Literal[1] = Field(1, description="the config format's version: 1 (optional; the reference page omits it)")
     cloud: Cloud | None = Field(
         None, description="defaults to $VAULTRELAY_CLOUD, then AzureCloud")
     secretStores: dict[str, Store]
@@ -609,10 +628,11 @@ class Config(Strict):
     @field_validator("envs")
     @classmethod
     def _names(cls, envs: dict[str, dict[str, Variable]]) -> dict[str, dict[str, Variable]]:
-        for variables in envs.values():
-            for name in variables:
-                if not re.fullmatch(ENV_VAR_NAME, name):
-                    raise ValueError(f"'{name}' is not a valid environment variable name")
+        bad = [_located(f"envs.{env}.{name}", f"'{name}' is not a valid environment variable name "
+                                                "(letters, digits and _, not starting with a digit)")
+               for env, variables in envs.items() for name in variables if not re.fullmatch(ENV_VAR_NAME, name)]
+        if bad:
+            raise ValueError("\n".join(bad))
         return envs
 
     @model_validator(mode="after")
@@ -700,3 +720,8 @@ class Config(Strict):
 def _located(path: str, message: str) -> str:
     """A message for the loader to place at `path` (the model validator sees the whole file)."""
     return f"@{path}@ {message}"
+
+
+def _here(key: str, message: str) -> str:
+    """A message for the loader to place at `key` of the model that raised it (its own line)."""
+    return f"@.{key}@ {message}"

@@ -256,8 +256,7 @@ def test_reference_errors_name_the_reference_and_the_rule(snippet: str, expected
 
 
 @pytest.mark.parametrize(("identity", "expected"), [
-    ("{type: user_assigned}", "needs exactly one of client_id, resource_id, object_id"),
-    ("{type: user_assigned, client_id: 11111111-2222-3333-4444-555555555555, object_id: 11111111-2222-3333-4444-555555555555}", "got client_id, object_id"),
+    ("{type: user_assigned}", "needs one of client_id, resource_id, object_id"),
     ("{type: user_assigned, client_id: nope}", "client_id must be a GUID"),
     ("{type: user_assigned, resource_id: /subscriptions/x/whatever}", "resource_id must look like"),
     ("{type: system_assigned, client_id: 11111111-2222-3333-4444-555555555555}", "takes no client_id"),
@@ -310,7 +309,9 @@ def test_interpolation_defaults_escapes_and_unset_variables() -> None:
 
 def test_an_unset_variable_in_a_fallback_entry_skips_that_entry_with_a_warning() -> None:
     loaded = parse(DSOPS_EXAMPLES["fallback_and_tuning"], {"AZURE_CLIENT_ID": "", "AZURE_CLIENT_SECRET": "", "AZURE_TENANT_ID": ""})
-    assert loaded.skipped_fallbacks == {("azure", 2): "${AZURE_CLIENT_ID}, ${AZURE_CLIENT_SECRET}, ${AZURE_TENANT_ID} are not set"}
+    assert loaded.skipped_fallbacks == {("azure", 2): "${AZURE_CLIENT_ID}, ${AZURE_CLIENT_SECRET}, ${AZURE_TENANT_ID} are empty"}
+    unset = parse_config(textwrap.dedent(DSOPS_EXAMPLES["fallback_and_tuning"]), "vaultrelay.yaml", environ={"AZURE_CLIENT_ID": "x"})
+    assert unset.skipped_fallbacks == {("azure", 2): "${AZURE_CLIENT_SECRET}, ${AZURE_TENANT_ID} are not set"}
     messages = [str(w) for w in loaded.warnings]
     assert any("secretStores.azure.fallback[2]: warning: skipped at run time" in m for m in messages)
     assert any("preferred_regions: warning: has no effect" in m for m in messages)
@@ -414,3 +415,223 @@ def test_keyvault_targets_never_share_a_secret() -> None:
         "vaultrelay.yaml:20: targets.kv6: secret name '" + "p" * 124 + "api-key' for API_KEY is not a Key Vault secret name "
         "(1-127 letters, digits and hyphens)",
     ]
+
+
+# ---- issue 18: the reference page as written, YAML 1.2 literals, every problem at its own line ----
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dsops"
+REFERENCE_ENV = {**ENV, "AZURE_CLIENT_ID": "11111111-2222-3333-4444-777777777777", "AZURE_CLIENT_SECRET": "not-a-secret",
+                 "AZURE_TENANT_ID": "tenant"}
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in (FIXTURES / "full").glob("*.yaml")))
+def test_every_full_example_of_the_reference_page_loads_as_written(fixture: str) -> None:
+    """Copied verbatim from the page: most have no `version:` (accepted as version 1), one shows
+    client_id and "or" resource_id together (client_id is used, with a warning)."""
+    text = (FIXTURES / "full" / fixture).read_text()
+    loaded = parse_config(text, fixture, environ=REFERENCE_ENV)
+    assert loaded.config.version == 1
+    errors = [w for w in loaded.warnings if w.severity == "error"]
+    assert errors == []
+    validator = jsonschema_rs.validator_for(json.loads(SCHEMA_FILE.read_text()))
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(text))] == []
+
+
+def test_the_full_examples_are_all_there_and_most_have_no_version() -> None:
+    full = sorted((FIXTURES / "full").glob("*.yaml"))
+    assert len(full) == 15
+    assert sum("version:" not in p.read_text() for p in full) == 14
+
+
+def test_the_user_assigned_example_uses_client_id_and_warns_about_resource_id() -> None:
+    loaded = parse_config((FIXTURES / "full" / "03-user-assigned-identity.yaml").read_text(), "f.yaml", environ={})
+    store = loaded.config.secretStores["azure"]
+    assert store.identity.selectors[0] == "client_id"  # type: ignore[union-attr]
+    assert [str(w) for w in loaded.warnings] == [
+        "f.yaml:9: secretStores.azure.identity: warning: client_id and resource_id are both given: client_id is used and "
+        "resource_id ignored (keep one)"]
+    from core.config.cloud import NAMED_CLOUDS
+    from core.identity import credential_spec
+
+    spec = credential_spec(store, NAMED_CLOUDS["AzureCloud"], environ={})
+    assert "client_id=12345678-1234-1234-1234-123456789012" in spec.description
+
+
+@pytest.mark.parametrize(("fixture", "expected"), [
+    ("05-azure-key-vault.yaml", "unknown key 'API_KEY': it looks like a variable, which belongs under envs.<env>:"),
+    ("06-azure-storage.yaml", "unknown key 'STORAGE_SAS': it looks like a variable"),
+    ("07-azure-sql-database.yaml", "unknown key 'SQL_CONNECTION': it looks like a variable"),
+    ("11-token-management.yaml", "unknown key 'GRAPH_TOKEN': it looks like a variable"),
+    ("20-cross-service-access.yaml", "missing required key 'secretStores'"),
+    ("23-from-connection-strings.yaml", "duplicate key 'DATABASE_CONNECTION'"),
+    ("09-create-pod-identity.yaml", "unknown key 'spec'; expected one of: access, api, cloud, envs"),
+])
+def test_fragments_of_the_reference_page_get_a_clear_error(fixture: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config((FIXTURES / "fragment" / fixture).read_text(), fixture, environ={})
+    messages = [str(p) for p in info.value.problems]
+    assert any(expected in m for m in messages), messages
+    assert all(m.startswith(f"{fixture}:") for m in messages)
+
+
+def test_a_missing_version_is_version_1_and_a_wrong_one_is_still_refused() -> None:
+    assert parse("secretStores: {azure: {type: azure.managed_identity}}").config.version == 1
+    assert problems("version: 2\nsecretStores: {}\n") == ["vaultrelay.yaml:1: version: expected 1"]
+
+
+def test_literal_values_are_the_text_written_not_yaml_1_1_values() -> None:
+    loaded = parse("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            NO: no
+            ON: on
+            HEX: 0x1F
+            OCTAL: 017
+            VERSION: 1.10
+            TIME: 1:30
+            DATE: 2024-01-01
+            EXP: 1e3
+            TRUE_AS_WRITTEN: True
+            QUOTED: "1.10"
+            HUGE: %s
+        targets: {}
+    """ % ("9" * 100_001))
+    values = {k: v.value for k, v in loaded.config.envs["e"].items()}
+    assert values == {"NO": "no", "ON": "on", "HEX": "0x1F", "OCTAL": "017", "VERSION": "1.10", "TIME": "1:30", "DATE": "2024-01-01",
+                      "EXP": "1e3", "TRUE_AS_WRITTEN": "True", "QUOTED": "1.10", "HUGE": "9" * 100_001}
+
+
+def test_typed_keys_still_take_numbers_and_booleans_and_keep_their_lines() -> None:
+    loaded = parse("""
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            performance: {max_concurrent: 0x10, batch_size: 10}
+            cache: {secret_cache: {enabled: yes, ttl: 60}}
+    """)
+    store = loaded.config.secretStores["azure"]
+    assert store.performance.max_concurrent == 16 and store.cache.secret_cache.enabled is True
+    found = problems("""
+        secretStores:
+          azure:
+            type: azure.managed_identity
+            performance:
+              max_concurrent: %s
+    """ % ("9" * 100_001))
+    assert found == ["vaultrelay.yaml:6: secretStores.azure.performance.max_concurrent: expected a whole number, got a number of 100,001 digits"]
+    assert problems("secretStores: {azure: {type: azure.managed_identity, cache: {token_cache: {buffer: 1e400}}}}")[0].endswith(
+        "secretStores.azure.cache.token_cache.buffer: a duration must be at most 100 years (36500d)")
+
+
+def test_interpolation_nests_defaults_and_tells_empty_from_unset() -> None:
+    env = {"HOME_DIR": "/home/me", "EMPTY": ""}
+    loaded = parse("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: ${NOT_SET:-${HOME_DIR}}
+            B: ${NOT_SET:-x${ALSO_NOT:-y}z}
+            C: ${EMPTY:-${HOME_DIR}/cache}
+            D: $${HOME_DIR}
+    """, env)
+    assert {k: v.value for k, v in loaded.config.envs["e"].items()} == {"A": "/home/me", "B": "xyz", "C": "/home/me/cache", "D": "${HOME_DIR}"}
+    found = problems("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            A: ${EMPTY}
+            B: ${NOT_SET_AT_ALL}
+            C: ${NOT_SET:-${EMPTY}}
+    """, env)
+    assert found == [
+        "vaultrelay.yaml:5: envs.e.A: environment variable ${EMPTY} is empty (write ${EMPTY:-default} for a default)",
+        "vaultrelay.yaml:6: envs.e.B: environment variable ${NOT_SET_AT_ALL} is not set (write ${NOT_SET_AT_ALL:-default} for a default)",
+        "vaultrelay.yaml:7: envs.e.C: environment variable ${EMPTY} is empty (write ${EMPTY:-default} for a default)",
+    ]
+
+
+def test_every_problem_of_a_reference_is_reported_each_at_its_own_line() -> None:
+    found = problems("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            SAS:
+              from:
+                store: azure
+                resource_type: storage
+                account: Bad_Acct
+                operation: generate_sas
+                expiry: 0
+                vault: kv-one
+                container: c
+                table: t
+            OK: fine
+            1BAD: x
+            ALSO-BAD: y
+    """)
+    assert found == [
+        "vaultrelay.yaml:6: envs.e.SAS.from: a SAS reference needs permissions",
+        "vaultrelay.yaml:9: envs.e.SAS.from.account: account 'Bad_Acct' is not a valid storage account name (3-24 lowercase letters and digits)",
+        "vaultrelay.yaml:11: envs.e.SAS.from.expiry: expiry must be longer than 0 (a SAS minted with it would already be expired), e.g. 1h, 24h, 7d",
+        "vaultrelay.yaml:12: envs.e.SAS.from.vault: vault does not apply to a SAS reference (allowed: account, blob, container, expiry, "
+        "https_only, ip, operation, permissions, resource_group, resource_type, resource_types, rotate_before, sas_type, services, "
+        "subscription, table)",
+        "vaultrelay.yaml:14: envs.e.SAS.from.table: table cannot be combined with container/blob",
+        "vaultrelay.yaml:16: envs.e.1BAD: '1BAD' is not a valid environment variable name (letters, digits and _, not starting with a digit)",
+        "vaultrelay.yaml:17: envs.e.ALSO-BAD: 'ALSO-BAD' is not a valid environment variable name (letters, digits and _, not starting with a digit)",
+    ]
+    assert not any("Assertion" in p for p in found)
+
+
+def test_a_sas_without_permissions_says_so() -> None:
+    found = problems("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          e:
+            SAS: {from: {store: azure, resource_type: storage, account: acct1, operation: generate_sas, expiry: 1h}}
+    """)
+    assert found == ["vaultrelay.yaml:5: envs.e.SAS.from: a SAS reference needs permissions"]
+
+
+def test_sas_lifetimes_beyond_a_cap_are_warnings_with_the_line() -> None:
+    loaded = parse("""
+        secretStores:
+          azure: {type: azure.managed_identity}
+          short: {type: azure.managed_identity, max_sas_expiry: 1d}
+        envs:
+          e:
+            DELEGATED:
+              from: {store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r, container: c,
+                     expiry: 30d}
+            ACCOUNT:
+              from: {store: short, resource_type: storage, account: acct1, operation: generate_sas, permissions: r,
+                     expiry: 2d}
+            FINE: {from: {store: azure, resource_type: storage, account: acct1, operation: generate_sas, permissions: r, expiry: 24h}}
+    """)
+    assert [str(w) for w in loaded.warnings] == [
+        "vaultrelay.yaml:9: envs.e.DELEGATED.from.expiry: warning: expiry 30d is capped to 1w: store 'azure' caps SAS lifetimes "
+        "at max_sas_expiry 1w",
+        "vaultrelay.yaml:12: envs.e.ACCOUNT.from.expiry: warning: expiry 2d is capped to 1d: store 'short' caps SAS lifetimes "
+        "at max_sas_expiry 1d",
+    ]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "9" * 400, 10**12])
+def test_durations_beyond_any_use_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="at most 100 years"):
+        parse_duration(bad)
+
+
+def test_merge_keys_share_variables_and_written_keys_override_them() -> None:
+    loaded = parse("""
+        secretStores: {azure: {type: azure.managed_identity}}
+        envs:
+          base: &common
+            VERSION: 1.10
+            FLAG: no
+          e:
+            <<: *common
+            FLAG: yes
+    """)
+    assert {k: v.value for k, v in loaded.config.envs["e"].items()} == {"VERSION": "1.10", "FLAG": "yes"}
+    assert loaded.line_of(("envs", "e", "FLAG")) == 9 and loaded.line_of(("envs", "e", "VERSION")) == 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -322,3 +323,73 @@ def app_credential(environ: Mapping[str, str] | None = None) -> Any:
     environ = os.environ if environ is None else environ
     client_id = (environ.get("AZURE_CLIENT_ID") or "").strip()
     return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+
+
+# ---- what a failed token request means --------------------------------------------------------
+_MI_STATUS = re.compile(r"Token request error: \((?P<code>[^)]*)\) (?P<status>\d{3}), (?P<detail>[^\n]*)")
+_AADSTS = re.compile(r"(AADSTS\d+):\s*([^\r\n]*)")
+DEFAULT_IDENTITY_HINT = "check the store's identity settings and that the identity exists on this host"
+
+
+def describe_identity_failure(text: str) -> tuple[str, str]:
+    """(what happened, what to check) for the text of a failed token request.
+
+    azure-identity words every failure of the App Service / Functions endpoint as "configuration
+    not found in environment" and tucks the endpoint's answer in after "Token request error:";
+    this says what the endpoint answered (its HTTP status and message) and what that means.
+    """
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    if lines and lines[0].startswith("ChainedTokenCredential failed"):
+        attempts = []
+        hints = []
+        for line in lines[1:]:
+            name, sep, rest = line.partition(": ")
+            if not sep or not name.endswith("Credential"):
+                continue
+            message, hint = describe_identity_failure(rest)
+            attempts.append(f"{name}: {message}")
+            hints.append(hint)
+        if attempts:
+            return f"every credential of the fallback chain failed ({'; '.join(attempts)})", hints[0]
+    match = _MI_STATUS.search(text)
+    if match:
+        status = int(match.group("status"))
+        detail = match.group("detail").strip().rstrip(".")
+        message = f"the managed identity endpoint answered HTTP {status} ({detail})"
+        if status in (400, 404):
+            hint = ("check that this identity is assigned to the host (the store's client_id, resource_id or object_id) "
+                    "and that the host has managed identity enabled")
+        elif status in (401, 403):
+            hint = "the host's identity endpoint refused the request: check the host's managed identity settings (IDENTITY_HEADER)"
+        elif status == 429 or status >= 500:
+            hint = "the host's identity endpoint is failing or throttled: retry later, and check the host's health"
+        else:
+            hint = DEFAULT_IDENTITY_HINT
+        return message, hint
+    match = _AADSTS.search(text)
+    if match:
+        return (f"Entra ID refused the token request ({match.group(1)}: {match.group(2).strip()[:200]})",
+                "check the credential's client id, secret or certificate and tenant")
+    joined = " ".join(lines)
+    if "Azure CLI not found" in joined:
+        return "the Azure CLI is not on PATH", "install the Azure CLI and run az login, or remove the azure_cli fallback"
+    if "az login" in joined:
+        return "the Azure CLI is not signed in", "run az login (with --tenant if the store names one)"
+    if "IMDS" in joined or "configuration not found in environment" in joined or "no managed identity endpoint" in joined.lower():
+        return ("no managed identity endpoint answered on this host",
+                "not running in Azure? give the host a managed identity, or add a fallback (azure_cli, service_principal) for local runs")
+    return (lines[0][:400] if lines else "no detail"), DEFAULT_IDENTITY_HINT
+
+
+def identity_endpoint_hosts(environ: Mapping[str, str] | None = None) -> set[str]:
+    """`host:port` of the managed identity endpoints this host would call (App Service/Functions'
+    IDENTITY_ENDPOINT or MSI_ENDPOINT, and IMDS)."""
+    from urllib.parse import urlsplit
+
+    environ = os.environ if environ is None else environ
+    hosts = {"169.254.169.254:80"}
+    for key in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+        parts = urlsplit(environ.get(key) or "")
+        if parts.hostname:
+            hosts.add(f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}")
+    return hosts

@@ -7,10 +7,10 @@ Used by the demo and by tests that need the example config to resolve.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sandbox.client import SandboxClient
+from sandbox.prepare import self_signed_pem
 
 EXAMPLE_SECRETS = {
     ("kv-source", "database-password"): "s3cr3t-db-password",
@@ -35,24 +35,6 @@ EXAMPLE_ROLES = [
 ]
 
 
-def self_signed_pem(common_name: str) -> bytes:
-    """A PEM certificate with its private key (what Key Vault imports)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=90)).sign(key, hashes.SHA256())
-    )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
-
-
 def seed_example(sandbox: SandboxClient) -> dict[str, Any]:
     """Put the example config's secrets in place and grant its identities their roles.
 
@@ -65,8 +47,8 @@ def seed_example(sandbox: SandboxClient) -> dict[str, Any]:
     for (vault, name), value in EXAMPLE_SECRETS.items():
         SecretClient(sandbox.vault_url(vault), admin).set_secret(name, value)
     CertificateClient(sandbox.vault_url("kv-source"), admin).import_certificate("app-certificate", self_signed_pem("app.example"))
-    for identity, role, kind, name in EXAMPLE_ROLES:
-        sandbox.grant(identity, role, sandbox.resource_id(kind, name) if kind else None)
+    for identity, role, kind, resource in EXAMPLE_ROLES:
+        sandbox.grant(identity, role, sandbox.resource_id(kind, resource) if kind and resource else None)
     return {"secrets": len(EXAMPLE_SECRETS) + 1, "roles": len(EXAMPLE_ROLES)}
 
 

@@ -26,7 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """The variables an env file exports."""
+    """The variables an env file exports (for a variable it extends, such as PYTHONPATH, the
+    sandbox's own part: `subprocess_env` puts it in front of the caller's)."""
     env: dict[str, str] = {}
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -34,8 +35,14 @@ def read_env_file(path: Path) -> dict[str, str]:
             continue
         key, _, raw = line[len("export "):].partition("=")
         parts = shlex.split(raw)
-        env[key] = parts[0] if parts else ""
+        value = parts[0] if parts else ""
+        env[key] = value.removesuffix(f"${{{key}:+{os.pathsep}${key}}}")
     return env
+
+
+def extend_path(value: str, current: str | None) -> str:
+    """`value` in front of a path list `current` (PYTHONPATH), as the env file does."""
+    return os.pathsep.join(p for p in (value, current or "") if p)
 
 
 @dataclass(frozen=True)
@@ -241,9 +248,11 @@ class SandboxProcess:
         install(self.env["SANDBOX_DOMAIN"])
 
     def subprocess_env(self) -> dict[str, str]:
-        """`os.environ` plus the env file, for child processes."""
+        """`os.environ` plus the env file, for child processes (PYTHONPATH extended, as sourcing
+        the env file does)."""
         env = dict(os.environ)
         env.update(self.env)
+        env["PYTHONPATH"] = extend_path(self.env["PYTHONPATH"], os.environ.get("PYTHONPATH"))
         return env
 
     def close(self, timeout: float = 15.0) -> None:

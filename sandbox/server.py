@@ -35,6 +35,8 @@ DEFAULT_COSMOS_ACCOUNT = "sandbox-cosmos"
 DEFAULT_WEB_APP = "sandbox-web"
 DEFAULT_USER_IDENTITIES = ("admin", "app", "data", "caller", "other")
 
+# Variables the env file extends (the sourcing shell's value kept after the sandbox's) instead of replacing.
+EXTENDED = ("PYTHONPATH",)
 RESOURCE_KINDS = {
     "vault": VAULT_TYPE,
     "storage": STORAGE_TYPE,
@@ -370,10 +372,9 @@ class Sandbox:
         users = [i for i in world.identities.values() if i.kind == "user"]
         sp = world.identities["sp"]
         storage = DEFAULT_STORAGE_ACCOUNTS[0]
-        pythonpath = os.pathsep.join(p for p in (str(HOSTSHIM_DIR), os.environ.get("PYTHONPATH", "")) if p)
         return {
             "SANDBOX_DOMAIN": rt.domain,
-            "PYTHONPATH": pythonpath,
+            "PYTHONPATH": str(HOSTSHIM_DIR),  # the env file extends the caller's PYTHONPATH with it
             "IDENTITY_ENDPOINT": f"http://127.0.0.1:{self.identity_port}/msi/token",
             "IDENTITY_HEADER": self.identity_header,
             "REQUESTS_CA_BUNDLE": str(self.pki.ca_bundle),
@@ -418,7 +419,12 @@ class Sandbox:
 
     def write_env_file(self, path: Path) -> None:
         lines = ["# vaultrelay sandbox: source this file (set -a; . FILE; set +a)"]
-        lines += [f"export {key}={shlex.quote(value)}" for key, value in self.env().items()]
+        for key, value in self.env().items():
+            if key in EXTENDED:
+                # Put the sandbox's entry in front of what the shell sourcing the file already has.
+                lines.append(f'export {key}={shlex.quote(value)}"${{{key}:+{os.pathsep}${key}}}"')
+            else:
+                lines.append(f"export {key}={shlex.quote(value)}")
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(path)

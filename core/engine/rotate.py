@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,9 +99,11 @@ class KeyRotation:
                 found[name] = Candidate(name, kind, ref.param("account").lower(), ref.store, every, ref, users)
         return found
 
-    def rotate(self, name: str | None = None, *, force: bool = False) -> list[RotationReport]:
+    def rotate(self, name: str | None = None, *, force: bool = False,
+               progress: Callable[[str], None] | None = None) -> list[RotationReport]:
         """Rotate what is due (or `name`, or everything with `force`): account keys of `rotate:`
         references, then the secrets of `rotation.tagged_secrets` vaults (core.engine.tagged_rotation).
+        `progress(name)` is called as each account rotation is done.
 
         Raises:
             KeyError: `name` is not a rotation of this config.
@@ -118,7 +121,11 @@ class KeyRotation:
                 extra = ", tagged:<vault>/<secret>" if tagged is not None else ""
                 raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'}{extra})")
             candidates = {name: candidates[name]}
-        reports = [counted(self._rotate_one(c, force), c.kind) for c in candidates.values()]
+        reports = []
+        for candidate in candidates.values():
+            reports.append(counted(self._rotate_one(candidate, force), candidate.kind))
+            if progress is not None:
+                progress(candidate.name)
         if tagged is not None and name is None:
             reports.extend(tagged.rotate(force=force))
         return reports

@@ -268,8 +268,9 @@ class SyncEngine:
             split[env].failures[name] = replace(failure, name=name)
         self._prefetched = split
 
-    def sync(self, env: str | None = None, *, dry_run: bool = False, force_mint: bool = False) -> SyncReport:
-        """Sync `env` (default: every env that has targets).
+    def sync(self, env: str | None = None, *, dry_run: bool = False, force_mint: bool = False,
+             progress: Callable[[str], None] | None = None) -> SyncReport:
+        """Sync `env` (default: every env that has targets); `progress(env)` is called as each env is done.
 
         Raises:
             NotFoundError: `env` has no targets.
@@ -282,7 +283,7 @@ class SyncEngine:
             envs = [env]
         report = SyncReport()
         try:
-            self._sync_envs(envs, report, dry_run=dry_run, force_mint=force_mint)
+            self._sync_envs(envs, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
         finally:
             self._prefetched, self._preloaded, self._run_cache = {}, None, {}
         report.seconds = time.monotonic() - began
@@ -290,7 +291,8 @@ class SyncEngine:
             telemetry.record_sync(report)
         return report
 
-    def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+    def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool,
+                   progress: Callable[[str], None] | None = None) -> None:
         if len(envs) > 1:
             try:
                 self._prefetch(envs)
@@ -314,6 +316,8 @@ class SyncEngine:
                     reported = {t.target for t in report.targets[start:]}
                     report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
                                           for n, t in targets.items() if n not in reported)
+            if progress is not None:
+                progress(name)
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:

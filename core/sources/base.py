@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from core.azure_clients import AzureClients
 from core.engine.singleflight import SingleFlight
-from core.identity import BufferedTokenCredential
+from core.identity import BufferedTokenCredential, describe_identity_failure, identity_endpoint_hosts
 from core.permissions import denied_role_hint
 from core.sources.fetched import Fetched, SourceProblem
 
@@ -171,7 +171,8 @@ def translate_error(exc: BaseException) -> tuple[str, str, str | None]:
     if (isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError | ResourceNotFoundError)) or (
         isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) in (None, 400, 401)
     ):
-        return "identity", scrub(_first_line(exc)), "check the store's identity settings and that the identity exists on this host"
+        message, hint = describe_identity_failure(str(getattr(exc, "message", None) or exc))
+        return "identity", scrub(message), hint
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
         text = scrub(str(exc.message or exc))
@@ -183,7 +184,12 @@ def translate_error(exc: BaseException) -> tuple[str, str, str | None]:
             return "throttled", _first_line_text(text), "the service kept throttling past the retry deadline"
         return "error", f"HTTP {status}: {_first_line_text(text)}", None
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return "network", scrub(_first_line(exc)), None
+        text = _first_line(exc)
+        # A token request that never reached the managed identity endpoint is an identity failure.
+        if any(f"host='{h.rsplit(':', 1)[0]}', port={h.rsplit(':', 1)[1]}" in text for h in identity_endpoint_hosts()):
+            return ("identity", f"the managed identity endpoint is unreachable ({scrub(text)})",
+                    "check that the host has managed identity enabled (IDENTITY_ENDPOINT) and that the endpoint runs")
+        return "network", scrub(text), None
     return "error", f"{type(exc).__name__}: {scrub(_first_line(exc))}", None
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
+import urllib.parse
 from typing import Any
 
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
@@ -55,10 +57,32 @@ class WebhookTargetWriter:
             "Content-Type": "application/json", "X-VaultRelay-Timestamp": timestamp,
             "X-VaultRelay-Signature": signature(key, timestamp, body), "X-VaultRelay-Env": env,
         })
+        host = urllib.parse.urlsplit(self.config.url).netloc
         try:
             response = client.send_request(request, timeout=self.config.timeout)
         except AzureError as exc:
-            raise TargetError(f"target {self.ctx.name}: webhook unreachable: {type(exc).__name__}") from None
+            raise TargetError(f"target {self.ctx.name}: webhook {host} unreachable: {failure_cause(exc)}") from None
         if not 200 <= response.status_code < 300:
-            raise TargetError(f"target {self.ctx.name}: webhook answered HTTP {response.status_code}")
+            raise TargetError(f"target {self.ctx.name}: webhook {host} answered HTTP {response.status_code}")
         return PushResult(writes=1)
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_SSL = re.compile(r"\[SSL: ([A-Z_]+)\]|(CERTIFICATE_VERIFY_FAILED|certificate verify failed[^'\")]*)")
+
+
+def failure_cause(exc: BaseException) -> str:
+    """Why a request failed, in a few words (`ServiceRequestError: Connection refused`): the
+    socket or TLS error inside the exception, never the URL (its path or query may carry a token)."""
+    text = str(getattr(exc, "message", None) or exc)
+    for pattern in (_SSL, _ERRNO):
+        match = pattern.search(text)
+        if match:
+            return f"{type(exc).__name__}: {next(g for g in match.groups() if g).strip()}"
+    lowered = text.lower()
+    for needle, cause in (("timed out", "timed out"), ("timeout", "timed out"), ("connection aborted", "connection aborted"),
+                          ("remotedisconnected", "the server closed the connection"), ("connection reset", "connection reset"),
+                          ("too many redirects", "too many redirects")):
+        if needle in lowered:
+            return f"{type(exc).__name__}: {cause}"
+    return type(exc).__name__

@@ -42,7 +42,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 def test_validate_ok_and_config_errors(tmp_path: Path, example_env: SandboxClient) -> None:
     code, out, _ = run("validate")
-    assert code == EXIT_OK and "ok (2 stores, 1 envs, 11 variables)" in out
+    assert code == EXIT_OK and "ok (2 stores, 1 env, 11 variables)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nsecretStores:\n  azure:\n    type: azure.managed_identity\n    cashe: {}\n")
     code, out, err = run("--config", str(bad), "validate")
@@ -57,14 +57,14 @@ def test_plan_shows_stores_and_identities_without_values(example_env: SandboxCli
     assert code == EXIT_OK
     assert "keyvault secret kv-source/database-password@latest" in out
     assert "user-assigned managed identity" in out and "system-assigned managed identity" in out
-    assert "10 references (10 unique), 1 literals" in out
+    assert "10 references (10 unique), 1 literal\n" in out
     assert all(value not in out for value in EXAMPLE_SECRETS.values())
     code, _, err = run("plan", "--env", "staging")
     assert code == EXIT_CONFIG and "no env 'staging'" in err and "envs: production" in err
 
 
 def test_resolve_masks_unless_revealed_in_every_format(example_env: SandboxClient) -> None:
-    code, out, _ = run("resolve", "--env", "production", "--format", "json")
+    code, out, _ = run("resolve", "--env", "production", "--format", "json", "--masked")
     assert code == EXIT_OK
     masked = json.loads(out)
     assert set(masked.values()) == {MASK} and len(masked) == 11
@@ -78,7 +78,7 @@ def test_resolve_masks_unless_revealed_in_every_format(example_env: SandboxClien
     assert example_env.identities["data"].client_id in values["SQL_CONNECTION"]
     code, out, _ = run("resolve", "--env", "production", "--format", "shell", "--reveal")
     assert "export DATABASE_PASSWORD=s3cr3t-db-password\n" in out
-    code, out, _ = run("resolve", "--env", "production", "--format", "dotenv")
+    code, out, _ = run("resolve", "--env", "production", "--format", "dotenv", "--masked")
     assert f'API_KEY="{MASK}"\n' in out
 
 
@@ -113,7 +113,7 @@ def test_exec_passes_variables_and_the_exit_code(tmp_path: Path, example_env: Sa
 
 def test_no_secret_value_reaches_logs_or_output_at_debug(example_env: SandboxClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    code, out, err = run("--verbose", "resolve", "--env", "production", "--format", "json")
+    code, out, err = run("-vvv", "resolve", "--env", "production", "--format", "json", "--masked")
     assert code == EXIT_OK
     code, revealed, _ = run("resolve", "--env", "production", "--format", "json", "--reveal")
     values = [v for k, v in json.loads(revealed).items() if k != "LOG_LEVEL"]

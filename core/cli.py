@@ -36,6 +36,8 @@ from core.engine.render import FORMATS, render
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.tables import StateUnavailable
 
+log = logging.getLogger("vaultrelay.cli")
+
 EXIT_OK, EXIT_RESOLUTION, EXIT_CONFIG = 0, 1, 2
 EXIT_INTERRUPTED = 130
 MASK = "********"
@@ -256,18 +258,19 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
 
 
 def console_main() -> None:
-    """The `vaultrelay` console script: main(), then exit.  Interrupted, it exits at once rather
-    than waiting for requests in flight on worker threads (what was pushed is recorded as it
-    happens, so an interrupted sync is like a crashed one: the next run converges)."""
-    code = main()
-    if code == EXIT_INTERRUPTED:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-    sys.exit(code)
+    """The `vaultrelay` console script.  Ctrl-C (SIGINT) ends it at once with 130 and one line,
+    rather than after the requests in flight on worker threads (what was pushed is recorded as it
+    happens, so an interrupted sync is like a crashed one: the next run converges).  `exec` reads
+    SIGINT itself while its command runs and passes it on."""
+    signal.signal(signal.SIGINT, _interrupted)
+    sys.exit(main())
+
+
+def _interrupted(_signo: int, _frame: object) -> None:
+    try:
+        os.write(2, b"interrupted\n")
+    finally:
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _say(stream: TextIO, line: str) -> None:
@@ -301,6 +304,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ConfigError as exc:
         return _config_failure(exc, document_name if json_output else None, out, err)
     _apply_debug_block(loaded)
+    config = loaded.config
+    log.info("config %s: %s, %s, %s, %s", loaded.file, _plural(len(config.secretStores), "store"), _plural(len(config.envs), "env"),
+             _plural(sum(len(v) for v in config.envs.values()), "variable"), _plural(len(config.targets), "target"))
     try:
         return _dispatch(args, loaded, document_name, json_output, out, err)
     except NotFoundError as exc:
@@ -404,8 +410,10 @@ def _apply_debug_block(loaded: Any) -> None:
     from core.config.model import ManagedIdentityStore
 
     debug = [s.debug for s in loaded.config.secretStores.values() if isinstance(s, ManagedIdentityStore)]
-    if any(d.enabled for d in debug) and logging.getLogger("vaultrelay").getEffectiveLevel() > logging.DEBUG:
+    if any(d.enabled for d in debug):
         logging.getLogger("vaultrelay").setLevel(logging.DEBUG)
+        for name in _REPORTED_BY_CLI:
+            logging.getLogger(name).setLevel(logging.NOTSET)
     if any(d.log_requests for d in debug):
         logging.getLogger("vaultrelay.requests").setLevel(logging.INFO)
     if any(d.trace_identity for d in debug):
@@ -557,6 +565,10 @@ def _resolve_bundle(loaded: Any, env: str, err: TextIO) -> tuple[Any, dict[str, 
                 bundle = broker.resolve(env)
         else:
             bundle = broker.resolve(env)
+        stats = broker.last_stats
+        if stats is not None:
+            log.info("resolved env %s: %s (%d unique, %d fetched, %d from cache), %d failed in %.2f s", env, _plural(stats.references, "reference"),
+                     stats.unique, stats.fetched, stats.cache_hits, len(bundle.failures), stats.seconds)
         identities: dict[str, str] = {}
         for store in {_store_of(loaded, env, name) for name in bundle.failures} - {None}:
             try:

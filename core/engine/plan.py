@@ -158,6 +158,7 @@ class Broker:
             if config.debug.enabled:
                 logging.getLogger("vaultrelay").setLevel(logging.DEBUG)
         self._stores[name] = runtime
+        log.info("store %s: %s", name, spec.description)
         return runtime
 
     def kept_delegation_keys(self) -> Any:

@@ -20,6 +20,7 @@ import os
 import random
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -467,7 +468,8 @@ def test_webhook_500_then_200_is_retried_and_a_failed_delivery_is_redone_next_ru
     receiver.attempts = 0
     (failed,) = world.engine(body).sync().targets
     assert (failed.outcome, failed.writes, receiver.attempts, len(receiver.delivered)) == ("error", 0, 3, 1)
-    assert_clear(failed.error, "target hook", "webhook answered HTTP 500", secrets=("h-1", "h-2", key))
+    assert_clear(failed.error, "target hook", f"webhook {urllib.parse.urlsplit(receiver.url).netloc} answered HTTP 500",
+                 secrets=("h-1", "h-2", key))
     status = status_of(world.engine(body), "hook")
     assert status["outcome"] == "error" and "HTTP 500" in status["last_error"]
 
@@ -479,3 +481,24 @@ def test_webhook_500_then_200_is_retried_and_a_failed_delivery_is_redone_next_ru
     (settled,) = world.engine(body).sync().targets
     assert settled.outcome == "unchanged" and receiver.attempts == 1
     assert status_of(world.engine(body), "hook")["last_error"] == ""
+
+
+def test_an_unreachable_webhook_is_named_by_host_and_cause(world: FaultWorld) -> None:
+    """The error says which host and why (connection refused), never the URL's path or query."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    name = world.secret("unreachable", "u-1")
+    body = f"""
+        envs:
+          app:
+            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
+        targets:
+          hook: {{type: webhook, env: app, url: "https://127.0.0.1:{port}/hook?code=query-token-123", signing_key: k, retries: 0, timeout: 2}}
+    """
+    (failed,) = world.engine(body).sync().targets
+    assert failed.outcome == "error"
+    assert_clear(failed.error, f"target hook: webhook 127.0.0.1:{port} unreachable: ServiceRequestError: Connection refused",
+                 secrets=("u-1", "query-token-123", "/hook"))

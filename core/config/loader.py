@@ -238,10 +238,15 @@ def parse_config(text: str, file: str = DEFAULT_CONFIG, *, environ: Mapping[str,
     problems.extend(_cross_references(data, lines, file))
     problems.extend(_variable_names(data, lines, file))
     config: Config | None = None
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_problems(exc, data, lines, file))
+    for attempt in range(3):
+        try:
+            config = Config.model_validate(data)
+            break
+        except ValidationError as exc:
+            if attempt < 2 and _strings_as_written(exc, data, texts):
+                continue
+            problems.extend(_problems(exc, data, lines, file))
+            break
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.path))
         raise ConfigError(_dedupe(problems) + warnings)
@@ -337,6 +342,8 @@ def _index(node: yaml.Node | None, path: Path_, lines: dict[Path_, int], problem
         seen: dict[Any, int] = {}
         merged: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a mapping or list as a key: the constructor refuses it with its position
             key = key_node.value
             if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
                 merged.extend(value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node])
@@ -501,6 +508,22 @@ def _interpolate(
             problems.append(ConfigProblem(file, lines.get(path), _dotted(path),
                                           f"environment variable {missing.describe()} (write ${{{first}:-default}} for a default)"))
     return result
+
+
+def _strings_as_written(exc: ValidationError, data: Any, texts: dict[Path_, str]) -> bool:
+    """Where a key wants a string and YAML made the plain scalar written there a number or a
+    boolean (`version: 0123456789e12...` is a float to YAML 1.2), take the text written instead.
+    True when something was replaced (validate again)."""
+    replaced = False
+    for error in exc.errors(include_input=False, include_url=False):
+        if error["type"] != "string_type":
+            continue
+        loc = _data_path(error["loc"], data)
+        parent = _value_at(loc[:-1], data)
+        if loc in texts and isinstance(parent, dict | list) and not isinstance(_value_at(loc, data), str):
+            parent[loc[-1]] = texts[loc]  # type: ignore[index]
+            replaced = True
+    return replaced
 
 
 def _variable_names(data: dict[str, Any], lines: dict[Path_, int], file: str) -> list[ConfigProblem]:

@@ -326,12 +326,12 @@ def test_secret_literals_never_appear_in_errors() -> None:
               azure:
                 type: azure.keyvault
                 vault_name: my_bad_vault
-                auth: {{client_id: 1, client_secret: {secret}, tenant_id: [t], extra: {secret}}}
+                auth: {{client_id: [1], client_secret: {secret}, tenant_id: [t], extra: {secret}}}
         """)
     text = str(info.value) + "".join(str(p) for p in info.value.problems)
     assert secret not in text
     assert "secretStores.azure.auth.extra: unknown key 'extra'" in text
-    assert "secretStores.azure.auth.client_id: expected a string, got a number" in text
+    assert "secretStores.azure.auth.client_id: expected a string, got a list" in text
 
 
 def test_yaml_syntax_duplicates_and_shape_errors() -> None:
@@ -635,3 +635,18 @@ def test_merge_keys_share_variables_and_written_keys_override_them() -> None:
     """)
     assert {k: v.value for k, v in loaded.config.envs["e"].items()} == {"VERSION": "1.10", "FLAG": "yes"}
     assert loaded.line_of(("envs", "e", "FLAG")) == 9 and loaded.line_of(("envs", "e", "VERSION")) == 5
+
+
+def test_a_string_key_takes_the_text_written_when_yaml_reads_a_number() -> None:
+    """A Key Vault version of hex digits such as `0123e456...` is a float to YAML 1.2; keys that take
+    a string get the text written (and a complex key is a clean YAML error, not a crash)."""
+    version = "0123456789" * 3 + "e1"
+    loaded = parse(f"""
+        secretStores: {{azure: {{type: azure.managed_identity}}}}
+        envs:
+          e:
+            A: {{from: {{store: azure, vault: kv-one, secret: 2024, version: {version}}}}}
+    """)
+    ref = loaded.config.envs["e"]["A"].from_
+    assert ref is not None and (ref.version, ref.secret) == (version, "2024")
+    assert problems("? [k]\n: v\n")[0].startswith("vaultrelay.yaml:1: not valid YAML")

@@ -32,6 +32,9 @@ NOT_SET = {
     # requests' own trust-store variables, honoured by the shared HTTP session; Azure's public CAs need none.
     "REQUESTS_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",
     "CURL_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",
+    # The command line's terminal output (core/terminal.py); the Function app draws no tables.
+    "NO_COLOR": "command line only: plain terminal output",
+    "TERM": "command line only: TERM=dumb means plain terminal output",
 }
 # Set only when its parameter is given (a Key Vault reference: the template mints no secrets).
 CONDITIONAL = {"VAULTRELAY_FINGERPRINT_KEY": "fingerprintKeySecretUri"}

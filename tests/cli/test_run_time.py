@@ -112,7 +112,7 @@ def test_exec_reports_death_by_signal_as_128_plus_n(tmp_path: Path, literal_conf
     killed = vaultrelay("exec", "-c", str(literal_config), "-e", "e", "--", "sh", "-c", "kill -KILL $$")
     assert killed.code == 128 + signal.SIGKILL
     ready = tmp_path / "ready"
-    process = subprocess.Popen([str(VAULTRELAY), "exec", "-c", str(literal_config), "-e", "e", "--", "sh", "-c", f"touch {ready}; sleep 60"],
+    process = subprocess.Popen([str(VAULTRELAY), "exec", "-c", str(literal_config), "-e", "e", "--", "sh", "-c", f"touch {ready}; exec sleep 60"],
                                env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(ready)
     process.send_signal(signal.SIGTERM)  # forwarded: sh dies of it, vaultrelay says so the shell way

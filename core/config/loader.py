@@ -311,7 +311,7 @@ def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: st
             hint = f"; did you mean '{guess[0]}'?" if guess else (f"; expected one of: {', '.join(sorted(candidates))}" if candidates else "")
             message = f"unknown key '{key}'{hint}"
         elif error["type"] == "missing":
-            message = f"missing required key '{loc[-1]}'"
+            message = f"missing required key '{loc[-1]}'" + _MISSING_HINTS.get((str(loc[-3]) if len(loc) > 2 else "", str(loc[-1])), "")
         elif error["type"] in ("literal_error", "union_tag_invalid"):
             expected = error.get("ctx", {}).get("expected") or error.get("ctx", {}).get("expected_tags")
             message = f"expected {expected}" if expected else message
@@ -347,6 +347,14 @@ def _pattern_hint(loc: Path_) -> str:
         "ip": "an IPv4 address or range a.b.c.d-e.f.g.h",
         "vault_name": "a vault name is 3-24 letters, digits and hyphens, starting with a letter",
     }.get(str(key), "does not match the expected format") if key else "does not match the expected format"
+
+
+# (grandparent key, missing key) -> why it is required, appended to "missing required key".
+_MISSING_HINTS = {
+    ("tagged_secrets", "accounts"): (": list the storage accounts, Cosmos DB accounts and SQL servers this vault's secrets may name in "
+                                     "ProviderAddress (resource ids, or type/name/resource_group); nothing is rotated without it "
+                                     "(docs/config.md)"),
+}
 
 
 def _line(path: Path_, lines: dict[Path_, int]) -> int | None:

@@ -563,14 +563,95 @@ class State(Strict):
     fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
 
 
+# `type:` of a rotated account -> (its ARM resource type, the kind core.engine.tagged_rotation calls it)
+ROTATED_RESOURCE_TYPES = {
+    "storage": ("Microsoft.Storage/storageAccounts", "storage"),
+    "cosmosdb": ("Microsoft.DocumentDB/databaseAccounts", "cosmos"),
+    "sql": ("Microsoft.Sql/servers", "sql"),
+}
+_ROTATED_RESOURCE_ID = re.compile(
+    r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)/providers/"
+    r"(?P<type>Microsoft\.Storage/storageAccounts|Microsoft\.DocumentDB/databaseAccounts|Microsoft\.Sql/servers)/(?P<name>[^/]+)$",
+    re.IGNORECASE,
+)
+
+
+class RotatedAccount(Strict):
+    """A storage account, Cosmos DB account or SQL server that the tagged secrets of one vault may
+    name in `ProviderAddress`: an ARM resource id (`id`, or the entry written as that string), or
+    `type`, `name` and `resource_group`.  Matched exactly (case-insensitive) against the whole id."""
+
+    id: str | None = Field(None, description="the account's ARM resource id: /subscriptions/<id>/resourceGroups/<group>/providers/"
+                                             "Microsoft.Storage/storageAccounts/<name> (or Microsoft.DocumentDB/databaseAccounts, "
+                                             "Microsoft.Sql/servers)")
+    type: Literal["storage", "cosmosdb", "sql"] | None = None
+    name: str | None = None
+    resource_group: str | None = None
+    subscription: str | None = Field(None, description="default: the store's default_subscription, else $VAULTRELAY_SUBSCRIPTION_ID")
+    secrets: list[Annotated[str, Field(pattern=SECRET_NAME)]] | None = Field(
+        None, min_length=1, description="only these secrets of the vault may name this account (default: any tagged secret of the vault)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_only(cls, data: Any) -> Any:
+        return {"id": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RotatedAccount:
+        parts = [k for k in ("type", "name", "resource_group", "subscription") if getattr(self, k)]
+        if self.id is not None:
+            if parts:
+                raise ValueError(f"give either id or type/name/resource_group, not both (got id and {', '.join(parts)})")
+            if not _ROTATED_RESOURCE_ID.match(self.id):
+                raise ValueError(f"{self.id[:200]!r} is not the ARM resource id of a storage account, Cosmos DB account or SQL server "
+                                 "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>)")
+            return self
+        missing = [k for k in ("type", "name", "resource_group") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"an accounts entry is a resource id or has type, name and resource_group (missing {', '.join(missing)})")
+        for key in ("name", "resource_group", "subscription"):
+            value = getattr(self, key)
+            if value is not None and ("/" in value or not value.strip()):
+                raise ValueError(f"{key} {value!r} is a name, not a path")
+        return self
+
+    def resource_key(self, default_subscription: str | None) -> tuple[str, str, str, str] | None:
+        """(kind, subscription, resource group, name), lower case, as core.engine.tagged_rotation
+        names a `ProviderAddress`; None when no subscription is known for an entry that names none."""
+        if self.id is not None:
+            found = _ROTATED_RESOURCE_ID.match(self.id)
+            assert found is not None  # checked above
+            kind = next(k for t, k in ROTATED_RESOURCE_TYPES.values() if t.lower() == found["type"].lower())
+            return kind, found["subscription"].lower(), found["group"].lower(), found["name"].lower()
+        subscription = self.subscription or default_subscription
+        if not subscription:
+            return None
+        assert self.type is not None and self.name is not None and self.resource_group is not None
+        return ROTATED_RESOURCE_TYPES[self.type][1], subscription.lower(), self.resource_group.lower(), self.name.lower()
+
+    def admits(self, secret: str) -> bool:
+        """Whether the vault's secret `secret` may name this account (Key Vault names ignore case)."""
+        return self.secrets is None or secret.lower() in {s.lower() for s in self.secrets}
+
+    def describe(self) -> str:
+        if self.id is not None:
+            return self.id
+        return f"{self.type} {self.name} (resource group {self.resource_group}" + (f", subscription {self.subscription})" if self.subscription else ")")
+
+
 class TaggedSecrets(Strict):
     """A vault whose secrets tagged like Microsoft's rotation samples (`CredentialId`,
     `ProviderAddress`, `ValidityPeriodDays`) vaultrelay rotates: the alternate key of the storage or
-    Cosmos DB account is regenerated and written as the secret's new version."""
+    Cosmos DB account is regenerated (or the SQL server's password set) and written as the secret's
+    new version, for the accounts listed under `accounts` only."""
 
     vault: str = Field(pattern=VAULT_NAME)
     store: str = Field(description="the store whose identity reads and writes the secrets (Key Vault Secrets Officer) and lists and "
-                                   "regenerates the accounts' keys (Storage Account Key Operator Service Role, DocumentDB Account Contributor)")
+                                   "regenerates the accounts' keys (Storage Account Key Operator Service Role, vaultrelay Cosmos DB Key "
+                                   "Operator, SQL Server Contributor)")
+    accounts: list[RotatedAccount] = Field(
+        min_length=1, json_schema_extra=lambda schema: _string_or_mapping(schema, "the account's ARM resource id"), description="the storage accounts, Cosmos DB accounts and SQL servers this vault's secrets may name in ProviderAddress: "
+                                  "a secret naming any other is not rotated (a status warning names it) and the account is not touched")
     rotate_before: Duration = Field(30 * 86400, gt=0, description="rotate when less than this is left before the secret expires (capped at half "
                                                                   "of ValidityPeriodDays); default 30d, Key Vault's near-expiry notice")
 
@@ -695,6 +776,14 @@ class Config(Strict):
     def _minted_sas_with_targets(self) -> bool:
         envs = {t.env for t in self.targets.values()}
         return any(v.from_ is not None and v.from_.kind in ("sas", "token") for e in envs for v in self.envs.get(e, {}).values())
+
+
+def _string_or_mapping(schema: dict[str, Any], string_description: str) -> None:
+    """JSON Schema of a list whose items may also be written as a string (a `mode="before"`
+    validator turns the string into the mapping): editors accept both forms."""
+    items = schema.get("items")
+    if isinstance(items, dict):
+        schema["items"] = {"anyOf": [{"type": "string", "description": string_description}, items]}
 
 
 def _located(path: str, message: str) -> str:

@@ -23,6 +23,14 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
 * audited (names, versions, key ids; never values).  Secrets with an unsupported
   ProviderAddress kind or unusable tags get a status warning naming the secret and the problem.
 
+`ProviderAddress` is written by whoever may write the secret, so it is never trusted on its own:
+vaultrelay acts only on the accounts and servers the config lists for that vault
+(`rotation.tagged_secrets[].accounts`, optionally per secret), matched on the whole resource id
+(kind, subscription, resource group, name; case-insensitive, never a suffix).  A secret naming any
+other one gets a status warning and nothing else: the account is not read, regenerated or set.
+The check is made on every read of the secret, the one under the lease included, and the account
+acted on is the one checked.
+
 SQL server administrator passwords (Microsoft's "one set of credentials" sample): `CredentialId` is
 the server's administrator login, `ProviderAddress` a `Microsoft.Sql/servers` resource id.  There is
 one credential and no overlap window: the old password stops working when the new one is set.  A
@@ -83,6 +91,10 @@ _COSMOS_ATTRIBUTE = {"primary": "primary_master_key", "secondary": "secondary_ma
 
 class UnusableTags(ValueError):
     """The sample tags are there but cannot be acted on; the message names the problem."""
+
+
+class NotAllowed(UnusableTags):
+    """`ProviderAddress` names an account or server the config does not list for the secret's vault."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,32 @@ class TaggedSecretRotation:
     def _credential(self, vault: str) -> Any:
         return self.broker.store(self.watched[vault.lower()].store).credential
 
+    def allowed_provider(self, secret: TaggedSecret) -> Provider:
+        """The account or server the secret's `ProviderAddress` names, if the config lists it for
+        the secret's vault (and, when the entry names secrets, for this secret).
+
+        Raises:
+            UnusableTags: the address is not a resource id of a kind vaultrelay rotates.
+            NotAllowed: the config does not list that account for this vault and secret.
+        """
+        provider = secret.provider
+        settings = self.watched[secret.vault.lower()]
+        wanted = (provider.kind, provider.subscription.lower(), provider.resource_group.lower(), provider.account.lower())
+        default_subscription = self.broker.store(settings.store).default_subscription
+        listed = False
+        for entry in settings.accounts:
+            if entry.resource_key(default_subscription) == wanted:
+                if entry.admits(secret.name):
+                    return provider
+                listed = True
+        what = {"storage": "storage account", "cosmos": "Cosmos DB account", "sql": "SQL server"}[provider.kind]
+        where = f"{what} {provider.account!r} (resource group {provider.resource_group!r}, subscription {provider.subscription!r})"
+        if listed:
+            raise NotAllowed(f"ProviderAddress names {where}, which rotation.tagged_secrets lists for vault {settings.vault} "
+                             f"but not for this secret (its secrets:); not rotated, the account was not touched")
+        raise NotAllowed(f"ProviderAddress names {where}, which rotation.tagged_secrets does not list for vault {settings.vault} "
+                         f"(accounts:); not rotated, the account was not touched")
+
     # ---- finding them -------------------------------------------------------------------
     def listed(self, vault: str) -> list[Any]:
         """Properties (never values) of every secret of a watched vault that carries the sample
@@ -269,8 +307,10 @@ class TaggedSecretRotation:
             for props in listed:
                 try:
                     quick = tagged_secret(vault, props)
+                    if quick is not None:
+                        self.allowed_provider(quick)
                 except UnusableTags:
-                    quick = None  # rotate_secret records the warning
+                    quick = None  # rotate_secret records the warning, due or not
                 if quick is not None and not force and quick.key not in unfinished and not quick.pending and not self.due(quick, now):
                     # The listing carries tags and expiry: a secret that is not due costs no further call.
                     reports.append(counted(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id,
@@ -312,7 +352,7 @@ class TaggedSecretRotation:
             secret = self.current(vault, name)
             if secret is None:
                 return RotationReport(label, "not_tagged")
-            provider = secret.provider
+            provider = self.allowed_provider(secret)
             alternate = secret.alternate()
         except UnusableTags as exc:
             return self._warn(vault, name, str(exc), label)
@@ -331,12 +371,15 @@ class TaggedSecretRotation:
         if lease is None:
             return RotationReport(label, "busy")
         try:
-            # Re-read under the lease: another instance may have finished meanwhile.
+            # Re-read under the lease: another instance may have finished meanwhile, or the tags
+            # changed since the first read (checked again: the account acted on is this one).
             secret = self.current(vault, name)
             if secret is None:
                 return RotationReport(label, "not_tagged")
+            provider = self.allowed_provider(secret)
+            alternate = secret.alternate()
             row = state.get("rotations", PARTITION, secret.key)
-            if secret.provider.kind == "sql":
+            if provider.kind == "sql":
                 return self._rotate_sql(secret, row, expected_version=expected_version, force=force, reason=reason, label=label)
             phase = str(row.fields.get("phase") or "") if row else ""
             if phase and row is not None and row.fields.get("from_version") != secret.version:

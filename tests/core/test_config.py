@@ -414,3 +414,62 @@ def test_keyvault_targets_never_share_a_secret() -> None:
         "vaultrelay.yaml:20: targets.kv6: secret name '" + "p" * 124 + "api-key' for API_KEY is not a Key Vault secret name "
         "(1-127 letters, digits and hyphens)",
     ]
+
+
+def test_tagged_secrets_need_an_allow_list_of_accounts() -> None:
+    """rotation.tagged_secrets: each entry lists the accounts its secrets may name (nothing is
+    rotated without one); entries are exact resource ids or type/name/resource_group."""
+    sub = "/subscriptions/s1/resourceGroups/rg/providers"
+    found = problems(f"""
+        version: 1
+        secretStores:
+          s: {{type: azure.managed_identity}}
+        state: {{store: s, account: acct}}
+        rotation:
+          tagged_secrets:
+            - {{vault: kv-one, store: s}}
+            - vault: kv-two
+              store: s
+              accounts: []
+            - vault: kv-three
+              store: s
+              accounts:
+                - {sub}/Microsoft.KeyVault/vaults/kv-one
+                - {sub}/Microsoft.Storage/storageAccounts/acct/blobServices/default
+                - {{type: storage, name: acct}}
+                - {{id: {sub}/Microsoft.Sql/servers/q, name: q}}
+                - {{type: cosmosdb, name: rg/c, resource_group: rg}}
+                - {{type: sql, name: q, resource_group: rg, secrets: []}}
+                - {{type: sql, name: q, resource_group: rg, secrets: [not_a_name]}}
+    """)
+    assert found == [
+        "vaultrelay.yaml:8: rotation.tagged_secrets[0].accounts: missing required key 'accounts': list the storage accounts, "
+        "Cosmos DB accounts and SQL servers this vault's secrets may name in ProviderAddress (resource ids, or "
+        "type/name/resource_group); nothing is rotated without it (docs/config.md)",
+        "vaultrelay.yaml:11: rotation.tagged_secrets[1].accounts: List should have at least 1 item after validation, not 0",
+        f"vaultrelay.yaml:15: rotation.tagged_secrets[2].accounts[0]: '{sub}/Microsoft.KeyVault/vaults/kv-one' is not the ARM "
+        "resource id of a storage account, Cosmos DB account or SQL server (/subscriptions/<id>/resourceGroups/<group>/providers/"
+        "Microsoft.Storage/storageAccounts/<name>)",
+        f"vaultrelay.yaml:16: rotation.tagged_secrets[2].accounts[1]: '{sub}/Microsoft.Storage/storageAccounts/acct/blobServices/"
+        "default' is not the ARM resource id of a storage account, Cosmos DB account or SQL server (/subscriptions/<id>/"
+        "resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>)",
+        "vaultrelay.yaml:17: rotation.tagged_secrets[2].accounts[2]: an accounts entry is a resource id or has type, name and "
+        "resource_group (missing resource_group)",
+        "vaultrelay.yaml:18: rotation.tagged_secrets[2].accounts[3]: give either id or type/name/resource_group, not both (got id and name)",
+        "vaultrelay.yaml:19: rotation.tagged_secrets[2].accounts[4]: name 'rg/c' is a name, not a path",
+        "vaultrelay.yaml:20: rotation.tagged_secrets[2].accounts[5].secrets: List should have at least 1 item after validation, not 0",
+        "vaultrelay.yaml:21: rotation.tagged_secrets[2].accounts[6].secrets[0]: invalid value: " + found[-1].split("invalid value: ", 1)[1],
+    ]
+
+
+def test_accounts_entries_match_whole_resource_ids_only() -> None:
+    from core.config.model import RotatedAccount
+
+    by_id = RotatedAccount.model_validate("/subscriptions/S1/resourceGroups/RG/providers/microsoft.storage/storageaccounts/Acct")
+    assert by_id.resource_key(None) == ("storage", "s1", "rg", "acct")
+    by_name = RotatedAccount.model_validate({"type": "cosmosdb", "name": "Cos", "resource_group": "rg", "secrets": ["Key-A"]})
+    assert by_name.resource_key("S2") == ("cosmos", "s2", "rg", "cos")
+    assert by_name.resource_key(None) is None  # no subscription known: matches nothing
+    assert RotatedAccount.model_validate({"type": "sql", "name": "q", "resource_group": "rg", "subscription": "s3"}).resource_key("s2") == (
+        "sql", "s3", "rg", "q")
+    assert by_name.admits("key-a") and not by_name.admits("key-b") and by_id.admits("anything")

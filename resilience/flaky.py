@@ -56,7 +56,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     sandbox.create_resource("vault", vault)
     grants = [("Key Vault Secrets Officer", "vault", vault), ("Key Vault Secrets User", "vault", "kv-source"),
               ("Storage Table Data Contributor", "storage", ctx.state_account), ("Storage Blob Data Contributor", "storage", "sandboxdata"),
-              ("Website Contributor", "site", site), ("Reader", None, None)]
+              ("vaultrelay App Settings Writer", "site", site), ("Reader", None, None)]
     for role, kind, name in grants:
         sandbox.assign_role("system", role, sandbox.resource_id(kind, name) if kind and name else None)
     for table in ("pushes", "rotations", "events", "leases", "audit"):

@@ -330,7 +330,7 @@ def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: st
             located = _LOCATED.match(part)
             if located:
                 where = tuple(int(p) if p.isdigit() else p for p in located.group(1).split("."))
-                problems.append(ConfigProblem(file, _line(where, lines), located.group(1), located.group(2)))
+                problems.append(ConfigProblem(file, _line(where, lines), _dotted(where), located.group(2)))
             else:
                 problems.append(ConfigProblem(file, _line(loc, lines), _dotted(loc), part))
     return problems

@@ -615,19 +615,25 @@ class RotatedAccount(Strict):
                 raise ValueError(f"{key} {value!r} is a name, not a path")
         return self
 
-    def resource_key(self, default_subscription: str | None) -> tuple[str, str, str, str] | None:
-        """(kind, subscription, resource group, name), lower case, as core.engine.tagged_rotation
-        names a `ProviderAddress`; None when no subscription is known for an entry that names none."""
+    def where(self) -> tuple[str, str | None, str, str]:
+        """(kind, subscription or None when the entry names none, resource group, name), as written;
+        kind is `storage`, `cosmos` or `sql`, as core.engine.tagged_rotation names a `ProviderAddress`."""
         if self.id is not None:
             found = _ROTATED_RESOURCE_ID.match(self.id)
             assert found is not None  # checked above
             kind = next(k for t, k in ROTATED_RESOURCE_TYPES.values() if t.lower() == found["type"].lower())
-            return kind, found["subscription"].lower(), found["group"].lower(), found["name"].lower()
-        subscription = self.subscription or default_subscription
+            return kind, found["subscription"], found["group"], found["name"]
+        assert self.type is not None and self.name is not None and self.resource_group is not None
+        return ROTATED_RESOURCE_TYPES[self.type][1], self.subscription, self.resource_group, self.name
+
+    def resource_key(self, default_subscription: str | None) -> tuple[str, str, str, str] | None:
+        """(kind, subscription, resource group, name), lower case, to compare with a `ProviderAddress`;
+        None when no subscription is known for an entry that names none (it then matches nothing)."""
+        kind, subscription, group, name = self.where()
+        subscription = subscription or default_subscription
         if not subscription:
             return None
-        assert self.type is not None and self.name is not None and self.resource_group is not None
-        return ROTATED_RESOURCE_TYPES[self.type][1], subscription.lower(), self.resource_group.lower(), self.name.lower()
+        return kind, subscription.lower(), group.lower(), name.lower()
 
     def admits(self, secret: str) -> bool:
         """Whether the vault's secret `secret` may name this account (Key Vault names ignore case)."""
@@ -723,6 +729,7 @@ class Config(Strict):
             if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
                 problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
         problems.extend(self._keyvault_target_names())
+        problems.extend(self._state_exposure())
         if self.state is not None and self.state.store not in self.secretStores:
             problems.append(_located("state.store", f"unknown store '{self.state.store}'"))
         for env in self.access:
@@ -769,6 +776,64 @@ class Config(Strict):
                 if first != name:
                     problems.append(_located(f"targets.{name}", f"writes secret '{secret}' of vault {target.vault}, which target '{first}' writes too"))
         return problems
+
+    def _state_exposure(self) -> list[str]:
+        """Places the config hands to others must not hold vaultrelay's state.
+
+        `state.vault` keeps the user delegation keys (anyone who reads one signs SAS tokens for
+        every container the delegating identity may reach), the fingerprint key (which turns the
+        fingerprint tags on targets into a dictionary oracle) and every minted SAS: it is
+        vaultrelay's alone.  So it may not be a Key Vault target's vault (readers of a target need
+        Key Vault Secrets User there), a vault env variables read (envs reach HTTP callers and every
+        target), or a vault under tagged rotation (its secrets' writers and consumers work there).
+        The fingerprint key, wherever it is kept, may not be in a target's vault either, nor be
+        read by an env.
+        """
+        if self.state is None:
+            return []
+        problems: list[str] = []
+        for where, vault, secret in self._vaults_read_by_envs():
+            if self.state.vault and vault.lower() == self.state.vault.lower():
+                problems.append(_located(where, f"vault {vault} is state.vault, which keeps user delegation keys, the fingerprint key and "
+                                                f"minted SAS tokens: an env reading it hands them to whoever fetches the env or reads its "
+                                                f"targets; keep state in a vault of its own"))
+            key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
+            if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() == vault.lower() and (key.secret or "").lower() == secret.lower():
+                problems.append(_located(where, "this is the fingerprint key (state.fingerprint_key): an env must not read it"))
+        exposed: dict[str, str] = {}  # vault (lower case) -> the first YAML path that hands it to others
+        for where, vault, what in self._vaults_shared():
+            exposed.setdefault(vault.lower(), where)
+            if self.state.vault and vault.lower() == self.state.vault.lower():
+                problems.append(_located(where, f"vault {vault} is state.vault (user delegation keys, the fingerprint key, minted SAS "
+                                                f"tokens) and {what}: keep state in a vault of its own, readable by vaultrelay's identity only"))
+        key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
+        if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() in exposed:
+            problems.append(_located("state.fingerprint_key.from.vault",
+                                     f"the fingerprint key is kept in vault {self._vault_of(key)}, which {exposed[self._vault_of(key).lower()]} "
+                                     f"exposes: its readers could test guesses against the fingerprint tags; keep it in state.vault or "
+                                     f"another vault only vaultrelay reads"))
+        return problems
+
+    def _vaults_shared(self) -> Iterable[tuple[str, str, str]]:
+        """(YAML path, vault, why others work there) of every vault the config writes for others."""
+        for name, target in sorted(self.targets.items()):
+            if isinstance(target, KeyVaultTarget):
+                yield f"targets.{name}.vault", target.vault, "a Key Vault target's vault, which the target's readers may read"
+        for i, tagged in enumerate(self.rotation.tagged_secrets):
+            yield (f"rotation.tagged_secrets.{i}.vault", tagged.vault,
+                   "a vault under tagged rotation, whose secrets' writers and consumers work there")
+
+    def _vaults_read_by_envs(self) -> Iterable[tuple[str, str, str]]:
+        """(YAML path, vault, secret) of every Key Vault reference of every env."""
+        for env, variables in self.envs.items():
+            for name, variable in variables.items():
+                ref = variable.from_
+                if ref is not None and ref.kind == "keyvault" and ref.store in self.secretStores:
+                    yield f"envs.{env}.{name}.from.vault", self._vault_of(ref), ref.secret or ""
+
+    def _vault_of(self, ref: Reference) -> str:
+        store = self.secretStores.get(ref.store)
+        return ref.vault or (store.vault_name if isinstance(store, KeyVaultStore) else "") or ""
 
     def _rotated(self) -> bool:
         return any(v.from_ is not None and v.from_.rotate is not None for vs in self.envs.values() for v in vs.values())

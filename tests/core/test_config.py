@@ -473,3 +473,63 @@ def test_accounts_entries_match_whole_resource_ids_only() -> None:
     assert RotatedAccount.model_validate({"type": "sql", "name": "q", "resource_group": "rg", "subscription": "s3"}).resource_key("s2") == (
         "sql", "s3", "rg", "q")
     assert by_name.admits("key-a") and not by_name.admits("key-b") and by_id.admits("anything")
+
+
+def test_the_state_vault_is_never_handed_to_others() -> None:
+    """state.vault keeps user delegation keys, the fingerprint key and minted SAS tokens: validate
+    refuses it as a Key Vault target's vault (either mode), as a vault envs read (through either
+    store type) or as a tagged-rotation vault; and the fingerprint key may not sit in a vault a
+    target writes, nor be read by an env."""
+    found = problems("""
+        version: 1
+        secretStores:
+          azure: {type: azure.managed_identity}
+          kvs: {type: azure.keyvault, vault_name: kv-state, auth: {client_id: a, client_secret: b, tenant_id: c}}
+        envs:
+          app:
+            A: {from: {store: azure, vault: KV-STATE, secret: vr-udk-x}}
+            B: {from: {store: kvs, secret: y}}
+            C: {from: {store: azure, vault: kv-keys, secret: fp}}
+            D: {from: {store: azure, vault: kv-source, secret: fine}}
+        targets:
+          bundle: {type: keyvault, env: app, store: azure, vault: kv-state, mode: bundle}
+          each: {type: keyvault, env: app, store: azure, vault: Kv-State, prefix: x-}
+          keys: {type: keyvault, env: app, store: azure, vault: kv-keys, prefix: y-}
+          ok: {type: keyvault, env: app, store: azure, vault: kv-out}
+        rotation:
+          tagged_secrets:
+            - {vault: kv-state, store: azure, accounts: [/subscriptions/s/resourceGroups/r/providers/Microsoft.Sql/servers/q]}
+        state:
+          store: azure
+          account: acct
+          vault: kv-state
+          fingerprint_key: {from: {store: azure, vault: kv-keys, secret: fp}}
+    """)
+    state = "user delegation keys, the fingerprint key, minted SAS tokens"
+    reading = ("which keeps user delegation keys, the fingerprint key and minted SAS tokens: an env reading it hands them to whoever "
+               "fetches the env or reads its targets; keep state in a vault of its own")
+    own = "keep state in a vault of its own, readable by vaultrelay's identity only"
+    assert found == [
+        f"vaultrelay.yaml:8: envs.app.A.from.vault: vault KV-STATE is state.vault, {reading}",
+        f"vaultrelay.yaml:9: envs.app.B.from.vault: vault kv-state is state.vault, {reading}",
+        "vaultrelay.yaml:10: envs.app.C.from.vault: this is the fingerprint key (state.fingerprint_key): an env must not read it",
+        f"vaultrelay.yaml:13: targets.bundle.vault: vault kv-state is state.vault ({state}) and a Key Vault target's vault, which the "
+        f"target's readers may read: {own}",
+        f"vaultrelay.yaml:14: targets.each.vault: vault Kv-State is state.vault ({state}) and a Key Vault target's vault, which the "
+        f"target's readers may read: {own}",
+        f"vaultrelay.yaml:19: rotation.tagged_secrets[0].vault: vault kv-state is state.vault ({state}) and a vault under tagged rotation, "
+        f"whose secrets' writers and consumers work there: {own}",
+        "vaultrelay.yaml:24: state.fingerprint_key.from.vault: the fingerprint key is kept in vault kv-keys, which targets.keys.vault "
+        "exposes: its readers could test guesses against the fingerprint tags; keep it in state.vault or another vault only vaultrelay reads",
+    ]
+    # The fingerprint key in the state vault, and a target elsewhere: fine.
+    parse("""
+        version: 1
+        secretStores:
+          azure: {type: azure.managed_identity}
+        envs:
+          app: {A: {from: {store: azure, vault: kv-source, secret: a}}}
+        targets:
+          out: {type: keyvault, env: app, store: azure, vault: kv-out}
+        state: {store: azure, account: acct, vault: kv-state, fingerprint_key: {from: {store: azure, vault: kv-state, secret: fp}}}
+    """)

@@ -61,7 +61,7 @@ class World:
             state:
               store: azure
               account: sandboxstore
-              vault: kv-target
+              vault: kv-state
               table_prefix: t{self.tag}
             {state_extra}
         """) + textwrap.dedent(body).replace("TAG", self.tag)

@@ -95,12 +95,12 @@ def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
     functions: dict[str, Any], seeded: SandboxClient, container: str, tmp_path: Path, apis: list[HttpApi],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    state = {"store": "azure", "account": ACCOUNT, "vault": "kv-target", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
+    state = {"store": "azure", "account": ACCOUNT, "vault": "kv-state", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
     config = ud_config(tmp_path / "vaultrelay.yaml", seeded, container, state=state)
     token = seeded.issue_token("caller", AUDIENCE)
     first, second = new_api(config), new_api(config)
     apis.extend([first, second])
-    vault = SecretClient(seeded.vault_url("kv-target"), seeded.admin_credential())
+    vault = SecretClient(seeded.vault_url("kv-state"), seeded.admin_credential())
     kept = kept_key_name(first)
     # Whatever earlier tests kept for this identity and account: one that runs out in 5 minutes,
     # too soon for a 1-hour SAS, so the first fetch must renew it.

@@ -147,6 +147,6 @@ def test_near_expiry_of_a_minted_sas_resyncs_without_reminting_a_token_that_is_n
     assert minted, "the example env mints SAS tokens"
     before = target.get_secret(f"fn-{tag}-storage-sas").value
     outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
-                                  "data": {"VaultName": "kv-target", "ObjectName": minted[0].key}})
+                                  "data": {"VaultName": "kv-state", "ObjectName": minted[0].key}})
     assert outcome["outcome"] == "synced" and outcome["envs"] == ["production"] and "not due" in outcome["detail"]
     assert target.get_secret(f"fn-{tag}-storage-sas").value == before

@@ -105,7 +105,7 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     first = world.engine(body)
     identity = f"azure:{first.broker.store('azure').identity_description}"
     kept = StoredDelegationKeys.secret_name("sandboxstore", identity)
-    vault = world.target  # the config's state.vault
+    vault = world.state_vault  # the config's state.vault
     # Whatever earlier tests kept for this identity: make it one that runs out in 5 minutes.
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
@@ -144,7 +144,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     engine = world.engine(body)
     kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}")
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    world.target.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
+    world.state_vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
 
     sandbox.reset_counters()
     resolve = run_cli(sandbox_process, config, "resolve", "--env", "app", "--format", "json", "--reveal")
@@ -152,7 +152,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     assert resolve.returncode == 0, err.decode()
     first = json.loads(out)["UD_SAS"]
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry kept key was renewed
-    renewed = world.target.get_secret(kept)
+    renewed = world.state_vault.get_secret(kept)
 
     time.sleep(1.1)  # SAS times have one-second resolution
     run = run_cli(sandbox_process, config, "exec", "--env", "app", "--", sys.executable, "-c", "import os; print(os.environ['UD_SAS'])")
@@ -160,7 +160,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     assert run.returncode == 0, err.decode()
     second = out.decode().strip()
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the kept key signed it
-    assert world.target.get_secret(kept).properties.version == renewed.properties.version
+    assert world.state_vault.get_secret(kept).properties.version == renewed.properties.version
     assert first != second
     for token in (first, second):
         assert sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]

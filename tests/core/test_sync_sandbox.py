@@ -47,6 +47,7 @@ class World:
         self.admin = sandbox.admin_credential()
         self.source = SecretClient(sandbox.vault_url("kv-source"), self.admin)
         self.target = SecretClient(sandbox.vault_url("kv-target"), self.admin)
+        self.state_vault = SecretClient(sandbox.vault_url("kv-state"), self.admin)  # the config's state.vault: never a target's
 
     def secret(self, name: str, value: str) -> str:
         full = f"{name}-{self.tag}"

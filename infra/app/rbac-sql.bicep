@@ -12,6 +12,9 @@ param roleDefinitionIds array
 @description('Kind of principal (managed identities are service principals).')
 param principalType string = 'ServicePrincipal'
 
+// An existing server, only referenced as the assignments' scope: its auditing and threat
+// detection are its owner's settings, which this template neither deploys nor changes
+// (.checkov.yaml says why checkov's SQL server checks are skipped).
 resource server 'Microsoft.Sql/servers@2023-08-01' existing = {
   name: serverName
 }

@@ -672,3 +672,49 @@ def test_provider_address_is_checked_again_under_the_lease(world: World, tagged:
     assert arm_calls_to(sandbox, victim) == 0 and arm_calls_to(sandbox, listed) == 0
     assert storage_keys(sandbox, victim) == victim_keys and storage_keys(sandbox, listed) == keys
     assert tagged.client.get_secret("swapped").value == "placeholder"
+
+
+def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: World, tagged: Tagged) -> None:
+    """A fresh identity holding exactly what `plan --permissions` computes for a tagged_secrets
+    entry (Key Vault Secrets Officer on the vault, and per listed account the role that rotates it:
+    no DocumentDB Account Contributor) rotates a storage key, a Cosmos DB key and a SQL password."""
+    import os
+
+    from core.config import parse_config
+    from core.engine.plan import Broker
+    from core.permissions import compute_permissions
+    from tests.infra.test_least_privilege_sandbox import scope_id
+
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    cosmos = fresh_cosmos_account(sandbox, world.tag)
+    server, initial = new_sql_server(sandbox, world.tag)
+    keys, cosmos_before = storage_keys(sandbox, account), cosmos_keys(sandbox, cosmos)
+    tagged.seed("st-key", keys["key1"], "key1", sandbox.resource_id("storage", account), expires_in=timedelta(days=2))
+    tagged.seed("cosmos-key", cosmos_before.primary_master_key, "Primary", sandbox.resource_id("cosmos", cosmos), expires_in=timedelta(days=2))
+    tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, sandbox.resource_id("sql", server), expires_in=timedelta(days=2))
+    rotator = sandbox.create_identity(f"lp-tagged-{world.tag}")
+    loaded = parse_config(f"""
+version: 1
+secretStores:
+  azure: {{type: azure.managed_identity}}
+  rot: {{type: azure.managed_identity, identity: {{type: user_assigned, client_id: {rotator.client_id}}}}}
+state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: t{world.tag}}}
+rotation:
+  tagged_secrets:
+    - {{vault: {tagged.vault}, store: rot, accounts: [{", ".join(tagged.accounts)}]}}
+""", "tagged.yaml", environ=os.environ)
+    report = compute_permissions(loaded, environ=os.environ)
+    needed = sorted((g.scope.kind, g.scope.name, role) for g in report.grants if g.identity.client_id == rotator.client_id for role in g.roles)
+    assert needed == [("cosmos", cosmos, "vaultrelay Cosmos DB Key Operator"), ("sql", server, "SQL Server Contributor"),
+                      ("storage", account, "Storage Account Key Operator Service Role"), ("vault", tagged.vault, "Key Vault Secrets Officer")]
+    for grant in report.grants:
+        if grant.identity.client_id == rotator.client_id:
+            for role in grant.roles:
+                sandbox.grant(rotator.name, role, scope_id(sandbox, grant.scope))
+
+    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(SyncEngine(Broker(loaded))).rotate()}
+    assert {name: r.outcome for name, r in reports.items()} == {"st-key": "rotated", "cosmos-key": "rotated", "sql-password": "rotated"}, reports
+    assert digest(tagged.client.get_secret("st-key").value) == digest(storage_keys(sandbox, account)["key2"])
+    assert digest(tagged.client.get_secret("cosmos-key").value) == digest(cosmos_keys(sandbox, cosmos).secondary_master_key)
+    assert signs_in(sandbox, server, value_of(tagged.client.get_secret("sql-password")))

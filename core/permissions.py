@@ -683,7 +683,8 @@ def render_bicep_parameters(
                             f"{grant.identity.description}, which is not a managed identity of the Function app")
             continue
         capabilities = set(grant.capabilities)
-        if scope.kind == "vault" and "state:vault" in capabilities and scope.name.lower() == (environ.get("VAULTRELAY_STATE_VAULT") or "").lower():
+        if (scope.kind == "vault" and "state:vault" in capabilities and app is not None and grant.identity.key == app.key
+                and scope.name.lower() == (environ.get("VAULTRELAY_STATE_VAULT") or "").lower()):
             # The template's own state vault (createStateVault): host-rbac.bicep grants it, to the app's
             # identity only.  `validate` keeps targets and env references out of it.
             continue

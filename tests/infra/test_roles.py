@@ -474,3 +474,19 @@ state: {store: s, account: stateacct}
     roles = [KNOWN_ROLES[r] for grant in simulated for r in grant.role_ids]
     assert not any(r.allows("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", data=False) for r in roles)
     assert not any(r.allows("Microsoft.Web/sites/write", data=False) or r.allows("Microsoft.Web/sites/delete", data=False) for r in roles)
+
+
+def test_a_state_vault_used_by_another_identity_is_granted_to_that_identity() -> None:
+    """host-rbac.bicep grants the template's state vault to the app's identity only; a state store
+    on another identity gets its own targetVaults entry (with its principalId)."""
+    loaded = parse_config("""
+version: 1
+secretStores:
+  team: {type: azure.managed_identity, identity: {type: user_assigned, object_id: bbbbbbbb-0000-0000-0000-000000000002}}
+envs: {}
+state: {store: team, account: stateacct, vault: kv-s}
+""", "t.yaml", environ={})
+    environ = {"VAULTRELAY_STATE_ACCOUNT": "stateacct", "VAULTRELAY_STATE_VAULT": "kv-s"}
+    document, _ = render_bicep_parameters(compute_permissions(loaded, environ=environ), loaded.config, environ=environ)
+    [entry] = document["parameters"]["targetVaults"]["value"]
+    assert entry["name"] == "kv-s" and entry["principalId"] == "bbbbbbbb-0000-0000-0000-000000000002"

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.sources.listed_keys import PROCESS_LISTED_KEYS
 from sandbox.client import SandboxClient, SandboxProcess
 
 
@@ -36,3 +37,11 @@ def clean_faults(sandbox: SandboxClient) -> Iterator[SandboxClient]:
     sandbox.reset_counters()
     yield sandbox
     sandbox.clear_faults()
+
+
+@pytest.fixture(autouse=True)
+def fresh_listed_keys() -> Iterator[None]:
+    """Each test starts like a new process: no storage key listings kept from another test
+    (core.sources.listed_keys keeps them per process for minutes)."""
+    PROCESS_LISTED_KEYS.clear()
+    yield

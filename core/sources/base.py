@@ -59,6 +59,7 @@ class StoreRuntime:
     resource_overrides: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict)
     max_sas_expiry: timedelta = timedelta(days=7)
     preferred_regions: tuple[str, ...] = ()
+    listed_keys_ttl: float = 300.0  # seconds a storage key listing is kept in the process (core.sources.listed_keys)
     semaphore: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,10 +96,18 @@ class RunContext:
     sql_suffix: str = "database.windows.net"
     flights: SingleFlight[Any] = field(default_factory=SingleFlight)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Reuse this process's recent storage key listings (core.sources.listed_keys); false lists
+    # afresh (and refreshes what is kept).
+    reuse_listings: bool = True
 
     def once(self, key: Any, fn: Callable[[], Any]) -> Any:
         """Run `fn` once per key in this run (shared listKeys, delegation keys, discovery)."""
         return self.flights.do(key, fn)
+
+
+def constant(value: Any) -> Callable[[], Any]:
+    """A function returning `value` (to seed `RunContext.once` with what was learnt on the way)."""
+    return lambda: value
 
 
 def resource_group_of(resource_id: str) -> str:

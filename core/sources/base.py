@@ -121,11 +121,15 @@ def locate(
     list_resources: Callable[[str], Iterable[Any]],
 ) -> tuple[str, str]:
     """(subscription, resource group) of resource `name`: from the reference or a `resources:`
-    entry, else found by listing the subscription's resources of that kind (once per run).
+    entry, else found by listing the subscription's resources of that kind: once per run, and
+    kept in the process like storage key listings (core.sources.listed_keys: the listing is
+    throttled by ARM too).
 
     Raises:
         SourceProblem: no resource of that name in the subscription.
     """
+    from core.sources.listed_keys import PROCESS_LISTED_KEYS
+
     subscription = store.subscription_for(kind, name, ref.param("subscription"))
     group = store.resource_group_for(kind, name, ref.param("resource_group"))
     if group:
@@ -137,7 +141,11 @@ def locate(
                 return resource_group_of(item.id)
         raise SourceProblem("not_found", f"{label} '{name}' not found in subscription {subscription}")
 
-    return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), discover)
+    def kept() -> str:
+        key = (f"locate:{kind}", run.clients.cloud.arm_endpoint.lower(), subscription.lower(), name.lower(), store.identity_description)
+        return str(PROCESS_LISTED_KEYS.get(key, store.listed_keys_ttl, discover, reuse=run.reuse_listings))
+
+    return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), kept)
 
 
 class Source(Protocol):

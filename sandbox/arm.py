@@ -7,10 +7,14 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
 `NoRegisteredProviderFound`, a missing one with `MissingApiVersionParameter`):
 
 * Microsoft.Storage 2026-09-01 (azure-mgmt-storage): storage accounts get, create (PUT; a
-  long-running operation: 202 + `Location`), list (subscription, resource group), `listKeys`,
-  `regenerateKey` (Azurite is resynced so it accepts the new key and rejects the old one);
-* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create (PUT; 200
-  with `provisioningState: Creating` + `Azure-AsyncOperation`), list, `listKeys`, `readonlykeys`
+  long-running operation: 202 + `Location`), update (PATCH, synchronous), list (subscription,
+  resource group), `listKeys`, `regenerateKey` (Azurite is resynced so it accepts the new key and
+  rejects the old one); `allowSharedKeyAccess` is set by PUT/PATCH (the storage proxy then refuses
+  key-based requests, sandbox/azurite.py), and every call is charged to the storage resource
+  provider's limits per subscription and region (sandbox/arm_limits.py: 429 + `Retry-After`);
+* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create or update
+  (PUT; 200 with `provisioningState: Creating` + `Azure-AsyncOperation`; `disableLocalAuth` is
+  set by it), list, `listKeys`, `readonlykeys`
   (POST and GET), `listConnectionStrings`, `regenerateKey` (202 + `Azure-AsyncOperation` +
   `Location`; the key changes when the operation completes);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`

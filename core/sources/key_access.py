@@ -4,8 +4,8 @@ Such an account still lists its keys, but they authorize nothing: Azure Storage 
 Shared Key request and every key-signed (account or service) SAS with 403
 `KeyBasedAuthenticationNotPermitted` (Learn: "Prevent Shared Key authorization for an Azure
 Storage account"), and Cosmos DB refuses keys and connection strings with 401 "Local
-Authorization is disabled" (Learn: "Configure role-based access control ... disable local
-authentication").  vaultrelay reads the property and refuses, naming the account and the
+Authorization is disabled" (Learn: "Connect to Azure Cosmos DB for NoSQL using role-based access
+control and Microsoft Entra ID", disable key-based authentication).  vaultrelay reads the property and refuses, naming the account and the
 property, to publish a key, a key-signed SAS or a connection string, or to rotate keys, for such
 an account: never a silently useless value.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ __all__ = ["seeded"]  # the fixture that grants the system identity its roles on
 
 
 @pytest.fixture()
-def limits(seeded: SandboxClient, clean_faults: SandboxClient) -> Iterator[SandboxClient]:
-    yield clean_faults
-    clean_faults.reset_arm_limits()
+def limits(seeded: SandboxClient, clean_faults: SandboxClient, arm_limits: SandboxClient) -> SandboxClient:
+    return arm_limits
 
 
 def config(tmp_path: Path, sandbox: SandboxClient) -> Path:

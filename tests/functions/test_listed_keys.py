@@ -42,11 +42,10 @@ def env_config(path: Path, sandbox: SandboxClient, env: dict[str, Any]) -> Path:
 
 
 @pytest.fixture()
-def small_limits(seeded: SandboxClient) -> Iterator[SandboxClient]:
+def small_limits(seeded: SandboxClient, arm_limits: SandboxClient) -> SandboxClient:
     """ARM's storage provider limits at 10 per 5 minutes for lists (listKeys) and reads."""
-    seeded.set_arm_limits(list={"limit": 10, "window_s": 300}, read={"limit": 10, "window_s": 300})
-    yield seeded
-    seeded.reset_arm_limits()
+    arm_limits.set_arm_limits(list={"limit": 10, "window_s": 300}, read={"limit": 10, "window_s": 300})
+    return arm_limits
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,9 +32,8 @@ def cosmos(sandbox: SandboxClient) -> CosmosDBManagementClient:
 
 
 @pytest.fixture()
-def limits(sandbox: SandboxClient) -> Iterator[SandboxClient]:
-    yield sandbox
-    sandbox.reset_arm_limits()
+def limits(arm_limits: SandboxClient) -> SandboxClient:
+    return arm_limits
 
 
 # ---- Cosmos DB disableLocalAuth -------------------------------------------------------------------
@@ -62,8 +60,9 @@ def test_cosmos_disable_local_auth_is_set_and_read_through_arm_and_keys_then_aut
 
 
 # ---- the storage resource provider's limits -------------------------------------------------------
-def test_storage_provider_limits_are_azures_by_default(sandbox: SandboxClient) -> None:
-    described = sandbox.call("GET", "/arm/limits")
+def test_storage_provider_limits_are_azures_by_default(limits: SandboxClient) -> None:
+    limits.reset_arm_limits()  # what a fresh sandbox has (the test session raises them)
+    described = limits.call("GET", "/arm/limits")
     assert described["enabled"] is True
     assert described["read"] == [{"limit": 800, "window_s": 300.0}]
     assert described["list"] == [{"limit": 100, "window_s": 300.0}]

@@ -224,7 +224,7 @@ def is_access_denied(exc: BaseException) -> bool:
     headers = getattr(response, "headers", None) or {}
     code = code or str(headers.get("x-ms-error-code", ""))
     text = str(getattr(exc, "message", None) or exc)
-    return code not in ("SecretDisabled", "AuthenticationFailed", "AuthorizationFailure") and "disabled" not in text.lower()
+    return code not in ("SecretDisabled", "AuthenticationFailed", "AuthorizationFailure", "KeyBasedAuthenticationNotPermitted") and "disabled" not in text.lower()
 
 
 # ---- per-config permissions: who needs what, where --------------------------------------------

@@ -392,6 +392,7 @@ var baseSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: useUserAssigned ? 'ClientId=${identityClientId};Authorization=AAD' : 'Authorization=AAD'
   VAULTRELAY_CONFIG: vaultrelayConfig
   VAULTRELAY_CONFIG_RELOAD_SECONDS: '30'
+  VAULTRELAY_LISTED_KEYS_TTL_SECONDS: '300'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience

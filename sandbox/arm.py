@@ -7,10 +7,14 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
 `NoRegisteredProviderFound`, a missing one with `MissingApiVersionParameter`):
 
 * Microsoft.Storage 2026-09-01 (azure-mgmt-storage): storage accounts get, create (PUT; a
-  long-running operation: 202 + `Location`), list (subscription, resource group), `listKeys`,
-  `regenerateKey` (Azurite is resynced so it accepts the new key and rejects the old one);
-* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create (PUT; 200
-  with `provisioningState: Creating` + `Azure-AsyncOperation`), list, `listKeys`, `readonlykeys`
+  long-running operation: 202 + `Location`), update (PATCH, synchronous), list (subscription,
+  resource group), `listKeys`, `regenerateKey` (Azurite is resynced so it accepts the new key and
+  rejects the old one); `allowSharedKeyAccess` is set by PUT/PATCH (the storage proxy then refuses
+  key-based requests, sandbox/azurite.py), and every call is charged to the storage resource
+  provider's limits per subscription and region (sandbox/arm_limits.py: 429 + `Retry-After`);
+* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create or update
+  (PUT; 200 with `provisioningState: Creating` + `Azure-AsyncOperation`; `disableLocalAuth` is
+  set by it), list, `listKeys`, `readonlykeys`
   (POST and GET), `listConnectionStrings`, `regenerateKey` (202 + `Azure-AsyncOperation` +
   `Location`; the key changes when the operation completes);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
@@ -57,6 +61,7 @@ from typing import Any
 from aiohttp import web
 
 from core.azure_roles import BUILTIN_ROLES, RoleDefinition
+from sandbox.arm_limits import StorageProviderLimits
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.world import (
@@ -205,6 +210,7 @@ class ArmService(Service):
         self.runtime = runtime
         self.operations: dict[str, _Operation] = {}
         self._group_locations: dict[str, str] = {}
+        self.limits = StorageProviderLimits()  # the storage resource provider's limits (sandbox/arm_limits.py)
         r = self.add_route
         # resource groups
         r("GET", _SUB + "/resourceGroups", "ListResourceGroups", self.list_resource_groups)
@@ -223,6 +229,7 @@ class ArmService(Service):
           "GetOperation", self.get_operation)
         # storage keys
         st = rf"{_RG}/providers/Microsoft\.Storage/storageAccounts/(?P<name>[^/]+)"
+        r("PATCH", st, "PatchStorage", self.storage_patch)
         r("POST", st + "/listKeys", "StorageListKeys", self.storage_list_keys)
         r("POST", st + "/regenerateKey", "StorageRegenerateKey", self.storage_regenerate_key)
         # cosmos keys
@@ -314,6 +321,16 @@ class ArmService(Service):
                 f"to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently "
                 "granted, please refresh your credentials."
             ))
+
+    def _storage_limit(self, kind: str, operation: str, region: str) -> None:
+        """Charge a storage resource provider request to its subscription's and region's budget."""
+        if kind != "storage":
+            return
+        try:
+            self.limits.charge(self.runtime.world.subscription_id, region, operation)
+        except AzureError:
+            self.runtime.faults.throttled += 1
+            raise
 
     def _group(self, rg: str) -> str:
         group = self.runtime.world.resource_groups.get(rg.lower())
@@ -422,6 +439,7 @@ class ArmService(Service):
                 properties["keyCreationTime"] = {name: _iso(ts) for name, ts in created.items()}
         elif resource.type == COSMOS_TYPE:
             body["kind"] = resource.data.get("kind", "GlobalDocumentDB")
+            properties.setdefault("disableLocalAuth", False)
             properties.update({
                 "documentEndpoint": f"https://{resource.name}.documents.{suffix}/",
                 "databaseAccountOfferType": "Standard",
@@ -485,6 +503,7 @@ class ArmService(Service):
             self._check(request, sub)
             scope = self.runtime.world.subscription_scope + (f"/resourceGroups/{self._group(rg)}" if rg else "")
             self._authorize(ctx, f"{type_}/read", scope)
+            self._storage_limit(kind, "list", "*")
             found = [
                 self._view(res) for res in self.runtime.world.resources_of(type_)
                 if rg is None or res.resource_group.lower() == rg.lower()
@@ -500,6 +519,7 @@ class ArmService(Service):
             self._check(request, sub)
             resource = self._resource(kind, rg, name)
             self._authorize(ctx, f"{type_}/read", resource.id)
+            self._storage_limit(kind, "read", resource.location)
             return json_response(self._view(resource))
 
         return handler
@@ -524,11 +544,15 @@ class ArmService(Service):
                 raise AzureError(409, code, f"The name '{name}' is already taken by a {spec.type} in another resource group.")
             if existing is None and not body.get("location"):
                 raise AzureError(400, "LocationRequired", "The location property is required for this definition.")
+            self._storage_limit(kind, "write", str(existing.location if existing is not None else body["location"]))
             tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+            settable = _settable_properties(kind, body)
             if existing is not None:
                 existing.tags = tags or existing.tags
+                existing.properties.update(settable)
                 return json_response(self._view(existing))
-            resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags)
+            resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags,
+                                          properties=settable)
             if body.get("kind"):
                 resource.data["kind"] = str(body["kind"])
             return await self._created(request, ctx, kind, resource, body)
@@ -575,12 +599,29 @@ class ArmService(Service):
         self._check(request, sub)
         resource = self._resource("storage", rg, name)
         self._authorize(ctx, "Microsoft.Storage/storageAccounts/listkeys/action", resource.id)
+        self._storage_limit("storage", "list", resource.location)
         return json_response(self._storage_keys_body(resource))
+
+    async def storage_patch(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        """Storage Accounts - Update (PATCH, synchronous): tags and the settable properties."""
+        self._check(request, sub)
+        resource = self._resource("storage", rg, name)
+        self._authorize(ctx, f"{STORAGE_TYPE}/write", resource.id)
+        self._storage_limit("storage", "write", resource.location)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise AzureError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+        settable = _settable_properties("storage", body)
+        if isinstance(body.get("tags"), dict):
+            resource.tags = {str(k): str(v) for k, v in body["tags"].items()}
+        resource.properties.update(settable)
+        return json_response(self._view(resource))
 
     async def storage_regenerate_key(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
         self._check(request, sub)
         resource = self._resource("storage", rg, name)
         self._authorize(ctx, "Microsoft.Storage/storageAccounts/regeneratekey/action", resource.id)
+        self._storage_limit("storage", "write", resource.location)
         body = await read_json(request)
         key_name = str(body.get("keyName", "") if isinstance(body, dict) else "").lower()
         try:
@@ -737,7 +778,24 @@ class ArmService(Service):
             valid = bool(current) and body["login"].lower() == login.lower() and secrets.compare_digest(body["password"].encode(), current.encode())
             return json_response({"valid": valid})
 
+        async def check_cosmos_key(request: web.Request) -> web.Response:
+            # Stands in for a Cosmos DB data-plane request signed with a key (there is no data
+            # plane): whether the key would authorize now, and Azure's refusal when it would not.
+            body = await read_json(request)
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("account", "key")):
+                return json_response({"error": "account and key (strings) are required"}, status=400)
+            account = self.runtime.world.find_resource(COSMOS_TYPE, body["account"])
+            if account is None:
+                return json_response({"error": "no such Cosmos DB account"}, status=404)
+            if account.properties.get("disableLocalAuth") is True:
+                return json_response({"valid": False, "status": 401, "substatus": 5202,
+                                      "message": "Local Authorization is disabled. Use an AAD token to authorize all requests."})
+            known = any(secrets.compare_digest(body["key"].encode(), key.encode()) for key in cosmos_keys(account).values())
+            return json_response({"valid": known, "status": 200 if known else 401})
+
         app.router.add_post("/sql/logins/check", check_login)
+        app.router.add_post("/cosmos/keys/check", check_cosmos_key)
+        self.limits.control_routes(app)
 
     # ---- app settings -----------------------------------------------------------------------
     def _settings(self, resource: Resource, slot: str | None) -> dict[str, str]:
@@ -927,3 +985,28 @@ def _assignment_filter(query: str) -> tuple[bool, str | None]:
             raise AzureError(400, "UnsupportedQuery", f"The filter '{query}' is not supported. Supported filters: atScope(), principalId eq '{{id}}', assignedTo('{{id}}').")
         principal = (found.group(1) or found.group(2)).lower()
     return at_scope, principal
+
+
+# Properties a PUT (create or update) or PATCH may set, per resource kind: what vaultrelay
+# depends on.  Storage `allowSharedKeyAccess` (null = true) and Cosmos DB `disableLocalAuth`.
+_SETTABLE = {"storage": ("allowSharedKeyAccess",), "cosmos": ("disableLocalAuth",)}
+
+
+def _settable_properties(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The settable properties a request body sets (a null value resets to Azure's default).
+
+    Raises:
+        AzureError: 400 when a value is not a boolean.
+    """
+    properties = body.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise AzureError(400, "InvalidRequestContent", "properties must be a JSON object.")
+    found: dict[str, Any] = {}
+    for name in _SETTABLE.get(kind, ()):
+        if name not in properties:
+            continue
+        value = properties[name]
+        if value is not None and not isinstance(value, bool):
+            raise AzureError(400, "InvalidRequestContent", f"The value of property '{name}' must be a boolean.")
+        found[name] = value
+    return found

@@ -137,6 +137,26 @@ class SandboxClient:
     def clear_faults(self) -> None:
         self.call("DELETE", "/faults")
 
+    def set_storage_clock_skew(self, seconds: float) -> None:
+        """Skew the storage service's clock by `seconds` against the real one (negative: the service
+        is behind the client); it decides the 7-day bound of Get User Delegation Key."""
+        self.call("PUT", "/storage/clock", {"skew_s": seconds})
+
+    def set_arm_limits(self, *, enabled: bool = True, **limits: dict[str, float] | list[dict[str, float]]) -> dict[str, Any]:
+        """Change the storage resource provider's ARM limits per subscription and region
+        (`read`, `list`, `write`: `{"limit": n, "window_s": s}` or a list of them); buckets start full."""
+        return dict(self.call("PUT", "/arm/limits", {"enabled": enabled, **limits}))
+
+    def reset_arm_limits(self) -> None:
+        """Azure's storage resource provider limits again, with full buckets."""
+        self.call("DELETE", "/arm/limits")
+
+    def cosmos_key_valid(self, account: str, key: str) -> dict[str, Any]:
+        """Whether `key` would authorize a Cosmos DB data-plane request on `account` now (the
+        sandbox has no Cosmos DB data plane: this stands in for one), with Azure's refusal when
+        the account has `disableLocalAuth: true`.  The key is sent to the control API only."""
+        return dict(self.call("POST", "/cosmos/keys/check", {"account": account, "key": key}))
+
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 

@@ -477,4 +477,33 @@ def _warnings(config: Config, lines: dict[Path_, int], file: str) -> list[Config
                 path = ("secretStores", name, "identity")
                 warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                               "identity is unused: the fallback list has no managed_identity entry", "warning"))
+    warnings.extend(_user_delegation_lifetimes(config, lines, file))
     return warnings
+
+
+def _user_delegation_lifetimes(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    """A user delegation SAS cannot outlive its delegation key, which Azure grants for at most 7
+    days from its own clock; vaultrelay keeps keys an hour inside that (core.sources.sas_mint).
+    Longer lifetimes are capped (up to 7 days) or refused at run time: say so here."""
+    from core.sources.sas_mint import USER_DELEGATION_KEY_MAX, USER_DELEGATION_SAS_MAX, format_lifetime
+
+    found: list[ConfigProblem] = []
+    for env, variables in config.envs.items():
+        for name, variable in variables.items():
+            ref = variable.from_
+            if ref is None or ref.kind != "sas" or ref.effective_sas_type != "user_delegation" or ref.expiry is None:
+                continue
+            store = config.secretStores.get(ref.store)
+            cap = float(store.max_sas_expiry) if isinstance(store, ManagedIdentityStore) else float(ref.expiry)
+            lifetime = min(float(ref.expiry), cap)
+            path: Path_ = ("envs", env, name, "from", "expiry")
+            if lifetime > USER_DELEGATION_KEY_MAX.total_seconds():
+                message = (f"a user delegation SAS cannot outlive its delegation key (Azure grants one for at most 7 days): this one "
+                           f"will fail at run time; use at most {format_lifetime(USER_DELEGATION_SAS_MAX)}")
+            elif lifetime > USER_DELEGATION_SAS_MAX.total_seconds():
+                message = (f"a user delegation SAS lasts at most {format_lifetime(USER_DELEGATION_SAS_MAX)} (its delegation key ends "
+                           f"an hour inside Azure's 7-day bound, which the service measures by its own clock): it will be capped")
+            else:
+                continue
+            found.append(ConfigProblem(file, _line(path, lines), _dotted(path), message, "warning"))
+    return found

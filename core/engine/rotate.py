@@ -13,6 +13,10 @@ Each step is recorded (`phase`) before it is taken, under a lease, with ETag-con
 several instances on one schedule rotate once, and a run killed at any point is resumed by the
 next one without regenerating twice (the inactive key's fingerprint before regeneration tells
 whether step 1 already happened).
+
+An account whose keys authorize nothing (storage `allowSharedKeyAccess: false`, Cosmos DB
+`disableLocalAuth: true`) is not rotated: the rotation reports an error naming the account and
+the property before any key is regenerated (core.sources.key_access).
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ class KeyRotation:
         target = str(row.fields.get("target_key") or OTHER[active])
         report = RotationReport(c.name, "resumed" if resumed else "rotated", old_active=active, new_active=target)
         phase = row.fields.get("phase") or ""
+        if phase in ("", "regenerating"):
+            self._ensure_keys_usable(c)
         if not phase:
             keys = self._keys(c)
             row.fields.update({"phase": "regenerating", "target_key": target, "fp_before": fp.of(keys[target]), "started_at": self.engine.clock().isoformat()})
@@ -237,25 +243,37 @@ class KeyRotation:
         if c.kind == "storage":
             from core.sources.storage import account_keys
 
-            return account_keys(c.ref, store, run, c.account)
+            return account_keys(c.ref, store, run, c.account, fresh=True)
         from core.sources.cosmos import _locate
 
         subscription, group = _locate(c.ref, store, run, c.account)
         keys = self.broker.clients.cosmos_management(subscription, store.credential).database_accounts.list_keys(group, c.account)
         return {"primary": keys.primary_master_key, "secondary": keys.secondary_master_key}
 
-    def _regenerate(self, c: Candidate, key: str) -> None:
+    def _where(self, c: Candidate) -> tuple[str, str]:
+        """(subscription, resource group) of the candidate's account."""
         store = self.broker.store(c.store)
         run = self._run_context()
-        log.info("rotation %s: regenerating %s", c.name, key)
         if c.kind == "storage":
             from core.sources.storage import locate_account
 
-            subscription, group = locate_account(c.ref, store, run, c.account)
-        else:
-            from core.sources.cosmos import _locate
+            return locate_account(c.ref, store, run, c.account)
+        from core.sources.cosmos import _locate
 
-            subscription, group = _locate(c.ref, store, run, c.account)
+        return _locate(c.ref, store, run, c.account)
+
+    def _ensure_keys_usable(self, c: Candidate) -> None:
+        """Raises KeyAccessDisabled when the account's keys authorize nothing (read now)."""
+        from core.sources.key_access import ensure_account_keys_usable
+
+        subscription, group = self._where(c)
+        ensure_account_keys_usable(self.broker.clients, c.kind, subscription, group, c.account, self.broker.store(c.store).credential,
+                                   "rotate its keys")
+
+    def _regenerate(self, c: Candidate, key: str) -> None:
+        store = self.broker.store(c.store)
+        log.info("rotation %s: regenerating %s", c.name, key)
+        subscription, group = self._where(c)
         regenerate_account_key(self.broker.clients, c.kind, subscription, group, c.account, key, store.credential)
 
     def _verify(self, c: Candidate, key: str) -> str | None:
@@ -268,12 +286,18 @@ class KeyRotation:
 
 def regenerate_account_key(clients: Any, kind: str, subscription: str, group: str, account: str, key: str, credential: Any) -> None:
     """Regenerate one key of a storage account (`key`: key1/key2) or a Cosmos DB account (`key`: its
-    key kind, e.g. primary or secondaryReadonly), waiting for Cosmos DB's long-running operation."""
+    key kind, e.g. primary or secondaryReadonly), waiting for Cosmos DB's long-running operation.
+    This process's kept listings of a storage account are dropped (core.sources.listed_keys)."""
     if kind == "storage":
         from azure.mgmt.storage.models import StorageAccountRegenerateKeyParameters
 
-        clients.storage_management(subscription, credential).storage_accounts.regenerate_key(
-            group, account, StorageAccountRegenerateKeyParameters(key_name=key))
+        from core.sources.listed_keys import forget_listed_keys
+
+        try:
+            clients.storage_management(subscription, credential).storage_accounts.regenerate_key(
+                group, account, StorageAccountRegenerateKeyParameters(key_name=key))
+        finally:
+            forget_listed_keys(account)
         return
     from azure.mgmt.cosmosdb.models import DatabaseAccountRegenerateKeyParameters
 

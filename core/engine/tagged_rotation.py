@@ -60,6 +60,7 @@ from typing import Any, NoReturn
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
 from core.engine.rotate import RotationReport, counted, regenerate_account_key, verify_storage_key
+from core.sources.key_access import ensure_account_keys_usable
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
 
@@ -408,6 +409,9 @@ class TaggedSecretRotation:
         fp = self.engine.fingerprinter
         report = RotationReport(label, "resumed" if resumed else "rotated", old_active=secret.credential_id, new_active=alternate)
         credential = self._credential(secret.vault)
+        # An account whose keys authorize nothing (allowSharedKeyAccess: false, disableLocalAuth: true) is not rotated.
+        ensure_account_keys_usable(self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account,
+                                   credential, "rotate its keys")
         if not resumed or row is None:
             keys = self._keys(provider, credential)
             fields = {"phase": "regenerating", "from": secret.credential_id, "target": alternate, "from_version": secret.version,

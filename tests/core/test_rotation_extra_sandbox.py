@@ -104,7 +104,7 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     """
     first = world.engine(body)
     identity = f"azure:{first.broker.store('azure').identity_description}"
-    kept = StoredDelegationKeys.secret_name("sandboxstore", identity)
+    kept = StoredDelegationKeys.secret_name("sandboxstore", identity, timedelta(hours=1))
     vault = world.state_vault  # the config's state.vault
     # Whatever earlier tests kept for this identity: make it one that runs out in 5 minutes.
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -115,7 +115,8 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry key was renewed
     stored = vault.get_secret(kept)
     expiry = datetime.fromisoformat(stored.properties.tags["signed-expiry"].replace("Z", "+00:00"))
-    assert timedelta(days=6) < expiry - datetime.now(UTC) <= timedelta(days=7)
+    # The key ends shortly after the 1-hour SAS it signs (10 % of its lifetime), not days later.
+    assert timedelta(hours=1) <= expiry - datetime.now(UTC) <= timedelta(hours=1, minutes=6)
     assert stored.properties.expires_on is not None and abs(stored.properties.expires_on - expiry) < timedelta(seconds=2)
     assert stored.properties.content_type == "application/x-user-delegation-key"
     assert sas_lists(sandbox, "sandboxstore", container, world.target.get_secret(f"vr-{world.tag}-ud-sas").value or "") == ["hello.txt"]
@@ -142,7 +143,8 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     """
     config = write_config(world, body, tmp_path)
     engine = world.engine(body)
-    kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}")
+    kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}",
+                                            timedelta(hours=1))
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     world.state_vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
 

@@ -88,7 +88,7 @@ def signed_key_fields(token: str) -> tuple[str, ...]:
 
 def kept_key_name(api: HttpApi) -> str:
     store = api.context().broker.store("azure")
-    return StoredDelegationKeys.secret_name(ACCOUNT, f"azure:{store.identity_description}")
+    return StoredDelegationKeys.secret_name(ACCOUNT, f"azure:{store.identity_description}", timedelta(hours=1))
 
 
 def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
@@ -160,7 +160,7 @@ def test_an_unreadable_state_vault_falls_back_to_a_new_key_and_logs_why(
     messages = [record.getMessage() for record in caplog.records]
     assert any("cannot read the kept delegation key" in m and "HTTP 403" in m for m in messages), messages
     assert any("cannot keep the new delegation key" in m and "HTTP 403" in m for m in messages), messages
-    # The key this process requested serves its later fetches (it is valid for days).
+    # The key this process requested serves its later fetches (it ends 6 minutes after the first SAS).
     assert delegation_key_requests(seeded) == 1, seeded.counters()["by_endpoint"]
     clean_faults.clear_faults()
     for sas in tokens:

@@ -51,6 +51,7 @@ _COSMOS_CS = Need("Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/a
 _COSMOS_REGEN = Need("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", False, "cosmos", "vaultrelay Cosmos DB Key Operator", "regenerate keys")
 _SITE_LIST = Need("Microsoft.Web/sites/config/list/action", False, "site", "Website Contributor", "read app settings to merge")
 _SITE_WRITE = Need("Microsoft.Web/sites/config/write", False, "site", "Website Contributor", "write app settings")
+_SITE_CONFIG_READ = Need("Microsoft.Web/sites/config/read", False, "site", "Website Contributor", "read the slot-sticky setting names")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -73,6 +74,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE),
     "target:blob": (_BLOB_WRITE,),
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
+    "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
 }
@@ -564,6 +566,8 @@ class _Walker:
         elif target.type == "app_settings":
             site = Scope("site", target.site, self._subscription(target.store, target.subscription, None), target.resource_group)
             self.add(target.store, site, "target:app_settings", path)
+            if target.slot_setting:
+                self.add(target.store, site, "target:app_settings_slot_setting", path)
             if target.resource_group is None:
                 self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
         elif target.type == "webhook":

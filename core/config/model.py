@@ -529,6 +529,8 @@ class AppSettingsTarget(TargetBase):
     subscription: str | None = None
     slot: str | None = None
     deletion_policy: Literal["delete", "keep"] = "keep"
+    slot_setting: bool = Field(False, description="make the pushed names slot-sticky (the site's slotConfigNames), so a slot swap "
+                               "does not carry them to the other slot; names are added, never removed")
 
 
 class WebhookTarget(TargetBase):

@@ -15,7 +15,8 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
   `Location`; the key changes when the operation completes; another regenerateKey while one runs
   is 412 `PreconditionFailed` with the Cosmos DB resource provider's body; the control API
   `PUT /arm/cosmos/regenerate` keeps new operations in progress for as long as a test says,
-  `POST /arm/operations/finish` ends them, `GET /arm/operations` lists them);
+  `POST /arm/operations/finish` ends them (Succeeded, or Failed: the key stays), `GET /arm/operations`
+  lists them);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
   (POST) and `config/appsettings` (PUT: replaces the whole set, no ETag), also under
   `/slots/{slot}`; `config/slotConfigNames` (GET, PUT: the site's slot-sticky names, replaced as a
@@ -188,13 +189,15 @@ class _Operation:
     started: float = 0.0
     ended: float | None = None
     hold_until: float | None = None  # in progress until then, however often it is polled (control API)
+    failed: bool = False  # ended Failed (control API): its effect (`finish`) never happened
     resource: str = ""  # the resource the operation works on (for the control API)
     kind: str = ""  # what it does, e.g. regenerateKey
 
-    def complete(self) -> None:
+    def complete(self, *, failed: bool = False) -> None:
         if self.ended is None:
             self.ended = time.time()
-            if self.finish is not None:
+            self.failed = failed
+            if self.finish is not None and not failed:
                 self.finish()
 
     def poll(self) -> bool:
@@ -409,14 +412,18 @@ class ArmService(Service):
         done = operation.poll()
         if kind.lower() == "operationsstatus":
             body: dict[str, Any] = {
-                "id": request.path, "name": operation.id, "status": "Succeeded" if done else "InProgress",
+                "id": request.path, "name": operation.id, "status": self._status(operation) if done else "InProgress",
                 "startTime": _iso(operation.started),
             }
             if operation.ended is not None:
                 body["endTime"] = _iso(operation.ended)
+            if operation.failed:
+                body["error"] = {"code": "InternalServerError", "message": "The operation failed."}
             return json_response(body)
         if not done:
             return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
+        if operation.failed:
+            raise AzureError(500, "InternalServerError", "The operation failed.")
         if operation.result is not None:
             return json_response(operation.result())
         return web.Response(status=204)
@@ -776,13 +783,17 @@ class ArmService(Service):
             return json_response({"value": [self._operation_view(op) for op in self.operations.values()]})
 
         async def finish_operations(request: web.Request) -> web.Response:
-            # Ends running operations now (as if their time had come): all, or those on one resource name.
+            # Ends running operations now (as if their time had come): all, or those on one resource
+            # name; with "status": "Failed" they fail instead (nothing they would do happens).
             body = await read_json(request)
             name = str(body.get("resource") or "").lower() if isinstance(body, dict) else ""
+            status = str(body.get("status") or "Succeeded") if isinstance(body, dict) else "Succeeded"
+            if status not in ("Succeeded", "Failed"):
+                return json_response({"error": "status must be Succeeded or Failed"}, status=400)
             finished = []
             for op in self.operations.values():
                 if op.ended is None and (not name or op.resource.lower().rpartition("/")[2] == name):
-                    op.complete()
+                    op.complete(failed=status == "Failed")
                     finished.append(self._operation_view(op))
             return json_response({"value": finished})
 
@@ -799,8 +810,14 @@ class ArmService(Service):
         app.router.add_post("/arm/operations/finish", finish_operations)
         app.router.add_get("/arm/sites/{site}/restarts", site_restarts)
 
+    @staticmethod
+    def _status(op: _Operation) -> str:
+        if op.ended is None:
+            return "InProgress"
+        return "Failed" if op.failed else "Succeeded"
+
     def _operation_view(self, op: _Operation) -> dict[str, Any]:
-        return {"id": op.id, "resource": op.resource, "kind": op.kind, "status": "Succeeded" if op.ended is not None else "InProgress",
+        return {"id": op.id, "resource": op.resource, "kind": op.kind, "status": self._status(op),
                 "started": _iso(op.started), "status_url": op.status_url}
 
     # ---- app settings -----------------------------------------------------------------------

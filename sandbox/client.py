@@ -159,9 +159,13 @@ class SandboxClient:
         """ARM's long-running operations: id, resource, kind, status (InProgress/Succeeded), status_url."""
         return list(self.call("GET", "/arm/operations")["value"])
 
-    def finish_arm_operations(self, resource: str | None = None) -> list[dict[str, Any]]:
-        """End the running operations (of the resource named `resource`, else all) now."""
-        return list(self.call("POST", "/arm/operations/finish", {"resource": resource} if resource else {})["value"])
+    def finish_arm_operations(self, resource: str | None = None, *, failed: bool = False) -> list[dict[str, Any]]:
+        """End the running operations (of the resource named `resource`, else all) now: Succeeded,
+        or with `failed` Failed (what they would have done does not happen)."""
+        body: dict[str, Any] = {"status": "Failed" if failed else "Succeeded"}
+        if resource:
+            body["resource"] = resource
+        return list(self.call("POST", "/arm/operations/finish", body)["value"])
 
     def create_identity(self, name: str) -> UserIdentity:
         """A new user-assigned identity called `name`, with no role; usable by name from now on."""

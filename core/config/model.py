@@ -581,6 +581,8 @@ class Rotation(Strict):
     """Rotation beyond `rotate:` references."""
 
     tagged_secrets: list[TaggedSecrets] = Field([], description="vaults whose secrets tagged like Microsoft's rotation samples are rotated")
+    regenerate_wait: Duration = Field(60, le=600, description="how long one run waits for a key regeneration that takes time (Cosmos DB: minutes "
+                                      "to hours); a later run follows the same operation up")
 
 
 class Api(Strict):

@@ -98,3 +98,18 @@ def test_the_hold_control_refuses_nonsense(sandbox: SandboxClient) -> None:
         sandbox.call("PUT", "/arm/cosmos/regenerate", {"in_progress_s": -1})
     with pytest.raises(RuntimeError, match="400"):
         sandbox.call("PUT", "/arm/cosmos/regenerate", {"in_progress_s": "long"})
+
+
+def test_a_failed_regeneration_changes_no_key(sandbox: SandboxClient, account: str) -> None:
+    client = cosmos(sandbox)
+    before = client.database_accounts.list_keys(sandbox.resource_group, account)
+    sandbox.hold_cosmos_regenerations(3600)
+    poller = client.database_accounts.begin_regenerate_key(sandbox.resource_group, account,
+                                                           DatabaseAccountRegenerateKeyParameters(key_kind="secondary"), polling_interval=0.2)
+    (failed,) = sandbox.finish_arm_operations(account, failed=True)
+    assert failed["status"] == "Failed"
+    status = requests.get(failed["status_url"], headers=headers(sandbox), timeout=15).json()
+    assert status["status"] == "Failed" and status["error"]["code"]
+    with pytest.raises(HttpResponseError):
+        poller.result()
+    assert client.database_accounts.list_keys(sandbox.resource_group, account).secondary_master_key == before.secondary_master_key

@@ -106,6 +106,8 @@ def test_a_regeneration_that_takes_hours_is_followed_up_by_later_runs_and_switch
     assert cosmos_keys(sandbox, account).secondary_master_key == before.secondary_master_key  # still running
     status = {r["name"]: r for r in world.engine(body).rotation_status() if r["kind"] == "cosmos"}[account]
     assert (status["phase"], status["operation_status"]) == ("regenerating", "InProgress")
+    code, out_text, _ = cli(config, "status")
+    assert code == EXIT_OK and "regenerating (InProgress)" in out_text
 
     # Hours later the operation is done: the next run switches and re-pushes, still one regeneration.
     sandbox.finish_arm_operations(account)

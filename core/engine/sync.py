@@ -570,9 +570,11 @@ class SyncEngine:
             try:
                 result = writer.push_site(changes, slot_config_lease=slot_config_lease)
             except TargetError as exc:
+                first = items[0].report.target
+                cause = str(exc).removeprefix(f"target {first}: ")
                 for item in items:
-                    message = str(exc) if str(exc).startswith(f"target {item.report.target}:") else f"target {item.report.target}: {exc}"
-                    self._fail(item.report, message, False)
+                    with_first = "" if item is items[0] else f" (one request with target {first})"
+                    self._fail(item.report, f"target {item.report.target}{with_first}: {cause}", False)
                 return
             except Exception as exc:
                 for item in items:

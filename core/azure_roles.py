@@ -390,6 +390,7 @@ APP_SETTINGS_WRITER = RoleDefinition(
     "vaultrelay App Settings Writer",
     actions=(
         "Microsoft.Web/sites/read",
+        "Microsoft.Web/sites/config/read",
         "Microsoft.Web/sites/config/list/action",
         "Microsoft.Web/sites/config/write",
         "Microsoft.Web/sites/slots/read",

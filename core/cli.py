@@ -241,7 +241,8 @@ def _write_side(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
             rotations.add_column(column)
         for rec in engine.rotation_status():
             rotations.add_row(rec["kind"], rec["name"], str(rec.get("active") or rec.get("variable", "")), str(rec.get("rotated_at") or rec.get("issued", "")),
-                              str(rec.get("next_due") or rec.get("expires", "")), str(rec.get("phase", "")))
+                              str(rec.get("next_due") or rec.get("expires", "")),
+                              str(rec.get("phase", "")) + (f" ({rec['operation_status']})" if rec.get("phase") and rec.get("operation_status") else ""))
         console.print(rotations)
         return EXIT_OK
     finally:

@@ -63,6 +63,7 @@ _SLOT_WRITE = Need("Microsoft.Web/sites/slots/config/write", False, "site", "vau
 # A SQL server's administrator password (tagged rotation): read the server, PATCH it.
 _SQL_READ = Need("Microsoft.Sql/servers/read", False, "sql", "SQL Server Contributor", "read the server's administrator login")
 _SQL_SET = Need("Microsoft.Sql/servers/write", False, "sql", "SQL Server Contributor", "set the server's administrator password")
+_SITE_CONFIG_READ = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer", "read the slot-sticky setting names")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -89,6 +90,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:blob": (_BLOB_WRITE,),
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
     "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),
+    "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
 }
@@ -574,6 +576,8 @@ class _Walker:
         elif target.type == "app_settings":
             site = Scope("site", target.site, self._subscription(target.store, target.subscription, None), target.resource_group)
             self.add(target.store, site, "target:app_settings_slot" if target.slot else "target:app_settings", path)
+            if target.slot_setting:
+                self.add(target.store, site, "target:app_settings_slot_setting", path)
             if target.resource_group is None:
                 self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
         elif target.type == "webhook":

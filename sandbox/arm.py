@@ -16,9 +16,17 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
   (PUT; 200 with `provisioningState: Creating` + `Azure-AsyncOperation`; `disableLocalAuth` is
   set by it), list, `listKeys`, `readonlykeys`
   (POST and GET), `listConnectionStrings`, `regenerateKey` (202 + `Azure-AsyncOperation` +
-  `Location`; the key changes when the operation completes);
+  `Location`; the key changes when the operation completes; another regenerateKey while one runs
+  is 412 `PreconditionFailed` with the Cosmos DB resource provider's body; the control API
+  `PUT /arm/cosmos/regenerate` keeps new operations in progress for as long as a test says,
+  `POST /arm/operations/finish` ends them (Succeeded, or Failed: the key stays), `GET /arm/operations`
+  lists them);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
-  (POST) and `config/appsettings` (PUT), also under `/slots/{slot}`;
+  (POST) and `config/appsettings` (PUT: replaces the whole set, no ETag), also under
+  `/slots/{slot}`; `config/slotConfigNames` (GET, PUT: the site's slot-sticky names, replaced as a
+  whole).  A PUT that changes a slot's settings restarts that slot, one that changes the sticky
+  names restarts the site (production slot); an identical PUT changes nothing and restarts
+  nothing.  Restarts are counted per site and slot (control API `GET /arm/sites/{site}/restarts`);
 * Microsoft.Sql 2025-01-01 (the REST shape of azure-mgmt-sql; vaultrelay sends 2021-11-01): servers
   get, list, create or update (PUT, synchronous here), update (PATCH: 202 + `Azure-AsyncOperation`
   + `Location`; a new `administratorLoginPassword` takes effect when the operation completes).
@@ -185,15 +193,22 @@ class _Operation:
     polls_left: int = 1
     started: float = 0.0
     ended: float | None = None
+    hold_until: float | None = None  # in progress until then, however often it is polled (control API)
+    failed: bool = False  # ended Failed (control API): its effect (`finish`) never happened
+    resource: str = ""  # the resource the operation works on (for the control API)
+    kind: str = ""  # what it does, e.g. regenerateKey
 
-    def complete(self) -> None:
+    def complete(self, *, failed: bool = False) -> None:
         if self.ended is None:
             self.ended = time.time()
-            if self.finish is not None:
+            self.failed = failed
+            if self.finish is not None and not failed:
                 self.finish()
 
     def poll(self) -> bool:
         """One poll: whether the operation is done now."""
+        if self.ended is None and self.hold_until is not None and time.time() < self.hold_until:
+            return False
         if self.ended is None and self.polls_left > 0:
             self.polls_left -= 1
             return False
@@ -211,6 +226,9 @@ class ArmService(Service):
         self.operations: dict[str, _Operation] = {}
         self._group_locations: dict[str, str] = {}
         self.limits = StorageProviderLimits()  # the storage resource provider's limits (sandbox/arm_limits.py)
+        # Cosmos DB regenerateKey operations started from now on stay in progress this long
+        # (seconds; None: one poll, as other operations).  Set through the control API.
+        self.cosmos_regenerate_s: float | None = None
         r = self.add_route
         # resource groups
         r("GET", _SUB + "/resourceGroups", "ListResourceGroups", self.list_resource_groups)
@@ -247,6 +265,9 @@ class ArmService(Service):
         site = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)(/slots/(?P<slot>[^/]+))?"
         r("POST", site + "/config/appsettings/list", "ListAppSettings", self.list_app_settings)
         r("PUT", site + "/config/appsettings", "UpdateAppSettings", self.update_app_settings)
+        site_only = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)"
+        r("GET", site_only + "/config/slotConfigNames", "ListSlotConfigNames", self.list_slot_config_names)
+        r("PUT", site_only + "/config/slotConfigNames", "UpdateSlotConfigNames", self.update_slot_config_names)
         # authorization
         ra = rf"(?P<scope>/subscriptions/.+?){_AUTHZ}/roleAssignments"
         r("PUT", ra + r"/(?P<name>[^/]+)", "CreateRoleAssignment", self.create_role_assignment)
@@ -373,7 +394,7 @@ class ArmService(Service):
     def _start_operation(
         self, ctx: CallContext, namespace: str, location: str, api_version: str, *,
         finish: Callable[[], None] | None = None, result: Callable[[], dict[str, Any]] | None = None,
-        result_kind: str = "operationResults",
+        result_kind: str = "operationResults", hold_s: float | None = None, resource: str = "", kind: str = "",
     ) -> _Operation:
         assert ctx.identity is not None
         self._forget_old_operations()
@@ -383,10 +404,12 @@ class ArmService(Service):
             id=op_id, principal_id=ctx.identity.object_id,
             status_url=f"{base}/operationsStatus/{op_id}?api-version={api_version}",
             result_url=f"{base}/{result_kind}/{op_id}?api-version={api_version}",
-            finish=finish, result=result, started=time.time(),
+            finish=finish, result=result, started=time.time(), resource=resource, kind=kind,
         )
+        if hold_s is not None:
+            operation.hold_until = operation.started + hold_s
         self.operations[op_id] = operation
-        asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S, operation.complete)
+        asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S if hold_s is None else max(hold_s, 0.0), operation.complete)
         return operation
 
     def _forget_old_operations(self) -> None:
@@ -406,14 +429,18 @@ class ArmService(Service):
         done = operation.poll()
         if kind.lower() == "operationsstatus":
             body: dict[str, Any] = {
-                "id": request.path, "name": operation.id, "status": "Succeeded" if done else "InProgress",
+                "id": request.path, "name": operation.id, "status": self._status(operation) if done else "InProgress",
                 "startTime": _iso(operation.started),
             }
             if operation.ended is not None:
                 body["endTime"] = _iso(operation.ended)
+            if operation.failed:
+                body["error"] = {"code": "InternalServerError", "message": "The operation failed."}
             return json_response(body)
         if not done:
             return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
+        if operation.failed:
+            raise AzureError(500, "InternalServerError", "The operation failed.")
         if operation.result is not None:
             return json_response(operation.result())
         return web.Response(status=204)
@@ -673,14 +700,20 @@ class ArmService(Service):
             raise AzureError(400, "BadRequest", f"Invalid keyKind '{requested}'; expected one of {', '.join(_COSMOS_KEYS)}.")
         pending = resource.data.get("pending_operation")
         if pending in self.operations and self.operations[pending].ended is None:
-            raise AzureError(412, "PreconditionFailed", "There is already an operation in progress which requires exclusive lock on this service. Please retry the operation after sometime.")
+            # The Cosmos DB resource provider's own error body ({code, message}, not ARM's
+            # {"error": {...}}), as it answers any operation that needs the account's lock.
+            return json_response({"code": "PreconditionFailed", "message": (
+                "There is already an operation in progress which requires exclusive lock on this service. "
+                f"Please retry the operation after sometime.\r\nActivityId: {uuid.uuid4()}, Microsoft.Azure.Documents.Common/2.14.0"
+            )}, status=412)
 
         def regenerate() -> None:
             cosmos_keys(resource)[_COSMOS_KEYS[key_kind]] = _new_key()
 
-        operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, request.query["api-version"], finish=regenerate)
+        operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, request.query["api-version"], finish=regenerate,
+                                          hold_s=self.cosmos_regenerate_s, resource=resource.id, kind=f"regenerateKey:{key_kind}")
         resource.data["pending_operation"] = operation.id
-        return web.Response(status=202, headers={
+        return json_response({"status": "Dequeued"}, status=202, headers={
             "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
         })
 
@@ -796,6 +829,54 @@ class ArmService(Service):
         app.router.add_post("/sql/logins/check", check_login)
         app.router.add_post("/cosmos/keys/check", check_cosmos_key)
         self.limits.control_routes(app)
+        async def cosmos_regenerate(request: web.Request) -> web.Response:
+            # How long Cosmos DB regenerateKey operations started from now on stay in progress.
+            body = await read_json(request)
+            value = body.get("in_progress_s") if isinstance(body, dict) else None
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                return json_response({"error": "in_progress_s must be a number of seconds >= 0, or null"}, status=400)
+            self.cosmos_regenerate_s = None if value is None else float(value)
+            return json_response({"in_progress_s": self.cosmos_regenerate_s})
+
+        async def list_operations(request: web.Request) -> web.Response:
+            return json_response({"value": [self._operation_view(op) for op in self.operations.values()]})
+
+        async def finish_operations(request: web.Request) -> web.Response:
+            # Ends running operations now (as if their time had come): all, or those on one resource
+            # name; with "status": "Failed" they fail instead (nothing they would do happens).
+            body = await read_json(request)
+            name = str(body.get("resource") or "").lower() if isinstance(body, dict) else ""
+            status = str(body.get("status") or "Succeeded") if isinstance(body, dict) else "Succeeded"
+            if status not in ("Succeeded", "Failed"):
+                return json_response({"error": "status must be Succeeded or Failed"}, status=400)
+            finished = []
+            for op in self.operations.values():
+                if op.ended is None and (not name or op.resource.lower().rpartition("/")[2] == name):
+                    op.complete(failed=status == "Failed")
+                    finished.append(self._operation_view(op))
+            return json_response({"value": finished})
+
+        async def site_restarts(request: web.Request) -> web.Response:
+            site = self.runtime.world.find_resource(SITE_TYPE, request.match_info["site"])
+            if site is None:
+                return json_response({"error": "no such site"}, status=404)
+            counted = site.data.get("restarts", {})
+            return json_response({"site": site.name, "restarts": {slot or "production": n for slot, n in sorted(counted.items())}})
+
+        app.router.add_put("/arm/cosmos/regenerate", cosmos_regenerate)
+        app.router.add_get("/arm/operations", list_operations)
+        app.router.add_post("/arm/operations/finish", finish_operations)
+        app.router.add_get("/arm/sites/{site}/restarts", site_restarts)
+
+    @staticmethod
+    def _status(op: _Operation) -> str:
+        if op.ended is None:
+            return "InProgress"
+        return "Failed" if op.failed else "Succeeded"
+
+    def _operation_view(self, op: _Operation) -> dict[str, Any]:
+        return {"id": op.id, "resource": op.resource, "kind": op.kind, "status": self._status(op),
+                "started": _iso(op.started), "status_url": op.status_url}
 
     # ---- app settings -----------------------------------------------------------------------
     def _settings(self, resource: Resource, slot: str | None) -> dict[str, str]:
@@ -828,9 +909,51 @@ class ArmService(Service):
         if not isinstance(properties, dict) or not all(isinstance(v, str) for v in properties.values()):
             raise AzureError(400, "BadRequest", "properties must be an object of string values.")
         settings = self._settings(resource, slot)
+        changed = settings != properties
         settings.clear()
-        settings.update(properties)  # PUT replaces the whole set, as in Azure
+        settings.update(properties)  # PUT replaces the whole set, as in Azure (no ETag: last writer wins)
+        if changed:
+            self._restart(resource, slot)  # adding, removing or editing app settings restarts the app
         return json_response(self._settings_view(resource, slot))
+
+    @staticmethod
+    def _restart(resource: Resource, slot: str | None) -> None:
+        restarts = resource.data.setdefault("restarts", {})
+        key = (slot or "").lower()
+        restarts[key] = restarts.get(key, 0) + 1
+
+    # ---- slot-sticky setting names (site level, shared by every slot) ------------------------
+    _SLOT_CONFIG_LISTS = ("appSettingNames", "connectionStringNames", "azureStorageConfigNames")
+
+    def _slot_config_view(self, resource: Resource) -> dict[str, Any]:
+        names = resource.data.get("slot_config_names") or {}
+        return {
+            "id": f"{resource.id}/config/slotConfigNames", "name": "slotConfigNames", "type": "Microsoft.Web/sites/config",
+            "location": resource.location, "properties": {key: list(names.get(key) or []) for key in self._SLOT_CONFIG_LISTS},
+        }
+
+    async def list_slot_config_names(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        resource = self._resource("site", rg, name)
+        self._authorize(ctx, "Microsoft.Web/sites/config/read", resource.id)
+        return json_response(self._slot_config_view(resource))
+
+    async def update_slot_config_names(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        resource = self._resource("site", rg, name)
+        self._authorize(ctx, "Microsoft.Web/sites/config/write", resource.id)
+        body = await read_json(request)
+        properties = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(properties, dict) or not all(
+                properties.get(key) is None or (isinstance(properties[key], list) and all(isinstance(v, str) for v in properties[key]))
+                for key in self._SLOT_CONFIG_LISTS):
+            raise AzureError(400, "BadRequest", "properties must hold lists of names (appSettingNames, connectionStringNames, azureStorageConfigNames).")
+        new = {key: list(properties.get(key) or []) for key in self._SLOT_CONFIG_LISTS}
+        old = {key: list((resource.data.get("slot_config_names") or {}).get(key) or []) for key in self._SLOT_CONFIG_LISTS}
+        resource.data["slot_config_names"] = new  # PUT replaces every list, as in Azure
+        if {k: sorted(v) for k, v in new.items()} != {k: sorted(v) for k, v in old.items()}:
+            self._restart(resource, None)  # a configuration change of the site
+        return json_response(self._slot_config_view(resource))
 
     # ---- role assignments -------------------------------------------------------------------
     def _assignment_view(self, assignment: RoleAssignment) -> dict[str, Any]:

@@ -165,6 +165,28 @@ class SandboxClient:
         endpoint: this stands in for a connection).  The password is sent to the control API only."""
         return bool(self.call("POST", "/sql/logins/check", {"server": server, "login": login, "password": password})["valid"])
 
+    def site_restarts(self, site: str) -> dict[str, int]:
+        """Restarts of an App Service site so far, by slot (`production` for the site itself): one per
+        app-settings PUT that changed the slot's settings and per slot-config change (production)."""
+        return {str(k): int(v) for k, v in self.call("GET", f"/arm/sites/{site}/restarts")["restarts"].items()}
+
+    def hold_cosmos_regenerations(self, seconds: float | None) -> None:
+        """Cosmos DB regenerateKey operations started from now on stay in progress `seconds` (None:
+        back to the default, done on the second poll), however often they are polled."""
+        self.call("PUT", "/arm/cosmos/regenerate", {"in_progress_s": seconds})
+
+    def arm_operations(self) -> list[dict[str, Any]]:
+        """ARM's long-running operations: id, resource, kind, status (InProgress/Succeeded), status_url."""
+        return list(self.call("GET", "/arm/operations")["value"])
+
+    def finish_arm_operations(self, resource: str | None = None, *, failed: bool = False) -> list[dict[str, Any]]:
+        """End the running operations (of the resource named `resource`, else all) now: Succeeded,
+        or with `failed` Failed (what they would have done does not happen)."""
+        body: dict[str, Any] = {"status": "Failed" if failed else "Succeeded"}
+        if resource:
+            body["resource"] = resource
+        return list(self.call("POST", "/arm/operations/finish", body)["value"])
+
     def create_identity(self, name: str) -> UserIdentity:
         """A new user-assigned identity called `name`, with no role; usable by name from now on."""
         made = self.call("POST", "/identities", {"name": name})

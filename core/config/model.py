@@ -529,6 +529,8 @@ class AppSettingsTarget(TargetBase):
     subscription: str | None = None
     slot: str | None = None
     deletion_policy: Literal["delete", "keep"] = "keep"
+    slot_setting: bool = Field(False, description="make the pushed names slot-sticky (the site's slotConfigNames), so a slot swap "
+                               "does not carry them to the other slot; names are added, never removed")
 
 
 class WebhookTarget(TargetBase):
@@ -666,6 +668,8 @@ class Rotation(Strict):
     """Rotation beyond `rotate:` references."""
 
     tagged_secrets: list[TaggedSecrets] = Field([], description="vaults whose secrets tagged like Microsoft's rotation samples are rotated")
+    regenerate_wait: Duration = Field(60, le=600, description="how long one run waits for a key regeneration that takes time (Cosmos DB: minutes "
+                                      "to hours); a later run follows the same operation up")
 
 
 class Api(Strict):

@@ -12,6 +12,12 @@ For each env (under a lease, so concurrent instances do not push the same env at
    desired bundle, writes only what is not there yet and records it, so it converges without
    claiming a push that did not happen.  Targets that cannot mark what vaultrelay wrote (app
    settings) get the names about to be written recorded first (`pending`).
+
+App settings are one resource per site and slot that ARM replaces as a whole: their pushes wait
+until every env of the sync that points at the same site and slot has been through steps 1-2
+(envs sharing a site are synced one after the other, their leases held), then go out as one
+read-modify-write under a lease per site and slot (core.targets.app_settings): one PUT, one
+restart, whatever the number of envs and targets.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +37,8 @@ from core.engine.bundle import Bundle, ResolvedValue
 from core.engine.plan import Broker, plan_env
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.fingerprints import Fingerprinter
-from core.state.tables import Conflict, Row, StateStore, StateUnavailable
+from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
+from core.targets.app_settings import SiteChange, site_key
 from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
 
@@ -39,6 +46,9 @@ log = logging.getLogger("vaultrelay.sync")
 
 FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
 LEASE_SECONDS = 120.0
+SITE_LEASE_SECONDS = 60.0
+# Waits for a site's lease held by another instance (its push is one read and one PUT).
+SITE_LEASE_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -52,7 +62,7 @@ class TargetReport:
     drift: list[str] = field(default_factory=list)
     writes: int = 0
     # unchanged, pushed, recorded (the target already held the bundle; only state caught up),
-    # would_push, error, skipped, busy
+    # would_push, error, skipped, busy (its env or, for app settings, its site was being pushed by another instance)
     outcome: str = "unchanged"
     error: str | None = None
 
@@ -61,6 +71,19 @@ class TargetReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "record_stale"}
+
+
+@dataclass
+class _SitePush:
+    """An app-settings push waiting for the other targets of its site and slot in this sync."""
+
+    report: TargetReport
+    record: Row | None
+    target: Any
+    desired: dict[str, DesiredItem]
+    change: Change
+    owned: frozenset[str]
+    writer: Any
 
 
 @dataclass
@@ -121,6 +144,10 @@ class SyncEngine:
         self._prefetched: dict[str, Bundle] = {}
         self._preloaded: dict[tuple[str, str], Row] | None = None
         self._run_cache: dict[str, Any] = {}
+        # App-settings pushes by site and slot, waiting for the end of their group of envs, and
+        # the env leases held until they are out.
+        self._site_pushes: dict[str, list[_SitePush]] = {}
+        self._held_leases: list[Lease] = []
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -301,19 +328,58 @@ class SyncEngine:
                 self._preloaded = {(r.partition, r.key): r for r in self.state.query("pushes")}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
-        for name in envs:
-            targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
-            start = len(report.targets)
-            with telemetry.fields(env=name):  # every log record of this env's sync carries it
-                try:
-                    self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
-                except StateUnavailable as exc:
-                    # Raised before any of these targets was written (a failure after a push is caught
-                    # where it happens): report it; it cannot be recorded, the state is what failed.
-                    log.warning("sync %s stopped: %s", name, exc)
-                    reported = {t.target for t in report.targets[start:]}
-                    report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
-                                          for n, t in targets.items() if n not in reported)
+        for group in self._site_groups(envs):
+            try:
+                for name in group:
+                    self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
+            finally:
+                self._flush_sites()
+
+    def _sync_one_env(self, name: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
+        start = len(report.targets)
+        with telemetry.fields(env=name):  # every log record of this env's sync carries it
+            try:
+                self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
+            except StateUnavailable as exc:
+                # Raised before any of these targets was written (a failure after a push is caught
+                # where it happens): report it; it cannot be recorded, the state is what failed.
+                log.warning("sync %s stopped: %s", name, exc)
+                reported = {t.target for t in report.targets[start:]}
+                report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
+                                      for n, t in targets.items() if n not in reported)
+
+    def _site_key_of(self, target: Any) -> str | None:
+        """The site and slot an app_settings target writes (None: another kind, or no subscription known)."""
+        if target.type != "app_settings":
+            return None
+        subscription = target.subscription or self.broker.store(target.store).default_subscription
+        return site_key(subscription, target.site, target.slot) if subscription else None
+
+    def _site_groups(self, envs: list[str]) -> list[list[str]]:
+        """`envs` in groups that share no app-settings site and slot with another group (most
+        groups are one env), each synced as a unit so that a site gets one push per sync."""
+        parent = {env: env for env in envs}
+
+        def root(env: str) -> str:
+            while parent[env] != env:
+                parent[env] = parent[parent[env]]
+                env = parent[env]
+            return env
+
+        first_env: dict[str, str] = {}
+        for _, target in sorted(self.config.targets.items()):
+            key = self._site_key_of(target) if target.env in parent else None
+            if key is None:
+                continue
+            if key in first_env:
+                parent[root(target.env)] = root(first_env[key])
+            else:
+                first_env[key] = target.env
+        groups: dict[str, list[str]] = {}
+        for env in envs:
+            groups.setdefault(root(env), []).append(env)
+        return sorted(groups.values(), key=lambda g: g[0])
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:
@@ -327,11 +393,15 @@ class SyncEngine:
         if lease is None and not dry_run:
             report.targets.extend(TargetReport(env, n, t.type, outcome="busy") for n, t in targets.items())
             return
+        waiting = sum(len(p) for p in self._site_pushes.values())
         try:
             self._sync_env_pass(env, targets, report, dry_run=dry_run, force_mint=force_mint)
         finally:
             if lease is not None:
-                self.state.release_lease(lease)
+                if sum(len(p) for p in self._site_pushes.values()) > waiting:
+                    self._held_leases.append(lease)  # released once its app-settings pushes are out
+                else:
+                    self.state.release_lease(lease)
 
     def _sync_env_pass(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         bundle, minted = self.resolve_env(env, force_mint=force_mint, dry_run=dry_run)
@@ -383,6 +453,15 @@ class SyncEngine:
             return self._fail(report, f"target {name}: {type(exc).__name__}", dry_run)
         bundle_fp = self.fingerprinter.of_mapping({n: d.value for n, d in desired.items()}) if writer.whole_bundle else None
         change, drift, in_place = self._diff(writer.whole_bundle, desired, recorded, pending, snapshot, record, bundle_fp)
+        unsettled = getattr(writer, "unsettled", None)
+        if unsettled is not None:
+            try:
+                extra = unsettled(desired) - change.adds  # e.g. app settings not slot-sticky yet
+            except TargetError as exc:
+                return self._fail(report, str(exc), dry_run)
+            if extra:
+                change = Change(change.adds, change.updates | extra, change.removals)
+                in_place = False
         report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
         report.drift = sorted(drift)
         if drift and target.drift_policy == "repair":
@@ -417,6 +496,12 @@ class SyncEngine:
                 record = self._write_record(env, name, record, {"pending": {**pending, **{n: fingerprints[n] for n in change.writes}}})
             except StateUnavailable as exc:
                 return self._fail(report, f"target {name}: {exc}; nothing pushed", dry_run)
+        site = getattr(writer, "site_key", None)
+        if site:
+            # Pushed with the other targets of the same site and slot at the end of the group.
+            owned = frozenset(recorded) | frozenset(pending)
+            self._site_pushes.setdefault(site, []).append(_SitePush(report, record, target, desired, change, owned, writer))
+            return report
         try:
             result = writer.push(env, desired, change, snapshot)
         except TargetError as exc:
@@ -426,6 +511,86 @@ class SyncEngine:
         report.writes = result.writes
         report.outcome = "pushed"
         return self._record_push(report, record, target, desired, change, result.etag)
+
+    # ---- app settings: one push per site and slot --------------------------------------------
+    def _flush_sites(self) -> None:
+        """Push the waiting app-settings changes, one read-modify-write per site and slot, then
+        release the env leases held for them."""
+        pushes, self._site_pushes = self._site_pushes, {}
+        leases, self._held_leases = self._held_leases, []
+        try:
+            for items in pushes.values():
+                with telemetry.fields(env=items[0].report.env, target=items[0].report.target):
+                    self._push_site(items)
+        finally:
+            for lease in leases:
+                self.state.release_lease(lease)
+
+    def _site_lease(self, name: str) -> Lease | None:
+        for wait in (0.0, *SITE_LEASE_WAITS):
+            if wait:
+                time.sleep(wait)
+            lease = self.state.acquire_lease(name, self.owner, SITE_LEASE_SECONDS, stale=holder_is_dead)
+            if lease is not None:
+                return lease
+        return None
+
+    def _push_site(self, items: list[_SitePush]) -> None:
+        """One site and slot: under its lease, re-read its settings, merge every waiting target's
+        change in, write them in one PUT (none when nothing changes), record each target."""
+        import contextlib
+
+        writer = items[0].writer
+        where = f"{writer.config.site}" + (f" (slot {writer.config.slot})" if writer.config.slot else "")
+        try:
+            lease = self._site_lease(writer.site_lease)
+        except StateUnavailable as exc:
+            for item in items:
+                self._fail(item.report, f"target {item.report.target}: {exc}; nothing pushed", False)
+            return
+        if lease is None:
+            for item in items:
+                item.report.outcome = "busy"
+                item.report.error = f"the app settings of {where} are being pushed by another instance; the next run pushes"
+            return
+
+        @contextlib.contextmanager
+        def slot_config_lease() -> Iterator[None]:
+            held = self._site_lease(writer.slot_config_lease)
+            if held is None:
+                raise TargetError(f"the slot settings of {writer.config.site} are being updated by another instance; the next run pushes")
+            try:
+                yield
+            finally:
+                self.state.release_lease(held)
+
+        try:
+            changes = [SiteChange(i.report.target, i.desired, i.change, i.owned, i.target.deletion_policy == "delete",
+                                  bool(i.target.slot_setting)) for i in items]
+            try:
+                result = writer.push_site(changes, slot_config_lease=slot_config_lease)
+            except TargetError as exc:
+                first = items[0].report.target
+                cause = str(exc).removeprefix(f"target {first}: ")
+                for item in items:
+                    with_first = "" if item is items[0] else f" (one request with target {first})"
+                    self._fail(item.report, f"target {item.report.target}{with_first}: {cause}", False)
+                return
+            except Exception as exc:
+                for item in items:
+                    self._fail(item.report, f"target {item.report.target}: push failed: {type(exc).__name__}", False)
+                return
+            if result.sticky_added:
+                log.info("app settings %s made slot-sticky on %s", ", ".join(result.sticky_added), writer.config.site)
+            for item in items:
+                if item.report.target in result.refused:
+                    self._fail(item.report, result.refused[item.report.target], False)
+                    continue
+                item.report.writes = 1 if result.put else 0
+                item.report.outcome = "pushed" if result.put else "recorded"
+                self._record_push(item.report, item.record, item.target, item.desired, item.change, None)
+        finally:
+            self.state.release_lease(lease)
 
     def _record_push(self, report: TargetReport, record: Row | None, target: Any, desired: dict[str, DesiredItem],
                      change: Change, etag: str | None) -> TargetReport:

@@ -84,6 +84,7 @@ resource appSettingsWriterRole 'Microsoft.Authorization/roleDefinitions@2022-04-
       {
         actions: [
           'Microsoft.Web/sites/read'
+          'Microsoft.Web/sites/config/read'
           'Microsoft.Web/sites/config/list/action'
           'Microsoft.Web/sites/config/write'
           'Microsoft.Web/sites/slots/read'

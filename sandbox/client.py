@@ -137,6 +137,11 @@ class SandboxClient:
     def clear_faults(self) -> None:
         self.call("DELETE", "/faults")
 
+    def set_keyvault_transitions(self, delete_seconds: float | None = None, recover_seconds: float | None = None) -> dict[str, float]:
+        """How long a deleted secret stays "being deleted" and a recovered one "being recovered"
+        (Key Vault's asynchronous soft delete); None restores the sandbox's default."""
+        return dict(self.call("PUT", "/keyvault/soft-delete", {"delete_seconds": delete_seconds, "recover_seconds": recover_seconds}))
+
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -435,7 +435,10 @@ class SyncEngine:
                 # not written, or a change that put back what vaultrelay would push): record it,
                 # write nothing to the target.
                 report.outcome = "recorded"
-                return self._record_push(report, record, target, desired, change, diff, PushResult(), drift_map)
+                self._record_push(report, record, target, desired, change, diff, PushResult(), drift_map)
+                if drift_changed and report.outcome == "recorded":
+                    self._audit_drift(report, found, drift_map, target.drift_policy)
+                return report
             assert record is not None  # no record: nothing can have drifted
             try:
                 self._update_record(record, {"fingerprints": fingerprints, "stamps": diff.stamps, "target_etag": diff.etag or "",
@@ -453,7 +456,9 @@ class SyncEngine:
             # Names this target cannot mark as ours: record them before writing them, so a push
             # whose record is lost is still recognised as vaultrelay's by the next run.
             try:
-                record = self._write_record(env, name, record, {"pending": {**pending, **{n: fingerprints[n] for n in change.writes}}})
+                # (not a name someone else holds: the push refuses those, and they stay theirs)
+                ours = {n: fingerprints[n] for n in change.writes if n not in snapshot.foreign}
+                record = self._write_record(env, name, record, {"pending": {**pending, **ours}})
             except StateUnavailable as exc:
                 return self._fail(report, f"target {name}: {exc}; nothing pushed", dry_run)
         try:
@@ -526,43 +531,25 @@ class SyncEngine:
         if not getattr(writer, "stamped", False):
             return SyncEngine._diff_by_value(desired, record, snapshot, Change(adds, updates, removals))
         recorded_stamps: dict[str, str] = record.json("stamps", {}) if record else {}
-        current, marks = snapshot.stamps, snapshot.marks
+        current = snapshot.stamps
         changed: set[str] = set()  # vaultrelay wrote it, and its stamp is no longer the one of that write
-        unproven: set[str] = set()  # pushed before stamps were recorded, and not shown to be in place
+        unproven: set[str] = set()  # pushed before stamps were recorded (or the record was lost)
         check: set[str] = set()  # to be looked at closely (`holds`)
-        held: set[str] = set()  # in place: exactly what vaultrelay would write now
         for n, stamp in current.items():
             if n in snapshot.foreign:
                 continue
-            want = writer.mark_for(n, desired[n]) if n in desired else None
-            pushed_now = n in recorded and n in desired and recorded[n] == desired[n].fingerprint
             if n in recorded_stamps:
                 if (stamp or "") == recorded_stamps[n]:
-                    # Not changed since vaultrelay's write, unless within the same second (Key
-                    # Vault's times are in seconds): the fingerprint tag tells which value is there.
-                    if stamp is None or (pushed_now and marks.get(n) in (want, recorded[n])):
-                        continue
-                    if not pushed_now and want is not None and marks.get(n) == want:
-                        held.add(n)  # vaultrelay's own write in that same second (its record lost)
-                        continue
-                    if not pushed_now:
-                        continue  # what vaultrelay wrote before; the update writes it
+                    continue  # as vaultrelay left it (or as it was accepted)
                 if n in recorded:
                     changed.add(n)
-            elif stamp is None:
-                if n in recorded:
-                    unproven.add(n)  # gone
-                continue
-            elif pushed_now and marks.get(n) == recorded[n]:
-                held.add(n)  # tagged by an earlier version with the value vaultrelay recorded
-                continue
             elif n in recorded:
                 unproven.add(n)
             if n in desired and stamp is not None:
                 check.add(n)
         holds = getattr(writer, "holds", None)
-        if check and holds is not None:
-            held |= holds(desired, check)
+        held = holds(desired, check) if check and holds is not None else set()
+        # No stamp to compare with: drift only when gone, or no longer what vaultrelay pushed and would push now.
         drift = (changed - held) | {n for n in unproven - held if current[n] is None or (n in desired and recorded[n] == desired[n].fingerprint)}
         gone = {n for n in removals if current.get(n, "") is None}
         stamps = {n: s for n, s in recorded_stamps.items() if n in desired}
@@ -572,23 +559,12 @@ class SyncEngine:
 
     @staticmethod
     def _diff_whole(writer: Any, desired: dict[str, DesiredItem], record: Row | None, snapshot: Snapshot, change: Change) -> Diff:
-        """A whole-bundle target: one stamp (blob ETag, bundle secret times) for everything."""
-        recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
+        """A whole-bundle target: one stamp (blob ETag, bundle secret times and tags) for everything."""
         last_etag = _recorded_etag(record)
         etag = snapshot.etag if snapshot.exists else None
-        bundle_mark = getattr(writer, "bundle_mark", None)
-        want = bundle_mark(desired) if bundle_mark is not None and snapshot.exists else None
-        pushed_now = recorded == {n: d.fingerprint for n, d in desired.items()}
         if last_etag is not None and (etag or "") == last_etag:
-            # Not changed since vaultrelay's write, unless within the same second (Key Vault's
-            # times are in seconds): the fingerprint tag tells which bundle is there.
-            if etag is None or want is None:
-                return Diff(change, set(), etag=last_etag, whole=True)
-            if snapshot.mark == want:
-                return Diff(Change(), set(), etag=etag, whole=True)  # (or vaultrelay's own write in that second)
-            if not pushed_now:
-                return Diff(change, set(), etag=last_etag, whole=True)  # what vaultrelay wrote before; the update rewrites it
-        elif not snapshot.exists:
+            return Diff(change, set(), etag=last_etag, whole=True)
+        if not snapshot.exists:
             return Diff(change, {"(content)"} if last_etag else set(), etag=last_etag, whole=True)
         holds = getattr(writer, "holds", None)
         if not snapshot.foreign and holds is not None and holds(desired, set()):
@@ -655,16 +631,78 @@ class SyncEngine:
                 record = self.state.get("pushes", env, target)
         raise Conflict(f"push record {env}/{target} kept changing")
 
+    # ---- drift ------------------------------------------------------------------------------
+    def accept_drift(self, env: str | None = None, target: str | None = None, names: Sequence[str] = ()) -> list[TargetReport]:
+        """Accept the drift recorded for the matching targets (all drifted names, or `names`): what
+        each target holds now becomes the baseline, so it is no longer reported; vaultrelay still
+        owns the names, and a later change of the env is pushed over it as usual.  Audited.
+
+        Raises:
+            NotFoundError: no target matches `env` and `target`.
+            StateUnavailable: the state tables failed.
+        """
+        chosen = {n: t for n, t in sorted(self.config.targets.items()) if (env is None or t.env == env) and (target is None or n == target)}
+        if not chosen:
+            raise NotFoundError(f"no target {target or ''} of env {env or '(any)'} in the config (targets: {', '.join(sorted(self.config.targets)) or 'none'})")
+        reports: list[TargetReport] = []
+        for name, config in chosen.items():
+            report = TargetReport(config.env, name, config.type)
+            record = self.state.get("pushes", config.env, name)
+            found = drift_found(record)
+            accept = set(found) & set(names) if names else set(found)
+            if record is None or not accept:
+                reports.append(report)
+                continue
+            lease = self.state.acquire_lease(f"sync:{config.env}", self.owner, LEASE_SECONDS, stale=holder_is_dead)
+            if lease is None:
+                report.outcome = "busy"
+                reports.append(report)
+                continue
+            try:
+                reports.append(self._accept(report, config, accept))
+            finally:
+                self.state.release_lease(lease)
+        return reports
+
+    def _accept(self, report: TargetReport, config: Any, accept: set[str]) -> TargetReport:
+        record = self.state.get("pushes", report.env, report.target)  # again, under the lease
+        found = drift_found(record)
+        accept &= set(found)
+        if record is None or not accept:
+            return report
+        recorded: dict[str, str] = record.json("fingerprints", {})
+        pending: dict[str, str] = record.json("pending", {})
+        try:
+            writer = self.registry.build(config, self._context(report.target, config, record))
+            snapshot = writer.snapshot(set(recorded) | set(pending), {**pending, **recorded})
+        except TargetError as exc:
+            report.outcome, report.error = "error", str(exc)
+            return report
+        updates: dict[str, Any] = {"drift": {n: t for n, t in found.items() if n not in accept}}
+        if writer.whole_bundle:
+            updates["target_etag"] = (snapshot.etag if snapshot.exists else "") or ""
+        else:
+            current = snapshot.stamps if getattr(writer, "stamped", False) else snapshot.fingerprints
+            updates["stamps"] = {**record.json("stamps", {}), **{n: current.get(n) or "" for n in accept}}
+        self._update_record(record, updates)
+        self.state.audit(self.owner, "drift.accepted", f"{report.env}->{report.target}", {"accepted": sorted(accept), "drift_policy": config.drift_policy})
+        report.outcome, report.drift = "accepted", sorted(accept)
+        return report
+
     # ---- status -------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
-        """Per env and target: last push, drift, last error; per rotation: active key, next due."""
+        """Per env and target: last push, drift (with when each name was found), last error; per
+        rotation: active key, next due."""
         rows: list[dict[str, Any]] = []
         for name, target in sorted(self.config.targets.items()):
             record = self.state.get("pushes", target.env, name)
             fields = record.fields if record else {}
+            found = drift_found(record)
             rows.append({
                 "env": target.env, "target": name, "kind": target.type, "last_push": fields.get("pushed_at", ""),
-                "outcome": fields.get("outcome", "never"), "drift": ", ".join(record.json("drift", [])) if record else "",
+                "outcome": fields.get("outcome", "never"), "drift": ", ".join(sorted(found)),
+                "drift_found": dict(sorted(found.items())), "drift_since": min((t for t in found.values() if t), default=""),
+                "drift_policy": target.drift_policy,
                 "last_error": fields.get("error", ""), "variables": len(record.json("fingerprints", {})) if record else 0,
             })
         return rows

@@ -56,10 +56,6 @@ class Snapshot:
     etag: str | None = None  # whole-bundle targets: the stamp of the whole target (None: absent)
     foreign: set[str] = field(default_factory=set)  # names present but not owned by vaultrelay
     exists: bool = True
-    # The fingerprint tag the target shows (`marks` per name, `mark` for a whole bundle), for
-    # writers that write one (`mark_for`): says which value vaultrelay wrote without reading it.
-    marks: dict[str, str | None] = field(default_factory=dict)
-    mark: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +95,6 @@ class TargetWriter(Protocol):
     # Optional `holds(desired, names) -> set[str]`: of `names` (present and ours), those whose
     # content is exactly what vaultrelay would write now (value and its marks); whole-bundle
     # writers answer set(desired) or set().  May read each name once.
-    # Optional `mark_for(name, item) -> str` / `bundle_mark(desired) -> str`: the fingerprint tag
-    # the writer would write for `item` (per-variable) or the whole bundle.
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         """Current state for `names` (desired plus last pushed); `recorded` are the names (and

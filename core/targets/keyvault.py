@@ -1,17 +1,18 @@
 """`type: keyvault` target: one secret per variable, or one JSON secret for the whole bundle.
 
-Every secret written carries vaultrelay's marks in its tags (`managed-by: vaultrelay`, the env and
+Every secret written carries vaultrelay's marks in its tags (`managed-by: vaultrelay`, the env,
 the target) and `vaultrelay-fingerprint`, an HMAC of the secret's name and value under a key
-derived for this vault and target alone (equal values in two secrets or two targets show unrelated
-tags), plus content type and `expires_on` for values that expire.  A name is vaultrelay's for this target when its push record says vaultrelay wrote it, or
-when a version of the secret carries those marks for this target; any other secret is never
-overwritten, deleted or recovered.  Removed variables are deleted (soft delete) or kept per
-`deletion_policy`.
+derived for this vault and target alone (equal values in two secrets or two targets show
+unrelated tags), plus content type and `expires_on` for values that expire.  A name is
+vaultrelay's for this target when its push record says vaultrelay wrote it, or when a version of
+the secret carries those marks for this target; any other secret is never overwritten, deleted
+or recovered.  Removed variables are deleted (soft delete) or kept per `deletion_policy`.
 
-Drift is judged by stamps from the listing a sync reads anyway: the latest version's created and
-updated times (the listing gives no version id), and its tags.  Key Vault keeps times to the
-second, so a change made in the same second as vaultrelay's write that also copies its tags is
-not seen.
+Drift is judged by stamps from the listing a sync reads anyway (the listing gives no version id):
+the latest version's created and updated times and its fingerprint tag.  Key Vault keeps times
+to the second; in the second of vaultrelay's write a new value still shows, because no one
+without the key can tag it, so only a change in that very second that also copies vaultrelay's
+tags goes unseen.
 
 Soft delete: Key Vault deletes and recovers asynchronously (409 `ObjectIsBeingDeleted` /
 `ObjectIsBeingRecovered` meanwhile) and a deleted name stays taken until it is purged or
@@ -63,11 +64,13 @@ def _attempt(operation: Callable[[], None]) -> TargetError | None:
 
 
 def stamp_of(properties: Any) -> str | None:
-    """The stamp of a secret's latest version: `<created>.<updated>` in epoch seconds."""
+    """The stamp of a secret's latest version: `<created>.<updated>.<tag>`, the times in epoch
+    seconds and the first 12 characters of its fingerprint tag (`-` if none)."""
     created, updated = getattr(properties, "created_on", None), getattr(properties, "updated_on", None)
     if created is None or updated is None:
         return None
-    return f"{int(created.timestamp())}.{int(updated.timestamp())}"
+    mark = (getattr(properties, "tags", None) or {}).get(TAG_FINGERPRINT) or "-"
+    return f"{int(created.timestamp())}.{int(updated.timestamp())}.{mark[:12]}"
 
 
 def _inner_code(exc: Exception) -> str:
@@ -98,13 +101,6 @@ class KeyVaultTargetWriter:
 
     def _secret(self, variable: str) -> str:
         return str(self.config.secret_for(variable))
-
-    def mark_for(self, variable: str, item: DesiredItem) -> str:
-        """The fingerprint tag of `item` written as the secret of `variable`."""
-        return self._mark(self._secret(variable), item.value.reveal())
-
-    def bundle_mark(self, desired: dict[str, DesiredItem]) -> str:
-        return self._mark(self.bundle_secret, self._bundle_payload(desired))
 
     def _mark(self, secret: str, value: str) -> str:
         return self._marks.of(secret.lower() + "\0" + value)
@@ -141,14 +137,12 @@ class KeyVaultTargetWriter:
             snapshot.exists = props is not None
             if props is not None:
                 snapshot.etag = stamp_of(props)
-                snapshot.mark = (props.tags or {}).get(TAG_FINGERPRINT)
                 if not self._ours(self.bundle_secret, props, bool(recorded) or bool(self.ctx.recorded_etag)):
                     snapshot.foreign.add(self.bundle_secret)
             return snapshot
         for variable in names:
             props = existing.get(self._secret(variable).lower())
             snapshot.stamps[variable] = stamp_of(props) if props is not None else None
-            snapshot.marks[variable] = (props.tags or {}).get(TAG_FINGERPRINT) if props is not None else None
             if props is not None and not self._ours(self._secret(variable), props, variable in recorded):
                 snapshot.foreign.add(variable)
         return snapshot
@@ -158,10 +152,15 @@ class KeyVaultTargetWriter:
         so, the push record does, or (only asked when neither does) an earlier version's tags."""
         if recorded or owned_by(props.tags, self.ctx.name):
             return True
-        try:
-            return any(owned_by(version.tags, self.ctx.name) for version in self.client.list_properties_of_secret_versions(name))
-        except Exception as exc:
-            raise TargetError(f"target {self.ctx.name}: cannot list versions of {name} in vault {self.config.vault}: {_cause(exc)}") from None
+        key = f"keyvault-history {self.client.vault_url} {name.lower()} {stamp_of(props)} {self.ctx.name}"
+        known = self.ctx.run_cache.get(key)  # one answer per run while the secret is unchanged
+        if known is None:
+            try:
+                known = any(owned_by(version.tags, self.ctx.name) for version in self.client.list_properties_of_secret_versions(name))
+            except Exception as exc:
+                raise TargetError(f"target {self.ctx.name}: cannot list versions of {name} in vault {self.config.vault}: {_cause(exc)}") from None
+            self.ctx.run_cache[key] = known
+        return bool(known)
 
     def holds(self, desired: dict[str, DesiredItem], names: set[str]) -> set[str]:
         """Of `names`, those whose secret is exactly what vaultrelay would write now: enabled,
@@ -184,15 +183,20 @@ class KeyVaultTargetWriter:
     def _matches(self, name: str, props: Any, item: DesiredItem, value: str) -> bool:
         from azure.core.exceptions import AzureError
 
-        if not (props.enabled is not False and same_marks(props.tags, self._env, self.ctx.name, self._mark(name, value))
+        mark = self._mark(name, value)
+        if not (props.enabled is not False and same_marks(props.tags, self._env, self.ctx.name, mark)
                 and (props.content_type or None) == (item.content_type or None)
                 and _seconds(props.expires_on) == _seconds(item.expires_on)):
             return False
-        try:
-            current = self.client.get_secret(name)
-        except AzureError as exc:
-            raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
-        return stamp_of(current.properties) == stamp_of(props) and current.value == value
+        key = f"keyvault-holds {self.client.vault_url} {name.lower()} {stamp_of(props)} {mark}"
+        known = self.ctx.run_cache.get(key)  # one read per run while the secret is unchanged
+        if known is None:
+            try:
+                current = self.client.get_secret(name)
+            except AzureError as exc:
+                raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+            known = self.ctx.run_cache[key] = stamp_of(current.properties) == stamp_of(props) and current.value == value
+        return bool(known)
 
     # ---- push ----------------------------------------------------------------------------------
     def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:

@@ -4,9 +4,14 @@ For each env (under a lease, so concurrent instances do not push the same env at
 1. resolve the env; SAS tokens come from the state vault (`core.engine.minted`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
-2. per target: read its snapshot, compare with the last push record (keyed fingerprints) and the
-   desired bundle: adds / updates / removals by name, and drift (the target changed since
-   vaultrelay's last push).  Unchanged and no drift: zero target writes, zero state writes.
+2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
+   the stamp each write left: `core.targets.base`) and the desired bundle: adds / updates /
+   removals by name, and drift (a stamp that is no longer the one of vaultrelay's write: someone
+   changed the target since).  A changed name is read once, and one that holds exactly what
+   vaultrelay would push is in place, not drift.  `drift_policy: repair` adds the drifted names
+   to the writes; drift is recorded with when it was found until repaired, overwritten,
+   accepted (`accept_drift`) or put back.  Unchanged and no drift: zero target writes, zero
+   state writes, no read beyond the snapshot.
 3. push, then replace the push record conditionally on its ETag.  A crash (or a state failure)
    between 2 and 3 leaves the old record; the next run compares the target itself with the
    desired bundle, writes only what is not there yet and records it, so it converges without

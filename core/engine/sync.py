@@ -475,7 +475,7 @@ class SyncEngine:
         report.writes = result.writes
         report.outcome = "pushed"
         # What vaultrelay wrote is no longer drift; a bundle is rewritten whole.
-        left = {} if writer.whole_bundle else {n: t for n, t in drift_map.items() if n not in change.writes}
+        left = {} if writer.whole_bundle else {n: t for n, t in drift_map.items() if n not in change.writes and n in desired}
         return self._record_push(report, record, target, desired, change, diff, result, left)
 
     def _record_push(self, report: TargetReport, record: Row | None, target: Any, desired: dict[str, DesiredItem],

@@ -23,12 +23,6 @@ def world(seeded: SandboxClient) -> Iterator[World]:
     seeded.set_keyvault_transitions()  # back to the defaults
 
 
-def written(world: World, name: str) -> int:
-    """SetSecret calls that succeeded on `name` in the target vault since the counters were reset."""
-    counters = world.sandbox.counters()["by_endpoint_status"]
-    return int(counters.get("keyvault:SetSecret:200", 0)) if name else 0
-
-
 def recovers(world: World) -> int:
     return sum(n for k, n in world.sandbox.counters()["by_endpoint"].items() if k == "keyvault:RecoverDeletedSecret")
 

@@ -172,13 +172,19 @@ class KeyVaultTargetWriter:
             payload = self._bundle_payload(desired)
             in_place = props is not None and self._matches(self.bundle_secret, props, self._bundle_item(desired), payload)
             return set(desired) if in_place else set()
-        held: set[str] = set()
-        for variable in sorted(names):
-            props = existing.get(self._secret(variable).lower())
-            item = desired.get(variable)
-            if props is not None and item is not None and self._matches(self._secret(variable), props, item, item.value.reveal()):
-                held.add(variable)
-        return held
+        candidates = [(v, existing[self._secret(v).lower()], desired[v]) for v in sorted(names)
+                      if v in desired and self._secret(v).lower() in existing]
+
+        def check(candidate: tuple[str, Any, DesiredItem]) -> bool:
+            variable, props, item = candidate
+            return self._matches(self._secret(variable), props, item, item.value.reveal())
+
+        if len(candidates) <= 1:
+            verdicts = [check(c) for c in candidates]
+        else:  # many at once (the first sync after an upgrade reads every pushed secret once)
+            with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(candidates)), thread_name_prefix="vaultrelay-kv-read") as pool:
+                verdicts = list(pool.map(lambda c: contextvars.copy_context().run(check, c), candidates))
+        return {variable for (variable, _, _), held in zip(candidates, verdicts, strict=True) if held}
 
     def _matches(self, name: str, props: Any, item: DesiredItem, value: str) -> bool:
         from azure.core.exceptions import AzureError

@@ -346,7 +346,7 @@ class HttpApi:
     # ---- admin routes: POST /sync[/{env}], POST /rotate/{name}, GET /status ----------------
     def admin(self, action: str, *, headers: Mapping[str, str], env: str | None = None, name: str | None = None,
               query: Mapping[str, str] | None = None) -> ApiResponse:
-        """Run `sync`, `rotate` or `status` for an admin caller; answers carry names, never values."""
+        """Run `sync`, `rotate`, `accept_drift` or `status` for an admin caller; answers carry names, never values."""
         from core.access import AuthError, AuthUnavailable, is_admin
 
         lowered = {str(k).lower(): str(v) for k, v in headers.items()}
@@ -385,6 +385,14 @@ class HttpApi:
                 reports = KeyRotation(engine).rotate(name, force=force)  # counted in the engine
                 document = {"rotations": [r.as_dict() for r in reports]}
                 status = 502 if any(r.outcome == "error" for r in reports) else 200
+            elif action == "accept_drift":
+                names = [n for n in str((query or {}).get("names", "")).split(",") if n]
+                accepted = engine.accept_drift(env, name, names)
+                if any(t.outcome == "busy" for t in accepted):
+                    document, status = {"error": "busy", "message": f"a sync of env {env} is running; try again"}, 409
+                else:
+                    document = {"targets": [t.as_dict() for t in accepted]}
+                    status = 502 if any(t.outcome == "error" for t in accepted) else 200
             else:
                 document = {"targets": engine.status(), "rotations": engine.rotation_status()}
                 status = 200

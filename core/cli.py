@@ -4,6 +4,7 @@
     vaultrelay plan --env E
     vaultrelay resolve --env E [--format json|dotenv|shell] [--reveal] [--allow-partial]
     vaultrelay exec --env E [--allow-partial] -- CMD ARGS...
+    vaultrelay sync | rotate | status | accept-drift [--env E] [--target T] [NAME...]
 
 The config file is `--config`, else `$VAULTRELAY_CONFIG`, else `vaultrelay.yaml`.
 Exit codes: 0 ok, 1 resolution errors, 2 config or usage errors; `exec` passes the child's code.
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--name", "-n", help="one rotation, e.g. storage:myaccount (see status)")
     rotate.add_argument("--force", action="store_true", help="rotate even if not due")
     commands.add_parser("status", help="per env and target: last push, drift, last error; rotations")
+    accept = commands.add_parser("accept-drift", help="accept drift: what a target holds now is no longer reported (audited)")
+    accept.add_argument("--env", "-e", help="the env (default: every env)")
+    accept.add_argument("--target", "-t", help="one target (default: every target of the env)")
+    accept.add_argument("names", nargs="*", help="only these variables (default: every drifted one)")
     exec_ = commands.add_parser("exec", help="run a command with the env's variables set")
     exec_.add_argument("--env", "-e", required=True)
     exec_.add_argument("--allow-partial", action="store_true", help="run even if some variables failed")
@@ -84,7 +89,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
             return _plan(loaded, args.env, out)
         if args.command == "resolve":
             return _resolve(loaded, args, out, err)
-        if args.command in ("sync", "rotate", "status"):
+        if args.command in ("sync", "rotate", "status", "accept-drift"):
             return _write_side(loaded, args, out, err)
         return _exec(loaded, args, err)
     except NotFoundError as exc:
@@ -200,7 +205,7 @@ def _write_side(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
                 table.add_column(column)
             for t in report.targets:
                 table.add_row(t.env, t.target, t.outcome, ", ".join(t.adds), ", ".join(t.updates), ", ".join(t.removals),
-                              ", ".join(t.drift), str(t.writes))
+                              ", ".join(t.drift) + (" (repaired)" if t.repaired else ""), str(t.writes))
             console.print(table)
             for env, failing in report.failures.items():
                 err.write(f"error: env {env}: {'; '.join(failing)}\n")
@@ -229,12 +234,28 @@ def _write_side(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
                 if r.error:
                     err.write(f"error: {r.name}: {r.error}\n")
             return EXIT_RESOLUTION if any(r.outcome == "error" for r in reports) else EXIT_OK
+        if args.command == "accept-drift":
+            if args.names and not (args.env and args.target):
+                err.write("accept-drift NAME... needs --env and --target\n")
+                return EXIT_CONFIG
+            accepted = engine.accept_drift(args.env, args.target, args.names)
+            for t in accepted:
+                if t.outcome == "accepted":
+                    out.write(f"{t.env} -> {t.target}: accepted drift of {', '.join(t.drift)}\n")
+                elif t.outcome == "busy":
+                    err.write(f"error: {t.env} -> {t.target}: a sync of env {t.env} is running; try again\n")
+                elif t.error:
+                    err.write(f"error: {t.env} -> {t.target}: {t.error}\n")
+                else:
+                    out.write(f"{t.env} -> {t.target}: no drift to accept\n")
+            return EXIT_RESOLUTION if any(t.outcome in ("busy", "error") for t in accepted) else EXIT_OK
         table = Table(title="targets")
         rows = engine.status()
         for column in ("env", "target", "kind", "last push", "outcome", "variables", "drift", "last error"):
             table.add_column(column)
         for row in rows:
-            table.add_row(row["env"], row["target"], row["kind"], row["last_push"], row["outcome"], str(row["variables"]), row["drift"], row["last_error"])
+            drift = ", ".join(f"{n} (since {t})" if t else n for n, t in row["drift_found"].items())
+            table.add_row(row["env"], row["target"], row["kind"], row["last_push"], row["outcome"], str(row["variables"]), drift, row["last_error"])
         console.print(table)
         rotations = Table(title="rotations")
         for column in ("kind", "name", "active / variable", "rotated / issued", "next due / expires", "phase"):

@@ -40,6 +40,10 @@ _KV_KEY_READ = Need("Microsoft.KeyVault/vaults/keys/read", True, "vault", "Key V
 _KV_SET = Need("Microsoft.KeyVault/vaults/secrets/setSecret/action", True, "vault", "Key Vault Secrets Officer", "write secrets")
 _KV_LIST = Need("Microsoft.KeyVault/vaults/secrets/readMetadata/action", True, "vault", "Key Vault Secrets Officer", "list owned secrets and their tags")
 _KV_DELETE = Need("Microsoft.KeyVault/vaults/secrets/delete", True, "vault", "Key Vault Secrets Officer", "delete secrets removed from an env")
+_KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets Officer",
+                     "read a pushed secret back when it changed since vaultrelay's write (drift)")
+_KV_RECOVER = Need("Microsoft.KeyVault/vaults/secrets/recover/action", True, "vault", "Key Vault Secrets Officer",
+                   "recover vaultrelay's own soft-deleted secret when its variable comes back")
 _ST_LISTKEYS = Need("Microsoft.Storage/storageAccounts/listkeys/action", False, "storage", "Storage Account Key Operator Service Role", "list account keys")
 _ST_REGEN = Need("Microsoft.Storage/storageAccounts/regeneratekey/action", False, "storage", "Storage Account Key Operator Service Role", "regenerate account keys")
 _ST_UDK = Need("Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action", False, "storage", "Storage Blob Delegator", "get a user delegation key")
@@ -86,7 +90,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     # rotation.tagged_secrets accounts: the alternate key is listed (read-write or read-only) and regenerated.
     "rotate:tagged_cosmos_key": (_COSMOS_KEYS, _COSMOS_RO, _COSMOS_REGEN),
     "rotate:sql_password": (_SQL_READ, _SQL_SET),
-    "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE),
+    "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE, _KV_READ_BACK, _KV_RECOVER),
     "target:blob": (_BLOB_WRITE,),
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
     "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),

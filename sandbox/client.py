@@ -156,6 +156,10 @@ class SandboxClient:
         sandbox has no Cosmos DB data plane: this stands in for one), with Azure's refusal when
         the account has `disableLocalAuth: true`.  The key is sent to the control API only."""
         return dict(self.call("POST", "/cosmos/keys/check", {"account": account, "key": key}))
+    def set_keyvault_transitions(self, delete_seconds: float | None = None, recover_seconds: float | None = None) -> dict[str, float]:
+        """How long a deleted secret stays "being deleted" and a recovered one "being recovered"
+        (Key Vault's asynchronous soft delete); None restores the sandbox's default."""
+        return dict(self.call("PUT", "/keyvault/soft-delete", {"delete_seconds": delete_seconds, "recover_seconds": recover_seconds}))
 
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})

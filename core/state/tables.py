@@ -6,7 +6,7 @@ Table and partition design (`<prefix>` is `state.table_prefix`, default `vaultre
 
 | table | PartitionKey | RowKey | what |
 |---|---|---|---|
-| `<prefix>pushes` | env | target | last push: fingerprints and versions per variable, target ETag, time, outcome, drift, last error |
+| `<prefix>pushes` | env | target | last push: fingerprints and the stamp of each write per variable, target ETag or stamp, time, outcome, drift (name -> when found), last error |
 | `<prefix>rotations` | kind (`storage`, `cosmos`, `sas`) | name | active key / issued, expires, next rotation, phase of an unfinished rotation |
 | `<prefix>events` | day (`YYYYMMDD`) | event id | processed Event Grid events (idempotency) |
 | `<prefix>leases` | `lease` | name | owner and expiry of a lease |

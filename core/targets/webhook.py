@@ -42,7 +42,8 @@ class WebhookTargetWriter:
 
         payload: dict[str, Any] = {
             "env": env, "changed": sorted(change.writes), "removed": sorted(change.removals),
-            "fingerprint": self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()}),
+            # Keyed for this target alone: equal bundles sent to two receivers carry unrelated fingerprints.
+            "fingerprint": self.ctx.fingerprinter.derive(f"target\0{self.ctx.name}").of_mapping({n: i.value for n, i in desired.items()}),
         }
         if self.config.payload == "bundle":
             payload["values"] = {name: item.value.reveal() for name, item in sorted(desired.items())}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.audit import AuditSink, AuditWriteError, LoggingAuditSink
-from core.engine.render import FORMATS, MEDIA_TYPES, negotiate, render
+from core.engine.render import FORMATS, MEDIA_TYPES, UnrepresentableValue, negotiate, render
 
 log = logging.getLogger("vaultrelay.api")
 
@@ -305,6 +305,14 @@ class HttpApi:
                 "outcome": "failed", "via": principal.via, "failed": ",".join(f["name"] for f in failures),
             })
             return ApiResponse.json(502, {"error": "resolution_failed", "env": env, "failures": failures})
+        try:
+            text = render(bundle.as_plain_dict(), fmt)
+        except UnrepresentableValue as exc:
+            # Names and reasons only; the caller can ask for a format that carries any value.
+            self._audit(context, principal.actor, env, {
+                "outcome": "not_representable", "via": principal.via, "format": fmt, "failed": ",".join(exc.problems),
+            })
+            return ApiResponse.json(406, {"error": "not_acceptable", "message": f"{exc}; ask for format=json"})
         prints, key_source = context.fingerprinter(self.environ)
         detail = {"outcome": "ok", "via": principal.via, "format": fmt, "variables": str(len(bundle.values)),
                   "fingerprint_key": key_source}
@@ -318,7 +326,6 @@ class HttpApi:
             # No values without an audit record: fail closed (logged by the sink, without values).
             telemetry.record_failure("audit_unavailable", "audit")
             return ApiResponse.json(503, AUDIT_UNAVAILABLE_BODY, {"Retry-After": "30"})
-        text = render(bundle.as_plain_dict(), fmt)
         return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
 
     def audit_sink(self, context: ApiContext | None = None) -> AuditSink:

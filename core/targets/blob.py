@@ -9,18 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.engine.render import dotenv_escape
+from core.engine.render import UnrepresentableValue, render_dotenv
 from core.permissions import denied_note
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
-
-
-def render_dotenv(values: dict[str, str]) -> str:
-    """`NAME="value"` lines, escaped so that dotenv loaders and `set -a; . file` read them back."""
-    # Always quoted, and backticks escaped too: the file is meant to be sourced by a shell.
-    def quoted(value: str) -> str:
-        return '"' + dotenv_escape(value).replace("`", "\\`") + '"'
-
-    return "".join(f"{name}={quoted(values[name])}\n" for name in sorted(values))
 
 
 class BlobTargetWriter:
@@ -63,7 +54,10 @@ class BlobTargetWriter:
         if snapshot.foreign:
             raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} is not managed by vaultrelay; refusing to overwrite")
         values = {name: item.value.reveal() for name, item in desired.items()}
-        body = json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)
+        try:
+            body = json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)
+        except UnrepresentableValue as exc:
+            raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} {exc} (format: json carries any value)") from None
         fingerprint = self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()})
         metadata = {"managed_by": "vaultrelay", "vaultrelay_env": env, "vaultrelay_fingerprint": fingerprint}
         condition: dict[str, Any] = (

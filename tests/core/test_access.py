@@ -21,7 +21,7 @@ from core.access import (
     is_admin,
     may_fetch,
 )
-from core.engine.render import negotiate, render
+from core.engine.render import UnrepresentableValue, negotiate, render
 
 AUTHORITY = "https://login.example"
 TENANT = "11111111-1111-1111-1111-111111111111"
@@ -162,7 +162,12 @@ def test_accept_negotiation(accept: str | None, expected: str | None) -> None:
 
 def test_render_formats_quote_values() -> None:
     values = {"B": "it's $HOME\n", "A": "plain"}
-    assert render(values, "dotenv") == 'A=plain\nB="it\'s \\$HOME\\n"\n'
+    # No quoting reads `it's $HOME` back the same in a shell and in python-dotenv: refused, not
+    # written with a `\$` that python-dotenv keeps (tests/core/test_dotenv_readers.py).
+    with pytest.raises(UnrepresentableValue, match="B: it has ' or"):
+        render(values, "dotenv")
+    assert render({"B": "its $HOME\n", "A": "plain"}, "dotenv") == "# docker --env-file cannot read values that span lines: " \
+        "the next line makes it refuse this file\nexport VAULTRELAY_DOCKER_CANNOT_READ_B\nA=plain\nB='its $HOME\n'\n"
     assert render(values, "shell") == "export A=plain\nexport B='it'\"'\"'s $HOME\n'\n"
     assert render(values, "json").startswith('{\n  "A": "plain"')
     with pytest.raises(ValueError):

@@ -513,7 +513,7 @@ class Authenticator:
         self._problem: str | None = None
         self._public: str | None = None
         environ = os.environ if environ is None else environ
-        if mode == "app_service" and environ.get(APP_SERVICE_AUTH_SETTING, "").strip().lower() != "true":
+        if mode == "app_service" and environ.get("WEBSITE_AUTH_ENABLED", "").strip().lower() != "true":
             self._problem = self._public = (
                 f"api.auth_mode is app_service but App Service Authentication is not enabled ({APP_SERVICE_AUTH_SETTING} is not True): "
                 "every request is refused until it is"

@@ -24,10 +24,10 @@ The dotenv dialect (docs/security.md, "HTTP callers and outputs", says the same 
   line as its own variable.  It reads bare values exactly.  Quoted single-line values it would
   read with their quotes: the file says so in a comment naming them.  A value with a line break
   it would split into lines that it reads as variables of their own, so before any variable the
-  file carries `export VAULTRELAY_DOCKER_CANNOT_READ_<NAME>`: inert for shells (an unset
+  file carries `export DOCKER_ENV_FILE_CANNOT_READ_<NAME>`: inert for shells (an unset
   variable marked for export is not passed on) and for python-dotenv (a name without a value,
   which `load_dotenv` skips and `dotenv_values` lists as None), and a line Docker refuses
-  (`variable 'export VAULTRELAY_DOCKER_CANNOT_READ_<NAME>' contains whitespaces`) before it
+  (`variable 'export DOCKER_ENV_FILE_CANNOT_READ_<NAME>' contains whitespaces`) before it
   reads anything else.
 """
 
@@ -91,7 +91,7 @@ _BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 # python-dotenv's POSIX-variable pattern (dotenv/variables.py), which it applies to every value.
 _DOTENV_EXPANSION = re.compile(r"\$\{[^}:]*(?::-[^}]*)?\}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-DOCKER_GUARD_PREFIX = "VAULTRELAY_DOCKER_CANNOT_READ_"
+DOCKER_GUARD_PREFIX = "DOCKER_ENV_FILE_CANNOT_READ_"
 
 
 def render_dotenv(values: Mapping[str, str]) -> str:

@@ -174,7 +174,7 @@ def test_render_formats_quote_values() -> None:
     with pytest.raises(UnrepresentableValue, match="B: it has ' or"):
         render(values, "dotenv")
     assert render({"B": "its $HOME\n", "A": "plain"}, "dotenv") == "# docker --env-file cannot read values that span lines: " \
-        "the next line makes it refuse this file\nexport VAULTRELAY_DOCKER_CANNOT_READ_B\nA=plain\nB='its $HOME\n'\n"
+        "the next line makes it refuse this file\nexport DOCKER_ENV_FILE_CANNOT_READ_B\nA=plain\nB='its $HOME\n'\n"
     assert render(values, "shell") == "export A=plain\nexport B='it'\"'\"'s $HOME\n'\n"
     assert render(values, "json").startswith('{\n  "A": "plain"')
     with pytest.raises(ValueError):

@@ -7,7 +7,9 @@ Bearer mode (`api.auth_mode: bearer`, the default) validates the caller's access
   `<authority>/<tenant>/v2.0/.well-known/openid-configuration` (the v1 document at
   `<authority>/<tenant>/.well-known/openid-configuration` is read for its issuer).  Keys are
   cached for `jwks_ttl_s`; a token signed with a key id not in the cache triggers one refetch
-  (at most every `min_refresh_s`), which is how Entra's key rollover is picked up;
+  (at most every `min_refresh_s`), which is how Entra's key rollover is picked up.  Fetches are
+  single-flight, bounded and backed off (`SigningKeys`), so tokens with made-up key ids or a
+  hanging authority cannot make requests queue behind fetches;
 * issuer: `https://sts.windows.net/<tenant>/` (v1 tokens), `<authority>/<tenant>/v2.0` (v2
   tokens), and whatever the discovery documents name;
 * audience: `api.audience`, else `$VAULTRELAY_API_AUDIENCE` (comma-separated values are all
@@ -50,7 +52,6 @@ import ssl
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.audit import AuditSink, AuditWriteError, LoggingAuditSink
-from core.engine.render import FORMATS, MEDIA_TYPES, negotiate, render
+from core.engine.render import FORMATS, MEDIA_TYPES, UnrepresentableValue, negotiate, render
 
 log = logging.getLogger("vaultrelay.api")
 
@@ -76,7 +76,7 @@ class ApiContext:
                 api = self.loaded.config.api
                 self._authenticator = Authenticator(
                     api.auth_mode, authority=self.broker.cloud.authority, tenant_id=tenant_from(environ),
-                    audiences=audiences_from(api.audience, environ),
+                    audiences=audiences_from(api.audience, environ), environ=environ,
                 )
             return self._authenticator
 
@@ -275,7 +275,7 @@ class HttpApi:
             return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
         except AuthUnavailable as exc:
             log.error("env fetch refused: %s", exc)
-            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+            return ApiResponse.json(503, {"error": "unavailable", "message": exc.public}, {"Retry-After": "30"})
         config = context.loaded.config
         if env not in config.envs or not may_fetch(config.access, env, principal):
             self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
@@ -305,6 +305,14 @@ class HttpApi:
                 "outcome": "failed", "via": principal.via, "failed": ",".join(f["name"] for f in failures),
             })
             return ApiResponse.json(502, {"error": "resolution_failed", "env": env, "failures": failures})
+        try:
+            text = render(bundle.as_plain_dict(), fmt)
+        except UnrepresentableValue as exc:
+            # Names and reasons only; the caller can ask for a format that carries any value.
+            self._audit(context, principal.actor, env, {
+                "outcome": "not_representable", "via": principal.via, "format": fmt, "failed": ",".join(exc.problems),
+            })
+            return ApiResponse.json(406, {"error": "not_acceptable", "message": f"{exc}; ask for format=json"})
         prints, key_source = context.fingerprinter(self.environ)
         detail = {"outcome": "ok", "via": principal.via, "format": fmt, "variables": str(len(bundle.values)),
                   "fingerprint_key": key_source}
@@ -318,7 +326,6 @@ class HttpApi:
             # No values without an audit record: fail closed (logged by the sink, without values).
             telemetry.record_failure("audit_unavailable", "audit")
             return ApiResponse.json(503, AUDIT_UNAVAILABLE_BODY, {"Retry-After": "30"})
-        text = render(bundle.as_plain_dict(), fmt)
         return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
 
     def audit_sink(self, context: ApiContext | None = None) -> AuditSink:
@@ -360,8 +367,9 @@ class HttpApi:
         except AuthError as exc:
             body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
             return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
-        except AuthUnavailable:
-            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+        except AuthUnavailable as exc:
+            log.error("%s refused: %s", action, exc)
+            return ApiResponse.json(503, {"error": "unavailable", "message": exc.public}, {"Retry-After": "30"})
         api = context.loaded.config.api
         if not is_admin(api.admins, api.admin_role, principal):
             self._record(context, principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
@@ -446,8 +454,9 @@ class HttpApi:
 
     # ---- GET /api/health?deep=1 ----------------------------------------------------------
     def readiness(self) -> ApiResponse:
-        """200 when the config loads and every store's identity gets a token for each audience
-        the config needs; 503 otherwise.  Names stores and audiences, never tokens or values."""
+        """200 when the config loads, callers can be authenticated in the config's `api.auth_mode`
+        and every store's identity gets a token for each audience the config needs; 503
+        otherwise.  Names stores, audiences and settings, never tokens or values."""
         try:
             context = self.context()
         except ConfigUnavailable as exc:
@@ -481,9 +490,16 @@ class HttpApi:
             ready = ready and ok
             stores[store] = {"ok": ok, "scopes": checks}
         ready = ready and bool(source_status.get("ok"))
+        # A mode that can authenticate no one (App Service Authentication off, no tenant or
+        # audience) makes every request answer 503: not ready either.
+        authenticator = context.authenticator(self.environ)
+        auth: dict[str, Any] = {"mode": authenticator.mode, "ok": authenticator.problem is None}
+        if authenticator.problem:
+            auth["problem"] = authenticator.problem
+            ready = False
         return ApiResponse.json(200 if ready else 503, {
             "status": "ok" if ready else "unavailable", "config": "ok" if source_status.get("ok") else "stale",
-            "config_source": source_status, "stores": stores,
+            "config_source": source_status, "stores": stores, "auth": auth,
         })
 
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from core.engine.render import FORMATS, render
+from core.engine.render import FORMATS, UnrepresentableValue, render
 from core.errors import ConfigError, NotFoundError
 from core.state.tables import StateUnavailable
 
@@ -172,7 +172,12 @@ def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) ->
     values = bundle.as_plain_dict() if args.reveal else {name: MASK for name in bundle.values}
     fmt = args.format or ("table" if out.isatty() else "dotenv")
     if fmt in FORMATS:
-        out.write(render(values, fmt))
+        try:
+            text = render(values, fmt)
+        except UnrepresentableValue as exc:
+            err.write(f"error: env {args.env}: {exc}; nothing printed (--format json carries any value)\n")
+            return EXIT_RESOLUTION
+        out.write(text)
     else:
         from rich.console import Console
         from rich.table import Table

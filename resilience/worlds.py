@@ -80,6 +80,15 @@ class World:
         except ResourceNotFoundError:
             return None
 
+    def blob_env(self, container: str, blob: str, account: str = "sandboxdata") -> dict[str, str]:
+        """A dotenv blob's variables as python-dotenv reads them (empty when there is no blob)."""
+        import io
+
+        from dotenv import dotenv_values
+
+        text = self.blob_text(container, blob, account) or ""
+        return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
     # ---- config -------------------------------------------------------------------------
     def write_config(self, body: str) -> Path:
         """The scenario's config (`body` holds envs and targets; TAG is replaced by the tag)."""

@@ -540,7 +540,8 @@ class WebhookTarget(TargetBase):
     url: str
     payload: Literal["bundle", "changed_names"] = "bundle"
     signing_key: Variable = Field(description="a literal or a from: reference: the HMAC key")
-    timeout: Duration = 10
+    timeout: Duration = Field(10, description="seconds each attempt may take in all: connect, send, status and headers, body "
+                                              "(at most 64 KiB of the answer is read)")
     retries: int = Field(4, ge=0, le=10)
 
     @field_validator("url")
@@ -677,7 +678,8 @@ class Api(Strict):
 
     audience: str | None = Field(None, description="token audience, e.g. api://vaultrelay (default $VAULTRELAY_API_AUDIENCE)")
     auth_mode: Literal["bearer", "app_service"] = "bearer"
-    admins: list[str] = Field([], description="object ids, app ids or group ids allowed to sync, rotate and read status")
+    admins: list[str] = Field([], description="who may sync, rotate and read status: object ids (users, service principals, "
+                                              "managed identities), group ids, or app (client) ids, which match app-only tokens only")
     admin_role: str = Field("VaultRelay.Admin", description="an app role claim that also grants admin access")
 
 
@@ -693,7 +695,8 @@ class Config(Strict):
     envs: dict[str, dict[str, Variable]] = {}
     targets: dict[str, Target] = Field({}, description="vaultrelay extension: where envs are pushed")
     state: State | None = Field(None, description="vaultrelay extension: Table Storage state for sync and rotation")
-    access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> object ids / app ids / group ids that may fetch it")
+    access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> who may fetch it: object ids (users, service "
+                                               "principals, managed identities), group ids, or app (client) ids, which match app-only tokens only")
     rotation: Rotation = Field(Rotation(), description="vaultrelay extension: Key Vault secrets tagged like Microsoft's rotation samples")
     api: Api = Api()
 

@@ -11,19 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.engine.render import dotenv_escape
+from core.engine.render import UnrepresentableValue, render_dotenv
 from core.permissions import denied_note
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
-
-
-def render_dotenv(values: dict[str, str]) -> str:
-    """`NAME="value"` lines, escaped so that dotenv loaders and `set -a; . file` read them back."""
-    # Always quoted, and backticks escaped too: the file is meant to be sourced by a shell.
-    def quoted(value: str) -> str:
-        return '"' + dotenv_escape(value).replace("`", "\\`") + '"'
-
-    return "".join(f"{name}={quoted(values[name])}\n" for name in sorted(values))
-
 
 LEGACY_FINGERPRINT = "vaultrelay_fingerprint"  # written by earlier versions; ignored
 
@@ -50,8 +40,16 @@ class BlobTargetWriter:
         return "application/json" if self.config.format == "json" else "text/plain; charset=utf-8"
 
     def _body(self, desired: dict[str, DesiredItem]) -> bytes:
+        """The blob's content.
+
+        Raises:
+            TargetError: a value dotenv cannot carry inertly (named, never shown).
+        """
         values = {name: item.value.reveal() for name, item in desired.items()}
-        return (json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)).encode()
+        try:
+            return (json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)).encode()
+        except UnrepresentableValue as exc:
+            raise TargetError(f"target {self.ctx.name}: blob {self.config.container}/{self.blob} {exc} (format: json carries any value)") from None
 
     def _failed(self, doing: str, exc: Any) -> TargetError:
         return TargetError(f"target {self.ctx.name}: cannot {doing} blob {self.config.container}/{self.blob}: "

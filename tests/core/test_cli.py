@@ -79,7 +79,7 @@ def test_resolve_masks_unless_revealed_in_every_format(example_env: SandboxClien
     code, out, _ = run("resolve", "--env", "production", "--format", "shell", "--reveal")
     assert "export DATABASE_PASSWORD=s3cr3t-db-password\n" in out
     code, out, _ = run("resolve", "--env", "production", "--format", "dotenv")
-    assert f'API_KEY="{MASK}"\n' in out
+    assert f"API_KEY='{MASK}'\n" in out
 
 
 def test_resolution_errors_exit_1_and_print_nothing_unless_partial(tmp_path: Path, example_env: SandboxClient) -> None:

@@ -310,7 +310,7 @@ def test_a_blob_edited_by_hand_is_reported_then_repaired(world: World, keep_meta
     assert status_of(engine, "blob")["drift_found"]["(content)"]
     (repaired,) = world.engine(with_policy(body, "repair")).sync().targets
     assert (repaired.outcome, repaired.repaired, repaired.writes) == ("pushed", ["(content)"], 1)
-    assert blob.download_blob().readall() == b'GAMMA="gamma-value-1"\n'
+    assert blob.download_blob().readall() == b'GAMMA=gamma-value-1\n'
     assert status_of(engine, "blob")["drift"] == "" and audit(engine, "push")[0]["detail"]["repaired"] == ["(content)"]
     assert_settled(world, with_policy(body, "repair"))
 

@@ -3,6 +3,7 @@ rotation proven with Azurite, concurrency and crash convergence."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from azure.keyvault.secrets import SecretClient
 from azure.mgmt.web import WebSiteManagementClient
 from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from dotenv import dotenv_values
 
 from core.config import parse_config
 from core.engine.plan import Broker
@@ -249,7 +251,7 @@ def test_blob_targets_create_their_container_once(world: World) -> None:
     assert writes == {"storage:blob:PUT:404": 1, "storage:blob:PUT:container:201": 1, "storage:blob:PUT:201": 3}
     bundles = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), container, credential=world.admin)
     assert sorted(b.name for b in bundles.list_blobs()) == ["e0.env", "e1.env", "e2.env"]
-    assert bundles.download_blob("e2.env").readall().decode() == 'DELTA="delta-value"\n'
+    assert bundles.download_blob("e2.env").readall().decode() == "DELTA=delta-value\n"
 
 
 def sas_works(sandbox: SandboxClient, account: str, token: str) -> bool:
@@ -393,5 +395,5 @@ def test_sync_killed_at_random_points_converges(world: World, tmp_path: Path, sa
         assert got == expected, f"round {round_}"
         blob = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), "bundles", credential=world.admin).get_blob_client(f"kill-{world.tag}.env")
         text = blob.download_blob().readall().decode()
-        assert all(f'{k}="{v}"' in text for k, v in expected.items()), f"round {round_}"
+        assert dotenv_values(stream=io.StringIO(text)) == expected, f"round {round_}"
 

@@ -277,7 +277,7 @@ class HttpApi:
             log.error("env fetch refused: %s", exc)
             return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
         config = context.loaded.config
-        if env not in config.envs or not may_fetch(config.access, env, principal):
+        if env not in config.envs or not may_fetch(config.access_ids, env, principal):
             self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
             return ApiResponse.json(403, FORBIDDEN_BODY)
         fmt, problem = _format(query, lowered)
@@ -363,7 +363,7 @@ class HttpApi:
         except AuthUnavailable:
             return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
         api = context.loaded.config.api
-        if not is_admin(api.admins, api.admin_role, principal):
+        if not is_admin(api.admin_ids, api.admin_role, principal):
             self._record(context, principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
             return ApiResponse.json(403, {"error": "forbidden", "message": "this route needs an admin (api.admins or the admin role)"})
         from core.errors import ConfigError, NotFoundError

@@ -21,6 +21,7 @@ from core.access import (
     is_admin,
     may_fetch,
 )
+from core.config.model import normalized_ids
 from core.engine.render import negotiate, render
 
 AUTHORITY = "https://login.example"
@@ -140,7 +141,7 @@ def test_access_lists_and_admins() -> None:
     principal = Principal(object_id="OID-1", app_id="APP-1", groups=frozenset({"G-1"}), roles=frozenset({"VaultRelay.Admin"}))
     assert may_fetch({"prod": ["oid-1"]}, "prod", principal)
     assert may_fetch({"prod": ["g-1"]}, "prod", principal)
-    assert may_fetch({"prod": [" APP-1 "]}, "prod", principal)
+    assert may_fetch({"prod": normalized_ids([" APP-1 "])}, "prod", principal)  # as the loader normalized it
     assert not may_fetch({"prod": ["someone"]}, "prod", principal)
     assert not may_fetch({"prod": ["oid-1"]}, "staging", principal)
     assert not may_fetch({"prod": []}, "prod", principal)

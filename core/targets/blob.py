@@ -7,6 +7,7 @@ that metadata is never overwritten.  Drift is a blob ETag different from the one
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 from core.engine.render import dotenv_escape
@@ -65,7 +66,9 @@ class BlobTargetWriter:
         values = {name: item.value.reveal() for name, item in desired.items()}
         body = json.dumps(values, indent=2, sort_keys=True) + "\n" if self.config.format == "json" else render_dotenv(values)
         fingerprint = self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()})
-        metadata = {"managed_by": "vaultrelay", "vaultrelay_env": env, "vaultrelay_fingerprint": fingerprint}
+        # Metadata travels as HTTP headers: an env name that is not printable ASCII is percent-encoded.
+        shown = env if env.isascii() and env.isprintable() and "%" not in env else urllib.parse.quote(env, safe="")
+        metadata = {"managed_by": "vaultrelay", "vaultrelay_env": shown, "vaultrelay_fingerprint": fingerprint}
         condition: dict[str, Any] = (
             {"etag": snapshot.etag, "match_condition": MatchConditions.IfNotModified} if snapshot.exists and snapshot.etag
             else {"match_condition": MatchConditions.IfMissing}

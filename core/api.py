@@ -11,7 +11,8 @@ and tests can drive it directly.
   Unauthenticated requests are counted and logged, and stored as one row per cause and window
   (`core.audit.AnonymousAudit`), not one row each.
 * `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
-  token for each audience the config needs from it (tokens and values are never shown).
+  token for each audience the config needs from it.  Anonymous callers get only ok / not ok; the
+  detail (config source, stores, audiences) is for admins (tokens and values are never shown).
 
 One `ApiContext` (config, Broker, authenticator) is kept per process and config version; it is
 rebuilt when the version changes.  The config is `$VAULTRELAY_CONFIG`, a file path (checked on
@@ -466,17 +467,40 @@ class HttpApi:
         }
 
     # ---- GET /api/health?deep=1 ----------------------------------------------------------
-    def readiness(self) -> ApiResponse:
+    def readiness(self, headers: Mapping[str, str] | None = None) -> ApiResponse:
         """200 when the config loads and every store's identity gets a token for each audience
-        the config needs; 503 otherwise.  Names stores and audiences, never tokens or values."""
+        the config needs; 503 otherwise.  Anonymous callers (and callers who are not admins) get
+        only `{"status": ...}`; an admin (`api.admins` or the admin role, with a bearer token or
+        App Service Authentication) gets the detail: the config source, and per store the
+        audiences and what failed.  Never tokens or values."""
         try:
             context = self.context()
         except ConfigUnavailable as exc:
             log.error("readiness: %s", exc)
-            document: dict[str, Any] = {"status": "unavailable", "config": "cannot be loaded"}
-            if self._source is not None:
-                document["config_source"] = self._source.status()
-            return ApiResponse.json(503, document)
+            # No config: no admin list either, so nobody gets more than the status.
+            return ApiResponse.json(503, {"status": "unavailable"})
+        ready, detail = self._readiness(context)
+        status = 200 if ready else 503
+        if not self._health_admin(context, headers or {}):
+            return ApiResponse.json(status, {"status": detail["status"]})
+        return ApiResponse.json(status, detail)
+
+    def _health_admin(self, context: ApiContext, headers: Mapping[str, str]) -> bool:
+        """Whether the caller of a readiness check is an admin (anything else, a bad token
+        included, is answered like an anonymous probe: health checks are never refused)."""
+        from core.access import AuthError, AuthUnavailable, is_admin
+
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        if "authorization" not in lowered and not any(k.startswith("x-ms-client-principal") for k in lowered):
+            return False
+        try:
+            principal = context.authenticator(self.environ).authenticate(lowered)
+        except (AuthError, AuthUnavailable):
+            return False
+        api = context.loaded.config.api
+        return is_admin(api.admin_ids, api.admin_role, principal)
+
+    def _readiness(self, context: ApiContext) -> tuple[bool, dict[str, Any]]:
         # A blob that cannot be re-read leaves the last good config serving, but not ready.
         source_status = self._source.status() if self._source is not None else {"kind": "file", "ok": True}
         broker = context.broker
@@ -502,10 +526,10 @@ class HttpApi:
             ready = ready and ok
             stores[store] = {"ok": ok, "scopes": checks}
         ready = ready and bool(source_status.get("ok"))
-        return ApiResponse.json(200 if ready else 503, {
+        return ready, {
             "status": "ok" if ready else "unavailable", "config": "ok" if source_status.get("ok") else "stale",
             "config_source": source_status, "stores": stores,
-        })
+        }
 
 
 def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:

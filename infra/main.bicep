@@ -368,6 +368,10 @@ var baseSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: useUserAssigned ? 'ClientId=${identityClientId};Authorization=AAD' : 'Authorization=AAD'
   VAULTRELAY_CONFIG: vaultrelayConfig
   VAULTRELAY_CONFIG_RELOAD_SECONDS: '30'
+  // The worker forwards every logger's INFO records to Application Insights: keep the SDK's at WARNING.
+  VAULTRELAY_SDK_LOG_LEVEL: 'WARNING'
+  // Unauthenticated requests: one audit row per cause and minute, holding the count.
+  VAULTRELAY_ANONYMOUS_AUDIT_SECONDS: '60'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience

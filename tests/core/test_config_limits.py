@@ -29,13 +29,16 @@ def _aliased_string_config(copies: int, size: int, *, dollars: bool = True) -> s
     return "\n".join(lines) + "\n"
 
 
-# Loads `argv[1]` with the CLI's validate, reports the exit code, stderr and peak RSS as JSON.
+# Loads `argv[1]` with the CLI's validate, reports the exit code, stderr and peak RSS as JSON (VmHWM:
+# the high-water mark of this program's memory; ru_maxrss would include the forked test process's).
 _CHILD = """
-import io, json, resource, sys
+import io, json, sys
 from core.cli import main
 err = io.StringIO()
 code = main(["--config", sys.argv[1], "validate"], stdout=io.StringIO(), stderr=err)
-print(json.dumps({"code": code, "stderr": err.getvalue(), "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+with open("/proc/self/status") as status:
+    peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"code": code, "stderr": err.getvalue(), "peak_mib": peak_kb / 1024}))
 """
 
 

@@ -52,7 +52,8 @@ import ssl
 import threading
 import time
 import urllib.error
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,17 +136,19 @@ class Principal:
         return f"appid:{self.app_id}"
 
 
-def may_fetch(access: Mapping[str, Sequence[str]], env: str, principal: Principal) -> bool:
-    """Whether `principal` may fetch `env` (an env without an `access:` entry is closed)."""
+def may_fetch(access: Mapping[str, Collection[str]], env: str, principal: Principal) -> bool:
+    """Whether `principal` may fetch `env` (an env without an `access:` entry is closed).
+    `access` holds normalized ids (`Config.access_ids`: trimmed and lowercase once at load)."""
     allowed = access.get(env)
     if not allowed:
         return False
-    return bool({entry.strip().lower() for entry in allowed} & principal.ids)
+    return not principal.ids.isdisjoint(allowed)
 
 
-def is_admin(admins: Iterable[str], admin_role: str | None, principal: Principal) -> bool:
-    """Whether `principal` is listed in `api.admins` or carries the `api.admin_role` app role."""
-    if {entry.strip().lower() for entry in admins} & principal.ids:
+def is_admin(admins: Collection[str], admin_role: str | None, principal: Principal) -> bool:
+    """Whether `principal` is listed in `api.admins` (normalized ids: `Api.admin_ids`) or carries
+    the `api.admin_role` app role."""
+    if not principal.ids.isdisjoint(admins):
         return True
     return bool(admin_role) and admin_role in principal.roles
 

@@ -393,6 +393,10 @@ var baseSettings = {
   VAULTRELAY_CONFIG: vaultrelayConfig
   VAULTRELAY_CONFIG_RELOAD_SECONDS: '30'
   VAULTRELAY_LISTED_KEYS_TTL_SECONDS: '300'
+  // The worker forwards every logger's INFO records to Application Insights: keep the SDK's at WARNING.
+  VAULTRELAY_SDK_LOG_LEVEL: 'WARNING'
+  // Unauthenticated requests: one audit row per cause and minute, holding the count.
+  VAULTRELAY_ANONYMOUS_AUDIT_SECONDS: '60'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience

@@ -19,6 +19,13 @@ delegation SAS, against the roles of the identity that got the delegation key (`
 does; a denial is Azure's 403 `AuthorizationPermissionMismatch`, which names neither the action
 nor a role.  Queue requests and requests signed with an account key are not checked here.
 
+Azurite refuses what Azure refuses in entity keys (`/ \\ # ?`, control characters, more than 1 KiB)
+and string properties over 64 KiB, but stores an entity of any size and any number of properties;
+Azure holds at most 1 MiB and 252 properties per entity ("Understanding the Table service data
+model"), so the proxy refuses larger single-entity writes (insert, update, merge) with Azure's
+400 `EntityTooLarge` / `TooManyProperties` before Azurite sees them (`table_entity_problem`).
+Entities inside a `$batch` are not checked.
+
 While Azurite restarts (a key rotation) the proxy holds requests until it is back; while it is
 stopped through the control API (`POST /azurite/stop`: a storage outage) every request is
 answered at once with 503 ServerBusy, as Azure Storage answers when it is unavailable.
@@ -302,6 +309,10 @@ class StorageProxy(Service):
             refused = _user_delegation_key_refusal(body, self.now())
             if refused is not None:
                 return refused
+        if service == "table" and body:
+            problem = table_entity_problem(request.method, request.path, body)
+            if problem is not None:
+                return _table_error(400, *problem)
         url = f"https://127.0.0.1:{manager.ports[service]}{request.raw_path}"
         for attempt in range(40):
             try:
@@ -451,6 +462,75 @@ def _user_delegation_key_refusal(body: bytes, now: datetime) -> web.Response | N
             return _storage_error(400, "InvalidXmlNodeValue", "The value for one of the XML nodes is not in the correct format.",
                                   f"<XmlNodeName>{text}</XmlNodeName><XmlNodeValue>{text}</XmlNodeValue>")
     return None
+
+
+# Table entity limits (Learn, "Understanding the Table service data model"): 252 properties besides
+# PartitionKey, RowKey and Timestamp, 1 MiB in all, sized as the table design guide estimates it:
+# 4 bytes + 2 per key character + per property 8 + 2 per name character + its value's size.
+MAX_ENTITY_BYTES = 1024 * 1024
+MAX_ENTITY_PROPERTIES = 252
+_EDM_SIZES = {"Edm.Boolean": 1, "Edm.DateTime": 8, "Edm.Double": 8, "Edm.Guid": 16, "Edm.Int32": 4, "Edm.Int64": 8}
+
+
+def entity_size(entity: dict[str, Any]) -> tuple[int, int]:
+    """(estimated bytes, properties besides the keys and Timestamp) of a JSON entity as sent."""
+    def units(text: str) -> int:
+        return len(text.encode("utf-16-le")) // 2
+
+    size = 4 + 2 * (units(str(entity.get("PartitionKey", ""))) + units(str(entity.get("RowKey", ""))))
+    count = 0
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey", "Timestamp") or "@odata." in name or name.startswith("odata."):
+            continue
+        count += 1
+        kind = entity.get(f"{name}@odata.type")
+        if kind == "Edm.Binary":
+            value_size = 4 + len(str(value)) * 3 // 4  # base64 text: its decoded length
+        elif kind in _EDM_SIZES:
+            value_size = _EDM_SIZES[kind]
+        elif isinstance(value, bool):
+            value_size = 1
+        elif isinstance(value, int):
+            value_size = 4
+        elif isinstance(value, float):
+            value_size = 8
+        else:
+            value_size = 4 + 2 * units(value if isinstance(value, str) else json.dumps(value))
+        size += 8 + 2 * units(name) + value_size
+    return size, count
+
+
+def table_entity_problem(method: str, path: str, body: bytes) -> tuple[str, str] | None:
+    """(error code, message) when a single-entity write (insert, update, merge) exceeds Azure's
+    entity limits; None otherwise (and for anything that is not such a write)."""
+    parts = [p for p in path.split("/") if p]
+    if method.upper() not in ("POST", "PUT", "MERGE", "PATCH") or len(parts) != 1:
+        return None
+    head = parts[0]
+    if head.startswith("$") or head.lower().startswith("tables"):
+        return None
+    if method.upper() == "POST" and "(" in head:
+        return None
+    try:
+        entity = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(entity, dict):
+        return None
+    size, count = entity_size(entity)
+    if count > MAX_ENTITY_PROPERTIES:
+        return "TooManyProperties", "The entity contains more properties than allowed."
+    if size > MAX_ENTITY_BYTES:
+        return "EntityTooLarge", "The entity is larger than the maximum size permitted."
+    return None
+
+
+def _table_error(status: int, code: str, message: str) -> web.Response:
+    """A Table service error in its JSON form (the form azure-data-tables asks for)."""
+    value = f"{message}\nRequestId:{uuid.uuid4()}\nTime:{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
+    body = json.dumps({"odata.error": {"code": code, "message": {"lang": "en-US", "value": value}}})
+    return web.Response(status=status, body=body.encode(), headers={
+        "Content-Type": "application/json;odata=minimalmetadata;streaming=true;charset=utf-8", "x-ms-error-code": code})
 
 
 def account_key_bytes(key: str) -> bytes:

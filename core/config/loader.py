@@ -35,6 +35,9 @@ _LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64  # nested mappings/lists; a config needs about 8
 MAX_NODES = 500_000  # YAML nodes once every alias is expanded (a "billion laughs" file has 10**9)
+# Bytes of scalar text (keys and values, UTF-8) once every alias is expanded: a 1 MB string aliased
+# 3,000 times is 3 GB when anything copies it (interpolation of a `$$` does), though few nodes.
+MAX_EXPANDED_BYTES = 16 * 1024 * 1024
 # libyaml's loader when PyYAML has it: the same nodes, marks and errors, about ten times faster.
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -151,52 +154,61 @@ def _too_large(size: int) -> str:
 
 
 def _check_shape(text: str, file: str) -> None:
-    """Reject nesting deeper than MAX_DEPTH, recursive aliases and more than MAX_NODES nodes once
-    aliases are expanded, from the parser's events (the parser is not recursive and builds
-    nothing; the composer, the constructor and validation all are, or expand aliases).
+    """Reject nesting deeper than MAX_DEPTH, recursive aliases, more than MAX_NODES nodes and more
+    than MAX_EXPANDED_BYTES bytes of scalar text once aliases are expanded, from the parser's
+    events (the parser is not recursive and builds nothing; the composer, the constructor and
+    validation all are, or expand aliases, and interpolation copies every string it rewrites).
 
     Raises:
         ConfigError: the file is too deep or expands too far.
         yaml.YAMLError: the text is not YAML.
     """
-    sizes: dict[str, int] = {}  # anchor -> expanded node count of the node it names
-    open_nodes: list[tuple[str | None, int]] = []  # (anchor, node count so far) per open collection
-    total = 0
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (expanded nodes, expanded bytes) of the node it names
+    open_nodes: list[tuple[str | None, int, int]] = []  # (anchor, nodes, bytes so far) per open collection
+    total_nodes = 0
+    total_bytes = 0
 
     def fail(line: int | None, message: str) -> ConfigError:
         return ConfigError([ConfigProblem(file, line, "", message)])
 
-    def add(count: int, event: yaml.Event) -> None:
-        nonlocal total
+    def add(nodes: int, size: int, event: yaml.Event) -> None:
+        nonlocal total_nodes, total_bytes
         if open_nodes:
-            anchor, so_far = open_nodes[-1]
-            open_nodes[-1] = (anchor, so_far + count)
-        total += count
-        if total > MAX_NODES:
+            anchor, so_far, so_far_bytes = open_nodes[-1]
+            open_nodes[-1] = (anchor, so_far + nodes, so_far_bytes + size)
+        total_nodes += nodes
+        total_bytes += size
+        if total_nodes > MAX_NODES:
             raise fail(_event_line(event), f"the file expands to more than {MAX_NODES:,} values (aliases included)")
+        if total_bytes > MAX_EXPANDED_BYTES:
+            raise fail(_event_line(event), f"the file expands to more than {MAX_EXPANDED_BYTES:,} bytes of text (aliases included); "
+                                           "repeat less through aliases")
 
     for event in yaml.parse(text, Loader=_YAML_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
             if len(open_nodes) >= MAX_DEPTH:
                 raise fail(_event_line(event), f"nested more than {MAX_DEPTH} levels deep")
-            open_nodes.append((event.anchor, 1))
-            total += 1
+            open_nodes.append((event.anchor, 1, 0))
+            total_nodes += 1
         elif isinstance(event, yaml.CollectionEndEvent):
-            anchor, count = open_nodes.pop()
+            anchor, count, size = open_nodes.pop()
             if anchor is not None:
-                sizes[anchor] = count
-            total -= count  # counted again as one value of its parent (or of the document)
-            add(count, event)
+                sizes[anchor] = (count, size)
+            # counted again as one value of its parent (or of the document)
+            total_nodes -= count
+            total_bytes -= size
+            add(count, size, event)
         elif isinstance(event, yaml.ScalarEvent):
+            size = len(event.value) if event.value.isascii() else len(event.value.encode("utf-8", "surrogatepass"))
             if event.anchor is not None:
-                sizes[event.anchor] = 1
-            add(1, event)
+                sizes[event.anchor] = (1, size)
+            add(1, size, event)
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:
-                if any(anchor == event.anchor for anchor, _ in open_nodes):
+                if any(anchor == event.anchor for anchor, _, _ in open_nodes):
                     raise fail(_event_line(event), f"alias *{event.anchor} refers to a value that contains it")
                 continue  # an unknown alias: the composer reports it with its position
-            add(sizes[event.anchor], event)
+            add(*sizes[event.anchor], event)
 
 
 # ---- YAML positions -------------------------------------------------------------------------

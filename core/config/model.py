@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -682,6 +683,16 @@ class Api(Strict):
                                               "managed identities), group ids, or app (client) ids, which match app-only tokens only")
     admin_role: str = Field("VaultRelay.Admin", description="an app role claim that also grants admin access")
 
+    @field_validator("admins")
+    @classmethod
+    def _normalized_admins(cls, admins: list[str]) -> list[str]:
+        return normalized_ids(admins)
+
+    @cached_property
+    def admin_ids(self) -> frozenset[str]:
+        """`admins` as a set (normalized at load; built once per config, not per request)."""
+        return frozenset(self.admins)
+
 
 class Config(Strict):
     """A vaultrelay config file."""
@@ -708,6 +719,16 @@ class Config(Strict):
                 if not re.fullmatch(ENV_VAR_NAME, name):
                     raise ValueError(f"'{name}' is not a valid environment variable name")
         return envs
+
+    @field_validator("access")
+    @classmethod
+    def _normalized_access(cls, access: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {env: normalized_ids(ids) for env, ids in access.items()}
+
+    @cached_property
+    def access_ids(self) -> dict[str, frozenset[str]]:
+        """`access` as sets (normalized at load; built once per config, not per request)."""
+        return {env: frozenset(ids) for env, ids in self.access.items()}
 
     @model_validator(mode="after")
     def _stores_exist(self) -> Config:
@@ -856,6 +877,17 @@ def _string_or_mapping(schema: dict[str, Any], string_description: str) -> None:
     items = schema.get("items")
     if isinstance(items, dict):
         schema["items"] = {"anyOf": [{"type": "string", "description": string_description}, items]}
+
+
+def normalized_ids(ids: Iterable[str]) -> list[str]:
+    """Access and admin entries as they are matched: trimmed, lowercase (ids are GUIDs, which Entra
+    writes in either case), without blanks and repeats, in their order."""
+    seen: dict[str, None] = {}
+    for entry in ids:
+        normalized = entry.strip().lower()
+        if normalized:
+            seen.setdefault(normalized)
+    return list(seen)
 
 
 def _located(path: str, message: str) -> str:

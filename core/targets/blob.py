@@ -9,11 +9,18 @@ different from the one vaultrelay's last write (or an accepted change) left.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 from core.engine.render import UnrepresentableValue, render_dotenv
 from core.permissions import denied_note
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+
+
+def _header_safe(text: str) -> str:
+    """Metadata travels as HTTP headers: a name that is not printable ASCII is percent-encoded."""
+    return text if text.isascii() and text.isprintable() and "%" not in text else urllib.parse.quote(text, safe="")
+
 
 LEGACY_FINGERPRINT = "vaultrelay_fingerprint"  # written by earlier versions; ignored
 
@@ -34,7 +41,7 @@ class BlobTargetWriter:
         self._etag: str | None = None
 
     def _metadata(self, env: str) -> dict[str, str]:
-        return {"managed_by": "vaultrelay", "vaultrelay_env": env, "vaultrelay_target": self.ctx.name}
+        return {"managed_by": "vaultrelay", "vaultrelay_env": _header_safe(env), "vaultrelay_target": _header_safe(self.ctx.name)}
 
     def _content_type(self) -> str:
         return "application/json" if self.config.format == "json" else "text/plain; charset=utf-8"

@@ -25,6 +25,7 @@ from core.access import (
     may_fetch,
     principal_from_app_service,
 )
+from core.config.model import normalized_ids
 from core.engine.render import UnrepresentableValue, negotiate, render
 
 AUTHORITY = "https://login.example"
@@ -144,10 +145,10 @@ def test_access_lists_and_admins() -> None:
     principal = Principal(object_id="OID-1", app_id="APP-1", groups=frozenset({"G-1"}), roles=frozenset({"VaultRelay.Admin"}), app_only=True)
     assert may_fetch({"prod": ["oid-1"]}, "prod", principal)
     assert may_fetch({"prod": ["g-1"]}, "prod", principal)
-    assert may_fetch({"prod": [" APP-1 "]}, "prod", principal)
+    assert may_fetch({"prod": normalized_ids([" APP-1 "])}, "prod", principal)  # as the loader normalized it
     user = Principal(object_id="USER-1", app_id="APP-1", groups=frozenset({"G-1"}))  # a user signed in through APP-1
-    assert not may_fetch({"prod": ["APP-1"]}, "prod", user) and not is_admin(["APP-1"], None, user)
-    assert may_fetch({"prod": ["user-1"]}, "prod", user) and may_fetch({"prod": ["G-1"]}, "prod", user)
+    assert not may_fetch({"prod": normalized_ids(["APP-1"])}, "prod", user) and not is_admin(normalized_ids(["APP-1"]), None, user)
+    assert may_fetch({"prod": normalized_ids(["user-1"])}, "prod", user) and may_fetch({"prod": normalized_ids(["G-1"])}, "prod", user)
     assert not may_fetch({"prod": ["someone"]}, "prod", principal)
     assert not may_fetch({"prod": ["oid-1"]}, "staging", principal)
     assert not may_fetch({"prod": []}, "prod", principal)

@@ -113,7 +113,16 @@ def test_exec_passes_variables_and_the_exit_code(tmp_path: Path, example_env: Sa
 
 def test_no_secret_value_reaches_logs_or_output_at_debug(example_env: SandboxClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    code, out, err = run("--verbose", "resolve", "--env", "production", "--format", "json")
+    # A CLI process does not load the Function app, which keeps the SDK loggers at WARNING
+    # (core/logs.py): here they inherit DEBUG, as in a CLI process.
+    from core.logs import set_sdk_log_level
+
+    sdk_levels = set_sdk_log_level(logging.NOTSET)
+    try:
+        code, out, err = run("--verbose", "resolve", "--env", "production", "--format", "json")
+    finally:
+        for name, level in sdk_levels.items():
+            logging.getLogger(name).setLevel(level)
     assert code == EXIT_OK
     code, revealed, _ = run("resolve", "--env", "production", "--format", "json", "--reveal")
     values = [v for k, v in json.loads(revealed).items() if k != "LOG_LEVEL"]

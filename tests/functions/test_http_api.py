@@ -325,7 +325,8 @@ def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: Http
     health = functions["health"].get_user_function()
     live = health(request("GET", "/api/health"))
     assert live.status_code == 200 and body_json(live) == {"status": "ok"}
-    deep = health(request("GET", "/api/health", params={"deep": "1"}))
+    admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}
+    deep = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
     assert deep.status_code == 200, deep.get_body()
     document = body_json(deep)
     assert document["status"] == "ok" and document["stores"]["azure"]["ok"] and document["stores"]["azure-data"]["ok"]
@@ -338,11 +339,14 @@ def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: Http
         "version: 1\nsecretStores:\n  ghost:\n    type: azure.managed_identity\n    identity:\n      type: user_assigned\n"
         "      client_id: 0badc0de-0000-4000-8000-000000000000\n"
         "envs:\n  e:\n    X:\n      from: {store: ghost, vault: kv-source, secret: api-key}\n"
+        f"api: {{audience: '{AUDIENCE}', admins: [{seeded.identities['admin'].object_id}]}}\n"
     )
     with serving(HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(broken)}, audit=MemoryAuditSink())) as other:
-        not_ready = health(request("GET", "/api/health", params={"deep": "1"}))
+        not_ready = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert not_ready.status_code == 503
         assert body_json(not_ready)["stores"]["ghost"]["ok"] is False
+        anonymous = health(request("GET", "/api/health", params={"deep": "1"}))
+        assert anonymous.status_code == 503 and body_json(anonymous) == {"status": "unavailable"}
         other.close()
 
 

@@ -65,6 +65,7 @@ if str(PROJECT_ROOT) not in sys.path:
 STORE = "azure"
 SOURCE_VAULTS = {"kv-source": 2, "kv-shared": 1}  # share of the secret pool
 TARGET_VAULT = "kv-target"
+STATE_VAULT = "kv-state"  # never a target's vault (validate refuses that)
 BLOB_ACCOUNT = "sandboxdata"
 CONTAINER = "bench-bundles"
 STATE_ACCOUNT = "sandboxstore"
@@ -97,7 +98,7 @@ def build_spec(envs: int, refs: int, unique: int, seed: int = 11) -> dict[str, A
         "state:",
         f"  store: {STORE}",
         f"  account: {STATE_ACCOUNT}",
-        f"  vault: {TARGET_VAULT}",
+        f"  vault: {STATE_VAULT}",
         "  table_prefix: bench",
         "envs:",
     ]

@@ -8,8 +8,11 @@ and tests can drive it directly.
   callers cannot find out which envs exist.  If any variable fails: 502 with the variables'
   names and failure reasons (never values, never partial bundles).  Every fetch is audited; a
   fetch whose audit record cannot be stored answers 503 and returns nothing (fails closed).
+  Unauthenticated requests are counted and logged, and stored as one row per cause and window
+  (`core.audit.AnonymousAudit`), not one row each.
 * `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
-  token for each audience the config needs from it (tokens and values are never shown).
+  token for each audience the config needs from it.  Anonymous callers get only ok / not ok; the
+  detail (config source, stores, audiences) is for admins (tokens and values are never shown).
 
 One `ApiContext` (config, Broker, authenticator) is kept per process and config version; it is
 rebuilt when the version changes.  The config is `$VAULTRELAY_CONFIG`, a file path (checked on
@@ -28,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.audit import AuditSink, AuditWriteError, LoggingAuditSink
-from core.engine.render import FORMATS, MEDIA_TYPES, negotiate, render
+from core.audit import AnonymousAudit, AuditSink, AuditWriteError, LoggingAuditSink, anonymous_window
+from core.engine.render import FORMATS, MEDIA_TYPES, UnrepresentableValue, negotiate, render
 
 log = logging.getLogger("vaultrelay.api")
 
@@ -76,7 +79,7 @@ class ApiContext:
                 api = self.loaded.config.api
                 self._authenticator = Authenticator(
                     api.auth_mode, authority=self.broker.cloud.authority, tenant_id=tenant_from(environ),
-                    audiences=audiences_from(api.audience, environ),
+                    audiences=audiences_from(api.audience, environ), environ=environ,
                 )
             return self._authenticator
 
@@ -105,6 +108,16 @@ class ApiContext:
                     sink = LoggingAuditSink()
                 object.__setattr__(self, "_audit_sink", sink)
             return sink
+
+    def anonymous_audit(self, window_s: float) -> AnonymousAudit:
+        """Counts of unauthenticated requests: logged each, stored as one row per cause and
+        window in the audit table (with a `state:` section)."""
+        with self._lock:
+            audit = getattr(self, "_anonymous_audit", None)
+            if audit is None:
+                audit = AnonymousAudit(self.audit_state if self.loaded.config.state is not None else None, window_s=window_s)
+                object.__setattr__(self, "_anonymous_audit", audit)
+            return audit
 
     def audit_state(self) -> Any:
         """The state store (`core.state.tables.StateStore`) the fetch audit writes to: the
@@ -162,6 +175,7 @@ class HttpApi:
         self._audit_override = audit
         self._logging_audit = LoggingAuditSink()
         self._broker_factory = broker_factory
+        self._anonymous_window = anonymous_window(self.environ)
         self._context: ApiContext | None = None
         self._source: Any = None  # core.config.source.ConfigSource
         self._failed: tuple[str, tuple[Any, ...], str] | None = None
@@ -223,8 +237,13 @@ class HttpApi:
             context = self._context = ApiContext(loaded=loaded, broker=broker, signature=snapshot.signature,
                                                  location=snapshot.location)
         if current is not None:
-            # Requests still running on the old Broker keep using it; close it once they are done.
-            timer = threading.Timer(60.0, current.broker.close)
+            # Requests still running on the old Broker keep using it; close it once they are done
+            # (and store the old config's pending counts of unauthenticated requests).
+            def retire(old: ApiContext = current) -> None:
+                old.anonymous_audit(self._anonymous_window).flush()
+                old.broker.close()
+
+            timer = threading.Timer(60.0, retire)
             timer.daemon = True
             timer.start()
         log.info("config %s loaded (%d envs)", snapshot.location, len(loaded.config.envs))
@@ -270,14 +289,18 @@ class HttpApi:
         try:
             principal = context.authenticator(self.environ).authenticate(lowered)
         except AuthError as exc:
-            self._audit(context, "anonymous", env, {"outcome": "unauthenticated", "status": str(exc.status)})
+            if self._audit_override is not None:  # an embedder's sink takes every record
+                self._audit(context, "anonymous", env, {"outcome": "unauthenticated", "status": str(exc.status)})
+            else:  # counted and logged; stored as one row per cause and window, not one per request
+                cause = f"{exc.status}-{exc.error or 'no_token'}"
+                context.anonymous_audit(self._anonymous_window).record(cause, _printable(env), {"status": str(exc.status)})
             body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
             return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
         except AuthUnavailable as exc:
             log.error("env fetch refused: %s", exc)
-            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+            return ApiResponse.json(503, {"error": "unavailable", "message": exc.public}, {"Retry-After": "30"})
         config = context.loaded.config
-        if env not in config.envs or not may_fetch(config.access, env, principal):
+        if env not in config.envs or not may_fetch(config.access_ids, env, principal):
             self._audit(context, principal.actor, env, {"outcome": "denied", "via": principal.via})
             return ApiResponse.json(403, FORBIDDEN_BODY)
         fmt, problem = _format(query, lowered)
@@ -305,6 +328,14 @@ class HttpApi:
                 "outcome": "failed", "via": principal.via, "failed": ",".join(f["name"] for f in failures),
             })
             return ApiResponse.json(502, {"error": "resolution_failed", "env": env, "failures": failures})
+        try:
+            text = render(bundle.as_plain_dict(), fmt)
+        except UnrepresentableValue as exc:
+            # Names and reasons only; the caller can ask for a format that carries any value.
+            self._audit(context, principal.actor, env, {
+                "outcome": "not_representable", "via": principal.via, "format": fmt, "failed": ",".join(exc.problems),
+            })
+            return ApiResponse.json(406, {"error": "not_acceptable", "message": f"{exc}; ask for format=json"})
         prints, key_source = context.fingerprinter(self.environ)
         detail = {"outcome": "ok", "via": principal.via, "format": fmt, "variables": str(len(bundle.values)),
                   "fingerprint_key": key_source}
@@ -318,7 +349,6 @@ class HttpApi:
             # No values without an audit record: fail closed (logged by the sink, without values).
             telemetry.record_failure("audit_unavailable", "audit")
             return ApiResponse.json(503, AUDIT_UNAVAILABLE_BODY, {"Retry-After": "30"})
-        text = render(bundle.as_plain_dict(), fmt)
         return ApiResponse(200, text.encode(), MEDIA_TYPES[fmt], {**NO_STORE, "Vary": "Accept, Authorization"})
 
     def audit_sink(self, context: ApiContext | None = None) -> AuditSink:
@@ -327,6 +357,12 @@ class HttpApi:
             return self._audit_override
         return context.audit_sink() if context is not None else self._logging_audit
 
+    def flush_audit(self) -> None:
+        """Store the pending counts of unauthenticated requests now (the timer does it each tick)."""
+        context = self._context
+        if context is not None:
+            context.anonymous_audit(self._anonymous_window).flush()
+
     def _audit(self, context: ApiContext, actor: str, env: str, detail: dict[str, str], *, required: bool = False) -> None:
         """Record a fetch.  A failure is logged; with `required` (values are about to be handed
         out) it is raised as well.
@@ -334,7 +370,7 @@ class HttpApi:
         Raises:
             AuditWriteError: `required` and the record could not be stored.
         """
-        safe_env = (env if env.isprintable() else env.encode("unicode_escape").decode())[:MAX_ENV_LENGTH]
+        safe_env = _printable(env)
         try:
             self.audit_sink(context).record(actor, FETCH_ACTION, safe_env, detail)
         except Exception as exc:  # a broken sink must not turn a fetch into a 500; it is logged
@@ -346,7 +382,7 @@ class HttpApi:
     # ---- admin routes: POST /sync[/{env}], POST /rotate/{name}, GET /status ----------------
     def admin(self, action: str, *, headers: Mapping[str, str], env: str | None = None, name: str | None = None,
               query: Mapping[str, str] | None = None) -> ApiResponse:
-        """Run `sync`, `rotate` or `status` for an admin caller; answers carry names, never values."""
+        """Run `sync`, `rotate`, `accept_drift` or `status` for an admin caller; answers carry names, never values."""
         from core.access import AuthError, AuthUnavailable, is_admin
 
         lowered = {str(k).lower(): str(v) for k, v in headers.items()}
@@ -360,10 +396,11 @@ class HttpApi:
         except AuthError as exc:
             body = {"error": "unauthorized" if exc.status == 401 else "bad_request", "message": exc.description}
             return ApiResponse.json(exc.status, body, {"WWW-Authenticate": exc.www_authenticate})
-        except AuthUnavailable:
-            return ApiResponse.json(503, {"error": "unavailable", "message": "caller authentication is not available"}, {"Retry-After": "30"})
+        except AuthUnavailable as exc:
+            log.error("%s refused: %s", action, exc)
+            return ApiResponse.json(503, {"error": "unavailable", "message": exc.public}, {"Retry-After": "30"})
         api = context.loaded.config.api
-        if not is_admin(api.admins, api.admin_role, principal):
+        if not is_admin(api.admin_ids, api.admin_role, principal):
             self._record(context, principal.actor, f"admin.{action}", env or name or "", {"outcome": "denied"})
             return ApiResponse.json(403, {"error": "forbidden", "message": "this route needs an admin (api.admins or the admin role)"})
         from core.errors import ConfigError, NotFoundError
@@ -385,6 +422,14 @@ class HttpApi:
                 reports = KeyRotation(engine).rotate(name, force=force)  # counted in the engine
                 document = {"rotations": [r.as_dict() for r in reports]}
                 status = 502 if any(r.outcome == "error" for r in reports) else 200
+            elif action == "accept_drift":
+                names = [n for n in str((query or {}).get("names", "")).split(",") if n]
+                accepted = engine.accept_drift(env, name, names)
+                if any(t.outcome == "busy" for t in accepted):
+                    document, status = {"error": "busy", "message": f"a sync of env {env} is running; try again"}, 409
+                else:
+                    document = {"targets": [t.as_dict() for t in accepted]}
+                    status = 502 if any(t.outcome == "error" for t in accepted) else 200
             else:
                 document = {"targets": engine.status(), "rotations": engine.rotation_status()}
                 status = 200
@@ -428,6 +473,7 @@ class HttpApi:
         from core.engine.rotate import KeyRotation
 
         context = self.context()
+        self.flush_audit()  # counts of a quiet instance get stored too
         engine = context.engine()
         rotations = KeyRotation(engine).rotate()  # counted in the engine
         report = engine.sync()
@@ -437,17 +483,41 @@ class HttpApi:
         }
 
     # ---- GET /api/health?deep=1 ----------------------------------------------------------
-    def readiness(self) -> ApiResponse:
-        """200 when the config loads and every store's identity gets a token for each audience
-        the config needs; 503 otherwise.  Names stores and audiences, never tokens or values."""
+    def readiness(self, headers: Mapping[str, str] | None = None) -> ApiResponse:
+        """200 when the config loads, callers can be authenticated in the config's `api.auth_mode`
+        and every store's identity gets a token for each audience
+        the config needs; 503 otherwise.  Anonymous callers (and callers who are not admins) get
+        only `{"status": ...}`; an admin (`api.admins` or the admin role, with a bearer token or
+        App Service Authentication) gets the detail: the config source, and per store the
+        audiences and what failed.  Never tokens or values."""
         try:
             context = self.context()
         except ConfigUnavailable as exc:
             log.error("readiness: %s", exc)
-            document: dict[str, Any] = {"status": "unavailable", "config": "cannot be loaded"}
-            if self._source is not None:
-                document["config_source"] = self._source.status()
-            return ApiResponse.json(503, document)
+            # No config: no admin list either, so nobody gets more than the status.
+            return ApiResponse.json(503, {"status": "unavailable"})
+        ready, detail = self._readiness(context)
+        status = 200 if ready else 503
+        if not self._health_admin(context, headers or {}):
+            return ApiResponse.json(status, {"status": detail["status"]})
+        return ApiResponse.json(status, detail)
+
+    def _health_admin(self, context: ApiContext, headers: Mapping[str, str]) -> bool:
+        """Whether the caller of a readiness check is an admin (anything else, a bad token
+        included, is answered like an anonymous probe: health checks are never refused)."""
+        from core.access import AuthError, AuthUnavailable, is_admin
+
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        if "authorization" not in lowered and not any(k.startswith("x-ms-client-principal") for k in lowered):
+            return False
+        try:
+            principal = context.authenticator(self.environ).authenticate(lowered)
+        except (AuthError, AuthUnavailable):
+            return False
+        api = context.loaded.config.api
+        return is_admin(api.admin_ids, api.admin_role, principal)
+
+    def _readiness(self, context: ApiContext) -> tuple[bool, dict[str, Any]]:
         # A blob that cannot be re-read leaves the last good config serving, but not ready.
         source_status = self._source.status() if self._source is not None else {"kind": "file", "ok": True}
         broker = context.broker
@@ -473,10 +543,17 @@ class HttpApi:
             ready = ready and ok
             stores[store] = {"ok": ok, "scopes": checks}
         ready = ready and bool(source_status.get("ok"))
-        return ApiResponse.json(200 if ready else 503, {
+        # A mode that can authenticate no one (App Service Authentication off, no tenant or
+        # audience) makes every request answer 503: not ready either.
+        authenticator = context.authenticator(self.environ)
+        auth: dict[str, Any] = {"mode": authenticator.mode, "ok": authenticator.problem is None}
+        if authenticator.problem:
+            auth["problem"] = authenticator.problem
+            ready = False
+        return ready, {
             "status": "ok" if ready else "unavailable", "config": "ok" if source_status.get("ok") else "stale",
-            "config_source": source_status, "stores": stores,
-        })
+            "config_source": source_status, "stores": stores, "auth": auth,
+        }
 
 
 def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
@@ -521,6 +598,11 @@ def _token_failure(exc: BaseException) -> str:
     if "Service" in name or isinstance(exc, OSError):
         return "network"
     return "error"
+
+
+def _printable(env: str) -> str:
+    """`env` as audit records and logs show it: escaped when not printable, at most MAX_ENV_LENGTH."""
+    return (env if env.isprintable() else env.encode("unicode_escape").decode())[:MAX_ENV_LENGTH]
 
 
 def _format(query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[str | None, str | None]:

@@ -365,6 +365,14 @@ class AzureClients:
         """A transport over the shared connection pool (for vaultrelay's own pipelines)."""
         return self._transport()
 
+    def https_context(self) -> Any:
+        """The client SSL context of vaultrelay's own HTTPS requests (core.bounded_http): the
+        SDK clients' trust (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, else certifi's bundle)."""
+        from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+        self._transport()  # builds the session, which reads the CA bundle settings once
+        return _trust_context(self._session.ca_bundle or DEFAULT_CA_BUNDLE_PATH)
+
     def _common(self, credential: Any = None) -> dict[str, Any]:
         return {"transport": self._transport(), "retry_policy": self.retry.policy(), **self._logging(credential)}
 

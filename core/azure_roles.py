@@ -357,8 +357,22 @@ def role_definition_resource_id(subscription_id: str, role: RoleDefinition) -> s
     )
 
 
-# A custom role vaultrelay's infra defines where the built-ins are too broad: DocumentDB Account
-# Contributor can change the whole account, while vaultrelay only needs the key operations.
+# Custom roles vaultrelay's infra defines (infra/app/custom-roles.bicep) where the built-ins are too
+# broad.  Cosmos DB has no built-in role that lists keys or connection strings without also being
+# able to change the whole account (DocumentDB Account Contributor); Cosmos DB Account Reader Role
+# reads the read-only keys only.  App Service's Website Contributor can change, restart, deploy
+# to and delete the site; an app_settings target only lists and writes its settings.
+COSMOS_KEY_READER = RoleDefinition(
+    "3b7a5e1c-2d4f-4a8b-9c6e-0f1a2b3c4d5e",
+    "vaultrelay Cosmos DB Key Reader",
+    actions=(
+        "Microsoft.DocumentDB/databaseAccounts/read",
+        "Microsoft.DocumentDB/databaseAccounts/listKeys/action",
+        "Microsoft.DocumentDB/databaseAccounts/readonlykeys/action",
+        "Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action",
+    ),
+    description="List Cosmos DB account keys and connection strings; no regeneration, no other change (custom role).",
+)
 COSMOS_KEY_OPERATOR = RoleDefinition(
     "7e0b1c2a-9f4d-5c3b-8a6e-1d2f3a4b5c6d",
     "vaultrelay Cosmos DB Key Operator",
@@ -371,5 +385,19 @@ COSMOS_KEY_OPERATOR = RoleDefinition(
     ),
     description="List, read-only-list and regenerate Cosmos DB account keys (custom role).",
 )
-CUSTOM_ROLES: dict[str, RoleDefinition] = {COSMOS_KEY_OPERATOR.role_id: COSMOS_KEY_OPERATOR}
-ROLES_BY_NAME[COSMOS_KEY_OPERATOR.name.lower()] = COSMOS_KEY_OPERATOR
+APP_SETTINGS_WRITER = RoleDefinition(
+    "9d2c4b6a-1e3f-4c5d-8e7f-6a5b4c3d2e1f",
+    "vaultrelay App Settings Writer",
+    actions=(
+        "Microsoft.Web/sites/read",
+        "Microsoft.Web/sites/config/read",
+        "Microsoft.Web/sites/config/list/action",
+        "Microsoft.Web/sites/config/write",
+        "Microsoft.Web/sites/slots/read",
+        "Microsoft.Web/sites/slots/config/list/action",
+        "Microsoft.Web/sites/slots/config/write",
+    ),
+    description="List and write the configuration (app settings) of a site and its slots; no deployment, restart or deletion (custom role).",
+)
+CUSTOM_ROLES: dict[str, RoleDefinition] = {role.role_id: role for role in (COSMOS_KEY_READER, COSMOS_KEY_OPERATOR, APP_SETTINGS_WRITER)}
+ROLES_BY_NAME.update({role.name.lower(): role for role in CUSTOM_ROLES.values()})

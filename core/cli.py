@@ -7,6 +7,7 @@
     resolve --env E                resolve and print (masked unless --reveal)
     exec --env E -- CMD ARGS...    run a command with the env's variables
     sync | rotate | status         push to targets, rotate keys, show what happened
+    accept-drift [--env E] [--target T] [NAME...]   stop reporting what a target holds now
     completion bash|zsh|fish       shell completion script
 
 Global options: `--config FILE` (`-` = standard input, or an https blob URL; default
@@ -32,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from core.engine.render import FORMATS, render
+from core.engine.render import FORMATS, UnrepresentableValue, render
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.tables import StateUnavailable
 
@@ -136,6 +137,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
                "examples:\n  vaultrelay rotate\n  vaultrelay rotate --name storage:myaccount --force"),
     "status": ("per env and target: last push, drift, last error; rotations (needs a state: section)",
                "examples:\n  vaultrelay status\n  vaultrelay status --output json | jq '.targets[] | select(.outcome == \"error\")'"),
+    "accept-drift": ("accept drift: what a target holds now becomes the baseline and is no longer reported (audited)",
+                     "examples:\n  vaultrelay accept-drift --env production\n"
+                     "  vaultrelay accept-drift --env production --target prod-vault DATABASE_PASSWORD"),
     "completion": ("print a shell completion script",
                    "examples:\n  vaultrelay completion bash > ~/.local/share/bash-completion/completions/vaultrelay\n"
                    "  vaultrelay completion zsh > \"${fpath[1]}/_vaultrelay\"\n"
@@ -191,6 +195,9 @@ def _parser() -> _Parser:
     sub["sync"].add_argument("--force-mint", action="store_true", help="re-mint SAS tokens even if not due")
     sub["rotate"].add_argument("--name", "-n", action=_Once, help="one rotation, e.g. storage:myaccount (see status)")
     sub["rotate"].add_argument("--force", action="store_true", help="rotate even if not due")
+    env_option("accept-drift", False, "the env (default: every env)")
+    sub["accept-drift"].add_argument("--target", "-t", action=_Once, help="one target (default: every target of the env)")
+    sub["accept-drift"].add_argument("names", nargs="*", metavar="NAME", help="only these variables (default: every drifted one)")
     sub["completion"].add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
     return parser
 
@@ -619,7 +626,11 @@ def _resolve(loaded: Any, args: argparse.Namespace, out: TextIO, err: TextIO) ->
     if not args.reveal and not is_terminal(out):
         _say(err, f"note: {_plural(len(values), 'value')} written masked as {MASK} (--masked); --reveal writes them")
     if fmt in FORMATS:
-        text = render(values, fmt)
+        try:
+            text = render(values, fmt)
+        except UnrepresentableValue as exc:
+            _say(err, f"error: env {args.env}: {exc}; nothing printed (--format json carries any value)")
+            return EXIT_RESOLUTION
         if is_terminal(out):
             from core.terminal import escape_controls, has_controls
 
@@ -695,6 +706,8 @@ def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: T
             return _sync(engine, args, json_output, out, err)
         if args.command == "rotate":
             return _rotate(engine, args, json_output, out, err)
+        if args.command == "accept-drift":
+            return _accept_drift(engine, args, out, err)
         return _status(engine, loaded, json_output, out)
     finally:
         broker.close()
@@ -725,7 +738,7 @@ def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO,
         table.add_column(column, overflow="fold")
     for t in report.targets:
         table.add_row(*(cell(v) for v in (t.env, t.target, t.outcome, ", ".join(t.adds), ", ".join(t.updates), ", ".join(t.removals),
-                                          ", ".join(t.drift), str(t.writes))))
+                                          ", ".join(t.drift) + (" (repaired)" if t.repaired else ""), str(t.writes))))
     console(out).print(table)
     for env, failing in report.failures.items():
         _say(err, f"error: env {env}: {'; '.join(failing)}")
@@ -775,6 +788,23 @@ def _rotate(engine: Any, args: argparse.Namespace, json_output: bool, out: TextI
     return EXIT_RESOLUTION if failed else EXIT_OK
 
 
+def _accept_drift(engine: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.names and not (args.env and args.target):
+        _say(err, "error: accept-drift NAME... needs --env and --target")
+        return EXIT_CONFIG
+    accepted = engine.accept_drift(args.env, args.target, args.names)
+    for t in accepted:
+        if t.outcome == "accepted":
+            out.write(f"{t.env} -> {t.target}: accepted drift of {', '.join(t.drift)}\n")
+        elif t.outcome == "busy":
+            _say(err, f"error: {t.env} -> {t.target}: a sync of env {t.env} is running; try again")
+        elif t.error:
+            _say(err, f"error: {t.env} -> {t.target}: {t.error}")
+        else:
+            out.write(f"{t.env} -> {t.target}: no drift to accept\n")
+    return EXIT_RESOLUTION if any(t.outcome in ("busy", "error") for t in accepted) else EXIT_OK
+
+
 def _rotation_row(record: dict[str, Any]) -> dict[str, Any]:
     """A rotation record in the shape `status` shows (whatever kind wrote it)."""
     fields = {k: v for k, v in record.items() if k not in ("kind", "name")}
@@ -783,7 +813,7 @@ def _rotation_row(record: dict[str, Any]) -> dict[str, Any]:
         "active": str(fields.get("active") or fields.get("variable") or "") or None,
         "since": fields.get("rotated_at") or fields.get("issued") or fields.get("at") or None,
         "next": fields.get("next_due") or fields.get("expires") or None,
-        "phase": str(fields.get("phase") or "") or None,
+        "phase": (str(fields.get("phase") or "") + (f" ({fields['operation_status']})" if fields.get("phase") and fields.get("operation_status") else "")) or None,
         "detail": str(fields.get("detail") or "") or None,
         "fields": {k: v if isinstance(v, str | int | float | bool) or v is None else str(v) for k, v in fields.items()},
     }
@@ -799,7 +829,8 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
 
         targets = [TargetStatus(env=r["env"], target=r["target"], kind=r["kind"], last_push=iso(r["last_push"]), outcome=r["outcome"],
                                 variables=int(r["variables"]), drift=[d for d in str(r["drift"]).split(", ") if d],
-                                last_error=r["last_error"] or None) for r in rows]
+                                drift_found={n: iso(w) or "" for n, w in r["drift_found"].items()}, drift_since=iso(r["drift_since"]),
+                                drift_policy=r["drift_policy"], last_error=r["last_error"] or None) for r in rows]
         _emit(out, StatusDocument(ok=True, targets=targets, warnings=[problem(p) for p in loaded.warnings],
                                   rotations=[RotationStatus(**{**r, "since": iso(r["since"]), "next": iso(r["next"])}) for r in rotations]))
         return EXIT_OK
@@ -812,8 +843,9 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
     for column in ("env", "target", "kind", "last push", "outcome", "variables", "drift", "last error"):
         table.add_column(column, overflow="fold")
     for row in rows:
+        drift = ", ".join(f"{n} (since {when(t)})" if t else n for n, t in row["drift_found"].items())
         table.add_row(*(cell(v) for v in (row["env"], row["target"], row["kind"], when(row["last_push"]), row["outcome"], str(row["variables"]),
-                                          row["drift"], row["last_error"])))
+                                          drift, row["last_error"])))
     shown.print(table)
     table = Table(title="rotations")
     for column in ("kind", "name", "active / variable", "rotated / issued", "next due / expires", "phase"):

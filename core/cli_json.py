@@ -109,6 +109,7 @@ class SyncTarget(_Model):
     updates: list[str]
     removals: list[str]
     drift: list[str]
+    repaired: list[str] = Field([], description="drifted names written back (drift_policy: repair)")
     writes: int
     error: str | None = None
 
@@ -127,7 +128,7 @@ class SyncDocument(Document):
 
 class RotationResult(_Model):
     name: str = Field(description="storage:<account>, cosmos:<account> or tagged:<vault>/<secret>")
-    outcome: str = Field(description="adopted, rotated, resumed, not_due, busy, error; tagged secrets also already_rotated, "
+    outcome: str = Field(description="adopted, rotated, resumed, in_progress (a Cosmos DB regeneration still running), not_due, busy, error; tagged secrets also already_rotated, "
                                      "not_tagged, unsupported")
     old_active: str | None = None
     new_active: str | None = None
@@ -151,6 +152,9 @@ class TargetStatus(_Model):
     outcome: str = Field(description="the last push's outcome, or never")
     variables: int
     drift: list[str]
+    drift_found: dict[str, str] = Field({}, description="drifted name -> when it was first found (ISO 8601 UTC)")
+    drift_since: str | None = Field(None, description="ISO 8601 UTC: the oldest drift still reported")
+    drift_policy: Literal["report", "repair"] = "report"
     last_error: str | None = None
 
 

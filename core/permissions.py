@@ -40,17 +40,34 @@ _KV_KEY_READ = Need("Microsoft.KeyVault/vaults/keys/read", True, "vault", "Key V
 _KV_SET = Need("Microsoft.KeyVault/vaults/secrets/setSecret/action", True, "vault", "Key Vault Secrets Officer", "write secrets")
 _KV_LIST = Need("Microsoft.KeyVault/vaults/secrets/readMetadata/action", True, "vault", "Key Vault Secrets Officer", "list owned secrets and their tags")
 _KV_DELETE = Need("Microsoft.KeyVault/vaults/secrets/delete", True, "vault", "Key Vault Secrets Officer", "delete secrets removed from an env")
+_KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets Officer",
+                     "read a pushed secret back when it changed since vaultrelay's write (drift)")
+_KV_RECOVER = Need("Microsoft.KeyVault/vaults/secrets/recover/action", True, "vault", "Key Vault Secrets Officer",
+                   "recover vaultrelay's own soft-deleted secret when its variable comes back")
 _ST_LISTKEYS = Need("Microsoft.Storage/storageAccounts/listkeys/action", False, "storage", "Storage Account Key Operator Service Role", "list account keys")
 _ST_REGEN = Need("Microsoft.Storage/storageAccounts/regeneratekey/action", False, "storage", "Storage Account Key Operator Service Role", "regenerate account keys")
 _ST_UDK = Need("Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action", False, "storage", "Storage Blob Delegator", "get a user delegation key")
 _BLOB_READ = Need("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", True, "container", "Storage Blob Data Reader", "what a read-only user delegation SAS grants")
 _BLOB_WRITE = Need("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write", True, "container", "Storage Blob Data Contributor", "write blobs (or what a writable user delegation SAS grants)")
-_COSMOS_KEYS = Need("Microsoft.DocumentDB/databaseAccounts/listKeys/action", False, "cosmos", "vaultrelay Cosmos DB Key Operator", "list read-write keys")
+# Cosmos DB: no built-in role lists keys or connection strings without being able to change the
+# whole account, so reading is "vaultrelay Cosmos DB Key Reader" and only rotation adds
+# regenerateKey ("vaultrelay Cosmos DB Key Operator"); listConnectionStrings returns the
+# read-write connection strings, so it is a key read like listKeys.
+_COSMOS_KEYS = Need("Microsoft.DocumentDB/databaseAccounts/listKeys/action", False, "cosmos", "vaultrelay Cosmos DB Key Reader", "list read-write keys")
 _COSMOS_RO = Need("Microsoft.DocumentDB/databaseAccounts/readonlykeys/action", False, "cosmos", "Cosmos DB Account Reader Role", "list read-only keys")
-_COSMOS_CS = Need("Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action", False, "cosmos", "vaultrelay Cosmos DB Key Operator", "list connection strings")
+_COSMOS_CS = Need("Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action", False, "cosmos", "vaultrelay Cosmos DB Key Reader", "list connection strings")
 _COSMOS_REGEN = Need("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", False, "cosmos", "vaultrelay Cosmos DB Key Operator", "regenerate keys")
-_SITE_LIST = Need("Microsoft.Web/sites/config/list/action", False, "site", "Website Contributor", "read app settings to merge")
-_SITE_WRITE = Need("Microsoft.Web/sites/config/write", False, "site", "Website Contributor", "write app settings")
+# App settings: list (POST .../config/appsettings/list) and replace (PUT .../config/appsettings),
+# on the site or one of its slots; nothing else of the site (Website Contributor could deploy,
+# restart, delete it).
+_SITE_LIST = Need("Microsoft.Web/sites/config/list/action", False, "site", "vaultrelay App Settings Writer", "read app settings to merge")
+_SITE_WRITE = Need("Microsoft.Web/sites/config/write", False, "site", "vaultrelay App Settings Writer", "write app settings")
+_SLOT_LIST = Need("Microsoft.Web/sites/slots/config/list/action", False, "site", "vaultrelay App Settings Writer", "read a slot's app settings to merge")
+_SLOT_WRITE = Need("Microsoft.Web/sites/slots/config/write", False, "site", "vaultrelay App Settings Writer", "write a slot's app settings")
+# A SQL server's administrator password (tagged rotation): read the server, PATCH it.
+_SQL_READ = Need("Microsoft.Sql/servers/read", False, "sql", "SQL Server Contributor", "read the server's administrator login")
+_SQL_SET = Need("Microsoft.Sql/servers/write", False, "sql", "SQL Server Contributor", "set the server's administrator password")
+_SITE_CONFIG_READ = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer", "read the slot-sticky setting names")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -70,9 +87,14 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "source:token": (),
     "rotate:storage_key": (_ST_LISTKEYS, _ST_REGEN),
     "rotate:cosmos_key": (_COSMOS_KEYS, _COSMOS_REGEN),
-    "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE),
+    # rotation.tagged_secrets accounts: the alternate key is listed (read-write or read-only) and regenerated.
+    "rotate:tagged_cosmos_key": (_COSMOS_KEYS, _COSMOS_RO, _COSMOS_REGEN),
+    "rotate:sql_password": (_SQL_READ, _SQL_SET),
+    "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE, _KV_READ_BACK, _KV_RECOVER),
     "target:blob": (_BLOB_WRITE,),
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
+    "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),
+    "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
 }
@@ -102,7 +124,7 @@ _DENIED_ACTION = re.compile(r"(?:Action: '|perform action ')([A-Za-z0-9./_-]+)'"
 _DENIED_SCOPE = re.compile(r"(?:Resource: '|over scope ')(/[^'\s]+)'")
 _RESOURCE_LABELS = {
     "microsoft.keyvault/vaults": "key vault", "microsoft.storage/storageaccounts": "storage account",
-    "microsoft.documentdb/databaseaccounts": "Cosmos DB account", "microsoft.web/sites": "site",
+    "microsoft.documentdb/databaseaccounts": "Cosmos DB account", "microsoft.web/sites": "site", "microsoft.sql/servers": "SQL server",
 }
 _STORAGE = "Microsoft.Storage/storageAccounts"
 
@@ -208,7 +230,7 @@ def is_access_denied(exc: BaseException) -> bool:
     headers = getattr(response, "headers", None) or {}
     code = code or str(headers.get("x-ms-error-code", ""))
     text = str(getattr(exc, "message", None) or exc)
-    return code not in ("SecretDisabled", "AuthenticationFailed", "AuthorizationFailure") and "disabled" not in text.lower()
+    return code not in ("SecretDisabled", "AuthenticationFailed", "AuthorizationFailure", "KeyBasedAuthenticationNotPermitted") and "disabled" not in text.lower()
 
 
 # ---- per-config permissions: who needs what, where --------------------------------------------
@@ -255,14 +277,14 @@ class Scope:
     """Where a role is needed.  `name` is a vault, storage account, "account/container", Cosmos DB
     account, site, state account ("" = the deployment's own storage account) or subscription."""
 
-    kind: str  # "vault", "storage", "container", "cosmos", "site", "table", "subscription"
+    kind: str  # "vault", "storage", "container", "cosmos", "site", "sql", "table", "subscription"
     name: str
     subscription: str | None = None  # None: the subscription vaultrelay is deployed in
     resource_group: str | None = None  # None: unknown (the config names none)
 
     def describe(self) -> str:
         label = {"vault": "key vault", "storage": "storage account", "container": "blob container", "cosmos": "Cosmos DB account",
-                 "site": "site", "table": "state tables of", "subscription": "subscription"}[self.kind]
+                 "site": "site", "sql": "SQL server", "table": "state tables of", "subscription": "subscription"}[self.kind]
         if self.kind == "subscription":
             return f"{label} {self.name or '(deployment subscription)'}"
         name = self.name or "the deployment's storage account ($VAULTRELAY_STATE_ACCOUNT)"
@@ -394,13 +416,7 @@ def compute_permissions(
         walker.state(config.state)
     if envs is None:
         for i, tagged in enumerate(config.rotation.tagged_secrets):
-            walker.add(tagged.store, walker.scope(tagged.store, "vault", tagged.vault), "rotation:tagged", f"rotation.tagged_secrets.{i}")
-        if config.rotation.tagged_secrets:
-            report.notes.append(
-                "rotation.tagged_secrets: the accounts named by each secret's ProviderAddress tag are known only at run "
-                "time: grant the same store's identity 'Storage Account Key Operator Service Role' on each storage "
-                f"account, '{COSMOS_KEY_OPERATOR_NAME}' on each Cosmos DB account and 'SQL Server Contributor' on each "
-                "SQL server (its administrator password) they name")
+            walker.tagged(tagged, f"rotation.tagged_secrets.{i}")
     return report
 
 
@@ -563,12 +579,24 @@ class _Walker:
             self.add(target.store, storage, "target:blob", path)
         elif target.type == "app_settings":
             site = Scope("site", target.site, self._subscription(target.store, target.subscription, None), target.resource_group)
-            self.add(target.store, site, "target:app_settings", path)
+            self.add(target.store, site, "target:app_settings_slot" if target.slot else "target:app_settings", path)
+            if target.slot_setting:
+                self.add(target.store, site, "target:app_settings_slot_setting", path)
             if target.resource_group is None:
                 self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
         elif target.type == "webhook":
             if target.signing_key.from_ is not None:
                 self.reference(target.signing_key.from_, f"{path}.signing_key.from")
+
+    def tagged(self, tagged: Any, path: str) -> None:
+        """rotation.tagged_secrets: the vault's secrets are listed and rewritten; each account the
+        entry lists (the only ones rotated) has its keys regenerated or its password set."""
+        self.add(tagged.store, self.scope(tagged.store, "vault", tagged.vault), "rotation:tagged", path)
+        capabilities = {"storage": "rotate:storage_key", "cosmos": "rotate:tagged_cosmos_key", "sql": "rotate:sql_password"}
+        for j, account in enumerate(tagged.accounts):
+            kind, subscription, group, name = account.where()
+            scope = Scope(kind, name, self._subscription(tagged.store, subscription, None), group)
+            self.add(tagged.store, scope, capabilities[kind], f"{path}.accounts.{j}")
 
     def state(self, state: Any) -> None:
         account = state.account or self.environ.get("VAULTRELAY_STATE_ACCOUNT") or ""
@@ -593,11 +621,11 @@ AZD_PARAMETERS: dict[str, Any] = {
     "location": "${AZURE_LOCATION}",
     "vaultrelayConfig": "${VAULTRELAY_CONFIG=vaultrelay.yaml}",
     "syncSchedule": "${VAULTRELAY_SYNC_SCHEDULE=0 */15 * * * *}",
-    "createKeyVault": "${VAULTRELAY_CREATE_KEY_VAULT=false}",
+    "createStateVault": "${VAULTRELAY_CREATE_STATE_VAULT=true}",
     "keyVaultEventsEnabled": "${VAULTRELAY_KEYVAULT_EVENTS=false}",
-    "createCosmosKeyOperatorRole": "${VAULTRELAY_CREATE_COSMOS_ROLE=true}",
+    "createCustomRoles": "${VAULTRELAY_CREATE_CUSTOM_ROLES=true}",
 }
-GRANT_LISTS = ("sourceVaults", "targetVaults", "storageAccounts", "blobContainers", "cosmosAccounts", "webApps")
+GRANT_LISTS = ("sourceVaults", "targetVaults", "storageAccounts", "blobContainers", "cosmosAccounts", "webApps", "sqlServers")
 
 
 def render_bicep_parameters(
@@ -663,6 +691,11 @@ def render_bicep_parameters(
                             f"{grant.identity.description}, which is not a managed identity of the Function app")
             continue
         capabilities = set(grant.capabilities)
+        if (scope.kind == "vault" and "state:vault" in capabilities and app is not None and grant.identity.key == app.key
+                and scope.name.lower() == (environ.get("VAULTRELAY_STATE_VAULT") or "").lower()):
+            # The template's own state vault (createStateVault): host-rbac.bicep grants it, to the app's
+            # identity only.  `validate` keeps targets and env references out of it.
+            continue
         if scope.kind == "vault":
             if "Key Vault Secrets Officer" in roles:
                 entry("targetVaults", grant, scope.name)
@@ -691,14 +724,17 @@ def render_bicep_parameters(
                 storage["tableData"] = True
         elif scope.kind == "cosmos":
             cosmos = entry("cosmosAccounts", grant, scope.name)
-            # `keys` defaults to true in the template: say false when only read-only keys are read.
-            cosmos["keys"] = bool(cosmos.get("keys")) or COSMOS_KEY_OPERATOR_NAME in roles
-            if COSMOS_KEY_OPERATOR_NAME in roles and "rotate:cosmos_key" in capabilities:
+            # `keys` (the key reader role) defaults to true in the template: say false when only
+            # read-only keys are read; `rotate` (the key operator role) covers what `keys` grants.
+            cosmos["keys"] = bool(cosmos.get("keys")) or bool({COSMOS_KEY_READER_NAME, COSMOS_KEY_OPERATOR_NAME} & roles)
+            if COSMOS_KEY_OPERATOR_NAME in roles:
                 cosmos["rotate"] = True
             if "Cosmos DB Account Reader Role" in roles and not cosmos["keys"]:
                 cosmos["readOnlyKeys"] = True
         elif scope.kind == "site":
             entry("webApps", grant, scope.name)
+        elif scope.kind == "sql":
+            entry("sqlServers", grant, scope.name)
         else:  # every scope kind is handled above; a new one must be added here and in infra/
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()}")
 
@@ -714,6 +750,7 @@ def render_bicep_parameters(
     return {"$schema": BICEP_PARAMETERS_SCHEMA, "contentVersion": "1.0.0.0", "parameters": parameters}, list(dict.fromkeys(warnings))
 
 
+COSMOS_KEY_READER_NAME = "vaultrelay Cosmos DB Key Reader"
 COSMOS_KEY_OPERATOR_NAME = "vaultrelay Cosmos DB Key Operator"
 
 

@@ -5,23 +5,48 @@ errors with exponential backoff; it does not add jitter, so many instances that 
 together would retry together.  `JitteredRetryPolicy` spreads the exponential part by +-50 %
 (`Retry-After` from the service is honoured exactly), and the whole operation is bounded by
 `timeout` seconds (azure-core's absolute deadline across attempts).
+
+azure-core sleeps whatever `Retry-After` says, however long; ARM's storage resource provider
+answers its throttling 429s with waits of tens of seconds, up to its 5-minute observation window.
+A wait longer than `retry_after_max` (default `backoff_max`, 30 s) is not taken: the call fails
+at once with the 429 (reason `throttled`, and the next run or fetch tries again) instead of
+holding a fetch or a sync for minutes.  So a throttled call waits at most `per_kind` times
+`retry_after_max` seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.pipeline.policies import RetryPolicy
 
+log = logging.getLogger("vaultrelay.retry")
+
 
 class JitteredRetryPolicy(RetryPolicy):
-    """RetryPolicy whose exponential backoff is multiplied by a random factor in [0.5, 1.5)."""
+    """RetryPolicy whose exponential backoff is multiplied by a random factor in [0.5, 1.5), and
+    which gives up at once on a `Retry-After` longer than `retry_after_max` seconds."""
 
-    def __init__(self, *, rng: random.Random | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, rng: random.Random | None = None, retry_after_max: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rng = rng or random.Random()
+        self.retry_after_max = float(retry_after_max if retry_after_max is not None else self.backoff_max)
+
+    def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
+        if not super().is_retry(settings, response):
+            return False
+        wait = self.get_retry_after(response)
+        if wait is not None and wait > self.retry_after_max:
+            http = response.http_request
+            log.warning("%s %s answered %s asking to retry after %.0f s, longer than vaultrelay waits (%.0f s): not retried",
+                        http.method, urllib.parse.urlsplit(http.url).path, response.http_response.status_code, wait,
+                        self.retry_after_max)
+            return False
+        return True
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
         base = super().get_backoff_time(settings)

@@ -1,7 +1,8 @@
 """`make demo`: start the local Azure, prepare it like a platform team would, then run vaultrelay.
 
 Steps, each printed: start the sandbox (Azurite + Azure stand-ins), seed secrets and grant roles
-through ARM, validate and plan the example config, run the timer function once (bundles pushed to
+through ARM, validate and plan the example config (and see a config that shares the state vault
+with a target refused), run the timer function once (bundles pushed to
 a target vault, a blob and app settings), sync again (nothing written), fetch a bundle through the
 HTTP function with a caller's Entra token and show a refused caller, change a source secret so
 that the sandbox delivers a Key Vault event and the target follows, rotate a SAS and prove old and
@@ -38,6 +39,21 @@ def demo_config(sandbox: Any, workdir: Path) -> Path:
     return path
 
 
+def refused_state_vault(console: Console, vaultrelay: list[str], env: dict[str, str], config: Path) -> None:
+    """The same config with its state vault shared with the target: validate refuses it (exit 2),
+    since readers of the target would read delegation keys, the fingerprint key and minted SAS."""
+    shared = yaml.safe_load(config.read_text())
+    shared["state"]["vault"] = shared["targets"]["production-vault"]["vault"]
+    path = config.with_name("shared-state-vault.yaml")
+    path.write_text(yaml.safe_dump(shared, sort_keys=False))
+    result = subprocess.run([*vaultrelay, "--config", str(path), "validate"], env=env, cwd=ROOT, check=False,  # our own CLI
+                            capture_output=True, text=True)
+    if result.returncode != 2:
+        raise SystemExit(f"a state vault shared with a target was not refused (exit code {result.returncode})")
+    first = (result.stderr.strip().splitlines() or [""])[0]
+    console.print(f"  the same config with state.vault = the target's vault: refused (exit 2)\n  {first.split(': ', 1)[-1][:160]}...")
+
+
 def main() -> int:
     console = Console()
     from demo.seed import example_environment, seed_example
@@ -67,6 +83,7 @@ def main() -> int:
                 raise SystemExit(f"step failed with exit code {result.returncode}")
 
         cli("2. validate the config (static, no network)", "validate")
+        refused_state_vault(console, vaultrelay, env, config)
         cli("3. plan: what env production resolves, with which identity", "plan", "--env", "production")
 
         from azure.functions.timer import TimerRequest

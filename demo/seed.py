@@ -25,13 +25,16 @@ EXAMPLE_ROLES = [
     ("system", "Storage Blob Data Contributor", "storage", "sandboxstore"),
     ("system", "Storage Blob Delegator", "storage", "sandboxstore"),
     ("system", "Reader", None, None),
-    ("system", "DocumentDB Account Contributor", "cosmos", "sandbox-cosmos"),
+    # least roles (what `vaultrelay plan --permissions` names): a connection string is read, never regenerated
+    ("system", "vaultrelay Cosmos DB Key Reader", "cosmos", "sandbox-cosmos"),
     ("data", "Key Vault Secrets User", "vault", "kv-shared"),
-    # the write side: target vault (also the state vault), bundle blobs, state tables, app settings
+    # the write side: target vault, bundle blobs, state tables, app settings
     ("system", "Key Vault Secrets Officer", "vault", "kv-target"),
+    # the state vault: vaultrelay's identity only (nobody who reads a target has a role there)
+    ("system", "Key Vault Secrets Officer", "vault", "kv-state"),
     ("system", "Storage Blob Data Contributor", "storage", "sandboxdata"),
     ("system", "Storage Table Data Contributor", "storage", "sandboxstore"),
-    ("system", "Website Contributor", "site", "sandbox-web"),
+    ("system", "vaultrelay App Settings Writer", "site", "sandbox-web"),
 ]
 
 

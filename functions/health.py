@@ -19,7 +19,8 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
     """Liveness: answers 200 while the worker runs; no store is contacted.
 
     With `?deep=1`, readiness: 200 when the config loads and every store's identity can get a
-    token for each audience it needs, else 503; names stores and audiences, never values."""
+    token for each audience it needs, else 503; `{"status": ...}` only, unless the caller is an
+    admin (its bearer token): then the stores and audiences too, never values."""
     if (req.params.get("deep") or "").strip().lower() in _TRUE:
         from core import telemetry
         from functions.http_api import internal_error, to_http_response
@@ -28,7 +29,7 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
             try:
                 from core.api import default_api
 
-                return to_http_response(default_api().readiness())
+                return to_http_response(default_api().readiness(dict(req.headers.items())))
             except Exception:  # a bug: logged with its traceback, answered without detail
                 log.exception("GET /api/health?deep=1 failed")
                 return internal_error()

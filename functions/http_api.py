@@ -87,6 +87,13 @@ def rotate(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
     return _admin("rotate", req, context, "rotate", name=req.route_params.get("name", ""))
 
 
+@bp.route(route="drift/{env}/{target}/accept", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def accept_drift(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
+    """Accept the drift recorded for one target (every drifted name, or `?names=A,B`) (admins only)."""
+    return _admin("accept_drift", req, context, "accept_drift", env=req.route_params.get("env", ""),
+                  name=req.route_params.get("target", ""))
+
+
 @bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def status(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.HttpResponse:
     """Per env and target: last push, drift, last error; rotations (admins only, no values)."""

@@ -99,14 +99,14 @@ param stateTablePrefix string = 'vaultrelay'
 @description('VAULTRELAY_SUBSCRIPTION_ID: subscription of storage and Cosmos DB accounts that references do not place (default: this one).')
 param defaultSubscriptionId string = subscription().subscriptionId
 
-@description('Optional Key Vault secret URI (versionless) holding the HMAC key for fingerprints; set as a Key Vault reference in VAULTRELAY_FINGERPRINT_KEY. Grant the app Key Vault Secrets User on that vault (sourceVaults).')
+@description('Optional Key Vault secret URI (versionless) holding the HMAC key for fingerprints; set as a Key Vault reference in VAULTRELAY_FINGERPRINT_KEY. Keep it in a vault only vaultrelay reads (never a target\'s vault) and grant the app Key Vault Secrets User there (sourceVaults). Without it vaultrelay keeps the key in the state vault.')
 param fingerprintKeySecretUri string = ''
 
-@description('Create a Key Vault for vaultrelay itself (RBAC mode, soft delete, purge protection): usable as state.vault and as a target; the app gets Key Vault Secrets Officer on it.')
-param createKeyVault bool = false
+@description('Create vaultrelay\'s state vault (state.vault: user delegation keys, the fingerprint key, minted SAS tokens): RBAC mode, soft delete, purge protection; the app\'s identity gets Key Vault Secrets Officer on it and nobody else gets any role. Never a target\'s vault (`vaultrelay validate` refuses that). Its name is in VAULTRELAY_STATE_VAULT: write state.vault: ${VAULTRELAY_STATE_VAULT} in the config.')
+param createStateVault bool = true
 
-@description('Name of that Key Vault (default kv-vr-<token>).')
-param keyVaultName string = ''
+@description('Name of the state vault (default kv-vrs-<token>).')
+param stateVaultName string = ''
 
 // ---- Key Vault events --------------------------------------------------------------------
 @description('Create an Event Grid system topic per source vault (events not false) with a subscription to the function below. The function must already be deployed: enable after the first `azd deploy`.')
@@ -126,8 +126,8 @@ param eventMaxDeliveryAttempts int = 30
 param eventTimeToLiveInMinutes int = 1440
 
 // ---- what vaultrelay reads and writes (`vaultrelay plan --permissions --bicep-params FILE`) --
-@description('Define the custom role "vaultrelay Cosmos DB Key Operator" (once per tenant: set false where another deployment defines it).')
-param createCosmosKeyOperatorRole bool = true
+@description('Define vaultrelay\'s custom roles (Cosmos DB key reader and operator, app settings writer; app/custom-roles.bicep) when cosmosAccounts or webApps need them (once per tenant: set false where another deployment defines them).')
+param createCustomRoles bool = true
 
 type sourceVaultType = {
   // vault name; resource group and (default: this) subscription
@@ -186,9 +186,9 @@ type cosmosAccountType = {
   name: string
   resourceGroup: string
   subscriptionId: string?
-  // vaultrelay Cosmos DB Key Operator: read-write keys and connection strings (default true)
+  // vaultrelay Cosmos DB Key Reader: read-write keys and connection strings, no regeneration (default true)
   keys: bool?
-  // the same role: dual-key rotation (regenerateKey)
+  // vaultrelay Cosmos DB Key Operator instead: the same plus regenerateKey (dual-key and tagged rotation)
   rotate: bool?
   // Cosmos DB Account Reader Role: read-only keys only
   readOnlyKeys: bool?
@@ -196,7 +196,15 @@ type cosmosAccountType = {
 }
 
 type webAppType = {
-  // Website Contributor: targets of type app_settings
+  // vaultrelay App Settings Writer: targets of type app_settings (the site and its slots)
+  name: string
+  resourceGroup: string
+  subscriptionId: string?
+  principalId: string?
+}
+
+type sqlServerType = {
+  // SQL Server Contributor: administrator passwords rotated through rotation.tagged_secrets
   name: string
   resourceGroup: string
   subscriptionId: string?
@@ -221,6 +229,9 @@ param cosmosAccounts cosmosAccountType[] = []
 @description('App Service / Functions apps whose settings vaultrelay writes (app_settings targets).')
 param webApps webAppType[] = []
 
+@description('SQL servers whose administrator password vaultrelay sets (rotation.tagged_secrets accounts).')
+param sqlServers sqlServerType[] = []
+
 // ---- names -------------------------------------------------------------------------------
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -238,7 +249,7 @@ var stateTables = [
   'leases'
   'audit'
 ]
-var vaultName = empty(keyVaultName) ? take('kv-vr-${resourceToken}', 24) : keyVaultName
+var stateVaultResourceName = empty(stateVaultName) ? take('kv-vrs-${resourceToken}', 24) : stateVaultName
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
@@ -334,19 +345,32 @@ module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
   }
 }
 
-// ---- vaultrelay's own Key Vault (optional) -----------------------------------------------
-module keyVault 'br/public:avm/res/key-vault/vault:0.13.0' = if (createKeyVault) {
-  name: 'vaultrelay-keyvault'
+// ---- vaultrelay's state vault -------------------------------------------------------------
+// Its secrets sign SAS tokens (user delegation keys) and key the fingerprint tags on targets, so
+// only the app's identity gets a role on it (host-rbac.bicep); no target, no reader, no deployer
+// data role.  Everything in it can be minted again, so soft delete keeps it the shortest time
+// Key Vault allows; purge protection stops a control-plane principal from purging it for good.
+module stateVault 'br/public:avm/res/key-vault/vault:0.13.0' = if (createStateVault) {
+  name: 'vaultrelay-state-vault'
   scope: rg
   params: {
-    name: vaultName
+    name: stateVaultResourceName
     location: location
     tags: tags
     sku: 'standard'
     enableRbacAuthorization: true
     enableSoftDelete: true
-    softDeleteRetentionInDays: 90
+    softDeleteRetentionInDays: 7
     enablePurgeProtection: true
+    enableVaultForDeployment: false
+    enableVaultForTemplateDeployment: false
+    enableVaultForDiskEncryption: false
+    // Every read of it (AuditEvent: caller, operation, secret name) goes to the workspace.
+    diagnosticSettings: [
+      {
+        workspaceResourceId: logAnalytics.outputs.resourceId
+      }
+    ]
     // Reached by the Function app over its public endpoint (no VNet); data access is RBAC only.
     publicNetworkAccess: 'Enabled'
     networkAcls: {
@@ -368,6 +392,11 @@ var baseSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: useUserAssigned ? 'ClientId=${identityClientId};Authorization=AAD' : 'Authorization=AAD'
   VAULTRELAY_CONFIG: vaultrelayConfig
   VAULTRELAY_CONFIG_RELOAD_SECONDS: '30'
+  VAULTRELAY_LISTED_KEYS_TTL_SECONDS: '300'
+  // The worker forwards every logger's INFO records to Application Insights: keep the SDK's at WARNING.
+  VAULTRELAY_SDK_LOG_LEVEL: 'WARNING'
+  // Unauthenticated requests: one audit row per cause and minute, holding the count.
+  VAULTRELAY_ANONYMOUS_AUDIT_SECONDS: '60'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience
@@ -383,7 +412,11 @@ var userAssignedSettings = {
 var fingerprintSettings = {
   VAULTRELAY_FINGERPRINT_KEY: '@Microsoft.KeyVault(SecretUri=${fingerprintKeySecretUri})'
 }
-var appSettings = union(baseSettings, useUserAssigned ? userAssignedSettings : {}, empty(fingerprintKeySecretUri) ? {} : fingerprintSettings)
+var stateVaultSettings = {
+  // The config names it: state.vault: ${VAULTRELAY_STATE_VAULT}
+  VAULTRELAY_STATE_VAULT: stateVaultResourceName
+}
+var appSettings = union(baseSettings, useUserAssigned ? userAssignedSettings : {}, empty(fingerprintKeySecretUri) ? {} : fingerprintSettings, createStateVault ? stateVaultSettings : {})
 
 module functionApp 'app/function.bicep' = {
   name: 'vaultrelay-function'
@@ -415,17 +448,19 @@ module hostAccess 'app/host-rbac.bicep' = {
     principalId: principalId
     storageAccountName: storage.outputs.name
     appInsightsName: appInsights.outputs.name
-    keyVaultName: createKeyVault ? keyVault!.outputs.name : ''
+    stateVaultName: createStateVault ? stateVault!.outputs.name : ''
   }
 }
 
 // ---- roles the app needs on what the config reads and writes -----------------------------
-module cosmosKeyOperatorRole 'app/cosmos-role.bicep' = if (createCosmosKeyOperatorRole && !empty(cosmosAccounts)) {
-  name: 'vaultrelay-cosmos-key-operator-role'
+module customRoles 'app/custom-roles.bicep' = if (createCustomRoles && (!empty(cosmosAccounts) || !empty(webApps))) {
+  name: 'vaultrelay-custom-roles'
   params: {
     assignableSubscriptionIds: union([
       subscription().subscriptionId
-    ], map(cosmosAccounts, c => c.?subscriptionId ?? subscription().subscriptionId))
+    ], map(cosmosAccounts, c => c.?subscriptionId ?? subscription().subscriptionId), map(webApps, w => w.?subscriptionId ?? subscription().subscriptionId))
+    cosmos: !empty(cosmosAccounts)
+    appSettings: !empty(webApps)
   }
 }
 
@@ -450,9 +485,10 @@ module configAccess 'app/rbac.bicep' = {
     blobContainers: blobContainers
     cosmosAccounts: cosmosAccounts
     webApps: webApps
+    sqlServers: sqlServers
   }
   dependsOn: [
-    cosmosKeyOperatorRole
+    customRoles
   ]
 }
 
@@ -491,5 +527,5 @@ output SERVICE_API_URI string = 'https://${functionApp.outputs.defaultHostname}'
 output VAULTRELAY_PRINCIPAL_ID string = principalId
 output VAULTRELAY_IDENTITY_CLIENT_ID string = identityClientId
 output VAULTRELAY_STATE_ACCOUNT string = storage.outputs.name
-output VAULTRELAY_KEY_VAULT_NAME string = createKeyVault ? vaultName : ''
+output VAULTRELAY_STATE_VAULT string = createStateVault ? stateVaultResourceName : ''
 output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name

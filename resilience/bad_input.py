@@ -434,7 +434,7 @@ def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None], str]:
         "secretStores": {"azure": {"type": "azure.managed_identity"}},
         "envs": {"app": {"LOG_LEVEL": "info", "DB": {"from": {"store": "azure", "vault": "kv-source", "secret": f"fuzz-{tag}"}}}},
         "targets": {"vault": {"type": "keyvault", "env": "app", "store": "azure", "vault": "kv-target", "prefix": f"fz-{tag}-"}},
-        "state": {"store": "azure", "account": ctx.state_account, "vault": "kv-target", "table_prefix": prefix,
+        "state": {"store": "azure", "account": ctx.state_account, "vault": "kv-state", "table_prefix": prefix,
                   "fingerprint_key": ctx.secret(f"fuzz-fingerprint-key-{uuid.uuid4().hex}")},
         "api": {"auth_mode": "bearer", "audience": AUDIENCE, "admins": [sandbox.identities["admin"].object_id]},
         "access": {"app": [sandbox.identities["caller"].object_id]},

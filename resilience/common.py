@@ -117,7 +117,10 @@ def scan_everything(ctx: ScenarioContext, logs: str) -> list[Leak]:
 @contextmanager
 def debug_logs() -> Iterator[io.StringIO]:
     """Capture every log record at DEBUG (Azure SDK HTTP logging included) into a buffer."""
+    from core.logs import set_sdk_log_level
+
     buffer = io.StringIO()
+    sdk_levels = set_sdk_log_level(logging.DEBUG)  # the app keeps them at WARNING; the scan wants all
     handler = logging.StreamHandler(buffer)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
@@ -130,6 +133,8 @@ def debug_logs() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         root.setLevel(saved)
+        for name, level in sdk_levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def run_scenario(module: Any, ctx: ScenarioContext) -> ScenarioResult:

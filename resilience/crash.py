@@ -199,8 +199,8 @@ def _targets_match(world: World, names: list[str], account: str) -> bool:
     expected = {f"V{i}": world.source_value(n) for i, n in enumerate(names)}
     row = world.rotation_row(account) or {}
     expected["K0"] = world.account_keys(account)[str(row.get("active", "key1"))]
-    blob = world.blob_text("bundles", f"crash-{world.tag}.env") or ""
-    return all(world.target_value(f"vr-{world.tag}-{v.lower()}") == value and f'{v}="{value}"' in blob for v, value in expected.items())
+    blob = world.blob_env("bundles", f"crash-{world.tag}.env")
+    return all(world.target_value(f"vr-{world.tag}-{v.lower()}") == value and blob.get(v) == value for v, value in expected.items())
 
 
 # ---- the child: `vaultrelay sync|rotate`, started ahead of its round ------------------------

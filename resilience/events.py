@@ -47,10 +47,13 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     variables = 5 if ctx.long else 3
     tag = uuid.uuid4().hex[:8]
     target_vault = f"evt{tag}"
+    state_vault = f"evt{tag}-st"  # state is never kept in a target's vault
     prefix = f"e{tag}"
 
     sandbox.create_resource("vault", target_vault)
+    sandbox.create_resource("vault", state_vault)
     sandbox.assign_role("system", "Key Vault Secrets Officer", sandbox.resource_id("vault", target_vault))
+    sandbox.assign_role("system", "Key Vault Secrets Officer", sandbox.resource_id("vault", state_vault))
     sandbox.assign_role("system", "Key Vault Secrets User", sandbox.resource_id("vault", "kv-source"))
     sandbox.assign_role("system", "Storage Table Data Contributor", sandbox.resource_id("storage", ctx.state_account))
     for table in ("pushes", "rotations", "events", "leases", "audit"):
@@ -73,7 +76,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
             "vars": {"type": "keyvault", "env": "app", "store": "azure", "vault": target_vault, "prefix": "v-"},
             "bundle": {"type": "keyvault", "env": "app", "store": "azure", "vault": target_vault, "mode": "bundle", "secret_name": "app-bundle"},
         },
-        "state": {"store": "azure", "account": ctx.state_account, "vault": target_vault, "table_prefix": prefix,
+        "state": {"store": "azure", "account": ctx.state_account, "vault": state_vault, "table_prefix": prefix,
                   "fingerprint_key": ctx.secret(f"event-fingerprint-key-{uuid.uuid4().hex}")},
     }
     path = ctx.workdir / "events-vaultrelay.yaml"

@@ -49,14 +49,17 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     slow_ms = 5000.0 if ctx.long else 400.0
     tag = uuid.uuid4().hex[:8]
     vault = f"flk{tag}"
+    state_vault = f"flk{tag}-st"  # state is never kept in a target's vault
     prefix = f"f{tag}"
     site = sandbox.env.get("SANDBOX_WEB_APP", "sandbox-web")
     container = f"flaky-{tag}"
 
     sandbox.create_resource("vault", vault)
-    grants = [("Key Vault Secrets Officer", "vault", vault), ("Key Vault Secrets User", "vault", "kv-source"),
+    sandbox.create_resource("vault", state_vault)
+    grants = [("Key Vault Secrets Officer", "vault", vault), ("Key Vault Secrets Officer", "vault", state_vault),
+              ("Key Vault Secrets User", "vault", "kv-source"),
               ("Storage Table Data Contributor", "storage", ctx.state_account), ("Storage Blob Data Contributor", "storage", "sandboxdata"),
-              ("Website Contributor", "site", site), ("Reader", None, None)]
+              ("vaultrelay App Settings Writer", "site", site), ("Reader", None, None)]
     for role, kind, name in grants:
         sandbox.assign_role("system", role, sandbox.resource_id(kind, name) if kind and name else None)
     for table in ("pushes", "rotations", "events", "leases", "audit"):
@@ -93,7 +96,7 @@ targets:
 state:
   store: azure
   account: {ctx.state_account}
-  vault: {vault}
+  vault: {state_vault}
   table_prefix: {prefix}
   fingerprint_key: {ctx.secret(f"flaky-fingerprint-key-{uuid.uuid4().hex}")}
 """

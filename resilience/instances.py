@@ -144,12 +144,12 @@ def _lost_updates(world: World, result: ScenarioResult, names: list[str], accoun
         row = world.rotation_row(account) or {}
         expected[f"K{j}"] = world.account_keys(account)[str(row.get("active", "key1"))]
     lost = 0
-    blob = world.blob_text("bundles", f"inst-{world.tag}.env") or ""
+    blob = world.blob_env("bundles", f"inst-{world.tag}.env")
     for variable, value in expected.items():
         if world.target_value(f"vr-{world.tag}-{variable.lower()}") != value:
             lost += 1
             result.check(False, f"lost update: Key Vault target {variable} does not hold the newest value")
-        if f'{variable}="{value}"' not in blob:
+        if blob.get(variable) != value:
             lost += 1
             result.check(False, f"lost update: blob target {variable} does not hold the newest value")
     engine = world.engine()

@@ -209,8 +209,8 @@ def _targets(world: World, names: list[str]) -> dict[str, str | None]:
 
 def _check_converged(world: World, result: ScenarioResult, names: list[str], expected: dict[str, str], when: str) -> None:
     result.check(_targets(world, names) == expected, f"{when}: the Key Vault target does not hold the newest values")
-    blob = world.blob_text("bundles", f"outage-{world.tag}.env") or ""
-    result.check(all(f'{k}="{v}"' in blob for k, v in expected.items()), f"{when}: the blob target does not hold the newest values")
+    blob = world.blob_env("bundles", f"outage-{world.tag}.env")
+    result.check(all(blob.get(k) == v for k, v in expected.items()), f"{when}: the blob target does not hold the newest values")
     status = world.engine().status()
     result.check(all(s["outcome"] == "ok" and not s["last_error"] for s in status),
                  f"{when}: status not clean: {[(s['target'], s['outcome'], s['last_error']) for s in status]}")

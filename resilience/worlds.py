@@ -21,13 +21,15 @@ from resilience.common import ScenarioContext
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATE_ACCOUNT = "sandboxstore"
-STATE_VAULT = "kv-target"
+STATE_VAULT = "kv-state"
+TARGET_VAULT = "kv-target"
 
 # What the system identity (vaultrelay's) needs for these scenarios: read the source vault,
-# write the target vault (also the state vault), bundle blobs and the state tables.
+# write the target vault, the state vault (its own: never a target's), bundle blobs and the state tables.
 _ROLES: list[tuple[str, str | None, str | None]] = [
     ("Key Vault Secrets User", "vault", "kv-source"),
-    ("Key Vault Secrets Officer", "vault", "kv-target"),
+    ("Key Vault Secrets Officer", "vault", TARGET_VAULT),
+    ("Key Vault Secrets Officer", "vault", STATE_VAULT),
     ("Storage Blob Data Contributor", "storage", "sandboxdata"),
     ("Storage Table Data Contributor", "storage", "sandboxstore"),
     ("Reader", None, None),
@@ -46,7 +48,7 @@ class World:
         self.prefix = f"t{self.tag}"
         self.admin = ctx.sandbox.admin_credential()
         self.source = SecretClient(ctx.sandbox.vault_url("kv-source"), self.admin)
-        self.target = SecretClient(ctx.sandbox.vault_url(STATE_VAULT), self.admin)
+        self.target = SecretClient(ctx.sandbox.vault_url(TARGET_VAULT), self.admin)
         ctx.state_account = STATE_ACCOUNT
         ctx.state_tables |= {self.prefix + t for t in ("pushes", "rotations", "events", "leases", "audit")}
         for role, kind, name in _ROLES:
@@ -77,6 +79,15 @@ class World:
             return client.get_blob_client(blob).download_blob().readall().decode()
         except ResourceNotFoundError:
             return None
+
+    def blob_env(self, container: str, blob: str, account: str = "sandboxdata") -> dict[str, str]:
+        """A dotenv blob's variables as python-dotenv reads them (empty when there is no blob)."""
+        import io
+
+        from dotenv import dotenv_values
+
+        text = self.blob_text(container, blob, account) or ""
+        return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
     # ---- config -------------------------------------------------------------------------
     def write_config(self, body: str) -> Path:

@@ -7,14 +7,26 @@ date-style version, `-preview` included, is accepted too, a newer one is refused
 `NoRegisteredProviderFound`, a missing one with `MissingApiVersionParameter`):
 
 * Microsoft.Storage 2026-09-01 (azure-mgmt-storage): storage accounts get, create (PUT; a
-  long-running operation: 202 + `Location`), list (subscription, resource group), `listKeys`,
-  `regenerateKey` (Azurite is resynced so it accepts the new key and rejects the old one);
-* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create (PUT; 200
-  with `provisioningState: Creating` + `Azure-AsyncOperation`), list, `listKeys`, `readonlykeys`
+  long-running operation: 202 + `Location`), update (PATCH, synchronous), list (subscription,
+  resource group), `listKeys`, `regenerateKey` (Azurite is resynced so it accepts the new key and
+  rejects the old one); `allowSharedKeyAccess` is set by PUT/PATCH (the storage proxy then refuses
+  key-based requests, sandbox/azurite.py), and every call is charged to the storage resource
+  provider's limits per subscription and region (sandbox/arm_limits.py: 429 + `Retry-After`);
+* Microsoft.DocumentDB 2026-03-15 (azure-mgmt-cosmosdb): database accounts get, create or update
+  (PUT; 200 with `provisioningState: Creating` + `Azure-AsyncOperation`; `disableLocalAuth` is
+  set by it), list, `listKeys`, `readonlykeys`
   (POST and GET), `listConnectionStrings`, `regenerateKey` (202 + `Azure-AsyncOperation` +
-  `Location`; the key changes when the operation completes);
+  `Location`; the key changes when the operation completes; another regenerateKey while one runs
+  is 412 `PreconditionFailed` with the Cosmos DB resource provider's body; the control API
+  `PUT /arm/cosmos/regenerate` keeps new operations in progress for as long as a test says,
+  `POST /arm/operations/finish` ends them (Succeeded, or Failed: the key stays), `GET /arm/operations`
+  lists them);
 * Microsoft.Web 2025-05-01 (azure-mgmt-web): sites get, create, list; `config/appsettings/list`
-  (POST) and `config/appsettings` (PUT), also under `/slots/{slot}`;
+  (POST) and `config/appsettings` (PUT: replaces the whole set, no ETag), also under
+  `/slots/{slot}`; `config/slotConfigNames` (GET, PUT: the site's slot-sticky names, replaced as a
+  whole).  A PUT that changes a slot's settings restarts that slot, one that changes the sticky
+  names restarts the site (production slot); an identical PUT changes nothing and restarts
+  nothing.  Restarts are counted per site and slot (control API `GET /arm/sites/{site}/restarts`);
 * Microsoft.Sql 2025-01-01 (the REST shape of azure-mgmt-sql; vaultrelay sends 2021-11-01): servers
   get, list, create or update (PUT, synchronous here), update (PATCH: 202 + `Azure-AsyncOperation`
   + `Location`; a new `administratorLoginPassword` takes effect when the operation completes).
@@ -57,6 +69,7 @@ from typing import Any
 from aiohttp import web
 
 from core.azure_roles import BUILTIN_ROLES, RoleDefinition
+from sandbox.arm_limits import StorageProviderLimits
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.world import (
@@ -180,15 +193,22 @@ class _Operation:
     polls_left: int = 1
     started: float = 0.0
     ended: float | None = None
+    hold_until: float | None = None  # in progress until then, however often it is polled (control API)
+    failed: bool = False  # ended Failed (control API): its effect (`finish`) never happened
+    resource: str = ""  # the resource the operation works on (for the control API)
+    kind: str = ""  # what it does, e.g. regenerateKey
 
-    def complete(self) -> None:
+    def complete(self, *, failed: bool = False) -> None:
         if self.ended is None:
             self.ended = time.time()
-            if self.finish is not None:
+            self.failed = failed
+            if self.finish is not None and not failed:
                 self.finish()
 
     def poll(self) -> bool:
         """One poll: whether the operation is done now."""
+        if self.ended is None and self.hold_until is not None and time.time() < self.hold_until:
+            return False
         if self.ended is None and self.polls_left > 0:
             self.polls_left -= 1
             return False
@@ -205,6 +225,10 @@ class ArmService(Service):
         self.runtime = runtime
         self.operations: dict[str, _Operation] = {}
         self._group_locations: dict[str, str] = {}
+        self.limits = StorageProviderLimits()  # the storage resource provider's limits (sandbox/arm_limits.py)
+        # Cosmos DB regenerateKey operations started from now on stay in progress this long
+        # (seconds; None: one poll, as other operations).  Set through the control API.
+        self.cosmos_regenerate_s: float | None = None
         r = self.add_route
         # resource groups
         r("GET", _SUB + "/resourceGroups", "ListResourceGroups", self.list_resource_groups)
@@ -223,6 +247,7 @@ class ArmService(Service):
           "GetOperation", self.get_operation)
         # storage keys
         st = rf"{_RG}/providers/Microsoft\.Storage/storageAccounts/(?P<name>[^/]+)"
+        r("PATCH", st, "PatchStorage", self.storage_patch)
         r("POST", st + "/listKeys", "StorageListKeys", self.storage_list_keys)
         r("POST", st + "/regenerateKey", "StorageRegenerateKey", self.storage_regenerate_key)
         # cosmos keys
@@ -240,6 +265,9 @@ class ArmService(Service):
         site = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)(/slots/(?P<slot>[^/]+))?"
         r("POST", site + "/config/appsettings/list", "ListAppSettings", self.list_app_settings)
         r("PUT", site + "/config/appsettings", "UpdateAppSettings", self.update_app_settings)
+        site_only = rf"{_RG}/providers/Microsoft\.Web/sites/(?P<name>[^/]+)"
+        r("GET", site_only + "/config/slotConfigNames", "ListSlotConfigNames", self.list_slot_config_names)
+        r("PUT", site_only + "/config/slotConfigNames", "UpdateSlotConfigNames", self.update_slot_config_names)
         # authorization
         ra = rf"(?P<scope>/subscriptions/.+?){_AUTHZ}/roleAssignments"
         r("PUT", ra + r"/(?P<name>[^/]+)", "CreateRoleAssignment", self.create_role_assignment)
@@ -315,6 +343,16 @@ class ArmService(Service):
                 "granted, please refresh your credentials."
             ))
 
+    def _storage_limit(self, kind: str, operation: str, region: str) -> None:
+        """Charge a storage resource provider request to its subscription's and region's budget."""
+        if kind != "storage":
+            return
+        try:
+            self.limits.charge(self.runtime.world.subscription_id, region, operation)
+        except AzureError:
+            self.runtime.faults.throttled += 1
+            raise
+
     def _group(self, rg: str) -> str:
         group = self.runtime.world.resource_groups.get(rg.lower())
         if group is None:
@@ -356,7 +394,7 @@ class ArmService(Service):
     def _start_operation(
         self, ctx: CallContext, namespace: str, location: str, api_version: str, *,
         finish: Callable[[], None] | None = None, result: Callable[[], dict[str, Any]] | None = None,
-        result_kind: str = "operationResults",
+        result_kind: str = "operationResults", hold_s: float | None = None, resource: str = "", kind: str = "",
     ) -> _Operation:
         assert ctx.identity is not None
         self._forget_old_operations()
@@ -366,10 +404,12 @@ class ArmService(Service):
             id=op_id, principal_id=ctx.identity.object_id,
             status_url=f"{base}/operationsStatus/{op_id}?api-version={api_version}",
             result_url=f"{base}/{result_kind}/{op_id}?api-version={api_version}",
-            finish=finish, result=result, started=time.time(),
+            finish=finish, result=result, started=time.time(), resource=resource, kind=kind,
         )
+        if hold_s is not None:
+            operation.hold_until = operation.started + hold_s
         self.operations[op_id] = operation
-        asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S, operation.complete)
+        asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S if hold_s is None else max(hold_s, 0.0), operation.complete)
         return operation
 
     def _forget_old_operations(self) -> None:
@@ -389,14 +429,18 @@ class ArmService(Service):
         done = operation.poll()
         if kind.lower() == "operationsstatus":
             body: dict[str, Any] = {
-                "id": request.path, "name": operation.id, "status": "Succeeded" if done else "InProgress",
+                "id": request.path, "name": operation.id, "status": self._status(operation) if done else "InProgress",
                 "startTime": _iso(operation.started),
             }
             if operation.ended is not None:
                 body["endTime"] = _iso(operation.ended)
+            if operation.failed:
+                body["error"] = {"code": "InternalServerError", "message": "The operation failed."}
             return json_response(body)
         if not done:
             return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
+        if operation.failed:
+            raise AzureError(500, "InternalServerError", "The operation failed.")
         if operation.result is not None:
             return json_response(operation.result())
         return web.Response(status=204)
@@ -422,6 +466,7 @@ class ArmService(Service):
                 properties["keyCreationTime"] = {name: _iso(ts) for name, ts in created.items()}
         elif resource.type == COSMOS_TYPE:
             body["kind"] = resource.data.get("kind", "GlobalDocumentDB")
+            properties.setdefault("disableLocalAuth", False)
             properties.update({
                 "documentEndpoint": f"https://{resource.name}.documents.{suffix}/",
                 "databaseAccountOfferType": "Standard",
@@ -485,6 +530,7 @@ class ArmService(Service):
             self._check(request, sub)
             scope = self.runtime.world.subscription_scope + (f"/resourceGroups/{self._group(rg)}" if rg else "")
             self._authorize(ctx, f"{type_}/read", scope)
+            self._storage_limit(kind, "list", "*")
             found = [
                 self._view(res) for res in self.runtime.world.resources_of(type_)
                 if rg is None or res.resource_group.lower() == rg.lower()
@@ -500,6 +546,7 @@ class ArmService(Service):
             self._check(request, sub)
             resource = self._resource(kind, rg, name)
             self._authorize(ctx, f"{type_}/read", resource.id)
+            self._storage_limit(kind, "read", resource.location)
             return json_response(self._view(resource))
 
         return handler
@@ -524,11 +571,15 @@ class ArmService(Service):
                 raise AzureError(409, code, f"The name '{name}' is already taken by a {spec.type} in another resource group.")
             if existing is None and not body.get("location"):
                 raise AzureError(400, "LocationRequired", "The location property is required for this definition.")
+            self._storage_limit(kind, "write", str(existing.location if existing is not None else body["location"]))
             tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+            settable = _settable_properties(kind, body)
             if existing is not None:
                 existing.tags = tags or existing.tags
+                existing.properties.update(settable)
                 return json_response(self._view(existing))
-            resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags)
+            resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags,
+                                          properties=settable)
             if body.get("kind"):
                 resource.data["kind"] = str(body["kind"])
             return await self._created(request, ctx, kind, resource, body)
@@ -575,12 +626,29 @@ class ArmService(Service):
         self._check(request, sub)
         resource = self._resource("storage", rg, name)
         self._authorize(ctx, "Microsoft.Storage/storageAccounts/listkeys/action", resource.id)
+        self._storage_limit("storage", "list", resource.location)
         return json_response(self._storage_keys_body(resource))
+
+    async def storage_patch(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        """Storage Accounts - Update (PATCH, synchronous): tags and the settable properties."""
+        self._check(request, sub)
+        resource = self._resource("storage", rg, name)
+        self._authorize(ctx, f"{STORAGE_TYPE}/write", resource.id)
+        self._storage_limit("storage", "write", resource.location)
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise AzureError(400, "InvalidRequestContent", "The request content must be a JSON object.")
+        settable = _settable_properties("storage", body)
+        if isinstance(body.get("tags"), dict):
+            resource.tags = {str(k): str(v) for k, v in body["tags"].items()}
+        resource.properties.update(settable)
+        return json_response(self._view(resource))
 
     async def storage_regenerate_key(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
         self._check(request, sub)
         resource = self._resource("storage", rg, name)
         self._authorize(ctx, "Microsoft.Storage/storageAccounts/regeneratekey/action", resource.id)
+        self._storage_limit("storage", "write", resource.location)
         body = await read_json(request)
         key_name = str(body.get("keyName", "") if isinstance(body, dict) else "").lower()
         try:
@@ -632,14 +700,20 @@ class ArmService(Service):
             raise AzureError(400, "BadRequest", f"Invalid keyKind '{requested}'; expected one of {', '.join(_COSMOS_KEYS)}.")
         pending = resource.data.get("pending_operation")
         if pending in self.operations and self.operations[pending].ended is None:
-            raise AzureError(412, "PreconditionFailed", "There is already an operation in progress which requires exclusive lock on this service. Please retry the operation after sometime.")
+            # The Cosmos DB resource provider's own error body ({code, message}, not ARM's
+            # {"error": {...}}), as it answers any operation that needs the account's lock.
+            return json_response({"code": "PreconditionFailed", "message": (
+                "There is already an operation in progress which requires exclusive lock on this service. "
+                f"Please retry the operation after sometime.\r\nActivityId: {uuid.uuid4()}, Microsoft.Azure.Documents.Common/2.14.0"
+            )}, status=412)
 
         def regenerate() -> None:
             cosmos_keys(resource)[_COSMOS_KEYS[key_kind]] = _new_key()
 
-        operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, request.query["api-version"], finish=regenerate)
+        operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, request.query["api-version"], finish=regenerate,
+                                          hold_s=self.cosmos_regenerate_s, resource=resource.id, kind=f"regenerateKey:{key_kind}")
         resource.data["pending_operation"] = operation.id
-        return web.Response(status=202, headers={
+        return json_response({"status": "Dequeued"}, status=202, headers={
             "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
         })
 
@@ -737,7 +811,72 @@ class ArmService(Service):
             valid = bool(current) and body["login"].lower() == login.lower() and secrets.compare_digest(body["password"].encode(), current.encode())
             return json_response({"valid": valid})
 
+        async def check_cosmos_key(request: web.Request) -> web.Response:
+            # Stands in for a Cosmos DB data-plane request signed with a key (there is no data
+            # plane): whether the key would authorize now, and Azure's refusal when it would not.
+            body = await read_json(request)
+            if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("account", "key")):
+                return json_response({"error": "account and key (strings) are required"}, status=400)
+            account = self.runtime.world.find_resource(COSMOS_TYPE, body["account"])
+            if account is None:
+                return json_response({"error": "no such Cosmos DB account"}, status=404)
+            if account.properties.get("disableLocalAuth") is True:
+                return json_response({"valid": False, "status": 401, "substatus": 5202,
+                                      "message": "Local Authorization is disabled. Use an AAD token to authorize all requests."})
+            known = any(secrets.compare_digest(body["key"].encode(), key.encode()) for key in cosmos_keys(account).values())
+            return json_response({"valid": known, "status": 200 if known else 401})
+
         app.router.add_post("/sql/logins/check", check_login)
+        app.router.add_post("/cosmos/keys/check", check_cosmos_key)
+        self.limits.control_routes(app)
+        async def cosmos_regenerate(request: web.Request) -> web.Response:
+            # How long Cosmos DB regenerateKey operations started from now on stay in progress.
+            body = await read_json(request)
+            value = body.get("in_progress_s") if isinstance(body, dict) else None
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                return json_response({"error": "in_progress_s must be a number of seconds >= 0, or null"}, status=400)
+            self.cosmos_regenerate_s = None if value is None else float(value)
+            return json_response({"in_progress_s": self.cosmos_regenerate_s})
+
+        async def list_operations(request: web.Request) -> web.Response:
+            return json_response({"value": [self._operation_view(op) for op in self.operations.values()]})
+
+        async def finish_operations(request: web.Request) -> web.Response:
+            # Ends running operations now (as if their time had come): all, or those on one resource
+            # name; with "status": "Failed" they fail instead (nothing they would do happens).
+            body = await read_json(request)
+            name = str(body.get("resource") or "").lower() if isinstance(body, dict) else ""
+            status = str(body.get("status") or "Succeeded") if isinstance(body, dict) else "Succeeded"
+            if status not in ("Succeeded", "Failed"):
+                return json_response({"error": "status must be Succeeded or Failed"}, status=400)
+            finished = []
+            for op in self.operations.values():
+                if op.ended is None and (not name or op.resource.lower().rpartition("/")[2] == name):
+                    op.complete(failed=status == "Failed")
+                    finished.append(self._operation_view(op))
+            return json_response({"value": finished})
+
+        async def site_restarts(request: web.Request) -> web.Response:
+            site = self.runtime.world.find_resource(SITE_TYPE, request.match_info["site"])
+            if site is None:
+                return json_response({"error": "no such site"}, status=404)
+            counted = site.data.get("restarts", {})
+            return json_response({"site": site.name, "restarts": {slot or "production": n for slot, n in sorted(counted.items())}})
+
+        app.router.add_put("/arm/cosmos/regenerate", cosmos_regenerate)
+        app.router.add_get("/arm/operations", list_operations)
+        app.router.add_post("/arm/operations/finish", finish_operations)
+        app.router.add_get("/arm/sites/{site}/restarts", site_restarts)
+
+    @staticmethod
+    def _status(op: _Operation) -> str:
+        if op.ended is None:
+            return "InProgress"
+        return "Failed" if op.failed else "Succeeded"
+
+    def _operation_view(self, op: _Operation) -> dict[str, Any]:
+        return {"id": op.id, "resource": op.resource, "kind": op.kind, "status": self._status(op),
+                "started": _iso(op.started), "status_url": op.status_url}
 
     # ---- app settings -----------------------------------------------------------------------
     def _settings(self, resource: Resource, slot: str | None) -> dict[str, str]:
@@ -770,9 +909,51 @@ class ArmService(Service):
         if not isinstance(properties, dict) or not all(isinstance(v, str) for v in properties.values()):
             raise AzureError(400, "BadRequest", "properties must be an object of string values.")
         settings = self._settings(resource, slot)
+        changed = settings != properties
         settings.clear()
-        settings.update(properties)  # PUT replaces the whole set, as in Azure
+        settings.update(properties)  # PUT replaces the whole set, as in Azure (no ETag: last writer wins)
+        if changed:
+            self._restart(resource, slot)  # adding, removing or editing app settings restarts the app
         return json_response(self._settings_view(resource, slot))
+
+    @staticmethod
+    def _restart(resource: Resource, slot: str | None) -> None:
+        restarts = resource.data.setdefault("restarts", {})
+        key = (slot or "").lower()
+        restarts[key] = restarts.get(key, 0) + 1
+
+    # ---- slot-sticky setting names (site level, shared by every slot) ------------------------
+    _SLOT_CONFIG_LISTS = ("appSettingNames", "connectionStringNames", "azureStorageConfigNames")
+
+    def _slot_config_view(self, resource: Resource) -> dict[str, Any]:
+        names = resource.data.get("slot_config_names") or {}
+        return {
+            "id": f"{resource.id}/config/slotConfigNames", "name": "slotConfigNames", "type": "Microsoft.Web/sites/config",
+            "location": resource.location, "properties": {key: list(names.get(key) or []) for key in self._SLOT_CONFIG_LISTS},
+        }
+
+    async def list_slot_config_names(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        resource = self._resource("site", rg, name)
+        self._authorize(ctx, "Microsoft.Web/sites/config/read", resource.id)
+        return json_response(self._slot_config_view(resource))
+
+    async def update_slot_config_names(self, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
+        self._check(request, sub)
+        resource = self._resource("site", rg, name)
+        self._authorize(ctx, "Microsoft.Web/sites/config/write", resource.id)
+        body = await read_json(request)
+        properties = body.get("properties") if isinstance(body, dict) else None
+        if not isinstance(properties, dict) or not all(
+                properties.get(key) is None or (isinstance(properties[key], list) and all(isinstance(v, str) for v in properties[key]))
+                for key in self._SLOT_CONFIG_LISTS):
+            raise AzureError(400, "BadRequest", "properties must hold lists of names (appSettingNames, connectionStringNames, azureStorageConfigNames).")
+        new = {key: list(properties.get(key) or []) for key in self._SLOT_CONFIG_LISTS}
+        old = {key: list((resource.data.get("slot_config_names") or {}).get(key) or []) for key in self._SLOT_CONFIG_LISTS}
+        resource.data["slot_config_names"] = new  # PUT replaces every list, as in Azure
+        if {k: sorted(v) for k, v in new.items()} != {k: sorted(v) for k, v in old.items()}:
+            self._restart(resource, None)  # a configuration change of the site
+        return json_response(self._slot_config_view(resource))
 
     # ---- role assignments -------------------------------------------------------------------
     def _assignment_view(self, assignment: RoleAssignment) -> dict[str, Any]:
@@ -927,3 +1108,28 @@ def _assignment_filter(query: str) -> tuple[bool, str | None]:
             raise AzureError(400, "UnsupportedQuery", f"The filter '{query}' is not supported. Supported filters: atScope(), principalId eq '{{id}}', assignedTo('{{id}}').")
         principal = (found.group(1) or found.group(2)).lower()
     return at_scope, principal
+
+
+# Properties a PUT (create or update) or PATCH may set, per resource kind: what vaultrelay
+# depends on.  Storage `allowSharedKeyAccess` (null = true) and Cosmos DB `disableLocalAuth`.
+_SETTABLE = {"storage": ("allowSharedKeyAccess",), "cosmos": ("disableLocalAuth",)}
+
+
+def _settable_properties(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The settable properties a request body sets (a null value resets to Azure's default).
+
+    Raises:
+        AzureError: 400 when a value is not a boolean.
+    """
+    properties = body.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise AzureError(400, "InvalidRequestContent", "properties must be a JSON object.")
+    found: dict[str, Any] = {}
+    for name in _SETTABLE.get(kind, ()):
+        if name not in properties:
+            continue
+        value = properties[name]
+        if value is not None and not isinstance(value, bool):
+            raise AzureError(400, "InvalidRequestContent", f"The value of property '{name}' must be a boolean.")
+        found[name] = value
+    return found

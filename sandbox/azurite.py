@@ -19,9 +19,27 @@ delegation SAS, against the roles of the identity that got the delegation key (`
 does; a denial is Azure's 403 `AuthorizationPermissionMismatch`, which names neither the action
 nor a role.  Queue requests and requests signed with an account key are not checked here.
 
+Azurite refuses what Azure refuses in entity keys (`/ \\ # ?`, control characters, more than 1 KiB)
+and string properties over 64 KiB, but stores an entity of any size and any number of properties;
+Azure holds at most 1 MiB and 252 properties per entity ("Understanding the Table service data
+model"), so the proxy refuses larger single-entity writes (insert, update, merge) with Azure's
+400 `EntityTooLarge` / `TooManyProperties` before Azurite sees them (`table_entity_problem`).
+Entities inside a `$batch` are not checked.
+
 While Azurite restarts (a key rotation) the proxy holds requests until it is back; while it is
 stopped through the control API (`POST /azurite/stop`: a storage outage) every request is
 answered at once with 503 ServerBusy, as Azure Storage answers when it is unavailable.
+
+The proxy also enforces what Azure does and Azurite does not:
+* Get User Delegation Key: the key's start and expiry must be within 7 days of the *service's*
+  clock (REST "Get User Delegation Key"), else 400 `InvalidXmlNodeValue` with the offending value
+  (the body Azure sends, azure-sdk-for-net#17690, azure-powershell#17183).  The proxy's clock can
+  be skewed against the client's through the control API (`PUT /storage/clock {"skew_s": s}`,
+  `SandboxClient.set_storage_clock_skew`): a negative skew is a service whose clock is behind.
+* An account with `allowSharedKeyAccess: false` (set through ARM) refuses Shared Key requests
+  and key-signed SAS (account and service SAS) with 403 `KeyBasedAuthenticationNotPermitted`
+  (Learn: "Prevent Shared Key authorization for an Azure Storage account"); bearer tokens and
+  user delegation SAS still work.
 """
 
 from __future__ import annotations
@@ -30,20 +48,24 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from sandbox.http import CallContext, Service, bearer_token, json_response
+from sandbox.http import CallContext, Service, bearer_token, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.tls import SandboxPki
 from sandbox.world import STORAGE_TYPE, Resource, storage_keys
@@ -218,6 +240,26 @@ class StorageProxy(Service):
         super().__init__()
         self.runtime = runtime
         self._session: aiohttp.ClientSession | None = None
+        self.clock_skew_s = 0.0  # the service's clock minus the real one (control API)
+
+    def now(self) -> datetime:
+        """The storage service's clock."""
+        return datetime.now(UTC) + timedelta(seconds=self.clock_skew_s)
+
+    def control_routes(self, app: web.Application) -> None:
+        async def get_clock(request: web.Request) -> web.Response:
+            return json_response({"skew_s": self.clock_skew_s, "now": self.now().isoformat()})
+
+        async def put_clock(request: web.Request) -> web.Response:
+            body = await read_json(request)
+            skew = body.get("skew_s") if isinstance(body, dict) else None
+            if not isinstance(skew, int | float) or isinstance(skew, bool) or abs(skew) > 30 * 86400:
+                return json_response({"error": "skew_s (seconds, at most 30 days either way) is required"}, status=400)
+            self.clock_skew_s = float(skew)
+            return await get_clock(request)
+
+        app.router.add_get("/storage/clock", get_clock)
+        app.router.add_put("/storage/clock", put_clock)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -249,18 +291,28 @@ class StorageProxy(Service):
         if manager is None or manager.stopped or not await manager.wait_ready(15.0):
             return _storage_error(503, "ServerBusy", "The storage service is not available right now.")
         service = self._service(request)
+        account = self.runtime.world.find_resource(STORAGE_TYPE, request.host.split(".", 1)[0])
+        if account is not None and account.properties.get("allowSharedKeyAccess") is False and _signed_with_account_key(request):
+            return _key_based_refused(service)
         # RBAC: of the token's identity, or of the identity that got the user delegation key a
         # SAS was signed with (`skoid`): Azure checks both, at the time of the request.
         principal = ctx.identity.object_id if ctx.identity is not None else (
             request.query.get("skoid") if service == "blob" and "sig" in request.query else None)
         if principal:
-            account = self.runtime.world.find_resource(STORAGE_TYPE, request.host.split(".", 1)[0])
             needed = storage_data_action(service, request.method, request.path, request.query, account) if account else None
             if needed is not None and not self.runtime.world.authorize(principal, needed[0], needed[2], data=needed[1]):
                 return _storage_error(403, "AuthorizationPermissionMismatch",
                                       "This request is not authorized to perform this operation using this permission.")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
+        if service == "blob" and request.method == "POST" and _is_user_delegation_key_request(request) and token is not None:
+            refused = _user_delegation_key_refusal(body, self.now())
+            if refused is not None:
+                return refused
+        if service == "table" and body:
+            problem = table_entity_problem(request.method, request.path, body)
+            if problem is not None:
+                return _table_error(400, *problem)
         url = f"https://127.0.0.1:{manager.ports[service]}{request.raw_path}"
         for attempt in range(40):
             try:
@@ -346,9 +398,139 @@ def storage_data_action(
     return None
 
 
-def _storage_error(status: int, code: str, message: str) -> web.Response:
-    body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
-    return web.Response(status=status, body=body.encode(), content_type="application/xml", headers={"x-ms-error-code": code})
+def _storage_error(status: int, code: str, message: str, extra: str = "") -> web.Response:
+    request_id = str(uuid.uuid4())
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    text = f"{message}\nRequestId:{request_id}\nTime:{stamp}"
+    body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{text}</Message>{extra}</Error>'
+    return web.Response(status=status, body=body.encode(), content_type="application/xml",
+                        headers={"x-ms-error-code": code, "x-ms-request-id": request_id})
+
+
+# ---- accounts without Shared Key access ----------------------------------------------------------
+KEY_BASED_NOT_PERMITTED = "Key based authentication is not permitted on this storage account."
+
+
+def _signed_with_account_key(request: web.Request) -> bool:
+    """A Shared Key (or Shared Key Lite) request, or a SAS signed with an account key (an account
+    or service SAS: a `sig` without the user delegation key's `skoid`)."""
+    scheme = request.headers.get("Authorization", "").split(" ", 1)[0].lower()
+    if scheme in ("sharedkey", "sharedkeylite"):
+        return True
+    return "sig" in request.query and "skoid" not in request.query
+
+
+def _key_based_refused(service: str) -> web.Response:
+    """Azure's 403 KeyBasedAuthenticationNotPermitted: XML for Blob and Queue, OData JSON for Table."""
+    if service != "table":
+        return _storage_error(403, "KeyBasedAuthenticationNotPermitted", KEY_BASED_NOT_PERMITTED)
+    request_id = str(uuid.uuid4())
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    body = {"odata.error": {"code": "KeyBasedAuthenticationNotPermitted", "message": {
+        "lang": "en-US", "value": f"{KEY_BASED_NOT_PERMITTED}\nRequestId:{request_id}\nTime:{stamp}"}}}
+    return web.Response(status=403, body=json.dumps(body).encode(),
+                        content_type="application/json", charset="utf-8",
+                        headers={"x-ms-error-code": "KeyBasedAuthenticationNotPermitted", "x-ms-request-id": request_id})
+
+
+# ---- Get User Delegation Key: the 7-day bound ----------------------------------------------------
+USER_DELEGATION_KEY_BOUND = timedelta(days=7)
+_KEY_INFO_TIME = re.compile(r"<(Start|Expiry)>\s*([^<]*?)\s*</\1>")
+
+
+def _is_user_delegation_key_request(request: web.Request) -> bool:
+    return (request.query.get("restype") or "").lower() == "service" and (request.query.get("comp") or "").lower() == "userdelegationkey"
+
+
+def _user_delegation_key_refusal(body: bytes, now: datetime) -> web.Response | None:
+    """Azure's answer to a KeyInfo whose Start or Expiry is more than 7 days from `now` (the
+    service's clock): 400 InvalidXmlNodeValue naming the value (Azure puts the value in both
+    XmlNodeName and XmlNodeValue); None when the times are within the bound (malformed bodies are
+    left to Azurite)."""
+    found = dict(_KEY_INFO_TIME.findall(body.decode("utf-8", errors="replace")))
+    for element in ("Start", "Expiry"):
+        text = found.get(element)
+        if not text:
+            continue
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        if abs(when - now) > USER_DELEGATION_KEY_BOUND:
+            return _storage_error(400, "InvalidXmlNodeValue", "The value for one of the XML nodes is not in the correct format.",
+                                  f"<XmlNodeName>{text}</XmlNodeName><XmlNodeValue>{text}</XmlNodeValue>")
+    return None
+
+
+# Table entity limits (Learn, "Understanding the Table service data model"): 252 properties besides
+# PartitionKey, RowKey and Timestamp, 1 MiB in all, sized as the table design guide estimates it:
+# 4 bytes + 2 per key character + per property 8 + 2 per name character + its value's size.
+MAX_ENTITY_BYTES = 1024 * 1024
+MAX_ENTITY_PROPERTIES = 252
+_EDM_SIZES = {"Edm.Boolean": 1, "Edm.DateTime": 8, "Edm.Double": 8, "Edm.Guid": 16, "Edm.Int32": 4, "Edm.Int64": 8}
+
+
+def entity_size(entity: dict[str, Any]) -> tuple[int, int]:
+    """(estimated bytes, properties besides the keys and Timestamp) of a JSON entity as sent."""
+    def units(text: str) -> int:
+        return len(text.encode("utf-16-le")) // 2
+
+    size = 4 + 2 * (units(str(entity.get("PartitionKey", ""))) + units(str(entity.get("RowKey", ""))))
+    count = 0
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey", "Timestamp") or "@odata." in name or name.startswith("odata."):
+            continue
+        count += 1
+        kind = entity.get(f"{name}@odata.type")
+        if kind == "Edm.Binary":
+            value_size = 4 + len(str(value)) * 3 // 4  # base64 text: its decoded length
+        elif kind in _EDM_SIZES:
+            value_size = _EDM_SIZES[kind]
+        elif isinstance(value, bool):
+            value_size = 1
+        elif isinstance(value, int):
+            value_size = 4
+        elif isinstance(value, float):
+            value_size = 8
+        else:
+            value_size = 4 + 2 * units(value if isinstance(value, str) else json.dumps(value))
+        size += 8 + 2 * units(name) + value_size
+    return size, count
+
+
+def table_entity_problem(method: str, path: str, body: bytes) -> tuple[str, str] | None:
+    """(error code, message) when a single-entity write (insert, update, merge) exceeds Azure's
+    entity limits; None otherwise (and for anything that is not such a write)."""
+    parts = [p for p in path.split("/") if p]
+    if method.upper() not in ("POST", "PUT", "MERGE", "PATCH") or len(parts) != 1:
+        return None
+    head = parts[0]
+    if head.startswith("$") or head.lower().startswith("tables"):
+        return None
+    if method.upper() == "POST" and "(" in head:
+        return None
+    try:
+        entity = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(entity, dict):
+        return None
+    size, count = entity_size(entity)
+    if count > MAX_ENTITY_PROPERTIES:
+        return "TooManyProperties", "The entity contains more properties than allowed."
+    if size > MAX_ENTITY_BYTES:
+        return "EntityTooLarge", "The entity is larger than the maximum size permitted."
+    return None
+
+
+def _table_error(status: int, code: str, message: str) -> web.Response:
+    """A Table service error in its JSON form (the form azure-data-tables asks for)."""
+    value = f"{message}\nRequestId:{uuid.uuid4()}\nTime:{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
+    body = json.dumps({"odata.error": {"code": code, "message": {"lang": "en-US", "value": value}}})
+    return web.Response(status=status, body=body.encode(), headers={
+        "Content-Type": "application/json;odata=minimalmetadata;streaming=true;charset=utf-8", "x-ms-error-code": code})
 
 
 def account_key_bytes(key: str) -> bytes:

@@ -144,6 +144,30 @@ class SandboxClient:
     def clear_faults(self) -> None:
         self.call("DELETE", "/faults")
 
+    def set_storage_clock_skew(self, seconds: float) -> None:
+        """Skew the storage service's clock by `seconds` against the real one (negative: the service
+        is behind the client); it decides the 7-day bound of Get User Delegation Key."""
+        self.call("PUT", "/storage/clock", {"skew_s": seconds})
+
+    def set_arm_limits(self, *, enabled: bool = True, **limits: dict[str, float] | list[dict[str, float]]) -> dict[str, Any]:
+        """Change the storage resource provider's ARM limits per subscription and region
+        (`read`, `list`, `write`: `{"limit": n, "window_s": s}` or a list of them); buckets start full."""
+        return dict(self.call("PUT", "/arm/limits", {"enabled": enabled, **limits}))
+
+    def reset_arm_limits(self) -> None:
+        """Azure's storage resource provider limits again, with full buckets."""
+        self.call("DELETE", "/arm/limits")
+
+    def cosmos_key_valid(self, account: str, key: str) -> dict[str, Any]:
+        """Whether `key` would authorize a Cosmos DB data-plane request on `account` now (the
+        sandbox has no Cosmos DB data plane: this stands in for one), with Azure's refusal when
+        the account has `disableLocalAuth: true`.  The key is sent to the control API only."""
+        return dict(self.call("POST", "/cosmos/keys/check", {"account": account, "key": key}))
+    def set_keyvault_transitions(self, delete_seconds: float | None = None, recover_seconds: float | None = None) -> dict[str, float]:
+        """How long a deleted secret stays "being deleted" and a recovered one "being recovered"
+        (Key Vault's asynchronous soft delete); None restores the sandbox's default."""
+        return dict(self.call("PUT", "/keyvault/soft-delete", {"delete_seconds": delete_seconds, "recover_seconds": recover_seconds}))
+
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 
@@ -151,6 +175,28 @@ class SandboxClient:
         """Whether `login`/`password` would sign in to the SQL server now (the sandbox has no SQL
         endpoint: this stands in for a connection).  The password is sent to the control API only."""
         return bool(self.call("POST", "/sql/logins/check", {"server": server, "login": login, "password": password})["valid"])
+
+    def site_restarts(self, site: str) -> dict[str, int]:
+        """Restarts of an App Service site so far, by slot (`production` for the site itself): one per
+        app-settings PUT that changed the slot's settings and per slot-config change (production)."""
+        return {str(k): int(v) for k, v in self.call("GET", f"/arm/sites/{site}/restarts")["restarts"].items()}
+
+    def hold_cosmos_regenerations(self, seconds: float | None) -> None:
+        """Cosmos DB regenerateKey operations started from now on stay in progress `seconds` (None:
+        back to the default, done on the second poll), however often they are polled."""
+        self.call("PUT", "/arm/cosmos/regenerate", {"in_progress_s": seconds})
+
+    def arm_operations(self) -> list[dict[str, Any]]:
+        """ARM's long-running operations: id, resource, kind, status (InProgress/Succeeded), status_url."""
+        return list(self.call("GET", "/arm/operations")["value"])
+
+    def finish_arm_operations(self, resource: str | None = None, *, failed: bool = False) -> list[dict[str, Any]]:
+        """End the running operations (of the resource named `resource`, else all) now: Succeeded,
+        or with `failed` Failed (what they would have done does not happen)."""
+        body: dict[str, Any] = {"status": "Failed" if failed else "Succeeded"}
+        if resource:
+            body["resource"] = resource
+        return list(self.call("POST", "/arm/operations/finish", body)["value"])
 
     def create_identity(self, name: str) -> UserIdentity:
         """A new user-assigned identity called `name`, with no role; usable by name from now on."""

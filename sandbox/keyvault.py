@@ -5,7 +5,12 @@ send, e.g. 2025-07-01 / 2026-04-01) as used by azure-keyvault-secrets/-keys/-cer
 
 * secrets: set (new version), get latest / by version, list (paged with `nextLink`, honouring
   `maxresults`), list versions, update properties, delete (soft delete), deleted list/get,
-  recover, purge;
+  recover, purge.  Delete and recover are asynchronous as in Azure: for `delete_seconds` after a
+  delete the secret is in neither collection and any write of its name is answered 409
+  `ObjectIsBeingDeleted`; for `recover_seconds` after a recover it is not readable yet and a write
+  is answered 409 `ObjectIsBeingRecovered`; a deleted (recoverable) name stays taken (409
+  `ObjectIsDeletedButRecoverable`) until it is recovered or purged.  Both times are set through
+  the control API (`PUT /keyvault/soft-delete`);
 * certificates: import (PFX or PEM) and get; each version is backed by a secret of the same name
   and version (content type `application/x-pkcs12` or `application/x-pem-file`, `kid` set,
   `managed: true`) and a key;
@@ -42,6 +47,13 @@ _NAME = r"(?P<name>[0-9a-zA-Z-]{1,127})"
 _VERSION = r"(?P<version>[0-9a-fA-F]{32})"
 DEFAULT_PAGE = 25
 RECOVERABLE_DAYS = 90
+# How long a deleted secret stays "being deleted" and a recovered one "being recovered".  Azure
+# takes seconds (sometimes minutes); the defaults are short so tests stay quick, but never zero,
+# so a client that does not wait them out fails here as it would in Azure.
+DEFAULT_DELETE_SECONDS = 1.0
+DEFAULT_RECOVER_SECONDS = 1.0
+DELETING = "deleting"
+RECOVERING = "recovering"
 
 
 @dataclass
@@ -81,9 +93,18 @@ class VaultObject:
     versions: dict[str, ObjectVersion] = field(default_factory=dict)
     latest: str = ""
     deleted_date: int | None = None
+    # An asynchronous delete or recover still running (DELETING / RECOVERING) and until when.
+    transition: str | None = None
+    transition_until: float = 0.0
 
     def current(self) -> ObjectVersion:
         return self.versions[self.latest]
+
+    def in_transition(self) -> str | None:
+        """DELETING or RECOVERING while that operation still runs, else None."""
+        if self.transition is not None and time.monotonic() >= self.transition_until:
+            self.transition = None
+        return self.transition
 
 
 def _store(vault: Resource, collection: str) -> dict[str, VaultObject]:
@@ -91,13 +112,26 @@ def _store(vault: Resource, collection: str) -> dict[str, VaultObject]:
 
 
 def _listing(vault: Resource, collection: str) -> list[VaultObject]:
-    """The collection's objects in listing order (by lower-cased name)."""
-    return [obj for _, obj in sorted(_store(vault, collection).items())]
+    """The collection's objects in listing order (by lower-cased name); objects still being
+    deleted or recovered are in no listing."""
+    return [obj for _, obj in sorted(_store(vault, collection).items()) if obj.in_transition() is None]
 
 
 def vault_secrets(vault: Resource) -> dict[str, VaultObject]:
     """Live secrets of a vault by lower-cased name (read-only use by other stand-ins)."""
-    return _store(vault, "secrets")
+    return {key: obj for key, obj in _store(vault, "secrets").items() if obj.in_transition() is None}
+
+
+def _being_deleted(kind: str) -> AzureError:
+    # Azure's body, e.g. azure-sdk-for-js keyvault recordings: 409 Conflict "Key is currently being
+    # deleted." with innererror ObjectIsBeingDeleted.
+    return AzureError(409, "Conflict", f"{kind} is currently being deleted.", inner_code="ObjectIsBeingDeleted")
+
+
+def _being_recovered(kind: str, name: str) -> AzureError:
+    # Azure's body, quoted in azure-sdk-for-net#31581.
+    return AzureError(409, "Conflict", f"{kind} {name} is currently being recovered and cannot be re-created; retry later.",
+                      inner_code="ObjectIsBeingRecovered")
 
 
 class KeyVaultService(Service):
@@ -106,6 +140,8 @@ class KeyVaultService(Service):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
+        self.delete_seconds = DEFAULT_DELETE_SECONDS
+        self.recover_seconds = DEFAULT_RECOVER_SECONDS
         r = self.add_route
         r("PUT", rf"/secrets/{_NAME}", "SetSecret", self.set_secret)
         r("GET", r"/secrets", "GetSecrets", self.list_secrets)
@@ -122,6 +158,24 @@ class KeyVaultService(Service):
         r("GET", rf"/keys/{_NAME}(/{_VERSION})?", "GetKey", self.get_key)
         r("POST", rf"/certificates/{_NAME}/import", "ImportCertificate", self.import_certificate)
         r("GET", rf"/certificates/{_NAME}(/{_VERSION})?", "GetCertificate", self.get_certificate)
+
+    # ---- control API ------------------------------------------------------------------------
+    def control_routes(self, app: web.Application) -> None:
+        async def soft_delete(request: web.Request) -> web.Response:
+            # How long deletes and recovers stay in their transitional state; null = the default.
+            body = await read_json(request)
+            try:
+                delete_s = body.get("delete_seconds")
+                recover_s = body.get("recover_seconds")
+                self.delete_seconds = DEFAULT_DELETE_SECONDS if delete_s is None else float(delete_s)
+                self.recover_seconds = DEFAULT_RECOVER_SECONDS if recover_s is None else float(recover_s)
+            except (TypeError, ValueError, AttributeError):
+                return json_response({"error": "delete_seconds and recover_seconds must be numbers (or null)"}, status=400)
+            if self.delete_seconds < 0 or self.recover_seconds < 0:
+                return json_response({"error": "delete_seconds and recover_seconds must not be negative"}, status=400)
+            return json_response({"delete_seconds": self.delete_seconds, "recover_seconds": self.recover_seconds})
+
+        app.router.add_put("/keyvault/soft-delete", soft_delete)
 
     # ---- service hooks ----------------------------------------------------------------------
     def target_of(self, request: web.Request, params: dict[str, str]) -> str | None:
@@ -270,11 +324,17 @@ class KeyVaultService(Service):
         version_id: str | None = None, body: dict[str, Any] | None = None,
     ) -> tuple[VaultObject, ObjectVersion]:
         secrets = _store(vault, "secrets")
-        if name.lower() in _store(vault, "deleted_secrets"):
+        deleted = _store(vault, "deleted_secrets").get(name.lower())
+        if deleted is not None:
+            if deleted.in_transition() == DELETING:
+                raise _being_deleted("Secret")
             raise AzureError(409, "Conflict", (
                 f"Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; "
                 "in this state, the secret can only be recovered or purged."
             ), inner_code="ObjectIsDeletedButRecoverable")
+        existing = secrets.get(name.lower())
+        if existing is not None and existing.in_transition() == RECOVERING:
+            raise _being_recovered("Secret", name)
         obj = secrets.setdefault(name.lower(), VaultObject(name=name))
         version = self._new_version(obj)
         if version_id:
@@ -307,7 +367,7 @@ class KeyVaultService(Service):
 
     def _find_secret(self, vault: Resource, name: str) -> VaultObject:
         obj = _store(vault, "secrets").get(name.lower())
-        if obj is None:
+        if obj is None or obj.in_transition() is not None:  # a secret being recovered cannot be read yet
             raise self._secret_not_found(name)
         return obj
 
@@ -363,15 +423,25 @@ class KeyVaultService(Service):
     async def delete_secret(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/delete", f"secrets/{name}")
+        live = _store(vault, "secrets").get(name.lower())
+        if live is not None and live.in_transition() == RECOVERING:
+            raise _being_recovered("Secret", name)
         obj = _store(vault, "secrets").pop(name.lower(), None)
         if obj is None:
             raise self._secret_not_found(name)
         obj.deleted_date = self._now()
+        obj.transition, obj.transition_until = DELETING, time.monotonic() + self.delete_seconds
         _store(vault, "deleted_secrets")[name.lower()] = obj
         return json_response(self._deleted_bundle(vault, obj))
 
-    def _find_deleted(self, vault: Resource, name: str) -> VaultObject:
+    def _find_deleted(self, vault: Resource, name: str, *, writing: bool = False) -> VaultObject:
+        """The deleted secret `name`; while its deletion still runs it is not found (reads) or
+        409 ObjectIsBeingDeleted (recover, purge)."""
         obj = _store(vault, "deleted_secrets").get(name.lower())
+        if obj is not None and obj.in_transition() == DELETING:
+            if writing:
+                raise _being_deleted("Secret")
+            obj = None
         if obj is None:
             raise AzureError(404, "SecretNotFound", f"Deleted Secret not found: {name}")
         return obj
@@ -389,16 +459,17 @@ class KeyVaultService(Service):
     async def recover_deleted_secret(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/recover/action", f"secrets/{name}")
-        obj = self._find_deleted(vault, name)
+        obj = self._find_deleted(vault, name, writing=True)
         del _store(vault, "deleted_secrets")[name.lower()]
         obj.deleted_date = None
+        obj.transition, obj.transition_until = RECOVERING, time.monotonic() + self.recover_seconds
         _store(vault, "secrets")[name.lower()] = obj
         return json_response(self._secret_bundle(vault, obj, obj.current(), with_value=False))
 
     async def purge_deleted_secret(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/secrets/purge/action", f"secrets/{name}")
-        self._find_deleted(vault, name)
+        self._find_deleted(vault, name, writing=True)
         del _store(vault, "deleted_secrets")[name.lower()]
         return web.Response(status=204)
 

@@ -29,7 +29,7 @@ log = logging.getLogger("sandbox")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOSTSHIM_DIR = Path(__file__).resolve().parent / "hostshim"
 
-DEFAULT_VAULTS = ("kv-source", "kv-shared", "kv-target")
+DEFAULT_VAULTS = ("kv-source", "kv-shared", "kv-target", "kv-state")
 DEFAULT_STORAGE_ACCOUNTS = ("sandboxstore", "sandboxdata")
 DEFAULT_COSMOS_ACCOUNT = "sandbox-cosmos"
 DEFAULT_WEB_APP = "sandbox-web"

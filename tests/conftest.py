@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.sources.listed_keys import PROCESS_LISTED_KEYS
 from sandbox.client import SandboxClient, SandboxProcess
 
 
@@ -23,10 +24,27 @@ def sandbox_process() -> Iterator[SandboxProcess]:
         os.environ.update(saved)
 
 
+# The session's sandbox is one subscription shared by every test's world for the whole run: far
+# more storage management calls per 5 minutes than one deployment makes.  So its storage resource
+# provider limits are 10 times Azure's (sandbox/arm_limits.py); tests of vaultrelay's behaviour
+# under the limits lower them with the `arm_limits` fixture, which restores these afterwards.
+SESSION_ARM_LIMITS = {"read": {"limit": 8000, "window_s": 300}, "list": {"limit": 1000, "window_s": 300},
+                      "write": [{"limit": 100, "window_s": 1}, {"limit": 12000, "window_s": 3600}]}
+
+
 @pytest.fixture(scope="session")
 def sandbox(sandbox_process: SandboxProcess) -> SandboxClient:
     """The running sandbox's control API and facts."""
+    sandbox_process.client.set_arm_limits(**SESSION_ARM_LIMITS)  # type: ignore[arg-type]
     return sandbox_process.client
+
+
+@pytest.fixture()
+def arm_limits(sandbox: SandboxClient) -> Iterator[SandboxClient]:
+    """The sandbox, for a test that changes the storage resource provider's ARM limits; the
+    session's limits (full buckets) are restored afterwards."""
+    yield sandbox
+    sandbox.set_arm_limits(**SESSION_ARM_LIMITS)  # type: ignore[arg-type]
 
 
 @pytest.fixture()
@@ -36,3 +54,11 @@ def clean_faults(sandbox: SandboxClient) -> Iterator[SandboxClient]:
     sandbox.reset_counters()
     yield sandbox
     sandbox.clear_faults()
+
+
+@pytest.fixture(autouse=True)
+def fresh_listed_keys() -> Iterator[None]:
+    """Each test starts like a new process: no storage key listings kept from another test
+    (core.sources.listed_keys keeps them per process for minutes)."""
+    PROCESS_LISTED_KEYS.clear()
+    yield

@@ -47,6 +47,9 @@ _LOCATED = re.compile(r"^@([^@]+)@ (.*)$")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64  # nested mappings/lists; a config needs about 8
 MAX_NODES = 500_000  # YAML nodes once every alias is expanded (a "billion laughs" file has 10**9)
+# Bytes of scalar text (keys and values, UTF-8) once every alias is expanded: a 1 MB string aliased
+# 3,000 times is 3 GB when anything copies it (interpolation of a `$$` does), though few nodes.
+MAX_EXPANDED_BYTES = 16 * 1024 * 1024
 # How long a FIFO or device named as the config may take to deliver data (a FIFO nobody writes
 # to would otherwise block the reader forever).
 STREAM_WAIT_S = 10.0
@@ -279,52 +282,61 @@ def _too_large(size: int) -> str:
 
 
 def _check_shape(text: str, file: str) -> None:
-    """Reject nesting deeper than MAX_DEPTH, recursive aliases and more than MAX_NODES nodes once
-    aliases are expanded, from the parser's events (the parser is not recursive and builds
-    nothing; the composer, the constructor and validation all are, or expand aliases).
+    """Reject nesting deeper than MAX_DEPTH, recursive aliases, more than MAX_NODES nodes and more
+    than MAX_EXPANDED_BYTES bytes of scalar text once aliases are expanded, from the parser's
+    events (the parser is not recursive and builds nothing; the composer, the constructor and
+    validation all are, or expand aliases, and interpolation copies every string it rewrites).
 
     Raises:
         ConfigError: the file is too deep or expands too far.
         yaml.YAMLError: the text is not YAML.
     """
-    sizes: dict[str, int] = {}  # anchor -> expanded node count of the node it names
-    open_nodes: list[tuple[str | None, int]] = []  # (anchor, node count so far) per open collection
-    total = 0
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (expanded nodes, expanded bytes) of the node it names
+    open_nodes: list[tuple[str | None, int, int]] = []  # (anchor, nodes, bytes so far) per open collection
+    total_nodes = 0
+    total_bytes = 0
 
     def fail(line: int | None, message: str) -> ConfigError:
         return ConfigError([ConfigProblem(file, line, "", message)])
 
-    def add(count: int, event: yaml.Event) -> None:
-        nonlocal total
+    def add(nodes: int, size: int, event: yaml.Event) -> None:
+        nonlocal total_nodes, total_bytes
         if open_nodes:
-            anchor, so_far = open_nodes[-1]
-            open_nodes[-1] = (anchor, so_far + count)
-        total += count
-        if total > MAX_NODES:
+            anchor, so_far, so_far_bytes = open_nodes[-1]
+            open_nodes[-1] = (anchor, so_far + nodes, so_far_bytes + size)
+        total_nodes += nodes
+        total_bytes += size
+        if total_nodes > MAX_NODES:
             raise fail(_event_line(event), f"the file expands to more than {MAX_NODES:,} values (aliases included)")
+        if total_bytes > MAX_EXPANDED_BYTES:
+            raise fail(_event_line(event), f"the file expands to more than {MAX_EXPANDED_BYTES:,} bytes of text (aliases included); "
+                                           "repeat less through aliases")
 
     for event in yaml.parse(text, Loader=_YAML_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
             if len(open_nodes) >= MAX_DEPTH:
                 raise fail(_event_line(event), f"nested more than {MAX_DEPTH} levels deep")
-            open_nodes.append((event.anchor, 1))
-            total += 1
+            open_nodes.append((event.anchor, 1, 0))
+            total_nodes += 1
         elif isinstance(event, yaml.CollectionEndEvent):
-            anchor, count = open_nodes.pop()
+            anchor, count, size = open_nodes.pop()
             if anchor is not None:
-                sizes[anchor] = count
-            total -= count  # counted again as one value of its parent (or of the document)
-            add(count, event)
+                sizes[anchor] = (count, size)
+            # counted again as one value of its parent (or of the document)
+            total_nodes -= count
+            total_bytes -= size
+            add(count, size, event)
         elif isinstance(event, yaml.ScalarEvent):
+            size = len(event.value) if event.value.isascii() else len(event.value.encode("utf-8", "surrogatepass"))
             if event.anchor is not None:
-                sizes[event.anchor] = 1
-            add(1, event)
+                sizes[event.anchor] = (1, size)
+            add(1, size, event)
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:
-                if any(anchor == event.anchor for anchor, _ in open_nodes):
+                if any(anchor == event.anchor for anchor, _, _ in open_nodes):
                     raise fail(_event_line(event), f"alias *{event.anchor} refers to a value that contains it")
                 continue  # an unknown alias: the composer reports it with its position
-            add(sizes[event.anchor], event)
+            add(*sizes[event.anchor], event)
 
 
 # ---- YAML positions -------------------------------------------------------------------------
@@ -581,7 +593,7 @@ def _problems(exc: ValidationError, data: Any, lines: dict[Path_, int], file: st
             hint = f"; did you mean '{guess[0]}'?" if guess else (f"; expected one of: {', '.join(sorted(candidates))}" if candidates else "")
             message = f"unknown key '{key}'{hint}"
         elif error["type"] == "missing":
-            message = f"missing required key '{loc[-1]}'"
+            message = f"missing required key '{loc[-1]}'" + _MISSING_HINTS.get((str(loc[-3]) if len(loc) > 2 else "", str(loc[-1])), "")
         elif error["type"] in ("literal_error", "union_tag_invalid"):
             expected = error.get("ctx", {}).get("expected") or error.get("ctx", {}).get("expected_tags")
             message = f"expected {expected}" if expected else message
@@ -631,6 +643,14 @@ def _pattern_hint(loc: Path_) -> str:
         "ip": "an IPv4 address or range a.b.c.d-e.f.g.h",
         "vault_name": "a vault name is 3-24 letters, digits and hyphens, starting with a letter",
     }.get(str(key), "does not match the expected format") if key else "does not match the expected format"
+
+
+# (grandparent key, missing key) -> why it is required, appended to "missing required key".
+_MISSING_HINTS = {
+    ("tagged_secrets", "accounts"): (": list the storage accounts, Cosmos DB accounts and SQL servers this vault's secrets may name in "
+                                     "ProviderAddress (resource ids, or type/name/resource_group); nothing is rotated without it "
+                                     "(docs/config.md)"),
+}
 
 
 def _line(path: Path_, lines: dict[Path_, int]) -> int | None:
@@ -760,16 +780,16 @@ def _warnings(config: Config, lines: dict[Path_, int], file: str) -> list[Config
                 warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                               "identity is unused: the fallback list has no managed_identity entry", "warning"))
     warnings.extend(_sas_caps(config, lines, file))
+    warnings.extend(_user_delegation_lifetimes(config, lines, file))
     return warnings
 
 
 def _sas_caps(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
-    """A SAS `expiry` longer than the minted token will live: the store's `max_sas_expiry`, and
-    Azure's 7 days for a user delegation SAS (its delegation key lives at most 7 days)."""
+    """A SAS `expiry` longer than the store's `max_sas_expiry` (user delegation SAS have their own
+    bound as well: `_user_delegation_lifetimes`)."""
     from core.config.durations import format_duration
 
     warnings: list[ConfigProblem] = []
-    week = 7 * 86400
     for env, variables in config.envs.items():
         for name, variable in variables.items():
             ref = variable.from_
@@ -778,10 +798,36 @@ def _sas_caps(config: Config, lines: dict[Path_, int], file: str) -> list[Config
                 continue
             path: Path_ = ("envs", env, name, "from", "expiry")
             caps = [(store.max_sas_expiry, f"store '{ref.store}' caps SAS lifetimes at max_sas_expiry {format_duration(store.max_sas_expiry)}")]
-            if ref.effective_sas_type == "user_delegation":
-                caps.append((week, "a user delegation SAS lives at most 7d (the lifetime of its delegation key)"))
             cap, why = min(caps, key=lambda c: c[0])
             if ref.expiry > cap:
                 warnings.append(ConfigProblem(file, _line(path, lines), _dotted(path),
                                               f"expiry {format_duration(ref.expiry)} is capped to {format_duration(cap)}: {why}", "warning"))
     return warnings
+
+
+def _user_delegation_lifetimes(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
+    """A user delegation SAS cannot outlive its delegation key, which Azure grants for at most 7
+    days from its own clock; vaultrelay keeps keys an hour inside that (core.sources.sas_mint).
+    Longer lifetimes are capped (up to 7 days) or refused at run time: say so here."""
+    from core.sources.sas_mint import USER_DELEGATION_KEY_MAX, USER_DELEGATION_SAS_MAX, format_lifetime
+
+    found: list[ConfigProblem] = []
+    for env, variables in config.envs.items():
+        for name, variable in variables.items():
+            ref = variable.from_
+            if ref is None or ref.kind != "sas" or ref.effective_sas_type != "user_delegation" or ref.expiry is None:
+                continue
+            store = config.secretStores.get(ref.store)
+            cap = float(store.max_sas_expiry) if isinstance(store, ManagedIdentityStore) else float(ref.expiry)
+            lifetime = min(float(ref.expiry), cap)
+            path: Path_ = ("envs", env, name, "from", "expiry")
+            if lifetime > USER_DELEGATION_KEY_MAX.total_seconds():
+                message = (f"a user delegation SAS cannot outlive its delegation key (Azure grants one for at most 7 days): this one "
+                           f"will fail at run time; use at most {format_lifetime(USER_DELEGATION_SAS_MAX)}")
+            elif lifetime > USER_DELEGATION_SAS_MAX.total_seconds():
+                message = (f"a user delegation SAS lasts at most {format_lifetime(USER_DELEGATION_SAS_MAX)} (its delegation key ends "
+                           f"an hour inside Azure's 7-day bound, which the service measures by its own clock): it will be capped")
+            else:
+                continue
+            found.append(ConfigProblem(file, _line(path, lines), _dotted(path), message, "warning"))
+    return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
@@ -548,6 +549,8 @@ class AppSettingsTarget(TargetBase):
     subscription: str | None = None
     slot: str | None = None
     deletion_policy: Literal["delete", "keep"] = "keep"
+    slot_setting: bool = Field(False, description="make the pushed names slot-sticky (the site's slotConfigNames), so a slot swap "
+                               "does not carry them to the other slot; names are added, never removed")
 
 
 class WebhookTarget(TargetBase):
@@ -557,7 +560,8 @@ class WebhookTarget(TargetBase):
     url: str
     payload: Literal["bundle", "changed_names"] = "bundle"
     signing_key: Variable = Field(description="a literal or a from: reference: the HMAC key")
-    timeout: Duration = 10
+    timeout: Duration = Field(10, description="seconds each attempt may take in all: connect, send, status and headers, body "
+                                              "(at most 64 KiB of the answer is read)")
     retries: int = Field(4, ge=0, le=10)
 
     @field_validator("url")
@@ -582,14 +586,101 @@ class State(Strict):
     fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
 
 
+# `type:` of a rotated account -> (its ARM resource type, the kind core.engine.tagged_rotation calls it)
+ROTATED_RESOURCE_TYPES = {
+    "storage": ("Microsoft.Storage/storageAccounts", "storage"),
+    "cosmosdb": ("Microsoft.DocumentDB/databaseAccounts", "cosmos"),
+    "sql": ("Microsoft.Sql/servers", "sql"),
+}
+_ROTATED_RESOURCE_ID = re.compile(
+    r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)/providers/"
+    r"(?P<type>Microsoft\.Storage/storageAccounts|Microsoft\.DocumentDB/databaseAccounts|Microsoft\.Sql/servers)/(?P<name>[^/]+)$",
+    re.IGNORECASE,
+)
+
+
+class RotatedAccount(Strict):
+    """A storage account, Cosmos DB account or SQL server that the tagged secrets of one vault may
+    name in `ProviderAddress`: an ARM resource id (`id`, or the entry written as that string), or
+    `type`, `name` and `resource_group`.  Matched exactly (case-insensitive) against the whole id."""
+
+    id: str | None = Field(None, description="the account's ARM resource id: /subscriptions/<id>/resourceGroups/<group>/providers/"
+                                             "Microsoft.Storage/storageAccounts/<name> (or Microsoft.DocumentDB/databaseAccounts, "
+                                             "Microsoft.Sql/servers)")
+    type: Literal["storage", "cosmosdb", "sql"] | None = None
+    name: str | None = None
+    resource_group: str | None = None
+    subscription: str | None = Field(None, description="default: the store's default_subscription, else $VAULTRELAY_SUBSCRIPTION_ID")
+    secrets: list[Annotated[str, Field(pattern=SECRET_NAME)]] | None = Field(
+        None, min_length=1, description="only these secrets of the vault may name this account (default: any tagged secret of the vault)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_only(cls, data: Any) -> Any:
+        return {"id": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RotatedAccount:
+        parts = [k for k in ("type", "name", "resource_group", "subscription") if getattr(self, k)]
+        if self.id is not None:
+            if parts:
+                raise ValueError(f"give either id or type/name/resource_group, not both (got id and {', '.join(parts)})")
+            if not _ROTATED_RESOURCE_ID.match(self.id):
+                raise ValueError(f"{self.id[:200]!r} is not the ARM resource id of a storage account, Cosmos DB account or SQL server "
+                                 "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>)")
+            return self
+        missing = [k for k in ("type", "name", "resource_group") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"an accounts entry is a resource id or has type, name and resource_group (missing {', '.join(missing)})")
+        for key in ("name", "resource_group", "subscription"):
+            value = getattr(self, key)
+            if value is not None and ("/" in value or not value.strip()):
+                raise ValueError(f"{key} {value!r} is a name, not a path")
+        return self
+
+    def where(self) -> tuple[str, str | None, str, str]:
+        """(kind, subscription or None when the entry names none, resource group, name), as written;
+        kind is `storage`, `cosmos` or `sql`, as core.engine.tagged_rotation names a `ProviderAddress`."""
+        if self.id is not None:
+            found = _ROTATED_RESOURCE_ID.match(self.id)
+            assert found is not None  # checked above
+            kind = next(k for t, k in ROTATED_RESOURCE_TYPES.values() if t.lower() == found["type"].lower())
+            return kind, found["subscription"], found["group"], found["name"]
+        assert self.type is not None and self.name is not None and self.resource_group is not None
+        return ROTATED_RESOURCE_TYPES[self.type][1], self.subscription, self.resource_group, self.name
+
+    def resource_key(self, default_subscription: str | None) -> tuple[str, str, str, str] | None:
+        """(kind, subscription, resource group, name), lower case, to compare with a `ProviderAddress`;
+        None when no subscription is known for an entry that names none (it then matches nothing)."""
+        kind, subscription, group, name = self.where()
+        subscription = subscription or default_subscription
+        if not subscription:
+            return None
+        return kind, subscription.lower(), group.lower(), name.lower()
+
+    def admits(self, secret: str) -> bool:
+        """Whether the vault's secret `secret` may name this account (Key Vault names ignore case)."""
+        return self.secrets is None or secret.lower() in {s.lower() for s in self.secrets}
+
+    def describe(self) -> str:
+        if self.id is not None:
+            return self.id
+        return f"{self.type} {self.name} (resource group {self.resource_group}" + (f", subscription {self.subscription})" if self.subscription else ")")
+
+
 class TaggedSecrets(Strict):
     """A vault whose secrets tagged like Microsoft's rotation samples (`CredentialId`,
     `ProviderAddress`, `ValidityPeriodDays`) vaultrelay rotates: the alternate key of the storage or
-    Cosmos DB account is regenerated and written as the secret's new version."""
+    Cosmos DB account is regenerated (or the SQL server's password set) and written as the secret's
+    new version, for the accounts listed under `accounts` only."""
 
     vault: str = Field(pattern=VAULT_NAME)
     store: str = Field(description="the store whose identity reads and writes the secrets (Key Vault Secrets Officer) and lists and "
-                                   "regenerates the accounts' keys (Storage Account Key Operator Service Role, DocumentDB Account Contributor)")
+                                   "regenerates the accounts' keys (Storage Account Key Operator Service Role, vaultrelay Cosmos DB Key "
+                                   "Operator, SQL Server Contributor)")
+    accounts: list[RotatedAccount] = Field(
+        min_length=1, json_schema_extra=lambda schema: _string_or_mapping(schema, "the account's ARM resource id"), description="the storage accounts, Cosmos DB accounts and SQL servers this vault's secrets may name in ProviderAddress: "
+                                  "a secret naming any other is not rotated (a status warning names it) and the account is not touched")
     rotate_before: Duration = Field(30 * 86400, gt=0, description="rotate when less than this is left before the secret expires (capped at half "
                                                                   "of ValidityPeriodDays); default 30d, Key Vault's near-expiry notice")
 
@@ -598,6 +689,8 @@ class Rotation(Strict):
     """Rotation beyond `rotate:` references."""
 
     tagged_secrets: list[TaggedSecrets] = Field([], description="vaults whose secrets tagged like Microsoft's rotation samples are rotated")
+    regenerate_wait: Duration = Field(60, le=600, description="how long one run waits for a key regeneration that takes time (Cosmos DB: minutes "
+                                      "to hours); a later run follows the same operation up")
 
 
 class Api(Strict):
@@ -605,8 +698,19 @@ class Api(Strict):
 
     audience: str | None = Field(None, description="token audience, e.g. api://vaultrelay (default $VAULTRELAY_API_AUDIENCE)")
     auth_mode: Literal["bearer", "app_service"] = "bearer"
-    admins: list[str] = Field([], description="object ids, app ids or group ids allowed to sync, rotate and read status")
+    admins: list[str] = Field([], description="who may sync, rotate and read status: object ids (users, service principals, "
+                                              "managed identities), group ids, or app (client) ids, which match app-only tokens only")
     admin_role: str = Field("VaultRelay.Admin", description="an app role claim that also grants admin access")
+
+    @field_validator("admins")
+    @classmethod
+    def _normalized_admins(cls, admins: list[str]) -> list[str]:
+        return normalized_ids(admins)
+
+    @cached_property
+    def admin_ids(self) -> frozenset[str]:
+        """`admins` as a set (normalized at load; built once per config, not per request)."""
+        return frozenset(self.admins)
 
 
 class Config(Strict):
@@ -621,7 +725,8 @@ class Config(Strict):
     envs: dict[str, dict[str, Variable]] = {}
     targets: dict[str, Target] = Field({}, description="vaultrelay extension: where envs are pushed")
     state: State | None = Field(None, description="vaultrelay extension: Table Storage state for sync and rotation")
-    access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> object ids / app ids / group ids that may fetch it")
+    access: dict[str, list[str]] = Field({}, description="vaultrelay extension: env -> who may fetch it: object ids (users, service "
+                                               "principals, managed identities), group ids, or app (client) ids, which match app-only tokens only")
     rotation: Rotation = Field(Rotation(), description="vaultrelay extension: Key Vault secrets tagged like Microsoft's rotation samples")
     api: Api = Api()
 
@@ -634,6 +739,16 @@ class Config(Strict):
         if bad:
             raise ValueError("\n".join(bad))
         return envs
+
+    @field_validator("access")
+    @classmethod
+    def _normalized_access(cls, access: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {env: normalized_ids(ids) for env, ids in access.items()}
+
+    @cached_property
+    def access_ids(self) -> dict[str, frozenset[str]]:
+        """`access` as sets (normalized at load; built once per config, not per request)."""
+        return {env: frozenset(ids) for env, ids in self.access.items()}
 
     @model_validator(mode="after")
     def _stores_exist(self) -> Config:
@@ -662,6 +777,7 @@ class Config(Strict):
             if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
                 problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
         problems.extend(self._keyvault_target_names())
+        problems.extend(self._state_exposure())
         if self.state is not None and self.state.store not in self.secretStores:
             problems.append(_located("state.store", f"unknown store '{self.state.store}'"))
         for env in self.access:
@@ -709,12 +825,89 @@ class Config(Strict):
                     problems.append(_located(f"targets.{name}", f"writes secret '{secret}' of vault {target.vault}, which target '{first}' writes too"))
         return problems
 
+    def _state_exposure(self) -> list[str]:
+        """Places the config hands to others must not hold vaultrelay's state.
+
+        `state.vault` keeps the user delegation keys (anyone who reads one signs SAS tokens for
+        every container the delegating identity may reach), the fingerprint key (which turns the
+        fingerprint tags on targets into a dictionary oracle) and every minted SAS: it is
+        vaultrelay's alone.  So it may not be a Key Vault target's vault (readers of a target need
+        Key Vault Secrets User there), a vault env variables read (envs reach HTTP callers and every
+        target), or a vault under tagged rotation (its secrets' writers and consumers work there).
+        The fingerprint key, wherever it is kept, may not be in a target's vault either, nor be
+        read by an env.
+        """
+        if self.state is None:
+            return []
+        problems: list[str] = []
+        for where, vault, secret in self._vaults_read_by_envs():
+            if self.state.vault and vault.lower() == self.state.vault.lower():
+                problems.append(_located(where, f"vault {vault} is state.vault, which keeps user delegation keys, the fingerprint key and "
+                                                f"minted SAS tokens: an env reading it hands them to whoever fetches the env or reads its "
+                                                f"targets; keep state in a vault of its own"))
+            key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
+            if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() == vault.lower() and (key.secret or "").lower() == secret.lower():
+                problems.append(_located(where, "this is the fingerprint key (state.fingerprint_key): an env must not read it"))
+        exposed: dict[str, str] = {}  # vault (lower case) -> the first YAML path that hands it to others
+        for where, vault, what in self._vaults_shared():
+            exposed.setdefault(vault.lower(), where)
+            if self.state.vault and vault.lower() == self.state.vault.lower():
+                problems.append(_located(where, f"vault {vault} is state.vault (user delegation keys, the fingerprint key, minted SAS "
+                                                f"tokens) and {what}: keep state in a vault of its own, readable by vaultrelay's identity only"))
+        key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
+        if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() in exposed:
+            problems.append(_located("state.fingerprint_key.from.vault",
+                                     f"the fingerprint key is kept in vault {self._vault_of(key)}, which {exposed[self._vault_of(key).lower()]} "
+                                     f"exposes: its readers could test guesses against the fingerprint tags; keep it in state.vault or "
+                                     f"another vault only vaultrelay reads"))
+        return problems
+
+    def _vaults_shared(self) -> Iterable[tuple[str, str, str]]:
+        """(YAML path, vault, why others work there) of every vault the config writes for others."""
+        for name, target in sorted(self.targets.items()):
+            if isinstance(target, KeyVaultTarget):
+                yield f"targets.{name}.vault", target.vault, "a Key Vault target's vault, which the target's readers may read"
+        for i, tagged in enumerate(self.rotation.tagged_secrets):
+            yield (f"rotation.tagged_secrets.{i}.vault", tagged.vault,
+                   "a vault under tagged rotation, whose secrets' writers and consumers work there")
+
+    def _vaults_read_by_envs(self) -> Iterable[tuple[str, str, str]]:
+        """(YAML path, vault, secret) of every Key Vault reference of every env."""
+        for env, variables in self.envs.items():
+            for name, variable in variables.items():
+                ref = variable.from_
+                if ref is not None and ref.kind == "keyvault" and ref.store in self.secretStores:
+                    yield f"envs.{env}.{name}.from.vault", self._vault_of(ref), ref.secret or ""
+
+    def _vault_of(self, ref: Reference) -> str:
+        store = self.secretStores.get(ref.store)
+        return ref.vault or (store.vault_name if isinstance(store, KeyVaultStore) else "") or ""
+
     def _rotated(self) -> bool:
         return any(v.from_ is not None and v.from_.rotate is not None for vs in self.envs.values() for v in vs.values())
 
     def _minted_sas_with_targets(self) -> bool:
         envs = {t.env for t in self.targets.values()}
         return any(v.from_ is not None and v.from_.kind in ("sas", "token") for e in envs for v in self.envs.get(e, {}).values())
+
+
+def _string_or_mapping(schema: dict[str, Any], string_description: str) -> None:
+    """JSON Schema of a list whose items may also be written as a string (a `mode="before"`
+    validator turns the string into the mapping): editors accept both forms."""
+    items = schema.get("items")
+    if isinstance(items, dict):
+        schema["items"] = {"anyOf": [{"type": "string", "description": string_description}, items]}
+
+
+def normalized_ids(ids: Iterable[str]) -> list[str]:
+    """Access and admin entries as they are matched: trimmed, lowercase (ids are GUIDs, which Entra
+    writes in either case), without blanks and repeats, in their order."""
+    seen: dict[str, None] = {}
+    for entry in ids:
+        normalized = entry.strip().lower()
+        if normalized:
+            seen.setdefault(normalized)
+    return list(seen)
 
 
 def _located(path: str, message: str) -> str:

@@ -9,14 +9,21 @@
   rotated (core.engine.tagged_rotation); otherwise a warning is recorded for `status`.
 * Every event id is recorded once it was handled: duplicates, retries and out-of-order deliveries
   change nothing twice (an older version's event re-syncs to the latest value, a no-op).  An event
-  about an unknown vault or secret, of another type, or with a malformed body is logged and
-  acknowledged (never retried forever); only a failure of vaultrelay itself raises, so that Event
-  Grid delivers again.
+  about an unknown secret, of another type, or with a malformed body is logged and acknowledged
+  (never retried forever); only a failure of vaultrelay itself raises, so that Event Grid delivers
+  again.  Names Key Vault could never produce (a vault name is 3-24 letters, digits and single
+  hyphens starting with a letter; an object name 1-127 letters, digits and hyphens; a version 32
+  hex digits: Learn, "Azure Key Vault keys, secrets, and certificates overview" and "Key Vault
+  naming") make an event malformed: acknowledged, never echoed into logs or state.  An event about
+  a vault the config does not name (no reference, target, state vault or tagged rotation uses it)
+  is acknowledged as ignored and writes nothing to state: not a status warning, not an event or
+  audit row, so a topic shared with other vaults cannot fill the tables.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +40,9 @@ NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
 EXPIRED = "Microsoft.KeyVault.SecretExpired"
 HANDLED = (NEW_VERSION, NEAR_EXPIRY, EXPIRED)
 MAX_ID_ECHO = 200  # a malformed body's id is echoed in the outcome at most this long
+_VAULT_NAME = re.compile(r"[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]")
+_OBJECT_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
+_VERSION = re.compile(r"[0-9a-fA-F]{32}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
     data = event.get("data")
     if not isinstance(event_id, str) or not event_id:
         raise MalformedEvent("id: missing")
+    if len(event_id) > MAX_ID_ECHO or not event_id.isprintable():
+        raise MalformedEvent(f"id: more than {MAX_ID_ECHO} characters or not printable (Event Grid ids are GUIDs)")
     if not isinstance(event_type, str) or not event_type:
         raise MalformedEvent("eventType/type: missing")
     if not isinstance(data, Mapping):
@@ -74,6 +86,13 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
         raise MalformedEvent("data.ObjectName: missing")
     if version is not None and not isinstance(version, str):
         raise MalformedEvent("data.Version: expected a string")
+    # Checked with fullmatch on str only: the values are never echoed (they may hold anything).
+    if not _VAULT_NAME.fullmatch(vault):
+        raise MalformedEvent("data.VaultName: not a Key Vault name (3-24 letters, digits and single hyphens, starting with a letter)")
+    if not _OBJECT_NAME.fullmatch(name):
+        raise MalformedEvent("data.ObjectName: not a Key Vault object name (1-127 letters, digits and hyphens)")
+    if version is not None and not _VERSION.fullmatch(version):
+        raise MalformedEvent("data.Version: not a Key Vault version (32 hex digits)")
     return KeyVaultEvent(event_id, event_type, vault.lower(), name.lower(), version)
 
 
@@ -91,6 +110,7 @@ class KeyVaultEvents:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.index = self._build_index()
+        self.vaults = self._config_vaults()
 
     def _build_index(self) -> dict[tuple[str, str], set[str]]:
         """(vault, secret) -> envs with targets that reference it."""
@@ -103,6 +123,19 @@ class KeyVaultEvents:
                     index.setdefault((str(ref.param("vault")).lower(), str(ref.param("secret")).lower()), set()).add(env)
         return index
 
+    def _config_vaults(self) -> frozenset[str]:
+        """Every vault the config names: references (of any env), Key Vault targets, the state
+        vault and vaults under `rotation.tagged_secrets` (lowercase)."""
+        loaded = self.engine.broker.loaded
+        config = self.engine.config
+        vaults = {str(ref.param("vault")).lower() for env in config.envs for ref in plan_env(loaded, env).refs
+                  if ref.kind.startswith("keyvault_")}
+        vaults.update(t.vault.lower() for t in config.targets.values() if t.type == "keyvault")
+        if config.state is not None and config.state.vault:
+            vaults.add(config.state.vault.lower())
+        vaults.update(t.vault.lower() for t in config.rotation.tagged_secrets)
+        return frozenset(vaults)
+
     def handle(self, raw: Mapping[str, Any]) -> EventOutcome:
         """Handle one delivered event.
 
@@ -113,10 +146,15 @@ class KeyVaultEvents:
             event = parse_event(raw)
         except MalformedEvent as exc:
             log.warning("malformed Key Vault event acknowledged: %s", exc)
-            raw_id = raw.get("id", "") if isinstance(raw, Mapping) else ""
-            return EventOutcome(str(raw_id)[:MAX_ID_ECHO], "malformed", detail=str(exc))
+            raw_id = str(raw.get("id", "") if isinstance(raw, Mapping) else "")[:MAX_ID_ECHO]
+            if not raw_id.isprintable():
+                raw_id = raw_id.encode("unicode_escape").decode()[:MAX_ID_ECHO]
+            return EventOutcome(raw_id, "malformed", detail=str(exc))
         if event.type not in HANDLED:
             return EventOutcome(event.id, "ignored", detail=f"event type {event.type} is not handled")
+        if event.vault not in self.vaults:
+            # Not ours: nothing is read or written (no status warning, no event or audit row).
+            return EventOutcome(event.id, "ignored", detail=f"vault {event.vault} is not in the config")
         if self.engine.state.event_seen(event.id):
             return EventOutcome(event.id, "duplicate")
         if event.type == NEW_VERSION:

@@ -132,6 +132,11 @@ class MintedSas:
         item = minted.values[ref.name]
         problem = verify_sas(self.broker, ref, item.value.reveal()) if ref.kind == "sas" else None
         if problem:
+            if ref.param("sas_type") != "user_delegation":
+                # The key that signed it was refused: the listing this process kept is stale.
+                from core.sources.listed_keys import forget_listed_keys
+
+                forget_listed_keys(ref.param("account"))
             # A user delegation SAS works only as far as its signer's data role goes: say which one.
             denied = ref.param("sas_type") == "user_delegation" and "AuthorizationPermissionMismatch" in problem
             hint = user_delegation_sas_hint(ref.param("account"), ref.param("container"), str(ref.param("permissions"))) if denied else None

@@ -22,6 +22,7 @@ from core.engine.resolve import Resolver
 from core.errors import NotFoundError
 from core.identity import CredentialPool, credential_spec
 from core.sources.base import PlannedRef, StoreRuntime
+from core.sources.listed_keys import listed_keys_ttl
 
 log = logging.getLogger("vaultrelay.plan")
 
@@ -140,6 +141,7 @@ class Broker:
             name=name, credential=credential, identity_description=spec.description,
             max_concurrent=config.performance.max_concurrent, batch_size=config.performance.batch_size,
             secret_cache_ttl=float(config.cache.secret_cache.ttl) if config.cache.secret_cache.enabled else 0.0,
+            listed_keys_ttl=listed_keys_ttl(self.environ),
         )
         if isinstance(config, ManagedIdentityStore):
             identity = config.identity
@@ -212,7 +214,11 @@ class Broker:
                      fresh: bool = False, delegation_keys: Any = None) -> Bundle:
         """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
         (minting must mint); `delegation_keys` keeps user delegation keys between runs (default:
-        this Broker's, kept in `state.vault` when the config has one)."""
+        this Broker's, kept in `state.vault` when the config has one).
+
+        Storage key listings kept in this process (core.sources.listed_keys) are reused unless
+        `fresh` or `active_key` is given: a run that consults the rotation record (the sync
+        engine's) or mints lists afresh, and what it lists is kept for the fetches that follow."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
         if delegation_keys is None and any(r.kind == "sas" and r.param("sas_type") == "user_delegation" for r in plan.refs):
             delegation_keys = self.kept_delegation_keys()
@@ -228,7 +234,8 @@ class Broker:
         from core.engine.singleflight import ValueCache
 
         resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key,
-                            value_cache=ValueCache() if fresh else None, delegation_keys=delegation_keys)
+                            value_cache=ValueCache() if fresh else None, delegation_keys=delegation_keys,
+                            reuse_listings=not fresh and active_key is None)
         bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
         self.last_stats = resolver.last_stats
         for ref in plan.refs:

@@ -53,6 +53,7 @@ class Resolver:
         self, stores: Mapping[str, StoreRuntime], clients: AzureClients, *,
         registry: SourceRegistry | None = None, value_cache: ValueCache[Fetched] | None = None,
         sql_suffix: str = "database.windows.net", active_key: Any = None, delegation_keys: Any = None,
+        reuse_listings: bool = True,
     ) -> None:
         self.stores = dict(stores)
         self.clients = clients
@@ -61,6 +62,7 @@ class Resolver:
         self.sql_suffix = sql_suffix
         self.active_key = active_key
         self.delegation_keys = delegation_keys  # core.sources.sas_mint.StoredDelegationKeys, when kept between runs
+        self.reuse_listings = reuse_listings  # storage key listings kept in the process (core.sources.listed_keys)
         self.last_stats = ResolveStats()
 
     def resolve(self, env: str, refs: Iterable[PlannedRef], literals: Mapping[str, Any] | None = None) -> Bundle:
@@ -77,7 +79,7 @@ class Resolver:
         for ref in refs:
             groups.setdefault(ref.dedup_key, []).append(ref)
         stats = ResolveStats(references=len(refs), unique=len(groups))
-        run = RunContext(clients=self.clients, sql_suffix=self.sql_suffix)
+        run = RunContext(clients=self.clients, sql_suffix=self.sql_suffix, reuse_listings=self.reuse_listings)
         if self.active_key is not None:
             run.active_key = self.active_key  # type: ignore[attr-defined]
         if self.delegation_keys is not None:

@@ -4,14 +4,25 @@ For each env (under a lease, so concurrent instances do not push the same env at
 1. resolve the env; SAS tokens come from the state vault (`core.engine.minted`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
-2. per target: read its snapshot, compare with the last push record (keyed fingerprints) and the
-   desired bundle: adds / updates / removals by name, and drift (the target changed since
-   vaultrelay's last push).  Unchanged and no drift: zero target writes, zero state writes.
+2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
+   the stamp each write left: `core.targets.base`) and the desired bundle: adds / updates /
+   removals by name, and drift (a stamp that is no longer the one of vaultrelay's write: someone
+   changed the target since).  A changed name is read once, and one that holds exactly what
+   vaultrelay would push is in place, not drift.  `drift_policy: repair` adds the drifted names
+   to the writes; drift is recorded with when it was found until repaired, overwritten,
+   accepted (`accept_drift`) or put back.  Unchanged and no drift: zero target writes, zero
+   state writes, no read beyond the snapshot.
 3. push, then replace the push record conditionally on its ETag.  A crash (or a state failure)
    between 2 and 3 leaves the old record; the next run compares the target itself with the
    desired bundle, writes only what is not there yet and records it, so it converges without
    claiming a push that did not happen.  Targets that cannot mark what vaultrelay wrote (app
    settings) get the names about to be written recorded first (`pending`).
+
+App settings are one resource per site and slot that ARM replaces as a whole: their pushes wait
+until every env of the sync that points at the same site and slot has been through steps 1-2
+(envs sharing a site are synced one after the other, their leases held), then go out as one
+read-modify-write under a lease per site and slot (core.targets.app_settings): one PUT, one
+restart, whatever the number of envs and targets.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,14 +42,18 @@ from core.engine.bundle import Bundle, ResolvedValue
 from core.engine.plan import Broker, plan_env
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.state.fingerprints import Fingerprinter
-from core.state.tables import Conflict, Row, StateStore, StateUnavailable
-from core.targets.base import Change, DesiredItem, Snapshot, TargetContext, TargetError
+from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
+from core.targets.app_settings import SiteChange, site_key
+from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
 
 log = logging.getLogger("vaultrelay.sync")
 
 FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
 LEASE_SECONDS = 120.0
+SITE_LEASE_SECONDS = 60.0
+# Waits for a site's lease held by another instance (its push is one read and one PUT).
+SITE_LEASE_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -50,9 +65,10 @@ class TargetReport:
     updates: list[str] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # drift written back (drift_policy: repair)
     writes: int = 0
     # unchanged, pushed, recorded (the target already held the bundle; only state caught up),
-    # would_push, error, skipped, busy
+    # would_push, error, skipped, busy (its env or, for app settings, its site was being pushed by another instance)
     outcome: str = "unchanged"
     error: str | None = None
 
@@ -61,6 +77,21 @@ class TargetReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "record_stale"}
+
+
+@dataclass
+class _SitePush:
+    """An app-settings push waiting for the other targets of its site and slot in this sync."""
+
+    report: TargetReport
+    record: Row | None
+    target: Any
+    desired: dict[str, DesiredItem]
+    change: Change
+    owned: frozenset[str]
+    writer: Any
+    diff: Diff
+    left: dict[str, str]  # drift that stays after the push (name -> when found)
 
 
 @dataclass
@@ -77,6 +108,32 @@ class SyncReport:
     @property
     def target_writes(self) -> int:
         return sum(t.writes for t in self.targets)
+
+
+@dataclass
+class Diff:
+    """What one target needs: the change to push, the names that drifted, and the stamps to record."""
+
+    change: Change
+    drift: set[str]
+    stamps: dict[str, str] = field(default_factory=dict)  # per-variable: name -> stamp of content vaultrelay holds for its own
+    etag: str | None = None  # whole-bundle: the stamp to record when nothing is written
+    stamped: bool = False
+    whole: bool = False
+
+
+def _recorded_etag(record: Row | None) -> str | None:
+    """The whole target's stamp after vaultrelay's last write (or an accepted change); None when
+    there is none to compare with (never pushed, or a target that cannot be read back)."""
+    if record is None or not record.fields.get("pushed_at"):
+        return None
+    return str(record.fields.get("target_etag") or "") or None
+
+
+def drift_found(record: Row | None) -> dict[str, str]:
+    """Drifted name -> when it was first found (ISO time; "" from records of earlier versions)."""
+    raw = record.json("drift", {}) if record else {}
+    return {str(n): "" for n in raw} if isinstance(raw, list) else {str(n): str(t) for n, t in raw.items()}
 
 
 def instance_id() -> str:
@@ -121,6 +178,10 @@ class SyncEngine:
         self._prefetched: dict[str, Bundle] = {}
         self._preloaded: dict[tuple[str, str], Row] | None = None
         self._run_cache: dict[str, Any] = {}
+        # App-settings pushes by site and slot, waiting for the end of their group of envs, and
+        # the env leases held until they are out.
+        self._site_pushes: dict[str, list[_SitePush]] = {}
+        self._held_leases: list[Lease] = []
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -303,21 +364,60 @@ class SyncEngine:
                 self._preloaded = {(r.partition, r.key): r for r in self.state.query("pushes")}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
-        for name in envs:
-            targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
-            start = len(report.targets)
-            with telemetry.fields(env=name):  # every log record of this env's sync carries it
-                try:
-                    self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
-                except StateUnavailable as exc:
-                    # Raised before any of these targets was written (a failure after a push is caught
-                    # where it happens): report it; it cannot be recorded, the state is what failed.
-                    log.warning("sync %s stopped: %s", name, exc)
-                    reported = {t.target for t in report.targets[start:]}
-                    report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
-                                          for n, t in targets.items() if n not in reported)
-            if progress is not None:
-                progress(name)
+        for group in self._site_groups(envs):
+            try:
+                for name in group:
+                    self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
+                    if progress is not None:
+                        progress(name)
+            finally:
+                self._flush_sites()
+
+    def _sync_one_env(self, name: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
+        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
+        start = len(report.targets)
+        with telemetry.fields(env=name):  # every log record of this env's sync carries it
+            try:
+                self._sync_env(name, targets, report, dry_run=dry_run, force_mint=force_mint)
+            except StateUnavailable as exc:
+                # Raised before any of these targets was written (a failure after a push is caught
+                # where it happens): report it; it cannot be recorded, the state is what failed.
+                log.warning("sync %s stopped: %s", name, exc)
+                reported = {t.target for t in report.targets[start:]}
+                report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
+                                      for n, t in targets.items() if n not in reported)
+
+    def _site_key_of(self, target: Any) -> str | None:
+        """The site and slot an app_settings target writes (None: another kind, or no subscription known)."""
+        if target.type != "app_settings":
+            return None
+        subscription = target.subscription or self.broker.store(target.store).default_subscription
+        return site_key(subscription, target.site, target.slot) if subscription else None
+
+    def _site_groups(self, envs: list[str]) -> list[list[str]]:
+        """`envs` in groups that share no app-settings site and slot with another group (most
+        groups are one env), each synced as a unit so that a site gets one push per sync."""
+        parent = {env: env for env in envs}
+
+        def root(env: str) -> str:
+            while parent[env] != env:
+                parent[env] = parent[parent[env]]
+                env = parent[env]
+            return env
+
+        first_env: dict[str, str] = {}
+        for _, target in sorted(self.config.targets.items()):
+            key = self._site_key_of(target) if target.env in parent else None
+            if key is None:
+                continue
+            if key in first_env:
+                parent[root(target.env)] = root(first_env[key])
+            else:
+                first_env[key] = target.env
+        groups: dict[str, list[str]] = {}
+        for env in envs:
+            groups.setdefault(root(env), []).append(env)
+        return sorted(groups.values(), key=lambda g: g[0])
 
     def _sync_env(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         if not dry_run and not force_mint:
@@ -331,11 +431,15 @@ class SyncEngine:
         if lease is None and not dry_run:
             report.targets.extend(TargetReport(env, n, t.type, outcome="busy") for n, t in targets.items())
             return
+        waiting = sum(len(p) for p in self._site_pushes.values())
         try:
             self._sync_env_pass(env, targets, report, dry_run=dry_run, force_mint=force_mint)
         finally:
             if lease is not None:
-                self.state.release_lease(lease)
+                if sum(len(p) for p in self._site_pushes.values()) > waiting:
+                    self._held_leases.append(lease)  # released once its app-settings pushes are out
+                else:
+                    self.state.release_lease(lease)
 
     def _sync_env_pass(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         bundle, minted = self.resolve_env(env, force_mint=force_mint, dry_run=dry_run)
@@ -362,13 +466,14 @@ class SyncEngine:
             with telemetry.fields(env=env, target=name):  # the target's snapshot, diff, push and records
                 report.targets.append(self._sync_target(env, name, target, desired, dry_run=dry_run))
 
-    def _context(self, name: str, target: Any) -> TargetContext:
+    def _context(self, name: str, target: Any, record: Row | None = None) -> TargetContext:
         store_name = getattr(target, "store", None)
         credential = self.broker.store(store_name).credential if store_name else None
         subscription = self.broker.store(store_name).default_subscription if store_name else None
         return TargetContext(name=name, clients=self.broker.clients, credential=credential, fingerprinter=self.fingerprinter,
                              subscription=subscription, resolve_value=lambda v: self.resolve_variable(v, f"targets.{name}.signing_key"),
-                             run_cache=self._run_cache)
+                             run_cache=self._run_cache, recorded_stamps=record.json("stamps", {}) if record else {},
+                             recorded_etag=_recorded_etag(record))
 
     def _sync_target(self, env: str, name: str, target: Any, desired: dict[str, DesiredItem], *, dry_run: bool) -> TargetReport:
         report = TargetReport(env, name, target.type)
@@ -379,38 +484,60 @@ class SyncEngine:
         recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
         pending: dict[str, str] = record.json("pending", {}) if record else {}
         try:
-            writer = self.registry.build(target, self._context(name, target))
+            writer = self.registry.build(target, self._context(name, target, record))
             snapshot = writer.snapshot(set(desired) | set(recorded) | set(pending), {**pending, **recorded})
+            diff = self._diff(writer, desired, record, snapshot)
         except TargetError as exc:
             return self._fail(report, str(exc), dry_run)
         except Exception as exc:
             return self._fail(report, f"target {name}: {type(exc).__name__}", dry_run)
-        bundle_fp = self.fingerprinter.of_mapping({n: d.value for n, d in desired.items()}) if writer.whole_bundle else None
-        change, drift, in_place = self._diff(writer.whole_bundle, desired, recorded, pending, snapshot, record, bundle_fp)
+        change = diff.change
+        unsettled = getattr(writer, "unsettled", None)
+        if unsettled is not None:
+            try:
+                extra = unsettled(desired) - change.adds  # e.g. app settings not slot-sticky yet
+            except TargetError as exc:
+                return self._fail(report, str(exc), dry_run)
+            if extra:
+                change = Change(change.adds, change.updates | extra, change.removals)
         report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
-        report.drift = sorted(drift)
-        if drift and target.drift_policy == "repair":
-            repaired = frozenset(desired) - change.adds if writer.whole_bundle else frozenset(drift) & frozenset(desired)
+        report.drift = sorted(diff.drift)
+        found = drift_found(record)
+        drift_map = {n: found.get(n) or self.clock().isoformat() for n in diff.drift}
+        if diff.drift and target.drift_policy == "repair":
+            repaired = frozenset(desired) - change.adds if writer.whole_bundle else frozenset(diff.drift) & frozenset(desired)
             change = Change(change.adds, change.updates | repaired, change.removals)
             report.updates = sorted(change.updates)
+            report.repaired = report.drift if writer.whole_bundle else sorted(repaired)
         if writer.whole_bundle and not change.empty:
             change = Change(change.adds, frozenset(desired) - change.adds, change.removals)
         fingerprints = {n: d.fingerprint for n, d in desired.items()}
-        report.record_stale = record is not None and (
-            sorted(record.json("drift", [])) != report.drift or record.fields.get("outcome") == "error" or bool(pending))
         if change.empty:
-            if in_place and (record is None or recorded != fingerprints or bool(pending)
-                             or (writer.whole_bundle and record.fields.get("target_etag") != (snapshot.etag or ""))):
-                # The target already holds the desired bundle (an earlier push whose record was
-                # not written): record it, write nothing to the target.
-                report.record_stale = True
-                if not dry_run:
-                    report.outcome = "recorded"
-                    return self._record_push(report, record, target, desired, change, snapshot.etag)
+            content_stale = (record is None or recorded != fingerprints or bool(pending) or diff.stamps != (record.json("stamps", {}))
+                             or (writer.whole_bundle and (diff.etag or "") != (record.fields.get("target_etag") or "")))
+            drift_changed = set(drift_map) != set(found)
+            report.record_stale = content_stale or drift_changed or (record is not None and record.fields.get("outcome") == "error")
+            if not report.record_stale or dry_run:
                 return report
-            if not dry_run and record is not None and report.record_stale:
-                self._update_record(record, {"drift": report.drift, "outcome": "ok" if record.fields.get("pushed_at") else "never", "error": ""})
+            if not diff.drift and content_stale:
+                # The target already holds the desired bundle (an earlier push whose record was
+                # not written, or a change that put back what vaultrelay would push): record it,
+                # write nothing to the target.
+                report.outcome = "recorded"
+                self._record_push(report, record, target, desired, change, diff, PushResult(), drift_map)
+                if drift_changed and report.outcome == "recorded":
+                    self._audit_drift(report, found, drift_map, target.drift_policy)
+                return report
+            assert record is not None  # no record: nothing can have drifted
+            try:
+                self._update_record(record, {"fingerprints": fingerprints, "stamps": diff.stamps, "target_etag": diff.etag or "",
+                                             "drift": drift_map, "outcome": "ok" if record.fields.get("pushed_at") else "never", "error": ""})
+            except StateUnavailable as exc:
+                return self._fail(report, f"target {name}: {exc}", dry_run)
+            if drift_changed:
+                self._audit_drift(report, found, drift_map, target.drift_policy)
             return report
+        report.record_stale = True
         if dry_run:
             report.outcome = "would_push"
             return report
@@ -418,9 +545,19 @@ class SyncEngine:
             # Names this target cannot mark as ours: record them before writing them, so a push
             # whose record is lost is still recognised as vaultrelay's by the next run.
             try:
-                record = self._write_record(env, name, record, {"pending": {**pending, **{n: fingerprints[n] for n in change.writes}}})
+                # (not a name someone else holds: the push refuses those, and they stay theirs)
+                ours = {n: fingerprints[n] for n in change.writes if n not in snapshot.foreign}
+                record = self._write_record(env, name, record, {"pending": {**pending, **ours}})
             except StateUnavailable as exc:
                 return self._fail(report, f"target {name}: {exc}; nothing pushed", dry_run)
+        # What vaultrelay writes is no longer drift; a bundle is rewritten whole.
+        left = {} if writer.whole_bundle else {n: t for n, t in drift_map.items() if n not in change.writes and n in desired}
+        site = getattr(writer, "site_key", None)
+        if site:
+            # Pushed with the other targets of the same site and slot at the end of the group.
+            owned = frozenset(recorded) | frozenset(pending)
+            self._site_pushes.setdefault(site, []).append(_SitePush(report, record, target, desired, change, owned, writer, diff, left))
+            return report
         try:
             result = writer.push(env, desired, change, snapshot)
         except TargetError as exc:
@@ -429,14 +566,102 @@ class SyncEngine:
             return self._fail(report, f"target {name}: push failed: {type(exc).__name__}", dry_run)
         report.writes = result.writes
         report.outcome = "pushed"
-        return self._record_push(report, record, target, desired, change, result.etag)
+        return self._record_push(report, record, target, desired, change, diff, result, left)
+
+    # ---- app settings: one push per site and slot --------------------------------------------
+    def _flush_sites(self) -> None:
+        """Push the waiting app-settings changes, one read-modify-write per site and slot, then
+        release the env leases held for them."""
+        pushes, self._site_pushes = self._site_pushes, {}
+        leases, self._held_leases = self._held_leases, []
+        try:
+            for items in pushes.values():
+                with telemetry.fields(env=items[0].report.env, target=items[0].report.target):
+                    self._push_site(items)
+        finally:
+            for lease in leases:
+                self.state.release_lease(lease)
+
+    def _site_lease(self, name: str) -> Lease | None:
+        for wait in (0.0, *SITE_LEASE_WAITS):
+            if wait:
+                time.sleep(wait)
+            lease = self.state.acquire_lease(name, self.owner, SITE_LEASE_SECONDS, stale=holder_is_dead)
+            if lease is not None:
+                return lease
+        return None
+
+    def _push_site(self, items: list[_SitePush]) -> None:
+        """One site and slot: under its lease, re-read its settings, merge every waiting target's
+        change in, write them in one PUT (none when nothing changes), record each target."""
+        import contextlib
+
+        writer = items[0].writer
+        where = f"{writer.config.site}" + (f" (slot {writer.config.slot})" if writer.config.slot else "")
+        try:
+            lease = self._site_lease(writer.site_lease)
+        except StateUnavailable as exc:
+            for item in items:
+                self._fail(item.report, f"target {item.report.target}: {exc}; nothing pushed", False)
+            return
+        if lease is None:
+            for item in items:
+                item.report.outcome = "busy"
+                item.report.error = f"the app settings of {where} are being pushed by another instance; the next run pushes"
+            return
+
+        @contextlib.contextmanager
+        def slot_config_lease() -> Iterator[None]:
+            held = self._site_lease(writer.slot_config_lease)
+            if held is None:
+                raise TargetError(f"the slot settings of {writer.config.site} are being updated by another instance; the next run pushes")
+            try:
+                yield
+            finally:
+                self.state.release_lease(held)
+
+        try:
+            changes = [SiteChange(i.report.target, i.desired, i.change, i.owned, i.target.deletion_policy == "delete",
+                                  bool(i.target.slot_setting)) for i in items]
+            try:
+                result = writer.push_site(changes, slot_config_lease=slot_config_lease)
+            except TargetError as exc:
+                first = items[0].report.target
+                cause = str(exc).removeprefix(f"target {first}: ")
+                for item in items:
+                    with_first = "" if item is items[0] else f" (one request with target {first})"
+                    self._fail(item.report, f"target {item.report.target}{with_first}: {cause}", False)
+                return
+            except Exception as exc:
+                for item in items:
+                    self._fail(item.report, f"target {item.report.target}: push failed: {type(exc).__name__}", False)
+                return
+            if result.sticky_added:
+                log.info("app settings %s made slot-sticky on %s", ", ".join(result.sticky_added), writer.config.site)
+            for item in items:
+                if item.report.target in result.refused:
+                    self._fail(item.report, result.refused[item.report.target], False)
+                    continue
+                item.report.writes = 1 if result.put else 0
+                item.report.outcome = "pushed" if result.put else "recorded"
+                self._record_push(item.report, item.record, item.target, item.desired, item.change, item.diff, PushResult(), item.left)
+        finally:
+            self.state.release_lease(lease)
 
     def _record_push(self, report: TargetReport, record: Row | None, target: Any, desired: dict[str, DesiredItem],
-                     change: Change, etag: str | None) -> TargetReport:
+                     change: Change, diff: Diff, result: PushResult, drift_map: dict[str, str]) -> TargetReport:
+        stamps = dict(diff.stamps)
+        for n in change.writes if not diff.whole else ():
+            # Without stamps (app settings) the fingerprint of what was written is the baseline.
+            stamp = result.stamps.get(n) if diff.stamped else None
+            if stamp:
+                stamps[n] = stamp
+            else:
+                stamps.pop(n, None)
         fields = {
-            "fingerprints": {n: d.fingerprint for n, d in desired.items()}, "pending": {},
-            "pushed_at": self.clock().isoformat(), "outcome": "ok", "error": "", "drift": [] if target.drift_policy == "repair" else report.drift,
-            "target_etag": etag or "", "kind": target.type, "writes": report.writes,
+            "fingerprints": {n: d.fingerprint for n, d in desired.items()}, "pending": {}, "stamps": stamps,
+            "pushed_at": self.clock().isoformat(), "outcome": "ok", "error": "", "drift": drift_map,
+            "target_etag": (result.etag if report.writes else diff.etag) or "", "kind": target.type, "writes": report.writes,
         }
         try:
             self._write_record(report.env, report.target, record, fields)
@@ -450,42 +675,96 @@ class SyncEngine:
             return report
         self.state.audit(self.owner, "push" if report.writes else "push.recorded", f"{report.env}->{report.target}", {
             "adds": report.adds, "updates": report.updates, "removals": report.removals, "drift": report.drift,
+            "repaired": report.repaired, "drift_policy": target.drift_policy,
             "fingerprints": {n: desired[n].fingerprint for n in sorted(change.writes)},
         })
         return report
 
-    @staticmethod
-    def _diff(whole: bool, desired: dict[str, DesiredItem], recorded: dict[str, str], pending: dict[str, str],
-              snapshot: Snapshot, record: Row | None, bundle_fp: str | None) -> tuple[Change, set[str], bool]:
-        """(what to write, drift, whether the target already holds the desired bundle).
+    def _audit_drift(self, report: TargetReport, before: dict[str, str], after: dict[str, str], policy: str) -> None:
+        self.state.audit(self.owner, "drift", f"{report.env}->{report.target}", {
+            "found": sorted(set(after) - set(before)), "cleared": sorted(set(before) - set(after)), "drift": sorted(after),
+            "drift_policy": policy,
+        })
 
-        Compared with the push record, then corrected by what the target holds: a name whose
-        content already has the desired fingerprint is not written again (a push that died or
-        whose record was lost), and is not drift.
+    @staticmethod
+    def _diff(writer: Any, desired: dict[str, DesiredItem], record: Row | None, snapshot: Snapshot) -> Diff:
+        """What to write, what drifted, and the stamps the target shows for what vaultrelay holds.
+
+        Compared with the push record first: adds / updates / removals by fingerprint.  Then the
+        target: a name vaultrelay wrote whose stamp is no longer the one recorded for its write
+        (or the one accepted) has changed since; a changed name, or one with no stamp recorded
+        (a push whose record was lost), is looked at closely (`holds`), and one that holds exactly
+        what vaultrelay would write now is neither written again nor drift.  The rest of the
+        changed ones are drift.  An unchanged target is never read more than its snapshot.
         """
+        recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
         adds = frozenset(n for n in desired if n not in recorded)
         updates = frozenset(n for n in desired if n in recorded and recorded[n] != desired[n].fingerprint)
         removals = frozenset(n for n in recorded if n not in desired)
-        drift: set[str] = set()
-        if whole:
-            in_place = snapshot.exists and not snapshot.foreign and bundle_fp is not None and snapshot.bundle_fingerprint == bundle_fp
-            if in_place:
-                return Change(), drift, True
-            last_etag = record.fields.get("target_etag") if record else None
-            if record is not None and record.fields.get("pushed_at") and (not snapshot.exists or (last_etag and snapshot.etag != last_etag)):
-                drift = {"(content)"}
-            return Change(adds, updates, removals), drift, False
-        for n, fp in recorded.items():
-            if n not in snapshot.fingerprints:
+        if writer.whole_bundle:
+            return SyncEngine._diff_whole(writer, desired, record, snapshot, Change(adds, updates, removals))
+        if not getattr(writer, "stamped", False):
+            return SyncEngine._diff_by_value(desired, record, snapshot, Change(adds, updates, removals))
+        recorded_stamps: dict[str, str] = record.json("stamps", {}) if record else {}
+        current = snapshot.stamps
+        changed: set[str] = set()  # vaultrelay wrote it, and its stamp is no longer the one of that write
+        unproven: set[str] = set()  # pushed before stamps were recorded (or the record was lost)
+        check: set[str] = set()  # to be looked at closely (`holds`)
+        for n, stamp in current.items():
+            if n in snapshot.foreign:
                 continue
-            ours = {fp, pending.get(n), desired[n].fingerprint if n in desired else None} - {None}
-            if snapshot.fingerprints[n] not in ours:
+            if n in recorded_stamps:
+                if (stamp or "") == recorded_stamps[n]:
+                    continue  # as vaultrelay left it (or as it was accepted)
+                if n in recorded:
+                    changed.add(n)
+            elif n in recorded:
+                unproven.add(n)
+            if n in desired and stamp is not None:
+                check.add(n)
+        holds = getattr(writer, "holds", None)
+        held = holds(desired, check) if check and holds is not None else set()
+        # No stamp to compare with: drift only when gone, or no longer what vaultrelay pushed and would push now.
+        drift = (changed - held) | {n for n in unproven - held if current[n] is None or (n in desired and recorded[n] == desired[n].fingerprint)}
+        gone = {n for n in removals if current.get(n, "") is None}
+        stamps = {n: s for n, s in recorded_stamps.items() if n in desired}
+        for n in held:
+            stamps[n] = current[n] or ""
+        return Diff(Change(adds - held, updates - held, removals - gone), drift, stamps=stamps, stamped=True)
+
+    @staticmethod
+    def _diff_whole(writer: Any, desired: dict[str, DesiredItem], record: Row | None, snapshot: Snapshot, change: Change) -> Diff:
+        """A whole-bundle target: one stamp (blob ETag, bundle secret times and tags) for everything."""
+        last_etag = _recorded_etag(record)
+        etag = snapshot.etag if snapshot.exists else None
+        if last_etag is not None and (etag or "") == last_etag:
+            return Diff(change, set(), etag=last_etag, whole=True)
+        if not snapshot.exists:
+            return Diff(change, {"(content)"} if last_etag else set(), etag=last_etag, whole=True)
+        holds = getattr(writer, "holds", None)
+        if not snapshot.foreign and holds is not None and holds(desired, set()):
+            return Diff(Change(), set(), etag=etag, whole=True)
+        return Diff(change, {"(content)"} if last_etag else set(), etag=last_etag, whole=True)
+
+    @staticmethod
+    def _diff_by_value(desired: dict[str, DesiredItem], record: Row | None, snapshot: Snapshot, change: Change) -> Diff:
+        """A target read with its values (app settings): the fingerprint of what is there now is
+        compared with what vaultrelay pushed (or accepted)."""
+        recorded: dict[str, str] = record.json("fingerprints", {}) if record else {}
+        pending: dict[str, str] = record.json("pending", {}) if record else {}
+        accepted: dict[str, str] = record.json("stamps", {}) if record else {}
+        current = snapshot.fingerprints
+        drift: set[str] = set()
+        for n, fp in recorded.items():
+            if n not in current:
+                continue
+            ours = {accepted.get(n, fp), pending.get(n), desired[n].fingerprint if n in desired else None} - {None}
+            if (current[n] or "") not in ours:
                 drift.add(n)
-        placed = {n for n in desired if n not in snapshot.foreign and snapshot.fingerprints.get(n) == desired[n].fingerprint}
-        gone = {n for n in removals if n in snapshot.fingerprints and snapshot.fingerprints[n] is None}
-        change = Change(adds - placed, updates - placed, removals - gone)
-        in_place = change.empty and not drift
-        return change, drift, in_place
+        placed = {n for n in desired if n not in snapshot.foreign and current.get(n) == desired[n].fingerprint}
+        gone = {n for n in change.removals if n in current and current[n] is None}
+        stamps = {n: s for n, s in accepted.items() if n in desired and n not in placed}
+        return Diff(Change(change.adds - placed, change.updates - placed, change.removals - gone), drift, stamps=stamps)
 
     def _fail(self, report: TargetReport, message: str, dry_run: bool) -> TargetReport:
         report.outcome = "error"
@@ -527,16 +806,78 @@ class SyncEngine:
                 record = self.state.get("pushes", env, target)
         raise Conflict(f"push record {env}/{target} kept changing")
 
+    # ---- drift ------------------------------------------------------------------------------
+    def accept_drift(self, env: str | None = None, target: str | None = None, names: Sequence[str] = ()) -> list[TargetReport]:
+        """Accept the drift recorded for the matching targets (all drifted names, or `names`): what
+        each target holds now becomes the baseline, so it is no longer reported; vaultrelay still
+        owns the names, and a later change of the env is pushed over it as usual.  Audited.
+
+        Raises:
+            NotFoundError: no target matches `env` and `target`.
+            StateUnavailable: the state tables failed.
+        """
+        chosen = {n: t for n, t in sorted(self.config.targets.items()) if (env is None or t.env == env) and (target is None or n == target)}
+        if not chosen:
+            raise NotFoundError(f"no target {target or ''} of env {env or '(any)'} in the config (targets: {', '.join(sorted(self.config.targets)) or 'none'})")
+        reports: list[TargetReport] = []
+        for name, config in chosen.items():
+            report = TargetReport(config.env, name, config.type)
+            record = self.state.get("pushes", config.env, name)
+            found = drift_found(record)
+            accept = set(found) & set(names) if names else set(found)
+            if record is None or not accept:
+                reports.append(report)
+                continue
+            lease = self.state.acquire_lease(f"sync:{config.env}", self.owner, LEASE_SECONDS, stale=holder_is_dead)
+            if lease is None:
+                report.outcome = "busy"
+                reports.append(report)
+                continue
+            try:
+                reports.append(self._accept(report, config, accept))
+            finally:
+                self.state.release_lease(lease)
+        return reports
+
+    def _accept(self, report: TargetReport, config: Any, accept: set[str]) -> TargetReport:
+        record = self.state.get("pushes", report.env, report.target)  # again, under the lease
+        found = drift_found(record)
+        accept &= set(found)
+        if record is None or not accept:
+            return report
+        recorded: dict[str, str] = record.json("fingerprints", {})
+        pending: dict[str, str] = record.json("pending", {})
+        try:
+            writer = self.registry.build(config, self._context(report.target, config, record))
+            snapshot = writer.snapshot(set(recorded) | set(pending), {**pending, **recorded})
+        except TargetError as exc:
+            report.outcome, report.error = "error", str(exc)
+            return report
+        updates: dict[str, Any] = {"drift": {n: t for n, t in found.items() if n not in accept}}
+        if writer.whole_bundle:
+            updates["target_etag"] = (snapshot.etag if snapshot.exists else "") or ""
+        else:
+            current = snapshot.stamps if getattr(writer, "stamped", False) else snapshot.fingerprints
+            updates["stamps"] = {**record.json("stamps", {}), **{n: current.get(n) or "" for n in accept}}
+        self._update_record(record, updates)
+        self.state.audit(self.owner, "drift.accepted", f"{report.env}->{report.target}", {"accepted": sorted(accept), "drift_policy": config.drift_policy})
+        report.outcome, report.drift = "accepted", sorted(accept)
+        return report
+
     # ---- status -------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
-        """Per env and target: last push, drift, last error; per rotation: active key, next due."""
+        """Per env and target: last push, drift (with when each name was found), last error; per
+        rotation: active key, next due."""
         rows: list[dict[str, Any]] = []
         for name, target in sorted(self.config.targets.items()):
             record = self.state.get("pushes", target.env, name)
             fields = record.fields if record else {}
+            found = drift_found(record)
             rows.append({
                 "env": target.env, "target": name, "kind": target.type, "last_push": fields.get("pushed_at", ""),
-                "outcome": fields.get("outcome", "never"), "drift": ", ".join(record.json("drift", [])) if record else "",
+                "outcome": fields.get("outcome", "never"), "drift": ", ".join(sorted(found)),
+                "drift_found": dict(sorted(found.items())), "drift_since": min((t for t in found.values() if t), default=""),
+                "drift_policy": target.drift_policy,
                 "last_error": fields.get("error", ""), "variables": len(record.json("fingerprints", {})) if record else 0,
             })
         return rows

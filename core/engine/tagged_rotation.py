@@ -14,6 +14,10 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
 * the new key is verified (one authorized call with it for storage; for Cosmos DB, that the listed
   key changed) before the secret version is written; the old credential is left alone, so
   consumers of the previous version keep working until the next rotation regenerates it;
+* Cosmos DB's regeneration may take hours: a run waits for it at most `rotation.regenerate_wait`,
+  keeps the operation's polling URL in the record and reports `in_progress`; later runs (timer,
+  CLI, events) follow that operation up, never start a second one, and write the new version only
+  once it succeeded and the listed key changed (core.engine.rotate.regenerate_account_key);
 * idempotent and safe with several instances: a lease per secret, an ETag-conditional record of
   each phase (`rotations` table, partition `tagged`), and the secret's current version, CredentialId
   and ProviderAddress are checked before acting, so a duplicate or late event (an older version)
@@ -22,6 +26,14 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
 * envs with targets that reference the secret are re-pushed with the new version;
 * audited (names, versions, key ids; never values).  Secrets with an unsupported
   ProviderAddress kind or unusable tags get a status warning naming the secret and the problem.
+
+`ProviderAddress` is written by whoever may write the secret, so it is never trusted on its own:
+vaultrelay acts only on the accounts and servers the config lists for that vault
+(`rotation.tagged_secrets[].accounts`, optionally per secret), matched on the whole resource id
+(kind, subscription, resource group, name; case-insensitive, never a suffix).  A secret naming any
+other one gets a status warning and nothing else: the account is not read, regenerated or set.
+The check is made on every read of the secret, the one under the lease included, and the account
+acted on is the one checked.
 
 SQL server administrator passwords (Microsoft's "one set of credentials" sample): `CredentialId` is
 the server's administrator login, `ProviderAddress` a `Microsoft.Sql/servers` resource id.  There is
@@ -51,7 +63,15 @@ from typing import Any, NoReturn
 
 from core.engine.plan import plan_env
 from core.engine.resolve import forget_values
-from core.engine.rotate import RotationReport, counted, regenerate_account_key, verify_storage_key
+from core.engine.rotate import (
+    Regeneration,
+    RotationReport,
+    counted,
+    follow_regeneration,
+    regenerate_account_key,
+    verify_storage_key,
+)
+from core.sources.key_access import ensure_account_keys_usable
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
 
@@ -83,6 +103,10 @@ _COSMOS_ATTRIBUTE = {"primary": "primary_master_key", "secondary": "secondary_ma
 
 class UnusableTags(ValueError):
     """The sample tags are there but cannot be acted on; the message names the problem."""
+
+
+class NotAllowed(UnusableTags):
+    """`ProviderAddress` names an account or server the config does not list for the secret's vault."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +240,32 @@ class TaggedSecretRotation:
     def _credential(self, vault: str) -> Any:
         return self.broker.store(self.watched[vault.lower()].store).credential
 
+    def allowed_provider(self, secret: TaggedSecret) -> Provider:
+        """The account or server the secret's `ProviderAddress` names, if the config lists it for
+        the secret's vault (and, when the entry names secrets, for this secret).
+
+        Raises:
+            UnusableTags: the address is not a resource id of a kind vaultrelay rotates.
+            NotAllowed: the config does not list that account for this vault and secret.
+        """
+        provider = secret.provider
+        settings = self.watched[secret.vault.lower()]
+        wanted = (provider.kind, provider.subscription.lower(), provider.resource_group.lower(), provider.account.lower())
+        default_subscription = self.broker.store(settings.store).default_subscription
+        listed = False
+        for entry in settings.accounts:
+            if entry.resource_key(default_subscription) == wanted:
+                if entry.admits(secret.name):
+                    return provider
+                listed = True
+        what = {"storage": "storage account", "cosmos": "Cosmos DB account", "sql": "SQL server"}[provider.kind]
+        where = f"{what} {provider.account!r} (resource group {provider.resource_group!r}, subscription {provider.subscription!r})"
+        if listed:
+            raise NotAllowed(f"ProviderAddress names {where}, which rotation.tagged_secrets lists for vault {settings.vault} "
+                             f"but not for this secret (its secrets:); not rotated, the account was not touched")
+        raise NotAllowed(f"ProviderAddress names {where}, which rotation.tagged_secrets does not list for vault {settings.vault} "
+                         f"(accounts:); not rotated, the account was not touched")
+
     # ---- finding them -------------------------------------------------------------------
     def listed(self, vault: str) -> list[Any]:
         """Properties (never values) of every secret of a watched vault that carries the sample
@@ -269,8 +319,10 @@ class TaggedSecretRotation:
             for props in listed:
                 try:
                     quick = tagged_secret(vault, props)
+                    if quick is not None:
+                        self.allowed_provider(quick)
                 except UnusableTags:
-                    quick = None  # rotate_secret records the warning
+                    quick = None  # rotate_secret records the warning, due or not
                 if quick is not None and not force and quick.key not in unfinished and not quick.pending and not self.due(quick, now):
                     # The listing carries tags and expiry: a secret that is not due costs no further call.
                     reports.append(counted(RotationReport(f"tagged:{vault}/{props.name}", "not_due", quick.credential_id,
@@ -312,7 +364,7 @@ class TaggedSecretRotation:
             secret = self.current(vault, name)
             if secret is None:
                 return RotationReport(label, "not_tagged")
-            provider = secret.provider
+            provider = self.allowed_provider(secret)
             alternate = secret.alternate()
         except UnusableTags as exc:
             return self._warn(vault, name, str(exc), label)
@@ -331,12 +383,15 @@ class TaggedSecretRotation:
         if lease is None:
             return RotationReport(label, "busy")
         try:
-            # Re-read under the lease: another instance may have finished meanwhile.
+            # Re-read under the lease: another instance may have finished meanwhile, or the tags
+            # changed since the first read (checked again: the account acted on is this one).
             secret = self.current(vault, name)
             if secret is None:
                 return RotationReport(label, "not_tagged")
+            provider = self.allowed_provider(secret)
+            alternate = secret.alternate()
             row = state.get("rotations", PARTITION, secret.key)
-            if secret.provider.kind == "sql":
+            if provider.kind == "sql":
                 return self._rotate_sql(secret, row, expected_version=expected_version, force=force, reason=reason, label=label)
             phase = str(row.fields.get("phase") or "") if row else ""
             if phase and row is not None and row.fields.get("from_version") != secret.version:
@@ -365,18 +420,30 @@ class TaggedSecretRotation:
         fp = self.engine.fingerprinter
         report = RotationReport(label, "resumed" if resumed else "rotated", old_active=secret.credential_id, new_active=alternate)
         credential = self._credential(secret.vault)
+        # An account whose keys authorize nothing (allowSharedKeyAccess: false, disableLocalAuth: true) is not rotated.
+        ensure_account_keys_usable(self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account,
+                                   credential, "rotate its keys")
         if not resumed or row is None:
             keys = self._keys(provider, credential)
             fields = {"phase": "regenerating", "from": secret.credential_id, "target": alternate, "from_version": secret.version,
                       "provider": secret.provider_address, "fp_before": fp.of(keys[alternate.lower()]),
-                      "started_at": self.engine.clock().isoformat(), "reason": reason}
+                      "started_at": self.engine.clock().isoformat(), "reason": reason, "operation": "", "operation_status": ""}
             row = self._record(row, secret.key, fields)
         keys = self._keys(provider, credential)
-        if fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
-            self._regenerate(provider, alternate.lower(), credential)
-            keys = self._keys(provider, credential)
-            if fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
-                raise RuntimeError(f"{provider.account} still lists the old {alternate} after regenerating it")
+        changed = fp.of(keys[alternate.lower()]) != row.fields.get("fp_before")
+        if not changed or row.fields.get("operation"):
+            # Start the regeneration, or follow the one a previous run started.
+            outcome, row = self._regenerate(provider, alternate.lower(), credential, row)
+            keys = self._keys(provider, credential) if outcome.done else keys
+            if not outcome.done or fp.of(keys[alternate.lower()]) == row.fields.get("fp_before"):
+                if outcome.done and provider.kind == "storage":
+                    raise RuntimeError(f"{provider.account} still lists the old {alternate} after regenerating it")
+                log.info("rotation %s: %s of %s is being regenerated (%s); a later run writes the new version", label, alternate,
+                         provider.account, outcome.status or "running")
+                self.engine.state.audit(self.engine.owner, "tagged.waiting", f"{secret.vault}/{secret.name}", {
+                    "to": alternate, "account": provider.account, "status": outcome.status, "since": row.fields.get("started_at", "")})
+                report.outcome = "in_progress"
+                return report
         else:
             log.info("rotation %s: %s was already regenerated by an interrupted run", label, alternate)
         problem = verify_storage_key(self.broker.clients, provider.account, keys[alternate.lower()]) if provider.kind == "storage" else None
@@ -523,7 +590,8 @@ class TaggedSecretRotation:
         raise RuntimeError(f"{refused}; the previous password was written back as version {restored.properties.version}")
 
     def _finish(self, row: Row, secret: TaggedSecret, now: datetime) -> None:
-        row.fields.update({"phase": "", "fp_before": "", "active": secret.credential_id, "version": secret.version,
+        row.fields.update({"phase": "", "fp_before": "", "operation": "", "operation_status": "",
+                           "active": secret.credential_id, "version": secret.version,
                            "rotated_at": now.isoformat(), "next_due": self._next_due(secret) or ""})
         self._save(row)
 
@@ -586,8 +654,13 @@ class TaggedSecretRotation:
         found.update({k: getattr(readonly, a, None) for k, a in _COSMOS_ATTRIBUTE.items() if k.endswith("readonly")})
         return {k: v for k, v in found.items() if v}
 
-    def _regenerate(self, provider: Provider, key: str, credential: Any) -> None:
-        log.info("tagged rotation: regenerating %s of %s", key, provider.account)
+    def _regenerate(self, provider: Provider, key: str, credential: Any, row: Row) -> tuple[Regeneration, Row]:
+        """Regenerate `key` (storage), or start / follow Cosmos DB's operation for at most
+        `rotation.regenerate_wait`, keeping its polling URL in the record."""
+        if not row.fields.get("operation"):
+            log.info("tagged rotation: regenerating %s of %s", key, provider.account)
         key_name = key if provider.kind == "storage" else _COSMOS_KEY_KIND[key]
-        regenerate_account_key(self.broker.clients, provider.kind, provider.subscription, provider.resource_group,
-                               provider.account, key_name, credential)
+        wait = float(self.engine.config.rotation.regenerate_wait)
+        return follow_regeneration(row, self._save, lambda operation, started: regenerate_account_key(
+            self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account, key_name, credential,
+            operation=operation, wait=wait, on_started=started))

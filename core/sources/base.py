@@ -59,6 +59,7 @@ class StoreRuntime:
     resource_overrides: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict)
     max_sas_expiry: timedelta = timedelta(days=7)
     preferred_regions: tuple[str, ...] = ()
+    listed_keys_ttl: float = 300.0  # seconds a storage key listing is kept in the process (core.sources.listed_keys)
     semaphore: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,10 +96,18 @@ class RunContext:
     sql_suffix: str = "database.windows.net"
     flights: SingleFlight[Any] = field(default_factory=SingleFlight)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Reuse this process's recent storage key listings (core.sources.listed_keys); false lists
+    # afresh (and refreshes what is kept).
+    reuse_listings: bool = True
 
     def once(self, key: Any, fn: Callable[[], Any]) -> Any:
         """Run `fn` once per key in this run (shared listKeys, delegation keys, discovery)."""
         return self.flights.do(key, fn)
+
+
+def constant(value: Any) -> Callable[[], Any]:
+    """A function returning `value` (to seed `RunContext.once` with what was learnt on the way)."""
+    return lambda: value
 
 
 def resource_group_of(resource_id: str) -> str:
@@ -112,11 +121,15 @@ def locate(
     list_resources: Callable[[str], Iterable[Any]],
 ) -> tuple[str, str]:
     """(subscription, resource group) of resource `name`: from the reference or a `resources:`
-    entry, else found by listing the subscription's resources of that kind (once per run).
+    entry, else found by listing the subscription's resources of that kind: once per run, and
+    kept in the process like storage key listings (core.sources.listed_keys: the listing is
+    throttled by ARM too).
 
     Raises:
         SourceProblem: no resource of that name in the subscription.
     """
+    from core.sources.listed_keys import PROCESS_LISTED_KEYS
+
     subscription = store.subscription_for(kind, name, ref.param("subscription"))
     group = store.resource_group_for(kind, name, ref.param("resource_group"))
     if group:
@@ -128,7 +141,11 @@ def locate(
                 return resource_group_of(item.id)
         raise SourceProblem("not_found", f"{label} '{name}' not found in subscription {subscription}")
 
-    return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), discover)
+    def kept() -> str:
+        key = (f"locate:{kind}", run.clients.cloud.arm_endpoint.lower(), subscription.lower(), name.lower(), store.identity_description)
+        return str(PROCESS_LISTED_KEYS.get(key, store.listed_keys_ttl, discover, reuse=run.reuse_listings))
+
+    return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), kept)
 
 
 class Source(Protocol):

@@ -3,14 +3,23 @@
 Read-only keys use `readonlykeys` (Cosmos DB Account Reader Role suffices); read-write keys
 `listKeys`; connection strings `listConnectionStrings`.  Each call is made once per account per
 run and shared by every reference to the account.
+
+An account with `disableLocalAuth: true` lists keys that authorize nothing: vaultrelay refuses to
+publish them or a connection string (core.sources.key_access).  The property comes with the
+account listing when the account is located by listing, else from one GET of the account (every
+role that lists keys includes the read); what was read is kept like storage key listings
+(core.sources.listed_keys).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime, locate
+from core.sources.base import PlannedRef, RunContext, StoreRuntime, constant, locate
 from core.sources.fetched import Fetched, SourceProblem
+from core.sources.key_access import cosmos_local_auth_allowed, cosmos_refusal, local_auth_allowed_by
+from core.sources.listed_keys import PROCESS_LISTED_KEYS
 
 COSMOS_KIND = "cosmosdb"
 _KEY_ATTRIBUTES = {
@@ -27,9 +36,37 @@ _CONNECTION_STRING_DESCRIPTIONS = {
 }
 
 
+def _fact_key(run: RunContext, store: StoreRuntime, subscription: str, account: str) -> tuple[str, ...]:
+    return ("cosmos-local-auth", run.clients.cloud.arm_endpoint.lower(), subscription.lower(), account.lower(), store.identity_description)
+
+
 def _locate(ref: PlannedRef, store: StoreRuntime, run: RunContext, account: str) -> tuple[str, str]:
-    return locate(ref, store, run, COSMOS_KIND, account, "Cosmos DB account",
-                  lambda subscription: run.clients.cosmos_management(subscription, store.credential).database_accounts.list())
+    def listing(subscription: str) -> Iterator[Any]:
+        for item in run.clients.cosmos_management(subscription, store.credential).database_accounts.list():
+            if str(item.name).lower() == account.lower():  # the listing says whether it takes keys: no GET later
+                allowed = local_auth_allowed_by(item)
+                PROCESS_LISTED_KEYS.put(_fact_key(run, store, subscription, account), allowed, store.listed_keys_ttl)
+                run.once(("cosmos-local-auth", subscription, account.lower(), store.name), constant(allowed))
+            yield item
+
+    return locate(ref, store, run, COSMOS_KIND, account, "Cosmos DB account", listing)
+
+
+def require_local_auth(ref: PlannedRef, store: StoreRuntime, run: RunContext, account: str, doing: str) -> None:
+    """Refuse `doing` when Cosmos DB `account` has `disableLocalAuth: true`.
+
+    Raises:
+        KeyAccessDisabled: the account takes Entra ID only.
+    """
+    subscription, group = _locate(ref, store, run, account)
+
+    def kept() -> bool | None:
+        return PROCESS_LISTED_KEYS.get(
+            _fact_key(run, store, subscription, account), store.listed_keys_ttl,
+            lambda: cosmos_local_auth_allowed(run.clients, subscription, group, account, store.credential), reuse=run.reuse_listings)
+
+    if run.once(("cosmos-local-auth", subscription, account.lower(), store.name), kept) is False:
+        raise cosmos_refusal(account, doing)
 
 
 class CosmosSource:
@@ -43,7 +80,9 @@ class CosmosSource:
             key = str(chooser("cosmos", account)) if chooser is not None else "primary"
         subscription, group = _locate(ref, store, run, account)
         client = run.clients.cosmos_management(subscription, store.credential)
-        if ref.param("format", "key") == "connection_string":
+        connection_string = ref.param("format", "key") == "connection_string"
+        require_local_auth(ref, store, run, account, "publish a connection string" if connection_string else "publish its keys")
+        if connection_string:
             strings: Any = run.once(("cosmos-cs", subscription, account.lower(), store.name), lambda: client.database_accounts.list_connection_strings(group, account))
             wanted = _CONNECTION_STRING_DESCRIPTIONS[key]
             for item in strings.connection_strings or []:

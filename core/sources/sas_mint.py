@@ -22,7 +22,18 @@ from core.sources.fetched import Fetched, SourceProblem
 log = logging.getLogger("vaultrelay.sas")
 
 CLOCK_SKEW = timedelta(minutes=15)
+# Azure refuses a Get User Delegation Key whose start or expiry is more than 7 days from the
+# service's clock (400 InvalidXmlNodeValue); a key asked for exactly now + 7 days by a client
+# whose clock runs ahead fails.  vaultrelay asks for keys that end at least an hour inside it, so
+# a user delegation SAS (which cannot outlive its key) lasts at most 6 days 23 hours.
 USER_DELEGATION_KEY_MAX = timedelta(days=7)
+DELEGATION_KEY_MARGIN = timedelta(hours=1)
+USER_DELEGATION_SAS_MAX = USER_DELEGATION_KEY_MAX - DELEGATION_KEY_MARGIN
+# A delegation key ends this long after the SAS it is requested for: 10 % of the SAS lifetime,
+# between 5 minutes and 1 hour.  It is reused for a later SAS only while it still ends within
+# that margin of it, so a key never outlives a SAS it signed by more than the margin.
+DELEGATION_KEY_SLACK_MIN = timedelta(minutes=5)
+DELEGATION_KEY_SLACK_MAX = timedelta(hours=1)
 DELEGATION_KEY_PREFIX = "vr-udk-"
 _DELEGATION_KEY_FIELDS = ("signed_oid", "signed_tid", "signed_delegated_user_tid", "signed_start", "signed_expiry",
                           "signed_service", "signed_version", "value")
@@ -48,6 +59,29 @@ class SasRequest:
 def sas_window(lifetime: timedelta, cap: timedelta, now: datetime) -> tuple[datetime, datetime]:
     """(start, expiry) for a token minted at `now`."""
     return now - CLOCK_SKEW, now + min(lifetime, cap)
+
+
+def delegation_key_slack(lifetime: timedelta) -> timedelta:
+    """How long after a SAS of `lifetime` its delegation key may end."""
+    return min(max(lifetime / 10, DELEGATION_KEY_SLACK_MIN), DELEGATION_KEY_SLACK_MAX)
+
+
+def delegation_key_window(now: datetime, sas_start: datetime, sas_expiry: datetime, lifetime: timedelta) -> tuple[datetime, datetime]:
+    """(start, expiry) to ask Azure for a delegation key signing a SAS valid `sas_start`-`sas_expiry`:
+    from the SAS's start to `delegation_key_slack` after its end, and never later than
+    `USER_DELEGATION_SAS_MAX` from `now` (an hour inside Azure's 7-day bound, whatever the skew
+    between this clock and the service's)."""
+    return sas_start, min(sas_expiry + delegation_key_slack(lifetime), now + USER_DELEGATION_SAS_MAX)
+
+
+def format_lifetime(value: timedelta) -> str:
+    """`6d 23h`, `2h`, `90s`: a duration for messages."""
+    seconds = int(value.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return " ".join(parts) or "0s"
 
 
 def mint_sas(
@@ -132,7 +166,8 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _key_expiry(key: Any) -> datetime | None:
+def delegation_key_expiry(key: Any) -> datetime | None:
+    """When a delegation key (`UserDelegationKey`) ends, or None when it does not say."""
     try:
         return datetime.fromisoformat(str(key.signed_expiry).replace("Z", "+00:00"))
     except (TypeError, ValueError):
@@ -142,13 +177,18 @@ def _key_expiry(key: Any) -> datetime | None:
 class StoredDelegationKeys:
     """User delegation keys kept between runs and instances in the state vault.
 
-    A delegation key is a secret (anyone holding it signs SAS for the identity), so it lives in
-    Key Vault, never in the state tables: one secret per account and identity
-    (`vr-udk-<digest>`), its value the key's fields as JSON, `expires_on` the key's own expiry,
-    tags naming the account and expiry.  A stored key is reused while it outlives the SAS being
-    signed (a SAS must not outlive its delegation key); otherwise a new one is requested (valid up
-    to the 7-day limit) and stored.  Keeping it is an optimisation: when the vault cannot be read
-    or written, the new key is still used and the reason is logged (never the key).
+    A delegation key is a secret (anyone holding it signs SAS for the identity, as far as the
+    identity's data roles go, until the key ends), so it lives in Key Vault, never in the state
+    tables: one secret per account, identity and SAS lifetime (`vr-udk-<digest>`), its value the
+    key's fields as JSON, `expires_on` the key's own expiry, tags naming the account and expiry.
+
+    A key is requested for the SAS it signs (`delegation_key_window`: it ends at most
+    `delegation_key_slack` after that SAS) and reused for a later SAS only while it still ends
+    within that slack of the later SAS too: reuse never lengthens a key's life, it only saves a
+    request when SAS are minted close together (fetches, instances, runs).  A SAS must not outlive
+    its key, so a key that ends before the SAS is never used.  Keeping it is an optimisation: when
+    the vault cannot be read or written, the new key is still used and the reason is logged (never
+    the key).
     """
 
     def __init__(self, vault: Any, *, clock: Callable[[], datetime] = now_utc) -> None:
@@ -159,28 +199,31 @@ class StoredDelegationKeys:
         self._lock = threading.Lock()
 
     @staticmethod
-    def secret_name(account: str, identity: str) -> str:
-        digest = hashlib.sha256(repr((account.lower(), identity)).encode()).hexdigest()[:24]
+    def secret_name(account: str, identity: str, lifetime: timedelta) -> str:
+        """The state vault secret keeping `identity`'s key for SAS of `lifetime` on `account`."""
+        digest = hashlib.sha256(repr((account.lower(), identity, int(lifetime.total_seconds()))).encode()).hexdigest()[:24]
         return f"{DELEGATION_KEY_PREFIX}{digest}"
 
-    def key_for(self, account: str, identity: str, sas_expiry: datetime, request: Callable[[], Any]) -> Any:
-        """A delegation key of `identity` for `account` that is valid at least until `sas_expiry`:
-        the one kept in the vault, else `request()`'s (which is then kept)."""
-        name = self.secret_name(account, identity)
+    def key_for(self, account: str, identity: str, sas_expiry: datetime, lifetime: timedelta, request: Callable[[], Any]) -> Any:
+        """A delegation key of `identity` for `account` that ends no earlier than `sas_expiry` and no
+        later than `delegation_key_slack(lifetime)` after it: the one kept in the vault, else
+        `request()`'s (which is then kept)."""
+        name = self.secret_name(account, identity, lifetime)
+        slack = delegation_key_slack(lifetime)
         with self._lock:
             key = self._memo.get(name)
-            if not self._lasts(key, sas_expiry):
+            if not self._fits(key, sas_expiry, slack):
                 key = self._read(name)
-            if not self._lasts(key, sas_expiry):
+            if not self._fits(key, sas_expiry, slack):
                 key = request()
                 self.requested += 1
                 self._store(name, account, key)
             self._memo[name] = key
             return key
 
-    def _lasts(self, key: Any, sas_expiry: datetime) -> bool:
-        expiry = _key_expiry(key) if key is not None else None
-        return expiry is not None and expiry >= sas_expiry and self.clock() < expiry
+    def _fits(self, key: Any, sas_expiry: datetime, slack: timedelta) -> bool:
+        expiry = delegation_key_expiry(key) if key is not None else None
+        return expiry is not None and sas_expiry <= expiry <= sas_expiry + slack and self.clock() < expiry
 
     def _read(self, name: str) -> Any:
         from azure.core.exceptions import ResourceNotFoundError
@@ -204,7 +247,7 @@ class StoredDelegationKeys:
         return key if key.value else None
 
     def _store(self, name: str, account: str, key: Any) -> None:
-        expiry = _key_expiry(key)
+        expiry = delegation_key_expiry(key)
         body = json.dumps({field: getattr(key, field, None) for field in _DELEGATION_KEY_FIELDS}, sort_keys=True)
         try:
             self.vault.set_secret(name, body, content_type="application/x-user-delegation-key", expires_on=expiry, tags={

@@ -23,6 +23,12 @@ class Fingerprinter:
         text = reveal() if reveal is not None else str(value)
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def derive(self, purpose: str) -> Fingerprinter:
+        """A fingerprinter under a key of its own for `purpose` (e.g. one target), derived from this
+        one's key: fingerprints made for one purpose say nothing about those of another, and the
+        derived key does not give this one back."""
+        return Fingerprinter(hmac.new(self._key, b"vaultrelay-derive\0" + purpose.encode(), hashlib.sha256).digest())
+
     def of_mapping(self, values: dict[str, Any]) -> str:
         """One fingerprint for a whole bundle (names and values)."""
         digest = hmac.new(self._key, digestmod=hashlib.sha256)

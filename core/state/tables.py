@@ -6,11 +6,23 @@ Table and partition design (`<prefix>` is `state.table_prefix`, default `vaultre
 
 | table | PartitionKey | RowKey | what |
 |---|---|---|---|
-| `<prefix>pushes` | env | target | last push: fingerprints and versions per variable, target ETag, time, outcome, drift, last error |
+| `<prefix>pushes` | env | target | last push: fingerprints and the stamp of each write per variable, target ETag or stamp, time, outcome, drift (name -> when found), last error |
 | `<prefix>rotations` | kind (`storage`, `cosmos`, `sas`) | name | active key / issued, expires, next rotation, phase of an unfinished rotation |
 | `<prefix>events` | day (`YYYYMMDD`) | event id | processed Event Grid events (idempotency) |
 | `<prefix>leases` | `lease` | name | owner and expiry of a lease |
 | `<prefix>audit` | day (`YYYYMMDD`) | inverted time + id | who, what, why (append only) |
+
+Keys and sizes (Learn, "Understanding the Table service data model"): a PartitionKey or RowKey may
+not hold `/ \\ # ?` or control characters and is at most 1 KiB; a string property is at most 64 KiB
+(32K UTF-16 characters); an entity has at most 252 properties of its own and 1 MiB in all.  Names
+used as keys here (envs, targets, accounts, secrets, event ids) may be anything a config allows, so
+every key is escaped reversibly on its way in and unescaped on its way out (`encode_key`): letters,
+digits and `- _ . :` stay as they are (every key vaultrelay wrote before stays the same), any other
+character becomes `~` and the hex of its UTF-8 bytes, and a key still longer than 255 characters
+becomes `~h` and its SHA-256 (the name is then kept in the row).  A string property longer than
+32,000 characters is spread over `name`, `name__1`, ... (`name__parts` says how many) and joined
+again on read.  A row that would still exceed 1 MiB or 252 properties is refused before it is sent
+(`StateTooLarge`, naming the row and its size) instead of answering an opaque 400.
 
 Every update of an existing row is conditional on its ETag (optimistic concurrency); creations
 are conditional on absence.  A `Conflict` means another instance got there first: callers re-read.
@@ -42,6 +54,10 @@ class Conflict(Exception):
 
 class StateUnavailable(VaultRelayError):
     """The state table could not be read or written (service error or connection failure)."""
+
+
+class StateTooLarge(StateUnavailable):
+    """A row would exceed what Table Storage holds in one entity (1 MiB, 252 properties)."""
 
 
 def _unavailable(table: str, doing: str, exc: Exception) -> StateUnavailable:
@@ -118,13 +134,12 @@ class StateStore:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            entity = self.table(table).get_entity(partition, key)
+            entity = self.table(table).get_entity(encode_key(partition), encode_key(key))
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise _unavailable(self.prefix + table, "reading", exc) from None
-        fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
-        return Row(partition, key, fields, entity.metadata.get("etag"))
+        return Row(partition, key, entity_fields(entity), entity.metadata.get("etag"))
 
     def put(self, table: str, row: Row) -> Row:
         """Create `row` (etag None: must not exist) or replace it (etag: must be unchanged).
@@ -137,7 +152,7 @@ class StateStore:
         from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        entity = {"PartitionKey": row.partition, "RowKey": row.key, **row.fields}
+        entity = to_entity(self.prefix + table, row)
         client = self.table(table)
         try:
             if row.etag is None:
@@ -166,7 +181,8 @@ class StateStore:
         from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
 
         try:
-            self.table(table).delete_entity(row.partition, row.key, etag=row.etag, match_condition=MatchConditions.IfNotModified)
+            self.table(table).delete_entity(encode_key(row.partition), encode_key(row.key), etag=row.etag,
+                                            match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError as exc:
             raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
         except ResourceNotFoundError:
@@ -185,13 +201,13 @@ class StateStore:
 
         client = self.table(table)
         entities: Iterable[Any] = (
-            client.query_entities("PartitionKey eq @pk", parameters={"pk": partition}) if partition is not None else client.list_entities()
+            client.query_entities("PartitionKey eq @pk", parameters={"pk": encode_key(partition)})
+            if partition is not None else client.list_entities()
         )
         rows: list[Row] = []
         try:
             for entity in entities:
-                fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
-                rows.append(Row(entity["PartitionKey"], entity["RowKey"], fields, entity.metadata.get("etag")))
+                rows.append(Row(*entity_keys(entity), entity_fields(entity), entity.metadata.get("etag")))
         except AzureError as exc:
             raise _unavailable(self.prefix + table, "reading", exc) from None
         yield from rows
@@ -208,7 +224,7 @@ class StateStore:
 
             try:
                 self.table(table).submit_transaction(
-                    [("upsert", {"PartitionKey": r.partition, "RowKey": r.key, **r.fields}, {"mode": "replace"}) for r in chunk])
+                    [("upsert", to_entity(self.prefix + table, r), {"mode": "replace"}) for r in chunk])
             except AzureError as exc:
                 raise _unavailable(self.prefix + table, "writing a batch", exc) from None
             self.writes += 1
@@ -299,3 +315,139 @@ def event_key(event_id: str) -> str:
     import hashlib
 
     return "sha256-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# ---- keys and sizes --------------------------------------------------------------------------
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+MAX_KEY = 255  # characters of an encoded key (Table Storage takes 1 KiB; a short key is kinder to every URL)
+HASHED_KEY = "~h"
+ORIGINAL_PARTITION = "vr_partition"  # the names behind hashed keys
+ORIGINAL_ROW = "vr_row"
+MAX_PROPERTY_CHARS = 32_000  # UTF-16 code units of one string property (the service takes 32,768)
+MAX_ENTITY_BYTES = 1024 * 1024
+MAX_PROPERTIES = 252  # besides PartitionKey, RowKey and Timestamp
+PARTS = "__parts"
+
+
+def encode_key(name: str) -> str:
+    """`name` as a PartitionKey or RowKey: unchanged when it is made of letters, digits and
+    `- _ . :` only, else every other character as `~` and the hex of its UTF-8 bytes (`~` itself
+    too: the escape is reversible); longer than MAX_KEY, `~h` and the SHA-256 of `name`."""
+    if name and len(name) <= MAX_KEY and _KEY_SAFE.issuperset(name):
+        return name
+    encoded = "".join(ch if ch in _KEY_SAFE else "".join(f"~{b:02X}" for b in ch.encode("utf-8", "surrogatepass")) for ch in name)
+    if len(encoded) > MAX_KEY:
+        import hashlib
+
+        return HASHED_KEY + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return encoded
+
+
+def decode_key(stored: str) -> str:
+    """The name `encode_key` turned into `stored` (a hashed key cannot be decoded: its row keeps the name).
+
+    Raises:
+        ValueError: `stored` is not an encoded key.
+    """
+    if "~" not in stored:
+        return stored
+    if stored.startswith(HASHED_KEY):
+        raise ValueError("a hashed key: the name is kept in the row")
+    out = bytearray()
+    i = 0
+    while i < len(stored):
+        ch = stored[i]
+        if ch == "~":
+            out.append(int(stored[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.extend(ch.encode())
+            i += 1
+    return out.decode("utf-8", "surrogatepass")
+
+
+def entity_keys(entity: dict[str, Any]) -> tuple[str, str]:
+    """(partition, key) of a stored entity, as the names vaultrelay wrote."""
+    def name(stored: str, original: str) -> str:
+        if stored.startswith(HASHED_KEY):
+            return str(entity.get(original, stored))
+        try:
+            return decode_key(stored)
+        except ValueError:  # a key not written by this module: shown as it is
+            return stored
+
+    return name(entity["PartitionKey"], ORIGINAL_PARTITION), name(entity["RowKey"], ORIGINAL_ROW)
+
+
+def entity_fields(entity: dict[str, Any]) -> dict[str, Any]:
+    """A stored entity's fields without its keys, spread properties joined again."""
+    fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey", ORIGINAL_PARTITION, ORIGINAL_ROW)}
+    for marker in [k for k in fields if k.endswith(PARTS)]:
+        name = marker[:-len(PARTS)]
+        count = int(fields.pop(marker))
+        fields[name] = "".join(str(fields.pop(name if i == 0 else f"{name}__{i}", "")) for i in range(count))
+    return fields
+
+
+def _utf16_units(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _split(text: str) -> list[str]:
+    """`text` in pieces of at most MAX_PROPERTY_CHARS UTF-16 code units (a surrogate pair is never cut)."""
+    if text.isascii():
+        return [text[i:i + MAX_PROPERTY_CHARS] for i in range(0, len(text), MAX_PROPERTY_CHARS)]
+    pieces: list[str] = []
+    start = units = 0
+    for i, ch in enumerate(text):
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if units + width > MAX_PROPERTY_CHARS:
+            pieces.append(text[start:i])
+            start, units = i, 0
+        units += width
+    pieces.append(text[start:])
+    return pieces
+
+
+def _value_bytes(value: Any) -> int:
+    """Bytes a property value takes in an entity (the table design guide's estimate)."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float | datetime):
+        return 8
+    if isinstance(value, bytes):
+        return 4 + len(value)
+    return 4 + 2 * _utf16_units(str(value))
+
+
+def to_entity(table: str, row: Row) -> dict[str, Any]:
+    """`row` as the entity to send: keys encoded, long strings spread over properties.
+
+    Raises:
+        StateTooLarge: the entity would exceed 1 MiB or 252 properties.
+    """
+    partition, key = encode_key(row.partition), encode_key(row.key)
+    entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": key}
+    if partition.startswith(HASHED_KEY):
+        entity[ORIGINAL_PARTITION] = row.partition
+    if key.startswith(HASHED_KEY):
+        entity[ORIGINAL_ROW] = row.key
+    for name, value in row.fields.items():
+        if isinstance(value, str) and len(value) > MAX_PROPERTY_CHARS // 2 and _utf16_units(value) > MAX_PROPERTY_CHARS:
+            pieces = _split(value)
+            entity[name] = pieces[0]
+            for i, piece in enumerate(pieces[1:], start=1):
+                entity[f"{name}__{i}"] = piece
+            entity[f"{name}{PARTS}"] = len(pieces)
+        else:
+            entity[name] = value
+    size = 4 + 2 * (len(partition) + len(key))
+    for name, value in entity.items():
+        if name not in ("PartitionKey", "RowKey"):
+            size += 8 + 2 * len(name) + _value_bytes(value)
+    properties = len(entity) - 2
+    if size > MAX_ENTITY_BYTES or properties > MAX_PROPERTIES:
+        raise StateTooLarge(
+            f"state row {table}/{row.partition}/{row.key} would be {size:,} bytes in {properties} properties; Table Storage "
+            f"holds at most {MAX_ENTITY_BYTES:,} bytes and {MAX_PROPERTIES} properties in one row")
+    return entity

@@ -1,17 +1,56 @@
 """`type: app_settings` target: merge the bundle into an App Service / Functions app's settings.
 
-Settings vaultrelay does not own are kept as they are; a name that already exists and was not
-pushed by vaultrelay is refused.  ARM replaces app settings as a whole (no ETag), so the merge is
-read-modify-write in one PUT: nothing is half-written.
+ARM replaces a slot's app settings as a whole (`PUT .../config/appsettings` takes no ETag: the last
+writer wins) and every change restarts the app.  So:
+
+* the engine pushes a site's slot once per sync: the changes of every target of the sync that
+  points at the same site and slot (several envs may) are merged into **one PUT** (one restart),
+  and a sync that changes nothing sends none;
+* that PUT is a read-modify-write under a lease per site and slot in the state table (not per
+  env: two envs or two instances pushing to one site would otherwise drop each other's updates),
+  with the settings **re-read right before the PUT**, so settings vaultrelay does not own (and
+  those other targets own) always survive;
+* a name that already exists and was not pushed by this target is refused (never overwritten);
+* `slot_setting: true` makes the target's names slot-sticky (the site's `slotConfigNames`), so a
+  slot swap does not carry them to the other slot: the names are added to the sticky list (merged,
+  under a lease per site; names others made sticky are never dropped) **before** the values are
+  written, and never removed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.permissions import denied_note
 from core.sources.base import resource_group_of
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+
+
+def site_key(subscription: str, site: str, slot: str | None) -> str:
+    """The name of a site's slot in leases and batches (a state table key: no `/`, `#`, `?`, `\\`)."""
+    return f"{subscription}:{site}:{slot or ''}".lower()
+
+
+@dataclass
+class SiteChange:
+    """One target's part of a site push."""
+
+    target: str
+    desired: dict[str, DesiredItem]
+    change: Change
+    owned: frozenset[str]  # names this target pushed (or was about to push) before this run
+    delete: bool  # deletion_policy: delete
+    slot_setting: bool
+
+
+@dataclass
+class SiteResult:
+    """What one site push did: whether a PUT was sent, which targets were refused and why."""
+
+    put: bool = False
+    refused: dict[str, str] = field(default_factory=dict)
+    sticky_added: list[str] = field(default_factory=list)
 
 
 class AppSettingsTargetWriter:
@@ -27,7 +66,11 @@ class AppSettingsTargetWriter:
             raise TargetError(f"target {ctx.name}: no subscription known for site {config.site}")
         self.web = ctx.clients.web_management(subscription, ctx.credential)
         self._group = config.resource_group
-        self._current: dict[str, str] | None = None
+        self.site_key = site_key(subscription, config.site, config.slot)
+        """Targets with the same key are pushed together, under one lease (see core.engine.sync)."""
+        self.site_lease = f"appsettings:{self.site_key}"
+        self.slot_config_lease = f"slotconfig:{site_key(subscription, config.site, None)}"
+        self._where = f"{config.site}" + (f" (slot {config.slot})" if config.slot else "")
 
     def _resource_group(self) -> str:
         if self._group:
@@ -47,11 +90,22 @@ class AppSettingsTargetWriter:
             else:
                 result = self.web.web_apps.list_application_settings(self._resource_group(), self.config.site)
         except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: cannot read app settings of {self.config.site}: HTTP {exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
+            raise TargetError(f"target {self.ctx.name}: cannot read app settings of {self._where}: HTTP {exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
         return dict(result.properties or {})
 
+    def _sticky(self) -> set[str]:
+        """The site's slot-sticky app setting names."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            names = self.web.web_apps.list_slot_configuration_names(self._resource_group(), self.config.site)
+        except HttpResponseError as exc:
+            raise TargetError(f"target {self.ctx.name}: cannot read the slot settings of {self.config.site}: HTTP {exc.status_code}"
+                              f"{denied_note(exc, 'target:app_settings_slot_setting')}") from None
+        return set(names.app_setting_names or [])
+
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
-        current = self._current = self._read()
+        current = self._read()
         snapshot = Snapshot()
         for name in names:
             if name in current:
@@ -62,25 +116,89 @@ class AppSettingsTargetWriter:
                 snapshot.fingerprints[name] = None
         return snapshot
 
+    def unsettled(self, desired: dict[str, DesiredItem]) -> frozenset[str]:
+        """Names to push even though their values are in place: with `slot_setting`, those not
+        slot-sticky yet (the flag was just turned on, or someone removed them from the list)."""
+        if not self.config.slot_setting or not desired:
+            return frozenset()
+        return frozenset(desired) - frozenset(self._sticky())
+
     def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
+        """This target alone as one site push (no lease: the engine batches and leases pushes)."""
+        owned = frozenset(n for n in snapshot.fingerprints if n not in snapshot.foreign)
+        result = self.push_site([SiteChange(self.ctx.name, desired, change, owned, self.config.deletion_policy == "delete",
+                                            bool(self.config.slot_setting))])
+        if result.refused:
+            raise TargetError(result.refused[self.ctx.name])
+        return PushResult(writes=1 if result.put else 0)
+
+    def push_site(self, changes: list[SiteChange], *, slot_config_lease: Any = None) -> SiteResult:
+        """Merge the changes of several targets of this site's slot into its current settings and
+        write them in one PUT (none when nothing changes).  Call under the site's lease.
+
+        `slot_config_lease()` is a context manager holding the site's slot-config lease (for the
+        read-modify-write of the sticky names); None: no lease.
+
+        Raises:
+            TargetError: reading or writing failed; nothing was written (sticky names may have
+                been added, which is harmless and what the next run needs anyway).
+        """
         from azure.core.exceptions import HttpResponseError
         from azure.mgmt.web.models import StringDictionary
 
-        foreign = sorted(snapshot.foreign & set(change.writes | change.removals))
-        if foreign:
-            raise TargetError(f"target {self.ctx.name}: app setting(s) {', '.join(foreign)} of {self.config.site} exist and are not managed by vaultrelay; refusing to overwrite")
-        merged = dict(self._current if self._current is not None else self._read())
-        for name in change.writes:
-            merged[name] = desired[name].value.reveal()
-        if self.config.deletion_policy == "delete":
-            for name in change.removals:
-                merged.pop(name, None)
-        try:
-            if self.config.slot:
-                self.web.web_apps.update_application_settings_slot(self._resource_group(), self.config.site, self.config.slot, StringDictionary(properties=merged))
-            else:
-                self.web.web_apps.update_application_settings(self._resource_group(), self.config.site, StringDictionary(properties=merged))
-        except HttpResponseError as exc:
-            raise TargetError(f"target {self.ctx.name}: updating app settings of {self.config.site} failed: HTTP {exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
-        self._current = merged
-        return PushResult(writes=1)
+        result = SiteResult()
+        current = self._read()  # right before the PUT: what others wrote meanwhile is kept
+        merged = dict(current)
+        sticky: set[str] = set()
+        for item in changes:
+            touched = item.change.writes | (item.change.removals if item.delete else frozenset())
+            foreign = sorted(n for n in touched if n in current and n not in item.owned)
+            if foreign:
+                result.refused[item.target] = (f"target {item.target}: app setting(s) {', '.join(foreign)} of {self._where} exist and are "
+                                               "not managed by vaultrelay; refusing to overwrite")
+                continue
+            for name in item.change.writes:
+                merged[name] = item.desired[name].value.reveal()
+            if item.delete:
+                for name in item.change.removals:
+                    merged.pop(name, None)
+            if item.slot_setting:
+                sticky |= set(item.change.writes)
+        if sticky:
+            result.sticky_added = self._make_sticky(sticky, slot_config_lease)
+        if merged != current:
+            try:
+                if self.config.slot:
+                    self.web.web_apps.update_application_settings_slot(self._resource_group(), self.config.site, self.config.slot,
+                                                                       StringDictionary(properties=merged))
+                else:
+                    self.web.web_apps.update_application_settings(self._resource_group(), self.config.site, StringDictionary(properties=merged))
+            except HttpResponseError as exc:
+                raise TargetError(f"target {self.ctx.name}: updating app settings of {self._where} failed: HTTP {exc.status_code}"
+                                  f"{denied_note(exc, 'target:app_settings')}") from None
+            result.put = True
+        del merged
+        return result
+
+    def _make_sticky(self, names: set[str], lease: Any) -> list[str]:
+        """Add `names` to the site's sticky app setting names (read-modify-write, one PUT, none when
+        they all are already); the names others made sticky stay.  Returns the names added."""
+        import contextlib
+
+        from azure.core.exceptions import HttpResponseError
+        from azure.mgmt.web.models import SlotConfigNames, SlotConfigNamesResource
+
+        with lease() if lease is not None else contextlib.nullcontext():
+            try:
+                current = self.web.web_apps.list_slot_configuration_names(self._resource_group(), self.config.site)
+                have = list(current.app_setting_names or [])
+                missing = sorted(names - set(have))
+                if missing:
+                    self.web.web_apps.update_slot_configuration_names(self._resource_group(), self.config.site, SlotConfigNamesResource(
+                        properties=SlotConfigNames(app_setting_names=have + missing,
+                                                   connection_string_names=list(current.connection_string_names or []),
+                                                   azure_storage_config_names=list(current.azure_storage_config_names or []))))
+            except HttpResponseError as exc:
+                raise TargetError(f"target {self.ctx.name}: making settings of {self.config.site} slot-sticky failed: HTTP {exc.status_code}"
+                                  f"{denied_note(exc, 'target:app_settings_slot_setting')}") from None
+        return missing

@@ -1,8 +1,19 @@
 """The target interface: read what a destination holds now, then push only what changed.
 
-Each target kind implements `snapshot` (what is there: fingerprints or an ETag, and which names
-are not ours) and `push` (ensure the desired state for the changed and removed names).  Pushes are
-idempotent, so a run that dies half-way is completed by the next one.
+Each target kind implements `snapshot` (what is there: a stamp per name or an ETag for the whole
+target, and which names are not ours) and `push` (ensure the desired state for the changed and
+removed names).  Pushes are idempotent, so a run that dies half-way is completed by the next one.
+
+Stamps are what drift is judged by: what identifies the content a target holds now, taken from
+the read a sync makes anyway (a Key Vault listing gives each secret's latest version's created and
+updated times; a blob has its ETag).  The engine records the stamp of each write; a different one
+later means someone changed the target since.  A writer that can look at content more closely
+(`holds`, one read per name) tells whether a changed target nevertheless holds exactly what
+vaultrelay would write now: only asked when stamps do not settle it, never on an unchanged sync.
+
+What vaultrelay writes on a target besides the values is in docs/config.md ("What a reader of
+each place learns"): ownership marks, and on Key Vault secrets a fingerprint keyed for that
+target and secret alone.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ MANAGED_BY = "managed-by"
 MANAGED_BY_VALUE = "vaultrelay"
 TAG_ENV = "vaultrelay-env"
 TAG_TARGET = "vaultrelay-target"
+# A fingerprint of the value under a key derived for this target and secret (Key Vault targets).
+# Earlier versions wrote one under the state's own key; it is recognised, never written again.
 TAG_FINGERPRINT = "vaultrelay-fingerprint"
 
 
@@ -35,13 +48,14 @@ class DesiredItem:
 class Snapshot:
     """What a target holds now, as far as vaultrelay can tell without reading values it does not need."""
 
-    fingerprints: dict[str, str | None] = field(default_factory=dict)  # name -> fingerprint of current content
-    etag: str | None = None
+    # name -> fingerprint of the current content, when the target gives it cheaply (app settings,
+    # read whole); None: the name is absent.
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    # name -> stamp of the current content (`stamped` writers); None: the name is absent.
+    stamps: dict[str, str | None] = field(default_factory=dict)
+    etag: str | None = None  # whole-bundle targets: the stamp of the whole target (None: absent)
     foreign: set[str] = field(default_factory=set)  # names present but not owned by vaultrelay
     exists: bool = True
-    # Whole-bundle targets: the bundle fingerprint vaultrelay stamped on what is there now (blob
-    # metadata, bundle secret tag); equal to the desired one means the target already holds it.
-    bundle_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,9 @@ class Change:
 
 @dataclass(frozen=True)
 class PushResult:
-    etag: str | None = None
+    etag: str | None = None  # whole-bundle targets: the stamp of what was written
     writes: int = 0
+    stamps: dict[str, str] = field(default_factory=dict)  # per-variable `stamped` targets: name -> stamp written
 
 
 class TargetError(Exception):
@@ -75,10 +90,16 @@ class TargetWriter(Protocol):
     # True: the target cannot mark what vaultrelay wrote (app settings have no tags), so the
     # engine records the names it is about to write before pushing them.
     ownership_in_state: bool
+    # Optional `stamped: bool` (per-variable writers): True when `snapshot.stamps` and
+    # `PushResult.stamps` are filled; otherwise drift is judged by `snapshot.fingerprints`.
+    # Optional `holds(desired, names) -> set[str]`: of `names` (present and ours), those whose
+    # content is exactly what vaultrelay would write now (value and its marks); whole-bundle
+    # writers answer set(desired) or set().  May read each name once.
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         """Current state for `names` (desired plus last pushed); `recorded` are the names (and
-        fingerprints) vaultrelay pushed or was about to push.
+        fingerprints) vaultrelay pushed or was about to push: they are vaultrelay's whatever the
+        target's own marks say now.
 
         Raises:
             TargetError: the target cannot be read.
@@ -106,3 +127,23 @@ class TargetContext:
     resolve_value: Any = None  # callable(Variable) -> str, for webhook signing keys
     # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while).
     run_cache: dict[str, Any] = field(default_factory=dict)
+    # What the push record says vaultrelay's last write left: name -> stamp (per-variable), and
+    # the whole target's stamp.  A deleted secret whose stamp is one of these is vaultrelay's.
+    recorded_stamps: dict[str, str] = field(default_factory=dict)
+    recorded_etag: str | None = None
+
+
+def owned_by(tags: dict[str, str] | None, target: str) -> bool:
+    """True when `tags` mark an object as vaultrelay's for target `target`."""
+    tags = tags or {}
+    return tags.get(MANAGED_BY) == MANAGED_BY_VALUE and tags.get(TAG_TARGET) == target
+
+
+def ownership_tags(env: str, target: str) -> dict[str, str]:
+    """The tags vaultrelay writes on every Key Vault secret it pushes: marks, never values."""
+    return {MANAGED_BY: MANAGED_BY_VALUE, TAG_ENV: env, TAG_TARGET: target}
+
+
+def same_marks(tags: dict[str, str] | None, env: str, target: str, fingerprint: str) -> bool:
+    """True when `tags` are exactly the tags vaultrelay would write (with this fingerprint)."""
+    return dict(tags or {}) == {**ownership_tags(env, target), TAG_FINGERPRINT: fingerprint}

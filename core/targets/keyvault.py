@@ -1,9 +1,23 @@
 """`type: keyvault` target: one secret per variable, or one JSON secret for the whole bundle.
 
-Every secret written carries `managed-by: vaultrelay`, the env, the target and a keyed fingerprint
-in its tags, plus content type and `expires_on` for values that expire.  A secret that exists
-without `managed-by: vaultrelay` is never overwritten or deleted.  Removed variables are deleted
-(soft delete) or kept per `deletion_policy`.
+Every secret written carries vaultrelay's marks in its tags (`managed-by: vaultrelay`, the env,
+the target) and `vaultrelay-fingerprint`, an HMAC of the secret's name and value under a key
+derived for this vault and target alone (equal values in two secrets or two targets show
+unrelated tags), plus content type and `expires_on` for values that expire.  A name is
+vaultrelay's for this target when its push record says vaultrelay wrote it, or when a version of
+the secret carries those marks for this target; any other secret is never overwritten, deleted
+or recovered.  Removed variables are deleted (soft delete) or kept per `deletion_policy`.
+
+Drift is judged by stamps from the listing a sync reads anyway (the listing gives no version id):
+the latest version's created and updated times and its fingerprint tag.  Key Vault keeps times
+to the second; in the second of vaultrelay's write a new value still shows, because no one
+without the key can tag it, so only a change in that very second that also copies vaultrelay's
+tags goes unseen.
+
+Soft delete: Key Vault deletes and recovers asynchronously (409 `ObjectIsBeingDeleted` /
+`ObjectIsBeingRecovered` meanwhile) and a deleted name stays taken until it is purged or
+recovered.  A write waits those states out with bounded backoff; a deleted name is recovered only
+when the deleted secret is vaultrelay's own for this target.
 """
 
 from __future__ import annotations
@@ -18,21 +32,27 @@ from typing import Any
 
 from core.permissions import denied_note
 from core.targets.base import (
-    MANAGED_BY,
-    MANAGED_BY_VALUE,
-    TAG_ENV,
     TAG_FINGERPRINT,
-    TAG_TARGET,
     Change,
     DesiredItem,
     PushResult,
     Snapshot,
     TargetContext,
     TargetError,
+    owned_by,
+    ownership_tags,
+    same_marks,
 )
 
 LISTING_TTL_S = 60.0
 WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
+TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 4.0
+
+BEING_DELETED = "ObjectIsBeingDeleted"
+BEING_RECOVERED = "ObjectIsBeingRecovered"
+DELETED_BUT_RECOVERABLE = "ObjectIsDeletedButRecoverable"
 
 
 def _attempt(operation: Callable[[], None]) -> TargetError | None:
@@ -43,9 +63,32 @@ def _attempt(operation: Callable[[], None]) -> TargetError | None:
     return None
 
 
+def stamp_of(properties: Any) -> str | None:
+    """The stamp of a secret's latest version: `<created>.<updated>.<tag>`, the times in epoch
+    seconds and the first 12 characters of its fingerprint tag (`-` if none)."""
+    created, updated = getattr(properties, "created_on", None), getattr(properties, "updated_on", None)
+    if created is None or updated is None:
+        return None
+    mark = (getattr(properties, "tags", None) or {}).get(TAG_FINGERPRINT) or "-"
+    return f"{int(created.timestamp())}.{int(updated.timestamp())}.{mark[:12]}"
+
+
+def _inner_code(exc: Exception) -> str:
+    """Key Vault's `innererror.code` of an error response ("" if there is none)."""
+    response = getattr(exc, "response", None)
+    try:
+        body = response.json() if response is not None else None
+    except Exception:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    inner = error.get("innererror") if isinstance(error, dict) else None
+    return str(inner.get("code", "")) if isinstance(inner, dict) else ""
+
+
 class KeyVaultTargetWriter:
     kind = "keyvault"
     ownership_in_state = False
+    stamped = True
 
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config
@@ -53,9 +96,14 @@ class KeyVaultTargetWriter:
         self.whole_bundle = config.mode == "bundle"
         self.client = ctx.clients.secret_client(config.vault, ctx.credential)
         self.bundle_secret = str(config.bundle_secret)
+        self._env = str(config.env)
+        self._marks = ctx.fingerprinter.derive(f"keyvault\0{str(config.vault).lower()}\0{ctx.name}")
 
     def _secret(self, variable: str) -> str:
         return str(self.config.secret_for(variable))
+
+    def _mark(self, secret: str, value: str) -> str:
+        return self._marks.of(secret.lower() + "\0" + value)
 
     def _list(self) -> dict[str, Any]:
         """Name -> properties of every secret in the vault.  One listing serves every target of
@@ -66,7 +114,7 @@ class KeyVaultTargetWriter:
         if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
             return dict(cached[1])
         try:
-            listing = {p.name: p for p in self.client.list_properties_of_secrets()}
+            listing = {p.name.lower(): p for p in self.client.list_properties_of_secrets()}
         except Exception as exc:
             raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {_cause(exc)}") from None
         self.ctx.run_cache[key] = (time.monotonic(), listing)
@@ -76,33 +124,87 @@ class KeyVaultTargetWriter:
         cached = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
         if cached is not None:
             if properties is None:
-                cached[1].pop(name, None)
+                cached[1].pop(name.lower(), None)
             else:
-                cached[1][name] = properties
+                cached[1][name.lower()] = properties
 
+    # ---- snapshot: stamps and ownership ------------------------------------------------------
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         existing = self._list()
         snapshot = Snapshot()
         if self.whole_bundle:
-            props = existing.get(self.bundle_secret)
-            if props is not None:
-                tags = props.tags or {}
-                if tags.get(MANAGED_BY) != MANAGED_BY_VALUE:
-                    snapshot.foreign.add(self.bundle_secret)
-                snapshot.etag = snapshot.bundle_fingerprint = tags.get(TAG_FINGERPRINT)
+            props = existing.get(self.bundle_secret.lower())
             snapshot.exists = props is not None
+            if props is not None:
+                snapshot.etag = stamp_of(props)
+                if not self._ours(self.bundle_secret, props, bool(recorded) or bool(self.ctx.recorded_etag)):
+                    snapshot.foreign.add(self.bundle_secret)
             return snapshot
         for variable in names:
-            props = existing.get(self._secret(variable))
-            if props is None:
-                snapshot.fingerprints[variable] = None
-                continue
-            tags = props.tags or {}
-            if tags.get(MANAGED_BY) != MANAGED_BY_VALUE:
+            props = existing.get(self._secret(variable).lower())
+            snapshot.stamps[variable] = stamp_of(props) if props is not None else None
+            if props is not None and not self._ours(self._secret(variable), props, variable in recorded):
                 snapshot.foreign.add(variable)
-            snapshot.fingerprints[variable] = tags.get(TAG_FINGERPRINT)
         return snapshot
 
+    def _ours(self, name: str, props: Any, recorded: bool) -> bool:
+        """Whether secret `name` is vaultrelay's for this target: its latest version's tags say
+        so, the push record does, or (only asked when neither does) an earlier version's tags."""
+        if recorded or owned_by(props.tags, self.ctx.name):
+            return True
+        key = f"keyvault-history {self.client.vault_url} {name.lower()} {stamp_of(props)} {self.ctx.name}"
+        known = self.ctx.run_cache.get(key)  # one answer per run while the secret is unchanged
+        if known is None:
+            try:
+                known = any(owned_by(version.tags, self.ctx.name) for version in self.client.list_properties_of_secret_versions(name))
+            except Exception as exc:
+                raise TargetError(f"target {self.ctx.name}: cannot list versions of {name} in vault {self.config.vault}: {_cause(exc)}") from None
+            self.ctx.run_cache[key] = known
+        return bool(known)
+
+    def holds(self, desired: dict[str, DesiredItem], names: set[str]) -> set[str]:
+        """Of `names`, those whose secret is exactly what vaultrelay would write now: enabled,
+        vaultrelay's tags and nothing else, the content type and expiry, and the value (one GET,
+        only when all the rest matches)."""
+        existing = self._list()
+        if self.whole_bundle:
+            props = existing.get(self.bundle_secret.lower())
+            payload = self._bundle_payload(desired)
+            in_place = props is not None and self._matches(self.bundle_secret, props, self._bundle_item(desired), payload)
+            return set(desired) if in_place else set()
+        candidates = [(v, existing[self._secret(v).lower()], desired[v]) for v in sorted(names)
+                      if v in desired and self._secret(v).lower() in existing]
+
+        def check(candidate: tuple[str, Any, DesiredItem]) -> bool:
+            variable, props, item = candidate
+            return self._matches(self._secret(variable), props, item, item.value.reveal())
+
+        if len(candidates) <= 1:
+            verdicts = [check(c) for c in candidates]
+        else:  # many at once (the first sync after an upgrade reads every pushed secret once)
+            with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(candidates)), thread_name_prefix="vaultrelay-kv-read") as pool:
+                verdicts = list(pool.map(lambda c: contextvars.copy_context().run(check, c), candidates))
+        return {variable for (variable, _, _), held in zip(candidates, verdicts, strict=True) if held}
+
+    def _matches(self, name: str, props: Any, item: DesiredItem, value: str) -> bool:
+        from azure.core.exceptions import AzureError
+
+        mark = self._mark(name, value)
+        if not (props.enabled is not False and same_marks(props.tags, self._env, self.ctx.name, mark)
+                and (props.content_type or None) == (item.content_type or None)
+                and _seconds(props.expires_on) == _seconds(item.expires_on)):
+            return False
+        key = f"keyvault-holds {self.client.vault_url} {name.lower()} {stamp_of(props)} {mark}"
+        known = self.ctx.run_cache.get(key)  # one read per run while the secret is unchanged
+        if known is None:
+            try:
+                current = self.client.get_secret(name)
+            except AzureError as exc:
+                raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+            known = self.ctx.run_cache[key] = stamp_of(current.properties) == stamp_of(props) and current.value == value
+        return bool(known)
+
+    # ---- push ----------------------------------------------------------------------------------
     def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
         foreign = sorted(snapshot.foreign & (set(change.writes) | set(change.removals))) if not self.whole_bundle else sorted(snapshot.foreign)
         if foreign:
@@ -112,11 +214,12 @@ class KeyVaultTargetWriter:
             return self._push_bundle(env, desired)
         # One secret per write, WRITE_CONCURRENCY at a time (each variable has a secret of its
         # own: config validation refuses two variables or targets on one secret).  A failure
-        # leaves the others written (each tagged with its fingerprint), which the next run sees
-        # as already in place and does not write again.
-        removals = sorted(v for v in change.removals if snapshot.fingerprints.get(v) is not None) if self.config.deletion_policy == "delete" else []
+        # leaves the others written (each complete and tagged), which the next run finds holding
+        # the bundle and does not write again.
+        removals = sorted(v for v in change.removals if snapshot.stamps.get(v) is not None) if self.config.deletion_policy == "delete" else []
+        stamps: dict[str, str] = {}
         operations: list[Callable[[], None]] = [
-            *(functools.partial(self._set_variable, variable, desired[variable], env) for variable in sorted(change.writes)),
+            *(functools.partial(self._set_variable, variable, desired[variable], env, stamps) for variable in sorted(change.writes)),
             *(functools.partial(self._delete, self._secret(variable)) for variable in removals),
         ]
         if len(operations) <= 1:
@@ -129,36 +232,93 @@ class KeyVaultTargetWriter:
         if failures:
             more = f"and {len(failures) - 1} more; " if len(failures) > 1 else ""
             raise TargetError(f"{failures[0]} ({more}{writes} of {len(operations)} writes done; the next run writes the rest)") from None
-        return PushResult(writes=writes)
+        return PushResult(writes=writes, stamps=stamps)
 
-    def _set_variable(self, variable: str, item: DesiredItem, env: str) -> None:
-        self._set(self._secret(variable), item.value.reveal(), item, env)
+    def _set_variable(self, variable: str, item: DesiredItem, env: str, stamps: dict[str, str]) -> None:
+        stamp = self._set(self._secret(variable), item.value.reveal(), item, env, self.ctx.recorded_stamps.get(variable))
+        if stamp is not None:
+            stamps[variable] = stamp
+
+    def _bundle_payload(self, desired: dict[str, DesiredItem]) -> str:
+        return json.dumps({name: item.value.reveal() for name, item in sorted(desired.items())}, sort_keys=True)
+
+    def _bundle_item(self, desired: dict[str, DesiredItem]) -> DesiredItem:
+        expiries = [i.expires_on for i in desired.values() if i.expires_on is not None]
+        return DesiredItem(self.bundle_secret, None, "", min(expiries) if expiries else None, "application/json")
 
     def _push_bundle(self, env: str, desired: dict[str, DesiredItem]) -> PushResult:
-        payload = json.dumps({name: item.value.reveal() for name, item in sorted(desired.items())}, sort_keys=True)
-        fingerprint = self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()})
-        expiries = [i.expires_on for i in desired.values() if i.expires_on is not None]
-        item = DesiredItem(self.bundle_secret, None, fingerprint, min(expiries) if expiries else None, "application/json")
-        self._set(self.bundle_secret, payload, item, env)
-        return PushResult(etag=fingerprint, writes=1)
+        stamp = self._set(self.bundle_secret, self._bundle_payload(desired), self._bundle_item(desired), env, self.ctx.recorded_etag)
+        return PushResult(etag=stamp, writes=1)
 
-    def _set(self, name: str, value: str, item: DesiredItem, env: str) -> None:
-        from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+    def _set(self, name: str, value: str, item: DesiredItem, env: str, recorded_stamp: str | None) -> str | None:
+        """Write `value` as a new version of `name`, waiting out a delete or recover of the name
+        that is still running (bounded), and recovering a soft-deleted `name` first when it is
+        vaultrelay's own.  Returns the stamp of the version written.
 
-        tags = {MANAGED_BY: MANAGED_BY_VALUE, TAG_ENV: env, TAG_TARGET: self.ctx.name, TAG_FINGERPRINT: item.fingerprint}
+        Raises:
+            TargetError: the write failed, the name is soft-deleted and not vaultrelay's, or a
+                transitional state outlasted TRANSITION_WAIT_S.
+        """
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        tags = {**ownership_tags(env, self.ctx.name), TAG_FINGERPRINT: self._mark(name, value)}
         kwargs = {"content_type": item.content_type, "expires_on": item.expires_on, "tags": tags}
+        deadline = time.monotonic() + TRANSITION_WAIT_S
+        delay = BACKOFF_FIRST_S
+        recovering = False
         try:
-            try:
-                written = self.client.set_secret(name, value, **kwargs)
-            except (ResourceExistsError, HttpResponseError) as exc:
-                if getattr(exc, "status_code", None) != 409:
-                    raise
-                # Deleted earlier (by vaultrelay's deletion policy) and still recoverable: recover, then set.
-                self.client.begin_recover_deleted_secret(name).wait()
-                written = self.client.set_secret(name, value, **kwargs)
+            while True:
+                try:
+                    written = self.client.set_secret(name, value, **kwargs)
+                    break
+                except HttpResponseError as exc:
+                    if exc.status_code != 409:
+                        raise
+                    code = _inner_code(exc)
+                    if code == DELETED_BUT_RECOVERABLE and not recovering:
+                        recovering = self._recover_if_ours(name, recorded_stamp)
+                        if recovering:
+                            continue  # the next set waits while the recovery runs
+                    if code not in (BEING_DELETED, BEING_RECOVERED, DELETED_BUT_RECOVERABLE):
+                        raise
+                    if time.monotonic() + delay > deadline:
+                        state = "being recovered" if code == BEING_RECOVERED or recovering else "being deleted"
+                        raise TargetError(f"target {self.ctx.name}: secret {name} in vault {self.config.vault} is still {state} "
+                                          f"after {TRANSITION_WAIT_S:g} s; the next run tries again") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_S)
             self._listed(name, written.properties)
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: setting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        return stamp_of(written.properties)
+
+    def _recover_if_ours(self, name: str, recorded_stamp: str | None) -> bool:
+        """Start recovering the soft-deleted secret `name` if it is vaultrelay's own for this
+        target (its tags say so, or it is the very version vaultrelay recorded writing).  Returns
+        True when a recover was started, False when the deleted secret is gone meanwhile (purged,
+        or still being deleted: the caller waits).
+
+        Raises:
+            TargetError: the deleted secret is someone else's.
+            AzureError: Key Vault failed.
+        """
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            deleted = self.client.get_deleted_secret(name)
+        except ResourceNotFoundError:
+            return False
+        props = deleted.properties
+        if not (owned_by(props.tags, self.ctx.name) or (recorded_stamp is not None and stamp_of(props) == recorded_stamp)):
+            raise TargetError(f"target {self.ctx.name}: secret {name} in vault {self.config.vault} is deleted but recoverable and "
+                              f"not vaultrelay's (its latest version is not tagged for target {self.ctx.name}); refusing to recover "
+                              "or overwrite it: recover or purge it by hand, or choose another name")
+        try:
+            self.client.begin_recover_deleted_secret(name)  # asynchronous: the next set waits while it runs
+        except HttpResponseError as exc:
+            if exc.status_code != 409 or _inner_code(exc) not in (BEING_DELETED, BEING_RECOVERED):
+                raise
+        return True
 
     def _delete(self, name: str) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -170,6 +330,10 @@ class KeyVaultTargetWriter:
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: deleting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
         self._listed(name, None)
+
+
+def _seconds(moment: Any) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
 
 
 def _cause(exc: Exception) -> str:

@@ -1,8 +1,15 @@
 """`type: webhook` target: HTTPS POST of the bundle (or only the changed names), signed.
 
 Headers: `X-VaultRelay-Timestamp` (unix seconds) and `X-VaultRelay-Signature: sha256=<hex>`, the
-HMAC-SHA256 of `<timestamp>.<body>` under the signing key (itself a reference).  Retries with
-exponential backoff and jitter through azure-core's retry policy; any 2xx is the acknowledgement.
+HMAC-SHA256 of `<timestamp>.<body>` under the signing key (itself a reference).  Any 2xx is the
+acknowledgement.
+
+The receiver is not trusted to behave: each attempt (connect, TLS, sending, status and headers,
+and the body) must complete within `timeout` seconds, or it is a failure, not a push; at most
+64 KiB of its answer is read (core.bounded_http), the rest is never read.  408, 429 and 5xx
+answers, timeouts and connection failures are retried `retries` times with exponential backoff
+and jitter (a `Retry-After` of up to 60 s is honoured), within max(30, timeout x (retries + 1))
+seconds in all.
 """
 
 from __future__ import annotations
@@ -10,12 +17,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
+import random
 import time
 import urllib.parse
 from typing import Any
 
+from core.bounded_http import BoundedHttpError, request
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+
+MAX_ANSWER_BYTES = 64 * 1024
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
 
 
 def signature(key: str, timestamp: str, body: bytes) -> str:
@@ -35,54 +47,48 @@ class WebhookTargetWriter:
         return Snapshot(fingerprints={name: recorded.get(name) for name in names})  # a webhook cannot be read back
 
     def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
-        from azure.core import PipelineClient
-        from azure.core.exceptions import AzureError
-        from azure.core.pipeline.policies import HeadersPolicy
-        from azure.core.rest import HttpRequest
-
-        from core.retry import JitteredRetryPolicy
-
         payload: dict[str, Any] = {
             "env": env, "changed": sorted(change.writes), "removed": sorted(change.removals),
-            "fingerprint": self.ctx.fingerprinter.of_mapping({n: i.value for n, i in desired.items()}),
+            # Keyed for this target alone: equal bundles sent to two receivers carry unrelated fingerprints.
+            "fingerprint": self.ctx.fingerprinter.derive(f"target\0{self.ctx.name}").of_mapping({n: i.value for n, i in desired.items()}),
         }
         if self.config.payload == "bundle":
             payload["values"] = {name: item.value.reveal() for name, item in sorted(desired.items())}
         body = json.dumps(payload, sort_keys=True).encode()
         key = self.ctx.resolve_value(self.config.signing_key)
         timestamp = str(int(time.time()))
-        retry = JitteredRetryPolicy(retry_total=self.config.retries, retry_backoff_factor=0.5, timeout=max(30, self.config.timeout * (self.config.retries + 1)))
-        client: Any = PipelineClient(self.config.url, policies=[HeadersPolicy(), retry], transport=self.ctx.clients.transport())
-        request = HttpRequest("POST", self.config.url, content=body, headers={
+        headers = {
             "Content-Type": "application/json", "X-VaultRelay-Timestamp": timestamp,
-            "X-VaultRelay-Signature": signature(key, timestamp, body), "X-VaultRelay-Env": env,
-        })
-        host = urllib.parse.urlsplit(self.config.url).netloc
-        try:
-            response = client.send_request(request, timeout=self.config.timeout)
-        except AzureError as exc:
-            raise TargetError(f"target {self.ctx.name}: webhook {host} unreachable: {failure_cause(exc)}") from None
-        if not 200 <= response.status_code < 300:
-            raise TargetError(f"target {self.ctx.name}: webhook {host} answered HTTP {response.status_code}")
-        return PushResult(writes=1)
+            "X-VaultRelay-Signature": signature(key, timestamp, body), "X-VaultRelay-Env": env, "User-Agent": "vaultrelay",
+        }
+        timeout = float(self.config.timeout)
+        budget_ends = time.monotonic() + max(30.0, timeout * (self.config.retries + 1))
+        context = self.ctx.clients.https_context()
+        host = urllib.parse.urlsplit(self.config.url).netloc  # never the path or query: they may carry a token
+        problem = "webhook not called"
+        for attempt in range(self.config.retries + 1):
+            wait = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.5)  # jitter, not a secret
+            try:
+                answer = request("POST", self.config.url, body=body, headers=headers, deadline_s=timeout,
+                                 max_bytes=MAX_ANSWER_BYTES, ssl_context=context)
+            except BoundedHttpError as exc:
+                problem = (f"webhook {host} did not answer within {timeout:g} s (connect, send, headers and body)" if exc.kind == "timeout"
+                           else f"webhook {host} unreachable: {exc}")
+            else:
+                if 200 <= answer.status < 300:
+                    return PushResult(writes=1)
+                problem = f"webhook {host} answered HTTP {answer.status}"
+                if answer.status not in RETRY_STATUSES:
+                    break
+                wait = max(wait, _retry_after(answer.headers.get("retry-after")))
+            if attempt == self.config.retries or time.monotonic() + wait + timeout > budget_ends:
+                break
+            time.sleep(wait)
+        raise TargetError(f"target {self.ctx.name}: {problem}")
 
 
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
-_SSL = re.compile(r"\[SSL: ([A-Z_]+)\]|(CERTIFICATE_VERIFY_FAILED|certificate verify failed[^'\")]*)")
-
-
-def failure_cause(exc: BaseException) -> str:
-    """Why a request failed, in a few words (`ServiceRequestError: Connection refused`): the
-    socket or TLS error inside the exception, never the URL (its path or query may carry a token)."""
-    text = str(getattr(exc, "message", None) or exc)
-    for pattern in (_SSL, _ERRNO):
-        match = pattern.search(text)
-        if match:
-            return f"{type(exc).__name__}: {next(g for g in match.groups() if g).strip()}"
-    lowered = text.lower()
-    for needle, cause in (("timed out", "timed out"), ("timeout", "timed out"), ("connection aborted", "connection aborted"),
-                          ("remotedisconnected", "the server closed the connection"), ("connection reset", "connection reset"),
-                          ("too many redirects", "too many redirects")):
-        if needle in lowered:
-            return f"{type(exc).__name__}: {cause}"
-    return type(exc).__name__
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 0.0  # an HTTP date: the exponential wait then

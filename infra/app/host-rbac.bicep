@@ -1,6 +1,6 @@
 // Roles the Function app's identity needs on the resources this deployment creates: the
 // Functions host's AzureWebJobsStorage (blobs incl. deployment packages, queues), vaultrelay's
-// state tables, telemetry, and vaultrelay's own Key Vault.  Role ids as in core/azure_roles.py.
+// state tables, telemetry, and vaultrelay's state vault.  Role ids as in core/azure_roles.py.
 
 @description('Object (principal) id of the Function app\'s identity.')
 param principalId string
@@ -11,8 +11,8 @@ param storageAccountName string
 @description('The Application Insights component.')
 param appInsightsName string
 
-@description('vaultrelay\'s own Key Vault (empty: none was created).')
-param keyVaultName string = ''
+@description('vaultrelay\'s state vault (empty: none was created).  The app\'s identity is the only principal with a role on it.')
+param stateVaultName string = ''
 
 // Storage Blob Data Owner
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -59,10 +59,10 @@ resource telemetryAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 }
 
-module ownVaultAccess 'rbac-keyvault.bicep' = if (!empty(keyVaultName)) {
-  name: 'vaultrelay-own-vault-rbac'
+module ownVaultAccess 'rbac-keyvault.bicep' = if (!empty(stateVaultName)) {
+  name: 'vaultrelay-state-vault-rbac'
   params: {
-    vaultName: keyVaultName
+    vaultName: stateVaultName
     principalId: principalId
     roleDefinitionIds: [
       keyVaultSecretsOfficer

@@ -25,6 +25,9 @@ param cosmosAccounts array = []
 @description('See main.bicep webAppType.')
 param webApps array = []
 
+@description('See main.bicep sqlServerType.')
+param sqlServers array = []
+
 @description('The container of the VAULTRELAY_CONFIG blob (main.bicep configBlobContainer; at most one entry): read with the app\'s identity.')
 param configContainers array = []
 
@@ -44,12 +47,16 @@ var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 // Storage Blob Data Reader
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
-// vaultrelay Cosmos DB Key Operator (custom role, app/cosmos-role.bicep)
+// vaultrelay Cosmos DB Key Reader (custom role, app/custom-roles.bicep)
+var cosmosKeyReader = '3b7a5e1c-2d4f-4a8b-9c6e-0f1a2b3c4d5e'
+// vaultrelay Cosmos DB Key Operator (custom role, app/custom-roles.bicep)
 var cosmosKeyOperator = '7e0b1c2a-9f4d-5c3b-8a6e-1d2f3a4b5c6d'
 // Cosmos DB Account Reader Role
 var cosmosAccountReader = 'fbdf93bf-df7d-467e-a4d2-9458aa1360c8'
-// Website Contributor
-var websiteContributor = 'de139f84-1756-47ae-9be6-808fbbe84772'
+// vaultrelay App Settings Writer (custom role, app/custom-roles.bicep)
+var appSettingsWriter = '9d2c4b6a-1e3f-4c5d-8e7f-6a5b4c3d2e1f'
+// SQL Server Contributor
+var sqlServerContributor = '6d8ee4ec-f05a-4a1d-8b00-a9b17e38b437'
 
 // Deployment names in the target resource groups: unique per vaultrelay deployment.
 var deploymentSuffix = uniqueString(resourceGroup().id)
@@ -61,7 +68,8 @@ var delegationAccounts = filter(storageAccounts, s => (s.?userDelegationSas ?? f
 var tableAccounts = filter(storageAccounts, s => (s.?tableData ?? false))
 var writeContainers = filter(blobContainers, c => (c.?write ?? false))
 var readContainers = filter(blobContainers, c => !(c.?write ?? false))
-var cosmosKeyAccounts = filter(cosmosAccounts, c => (c.?keys ?? true) || (c.?rotate ?? false))
+var cosmosKeyAccounts = filter(cosmosAccounts, c => (c.?keys ?? true) && !(c.?rotate ?? false))
+var cosmosRotateAccounts = filter(cosmosAccounts, c => (c.?rotate ?? false))
 var cosmosReadOnlyAccounts = filter(cosmosAccounts, c => (c.?readOnlyKeys ?? false))
 
 module secretVaultAccess 'rbac-keyvault.bicep' = [for (v, i) in secretVaults: {
@@ -184,6 +192,18 @@ module cosmosKeyAccess 'rbac-cosmos.bicep' = [for (c, i) in cosmosKeyAccounts: {
     accountName: c.name
     principalId: c.?principalId ?? principalId
     roleDefinitionIds: [
+      cosmosKeyReader
+    ]
+  }
+}]
+
+module cosmosRotateAccess 'rbac-cosmos.bicep' = [for (c, i) in cosmosRotateAccounts: {
+  name: take('vr-cosmos-rotate-${deploymentSuffix}-${i}', 64)
+  scope: resourceGroup(c.?subscriptionId ?? subscription().subscriptionId, c.resourceGroup)
+  params: {
+    accountName: c.name
+    principalId: c.?principalId ?? principalId
+    roleDefinitionIds: [
       cosmosKeyOperator
     ]
   }
@@ -208,7 +228,19 @@ module webAppAccess 'rbac-site.bicep' = [for (w, i) in webApps: {
     siteName: w.name
     principalId: w.?principalId ?? principalId
     roleDefinitionIds: [
-      websiteContributor
+      appSettingsWriter
+    ]
+  }
+}]
+
+module sqlServerAccess 'rbac-sql.bicep' = [for (q, i) in sqlServers: {
+  name: take('vr-sql-${deploymentSuffix}-${i}', 64)
+  scope: resourceGroup(q.?subscriptionId ?? subscription().subscriptionId, q.resourceGroup)
+  params: {
+    serverName: q.name
+    principalId: q.?principalId ?? principalId
+    roleDefinitionIds: [
+      sqlServerContributor
     ]
   }
 }]

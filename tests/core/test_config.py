@@ -650,3 +650,120 @@ def test_a_string_key_takes_the_text_written_when_yaml_reads_a_number() -> None:
     ref = loaded.config.envs["e"]["A"].from_
     assert ref is not None and (ref.version, ref.secret) == (version, "2024")
     assert problems("? [k]\n: v\n")[0].startswith("vaultrelay.yaml:1: not valid YAML")
+def test_tagged_secrets_need_an_allow_list_of_accounts() -> None:
+    """rotation.tagged_secrets: each entry lists the accounts its secrets may name (nothing is
+    rotated without one); entries are exact resource ids or type/name/resource_group."""
+    sub = "/subscriptions/s1/resourceGroups/rg/providers"
+    found = problems(f"""
+        version: 1
+        secretStores:
+          s: {{type: azure.managed_identity}}
+        state: {{store: s, account: acct}}
+        rotation:
+          tagged_secrets:
+            - {{vault: kv-one, store: s}}
+            - vault: kv-two
+              store: s
+              accounts: []
+            - vault: kv-three
+              store: s
+              accounts:
+                - {sub}/Microsoft.KeyVault/vaults/kv-one
+                - {sub}/Microsoft.Storage/storageAccounts/acct/blobServices/default
+                - {{type: storage, name: acct}}
+                - {{id: {sub}/Microsoft.Sql/servers/q, name: q}}
+                - {{type: cosmosdb, name: rg/c, resource_group: rg}}
+                - {{type: sql, name: q, resource_group: rg, secrets: []}}
+                - {{type: sql, name: q, resource_group: rg, secrets: [not_a_name]}}
+    """)
+    assert found == [
+        "vaultrelay.yaml:8: rotation.tagged_secrets[0].accounts: missing required key 'accounts': list the storage accounts, "
+        "Cosmos DB accounts and SQL servers this vault's secrets may name in ProviderAddress (resource ids, or "
+        "type/name/resource_group); nothing is rotated without it (docs/config.md)",
+        "vaultrelay.yaml:11: rotation.tagged_secrets[1].accounts: List should have at least 1 item after validation, not 0",
+        f"vaultrelay.yaml:15: rotation.tagged_secrets[2].accounts[0]: '{sub}/Microsoft.KeyVault/vaults/kv-one' is not the ARM "
+        "resource id of a storage account, Cosmos DB account or SQL server (/subscriptions/<id>/resourceGroups/<group>/providers/"
+        "Microsoft.Storage/storageAccounts/<name>)",
+        f"vaultrelay.yaml:16: rotation.tagged_secrets[2].accounts[1]: '{sub}/Microsoft.Storage/storageAccounts/acct/blobServices/"
+        "default' is not the ARM resource id of a storage account, Cosmos DB account or SQL server (/subscriptions/<id>/"
+        "resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>)",
+        "vaultrelay.yaml:17: rotation.tagged_secrets[2].accounts[2]: an accounts entry is a resource id or has type, name and "
+        "resource_group (missing resource_group)",
+        "vaultrelay.yaml:18: rotation.tagged_secrets[2].accounts[3]: give either id or type/name/resource_group, not both (got id and name)",
+        "vaultrelay.yaml:19: rotation.tagged_secrets[2].accounts[4]: name 'rg/c' is a name, not a path",
+        "vaultrelay.yaml:20: rotation.tagged_secrets[2].accounts[5].secrets: List should have at least 1 item after validation, not 0",
+        "vaultrelay.yaml:21: rotation.tagged_secrets[2].accounts[6].secrets[0]: invalid value: " + found[-1].split("invalid value: ", 1)[1],
+    ]
+
+
+def test_accounts_entries_match_whole_resource_ids_only() -> None:
+    from core.config.model import RotatedAccount
+
+    by_id = RotatedAccount.model_validate("/subscriptions/S1/resourceGroups/RG/providers/microsoft.storage/storageaccounts/Acct")
+    assert by_id.resource_key(None) == ("storage", "s1", "rg", "acct")
+    by_name = RotatedAccount.model_validate({"type": "cosmosdb", "name": "Cos", "resource_group": "rg", "secrets": ["Key-A"]})
+    assert by_name.resource_key("S2") == ("cosmos", "s2", "rg", "cos")
+    assert by_name.resource_key(None) is None  # no subscription known: matches nothing
+    assert RotatedAccount.model_validate({"type": "sql", "name": "q", "resource_group": "rg", "subscription": "s3"}).resource_key("s2") == (
+        "sql", "s3", "rg", "q")
+    assert by_name.admits("key-a") and not by_name.admits("key-b") and by_id.admits("anything")
+
+
+def test_the_state_vault_is_never_handed_to_others() -> None:
+    """state.vault keeps user delegation keys, the fingerprint key and minted SAS tokens: validate
+    refuses it as a Key Vault target's vault (either mode), as a vault envs read (through either
+    store type) or as a tagged-rotation vault; and the fingerprint key may not sit in a vault a
+    target writes, nor be read by an env."""
+    found = problems("""
+        version: 1
+        secretStores:
+          azure: {type: azure.managed_identity}
+          kvs: {type: azure.keyvault, vault_name: kv-state, auth: {client_id: a, client_secret: b, tenant_id: c}}
+        envs:
+          app:
+            A: {from: {store: azure, vault: KV-STATE, secret: vr-udk-x}}
+            B: {from: {store: kvs, secret: y}}
+            C: {from: {store: azure, vault: kv-keys, secret: fp}}
+            D: {from: {store: azure, vault: kv-source, secret: fine}}
+        targets:
+          bundle: {type: keyvault, env: app, store: azure, vault: kv-state, mode: bundle}
+          each: {type: keyvault, env: app, store: azure, vault: Kv-State, prefix: x-}
+          keys: {type: keyvault, env: app, store: azure, vault: kv-keys, prefix: y-}
+          ok: {type: keyvault, env: app, store: azure, vault: kv-out}
+        rotation:
+          tagged_secrets:
+            - {vault: kv-state, store: azure, accounts: [/subscriptions/s/resourceGroups/r/providers/Microsoft.Sql/servers/q]}
+        state:
+          store: azure
+          account: acct
+          vault: kv-state
+          fingerprint_key: {from: {store: azure, vault: kv-keys, secret: fp}}
+    """)
+    state = "user delegation keys, the fingerprint key, minted SAS tokens"
+    reading = ("which keeps user delegation keys, the fingerprint key and minted SAS tokens: an env reading it hands them to whoever "
+               "fetches the env or reads its targets; keep state in a vault of its own")
+    own = "keep state in a vault of its own, readable by vaultrelay's identity only"
+    assert found == [
+        f"vaultrelay.yaml:8: envs.app.A.from.vault: vault KV-STATE is state.vault, {reading}",
+        f"vaultrelay.yaml:9: envs.app.B.from.vault: vault kv-state is state.vault, {reading}",
+        "vaultrelay.yaml:10: envs.app.C.from.vault: this is the fingerprint key (state.fingerprint_key): an env must not read it",
+        f"vaultrelay.yaml:13: targets.bundle.vault: vault kv-state is state.vault ({state}) and a Key Vault target's vault, which the "
+        f"target's readers may read: {own}",
+        f"vaultrelay.yaml:14: targets.each.vault: vault Kv-State is state.vault ({state}) and a Key Vault target's vault, which the "
+        f"target's readers may read: {own}",
+        f"vaultrelay.yaml:19: rotation.tagged_secrets[0].vault: vault kv-state is state.vault ({state}) and a vault under tagged rotation, "
+        f"whose secrets' writers and consumers work there: {own}",
+        "vaultrelay.yaml:24: state.fingerprint_key.from.vault: the fingerprint key is kept in vault kv-keys, which targets.keys.vault "
+        "exposes: its readers could test guesses against the fingerprint tags; keep it in state.vault or another vault only vaultrelay reads",
+    ]
+    # The fingerprint key in the state vault, and a target elsewhere: fine.
+    parse("""
+        version: 1
+        secretStores:
+          azure: {type: azure.managed_identity}
+        envs:
+          app: {A: {from: {store: azure, vault: kv-source, secret: a}}}
+        targets:
+          out: {type: keyvault, env: app, store: azure, vault: kv-out}
+        state: {store: azure, account: acct, vault: kv-state, fingerprint_key: {from: {store: azure, vault: kv-state, secret: fp}}}
+    """)

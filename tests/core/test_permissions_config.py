@@ -26,7 +26,9 @@ def roles_by_scope(report: object) -> dict[tuple[str, str, str], tuple[str, ...]
 
 def test_least_roles_drops_roles_another_chosen_role_covers() -> None:
     assert least_roles([*MATRIX["source:keyvault_secret"], *MATRIX["target:keyvault"]]) == ("Key Vault Secrets Officer",)
-    assert least_roles([*MATRIX["source:cosmos_readonly_key"], *MATRIX["source:cosmos_key"]]) == ("vaultrelay Cosmos DB Key Operator",)
+    assert least_roles([*MATRIX["source:cosmos_readonly_key"], *MATRIX["source:cosmos_key"]]) == ("vaultrelay Cosmos DB Key Reader",)
+    assert least_roles([*MATRIX["source:cosmos_connection_string"], *MATRIX["rotate:cosmos_key"]]) == ("vaultrelay Cosmos DB Key Operator",)
+    assert least_roles(MATRIX["source:cosmos_connection_string"]) == ("vaultrelay Cosmos DB Key Reader",)
     assert least_roles(MATRIX["source:cosmos_readonly_key"]) == ("Cosmos DB Account Reader Role",)
     storage = least_roles([*MATRIX["source:storage_key"], *MATRIX["source:sas_user_delegation_read"][:1]])
     assert storage == ("Storage Account Key Operator Service Role", "Storage Blob Delegator")
@@ -39,13 +41,14 @@ def test_example_config_needs() -> None:
     got = roles_by_scope(report)
     data = f"user-assigned:client_id={DATA_ID}"
     assert got[("system-assigned", "vault", "kv-source")] == ("Key Vault Secrets User",)
-    assert got[("system-assigned", "vault", "kv-target")] == ("Key Vault Secrets Officer",)  # target + state.vault
+    assert got[("system-assigned", "vault", "kv-target")] == ("Key Vault Secrets Officer",)  # the target
+    assert got[("system-assigned", "vault", "kv-state")] == ("Key Vault Secrets Officer",)  # state.vault, a vault of its own
     assert got[(data, "vault", "kv-shared")] == ("Key Vault Secrets User",)
     assert got[("system-assigned", "storage", "sandboxstore")] == ("Storage Account Key Operator Service Role", "Storage Blob Delegator")
     assert got[("system-assigned", "container", "sandboxstore/uploads")] == ("Storage Blob Data Contributor",)  # rcw
     assert got[("system-assigned", "container", "sandboxdata/bundles")] == ("Storage Blob Data Contributor",)
-    assert got[("system-assigned", "cosmos", "sandbox-cosmos")] == ("vaultrelay Cosmos DB Key Operator",)
-    assert got[("system-assigned", "site", "sandbox-web")] == ("Website Contributor",)
+    assert got[("system-assigned", "cosmos", "sandbox-cosmos")] == ("vaultrelay Cosmos DB Key Reader",)  # a connection string: no regeneration
+    assert got[("system-assigned", "site", "sandbox-web")] == ("vaultrelay App Settings Writer",)
     assert got[("system-assigned", "table", "sandboxstore")] == ("Storage Table Data Contributor",)
     locate = next(g for g in report.grants if g.scope.kind == "subscription")
     assert locate.optional and locate.roles == ("Reader",)
@@ -193,21 +196,33 @@ envs:
     assert document["parameters"]["additionalUserAssignedIdentityIds"]["value"] == []
 
 
-def test_tagged_secret_rotation_needs_secrets_officer_on_the_vault_and_says_what_else() -> None:
+def test_tagged_secret_rotation_needs_secrets_officer_on_the_vault_and_the_rotating_role_on_each_listed_account() -> None:
     text = """
 version: 1
 secretStores:
-  azure: {type: azure.managed_identity}
+  azure: {type: azure.managed_identity, default_subscription: s0}
 state: {store: azure, account: stateacct}
 rotation:
   tagged_secrets:
-    - {vault: kv-rotated, store: azure}
+    - vault: kv-rotated
+      store: azure
+      accounts:
+        - /subscriptions/s1/resourceGroups/rg1/providers/Microsoft.Storage/storageAccounts/st1
+        - {type: cosmosdb, name: cdb, resource_group: rg2}
+        - {type: sql, name: sql1, resource_group: rg3, subscription: s3}
 envs: {}
 """
     report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
     grant = next(g for g in report.grants if g.scope.kind == "vault" and g.scope.name == "kv-rotated")
     assert grant.roles == ("Key Vault Secrets Officer",) and list(grant.capabilities) == ["rotation:tagged"]
-    assert any("ProviderAddress" in note and "Storage Account Key Operator Service Role" in note and "SQL Server Contributor" in note
-               for note in report.notes)
+    accounts = {(g.scope.kind, g.scope.name, g.scope.subscription, g.scope.resource_group): g.roles for g in report.grants
+                if g.scope.kind in ("storage", "cosmos", "sql")}
+    assert accounts == {
+        ("storage", "st1", "s1", "rg1"): ("Storage Account Key Operator Service Role",),
+        ("cosmos", "cdb", "s0", "rg2"): ("vaultrelay Cosmos DB Key Operator",),
+        ("sql", "sql1", "s3", "rg3"): ("SQL Server Contributor",),
+    }
+    assert not any(g.optional for g in report.grants)  # every listed account names its resource group
+    assert not report.notes
     # Planning one env's needs leaves the whole-config rotation out.
     assert not any(g.scope.name == "kv-rotated" for g in compute_permissions(parse_config(text, "t.yaml", environ={}), envs=[], environ={}).grants)

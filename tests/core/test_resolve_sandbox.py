@@ -595,7 +595,8 @@ def test_account_lookup_resource_group_and_resources_override(
                                 "(denied: Microsoft.Storage/storageAccounts/read)")
     by_endpoint = sandbox.counters()["by_endpoint_status"]
     assert by_endpoint.get("arm:ListStorage:403") == 1  # one lookup per account per run, shared
-    assert by_endpoint.get("arm:StorageListKeys:200") == 2  # one per store (each store has its own run state)
+    # One for both stores: they have the same identity, and a listing is kept per identity (core.sources.listed_keys).
+    assert by_endpoint.get("arm:StorageListKeys:200") == 1
 
     # With Reader on the subscription the lookup works, once per account and run.
     temporary_grant("app", "Reader", f"/subscriptions/{sandbox.subscription_id}")

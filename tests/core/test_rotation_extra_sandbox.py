@@ -104,8 +104,8 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     """
     first = world.engine(body)
     identity = f"azure:{first.broker.store('azure').identity_description}"
-    kept = StoredDelegationKeys.secret_name("sandboxstore", identity)
-    vault = world.target  # the config's state.vault
+    kept = StoredDelegationKeys.secret_name("sandboxstore", identity, timedelta(hours=1))
+    vault = world.state_vault  # the config's state.vault
     # Whatever earlier tests kept for this identity: make it one that runs out in 5 minutes.
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
@@ -115,7 +115,8 @@ def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry key was renewed
     stored = vault.get_secret(kept)
     expiry = datetime.fromisoformat(stored.properties.tags["signed-expiry"].replace("Z", "+00:00"))
-    assert timedelta(days=6) < expiry - datetime.now(UTC) <= timedelta(days=7)
+    # The key ends shortly after the 1-hour SAS it signs (10 % of its lifetime), not days later.
+    assert timedelta(hours=1) <= expiry - datetime.now(UTC) <= timedelta(hours=1, minutes=6)
     assert stored.properties.expires_on is not None and abs(stored.properties.expires_on - expiry) < timedelta(seconds=2)
     assert stored.properties.content_type == "application/x-user-delegation-key"
     assert sas_lists(sandbox, "sandboxstore", container, world.target.get_secret(f"vr-{world.tag}-ud-sas").value or "") == ["hello.txt"]
@@ -142,9 +143,10 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     """
     config = write_config(world, body, tmp_path)
     engine = world.engine(body)
-    kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}")
+    kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}",
+                                            timedelta(hours=1))
     near = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    world.target.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
+    world.state_vault.set_secret(kept, json.dumps({"signed_expiry": near, "value": "bm90LWEta2V5"}), tags={"managed-by": "vaultrelay"})
 
     sandbox.reset_counters()
     resolve = run_cli(sandbox_process, config, "resolve", "--env", "app", "--format", "json", "--reveal")
@@ -152,7 +154,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     assert resolve.returncode == 0, err.decode()
     first = json.loads(out)["UD_SAS"]
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the near-expiry kept key was renewed
-    renewed = world.target.get_secret(kept)
+    renewed = world.state_vault.get_secret(kept)
 
     time.sleep(1.1)  # SAS times have one-second resolution
     run = run_cli(sandbox_process, config, "exec", "--env", "app", "--", sys.executable, "-c", "import os; print(os.environ['UD_SAS'])")
@@ -160,7 +162,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     assert run.returncode == 0, err.decode()
     second = out.decode().strip()
     assert delegation_key_requests(sandbox) == 1, sandbox.counters()["by_endpoint"]  # the kept key signed it
-    assert world.target.get_secret(kept).properties.version == renewed.properties.version
+    assert world.state_vault.get_secret(kept).properties.version == renewed.properties.version
     assert first != second
     for token in (first, second):
         assert sas_lists(sandbox, "sandboxstore", container, token) == ["hello.txt"]

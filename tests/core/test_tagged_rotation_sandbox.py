@@ -63,8 +63,16 @@ class Tagged:
         sandbox.grant("system", "Key Vault Secrets Officer", scope)
         sandbox.grant("admin", "Key Vault Secrets Officer", scope)
         self.client = SecretClient(sandbox.vault_url(self.vault), world.admin)
+        # rotation.tagged_secrets[0].accounts: what the config lets this vault's secrets name.
+        self.accounts: list[str] = []
 
-    def seed(self, name: str, value: str, credential_id: str, provider: str, *, expires_in: timedelta, validity_days: str = "60") -> Any:
+    def seed(self, name: str, value: str, credential_id: str, provider: str, *, expires_in: timedelta, validity_days: str = "60",
+             listed: bool = True) -> Any:
+        """A secret tagged like the samples; `listed`: the config lists its ProviderAddress (if it is a kind vaultrelay rotates)."""
+        rotated = any(f"/providers/{kind}/".lower() in provider.lower()
+                      for kind in ("Microsoft.Storage/storageAccounts", "Microsoft.DocumentDB/databaseAccounts", "Microsoft.Sql/servers"))
+        if listed and rotated and provider not in self.accounts:
+            self.accounts.append(provider)
         return self.client.set_secret(name, value, expires_on=datetime.now(UTC) + expires_in, content_type="text/plain", tags={
             "CredentialId": credential_id, "ProviderAddress": provider, "ValidityPeriodDays": validity_days})
 
@@ -78,10 +86,12 @@ class Tagged:
         targets:
           vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
 """
+        accounts = ", ".join(self.accounts or [f"/subscriptions/{self.world.sandbox.subscription_id}/resourceGroups/none/providers/"
+                                                 f"Microsoft.Storage/storageAccounts/nothing{self.world.tag}"])
         return f"""
         rotation:
           tagged_secrets:
-            - {{vault: {self.vault}, store: azure}}
+            - {{vault: {self.vault}, store: azure, accounts: [{accounts}]}}
 {env}"""
 
     def engine(self, env_secret: str | None = None) -> SyncEngine:
@@ -516,3 +526,195 @@ def test_a_sql_credential_id_that_is_not_the_server_login_is_a_warning(world: Wo
     (report,) = KeyRotation(tagged.engine()).rotate()
     assert report.outcome == "unsupported" and "administrator login" in (report.error or ""), report
     assert sql_updates(sandbox) == 0 and len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 1
+
+
+# ---- the confused deputy: ProviderAddress is written by whoever may write the secret ---------
+def arm_calls_to(sandbox: SandboxClient, account: str) -> int:
+    return int(sandbox.counters()["by_target"].get(f"arm:{account.lower()}", 0))
+
+
+def secret_writer(world: World, tagged: Tagged, name: str) -> SecretClient:
+    """A principal that may write exactly one secret of the watched vault (Key Vault Secrets
+    Officer scoped to that secret) and has no role on any account: the attacker."""
+    sandbox = world.sandbox
+    tagged.client.set_secret(name, "the team's own value")  # the secret exists: RBAC scopes name existing objects
+    attacker = sandbox.create_identity(f"attacker-{world.tag}-{name}")
+    sandbox.grant(attacker.name, "Key Vault Secrets Officer", f"{sandbox.resource_id('vault', tagged.vault)}/secrets/{name}")
+    return SecretClient(sandbox.vault_url(tagged.vault), sandbox.credential(attacker.name))
+
+
+def tag_as(client: SecretClient, name: str, credential_id: str, provider: str, *, expires_in: timedelta) -> Any:
+    return client.set_secret(name, "placeholder", expires_on=datetime.now(UTC) + expires_in, tags={
+        "CredentialId": credential_id, "ProviderAddress": provider, "ValidityPeriodDays": "1"})
+
+
+def test_a_secret_naming_an_account_the_config_does_not_list_is_refused_and_the_account_left_alone(
+    world: World, tagged: Tagged, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The attack of issue 14: a principal with write on one secret of a watched vault tags it with
+    the resource id of an account (storage, Cosmos DB, SQL server) vaultrelay's identity may manage
+    but the config does not list for that vault.  Timer, event and forced CLI rotation all refuse:
+    no ARM call reaches the account, no key or password lands in the secret, status names it."""
+    caplog.set_level(logging.DEBUG)
+    sandbox = world.sandbox
+    listed = fresh_account(sandbox, world.tag)
+    listed_keys = storage_keys(sandbox, listed)
+    tagged.seed("real-key", listed_keys["key1"], "key1", sandbox.resource_id("storage", listed), expires_in=timedelta(days=3))
+    victim = fresh_account(sandbox, f"v{world.tag}"[:9])
+    victim_cosmos = fresh_cosmos_account(sandbox, f"v{world.tag}")
+    victim_sql, victim_password = new_sql_server(sandbox, f"v{world.tag}")
+    victim_keys = storage_keys(sandbox, victim)
+    cosmos_before = cosmos_keys(sandbox, victim_cosmos)
+
+    attacker = secret_writer(world, tagged, "mine")
+    # The attacker may not read the victim's keys itself ...
+    attacker_arm = StorageManagementClient(sandbox.credential(f"attacker-{world.tag}-mine"), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
+    with pytest.raises(HttpResponseError) as denied:
+        attacker_arm.storage_accounts.list_keys(sandbox.resource_group, victim)
+    assert denied.value.status_code == 403
+    subscription, group = sandbox.subscription_id, sandbox.resource_group
+    listed_id = sandbox.resource_id("storage", listed)
+    addresses = {
+        "storage": ("key1", sandbox.resource_id("storage", victim)),
+        "cosmos": ("Primary", sandbox.resource_id("cosmos", victim_cosmos)),
+        "sql": (SQL_LOGIN, sandbox.resource_id("sql", victim_sql)),
+        # near misses of the listed account: never matched by name alone, by suffix or by kind
+        "other-group": ("key1", listed_id.replace(f"/resourceGroups/{group}/", "/resourceGroups/elsewhere/")),
+        "other-subscription": ("key1", listed_id.replace(f"/subscriptions/{subscription}/", "/subscriptions/00000000-0000-0000-0000-0000000000ff/")),
+        "other-kind": ("Primary", listed_id.replace("Microsoft.Storage/storageAccounts", "Microsoft.DocumentDB/databaseAccounts")),
+        "longer-name": ("key1", listed_id + "x"),
+        "nested": ("key1", f"{listed_id}/providers/Microsoft.Storage/storageAccounts/{victim}"),
+    }
+    # The listed account's own secret rotates as before (and is not due again in the loop below).
+    (real,) = KeyRotation(tagged.engine()).rotate(f"tagged:{tagged.vault}/real-key")
+    assert (real.outcome, real.new_active) == ("rotated", "key2"), real
+    reports: dict[str, Any] = {}
+    for case, (credential_id, address) in addresses.items():
+        # ... so it tags its one secret with the account's resource id, already expired.
+        planted = tag_as(attacker, "mine", credential_id, address, expires_in=-timedelta(hours=1))
+        sandbox.reset_counters()
+        timer = {r.name: r for r in KeyRotation(tagged.engine()).rotate()}
+        event = KeyVaultEvents(tagged.engine()).handle(expired(tagged.vault, "mine", planted.properties.version))
+        (forced,) = KeyRotation(tagged.engine()).rotate(f"tagged:{tagged.vault}/mine", force=True)
+        reports[case] = timer[f"tagged:{tagged.vault}/mine"]
+        assert reports[case].outcome == "unsupported" and forced.outcome == "unsupported", (case, reports[case], forced)
+        assert "does not list" in (reports[case].error or "") or case == "nested", (case, reports[case])
+        assert event.outcome == "warning" and "mine" in event.detail, (case, event)
+        counters = sandbox.counters()["by_endpoint"]
+        assert not any("regenerate" in k.lower() or k == "arm:PatchSql" for k in counters), (case, counters)
+        for account in (victim, victim_cosmos, victim_sql, listed):
+            assert arm_calls_to(sandbox, account) == 0, (case, account)
+        current = attacker.get_secret("mine")
+        assert current.properties.version == planted.properties.version and current.value == "placeholder", case
+        # Status names the secret and says why.
+        warnings = {r["name"]: r["detail"] for r in tagged.engine().rotation_status() if r["kind"] == "warning"}
+        assert warnings[f"{tagged.vault}:mine"].startswith(f"{tagged.vault}/mine: "), (case, warnings)
+        assert "not touched" in warnings[f"{tagged.vault}:mine"] or case == "nested", (case, warnings)
+
+    # Nothing changed on the accounts, no key or password reached the secret's versions.
+    assert storage_keys(sandbox, victim) == victim_keys
+    assert cosmos_keys(sandbox, victim_cosmos).as_dict() == cosmos_before.as_dict()
+    assert signs_in(sandbox, victim_sql, victim_password)
+    secrets_ever = {attacker.get_secret("mine", v.version).value for v in attacker.list_properties_of_secret_versions("mine")}
+    assert secrets_ever == {"the team's own value", "placeholder"}
+    rotated = tagged.client.get_secret("real-key")
+    assert rotated.properties.tags["CredentialId"] == "key2" and digest(rotated.value) == digest(storage_keys(sandbox, listed)["key2"])
+    assert not leaks(caplog.text, SecretValue(victim_keys["key1"]), SecretValue(victim_keys["key2"]), victim_password)
+
+
+def test_an_account_listed_for_some_secrets_is_refused_to_the_others(world: World, tagged: Tagged) -> None:
+    """`secrets:` on an accounts entry: another secret of the same vault naming that account (a
+    writer of one secret reaching for the key another secret holds) is refused."""
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    address = sandbox.resource_id("storage", account)
+    keys = storage_keys(sandbox, account)
+    tagged.seed("real-key", keys["key1"], "key1", address, expires_in=timedelta(days=3), listed=False)
+    attacker = secret_writer(world, tagged, "mine")
+    tag_as(attacker, "mine", "key2", address, expires_in=-timedelta(hours=1))
+    body = tagged.body().replace(f"accounts: [{tagged.accounts[0] if tagged.accounts else ''}", "accounts: [")  # no plain entries
+    body = body.replace("accounts: [", f"accounts: [{{id: {address}, secrets: [REAL-KEY]}}, ", 1)
+
+    sandbox.reset_counters()
+    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(world.engine(body)).rotate()}
+    assert reports["mine"].outcome == "unsupported" and "not for this secret" in (reports["mine"].error or ""), reports["mine"]
+    assert (reports["real-key"].outcome, reports["real-key"].new_active) == ("rotated", "key2"), reports["real-key"]
+    assert regenerations(sandbox, account) == 1  # the real one only
+    assert attacker.get_secret("mine").value == "placeholder"
+
+
+def test_provider_address_is_checked_again_under_the_lease(world: World, tagged: Tagged) -> None:
+    """A writer who swaps ProviderAddress between vaultrelay's first read (a listed account) and its
+    read under the lease does not get the swapped-in account rotated."""
+    from core.engine.tagged_rotation import TaggedSecretRotation
+
+    sandbox = world.sandbox
+    listed = fresh_account(sandbox, world.tag)
+    victim = fresh_account(sandbox, f"v{world.tag}"[:9])
+    keys = storage_keys(sandbox, listed)
+    tagged.seed("swapped", keys["key1"], "key1", sandbox.resource_id("storage", listed), expires_in=timedelta(days=3))
+    victim_keys = storage_keys(sandbox, victim)
+
+    class SwapAfterFirstRead(TaggedSecretRotation):
+        reads = 0
+
+        def current(self, vault: str, name: str) -> Any:
+            found = super().current(vault, name)
+            self.reads += 1
+            if self.reads == 1:
+                tagged.seed(name, "placeholder", "key1", sandbox.resource_id("storage", victim), expires_in=timedelta(days=3), listed=False)
+            return found
+
+    sandbox.reset_counters()
+    rotation = SwapAfterFirstRead(tagged.engine())
+    report = rotation.rotate_secret(tagged.vault, "swapped", force=True)
+    assert rotation.reads == 2 and report.outcome == "unsupported" and victim in (report.error or ""), report
+    assert arm_calls_to(sandbox, victim) == 0 and arm_calls_to(sandbox, listed) == 0
+    assert storage_keys(sandbox, victim) == victim_keys and storage_keys(sandbox, listed) == keys
+    assert tagged.client.get_secret("swapped").value == "placeholder"
+
+
+def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: World, tagged: Tagged) -> None:
+    """A fresh identity holding exactly what `plan --permissions` computes for a tagged_secrets
+    entry (Key Vault Secrets Officer on the vault, and per listed account the role that rotates it:
+    no DocumentDB Account Contributor) rotates a storage key, a Cosmos DB key and a SQL password."""
+    import os
+
+    from core.config import parse_config
+    from core.engine.plan import Broker
+    from core.permissions import compute_permissions
+    from tests.infra.test_least_privilege_sandbox import scope_id
+
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    cosmos = fresh_cosmos_account(sandbox, world.tag)
+    server, initial = new_sql_server(sandbox, world.tag)
+    keys, cosmos_before = storage_keys(sandbox, account), cosmos_keys(sandbox, cosmos)
+    tagged.seed("st-key", keys["key1"], "key1", sandbox.resource_id("storage", account), expires_in=timedelta(days=2))
+    tagged.seed("cosmos-key", cosmos_before.primary_master_key, "Primary", sandbox.resource_id("cosmos", cosmos), expires_in=timedelta(days=2))
+    tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, sandbox.resource_id("sql", server), expires_in=timedelta(days=2))
+    rotator = sandbox.create_identity(f"lp-tagged-{world.tag}")
+    loaded = parse_config(f"""
+version: 1
+secretStores:
+  azure: {{type: azure.managed_identity}}
+  rot: {{type: azure.managed_identity, identity: {{type: user_assigned, client_id: {rotator.client_id}}}}}
+state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: t{world.tag}}}
+rotation:
+  tagged_secrets:
+    - {{vault: {tagged.vault}, store: rot, accounts: [{", ".join(tagged.accounts)}]}}
+""", "tagged.yaml", environ=os.environ)
+    report = compute_permissions(loaded, environ=os.environ)
+    needed = sorted((g.scope.kind, g.scope.name, role) for g in report.grants if g.identity.client_id == rotator.client_id for role in g.roles)
+    assert needed == [("cosmos", cosmos, "vaultrelay Cosmos DB Key Operator"), ("sql", server, "SQL Server Contributor"),
+                      ("storage", account, "Storage Account Key Operator Service Role"), ("vault", tagged.vault, "Key Vault Secrets Officer")]
+    for grant in report.grants:
+        if grant.identity.client_id == rotator.client_id:
+            for role in grant.roles:
+                sandbox.grant(rotator.name, role, scope_id(sandbox, grant.scope))
+
+    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(SyncEngine(Broker(loaded))).rotate()}
+    assert {name: r.outcome for name, r in reports.items()} == {"st-key": "rotated", "cosmos-key": "rotated", "sql-password": "rotated"}, reports
+    assert digest(tagged.client.get_secret("st-key").value) == digest(storage_keys(sandbox, account)["key2"])
+    assert digest(tagged.client.get_secret("cosmos-key").value) == digest(cosmos_keys(sandbox, cosmos).secondary_master_key)
+    assert signs_in(sandbox, server, value_of(tagged.client.get_secret("sql-password")))

@@ -133,11 +133,12 @@ def test_an_unreachable_blob_keeps_the_last_good_config_and_readiness_says_so(
     blob.upload_blob(config_text(seeded, tmp_path), overwrite=True)
     environ = {**os.environ, "VAULTRELAY_CONFIG": blob.url, "VAULTRELAY_CONFIG_RELOAD_SECONDS": str(INTERVAL_S)}
     token = seeded.issue_token("caller", AUDIENCE)
+    admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}  # readiness detail is for admins
     health = functions["health"].get_user_function()
     api = HttpApi(environ=environ, audit=MemoryAuditSink())
     with serving(api):
         assert get_env(functions, "production", token).status_code == 200
-        ready = health(request("GET", "/api/health", params={"deep": "1"}))
+        ready = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert ready.status_code == 200, ready.get_body()
         assert body_json(ready)["config_source"]["kind"] == "blob" and body_json(ready)["config"] == "ok"
 
@@ -145,7 +146,7 @@ def test_an_unreachable_blob_keeps_the_last_good_config_and_readiness_says_so(
         wait_interval()
         served = get_env(functions, "production", token)
         assert served.status_code == 200 and body_json(served)["LOG_LEVEL"] == "info"
-        stale = health(request("GET", "/api/health", params={"deep": "1"}))
+        stale = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         document = body_json(stale)
         assert stale.status_code == 503 and document["config"] == "stale"
         assert document["config_source"]["ok"] is False and "serving the version read earlier" in document["config_source"]["error"]
@@ -154,7 +155,7 @@ def test_an_unreachable_blob_keeps_the_last_good_config_and_readiness_says_so(
         seeded.clear_faults()
         wait_interval()
         assert get_env(functions, "production", token).status_code == 200
-        again = health(request("GET", "/api/health", params={"deep": "1"}))
+        again = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert again.status_code == 200 and body_json(again)["config_source"]["ok"] is True
     api.close()
 
@@ -171,7 +172,8 @@ def test_a_blob_that_cannot_be_read_at_start_is_503(
             api.context()
         assert missing in str(raised.value)
         not_ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}))
-        assert not_ready.status_code == 503 and body_json(not_ready)["config_source"]["ok"] is False
+        # no config, so no admin list: nobody learns more than the status (the log names the blob)
+        assert not_ready.status_code == 503 and body_json(not_ready) == {"status": "unavailable"}
     api.close()
 
 
@@ -207,7 +209,8 @@ def test_readiness_document_of_a_file_config_names_its_source(functions: dict[st
     path = write_config(tmp_path / "vaultrelay.yaml", seeded)
     api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
-        ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}))
+        admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}
+        ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert ready.status_code == 200
         assert json.loads(ready.get_body())["config_source"] == {"kind": "file", "ok": True}
     api.close()

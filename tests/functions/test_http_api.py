@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from dotenv import dotenv_values
 
 from core.api import FORBIDDEN_BODY, HttpApi
 from core.audit import MemoryAuditSink
@@ -248,7 +252,8 @@ def test_app_service_principal_headers_are_refused_in_bearer_mode(functions: dic
 @pytest.fixture(scope="module")
 def app_service_api(seeded: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
     config = write_config(tmp_path_factory.mktemp("easyauth") / "vaultrelay.yaml", seeded, auth_mode="app_service", audience=None)
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    # What App Service sets when its authentication module is on (and strips forged headers).
+    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
     yield api
     api.close()
 
@@ -320,7 +325,8 @@ def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: Http
     health = functions["health"].get_user_function()
     live = health(request("GET", "/api/health"))
     assert live.status_code == 200 and body_json(live) == {"status": "ok"}
-    deep = health(request("GET", "/api/health", params={"deep": "1"}))
+    admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}
+    deep = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
     assert deep.status_code == 200, deep.get_body()
     document = body_json(deep)
     assert document["status"] == "ok" and document["stores"]["azure"]["ok"] and document["stores"]["azure-data"]["ok"]
@@ -333,9 +339,101 @@ def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: Http
         "version: 1\nsecretStores:\n  ghost:\n    type: azure.managed_identity\n    identity:\n      type: user_assigned\n"
         "      client_id: 0badc0de-0000-4000-8000-000000000000\n"
         "envs:\n  e:\n    X:\n      from: {store: ghost, vault: kv-source, secret: api-key}\n"
+        f"api: {{audience: '{AUDIENCE}', admins: [{seeded.identities['admin'].object_id}]}}\n"
     )
     with serving(HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(broken)}, audit=MemoryAuditSink())) as other:
-        not_ready = health(request("GET", "/api/health", params={"deep": "1"}))
+        not_ready = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert not_ready.status_code == 503
         assert body_json(not_ready)["stores"]["ghost"]["ok"] is False
+        anonymous = health(request("GET", "/api/health", params={"deep": "1"}))
+        assert anonymous.status_code == 503 and body_json(anonymous) == {"status": "unavailable"}
         other.close()
+
+
+# ---- issue 14: app ids admit app-only tokens only ----------------------------------------------
+def test_a_user_signed_in_through_a_listed_app_is_not_that_app(functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path) -> None:
+    """`access:` and `api.admins` list the service principal `sp` by its app (client) id.  A user
+    who signs in through that app gets a delegated token carrying the same `appid`: refused."""
+    sp_app_id = seeded.env["SANDBOX_SP_CLIENT_ID"]
+    config = write_config(tmp_path / "vaultrelay.yaml", seeded, access={"production": [sp_app_id]})
+    document = yaml.safe_load(config.read_text())
+    document["api"]["admins"] = [sp_app_id]
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    delegated = seeded.issue_token("other", AUDIENCE, claims={
+        "appid": sp_app_id, "idtyp": "user", "scp": "user_impersonation", "sub": "pairwise-subject-of-the-user"})
+    delegated_v2 = seeded.issue_token("other", AUDIENCE, claims={  # no idtyp (an optional claim): scp and sub decide
+        "ver": "2.0", "idtyp": None, "appid": None, "azp": sp_app_id, "scp": "user_impersonation", "sub": "pairwise-subject-of-the-user"})
+    app_only = seeded.issue_token("sp", AUDIENCE)  # client credentials: idtyp app, sub == oid
+    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    with serving(api):
+        for token in (delegated, delegated_v2):
+            assert get_env(functions, "production", token).status_code == 403
+            status = functions["status"].get_user_function()(request("GET", "/api/status", headers={"Authorization": f"Bearer {token}"}))
+            assert status.status_code == 403 and body_json(status)["error"] == "forbidden"
+        assert get_env(functions, "production", app_only).status_code == 200
+        status = functions["status"].get_user_function()(request("GET", "/api/status", headers={"Authorization": f"Bearer {app_only}"}))
+        assert status.status_code != 403
+    api.close()
+
+
+# ---- issue 14: app_service mode without App Service Authentication ----------------------------
+def test_app_service_mode_without_app_service_authentication_refuses_every_request(
+    functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "vaultrelay.yaml", seeded, auth_mode="app_service", audience=None)
+    environ = {k: v for k, v in os.environ.items() if k != "WEBSITE_AUTH_ENABLED"}
+    caller = seeded.identities["caller"]
+    forged = client_principal([(OID_CLAIM, caller.object_id), ("tid", seeded.tenant_id)])  # anyone can send this
+    for setting in (None, "False"):
+        env = {**environ, "VAULTRELAY_CONFIG": str(config), **({"WEBSITE_AUTH_ENABLED": setting} if setting else {})}
+        api = HttpApi(environ=env, audit=MemoryAuditSink())
+        with serving(api):
+            response = get_env(functions, "production", headers={"X-MS-CLIENT-PRINCIPAL": forged, "X-MS-CLIENT-PRINCIPAL-ID": caller.object_id})
+            assert response.status_code == 503
+            assert body_json(response)["error"] == "unavailable" and "WEBSITE_AUTH_ENABLED is not True" in body_json(response)["message"]
+            assert_no_values(response)
+            sync = functions["sync_all"].get_user_function()(request("POST", "/api/sync", headers={"X-MS-CLIENT-PRINCIPAL": forged}))
+            assert sync.status_code == 503 and "WEBSITE_AUTH_ENABLED" in body_json(sync)["message"]
+            ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}))
+            assert ready.status_code == 503
+            auth = body_json(ready)["auth"]
+            assert auth["mode"] == "app_service" and auth["ok"] is False and "WEBSITE_AUTH_ENABLED" in auth["problem"]
+        api.close()
+
+
+# ---- issue 14: dotenv over HTTP ----------------------------------------------------------------
+def test_dotenv_over_http_is_inert_and_a_value_it_cannot_carry_is_406_naming_the_variable(
+    functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path, caller_token: str,
+) -> None:
+    from azure.keyvault.secrets import SecretClient
+
+    marker = tmp_path / "ran"
+    source = SecretClient(seeded.vault_url("kv-source"), seeded.admin_credential())
+    name = f"dotenv-attack-{uuid.uuid4().hex[:8]}"
+    evil = f"p@ss `touch {marker}` $(touch {marker}) \\x \"q\" # end"
+    source.set_secret(name, evil)
+    source.set_secret(f"{name}-expand", "https://attacker.example/?stolen=${OTHER}")  # python-dotenv would expand it
+    caller = seeded.identities["caller"].object_id
+    config = write_config(tmp_path / "vaultrelay.yaml", seeded, access={"attack": [caller], "expand": [caller]})
+    document = yaml.safe_load(config.read_text())
+    document["envs"]["attack"] = {"EVIL": {"from": {"store": "azure", "vault": "kv-source", "secret": name}}, "OTHER": "other-value"}
+    document["envs"]["expand"] = {"EVIL": {"from": {"store": "azure", "vault": "kv-source", "secret": f"{name}-expand"}}, "OTHER": "other-value"}
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    audit = MemoryAuditSink()
+    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=audit)
+    with serving(api):
+        response = get_env(functions, "attack", caller_token, params={"format": "dotenv"})
+        assert response.status_code == 200
+        path = tmp_path / "fetched.env"
+        path.write_bytes(response.get_body())
+        done = subprocess.run(["sh", "-c", '. "$1"; printf %s "$EVIL"', "sh", str(path)], capture_output=True, timeout=20)
+        assert done.returncode == 0 and done.stdout.decode() == evil and not marker.exists()
+        assert dotenv_values(path) == {"EVIL": evil, "OTHER": "other-value"}
+
+        audit.clear()
+        refused = get_env(functions, "expand", caller_token, params={"format": "dotenv"})
+        assert refused.status_code == 406 and body_json(refused)["error"] == "not_acceptable"
+        assert "EVIL: it contains ${...}" in body_json(refused)["message"] and "attacker" not in refused.get_body().decode()
+        assert audit.records[-1].detail["outcome"] == "not_representable" and audit.records[-1].detail["failed"] == "EVIL"
+        assert get_env(functions, "expand", caller_token, params={"format": "json"}).status_code == 200
+    api.close()

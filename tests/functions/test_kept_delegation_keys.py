@@ -88,19 +88,19 @@ def signed_key_fields(token: str) -> tuple[str, ...]:
 
 def kept_key_name(api: HttpApi) -> str:
     store = api.context().broker.store("azure")
-    return StoredDelegationKeys.secret_name(ACCOUNT, f"azure:{store.identity_description}")
+    return StoredDelegationKeys.secret_name(ACCOUNT, f"azure:{store.identity_description}", timedelta(hours=1))
 
 
 def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
     functions: dict[str, Any], seeded: SandboxClient, container: str, tmp_path: Path, apis: list[HttpApi],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    state = {"store": "azure", "account": ACCOUNT, "vault": "kv-target", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
+    state = {"store": "azure", "account": ACCOUNT, "vault": "kv-state", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
     config = ud_config(tmp_path / "vaultrelay.yaml", seeded, container, state=state)
     token = seeded.issue_token("caller", AUDIENCE)
     first, second = new_api(config), new_api(config)
     apis.extend([first, second])
-    vault = SecretClient(seeded.vault_url("kv-target"), seeded.admin_credential())
+    vault = SecretClient(seeded.vault_url("kv-state"), seeded.admin_credential())
     kept = kept_key_name(first)
     # Whatever earlier tests kept for this identity and account: one that runs out in 5 minutes,
     # too soon for a 1-hour SAS, so the first fetch must renew it.
@@ -160,7 +160,7 @@ def test_an_unreadable_state_vault_falls_back_to_a_new_key_and_logs_why(
     messages = [record.getMessage() for record in caplog.records]
     assert any("cannot read the kept delegation key" in m and "HTTP 403" in m for m in messages), messages
     assert any("cannot keep the new delegation key" in m and "HTTP 403" in m for m in messages), messages
-    # The key this process requested serves its later fetches (it is valid for days).
+    # The key this process requested serves its later fetches (it ends 6 minutes after the first SAS).
     assert delegation_key_requests(seeded) == 1, seeded.counters()["by_endpoint"]
     clean_faults.clear_faults()
     for sas in tokens:

@@ -150,7 +150,7 @@ def mode(request: pytest.FixtureRequest, served: HttpApi, sandbox: SandboxClient
         yield "bearer"
         return
     config = write_config(tmp_path_factory.mktemp("easyauth") / "vaultrelay.yaml", sandbox, auth_mode="app_service", audience=None)
-    api = HttpApi(environ={**served.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    api = HttpApi(environ={**served.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
     with serving(api):
         yield "app_service"
     api.close()

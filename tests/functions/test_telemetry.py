@@ -252,9 +252,16 @@ def test_log_records_of_a_push_carry_the_env_and_the_target(seeded: SandboxClien
         targets:
           logged-vault: {{type: keyvault, env: logged, store: azure, vault: kv-target, prefix: vr-TAG-}}
     """)
-    with caplog.at_level(logging.INFO):
-        report = engine.sync("logged")
-        logging.getLogger("vaultrelay.outside").info("after the sync")
+    from core.logs import set_sdk_log_level
+
+    sdk_levels = set_sdk_log_level(logging.INFO)  # as with VAULTRELAY_SDK_LOG_LEVEL=INFO (the app's default is WARNING)
+    try:
+        with caplog.at_level(logging.INFO):
+            report = engine.sync("logged")
+            logging.getLogger("vaultrelay.outside").info("after the sync")
+    finally:
+        for name, level in sdk_levels.items():
+            logging.getLogger(name).setLevel(level)
     assert [t.outcome for t in report.targets] == ["pushed"], report
     requests = [r for r in caplog.records if r.getMessage().startswith("Request URL:")]
     written = [r for r in requests if f"/secrets/vr-{world.tag}-logged" in r.getMessage().lower() and "Request method: 'PUT'" in r.getMessage()]

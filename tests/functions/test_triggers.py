@@ -70,8 +70,10 @@ def test_the_triggers_are_registered(functions: dict[str, Any]) -> None:
     timer = next(b for b in functions["sync_timer"].get_bindings() if b.type == "timerTrigger")
     assert timer.schedule == "%VAULTRELAY_SYNC_SCHEDULE%" and timer.use_monitor is True
     assert any(b.type == "eventGridTrigger" for b in functions["keyvault_events"].get_bindings())
-    routes = {f: next(b for b in functions[f].get_bindings() if b.type == "httpTrigger").route for f in ("sync_all", "sync_env", "rotate", "status")}
-    assert routes == {"sync_all": "sync", "sync_env": "sync/{env}", "rotate": "rotate/{name}", "status": "status"}
+    routes = {f: next(b for b in functions[f].get_bindings() if b.type == "httpTrigger").route
+              for f in ("sync_all", "sync_env", "rotate", "status", "accept_drift")}
+    assert routes == {"sync_all": "sync", "sync_env": "sync/{env}", "rotate": "rotate/{name}", "status": "status",
+                      "accept_drift": "drift/{env}/{target}/accept"}
 
 
 def test_admin_routes_need_an_admin(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient) -> None:
@@ -105,6 +107,32 @@ def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, s
     assert unknown.status_code == 404 and "storage:sandboxstore" in body_json(unknown)["message"]
     missing_env = call(functions, "sync_env", request("POST", "/api/sync/nope", headers=admin, route_params={"env": "nope"}))
     assert missing_env.status_code == 404
+
+
+def test_admin_accepts_drift_over_http(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
+    admin = bearer(seeded, "admin")
+    assert call(functions, "sync_env", request("POST", "/api/sync/production", headers=admin, route_params={"env": "production"})).status_code == 200
+    name = f"fn-{tag}-database-password"
+    target.set_secret(name, "edited-by-hand")  # no vaultrelay tags: drift, whatever the second
+    synced = body_json(call(functions, "sync_env", request("POST", "/api/sync/production", headers=admin, route_params={"env": "production"})))
+    assert synced["targets"][0]["drift"] == ["DATABASE_PASSWORD"] and synced["targets"][0]["writes"] == 0
+    drifted = body_json(call(functions, "status", request("GET", "/api/status", headers=admin)))["targets"][0]
+    assert drifted["drift"] == "DATABASE_PASSWORD" and drifted["drift_found"]["DATABASE_PASSWORD"]
+
+    route = {"env": "production", "target": "vault"}
+    path = "/api/drift/production/vault/accept"
+    denied = call(functions, "accept_drift", request("POST", path, headers=bearer(seeded, "caller"), route_params=route))
+    assert denied.status_code == 403
+    unknown = call(functions, "accept_drift", request("POST", "/api/drift/production/nope/accept", headers=admin,
+                                                      route_params={"env": "production", "target": "nope"}))
+    assert unknown.status_code == 404
+    accepted = call(functions, "accept_drift", request("POST", path, headers=admin, route_params=route))
+    assert accepted.status_code == 200
+    (row,) = body_json(accepted)["targets"]
+    assert (row["outcome"], row["drift"]) == ("accepted", ["DATABASE_PASSWORD"])
+    assert "edited-by-hand" not in accepted.get_body().decode()
+    assert body_json(call(functions, "status", request("GET", "/api/status", headers=admin)))["targets"][0]["drift"] == ""
+    assert target.get_secret(name).value == "edited-by-hand"
 
 
 def test_new_secret_version_event_resyncs_the_env_once(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
@@ -147,6 +175,6 @@ def test_near_expiry_of_a_minted_sas_resyncs_without_reminting_a_token_that_is_n
     assert minted, "the example env mints SAS tokens"
     before = target.get_secret(f"fn-{tag}-storage-sas").value
     outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
-                                  "data": {"VaultName": "kv-target", "ObjectName": minted[0].key}})
+                                  "data": {"VaultName": "kv-state", "ObjectName": minted[0].key}})
     assert outcome["outcome"] == "synced" and outcome["envs"] == ["production"] and "not due" in outcome["detail"]
     assert target.get_secret(f"fn-{tag}-storage-sas").value == before

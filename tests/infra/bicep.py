@@ -29,6 +29,7 @@ SCOPE_MODULES = {
     "rbac-container.bicep": ("container", ("accountName", "containerName")),
     "rbac-cosmos.bicep": ("cosmos", ("accountName",)),
     "rbac-site.bicep": ("site", ("siteName",)),
+    "rbac-sql.bicep": ("sql", ("serverName",)),
 }
 
 
@@ -111,8 +112,8 @@ class SimulatedGrant:
     """One role assignment module instance of rbac.bicep for one parameter entry."""
 
     module: str
-    kind: str  # "vault", "storage", "container", "cosmos", "site"
-    name: str  # vault / account / "account/container" / cosmos account / site
+    kind: str  # "vault", "storage", "container", "cosmos", "site", "sql"
+    name: str  # vault / account / "account/container" / cosmos account / site / SQL server
     resource_group: str
     subscription: str
     principal: str

@@ -83,7 +83,7 @@ def scope_id(sandbox: SandboxClient, scope: Scope) -> str:
     if scope.kind == "container":
         account, _, container = scope.name.partition("/")
         return f"{sandbox.resource_id('storage', account)}/blobServices/default/containers/{container}"
-    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site"}[scope.kind]
+    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site", "sql": "sql"}[scope.kind]
     return sandbox.resource_id(kind, scope.name)
 
 
@@ -141,7 +141,10 @@ def test_the_matrix_names_narrow_roles_for_the_example() -> None:
     assert not names & {"Owner", "Contributor", "User Access Administrator", "Key Vault Administrator", "Storage Account Contributor",
                         "DocumentDB Account Contributor", "Storage Blob Data Owner"}
     assert {"Key Vault Secrets User", "Key Vault Secrets Officer", "Storage Account Key Operator Service Role", "Storage Blob Delegator",
-            "Storage Table Data Contributor", "vaultrelay Cosmos DB Key Operator", "Website Contributor"} <= names
+            "Storage Table Data Contributor", "vaultrelay Cosmos DB Key Reader", "vaultrelay App Settings Writer"} <= names
+    # The example reads a Cosmos DB connection string and writes app settings: nothing that regenerates
+    # a key or deploys to, restarts or deletes a site (issue 14).
+    assert not names & {"vaultrelay Cosmos DB Key Operator", "Website Contributor"}
     # Reader at subscription scope only because the example names no resource groups.
     assert all(r.scope.kind != "subscription" or r.role == "Reader" for r in ROLES)
 

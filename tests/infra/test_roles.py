@@ -3,21 +3,30 @@
 - every role definition id in a template is a role vaultrelay knows, with its name in a comment;
 - assignments are named with guid() and scoped to a resource, never a subscription;
 - nothing broad (Owner, Contributor, User Access Administrator) is ever granted;
-- the custom Cosmos DB role is exactly core/azure_roles.py COSMOS_KEY_OPERATOR;
+- the custom roles are exactly core/azure_roles.py CUSTOM_ROLES (Cosmos DB key reader and operator,
+  app settings writer), each no broader than what vaultrelay does;
 - for the example config (and a richer one), every role `vaultrelay plan --permissions` says is
   needed is granted by rbac.bicep fed with the rendered parameters, and nothing more.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.azure_roles import BUILTIN_ROLES, COSMOS_KEY_OPERATOR, CUSTOM_ROLES, ROLES_BY_NAME
+from core.azure_roles import (
+    APP_SETTINGS_WRITER,
+    BUILTIN_ROLES,
+    COSMOS_KEY_OPERATOR,
+    COSMOS_KEY_READER,
+    CUSTOM_ROLES,
+    ROLES_BY_NAME,
+)
 from core.config import LoadedConfig, load_config, parse_config
-from core.permissions import Grant, PermissionReport, compute_permissions, render_bicep_parameters
+from core.permissions import MATRIX, Grant, PermissionReport, compute_permissions, render_bicep_parameters
 from tests.infra.bicep import (
     APP,
     DEPLOYMENT_SUBSCRIPTION,
@@ -82,22 +91,44 @@ def test_role_assignments_use_guid_names_and_resource_scopes() -> None:
 def test_role_definitions_only_in_the_custom_role_file() -> None:
     definitions = [(p, n) for p in bicep_files() for n, r in parse(p).get("resources", {}).items()
                    if r["type"] == "Microsoft.Authorization/roleDefinitions"]
-    assert [(p.name, n) for p, n in definitions] == [("cosmos-role.bicep", "role")]
+    assert sorted((p.name, n) for p, n in definitions) == [
+        ("custom-roles.bicep", "appSettingsWriterRole"), ("custom-roles.bicep", "cosmosKeyOperatorRole"),
+        ("custom-roles.bicep", "cosmosKeyReaderRole")]
 
 
-def test_custom_cosmos_role_matches_core() -> None:
-    tree = parse(INFRA / "app" / "cosmos-role.bicep")
-    role = body(tree["resources"]["role"])
-    assert role_variables(tree)[role["name"]] == COSMOS_KEY_OPERATOR.role_id
-    properties = role["properties"]
-    assert properties["roleName"] == COSMOS_KEY_OPERATOR.name
-    assert properties["type"] == "CustomRole"
-    [permissions] = properties["permissions"]
-    assert tuple(permissions["actions"]) == COSMOS_KEY_OPERATOR.actions
-    assert permissions["notActions"] == [] and permissions["dataActions"] == [] and permissions["notDataActions"] == []
-    assert all(a.lower().startswith("microsoft.documentdb/databaseaccounts/") for a in permissions["actions"])
-    assert COSMOS_KEY_OPERATOR.allows("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", data=False)
+def test_custom_roles_match_core() -> None:
+    tree = parse(INFRA / "app" / "custom-roles.bicep")
+    ids = role_variables(tree)
+    defined = {}
+    for resource in tree["resources"].values():
+        role = body(resource)
+        properties = role["properties"]
+        assert properties["type"] == "CustomRole" and properties["assignableScopes"] == "scopes"
+        [permissions] = properties["permissions"]
+        assert permissions["notActions"] == [] and permissions["dataActions"] == [] and permissions["notDataActions"] == []
+        defined[ids[role["name"]]] = (properties["roleName"], tuple(permissions["actions"]), properties["description"])
+    assert defined == {r.role_id: (r.name, r.actions, r.description) for r in CUSTOM_ROLES.values()}
+
+
+def test_custom_roles_grant_only_what_vaultrelay_does() -> None:
+    """Each custom role's actions are reads of the resource itself or actions the permissions
+    matrix needs; reading Cosmos DB keys or connection strings cannot regenerate them, and the app
+    settings role cannot deploy, restart or delete the site."""
+    needed = {n.action.lower() for needs in MATRIX.values() for n in needs}
+    for role in CUSTOM_ROLES.values():
+        for action in role.actions:
+            assert action.lower().endswith("/read") or action.lower() in needed, (role.name, action)
+    regenerate = "Microsoft.DocumentDB/databaseAccounts/regenerateKey/action"
+    assert COSMOS_KEY_OPERATOR.allows(regenerate, data=False) and not COSMOS_KEY_READER.allows(regenerate, data=False)
+    for action in ("listKeys/action", "listConnectionStrings/action", "readonlykeys/action"):
+        assert COSMOS_KEY_READER.allows(f"Microsoft.DocumentDB/databaseAccounts/{action}", data=False)
     assert not COSMOS_KEY_OPERATOR.allows("Microsoft.DocumentDB/databaseAccounts/write", data=False)
+    assert not ROLES_BY_NAME["cosmos db account reader role"].allows("Microsoft.DocumentDB/databaseAccounts/listConnectionStrings/action", data=False)
+    for action in ("config/list/action", "config/write", "slots/config/list/action", "slots/config/write"):
+        assert APP_SETTINGS_WRITER.allows(f"Microsoft.Web/sites/{action}", data=False)
+    for action in ("write", "delete", "restart/action", "publishxml/action", "slots/write", "extensions/write", "sourcecontrols/write"):
+        assert not APP_SETTINGS_WRITER.allows(f"Microsoft.Web/sites/{action}", data=False), action
+        assert ROLES_BY_NAME["website contributor"].allows(f"Microsoft.Web/sites/{action}", data=False)  # what it no longer grants
 
 
 def test_host_roles_on_the_deployment_storage_and_telemetry() -> None:
@@ -179,10 +210,25 @@ targets:
     site: web1
     resource_group: rg-web
     subscription: 00000000-0000-0000-0000-00000000000c
+  staging:
+    type: app_settings
+    env: prod
+    store: app
+    site: web2
+    slot: staging
+    resource_group: rg-web
 state:
   store: app
   account: ststate
   vault: kv-state
+rotation:
+  tagged_secrets:
+    - vault: kv-rotated
+      store: app
+      accounts:
+        - /subscriptions/00000000-0000-0000-0000-00000000000d/resourceGroups/rg-sql/providers/Microsoft.Sql/servers/sql1
+        - {type: cosmosdb, name: cosmos-tagged, resource_group: rg-db}
+        - {type: storage, name: sttagged, resource_group: rg-data}
 """
 
 
@@ -195,11 +241,12 @@ def _rich() -> LoadedConfig:
 
 
 CONFIGS = {
-    # The example as planned where it runs: the template's state account, its system identity.
-    "example": (_example, {"VAULTRELAY_STATE_ACCOUNT": "sandboxstore"}),
+    # The example as planned where it runs: the template's state account and state vault, its system identity.
+    "example": (_example, {"VAULTRELAY_STATE_ACCOUNT": "sandboxstore", "VAULTRELAY_STATE_VAULT": "kv-state"}),
     "rich": (_rich, {"AZURE_CLIENT_ID": "aaaaaaaa-0000-0000-0000-000000000001"}),
 }
-_SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site"}
+_SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site",
+               "sql": "sql"}
 
 
 def _rendered(name: str) -> tuple[PermissionReport, dict[str, Any], list[str], dict[str, str]]:
@@ -236,6 +283,8 @@ def test_every_needed_role_is_granted_by_the_template(config: str) -> None:
             continue
         if grant.scope.kind == "table" and grant.scope.name.lower() == environ.get("VAULTRELAY_STATE_ACCOUNT", "").lower():
             continue  # the template's own storage account: host-rbac.bicep (tested above)
+        if grant.scope.kind == "vault" and grant.scope.name.lower() == environ.get("VAULTRELAY_STATE_VAULT", "").lower():
+            continue  # the template's own state vault: host-rbac.bicep (tested below)
         matches = _granted(grant, simulated, document)
         assert matches, f"nothing granted for {grant.identity.description} on {grant.scope.describe()}"
         roles = [KNOWN_ROLES[r] for s in matches for r in s.role_ids]
@@ -277,14 +326,21 @@ def test_rich_config_renders_resource_groups_subscriptions_and_other_identities(
     assert sources["kv-src"]["secrets"] is True and sources["kv-src"]["publicKeys"] is True
     assert sources["kv-out"] == {"name": "kv-out", "resourceGroup": "rg-out", "subscriptionId": "00000000-0000-0000-0000-00000000000a",
                                  "secrets": False, "publicKeys": True}
-    assert {v["name"] for v in values["targetVaults"]} == {"kv-out", "kv-state"}
+    assert {v["name"] for v in values["targetVaults"]} == {"kv-out", "kv-state", "kv-rotated"}
+    # Tagged rotation: each listed account, in its own resource group and subscription, gets the role that rotates it.
+    assert values["sqlServers"] == [{"name": "sql1", "resourceGroup": "rg-sql", "subscriptionId": "00000000-0000-0000-0000-00000000000d"}]
+    assert cosmos["cosmos-tagged"] == {"name": "cosmos-tagged", "resourceGroup": "rg-db", "subscriptionId": "00000000-0000-0000-0000-00000000000a",
+                                       "keys": True, "rotate": True}
+    assert {s["name"]: (s.get("keyRead"), s.get("keyRotate"), s["resourceGroup"]) for s in values["storageAccounts"]}["sttagged"] == (
+        True, True, "rg-data")
+    assert {w["name"] for w in values["webApps"]} == {"web1", "web2"}  # the slot target is granted on its site
     storage = {s["name"]: s for s in values["storageAccounts"]}
     assert storage["stdata"]["keyRead"] and storage["stdata"]["keyRotate"] and storage["stdata"]["userDelegationSas"]
     assert storage["ststate"] == {"name": "ststate", "resourceGroup": "rg-state", "subscriptionId": "00000000-0000-0000-0000-00000000000a",
                                   "tableData": True}
     containers = {c["container"]: c for c in values["blobContainers"]}
     assert containers["logs"]["write"] is False and containers["bundles"]["write"] is True
-    assert values["webApps"] == [{"name": "web1", "resourceGroup": "rg-web", "subscriptionId": "00000000-0000-0000-0000-00000000000c"}]
+    assert values["webApps"][0] == {"name": "web1", "resourceGroup": "rg-web", "subscriptionId": "00000000-0000-0000-0000-00000000000c"}
     assert values["additionalUserAssignedIdentityIds"] == [
         "<resource id of user-assigned managed identity (object_id=bbbbbbbb-0000-0000-0000-000000000002)>"]
     assert any("kv-team" in w for w in warnings)  # its resource group is unknown
@@ -326,7 +382,7 @@ def test_rendered_parameters_match_main_parameters_json() -> None:
 def test_deployment_subscription_default_is_used_when_entries_name_none() -> None:
     [grant] = simulate_rbac({"webApps": [{"name": "w", "resourceGroup": "rg"}]})
     assert grant.subscription == DEPLOYMENT_SUBSCRIPTION and grant.principal == APP
-    assert [KNOWN_ROLES[r].name for r in grant.role_ids] == ["Website Contributor"]
+    assert [KNOWN_ROLES[r].name for r in grant.role_ids] == ["vaultrelay App Settings Writer"]
 
 
 def test_no_template_mentions_a_broad_role_at_all() -> None:
@@ -353,3 +409,84 @@ def test_the_config_blob_container_gets_blob_data_reader_for_the_app_only_when_s
     assert role.allows("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", data=True)
     assert not role.allows("Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write", data=True)
     assert simulate_rbac({"configContainers": []}) == []
+
+
+def test_the_state_vault_is_created_for_the_apps_identity_alone() -> None:
+    """The state vault keeps user delegation keys, the fingerprint key and minted SAS tokens: the
+    template creates it (RBAC, purge protection, no platform access), names it in
+    VAULTRELAY_STATE_VAULT, grants Key Vault Secrets Officer to the app's identity and nothing to
+    anyone else; rendered parameters never put it in a list that grants other roles or principals."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["createStateVault"]["default"] is True
+    params = body(main["modules"]["stateVault"])["params"]
+    assert params["name"] == "stateVaultResourceName" and params["enableRbacAuthorization"] is True
+    assert params["enablePurgeProtection"] is True and params["enableSoftDelete"] is True
+    assert (params["enableVaultForDeployment"], params["enableVaultForTemplateDeployment"], params["enableVaultForDiskEncryption"]) == (
+        False, False, False)
+    assert "roleAssignments" not in params and "accessPolicies" not in params and "secrets" not in params
+    [diagnostics] = params["diagnosticSettings"]  # reads are audited in the workspace
+    assert "logAnalytics" in json.dumps(diagnostics["workspaceResourceId"])
+    assert main["variables"]["stateVaultSettings"]["value"] == {"VAULTRELAY_STATE_VAULT": "stateVaultResourceName"}
+    assert main["outputs"]["VAULTRELAY_STATE_VAULT"]
+    host = parse(INFRA / "app" / "host-rbac.bicep")
+    access = body(host["modules"]["ownVaultAccess"])["params"]
+    assert access["principalId"] == "principalId" and access["vaultName"] == "stateVaultName"
+    assert [KNOWN_ROLES[role_variables(host)[v]].name for v in access["roleDefinitionIds"]] == ["Key Vault Secrets Officer"]
+    # The example's state.vault is ${VAULTRELAY_STATE_VAULT:-kv-state}: where it runs, that is the template's vault.
+    environ = {"DATA_IDENTITY_CLIENT_ID": DATA_IDENTITY, "VAULTRELAY_STATE_ACCOUNT": "sandboxstore", "VAULTRELAY_STATE_VAULT": "kv-vrs-abc"}
+    loaded = load_config(ROOT / "examples" / "vaultrelay.yaml", environ=environ)
+    assert loaded.config.state is not None and loaded.config.state.vault == "kv-vrs-abc"
+    document, _ = render_bicep_parameters(compute_permissions(loaded, environ=environ), loaded.config, environ=environ)
+    granted = [e for name in ("sourceVaults", "targetVaults") for e in document["parameters"][name]["value"]]
+    assert granted and not any(e["name"] == "kv-vrs-abc" for e in granted)
+    # A state.vault that is not the template's is granted like any vault vaultrelay writes.
+    elsewhere = {**environ, "VAULTRELAY_STATE_VAULT": "kv-other"}
+    document, _ = render_bicep_parameters(compute_permissions(loaded, environ=elsewhere), loaded.config, environ=elsewhere)
+    assert "kv-vrs-abc" in [e["name"] for e in document["parameters"]["targetVaults"]["value"]]
+
+
+def test_a_config_that_only_reads_cosmos_connection_strings_and_writes_app_settings_gets_no_broad_role() -> None:
+    """Issue 14 item 12: `plan --permissions` and the template agree on the least roles, and they
+    cannot regenerate a Cosmos DB key or deploy to, restart or delete a site."""
+    loaded = parse_config("""
+version: 1
+secretStores:
+  s: {type: azure.managed_identity}
+envs:
+  e:
+    COSMOS: {from: {store: s, resource_type: cosmosdb, account: cdb, resource_group: rg, format: connection_string}}
+    RW_KEY: {from: {store: s, resource_type: cosmosdb, account: cdb2, resource_group: rg, key: primary}}
+targets:
+  app: {type: app_settings, env: e, store: s, site: web, resource_group: rg}
+  slot: {type: app_settings, env: e, store: s, site: web, slot: staging, resource_group: rg}
+state: {store: s, account: stateacct}
+""", "t.yaml", environ={})
+    environ = {"VAULTRELAY_STATE_ACCOUNT": "stateacct"}
+    report = compute_permissions(loaded, environ=environ)
+    document, _ = render_bicep_parameters(report, loaded.config, environ=environ)
+    simulated = simulate_rbac({name: p["value"] for name, p in document["parameters"].items() if isinstance(p["value"], list)})
+    planned = {(g.scope.kind, g.scope.name): set(g.roles) for g in report.grants if g.scope.kind != "table"}  # state: host-rbac.bicep
+    granted: dict[tuple[str, str], set[str]] = {}
+    for grant in simulated:
+        granted.setdefault((grant.kind, grant.name), set()).update(KNOWN_ROLES[r].name for r in grant.role_ids)
+    assert planned == granted == {("cosmos", "cdb"): {"vaultrelay Cosmos DB Key Reader"}, ("cosmos", "cdb2"): {"vaultrelay Cosmos DB Key Reader"},
+                                  ("site", "web"): {"vaultrelay App Settings Writer"}}
+    roles = [KNOWN_ROLES[r] for grant in simulated for r in grant.role_ids]
+    assert not any(r.allows("Microsoft.DocumentDB/databaseAccounts/regenerateKey/action", data=False) for r in roles)
+    assert not any(r.allows("Microsoft.Web/sites/write", data=False) or r.allows("Microsoft.Web/sites/delete", data=False) for r in roles)
+
+
+def test_a_state_vault_used_by_another_identity_is_granted_to_that_identity() -> None:
+    """host-rbac.bicep grants the template's state vault to the app's identity only; a state store
+    on another identity gets its own targetVaults entry (with its principalId)."""
+    loaded = parse_config("""
+version: 1
+secretStores:
+  team: {type: azure.managed_identity, identity: {type: user_assigned, object_id: bbbbbbbb-0000-0000-0000-000000000002}}
+envs: {}
+state: {store: team, account: stateacct, vault: kv-s}
+""", "t.yaml", environ={})
+    environ = {"VAULTRELAY_STATE_ACCOUNT": "stateacct", "VAULTRELAY_STATE_VAULT": "kv-s"}
+    document, _ = render_bicep_parameters(compute_permissions(loaded, environ=environ), loaded.config, environ=environ)
+    [entry] = document["parameters"]["targetVaults"]["value"]
+    assert entry["name"] == "kv-s" and entry["principalId"] == "bbbbbbbb-0000-0000-0000-000000000002"

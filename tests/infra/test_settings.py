@@ -29,6 +29,7 @@ NOT_SET = {
     "AZURE_SUBSCRIPTION_ID": "VAULTRELAY_SUBSCRIPTION_ID is set (read first)",
     # Set by the platform.
     "WEBSITE_INSTANCE_ID": "set by App Service / Functions",
+    "WEBSITE_AUTH_ENABLED": "set by App Service when its Authentication is on (read-only; api.auth_mode: app_service needs it)",
     # requests' own trust-store variables, honoured by the shared HTTP session; Azure's public CAs need none.
     "REQUESTS_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",
     "CURL_CA_BUNDLE": "custom CA bundle (private clouds, TLS-inspecting proxies)",

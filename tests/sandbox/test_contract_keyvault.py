@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -94,21 +97,87 @@ def test_missing_secret_and_version_are_404(admin_secrets: SecretClient) -> None
 def test_soft_delete_recover_and_purge(admin_secrets: SecretClient) -> None:
     name = unique("deleted")
     admin_secrets.set_secret(name, "keep-me")
-    deleted = admin_secrets.begin_delete_secret(name).result()
+    poller = admin_secrets.begin_delete_secret(name)
+    deleted = poller.result()
     assert deleted.recovery_id and deleted.scheduled_purge_date and deleted.deleted_date
+    poller.wait()  # deletion is asynchronous: the SDK polls the deleted secret until it is there
     with pytest.raises(ResourceNotFoundError):
         admin_secrets.get_secret(name)
     assert admin_secrets.get_deleted_secret(name).name == name
     assert name in {d.name for d in admin_secrets.list_deleted_secrets()}
-    with pytest.raises(ResourceExistsError):
+    with pytest.raises(ResourceExistsError) as info:
         admin_secrets.set_secret(name, "reuse")  # name is held while soft-deleted
-    admin_secrets.begin_recover_deleted_secret(name).result()
+    assert info.value.error is not None and info.value.error.innererror["code"] == "ObjectIsDeletedButRecoverable"
+    assert f"Secret {name} is currently in a deleted but recoverable state" in info.value.error.message
+    admin_secrets.begin_recover_deleted_secret(name).wait()
     assert admin_secrets.get_secret(name).value == "keep-me"
-    admin_secrets.begin_delete_secret(name).result()
+    admin_secrets.begin_delete_secret(name).wait()
     admin_secrets.purge_deleted_secret(name)
     with pytest.raises(ResourceNotFoundError):
         admin_secrets.get_deleted_secret(name)
     admin_secrets.set_secret(name, "new life")  # purged names are free again
+
+
+def conflict_of(call: Any) -> tuple[int, str, str]:
+    """(status, inner error code, message) of a call Key Vault refuses."""
+    with pytest.raises(HttpResponseError) as info:
+        call()
+    body = info.value.response.json()["error"]
+    return info.value.status_code, body.get("innererror", {}).get("code", ""), body["message"]
+
+
+@pytest.fixture()
+def slow_soft_delete(sandbox: SandboxClient) -> Iterator[SandboxClient]:
+    sandbox.set_keyvault_transitions(delete_seconds=1.0, recover_seconds=1.0)
+    yield sandbox
+    sandbox.set_keyvault_transitions()
+
+
+def test_delete_is_asynchronous_with_azures_409_meanwhile(slow_soft_delete: SandboxClient, admin_secrets: SecretClient) -> None:
+    """While a delete runs the secret is in neither collection, and writes of its name, recover
+    and purge are answered 409 Conflict, innererror ObjectIsBeingDeleted."""
+    name = unique("deleting")
+    admin_secrets.set_secret(name, "v", tags={"owner": "x"})
+    admin_secrets.begin_delete_secret(name)
+    with pytest.raises(ResourceNotFoundError):
+        admin_secrets.get_secret(name)
+    with pytest.raises(ResourceNotFoundError):
+        admin_secrets.get_deleted_secret(name)
+    assert name not in {d.name for d in admin_secrets.list_deleted_secrets()}
+    assert name not in {p.name for p in admin_secrets.list_properties_of_secrets()}
+    being_deleted = (409, "ObjectIsBeingDeleted", "Secret is currently being deleted.")
+    assert conflict_of(lambda: admin_secrets.set_secret(name, "again")) == being_deleted
+    assert conflict_of(lambda: admin_secrets.begin_recover_deleted_secret(name)) == being_deleted
+    assert conflict_of(lambda: admin_secrets.purge_deleted_secret(name)) == being_deleted
+    time.sleep(1.1)
+    assert admin_secrets.get_deleted_secret(name).properties.tags == {"owner": "x"}
+    status, code, message = conflict_of(lambda: admin_secrets.set_secret(name, "again"))
+    assert (status, code) == (409, "ObjectIsDeletedButRecoverable") and "its name cannot be reused" in message
+
+
+def test_recover_is_asynchronous_with_azures_409_meanwhile(slow_soft_delete: SandboxClient, admin_secrets: SecretClient) -> None:
+    name = unique("recovering")
+    admin_secrets.set_secret(name, "v")
+    admin_secrets.begin_delete_secret(name).wait()
+    admin_secrets.begin_recover_deleted_secret(name)
+    with pytest.raises(ResourceNotFoundError):
+        admin_secrets.get_secret(name)  # what the SDK's recover poller waits on
+    with pytest.raises(ResourceNotFoundError):
+        admin_secrets.get_deleted_secret(name)
+    being_recovered = (409, "ObjectIsBeingRecovered", f"Secret {name} is currently being recovered and cannot be re-created; retry later.")
+    assert conflict_of(lambda: admin_secrets.set_secret(name, "again")) == being_recovered
+    assert conflict_of(lambda: admin_secrets.begin_delete_secret(name)) == being_recovered
+    time.sleep(1.1)
+    assert admin_secrets.get_secret(name).value == "v"
+    assert admin_secrets.set_secret(name, "again").value == "again"
+
+
+def test_soft_delete_times_are_validated(sandbox: SandboxClient) -> None:
+    with pytest.raises(RuntimeError, match="400"):
+        sandbox.call("PUT", "/keyvault/soft-delete", {"delete_seconds": "soon"})
+    with pytest.raises(RuntimeError, match="400"):
+        sandbox.call("PUT", "/keyvault/soft-delete", {"recover_seconds": -1})
+    assert sandbox.set_keyvault_transitions() == {"delete_seconds": 1.0, "recover_seconds": 1.0}
 
 
 def test_rbac_denies_without_role_with_azures_body(sandbox: SandboxClient, admin_secrets: SecretClient) -> None:

@@ -199,9 +199,9 @@ def test_app_ids_admit_app_only_tokens_not_users_signed_in_through_the_app(
     validator = TokenValidator(SigningKeys(AUTHORITY, TENANT, fetch=authority.fetch), ["api://x"])
     principal = validator.validate(authority.token(**claims))
     assert principal.app_only is app_only and principal.app_id == "APP-1"
-    assert may_fetch({"prod": ["APP-1"]}, "prod", principal) is app_only
+    assert may_fetch({"prod": normalized_ids(["APP-1"])}, "prod", principal) is app_only
     assert is_admin(["app-1"], None, principal) is app_only
-    assert may_fetch({"prod": ["OID-1"]}, "prod", principal)  # the object id matches either way
+    assert may_fetch({"prod": normalized_ids(["OID-1"])}, "prod", principal)  # the object id matches either way
 
 
 def test_app_service_principal_claims_decide_app_only_the_same_way() -> None:
@@ -213,9 +213,9 @@ def test_app_service_principal_claims_decide_app_only_the_same_way() -> None:
     sub = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier"
     scope = "http://schemas.microsoft.com/identity/claims/scope"
     delegated = principal((oid, "U-1"), (sub, "pairwise"), (scope, "user_impersonation"), ("appid", "APP-1"))
-    assert not delegated.app_only and not may_fetch({"prod": ["APP-1"]}, "prod", delegated)
+    assert not delegated.app_only and not may_fetch({"prod": normalized_ids(["APP-1"])}, "prod", delegated)
     app = principal((oid, "SP-1"), (sub, "SP-1"), ("appid", "APP-1"))
-    assert app.app_only and may_fetch({"prod": ["APP-1"]}, "prod", app)
+    assert app.app_only and may_fetch({"prod": normalized_ids(["APP-1"])}, "prod", app)
 
 
 def test_app_service_mode_refuses_every_request_unless_app_service_authentication_is_on() -> None:

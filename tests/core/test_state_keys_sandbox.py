@@ -48,7 +48,7 @@ def engine_for(tag: str, body: str) -> SyncEngine:
         version: 1
         secretStores:
           azure: {{type: azure.managed_identity}}
-        state: {{store: azure, account: sandboxstore, vault: kv-target, table_prefix: k{tag}}}
+        state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: k{tag}}}
     """) + textwrap.dedent(body)
     return SyncEngine(Broker(parse_config(text, "keys.yaml", environ=os.environ)))
 
@@ -113,7 +113,7 @@ def test_env_and_target_names_table_storage_refuses_as_keys_sync_and_resync_unch
     assert sorted(t.outcome for t in first.targets) == ["pushed"] * (len(NAMES) + 1)
     assert SecretClient(seeded.vault_url("kv-target"), seeded.admin_credential()).get_secret(f"k{tag}-value").value == "keys-value-1"
     blobs = ContainerClient(seeded.storage_endpoint("sandboxdata"), f"keys{tag}", credential=seeded.admin_credential())
-    assert blobs.download_blob("e0.env").readall().decode() == 'MODE="mode-0"\nVALUE="keys-value-1"\n'
+    assert blobs.download_blob("e0.env").readall().decode() == 'MODE=mode-0\nVALUE=keys-value-1\n'
 
     engine = engine_for(tag, body)  # a fresh process
     writes = engine.state.writes

@@ -117,7 +117,7 @@ def test_no_sas_signature_token_or_client_secret_in_any_record_of_a_real_sync_at
             type: azure.keyvault
             vault_name: kv-source
             auth: {{client_id: "${{SANDBOX_SP_CLIENT_ID}}", client_secret: "${{SANDBOX_SP_CLIENT_SECRET}}", tenant_id: "${{AZURE_TENANT_ID}}"}}
-        state: {{store: azure, account: sandboxstore, vault: kv-target, table_prefix: lg{tag}}}
+        state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: lg{tag}}}
         envs:
           app:
             ACCOUNT_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, sas_type: account, permissions: rl, expiry: 2h}}}}

@@ -613,6 +613,8 @@ def test_sas_lifetimes_beyond_a_cap_are_warnings_with_the_line() -> None:
         "at max_sas_expiry 1w",
         "vaultrelay.yaml:12: envs.e.ACCOUNT.from.expiry: warning: expiry 2d is capped to 1d: store 'short' caps SAS lifetimes "
         "at max_sas_expiry 1d",
+        "vaultrelay.yaml:9: envs.e.DELEGATED.from.expiry: warning: a user delegation SAS lasts at most 6d 23h (its delegation key "
+        "ends an hour inside Azure's 7-day bound, which the service measures by its own clock): it will be capped",
     ]
 
 

@@ -43,13 +43,15 @@ def seed_example(sandbox: SandboxClient) -> dict[str, Any]:
 
     Idempotent: running it twice adds new secret versions and skips existing assignments.
     """
-    from azure.keyvault.certificates import CertificateClient
+    from azure.keyvault.certificates import CertificateClient, CertificateContentType, CertificatePolicy
     from azure.keyvault.secrets import SecretClient
 
     admin = sandbox.admin_credential()
     for (vault, name), value in EXAMPLE_SECRETS.items():
         SecretClient(sandbox.vault_url(vault), admin).set_secret(name, value)
-    CertificateClient(sandbox.vault_url("kv-source"), admin).import_certificate("app-certificate", self_signed_pem("app.example"))
+    CertificateClient(sandbox.vault_url("kv-source"), admin).import_certificate(
+        "app-certificate", self_signed_pem("app.example"),
+        policy=CertificatePolicy(issuer_name="Unknown", content_type=CertificateContentType.pem))  # a PEM import names PEM
     for identity, role, kind, resource in EXAMPLE_ROLES:
         sandbox.grant(identity, role, sandbox.resource_id(kind, resource) if kind and resource else None)
     return {"secrets": len(EXAMPLE_SECRETS) + 1, "roles": len(EXAMPLE_ROLES)}

@@ -168,6 +168,30 @@ class SandboxClient:
         (Key Vault's asynchronous soft delete); None restores the sandbox's default."""
         return dict(self.call("PUT", "/keyvault/soft-delete", {"delete_seconds": delete_seconds, "recover_seconds": recover_seconds}))
 
+    def set_keyvault_policy(
+        self, vault: str, *, require_expiry: bool = False, max_validity_days: int | None = None,
+        required_tags: list[str] | dict[str, str | None] | None = None, content_type: bool | str = False,
+        assignment: str | None = None,
+    ) -> dict[str, Any]:
+        """Assign Deny-effect rules to `vault`'s secret writes (set secret, update properties, certificate
+        import), as Azure Policy (Microsoft.KeyVault.Data mode) does: `require_expiry` (an `exp`),
+        `max_validity_days` (`exp` within that many days of creation), `required_tags` (names, or
+        name -> required value, None for any value), `content_type` (True: set; a string: exactly it).
+        A refused write gets 403 Forbidden with innererror `ForbiddenByPolicy`.  Replaces the vault's rules."""
+        body: dict[str, Any] = {"require_expiry": require_expiry, "max_validity_days": max_validity_days,
+                                "required_tags": required_tags or {}, "content_type": content_type}
+        if assignment:
+            body["assignment"] = assignment
+        return dict(self.call("PUT", f"/keyvault/policy/{vault}", body))
+
+    def clear_keyvault_policy(self, vault: str) -> None:
+        """No policy rules on `vault` any more."""
+        self.call("DELETE", f"/keyvault/policy/{vault}")
+
+    def keyvault_policy(self, vault: str) -> dict[str, Any]:
+        """The rules on `vault` (`enforced: false` when there are none)."""
+        return dict(self.call("GET", f"/keyvault/policy/{vault}"))
+
     def create_resource(self, kind: str, name: str, resource_group: str | None = None) -> dict[str, Any]:
         return self.call("POST", "/resources", {"kind": kind, "name": name, "resource_group": resource_group})
 

@@ -11,9 +11,15 @@ send, e.g. 2025-07-01 / 2026-04-01) as used by azure-keyvault-secrets/-keys/-cer
   is answered 409 `ObjectIsBeingRecovered`; a deleted (recoverable) name stays taken (409
   `ObjectIsDeletedButRecoverable`) until it is recovered or purged.  Both times are set through
   the control API (`PUT /keyvault/soft-delete`);
-* certificates: import (PFX or PEM) and get; each version is backed by a secret of the same name
-  and version (content type `application/x-pkcs12` or `application/x-pem-file`, `kid` set,
-  `managed: true`) and a key;
+* certificates: import (PFX or PEM, read in the format the policy's content type names: PEM needs
+  `application/x-pem-file`, as in Azure), get latest / by version, list, list versions, get policy;
+  each version is backed by a key and a secret of the same name and version (content type, `kid`,
+  `managed: true`, the certificate's `nbf`/`exp` and tags; without the private key when the policy's
+  key is not exportable);
+* Azure Policy (Deny effect, Microsoft.KeyVault.Data mode) on secret writes: per vault, set through
+  the control API (`PUT /keyvault/policy/{vault}`), a set, update or certificate import that lacks an
+  expiry, exceeds a maximum validity, lacks required tags or a content type is refused with 403
+  `Forbidden` / innererror `ForbiddenByPolicy`;
 * keys: create (RSA, EC), get (public JWK only), list.
 
 Every request without a bearer token is answered with the 401 challenge first
@@ -26,6 +32,7 @@ certificate or key version is published as a Key Vault event.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 import time
@@ -134,6 +141,79 @@ def _being_recovered(kind: str, name: str) -> AzureError:
                       inner_code="ObjectIsBeingRecovered")
 
 
+# Built-in Azure Policy definitions (mode Microsoft.KeyVault.Data) the sandbox's rules stand for.
+_DEFINITIONS = {
+    "require_expiry": ("98728c90-32c7-4049-8429-847dc0f4fe37", "Key Vault secrets should have an expiration date"),
+    "max_validity_days": ("342e8053-e12e-4c44-be01-c3c2f318400f", "Secrets should have the specified maximum validity period"),
+    "content_type": ("75262d3e-ba4a-4f43-85f8-9f72c090e5e3", "Secrets should have content type set"),
+    "required_tags": (None, "Secrets should have the required tags"),
+}
+
+
+@dataclass
+class SecretWritePolicy:
+    """Deny-effect rules on a vault's secret writes (set secret, update properties, certificate import),
+    as Azure Policy assignments in the Microsoft.KeyVault.Data mode enforce them."""
+
+    require_expiry: bool = False
+    max_validity_days: int | None = None
+    required_tags: dict[str, str | None] = field(default_factory=dict)  # name -> required value (None: any)
+    content_type: bool | str = False  # True: must be set; a string: must be exactly that
+    assignment: str = "sandbox-keyvault-policy"
+
+    @classmethod
+    def parse(cls, body: Any) -> SecretWritePolicy:
+        """The policy a control API body describes.
+
+        Raises:
+            ValueError: a malformed body (the message says what is wrong).
+        """
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        unknown = set(body) - {"require_expiry", "max_validity_days", "required_tags", "content_type", "assignment"}
+        if unknown:
+            raise ValueError(f"unknown keys: {sorted(unknown)}")
+        policy = cls()
+        policy.require_expiry = bool(body.get("require_expiry", False))
+        days = body.get("max_validity_days")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+            raise ValueError("max_validity_days must be a whole number of days >= 1, or null")
+        policy.max_validity_days = days
+        tags = body.get("required_tags") or {}
+        if isinstance(tags, list):
+            tags = {str(name): None for name in tags}
+        if not isinstance(tags, dict) or not all(v is None or isinstance(v, str) for v in tags.values()):
+            raise ValueError("required_tags must be a list of names or an object of name -> value (or null for any value)")
+        policy.required_tags = {str(k): v for k, v in tags.items()}
+        content_type = body.get("content_type", False)
+        if not isinstance(content_type, bool | str) or content_type == "":
+            raise ValueError("content_type must be true (any), a content type, or false")
+        policy.content_type = content_type
+        policy.assignment = str(body.get("assignment") or policy.assignment)
+        return policy
+
+    def describe(self) -> dict[str, Any]:
+        return {"require_expiry": self.require_expiry, "max_validity_days": self.max_validity_days,
+                "required_tags": dict(self.required_tags), "content_type": self.content_type, "assignment": self.assignment}
+
+    def violations(self, *, exp: int | None, created: int, tags: dict[str, str] | None, content_type: str | None) -> list[str]:
+        """The display names of the rules a secret with these properties breaks (no values named)."""
+        broken = []
+        if self.require_expiry and exp is None:
+            broken.append(_DEFINITIONS["require_expiry"][1])
+        if self.max_validity_days is not None and (exp is None or exp > created + self.max_validity_days * 86400):
+            broken.append(f"{_DEFINITIONS['max_validity_days'][1]} ({self.max_validity_days} days)")
+        if self.content_type is True and not content_type:
+            broken.append(_DEFINITIONS["content_type"][1])
+        elif isinstance(self.content_type, str) and self.content_type is not True and (content_type or "").lower() != self.content_type.lower():
+            broken.append(f"{_DEFINITIONS['content_type'][1]} ({self.content_type})")
+        have = tags or {}
+        missing = [n for n, v in self.required_tags.items() if n not in have or (v is not None and have[n] != v)]
+        if missing:
+            broken.append(f"{_DEFINITIONS['required_tags'][1]} ({', '.join(sorted(missing))})")
+        return broken
+
+
 class KeyVaultService(Service):
     name = "keyvault"
 
@@ -142,6 +222,8 @@ class KeyVaultService(Service):
         self.runtime = runtime
         self.delete_seconds = DEFAULT_DELETE_SECONDS
         self.recover_seconds = DEFAULT_RECOVER_SECONDS
+        # Azure Policy deny rules on secret writes, per vault (lower-cased name); control API.
+        self.policies: dict[str, SecretWritePolicy] = {}
         r = self.add_route
         r("PUT", rf"/secrets/{_NAME}", "SetSecret", self.set_secret)
         r("GET", r"/secrets", "GetSecrets", self.list_secrets)
@@ -157,6 +239,9 @@ class KeyVaultService(Service):
         r("GET", r"/keys", "GetKeys", self.list_keys)
         r("GET", rf"/keys/{_NAME}(/{_VERSION})?", "GetKey", self.get_key)
         r("POST", rf"/certificates/{_NAME}/import", "ImportCertificate", self.import_certificate)
+        r("GET", r"/certificates", "GetCertificates", self.list_certificates)
+        r("GET", rf"/certificates/{_NAME}/versions", "GetCertificateVersions", self.list_certificate_versions)
+        r("GET", rf"/certificates/{_NAME}/policy", "GetCertificatePolicy", self.get_certificate_policy)
         r("GET", rf"/certificates/{_NAME}(/{_VERSION})?", "GetCertificate", self.get_certificate)
 
     # ---- control API ------------------------------------------------------------------------
@@ -175,7 +260,47 @@ class KeyVaultService(Service):
                 return json_response({"error": "delete_seconds and recover_seconds must not be negative"}, status=400)
             return json_response({"delete_seconds": self.delete_seconds, "recover_seconds": self.recover_seconds})
 
+        async def put_policy(request: web.Request) -> web.Response:
+            # Deny-effect rules on the vault's secret writes (Azure Policy, Microsoft.KeyVault.Data mode).
+            vault = request.match_info["vault"].lower()
+            if self.runtime.world.find_resource(VAULT_TYPE, vault) is None:
+                return json_response({"error": f"no vault {vault}"}, status=404)
+            try:
+                policy = SecretWritePolicy.parse(await read_json(request))
+            except ValueError as exc:
+                return json_response({"error": str(exc)}, status=400)
+            self.policies[vault] = policy
+            return json_response({"vault": vault, **policy.describe()})
+
+        async def get_policy(request: web.Request) -> web.Response:
+            vault = request.match_info["vault"].lower()
+            policy = self.policies.get(vault)
+            return json_response({"vault": vault, **(policy.describe() if policy else {}), "enforced": policy is not None})
+
+        async def delete_policy(request: web.Request) -> web.Response:
+            self.policies.pop(request.match_info["vault"].lower(), None)
+            return web.Response(status=204)
+
         app.router.add_put("/keyvault/soft-delete", soft_delete)
+        app.router.add_put("/keyvault/policy/{vault}", put_policy)
+        app.router.add_get("/keyvault/policy/{vault}", get_policy)
+        app.router.add_delete("/keyvault/policy/{vault}", delete_policy)
+
+    def check_policy(
+        self, vault: Resource, operation: str, kind: str, name: str, *, exp: int | None, created: int,
+        tags: dict[str, str] | None, content_type: str | None,
+    ) -> None:
+        """Refuse a write the vault's deny rules forbid, as Key Vault does for an Azure Policy assignment
+        with the Deny effect: 403 Forbidden, innererror ForbiddenByPolicy, the broken rules named."""
+        policy = self.policies.get(vault.name.lower())
+        if policy is None:
+            return
+        broken = policy.violations(exp=exp, created=created, tags=tags, content_type=content_type)
+        if broken:
+            raise AzureError(403, "Forbidden", (
+                f"Operation '{operation}' on {kind} '{name}' in vault '{vault.name}' is not allowed by Azure Policy "
+                f"assignment '{policy.assignment}' (Deny): {'; '.join(broken)}."
+            ), inner_code="ForbiddenByPolicy")
 
     # ---- service hooks ----------------------------------------------------------------------
     def target_of(self, request: web.Request, params: dict[str, str]) -> str | None:
@@ -359,6 +484,10 @@ class KeyVaultService(Service):
             raise AzureError(400, "BadParameter", "Property 'value' is required and must be a string.")
         if len(body["value"].encode()) > 25 * 1024:
             raise AzureError(400, "BadParameter", "Secret value is too large: the maximum is 25 KB.")
+        proposed = ObjectVersion(version="", created=self._now(), updated=self._now())
+        self._attributes_from(body, proposed)
+        self.check_policy(vault, "SetSecret", "secret", name, exp=proposed.exp, created=proposed.created,
+                          tags=proposed.tags, content_type=body.get("contentType"))
         obj, version = self.store_secret(
             vault, name, body["value"], content_type=body.get("contentType"), body=body,
         )
@@ -392,6 +521,13 @@ class KeyVaultService(Service):
         body = await read_json(request)
         if not isinstance(body, dict):
             raise AzureError(400, "BadParameter", "The request body must be an object.")
+        proposed = dataclasses.replace(found, tags=dict(found.tags) if found.tags else None)
+        if "contentType" in body:
+            proposed.content_type = body["contentType"]
+        self._attributes_from(body, proposed)
+        # Azure Policy evaluates the secret as the update would leave it.
+        self.check_policy(vault, "UpdateSecret", "secret", name, exp=proposed.exp, created=found.created,
+                          tags=proposed.tags, content_type=proposed.content_type)
         if "contentType" in body:
             found.content_type = body["contentType"]
         self._attributes_from(body, found)
@@ -545,32 +681,79 @@ class KeyVaultService(Service):
         return self._page(request, _listing(vault, "keys"), "/keys", key_item)
 
     # ---- certificates -----------------------------------------------------------------------
+    def _certificate_not_found(self, name: str, version: str | None = None) -> AzureError:
+        ident = f"{name}/{version}" if version else name
+        return AzureError(404, "CertificateNotFound", (
+            f"A certificate with (name/id) {ident} was not found in this key vault. If you recently deleted this "
+            "certificate you may be able to recover it using the correct recovery command. For help resolving this "
+            "issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+        ))
+
     async def import_certificate(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
+        """Import a PFX or PEM certificate with its private key (ImportCertificate).
+
+        As Key Vault does: the value is read in the format the policy's `secret_props.contentType` names
+        (`application/x-pkcs12`, the default, or `application/x-pem-file`); the certificate's `nbf`/`exp`
+        come from the X.509 certificate; a new version of the certificate, of its key and of its backing
+        secret (same name and version, `kid` set, `managed: true`, the certificate's tags) is created;
+        with `key_props.exportable: false` the backing secret holds the certificate without its key.
+        """
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/certificates/import/action", f"certificates/{name}")
         body = await read_json(request)
-        raw_value = body.get("value")
-        if not isinstance(raw_value, str):
+        if not isinstance(body, dict) or not isinstance(body.get("value"), str) or not body["value"]:
             raise AzureError(400, "BadParameter", "Property 'value' is required.")
-        policy = body.get("policy") or {}
-        content_type = ((policy.get("secret_props") or {}).get("contentType") or "application/x-pkcs12").lower()
-        key, cert, chain = _load_certificate_material(raw_value, body.get("pwd"))
+        policy_in = body.get("policy") or {}
+        if not isinstance(policy_in, dict):
+            raise AzureError(400, "BadParameter", "Property policy has invalid value.")
+        secret_props = policy_in.get("secret_props") or {}
+        content_type = str(secret_props.get("contentType") or PKCS12).lower()
+        if content_type not in (PKCS12, PEM):
+            raise AzureError(400, "BadParameter", "Property policy.secret_props.contentType has invalid value.")
+        key_props = policy_in.get("key_props") or {}
+        exportable = key_props.get("exportable") is not False
+        password = body.get("pwd")
+        key, cert, chain = _load_certificate_material(body["value"], password if isinstance(password, str) else None, content_type)
+        tags = _tags_of(body)
+        attributes = body.get("attributes") or {}
+        enabled = True if not isinstance(attributes, dict) or attributes.get("enabled") is None else bool(attributes["enabled"])
+        nbf = int(cert.not_valid_before_utc.timestamp())
+        exp = int(cert.not_valid_after_utc.timestamp())
+        self.check_policy(vault, "ImportCertificate", "certificate", name, exp=exp, created=self._now(), tags=tags, content_type=content_type)
+        self._check_secret_name_free(vault, name)
+
         obj = _store(vault, "certificates").setdefault(name.lower(), VaultObject(name=name))
         version = self._new_version(obj)
-        self._attributes_from(body, version)
+        version.enabled, version.nbf, version.exp, version.tags = enabled, nbf, exp, tags
         version.cer = _der(cert)
-        version.policy = policy
+        version.policy = _certificate_policy(policy_in, key, cert, content_type, exportable, version.created)
         base = self._base(vault)
         kid = f"{base}/keys/{name}/{version.version}"
-        self._store_key(vault, name, key, managed=True, version_id=version.version)
-        secret_value = _pem_bundle(key, cert, chain) if content_type == "application/x-pem-file" else base64.b64encode(_pfx(name, key, cert, chain)).decode()
+        key_obj, key_version = self._store_key(vault, name, key, managed=True, version_id=version.version)
+        key_version.enabled, key_version.nbf, key_version.exp, key_version.tags = enabled, nbf, exp, dict(tags) if tags else None
+        if content_type == PEM:
+            secret_value = _pem_bundle(key if exportable else None, cert, chain)
+        else:
+            secret_value = base64.b64encode(_pfx(name, key if exportable else None, cert, chain)).decode()
         secret_obj, secret_version = self.store_secret(
-            vault, name, secret_value, content_type=content_type, kid=kid, managed=True,
-            version_id=version.version, body={"attributes": {"enabled": version.enabled, "nbf": version.nbf, "exp": version.exp or int(cert.not_valid_after_utc.timestamp())}},
+            vault, name, secret_value, content_type=content_type, kid=kid, managed=True, tags=dict(tags) if tags else None,
+            version_id=version.version, body={"attributes": {"enabled": enabled, "nbf": nbf, "exp": exp}},
         )
         self._publish(vault, "Microsoft.KeyVault.CertificateNewVersionCreated", "Certificate", obj.name, version)
+        self._publish(vault, "Microsoft.KeyVault.KeyNewVersionCreated", "Key", key_obj.name, key_version)
         self._publish(vault, "Microsoft.KeyVault.SecretNewVersionCreated", "Secret", secret_obj.name, secret_version)
         return json_response(self._certificate_bundle(vault, obj, version))
+
+    def _check_secret_name_free(self, vault: Resource, name: str) -> None:
+        """A certificate import writes a secret of the same name: the same 409s as a set."""
+        deleted = _store(vault, "deleted_secrets").get(name.lower())
+        if deleted is not None:
+            if deleted.in_transition() == DELETING:
+                raise _being_deleted("Secret")
+            raise AzureError(409, "Conflict", (
+                f"Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; "
+                "in this state, the secret can only be recovered or purged."
+            ), inner_code="ObjectIsDeletedButRecoverable")
 
     def _certificate_bundle(self, vault: Resource, obj: VaultObject, version: ObjectVersion) -> dict[str, Any]:
         base = self._base(vault)
@@ -579,23 +762,58 @@ class KeyVaultService(Service):
             "id": f"{base}/certificates/{obj.name}/{version.version}",
             "kid": f"{base}/keys/{obj.name}/{version.version}",
             "sid": f"{base}/secrets/{obj.name}/{version.version}",
-            "x5t": base64.urlsafe_b64encode(hashlib.sha1(cer).digest()).rstrip(b"=").decode(),  # noqa: S324 (x5t is SHA-1 by definition)
+            "x5t": _x5t(cer),
             "cer": base64.b64encode(cer).decode(),
             "attributes": version.attributes(),
-            "policy": {"id": f"{base}/certificates/{obj.name}/policy", **(version.policy or {})},
+            "policy": {"id": f"{base}/certificates/{obj.name}/policy", **(obj.current().policy or {})},
         }
         if version.tags:
             bundle["tags"] = dict(version.tags)
         return bundle
 
+    def _certificate_item(self, vault: Resource, obj: VaultObject, version: ObjectVersion, *, versioned: bool) -> dict[str, Any]:
+        path = f"{obj.name}/{version.version}" if versioned else obj.name
+        item: dict[str, Any] = {
+            "id": f"{self._base(vault)}/certificates/{path}", "x5t": _x5t(version.cer or b""),
+            "attributes": version.attributes(),
+        }
+        if version.tags:
+            item["tags"] = dict(version.tags)
+        return item
+
+    def _find_certificate(self, vault: Resource, name: str) -> VaultObject:
+        obj = _store(vault, "certificates").get(name.lower())
+        if obj is None:
+            raise self._certificate_not_found(name)
+        return obj
+
     async def get_certificate(self, request: web.Request, ctx: CallContext, name: str, version: str | None = None) -> web.Response:
         vault = self._vault(request)
         self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/certificates/read", f"certificates/{name}")
-        obj = _store(vault, "certificates").get(name.lower())
-        found = (obj.versions.get(version.lower()) if version else obj.current()) if obj else None
-        if obj is None or found is None:
-            raise AzureError(404, "CertificateNotFound", f"A certificate with (name/id) {name} was not found in this key vault.")
+        obj = self._find_certificate(vault, name)
+        found = obj.versions.get(version.lower()) if version else obj.current()
+        if found is None:
+            raise self._certificate_not_found(name, version)
         return json_response(self._certificate_bundle(vault, obj, found))
+
+    async def list_certificates(self, request: web.Request, ctx: CallContext) -> web.Response:
+        vault = self._vault(request)
+        self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/certificates/read", "certificates")
+        return self._page(request, _listing(vault, "certificates"), "/certificates",
+                          lambda obj: self._certificate_item(vault, obj, obj.current(), versioned=False))
+
+    async def list_certificate_versions(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
+        vault = self._vault(request)
+        self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/certificates/read", f"certificates/{name}")
+        obj = self._find_certificate(vault, name)
+        return self._page(request, list(obj.versions.values()), f"/certificates/{obj.name}/versions",
+                          lambda version: self._certificate_item(vault, obj, version, versioned=True))
+
+    async def get_certificate_policy(self, request: web.Request, ctx: CallContext, name: str) -> web.Response:
+        vault = self._vault(request)
+        self._authorize(ctx, vault, "Microsoft.KeyVault/vaults/certificates/read", f"certificates/{name}")
+        obj = self._find_certificate(vault, name)
+        return json_response({"id": f"{self._base(vault)}/certificates/{obj.name}/policy", **(obj.current().policy or {})})
 
 
 # ---- key material helpers ---------------------------------------------------------------------
@@ -630,30 +848,95 @@ def public_jwk(private_key: Any, key_ops: list[str] | None = None) -> dict[str, 
     raise AzureError(400, "BadParameter", "Unsupported key type.")
 
 
-def _load_certificate_material(value: str, password: str | None) -> tuple[Any, Any, list[Any]]:
+PKCS12 = "application/x-pkcs12"
+PEM = "application/x-pem-file"
+# Key Vault's words for unreadable import material (as SDK users report them).
+_PKCS12_UNREADABLE = ("The specified PKCS#12 X.509 certificate content can not be read. Please check if certificate "
+                      "is in valid PKCS#12 format.")
+_PEM_UNREADABLE = ("The specified PEM X.509 certificate content is in an unexpected format. Please check if "
+                   "certificate is in valid PEM format.")
+_PEM_NO_KEY = ("Private key is not specified in the specified X.509 PEM certificate content. Please specify private "
+               "key in the X.509 PEM certificate content.")
+
+
+def _load_certificate_material(value: str, password: str | None, content_type: str = PKCS12) -> tuple[Any, Any, list[Any]]:
+    """(private key, certificate, chain) of an import's base64 `value`, read as `content_type` says.
+
+    Raises:
+        AzureError: 400 BadParameter when the material cannot be read in that format or has no key.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 
     try:
         data = base64.b64decode(value, validate=False)
     except ValueError:
-        data = value.encode()
-    if b"-----BEGIN" not in data and value.lstrip().startswith("-----BEGIN"):
-        data = value.encode()
-    try:
-        if b"-----BEGIN" in data:
+        data = b""
+    if content_type == PEM:
+        if b"-----BEGIN" not in data and value.lstrip().startswith("-----BEGIN"):
+            data = value.encode()  # PEM text sent as is (not base64): accepted
+        try:
             certs = x509.load_pem_x509_certificates(data)
-            match = re.search(rb"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----.*?-----END (?:RSA |EC )?PRIVATE KEY-----", data, re.S)
-            if match is None or not certs:
-                raise ValueError("a PEM certificate import needs the private key and the certificate")
+        except ValueError:
+            raise AzureError(400, "BadParameter", _PEM_UNREADABLE) from None
+        match = re.search(rb"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----.*?-----END (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----", data, re.S)
+        if match is None:
+            raise AzureError(400, "BadParameter", _PEM_NO_KEY)
+        try:
             pem_key = load_pem_private_key(match.group(0), password.encode() if password else None)
-            return pem_key, certs[0], certs[1:]
+        except (ValueError, TypeError):
+            raise AzureError(400, "BadParameter", _PEM_UNREADABLE) from None
+        return pem_key, certs[0], certs[1:]
+    try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password.encode() if password else None)
-    except ValueError as exc:
-        raise AzureError(400, "BadParameter", f"The certificate could not be read: {exc}.") from None
+    except (ValueError, TypeError):
+        raise AzureError(400, "BadParameter", _PKCS12_UNREADABLE) from None
     if key is None or cert is None:
-        raise AzureError(400, "BadParameter", "The PFX must contain a private key and a certificate.")
+        raise AzureError(400, "BadParameter", _PKCS12_UNREADABLE)
     return key, cert, list(extra or [])
+
+
+def _x5t(der: bytes) -> str:
+    """The certificate's x5t: base64url of its SHA-1 thumbprint."""
+    return base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()  # noqa: S324 (x5t is SHA-1 by definition)
+
+
+def _tags_of(body: dict[str, Any]) -> dict[str, str] | None:
+    tags = body.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, dict) or len(tags) > 15:
+        raise AzureError(400, "BadParameter", "tags must be an object with at most 15 entries.")
+    return {str(k): str(v) for k, v in tags.items()} or None
+
+
+def _certificate_policy(given: dict[str, Any], key: Any, cert: Any, content_type: str, exportable: bool, created: int) -> dict[str, Any]:
+    """The policy Key Vault keeps for an imported certificate: what the import gave, completed from the
+    certificate itself (key type and size, subject, SANs, validity) with issuer `Unknown`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key_props: dict[str, Any] = {"exportable": exportable, "reuse_key": bool((given.get("key_props") or {}).get("reuse_key", False))}
+    if isinstance(key, rsa.RSAPrivateKey):
+        key_props.update({"kty": "RSA", "key_size": key.key_size})
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "P-256K"}
+        key_props.update({"kty": "EC", "crv": names.get(key.curve.name, key.curve.name), "key_size": key.curve.key_size})
+    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    x509_props: dict[str, Any] = {"subject": cert.subject.rfc4514_string(), "validity_months": max(1, round(days / 30.44))}
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        x509_props["sans"] = {"dns_names": sans.get_values_for_type(x509.DNSName)}
+    except x509.ExtensionNotFound:
+        pass
+    return {
+        "key_props": key_props,
+        "secret_props": {"contentType": content_type},
+        "x509_props": x509_props,
+        "lifetime_actions": [{"trigger": {"lifetime_percentage": 80}, "action": {"action_type": "EmailContacts"}}],
+        "issuer": {"name": "Unknown"},
+        "attributes": {"enabled": True, "created": created, "updated": created},
+    }
 
 
 def _der(cert: Any) -> bytes:
@@ -663,9 +946,11 @@ def _der(cert: Any) -> bytes:
 
 
 def _pem_bundle(key: Any, cert: Any, chain: list[Any]) -> str:
+    """PEM: the private key (unless None: a non-exportable key), the certificate, the chain."""
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    parts = [key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()), cert.public_bytes(Encoding.PEM)]
+    parts = [key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())] if key is not None else []
+    parts.append(cert.public_bytes(Encoding.PEM))
     parts += [c.public_bytes(Encoding.PEM) for c in chain]
     return b"".join(parts).decode()
 

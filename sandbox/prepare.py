@@ -95,7 +95,7 @@ def seed_config(client: SandboxClient, loaded: Any, values: Mapping[tuple[str, s
     """Create the config's resources and Key Vault objects in the sandbox (`values`: chosen
     secret values by (vault, name); also written when the secret exists)."""
     from azure.core.exceptions import ResourceNotFoundError
-    from azure.keyvault.certificates import CertificateClient
+    from azure.keyvault.certificates import CertificateClient, CertificateContentType, CertificatePolicy
     from azure.keyvault.keys import KeyClient
     from azure.keyvault.secrets import SecretClient
 
@@ -124,7 +124,9 @@ def seed_config(client: SandboxClient, loaded: Any, values: Mapping[tuple[str, s
                 certificates.get_certificate(name)
                 continue
             except ResourceNotFoundError:
-                certificates.import_certificate(name, self_signed_pem(f"{name}.example"))
+                # A PEM import needs a policy naming the PEM content type, as in Azure.
+                certificates.import_certificate(name, self_signed_pem(f"{name}.example"), policy=CertificatePolicy(
+                    issuer_name="Unknown", content_type=CertificateContentType.pem))
         else:
             keys = KeyClient(url, admin)
             try:

@@ -315,6 +315,31 @@ _ROLES: tuple[RoleDefinition, ...] = (
         data_actions=("Microsoft.Insights/Metrics/Write", "Microsoft.Insights/Telemetry/Write"),
         description="Publish metrics and telemetry (Application Insights with local authentication disabled).",
     ),
+    # --- Container Apps (the sandbox's Microsoft.App/containerApps; subset of the real actions) ---
+    RoleDefinition(
+        "358470bc-b998-42bd-ab17-a7e34c199c0f", "Container Apps Contributor",
+        actions=(
+            "Microsoft.App/containerApps/*",
+            "Microsoft.App/managedEnvironments/read",
+            "Microsoft.App/managedEnvironments/join/action",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Support/*",
+        ),
+        description="Manage container apps, their secrets included (listSecrets).",
+    ),
+    RoleDefinition(
+        "ad2dd5fb-cd4b-4fd4-a9b6-4fed3630980b", "ContainerApp Reader",
+        actions=(
+            "Microsoft.App/containerApps/read",
+            "Microsoft.App/containerApps/*/read",
+            "Microsoft.App/managedEnvironments/read",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+        ),
+        description="Read container apps and their revisions; no secret values (no listSecrets).",
+    ),
     # --- App Service ---
     RoleDefinition(
         "de139f84-1756-47ae-9be6-808fbbe84772", "Website Contributor",

@@ -69,10 +69,13 @@ from typing import Any
 from aiohttp import web
 
 from core.azure_roles import BUILTIN_ROLES, RoleDefinition
+from sandbox import references as refs
+from sandbox.arm_apps import AppsMixin
 from sandbox.arm_limits import StorageProviderLimits
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
 from sandbox.runtime import Runtime
 from sandbox.world import (
+    CONTAINER_APP_TYPE,
     COSMOS_TYPE,
     SITE_TYPE,
     SQL_TYPE,
@@ -95,6 +98,7 @@ NEWEST_API_VERSIONS = {
     "microsoft.web": "2025-05-01",
     "microsoft.sql": "2025-01-01",
     "microsoft.authorization": "2022-05-01",
+    "microsoft.app": "2026-07-01",
 }
 _API_VERSION = re.compile(r"^(?P<date>20\d\d-\d\d-\d\d)(-preview)?$")
 _LAST_NAMESPACE = re.compile(r".*/providers/(?P<ns>[^/]+)", re.IGNORECASE)
@@ -127,6 +131,10 @@ _KINDS = {
     ),
     "sql": _Kind(
         SQL_TYPE, r"Microsoft\.Sql/servers", re.compile(r"^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$"), "InvalidServerName",
+    ),
+    "containerapp": _Kind(
+        CONTAINER_APP_TYPE, r"Microsoft\.App/containerApps", re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"),
+        "ContainerAppInvalidName",
     ),
     "vault": _Kind(
         VAULT_TYPE, r"Microsoft\.KeyVault/vaults", re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$"),
@@ -216,7 +224,7 @@ class _Operation:
         return True
 
 
-class ArmService(Service):
+class ArmService(AppsMixin, Service):
     name = "arm"
     case_insensitive_paths = True
 
@@ -240,7 +248,7 @@ class ArmService(Service):
             r("GET", rf"{_SUB}/providers/{spec.pattern}", f"List{title}", self._lister(kind))
             r("GET", rf"{_RG}/providers/{spec.pattern}", f"List{title}InGroup", self._lister(kind))
             r("GET", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Get{title}", self._getter(kind))
-            if kind != "sql":
+            if kind not in ("sql", "containerapp"):
                 r("PUT", rf"{_RG}/providers/{spec.pattern}/(?P<name>[^/]+)", f"Put{title}", self._putter(kind))
         # long-running operations
         r("GET", _SUB + r"/providers/(?P<ns>[^/]+)/locations/(?P<loc>[^/]+)/(?P<kind>operationsStatus|operationResults|asyncoperations)/(?P<op>[^/]+)",
@@ -277,6 +285,12 @@ class ArmService(Service):
         rd = rf"(?P<scope>(/subscriptions/.+?)?){_AUTHZ}/roleDefinitions"
         r("GET", rd + r"/(?P<role_id>[^/]+)", "GetRoleDefinition", self.get_role_definition)
         r("GET", rd, "ListRoleDefinitions", self.list_role_definitions)
+        # App Service Key Vault references, site PATCH, Container Apps (sandbox/arm_apps.py)
+        self._register_app_routes()
+
+    @staticmethod
+    def kind_spec(kind: str) -> _Kind:
+        return _KINDS[kind]
 
     # ---- service hooks ----------------------------------------------------------------------
     def target_of(self, request: web.Request, params: dict[str, str]) -> str | None:
@@ -475,6 +489,10 @@ class ArmService(Service):
         elif resource.type == SITE_TYPE:
             body["kind"] = resource.data.get("kind", "functionapp,linux")
             properties.update({"defaultHostName": f"{resource.name}.azurewebsites.net", "state": "Running"})
+            body["properties"] = properties
+            self.site_view_extra(resource, body)
+        elif resource.type == CONTAINER_APP_TYPE:
+            return self._container_app_view(resource)
         elif resource.type == SQL_TYPE:
             body["kind"] = "v12.0"
             properties.update({
@@ -574,12 +592,18 @@ class ArmService(Service):
             self._storage_limit(kind, "write", str(existing.location if existing is not None else body["location"]))
             tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
             settable = _settable_properties(kind, body)
+            if kind == "site" and "identity" in body:
+                refs.parse_identity(world, body["identity"])  # refused before anything is created
             if existing is not None:
                 existing.tags = tags or existing.tags
                 existing.properties.update(settable)
+                if kind == "site":
+                    self.site_identity_update(existing, body)
                 return json_response(self._view(existing))
             resource = world.add_resource(spec.type, name, resource_group=group, location=str(body["location"]), tags=tags,
                                           properties=settable)
+            if kind == "site":
+                self.site_identity_update(resource, body)
             if body.get("kind"):
                 resource.data["kind"] = str(body["kind"])
             return await self._created(request, ctx, kind, resource, body)
@@ -867,6 +891,7 @@ class ArmService(Service):
         app.router.add_get("/arm/operations", list_operations)
         app.router.add_post("/arm/operations/finish", finish_operations)
         app.router.add_get("/arm/sites/{site}/restarts", site_restarts)
+        self.apps_control_routes(app)
 
     @staticmethod
     def _status(op: _Operation) -> str:
@@ -921,6 +946,8 @@ class ArmService(Service):
         restarts = resource.data.setdefault("restarts", {})
         key = (slot or "").lower()
         restarts[key] = restarts.get(key, 0) + 1
+        # A restarted app reads its Key Vault references again (App Service refetches on any change).
+        resource.data.get("kvref_cache", {}).pop(key, None)
 
     # ---- slot-sticky setting names (site level, shared by every slot) ------------------------
     _SLOT_CONFIG_LISTS = ("appSettingNames", "connectionStringNames", "azureStorageConfigNames")

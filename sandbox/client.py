@@ -91,6 +91,7 @@ class SandboxClient:
             "cosmos": "Microsoft.DocumentDB/databaseAccounts",
             "site": "Microsoft.Web/sites",
             "sql": "Microsoft.Sql/servers",
+            "containerapp": "Microsoft.App/containerApps",
         }[kind]
         return (
             f"/subscriptions/{self.subscription_id}/resourceGroups/{resource_group or self.resource_group}"
@@ -243,6 +244,11 @@ class SandboxClient:
         """Grant `role` (a built-in role name) to `identity` at `scope` the real way: a
         `Microsoft.Authorization/roleAssignments` PUT by the admin identity through the SDK.
         Idempotent: the assignment name is derived from scope, role and principal."""
+        return self.grant_principal(self.principal_id(identity), role, scope)
+
+    def grant_principal(self, principal: str, role: str, scope: str | None = None) -> Any:
+        """`grant` for a principal (object) id, e.g. the system-assigned identity of a site or
+        container app (`identity.principalId` of its ARM resource)."""
         import uuid
 
         from azure.core.exceptions import ResourceExistsError
@@ -252,7 +258,6 @@ class SandboxClient:
         from core.azure_roles import role_by_name
 
         scope = scope or f"/subscriptions/{self.subscription_id}"
-        principal = self.principal_id(identity)
         definition = role_by_name(role)
         name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{definition.role_id}|{principal}"))
         client = AuthorizationManagementClient(self.admin_credential(), self.subscription_id, base_url=self.arm_endpoint)
@@ -268,6 +273,32 @@ class SandboxClient:
                         and str(existing.scope).lower().rstrip("/") == scope.lower().rstrip("/")):
                     return existing
             raise
+
+    # ---- App Service and Container Apps -------------------------------------------------------
+    def site_environment(self, site: str, slot: str | None = None) -> dict[str, Any]:
+        """What the site's app process sees now: `settings` (name -> value, a Key Vault reference
+        replaced by the secret it resolves to for the site's identity, or left as its text when it
+        does not resolve, as App Service does) and `references` (name -> status, active_version).
+        Secret values come back here only, never from ARM."""
+        query = f"?slot={slot}" if slot else ""
+        return dict(self.call("GET", f"/arm/sites/{site}/environment{query}"))
+
+    def refresh_site_references(self, site: str) -> None:
+        """App Service's periodic refetch of referenced secrets (every 24 hours in Azure), now: cached
+        resolved values are dropped, the next read resolves again (a versionless reference then
+        follows the secret's latest version)."""
+        self.call("POST", f"/arm/sites/{site}/references/refresh")
+
+    def container_app_counters(self, app: str) -> dict[str, Any]:
+        """`{"revisions": n, "latest_revision", "active_revision", "restarts": {revision: n}}` of a
+        container app: a template change adds a revision, a configuration (secrets) change does not."""
+        return dict(self.call("GET", f"/arm/containerapps/{app}"))
+
+    def container_app_environment(self, app: str) -> dict[str, Any]:
+        """What the active revision's containers see: `secrets` (name -> {status, value}, Key Vault
+        references resolved with the app's identity when the revision started or last restarted) and
+        `env` (variables, `secretRef` ones filled from those secrets).  Values come back here only."""
+        return dict(self.call("GET", f"/arm/containerapps/{app}/environment"))
 
     def issue_token(self, identity: str, resource: str, *, lifetime_s: int | None = None, claims: dict[str, Any] | None = None) -> str:
         """A token signed by the sandbox issuer, with optional lifetime (negative = expired) and extra claims."""

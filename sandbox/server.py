@@ -22,7 +22,7 @@ from sandbox.http import AzureError, CallContext, Service, json_response, read_j
 from sandbox.runtime import Runtime
 from sandbox.tls import SandboxPki, create_pki
 from sandbox.tokens import InvalidToken, LoginService, ManagedIdentityEndpoint, TokenIssuer
-from sandbox.world import COSMOS_TYPE, SITE_TYPE, SQL_TYPE, STORAGE_TYPE, VAULT_TYPE, World
+from sandbox.world import CONTAINER_APP_TYPE, COSMOS_TYPE, SITE_TYPE, SQL_TYPE, STORAGE_TYPE, VAULT_TYPE, World
 
 log = logging.getLogger("sandbox")
 
@@ -43,6 +43,7 @@ RESOURCE_KINDS = {
     "cosmos": COSMOS_TYPE,
     "site": SITE_TYPE,
     "sql": SQL_TYPE,
+    "containerapp": CONTAINER_APP_TYPE,
 }
 
 

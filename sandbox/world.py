@@ -24,6 +24,7 @@ STORAGE_TYPE = "Microsoft.Storage/storageAccounts"
 COSMOS_TYPE = "Microsoft.DocumentDB/databaseAccounts"
 SITE_TYPE = "Microsoft.Web/sites"
 SQL_TYPE = "Microsoft.Sql/servers"
+CONTAINER_APP_TYPE = "Microsoft.App/containerApps"
 
 
 def stable_uuid(seed: str, *parts: str) -> str:

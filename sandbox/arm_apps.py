@@ -19,7 +19,8 @@ again at each read.  The app sees the resolved value, or the reference text when
 
 **Container Apps** (Microsoft.App 2026-07-01, azure-mgmt-appcontainers).  `containerApps` get, list,
 create or update (PUT; creation is a long-running operation: 201 + `Azure-AsyncOperation`), update
-(PATCH: 202 + `Location`, applied when the operation completes: objects merged, arrays replaced),
+(PATCH: 202 + `Azure-AsyncOperation` and `Location`, applied when the operation completes: objects
+merged, arrays replaced),
 `listSecrets` (values; `listSecrets/action`), revisions list / get / restart.  Secrets live in
 `properties.configuration.secrets` (`name` + `value`, or `keyVaultUrl` + `identity`: `system` or a
 user-assigned identity's resource id assigned to the app); GET never returns values.  A change of
@@ -412,7 +413,8 @@ class AppsMixin:
 
         operation = self._start_operation(ctx, "Microsoft.App", app.location, request.query["api-version"], finish=apply,
                                           result=lambda: self._container_app_view(app), resource=app.id, kind="updateContainerApp")
-        return web.Response(status=202, headers={"Location": operation.result_url, "Retry-After": "0"})
+        # The spec's example answers 202 with Azure-AsyncOperation; the generated SDK reads Location: both.
+        return web.Response(status=202, headers={"Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0"})
 
     async def container_app_list_secrets(self: ArmService, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
         self._check(request, sub)

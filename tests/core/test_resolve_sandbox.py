@@ -43,6 +43,7 @@ from azure.mgmt.storage import StorageManagementClient
 from azure.mgmt.storage.models import Sku, StorageAccountCreateParameters
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key, pkcs12
 
@@ -277,7 +278,9 @@ def test_certificates_as_pem_and_pfx(sandbox: SandboxClient, vault: Vault, broke
     """A certificate imported as PKCS#12 and one imported as PEM, each read in both formats."""
     pfx_name, pem_name = unique("cert-pfx"), unique("cert-pem")
     pfx_source, pem_source = self_signed_pem("pfx.example"), self_signed_pem("pem.example")
-    vault.certificates.import_certificate(pfx_name, pfx_source)  # default policy: application/x-pkcs12
+    certificate, key = _cert_and_key(pfx_source)
+    pfx_bytes = pkcs12.serialize_key_and_certificates(b"pfx", key, certificate, None, serialization.NoEncryption())
+    vault.certificates.import_certificate(pfx_name, pfx_bytes)  # default policy: application/x-pkcs12
     vault.certificates.import_certificate(pem_name, pem_source, policy=CertificatePolicy(
         issuer_name="Unknown", content_type=CertificateContentType.pem))
     for name in (pfx_name, pem_name):

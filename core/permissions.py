@@ -70,6 +70,10 @@ _SLOT_WRITE = Need("Microsoft.Web/sites/slots/config/write", False, "site", "vau
 _SQL_READ = Need("Microsoft.Sql/servers/read", False, "sql", "SQL Server Contributor", "read the server's administrator login")
 _SQL_SET = Need("Microsoft.Sql/servers/write", False, "sql", "SQL Server Contributor", "set the server's administrator password")
 _SITE_CONFIG_READ = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer", "read the slot-sticky setting names")
+_SITE_REFERENCES = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer",
+                        "read App Service's status of the Key Vault references it wrote")
+_KV_RESOLVE = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User",
+                   "resolve the site's Key Vault references (App Service reads them with the site's identity)")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -98,6 +102,8 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
     "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),
     "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
+    "target:app_settings_references": (_SITE_REFERENCES,),
+    "site:keyvault_reference": (_KV_RESOLVE,),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
 }
@@ -265,7 +271,7 @@ class IdentityRef:
 
     key: str  # "system-assigned", "user-assigned:client_id=...", "service-principal:<client id>", "other:<what>"
     description: str
-    kind: str  # "system_assigned", "user_assigned", "service_principal", "other"
+    kind: str  # "system_assigned", "user_assigned", "service_principal", "site" (a site's own identity), "other"
     client_id: str | None = None
     resource_id: str | None = None
     object_id: str | None = None
@@ -589,6 +595,17 @@ class _Walker:
                 self.add(target.store, site, "target:app_settings_slot_setting", path)
             if target.resource_group is None:
                 self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
+            if getattr(target, "references", False):
+                vault = self.scope(target.store, "vault", target.vault)
+                self.add(target.store, vault, "target:keyvault", path)
+                self.add(target.store, site, "target:app_settings_references", path)
+                identity = IdentityRef(f"site:{target.site.lower()}:{(target.slot or '').lower()}",
+                                       f"managed identity of site {target.site}" + (f" (slot {target.slot})" if target.slot else "")
+                                       + " (App Service resolves its Key Vault references with it)", "site", object_id=target.site_principal_id)
+                grant = self.report.grant(identity, vault)
+                requirement = Requirement("site:keyvault_reference", _KV_RESOLVE, f"{path}.vault")
+                if requirement not in grant.requirements:
+                    grant.requirements.append(requirement)
         elif target.type == "webhook":
             if target.signing_key.from_ is not None:
                 self.reference(target.signing_key.from_, f"{path}.signing_key.from")
@@ -691,7 +708,7 @@ def render_bicep_parameters(
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
                             f"{grant.identity.description} ({', '.join(grant.capabilities)}); give resource groups instead")
             continue
-        if not grant.identity.is_managed:
+        if not grant.identity.is_managed and grant.identity.kind != "site":
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
                             f"{grant.identity.description}, which is not a managed identity of the Function app")
             continue
@@ -710,6 +727,11 @@ def render_bicep_parameters(
                 source["secrets"] = bool(source.get("secrets")) or "Key Vault Secrets User" in roles
                 if "Key Vault Reader" in roles:
                     source["publicKeys"] = True
+                if grant.identity.kind == "site":
+                    source["events"] = False  # a site resolving references: no events for vaultrelay in that grant
+                    if not grant.identity.object_id:
+                        warnings.append(f"sourceVaults: fill in the principalId of the {grant.identity.description} "
+                                        f"(or give site_principal_id in the config)")
         elif scope.kind == "container":
             account, _, container = scope.name.partition("/")
             blob = entry("blobContainers", grant, container, account=account)

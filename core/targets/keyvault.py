@@ -108,6 +108,7 @@ class KeyVaultTargetWriter:
         self.bundle_secret = str(config.bundle_secret)
         self._env = str(config.env)
         self._marks = ctx.fingerprinter.derive(f"keyvault\0{str(config.vault).lower()}\0{ctx.name}")
+        self.versions: dict[str, str] = {}  # secret name (lower case) -> the version this writer last wrote
         self._static_tags = dict(getattr(config, "tags", None) or {})
         self._as_certificates = getattr(config, "certificates", "secret") == "certificate"
         self._certificates: Any = None
@@ -324,6 +325,7 @@ class KeyVaultTargetWriter:
         except AzureError as exc:
             raise TargetError(self._write_failure("importing certificate", name, variable, exc)) from None
         self._listed(name, written.properties)
+        self.versions[name.lower()] = str(written.properties.version)
         return stamp_of(written.properties)
 
     def _write_failure(self, what: str, name: str, variable: str | None, exc: Exception) -> str:
@@ -385,6 +387,7 @@ class KeyVaultTargetWriter:
                     time.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX_S)
             self._listed(name, written.properties)
+            self.versions[name.lower()] = str(written.properties.version)
         except AzureError as exc:
             raise TargetError(self._write_failure("setting", name, variable, exc)) from None
         return stamp_of(written.properties)

@@ -41,9 +41,7 @@ from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetC
 from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, is_write, seeded
-
-__all__ = ["seeded"]  # the module-scoped fixture, re-exported for pytest
+from tests.world import World, is_write
 
 STATE = "sandboxstore"  # the state tables' account in World's config
 SITE = "sandbox-web"

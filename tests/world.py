@@ -77,6 +77,18 @@ def is_write(endpoint: str) -> bool:
     return any(word in operation.lower() for word in WRITE_WORDS)
 
 
+def target_writes(sandbox: SandboxClient) -> dict[str, int]:
+    """Successful write requests per endpoint, state tables left out."""
+    out: dict[str, int] = {}
+    for key, n in sandbox.counters()["by_endpoint_status"].items():
+        endpoint, _, status = key.rpartition(":")
+        operation = endpoint.partition(":")[2].lower()
+        reads = operation.startswith(("list", "get"))  # ListAppSettings is a POST, and contains "set"
+        if status.startswith("2") and is_write(endpoint) and not reads and not endpoint.startswith("storage:table:"):
+            out[endpoint] = out.get(endpoint, 0) + n
+    return out
+
+
 def fresh_account(sandbox: SandboxClient, tag: str) -> str:
     from azure.mgmt.storage import StorageManagementClient
     from azure.mgmt.storage.models import Sku, StorageAccountCreateParameters

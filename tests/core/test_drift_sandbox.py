@@ -19,8 +19,7 @@ from azure.storage.blob import ContainerClient
 
 from core.cli import main as cli_main
 from core.engine.sync import SyncEngine
-from tests.core.test_failures_sandbox import target_writes
-from tests.world import World
+from tests.world import World, target_writes
 
 SITE = "sandbox-web"
 

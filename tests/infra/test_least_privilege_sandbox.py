@@ -83,7 +83,7 @@ def scope_id(sandbox: SandboxClient, scope: Scope) -> str:
     if scope.kind == "container":
         account, _, container = scope.name.partition("/")
         return f"{sandbox.resource_id('storage', account)}/blobServices/default/containers/{container}"
-    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site", "sql": "sql"}[scope.kind]
+    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site", "sql": "sql", "containerapp": "containerapp"}[scope.kind]
     return sandbox.resource_id(kind, scope.name)
 
 

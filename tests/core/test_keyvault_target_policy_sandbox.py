@@ -13,9 +13,7 @@ from azure.keyvault.certificates import CertificateClient
 from core.targets.base import DesiredItem
 from core.targets.keyvault import _period_expiry
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World
 
 
 @pytest.fixture()

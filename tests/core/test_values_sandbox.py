@@ -8,9 +8,7 @@ import json
 
 from core.engine.plan import Broker
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World
 
 
 def shaped_env(world: World, doc: str, password: str) -> str:

@@ -77,6 +77,10 @@ _QUEUE_PROCESS = Need("Microsoft.Storage/storageAccounts/queueServices/queues/me
                       "Storage Queue Data Message Processor", "receive and delete work items (the queue trigger, vaultrelay worker)")
 _QUEUE_READ = Need("Microsoft.Storage/storageAccounts/queueServices/queues/read", False, "queue",
                    "Storage Queue Data Reader", "read the work queue's length (the trigger scales on it)")
+_SITE_REFERENCES = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer",
+                        "read App Service's status of the Key Vault references it wrote")
+_KV_RESOLVE = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User",
+                   "resolve the site's Key Vault references (App Service reads them with the site's identity)")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -104,6 +108,8 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
     "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),
     "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
+    "target:app_settings_references": (_SITE_REFERENCES,),
+    "site:keyvault_reference": (_KV_RESOLVE,),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
     "state:work_queue": (_QUEUE_SEND, _QUEUE_PROCESS, _QUEUE_READ),
@@ -272,7 +278,7 @@ class IdentityRef:
 
     key: str  # "system-assigned", "user-assigned:client_id=...", "service-principal:<client id>", "other:<what>"
     description: str
-    kind: str  # "system_assigned", "user_assigned", "service_principal", "other"
+    kind: str  # "system_assigned", "user_assigned", "service_principal", "site" (a site's own identity), "other"
     client_id: str | None = None
     resource_id: str | None = None
     object_id: str | None = None
@@ -595,6 +601,17 @@ class _Walker:
                 self.add(target.store, site, "target:app_settings_slot_setting", path)
             if target.resource_group is None:
                 self.add(target.store, Scope("subscription", site.subscription or ""), "locate:site", path)
+            if getattr(target, "references", False):
+                vault = self.scope(target.store, "vault", target.vault)
+                self.add(target.store, vault, "target:keyvault", path)
+                self.add(target.store, site, "target:app_settings_references", path)
+                identity = IdentityRef(f"site:{target.site.lower()}:{(target.slot or '').lower()}",
+                                       f"managed identity of site {target.site}" + (f" (slot {target.slot})" if target.slot else "")
+                                       + " (App Service resolves its Key Vault references with it)", "site", object_id=target.site_principal_id)
+                grant = self.report.grant(identity, vault)
+                requirement = Requirement("site:keyvault_reference", _KV_RESOLVE, f"{path}.vault")
+                if requirement not in grant.requirements:
+                    grant.requirements.append(requirement)
         elif target.type == "webhook":
             if target.signing_key.from_ is not None:
                 self.reference(target.signing_key.from_, f"{path}.signing_key.from")
@@ -698,7 +715,7 @@ def render_bicep_parameters(
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
                             f"{grant.identity.description} ({', '.join(grant.capabilities)}); give resource groups instead")
             continue
-        if not grant.identity.is_managed:
+        if not grant.identity.is_managed and grant.identity.kind != "site":
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()} for "
                             f"{grant.identity.description}, which is not a managed identity of the Function app")
             continue
@@ -717,6 +734,11 @@ def render_bicep_parameters(
                 source["secrets"] = bool(source.get("secrets")) or "Key Vault Secrets User" in roles
                 if "Key Vault Reader" in roles:
                     source["publicKeys"] = True
+                if grant.identity.kind == "site":
+                    source["events"] = False  # a site resolving references: no events for vaultrelay in that grant
+                    if not grant.identity.object_id:
+                        warnings.append(f"sourceVaults: fill in the principalId of the {grant.identity.description} "
+                                        f"(or give site_principal_id in the config)")
         elif scope.kind == "container":
             account, _, container = scope.name.partition("/")
             blob = entry("blobContainers", grant, container, account=account)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
@@ -551,6 +551,44 @@ class AppSettingsTarget(TargetBase):
     deletion_policy: Literal["delete", "keep"] = "keep"
     slot_setting: bool = Field(False, description="make the pushed names slot-sticky (the site's slotConfigNames), so a slot swap "
                                "does not carry them to the other slot; names are added, never removed")
+    values: Literal["value", "keyvault_reference"] = Field(
+        "value", description="value: the settings hold the values; keyvault_reference: the values are pushed to `vault` (as a Key "
+                             "Vault target does, with ownership tags) and each setting is a Key Vault reference pinned to the "
+                             "secret's version, so a new value changes the setting and App Service reads it at once")
+    vault: str | None = Field(None, pattern=VAULT_NAME, description="keyvault_reference: the vault that holds the pushed values "
+                                                                    "(the store's identity writes there: Key Vault Secrets Officer; "
+                                                                    "the site's identity reads: Key Vault Secrets User)")
+    name_style: Literal["kebab", "exact", "lower"] = Field("kebab", description="keyvault_reference: secret names in `vault`, as for a Key Vault target")
+    prefix: str = Field("", pattern=r"^[0-9a-zA-Z-]*$", description="keyvault_reference: prepended to every secret name in `vault`")
+    site_principal_id: str | None = Field(None, description="keyvault_reference: the object id of the identity the site resolves "
+                                                            "references with (for the Bicep parameters' Key Vault Secrets User grant)")
+
+    @model_validator(mode="after")
+    def _reference_vault(self) -> AppSettingsTarget:
+        if self.values == "keyvault_reference" and not self.vault:
+            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
+        if self.values == "value" and self.vault:
+            raise ValueError("vault applies to values: keyvault_reference only")
+        return self
+
+    @property
+    def references(self) -> bool:
+        return self.values == "keyvault_reference"
+
+    mode: ClassVar[str] = "per_variable"
+
+    def secret_for(self, variable: str) -> str:
+        """keyvault_reference: the secret of `vault` that holds `variable`."""
+        return secret_name_for(variable, self.name_style, self.prefix)
+
+    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
+        """Secret name -> the variables written to it (names differing in case are one secret)."""
+        spelled: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for variable in sorted(variables):
+            secret = self.secret_for(variable)
+            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
+        return names
 
 
 class WebhookTarget(TargetBase):
@@ -807,8 +845,10 @@ class Config(Strict):
         problems: list[str] = []
         claimed: dict[tuple[str, str], str] = {}
         for name, target in self.targets.items():
-            if not isinstance(target, KeyVaultTarget) or target.env not in self.envs:
+            referencing = isinstance(target, AppSettingsTarget) and target.references
+            if not (isinstance(target, KeyVaultTarget) or referencing) or target.env not in self.envs:
                 continue
+            assert isinstance(target, KeyVaultTarget | AppSettingsTarget) and target.vault is not None
             for secret, variables in target.secrets(self.envs[target.env]).items():
                 if target.mode == "per_variable" and len(variables) > 1:
                     exact_apart = len({secret_name_for(v, "exact").lower() for v in variables}) == len(variables)
@@ -867,6 +907,8 @@ class Config(Strict):
         for name, target in sorted(self.targets.items()):
             if isinstance(target, KeyVaultTarget):
                 yield f"targets.{name}.vault", target.vault, "a Key Vault target's vault, which the target's readers may read"
+            elif isinstance(target, AppSettingsTarget) and target.vault:
+                yield f"targets.{name}.vault", target.vault, "the vault of an app_settings target's Key Vault references, which the site reads"
         for i, tagged in enumerate(self.rotation.tagged_secrets):
             yield (f"rotation.tagged_secrets.{i}.vault", tagged.vault,
                    "a vault under tagged rotation, whose secrets' writers and consumers work there")

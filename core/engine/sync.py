@@ -531,6 +531,11 @@ class SyncEngine:
                 change = Change(change.adds, change.updates | extra, change.removals)
         report.adds, report.updates, report.removals = sorted(change.adds), sorted(change.updates), sorted(change.removals)
         report.drift = sorted(diff.drift)
+        if change.empty and getattr(writer, "references", False) and not dry_run:
+            # Nothing to write: whether the site still resolves what it holds (a role taken away).
+            checked = self._check_references(report, writer, set(desired) - set(diff.drift))
+            if checked.outcome == "error":
+                return checked
         found = drift_found(record)
         drift_map = {n: found.get(n) or self.clock().isoformat() for n in diff.drift}
         if diff.drift and target.drift_policy == "repair":
@@ -650,8 +655,20 @@ class SyncEngine:
                 self.state.release_lease(held)
 
         try:
-            changes = [SiteChange(i.report.target, i.desired, i.change, i.owned, i.target.deletion_policy == "delete",
-                                  bool(i.target.slot_setting)) for i in items]
+            changes = []
+            for i in list(items):
+                settings = None
+                if getattr(i.writer, "references", False):
+                    try:  # the values go to the vault first; the settings pin the versions written
+                        settings = i.writer.pin(i.report.env, i.desired, i.change, i.owned)
+                    except TargetError as exc:
+                        self._fail(i.report, str(exc), False)
+                        items.remove(i)
+                        continue
+                changes.append(SiteChange(i.report.target, i.desired, i.change, i.owned, i.target.deletion_policy == "delete",
+                                          bool(i.target.slot_setting), settings))
+            if not items:
+                return
             try:
                 result = writer.push_site(changes, slot_config_lease=slot_config_lease)
             except TargetError as exc:
@@ -674,8 +691,22 @@ class SyncEngine:
                 item.report.writes = 1 if result.put else 0
                 item.report.outcome = "pushed" if result.put else "recorded"
                 self._record_push(item.report, item.record, item.target, item.desired, item.change, item.diff, PushResult(), item.left)
+                if getattr(item.writer, "references", False) and item.report.outcome != "error":
+                    self._check_references(item.report, item.writer, set(item.desired))
         finally:
             self.state.release_lease(lease)
+
+    def _check_references(self, report: TargetReport, writer: Any, names: set[str]) -> TargetReport:
+        """An app-settings target writing Key Vault references: App Service's report of the
+        references it holds; one the site's identity cannot resolve makes the target an error
+        (recorded for status and notifications), even though the settings are in place."""
+        try:
+            problems = writer.unresolved(names)
+        except TargetError as exc:
+            return self._fail(report, str(exc), False)
+        if problems:
+            return self._fail(report, writer.unresolved_error(problems), False)
+        return report
 
     def _record_push(self, report: TargetReport, record: Row | None, target: Any, desired: dict[str, DesiredItem],
                      change: Change, diff: Diff, result: PushResult, drift_map: dict[str, str]) -> TargetReport:

@@ -15,10 +15,22 @@ writer wins) and every change restarts the app.  So:
   slot swap does not carry them to the other slot: the names are added to the sticky list (merged,
   under a lease per site; names others made sticky are never dropped) **before** the values are
   written, and never removed.
+
+`values: keyvault_reference`: the values go to the target's `vault` instead (one secret per
+variable, with the ownership tags and keyed fingerprint of a Key Vault target: core.targets.keyvault)
+and each setting is `@Microsoft.KeyVault(SecretUri=https://<vault>/secrets/<name>/<version>)`, pinned
+to the version written.  A new value is a new version, so the setting changes and App Service
+restarts with it at once (a versionless reference is re-read only every 24 hours).  What a setting
+holds is judged by the value of the version it pins (one read per pinned setting per sync); after
+each push, and on every sync, App Service's own report of its references
+(`config/configreferences/appsettings`) says whether the site's identity resolves them, and one that
+does not is a target error naming the setting and App Service's status.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +54,16 @@ class SiteChange:
     owned: frozenset[str]  # names this target pushed (or was about to push) before this run
     delete: bool  # deletion_policy: delete
     slot_setting: bool
+    settings: dict[str, str] | None = None  # name -> the text to write (Key Vault references); None: the values
+
+
+_PINNED = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=(?P<url>https://[^/]+)/secrets/(?P<secret>[0-9a-zA-Z-]+)/(?P<version>[0-9a-fA-F]{32})/?\)$",
+                     re.IGNORECASE)
+
+
+def pinned_reference(vault_url: str, secret: str, version: str) -> str:
+    """The App Service Key Vault reference to one version of a secret."""
+    return f"@Microsoft.KeyVault(SecretUri={vault_url.rstrip('/')}/secrets/{secret}/{version})"
 
 
 @dataclass
@@ -71,6 +93,16 @@ class AppSettingsTargetWriter:
         self.site_lease = f"appsettings:{self.site_key}"
         self.slot_config_lease = f"slotconfig:{site_key(subscription, config.site, None)}"
         self._where = f"{config.site}" + (f" (slot {config.slot})" if config.slot else "")
+        self.references = bool(getattr(config, "references", False))
+        self.vault_writer: Any = None
+        self._current: dict[str, str] = {}
+        if self.references:
+            from core.config.model import KeyVaultTarget
+            from core.targets.keyvault import KeyVaultTargetWriter
+
+            vault_target = KeyVaultTarget(type="keyvault", env=config.env, store=config.store, vault=config.vault,
+                                          name_style=config.name_style, prefix=config.prefix, deletion_policy=config.deletion_policy)
+            self.vault_writer = KeyVaultTargetWriter(vault_target, dataclasses.replace(ctx, recorded_stamps={}, recorded_etag=None))
 
     def _resource_group(self) -> str:
         if self._group:
@@ -106,28 +138,137 @@ class AppSettingsTargetWriter:
 
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
         current = self._read()
+        self._current = current
         snapshot = Snapshot()
         for name in names:
             if name in current:
-                snapshot.fingerprints[name] = self.ctx.fingerprinter.of(current[name])
+                snapshot.fingerprints[name] = self._content(name, current[name])
                 if name not in recorded:
                     snapshot.foreign.add(name)
             else:
                 snapshot.fingerprints[name] = None
         return snapshot
 
+    def _content(self, name: str, text: str) -> str:
+        """The fingerprint of what setting `name` gives the app: its text, or with references the
+        value of the secret version it pins in this target's vault (one read)."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        pinned = self._pinned(name, text)
+        if pinned is None:
+            return self.ctx.fingerprinter.of(text)
+        secret, version = pinned
+        try:
+            held = self.vault_writer.client.get_secret(secret, version)
+        except ResourceNotFoundError:
+            return self.ctx.fingerprinter.of(text)
+        except AzureError as exc:
+            raise TargetError(f"target {self.ctx.name}: reading {secret} in vault {self.config.vault} failed: HTTP "
+                              f"{getattr(exc, 'status_code', None)}{denied_note(exc, 'target:keyvault')}") from None
+        return self.ctx.fingerprinter.of(held.value or "")
+
+    def _pinned(self, name: str, text: str) -> tuple[str, str] | None:
+        """(secret, version) when `text` is a reference pinned to `name`'s secret in this target's vault."""
+        if not self.references:
+            return None
+        found = _PINNED.match(text.strip())
+        if found is None or found["url"].lower() != self.vault_writer.client.vault_url.rstrip("/").lower():
+            return None
+        if found["secret"].lower() != self.config.secret_for(name).lower():
+            return None
+        return found["secret"], found["version"].lower()
+
     def unsettled(self, desired: dict[str, DesiredItem]) -> frozenset[str]:
         """Names to push even though their values are in place: with `slot_setting`, those not
-        slot-sticky yet (the flag was just turned on, or someone removed them from the list)."""
-        if not self.config.slot_setting or not desired:
-            return frozenset()
-        return frozenset(desired) - frozenset(self._sticky())
+        slot-sticky yet (the flag was just turned on, or someone removed them from the list);
+        with references, those that still hold vaultrelay's value itself (pushed before
+        `values: keyvault_reference` was set)."""
+        names: set[str] = set()
+        if self.references:
+            names |= {n for n, item in desired.items() if n in self._current and self._pinned(n, self._current[n]) is None
+                      and self.ctx.fingerprinter.of(self._current[n]) == item.fingerprint}
+        if self.config.slot_setting and desired:
+            names |= set(desired) - set(self._sticky())
+        return frozenset(names)
+
+    def pin(self, env: str, desired: dict[str, DesiredItem], change: Change, owned: frozenset[str]) -> dict[str, str]:
+        """With references: write the changed values to the vault (a version each, or the latest
+        one when it already holds exactly that value) and return name -> the reference pinned to
+        it; delete the removed names' secrets (deletion_policy: delete, vaultrelay's own only).
+
+        Raises:
+            TargetError: a secret is not vaultrelay's, or a write failed (the settings are not written).
+        """
+        from azure.core.exceptions import AzureError
+
+        kv = self.vault_writer
+        names = set(change.writes) | set(change.removals)
+        snapshot = kv.snapshot(names, {n: "" for n in owned})
+        foreign = sorted(snapshot.foreign & names)
+        if foreign:
+            raise TargetError(f"target {self.ctx.name}: vault {self.config.vault} has secret(s) "
+                              f"{', '.join(self.config.secret_for(n) for n in foreign)} not managed by vaultrelay; refusing to overwrite")
+        held = kv.holds(desired, {n for n in change.writes if snapshot.stamps.get(n) is not None})
+        settings: dict[str, str] = {}
+        for name in sorted(change.writes):
+            secret = self.config.secret_for(name)
+            if name in held:
+                try:
+                    version = kv.client.get_secret(secret).properties.version
+                except AzureError as exc:
+                    raise TargetError(f"target {self.ctx.name}: reading {secret} in vault {self.config.vault} failed: HTTP "
+                                      f"{getattr(exc, 'status_code', None)}") from None
+            else:
+                kv._set(secret, desired[name].value.reveal(), desired[name], env, None)
+                version = kv.versions[secret.lower()]
+            settings[name] = pinned_reference(kv.client.vault_url, secret, str(version))
+        if self.config.deletion_policy == "delete":
+            for name in sorted(change.removals):
+                if snapshot.stamps.get(name) is not None:
+                    kv._delete(self.config.secret_for(name))
+        return settings
+
+    def unresolved(self, names: set[str]) -> dict[str, str]:
+        """Of `names` (settings holding references), those App Service reports it cannot resolve
+        for the site's identity: name -> status and details (never a value).
+
+        Raises:
+            TargetError: the report cannot be read.
+        """
+        from azure.core.exceptions import HttpResponseError
+
+        if not names:
+            return {}
+        try:
+            if self.config.slot:
+                listed = self.web.web_apps.get_app_settings_key_vault_references_slot(self._resource_group(), self.config.site, self.config.slot)
+            else:
+                listed = self.web.web_apps.get_app_settings_key_vault_references(self._resource_group(), self.config.site)
+            found = {str(r.id).rsplit("/", 1)[1]: r for r in listed}
+        except HttpResponseError as exc:
+            raise TargetError(f"target {self.ctx.name}: cannot read the Key Vault reference status of {self._where}: HTTP "
+                              f"{exc.status_code}{denied_note(exc, 'target:app_settings')}") from None
+        problems: dict[str, str] = {}
+        for name in sorted(names):
+            reference = found.get(name)
+            status = getattr(reference, "status", None) if reference is not None else "NotReported"
+            status = getattr(status, "value", status)  # the SDK's ResolveStatus enum, or its text
+            if status != "Resolved":
+                details = getattr(reference, "details", None) or ""
+                problems[name] = f"{status}" + (f": {details}" if details else "")
+        return problems
+
+    def unresolved_error(self, problems: dict[str, str]) -> str:
+        listing = "; ".join(f"{n} ({why})" for n, why in sorted(problems.items()))
+        return (f"target {self.ctx.name}: Key Vault reference(s) of {self._where} do not resolve for the site's identity: {listing} "
+                f"(the site's identity needs Key Vault Secrets User on vault {self.config.vault})")
 
     def push(self, env: str, desired: dict[str, DesiredItem], change: Change, snapshot: Snapshot) -> PushResult:
         """This target alone as one site push (no lease: the engine batches and leases pushes)."""
         owned = frozenset(n for n in snapshot.fingerprints if n not in snapshot.foreign)
+        settings = self.pin(env, desired, change, owned) if self.references else None
         result = self.push_site([SiteChange(self.ctx.name, desired, change, owned, self.config.deletion_policy == "delete",
-                                            bool(self.config.slot_setting))])
+                                            bool(self.config.slot_setting), settings)])
         if result.refused:
             raise TargetError(result.refused[self.ctx.name])
         return PushResult(writes=1 if result.put else 0)
@@ -158,7 +299,7 @@ class AppSettingsTargetWriter:
                                                "not managed by vaultrelay; refusing to overwrite")
                 continue
             for name in item.change.writes:
-                merged[name] = item.desired[name].value.reveal()
+                merged[name] = item.settings[name] if item.settings is not None else item.desired[name].value.reveal()
             if item.delete:
                 for name in item.change.removals:
                     merged.pop(name, None)

@@ -98,6 +98,7 @@ class KeyVaultTargetWriter:
         self.bundle_secret = str(config.bundle_secret)
         self._env = str(config.env)
         self._marks = ctx.fingerprinter.derive(f"keyvault\0{str(config.vault).lower()}\0{ctx.name}")
+        self.versions: dict[str, str] = {}  # secret name (lower case) -> the version this writer last wrote
 
     def _secret(self, variable: str) -> str:
         return str(self.config.secret_for(variable))
@@ -288,6 +289,7 @@ class KeyVaultTargetWriter:
                     time.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX_S)
             self._listed(name, written.properties)
+            self.versions[name.lower()] = str(written.properties.version)
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: setting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
         return stamp_of(written.properties)

@@ -24,6 +24,8 @@ from core.retry import RetrySettings
 request_log = logging.getLogger("vaultrelay.requests")
 
 
+CONTAINER_APP_POLL_S = 1.0  # seconds between polls of a container app update (long-running)
+
 class RequestLogPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     """Logs method, host, path and status of each attempt; never the query (SAS), headers or body."""
 
@@ -514,6 +516,19 @@ class AzureClients:
             )
 
         return self._cached("mgmt-web", subscription_id, credential, build)
+
+    def container_apps(self, subscription_id: str, credential: Any) -> Any:
+        def build() -> Any:
+            from azure.mgmt.appcontainers import ContainerAppsAPIClient
+
+            # A secrets-only PATCH completes in seconds; azure-core polls every 30 s unless the
+            # answer's Retry-After says otherwise (and it reads Retry-After: 0 as "not given").
+            return ContainerAppsAPIClient(
+                credential, subscription_id, base_url=self.cloud.arm_endpoint, polling_interval=CONTAINER_APP_POLL_S,
+                credential_scopes=self._arm_scopes, **self._common(credential),
+            )
+
+        return self._cached("mgmt-containerapps", subscription_id, credential, build)
 
     def sql_servers(self, subscription_id: str, credential: Any) -> Any:
         """`core.arm_sql.SqlServers` over an ARM pipeline (no SQL SDK: two REST calls).  No

@@ -81,6 +81,14 @@ _SITE_REFERENCES = Need("Microsoft.Web/sites/config/read", False, "site", "vault
                         "read App Service's status of the Key Vault references it wrote")
 _KV_RESOLVE = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User",
                    "resolve the site's Key Vault references (App Service reads them with the site's identity)")
+# Container Apps: read the app and its secrets (listSecrets), PATCH it, restart its active revision.
+# Container Apps Contributor is the least built-in role with listSecrets and write.
+_APP_READ = Need("Microsoft.App/containerApps/read", False, "containerapp", "Container Apps Contributor", "read the app (its active revision)")
+_APP_SECRETS = Need("Microsoft.App/containerApps/listSecrets/action", False, "containerapp", "Container Apps Contributor",
+                    "read the app's secrets to merge them (PATCH replaces the array)")
+_APP_WRITE = Need("Microsoft.App/containerApps/write", False, "containerapp", "Container Apps Contributor", "write the app's secrets")
+_APP_RESTART = Need("Microsoft.App/containerApps/revisions/restart/action", False, "containerapp", "Container Apps Contributor",
+                    "restart the active revision so it reads the new secrets")
 _TABLE_RW = Need("Microsoft.Storage/storageAccounts/tableServices/tables/entities/write", True, "table", "Storage Table Data Contributor", "vaultrelay state")
 
 # capability -> needs.  Capabilities are named "<area>:<what>".
@@ -110,6 +118,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:app_settings_slot_setting": (_SITE_CONFIG_READ, _SITE_WRITE),
     "target:app_settings_references": (_SITE_REFERENCES,),
     "site:keyvault_reference": (_KV_RESOLVE,),
+    "target:container_app": (_APP_READ, _APP_SECRETS, _APP_WRITE, _APP_RESTART),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
     "state:work_queue": (_QUEUE_SEND, _QUEUE_PROCESS, _QUEUE_READ),
@@ -140,7 +149,7 @@ _DENIED_ACTION = re.compile(r"(?:Action: '|perform action ')([A-Za-z0-9./_-]+)'"
 _DENIED_SCOPE = re.compile(r"(?:Resource: '|over scope ')(/[^'\s]+)'")
 _RESOURCE_LABELS = {
     "microsoft.keyvault/vaults": "key vault", "microsoft.storage/storageaccounts": "storage account",
-    "microsoft.documentdb/databaseaccounts": "Cosmos DB account", "microsoft.web/sites": "site", "microsoft.sql/servers": "SQL server",
+    "microsoft.documentdb/databaseaccounts": "Cosmos DB account", "microsoft.web/sites": "site", "microsoft.app/containerapps": "container app", "microsoft.sql/servers": "SQL server",
 }
 _STORAGE = "Microsoft.Storage/storageAccounts"
 
@@ -256,6 +265,8 @@ def is_access_denied(exc: BaseException) -> bool:
 _LOCATE_STORAGE = Need("Microsoft.Storage/storageAccounts/read", False, "subscription", "Reader", "find a storage account's resource group by listing the subscription")
 _LOCATE_COSMOS = Need("Microsoft.DocumentDB/databaseAccounts/read", False, "subscription", "Reader", "find a Cosmos DB account's resource group by listing the subscription")
 _LOCATE_SITE = Need("Microsoft.Web/sites/read", False, "subscription", "Reader", "find a site's resource group by listing the subscription")
+_LOCATE_CONTAINERAPP = Need("Microsoft.App/containerApps/read", False, "subscription", "Reader",
+                            "find a container app's resource group by listing the subscription")
 _KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User", "read back minted SAS tokens and the fingerprint key")
 
 MATRIX.update({
@@ -265,6 +276,7 @@ MATRIX.update({
     "locate:storage": (_LOCATE_STORAGE,),
     "locate:cosmos": (_LOCATE_COSMOS,),
     "locate:site": (_LOCATE_SITE,),
+    "locate:containerapp": (_LOCATE_CONTAINERAPP,),
 })
 
 # Letters of a user delegation (Blob) SAS that need more than Storage Blob Data Reader.
@@ -300,7 +312,7 @@ class Scope:
 
     def describe(self) -> str:
         label = {"vault": "key vault", "storage": "storage account", "container": "blob container", "cosmos": "Cosmos DB account",
-                 "site": "site", "sql": "SQL server", "table": "state tables of", "subscription": "subscription",
+                 "site": "site", "containerapp": "container app", "sql": "SQL server", "table": "state tables of", "subscription": "subscription",
                  "queue": "work queue (in the deployment's storage account)"}[self.kind]
         if self.kind == "subscription":
             return f"{label} {self.name or '(deployment subscription)'}"
@@ -612,6 +624,20 @@ class _Walker:
                 requirement = Requirement("site:keyvault_reference", _KV_RESOLVE, f"{path}.vault")
                 if requirement not in grant.requirements:
                     grant.requirements.append(requirement)
+        elif target.type == "container_app":
+            app = Scope("containerapp", target.app, self._subscription(target.store, target.subscription, None), target.resource_group)
+            self.add(target.store, app, "target:container_app", path)
+            if target.resource_group is None:
+                self.add(target.store, Scope("subscription", app.subscription or ""), "locate:containerapp", path)
+            if target.references:
+                self.add(target.store, self.scope(target.store, "vault", target.vault), "target:keyvault", path)
+                identity = IdentityRef(f"containerapp:{target.app.lower()}:{target.identity.lower()}",
+                                       f"managed identity {target.identity} of container app {target.app} (reads its Key Vault secrets)", "site",
+                                       resource_id=None if target.identity == "system" else target.identity)
+                grant = self.report.grant(identity, self.scope(target.store, "vault", target.vault))
+                requirement = Requirement("site:keyvault_reference", _KV_RESOLVE, f"{path}.vault")
+                if requirement not in grant.requirements:
+                    grant.requirements.append(requirement)
         elif target.type == "webhook":
             if target.signing_key.from_ is not None:
                 self.reference(target.signing_key.from_, f"{path}.signing_key.from")
@@ -654,7 +680,7 @@ AZD_PARAMETERS: dict[str, Any] = {
     "keyVaultEventsEnabled": "${VAULTRELAY_KEYVAULT_EVENTS=false}",
     "createCustomRoles": "${VAULTRELAY_CREATE_CUSTOM_ROLES=true}",
 }
-GRANT_LISTS = ("sourceVaults", "targetVaults", "storageAccounts", "blobContainers", "cosmosAccounts", "webApps", "sqlServers")
+GRANT_LISTS = ("sourceVaults", "targetVaults", "storageAccounts", "blobContainers", "cosmosAccounts", "webApps", "sqlServers", "containerApps")
 
 
 def render_bicep_parameters(
@@ -771,6 +797,8 @@ def render_bicep_parameters(
             entry("webApps", grant, scope.name)
         elif scope.kind == "sql":
             entry("sqlServers", grant, scope.name)
+        elif scope.kind == "containerapp":
+            entry("containerApps", grant, scope.name)
         else:  # every scope kind is handled above; a new one must be added here and in infra/
             warnings.append(f"not granted by the template: {', '.join(sorted(roles))} on {scope.describe()}")
 

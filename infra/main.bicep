@@ -208,6 +208,14 @@ type webAppType = {
   principalId: string?
 }
 
+type containerAppType = {
+  // Container Apps Contributor: targets of type container_app
+  name: string
+  resourceGroup: string
+  subscriptionId: string?
+  principalId: string?
+}
+
 type sqlServerType = {
   // SQL Server Contributor: administrator passwords rotated through rotation.tagged_secrets
   name: string
@@ -233,6 +241,9 @@ param cosmosAccounts cosmosAccountType[] = []
 
 @description('App Service / Functions apps whose settings vaultrelay writes (app_settings targets).')
 param webApps webAppType[] = []
+
+@description('Container apps whose secrets vaultrelay writes (container_app targets).')
+param containerApps containerAppType[] = []
 
 @description('SQL servers whose administrator password vaultrelay sets (rotation.tagged_secrets accounts).')
 param sqlServers sqlServerType[] = []
@@ -510,6 +521,7 @@ module configAccess 'app/rbac.bicep' = {
     cosmosAccounts: cosmosAccounts
     webApps: webApps
     sqlServers: sqlServers
+    containerApps: containerApps
   }
   dependsOn: [
     customRoles

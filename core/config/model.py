@@ -591,6 +591,60 @@ class AppSettingsTarget(TargetBase):
         return names
 
 
+class ContainerAppTarget(TargetBase):
+    """Write the env's variables as a Container App's secrets (values, or Key Vault references
+    pinned to versions and read with the app's identity)."""
+
+    type: Literal["container_app"]
+    store: str = Field(description="the store whose identity writes (needs Container Apps Contributor on the app)")
+    app: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$", description="the container app's name")
+    resource_group: str | None = None
+    subscription: str | None = None
+    secret_prefix: str = Field("", pattern=r"^[a-z0-9][-a-z0-9.]*$|^$", description="prepended to every app secret name "
+                                                                                   "(DB_PASSWORD -> <prefix>db-password)")
+    deletion_policy: Literal["delete", "keep"] = Field("keep", description="variables removed from the env: remove their (owned) secrets or keep them")
+    restart: bool = Field(True, description="restart the active revision after a change, so running containers read the new "
+                                           "secrets (a secrets change creates no revision)")
+    values: Literal["value", "keyvault_reference"] = Field(
+        "value", description="value: the app's secrets hold the values; keyvault_reference: the values are pushed to `vault` and "
+                             "each secret is a keyVaultUrl pinned to the version, read with `identity`")
+    vault: str | None = Field(None, pattern=VAULT_NAME, description="keyvault_reference: the vault that holds the pushed values")
+    identity: str = Field("system", description="keyvault_reference: the app's identity that reads the vault: system, or the "
+                                                "resource id of a user-assigned identity assigned to the app")
+    name_style: Literal["kebab", "exact", "lower"] = Field("kebab", description="keyvault_reference: secret names in `vault`")
+    prefix: str = Field("", pattern=r"^[0-9a-zA-Z-]*$", description="keyvault_reference: prepended to every secret name in `vault`")
+
+    mode: ClassVar[str] = "per_variable"
+
+    @model_validator(mode="after")
+    def _reference_vault(self) -> ContainerAppTarget:
+        if self.values == "keyvault_reference" and not self.vault:
+            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
+        if self.values == "value" and self.vault:
+            raise ValueError("vault applies to values: keyvault_reference only")
+        return self
+
+    @property
+    def references(self) -> bool:
+        return self.values == "keyvault_reference"
+
+    def app_secret_for(self, variable: str) -> str:
+        """The app secret holding `variable`: DB_PASSWORD -> <secret_prefix>db-password."""
+        return self.secret_prefix + re.sub(r"[^0-9a-z]+", "-", variable.lower()).strip("-")
+
+    def secret_for(self, variable: str) -> str:
+        """keyvault_reference: the secret of `vault` that holds `variable`."""
+        return secret_name_for(variable, self.name_style, self.prefix)
+
+    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
+        spelled: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for variable in sorted(variables):
+            secret = self.secret_for(variable)
+            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
+        return names
+
+
 class WebhookTarget(TargetBase):
     """POST the bundle (or the changed names only) to an HTTPS endpoint, signed with HMAC-SHA256."""
 
@@ -610,7 +664,7 @@ class WebhookTarget(TargetBase):
         return value
 
 
-Target = Annotated[KeyVaultTarget | BlobTarget | AppSettingsTarget | WebhookTarget, Field(discriminator="type")]
+Target = Annotated[KeyVaultTarget | BlobTarget | AppSettingsTarget | ContainerAppTarget | WebhookTarget, Field(discriminator="type")]
 
 
 class State(Strict):
@@ -845,10 +899,12 @@ class Config(Strict):
         problems: list[str] = []
         claimed: dict[tuple[str, str], str] = {}
         for name, target in self.targets.items():
-            referencing = isinstance(target, AppSettingsTarget) and target.references
+            if isinstance(target, ContainerAppTarget) and target.env in self.envs:
+                problems.extend(self._app_secret_names(name, target))
+            referencing = isinstance(target, AppSettingsTarget | ContainerAppTarget) and target.references
             if not (isinstance(target, KeyVaultTarget) or referencing) or target.env not in self.envs:
                 continue
-            assert isinstance(target, KeyVaultTarget | AppSettingsTarget) and target.vault is not None
+            assert isinstance(target, KeyVaultTarget | AppSettingsTarget | ContainerAppTarget) and target.vault is not None
             for secret, variables in target.secrets(self.envs[target.env]).items():
                 if target.mode == "per_variable" and len(variables) > 1:
                     exact_apart = len({secret_name_for(v, "exact").lower() for v in variables}) == len(variables)
@@ -863,6 +919,21 @@ class Config(Strict):
                 first = claimed.setdefault((target.vault.lower(), secret.lower()), name)
                 if first != name:
                     problems.append(_located(f"targets.{name}", f"writes secret '{secret}' of vault {target.vault}, which target '{first}' writes too"))
+        return problems
+
+    def _app_secret_names(self, name: str, target: ContainerAppTarget) -> list[str]:
+        """Container Apps secret names: lower case letters, digits, '-' and '.', at most 253; one per variable."""
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        for variable in sorted(self.envs[target.env]):
+            secret = target.app_secret_for(variable)
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", secret):
+                problems.append(_located(f"targets.{name}", f"variable {variable} becomes app secret '{secret}', which is not a "
+                                                            "Container Apps secret name (lower case letters, digits, '-', '.')"))
+            first = seen.setdefault(secret, variable)
+            if first != variable:
+                problems.append(_located(f"targets.{name}", f"variables {first} and {variable} of env '{target.env}' both become app "
+                                                            f"secret '{secret}'; rename one"))
         return problems
 
     def _state_exposure(self) -> list[str]:
@@ -907,7 +978,7 @@ class Config(Strict):
         for name, target in sorted(self.targets.items()):
             if isinstance(target, KeyVaultTarget):
                 yield f"targets.{name}.vault", target.vault, "a Key Vault target's vault, which the target's readers may read"
-            elif isinstance(target, AppSettingsTarget) and target.vault:
+            elif isinstance(target, AppSettingsTarget | ContainerAppTarget) and target.vault:
                 yield f"targets.{name}.vault", target.vault, "the vault of an app_settings target's Key Vault references, which the site reads"
         for i, tagged in enumerate(self.rotation.tagged_secrets):
             yield (f"rotation.tagged_secrets.{i}.vault", tagged.vault,

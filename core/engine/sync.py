@@ -592,12 +592,26 @@ class SyncEngine:
             owned = frozenset(recorded) | frozenset(pending)
             self._site_pushes.setdefault(site, []).append(_SitePush(report, record, target, desired, change, owned, writer, diff, left))
             return report
+        lease_name = getattr(writer, "push_lease", None)  # a read-modify-write of one resource (container apps)
+        lease: Lease | None = None
+        if lease_name:
+            try:
+                lease = self._site_lease(lease_name)
+            except StateUnavailable as exc:
+                return self._fail(report, f"target {name}: {exc}; nothing pushed", dry_run)
+            if lease is None:
+                report.outcome = "busy"
+                report.error = f"target {name} is being pushed by another instance; the next run pushes"
+                return report
         try:
             result = writer.push(env, desired, change, snapshot)
         except TargetError as exc:
             return self._fail(report, str(exc), dry_run)
         except Exception as exc:
             return self._fail(report, f"target {name}: push failed: {type(exc).__name__}", dry_run)
+        finally:
+            if lease is not None:
+                self.state.release_lease(lease)
         report.writes = result.writes
         report.outcome = "pushed"
         return self._record_push(report, record, target, desired, change, diff, result, left)

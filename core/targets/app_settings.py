@@ -29,7 +29,6 @@ does not is a target error naming the setting and App Service's status.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +56,7 @@ class SiteChange:
     settings: dict[str, str] | None = None  # name -> the text to write (Key Vault references); None: the values
 
 
-_PINNED = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=(?P<url>https://[^/]+)/secrets/(?P<secret>[0-9a-zA-Z-]+)/(?P<version>[0-9a-fA-F]{32})/?\)$",
-                     re.IGNORECASE)
-
-
-def pinned_reference(vault_url: str, secret: str, version: str) -> str:
-    """The App Service Key Vault reference to one version of a secret."""
-    return f"@Microsoft.KeyVault(SecretUri={vault_url.rstrip('/')}/secrets/{secret}/{version})"
+_PINNED = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=(?P<url>[^)]+)\)$", re.IGNORECASE)
 
 
 @dataclass
@@ -97,12 +90,9 @@ class AppSettingsTargetWriter:
         self.vault_writer: Any = None
         self._current: dict[str, str] = {}
         if self.references:
-            from core.config.model import KeyVaultTarget
-            from core.targets.keyvault import KeyVaultTargetWriter
+            from core.targets.pinned import PinnedVault
 
-            vault_target = KeyVaultTarget(type="keyvault", env=config.env, store=config.store, vault=config.vault,
-                                          name_style=config.name_style, prefix=config.prefix, deletion_policy=config.deletion_policy)
-            self.vault_writer = KeyVaultTargetWriter(vault_target, dataclasses.replace(ctx, recorded_stamps={}, recorded_etag=None))
+            self.vault_writer = PinnedVault(config, ctx)
 
     def _resource_group(self) -> str:
         if self._group:
@@ -152,31 +142,18 @@ class AppSettingsTargetWriter:
     def _content(self, name: str, text: str) -> str:
         """The fingerprint of what setting `name` gives the app: its text, or with references the
         value of the secret version it pins in this target's vault (one read)."""
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        pinned = self._pinned(name, text)
-        if pinned is None:
-            return self.ctx.fingerprinter.of(text)
-        secret, version = pinned
-        try:
-            held = self.vault_writer.client.get_secret(secret, version)
-        except ResourceNotFoundError:
-            return self.ctx.fingerprinter.of(text)
-        except AzureError as exc:
-            raise TargetError(f"target {self.ctx.name}: reading {secret} in vault {self.config.vault} failed: HTTP "
-                              f"{getattr(exc, 'status_code', None)}{denied_note(exc, 'target:keyvault')}") from None
-        return self.ctx.fingerprinter.of(held.value or "")
+        if self.references:
+            found = _PINNED.match(text.strip())
+            if found is not None:
+                fingerprint = self.vault_writer.fingerprint(name, found["url"])
+                if fingerprint is not None:
+                    return fingerprint
+        return self.ctx.fingerprinter.of(text)
 
     def _pinned(self, name: str, text: str) -> tuple[str, str] | None:
         """(secret, version) when `text` is a reference pinned to `name`'s secret in this target's vault."""
-        if not self.references:
-            return None
-        found = _PINNED.match(text.strip())
-        if found is None or found["url"].lower() != self.vault_writer.client.vault_url.rstrip("/").lower():
-            return None
-        if found["secret"].lower() != self.config.secret_for(name).lower():
-            return None
-        return found["secret"], found["version"].lower()
+        found = _PINNED.match(text.strip()) if self.references else None
+        return self.vault_writer.pinned(name, found["url"]) if found is not None else None
 
     def unsettled(self, desired: dict[str, DesiredItem]) -> frozenset[str]:
         """Names to push even though their values are in place: with `slot_setting`, those not
@@ -192,41 +169,13 @@ class AppSettingsTargetWriter:
         return frozenset(names)
 
     def pin(self, env: str, desired: dict[str, DesiredItem], change: Change, owned: frozenset[str]) -> dict[str, str]:
-        """With references: write the changed values to the vault (a version each, or the latest
-        one when it already holds exactly that value) and return name -> the reference pinned to
-        it; delete the removed names' secrets (deletion_policy: delete, vaultrelay's own only).
+        """With references: write the changed values to the vault and return name -> the setting
+        pinning the version written (core.targets.pinned).
 
         Raises:
             TargetError: a secret is not vaultrelay's, or a write failed (the settings are not written).
         """
-        from azure.core.exceptions import AzureError
-
-        kv = self.vault_writer
-        names = set(change.writes) | set(change.removals)
-        snapshot = kv.snapshot(names, {n: "" for n in owned})
-        foreign = sorted(snapshot.foreign & names)
-        if foreign:
-            raise TargetError(f"target {self.ctx.name}: vault {self.config.vault} has secret(s) "
-                              f"{', '.join(self.config.secret_for(n) for n in foreign)} not managed by vaultrelay; refusing to overwrite")
-        held = kv.holds(desired, {n for n in change.writes if snapshot.stamps.get(n) is not None})
-        settings: dict[str, str] = {}
-        for name in sorted(change.writes):
-            secret = self.config.secret_for(name)
-            if name in held:
-                try:
-                    version = kv.client.get_secret(secret).properties.version
-                except AzureError as exc:
-                    raise TargetError(f"target {self.ctx.name}: reading {secret} in vault {self.config.vault} failed: HTTP "
-                                      f"{getattr(exc, 'status_code', None)}") from None
-            else:
-                kv._set(secret, desired[name].value.reveal(), desired[name], env, None)
-                version = kv.versions[secret.lower()]
-            settings[name] = pinned_reference(kv.client.vault_url, secret, str(version))
-        if self.config.deletion_policy == "delete":
-            for name in sorted(change.removals):
-                if snapshot.stamps.get(name) is not None:
-                    kv._delete(self.config.secret_for(name))
-        return settings
+        return {name: f"@Microsoft.KeyVault(SecretUri={url})" for name, url in self.vault_writer.pin(env, desired, change, owned).items()}
 
     def unresolved(self, names: set[str]) -> dict[str, str]:
         """Of `names` (settings holding references), those App Service reports it cannot resolve

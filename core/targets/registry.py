@@ -8,6 +8,7 @@ from typing import Any
 from core.targets.app_settings import AppSettingsTargetWriter
 from core.targets.base import TargetContext, TargetWriter
 from core.targets.blob import BlobTargetWriter
+from core.targets.container_app import ContainerAppTargetWriter
 from core.targets.keyvault import KeyVaultTargetWriter
 from core.targets.webhook import WebhookTargetWriter
 
@@ -37,5 +38,6 @@ def default_targets() -> TargetRegistry:
     registry.register("keyvault", KeyVaultTargetWriter)
     registry.register("blob", BlobTargetWriter)
     registry.register("app_settings", AppSettingsTargetWriter)
+    registry.register("container_app", ContainerAppTargetWriter)
     registry.register("webhook", WebhookTargetWriter)
     return registry

@@ -28,6 +28,9 @@ param webApps array = []
 @description('See main.bicep sqlServerType.')
 param sqlServers array = []
 
+@description('See main.bicep containerAppType.')
+param containerApps array = []
+
 @description('The container of the VAULTRELAY_CONFIG blob (main.bicep configBlobContainer; at most one entry): read with the app\'s identity.')
 param configContainers array = []
 
@@ -55,6 +58,8 @@ var cosmosKeyOperator = '7e0b1c2a-9f4d-5c3b-8a6e-1d2f3a4b5c6d'
 var cosmosAccountReader = 'fbdf93bf-df7d-467e-a4d2-9458aa1360c8'
 // vaultrelay App Settings Writer (custom role, app/custom-roles.bicep)
 var appSettingsWriter = '9d2c4b6a-1e3f-4c5d-8e7f-6a5b4c3d2e1f'
+// Container Apps Contributor (listSecrets, write, revision restart: container_app targets)
+var containerAppsContributor = '358470bc-b998-42bd-ab17-a7e34c199c0f'
 // SQL Server Contributor
 var sqlServerContributor = '6d8ee4ec-f05a-4a1d-8b00-a9b17e38b437'
 
@@ -241,6 +246,18 @@ module sqlServerAccess 'rbac-sql.bicep' = [for (q, i) in sqlServers: {
     principalId: q.?principalId ?? principalId
     roleDefinitionIds: [
       sqlServerContributor
+    ]
+  }
+}]
+
+module containerAppAccess 'rbac-containerapp.bicep' = [for (a, i) in containerApps: {
+  name: take('vr-capp-${deploymentSuffix}-${i}', 64)
+  scope: resourceGroup(a.?subscriptionId ?? subscription().subscriptionId, a.resourceGroup)
+  params: {
+    appName: a.name
+    principalId: a.?principalId ?? principalId
+    roleDefinitionIds: [
+      containerAppsContributor
     ]
   }
 }]

@@ -29,6 +29,7 @@ SCOPE_MODULES = {
     "rbac-container.bicep": ("container", ("accountName", "containerName")),
     "rbac-cosmos.bicep": ("cosmos", ("accountName",)),
     "rbac-site.bicep": ("site", ("siteName",)),
+    "rbac-containerapp.bicep": ("containerapp", ("appName",)),
     "rbac-sql.bicep": ("sql", ("serverName",)),
 }
 
@@ -112,7 +113,7 @@ class SimulatedGrant:
     """One role assignment module instance of rbac.bicep for one parameter entry."""
 
     module: str
-    kind: str  # "vault", "storage", "container", "cosmos", "site", "sql"
+    kind: str  # "vault", "storage", "container", "cosmos", "site", "sql", "containerapp"
     name: str  # vault / account / "account/container" / cosmos account / site / SQL server
     resource_group: str
     subscription: str

@@ -85,7 +85,7 @@ def scope_id(sandbox: SandboxClient, scope: Scope) -> str:
         return f"{sandbox.resource_id('storage', account)}/blobServices/default/containers/{container}"
     if scope.kind == "queue":  # the work queue in the app's own storage (the state account)
         return f"{sandbox.resource_id('storage', sandbox.env['SANDBOX_STORAGE_ACCOUNT'])}/queueServices/default/queues/{scope.name}"
-    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site", "sql": "sql"}[scope.kind]
+    kind = {"vault": "vault", "storage": "storage", "table": "storage", "cosmos": "cosmos", "site": "site", "sql": "sql", "containerapp": "containerapp"}[scope.kind]
     return sandbox.resource_id(kind, scope.name)
 
 

@@ -256,7 +256,7 @@ CONFIGS = {
     "example": (_example, {"VAULTRELAY_STATE_ACCOUNT": "sandboxstore", "VAULTRELAY_STATE_VAULT": "kv-state"}),
     "rich": (_rich, {"AZURE_CLIENT_ID": "aaaaaaaa-0000-0000-0000-000000000001"}),
 }
-_SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site",
+_SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site", "containerapp": "containerapp",
                "sql": "sql", "queue": "queue"}
 
 

@@ -78,7 +78,7 @@ class PlanDocument(Document):
 class PermissionGrant(_Model):
     identity: str = Field(description="the identity, described")
     scope: str = Field(description="the scope, described")
-    scope_kind: Literal["vault", "storage", "container", "cosmos", "site", "table", "queue", "subscription"]
+    scope_kind: Literal["vault", "storage", "container", "cosmos", "site", "containerapp", "table", "queue", "subscription"]
     name: str
     subscription: str | None = None
     resource_group: str | None = None

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from core.sources.listed_keys import PROCESS_LISTED_KEYS
+from demo.seed import seed_example
 from sandbox.client import SandboxClient, SandboxProcess
+from tests.world import World
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +64,17 @@ def fresh_listed_keys() -> Iterator[None]:
     (core.sources.listed_keys keeps them per process for minutes)."""
     PROCESS_LISTED_KEYS.clear()
     yield
+
+
+@pytest.fixture(scope="module")
+def seeded(sandbox: SandboxClient) -> SandboxClient:
+    """The sandbox prepared like the demo (demo/seed.py), once per module.  tests/functions and
+    tests/infra override it to also set the example config's variables."""
+    seed_example(sandbox)
+    return sandbox
+
+
+@pytest.fixture()
+def world(seeded: SandboxClient) -> World:
+    """A private slice of the seeded sandbox (tests/world.py)."""
+    return World(seeded)

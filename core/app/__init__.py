@@ -1,1 +1,1 @@
-"""Use cases: plain functions over the engine, called by the CLI and the Function triggers."""
+"""Use cases: plain functions over a runtime (the engine, its state and clients)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.seed import example_environment, seed_example
+from demo.seed import example_environment
 from sandbox.client import SandboxClient, SandboxProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +54,6 @@ def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip())
     return path
 
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> SandboxClient:
-    seed_example(sandbox)
-    return sandbox
 
 
 @pytest.fixture()

@@ -25,9 +25,7 @@ from core.engine.sync import SyncEngine
 from core.targets.app_settings import AppSettingsTargetWriter
 from core.targets.registry import TargetRegistry
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, run_cli, seeded, write_config
-
-__all__ = ["seeded"]  # the module-scoped fixture, re-exported for pytest
+from tests.world import World, run_cli, write_config
 
 
 @pytest.fixture()

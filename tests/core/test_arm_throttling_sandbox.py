@@ -15,9 +15,6 @@ from azure.mgmt.storage import StorageManagementClient
 
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import seeded
-
-__all__ = ["seeded"]  # the fixture that grants the system identity its roles on sandboxstore
 
 
 @pytest.fixture()

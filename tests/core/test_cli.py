@@ -13,17 +13,12 @@ from pathlib import Path
 import pytest
 
 from core.cli import EXIT_CONFIG, EXIT_OK, EXIT_RESOLUTION, MASK, main
-from demo.seed import EXAMPLE_SECRETS, example_environment, seed_example
+from demo.seed import EXAMPLE_SECRETS, example_environment
 from sandbox.client import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "vaultrelay.yaml")
 
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> SandboxClient:
-    seed_example(sandbox)
-    return sandbox
 
 
 @pytest.fixture()

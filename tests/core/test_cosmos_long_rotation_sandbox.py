@@ -25,10 +25,8 @@ from core.cli import EXIT_OK, main
 from core.engine.events import KeyVaultEvents
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_body, cosmos_keys, fresh_cosmos_account
-from tests.core.test_sync_sandbox import World, run_cli, seeded, write_config
 from tests.core.test_tagged_rotation_sandbox import Tagged, digest, near_expiry
-
-__all__ = ["seeded"]  # the module-scoped fixture, re-exported for pytest
+from tests.world import World, run_cli, write_config
 
 
 @pytest.fixture()

@@ -18,9 +18,7 @@ from azure.storage.blob import ContainerClient
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded, world, write_config
-
-__all__ = ["seeded", "world"]  # fixtures used by this module's tests
+from tests.world import World, write_config
 
 # The documented cap: an hour inside Azure's 7 days (docs/config.md).
 USER_DELEGATION_SAS_MAX = timedelta(days=6, hours=23)

@@ -11,15 +11,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 from azure.storage.blob import ContainerClient
 from dotenv import dotenv_values
 
 from core.cli import EXIT_RESOLUTION, main
-from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World
 
 
 def attack(marker: Path) -> str:
@@ -34,10 +30,6 @@ def source(text: str, tmp_path: Path, name: str) -> str:
     assert done.returncode == 0 and not done.stderr, done.stderr
     return done.stdout.decode()
 
-
-@pytest.fixture()
-def world(seeded: SandboxClient) -> World:
-    return World(seeded)
 
 
 def test_blob_target_dotenv_is_inert_and_a_value_python_dotenv_would_expand_is_refused(world: World, tmp_path: Path) -> None:

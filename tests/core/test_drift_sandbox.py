@@ -19,18 +19,10 @@ from azure.storage.blob import ContainerClient
 
 from core.cli import main as cli_main
 from core.engine.sync import SyncEngine
-from sandbox.client import SandboxClient
-from tests.core.test_failures_sandbox import target_writes
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World, target_writes
 
 SITE = "sandbox-web"
 
-
-@pytest.fixture()
-def world(seeded: SandboxClient) -> World:
-    return World(seeded)
 
 
 def after_a_second() -> None:

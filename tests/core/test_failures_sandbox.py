@@ -41,9 +41,7 @@ from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetC
 from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, is_write, seeded
-
-__all__ = ["seeded"]  # the module-scoped fixture, re-exported for pytest
+from tests.world import World, is_write, target_writes
 
 STATE = "sandboxstore"  # the state tables' account in World's config
 SITE = "sandbox-web"
@@ -68,18 +66,6 @@ def counted(sandbox: SandboxClient, prefix: str, status: str | None = None) -> i
     """Requests counted under endpoints starting with `prefix` (optionally with that status)."""
     return sum(n for k, n in sandbox.counters()["by_endpoint_status"].items()
                if k.startswith(prefix) and (status is None or k.rsplit(":", 1)[1] == status))
-
-
-def target_writes(sandbox: SandboxClient) -> dict[str, int]:
-    """Successful write requests per endpoint, state tables left out."""
-    out: dict[str, int] = {}
-    for key, n in sandbox.counters()["by_endpoint_status"].items():
-        endpoint, _, status = key.rpartition(":")
-        operation = endpoint.partition(":")[2].lower()
-        reads = operation.startswith(("list", "get"))  # ListAppSettings is a POST, and contains "set"
-        if status.startswith("2") and is_write(endpoint) and not reads and not endpoint.startswith("storage:table:"):
-            out[endpoint] = out.get(endpoint, 0) + n
-    return out
 
 
 def seed_where(rate: float, outcomes: list[bool]) -> int:

@@ -20,10 +20,8 @@ from azure.storage.blob import ContainerClient
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
 from core.engine.rotate import KeyRotation
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, fresh_account, seeded, world, write_config
 from tests.core.test_tagged_rotation_sandbox import Tagged
-
-__all__ = ["seeded", "world"]  # fixtures used by this module's tests
+from tests.world import World, fresh_account, write_config
 
 STORAGE_REFUSAL = "has allowSharedKeyAccess: false: its keys authorize nothing"
 COSMOS_REFUSAL = "has disableLocalAuth: true: its keys authorize nothing"

@@ -12,9 +12,8 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from core.targets import keyvault as keyvault_target
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, per_variable, seeded
-
-__all__ = ["seeded"]
+from tests.core.test_sync_sandbox import per_variable
+from tests.world import World
 
 
 @pytest.fixture()

@@ -22,6 +22,7 @@ from core.engine.plan import Broker
 from core.engine.resolve import _dispatch_order
 from core.sources.base import PlannedRef
 from sandbox.client import SandboxClient
+from tests.world import unique
 
 
 def ref(name: str, kind: str, **params: Any) -> tuple[PlannedRef, list[PlannedRef]]:
@@ -41,10 +42,6 @@ def test_dispatch_order_leads_with_one_reference_per_target_and_ends_with_shared
     order = [item[0].name for item in _dispatch_order(items)]
     assert order == ["A0", "B0", "X1", "T", "Y1", "A1", "B1", "A2", "X2", "XS"]
     assert sorted(order) == sorted(item[0].name for item in items)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture()

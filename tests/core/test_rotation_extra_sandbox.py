@@ -16,9 +16,7 @@ from azure.storage.blob import ContainerClient
 from core.engine.rotate import KeyRotation
 from core.sources.sas_mint import StoredDelegationKeys
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, regenerations, run_cli, seeded, world, write_config
-
-__all__ = ["seeded", "world"]  # fixtures used by this module's tests
+from tests.world import World, regenerations, run_cli, write_config
 
 
 def fresh_cosmos_account(sandbox: SandboxClient, tag: str) -> str:

@@ -31,16 +31,10 @@ from core.state.tables import (
     entity_fields,
     to_entity,
 )
-from demo.seed import seed_example
 from sandbox.client import SandboxClient
 
 _FORBIDDEN = set("/\\#?") | {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> SandboxClient:
-    seed_example(sandbox)
-    return sandbox
 
 
 def engine_for(tag: str, body: str) -> SyncEngine:

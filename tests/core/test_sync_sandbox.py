@@ -5,78 +5,24 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.keyvault.secrets import SecretClient
 from azure.mgmt.web import WebSiteManagementClient
 from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from dotenv import dotenv_values
 
-from core.config import parse_config
-from core.engine.plan import Broker
 from core.engine.rotate import KeyRotation
-from core.engine.sync import SyncEngine
-from demo.seed import seed_example
 from sandbox.client import SandboxClient
+from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def seeded(sandbox: SandboxClient) -> SandboxClient:
-    seed_example(sandbox)
-    return sandbox
-
-
-class World:
-    """One test's private slice of the sandbox: its own secret names, state tables, blob, storage account."""
-
-    def __init__(self, sandbox: SandboxClient) -> None:
-        self.sandbox = sandbox
-        self.tag = uuid.uuid4().hex[:8]
-        self.admin = sandbox.admin_credential()
-        self.source = SecretClient(sandbox.vault_url("kv-source"), self.admin)
-        self.target = SecretClient(sandbox.vault_url("kv-target"), self.admin)
-        self.state_vault = SecretClient(sandbox.vault_url("kv-state"), self.admin)  # the config's state.vault: never a target's
-
-    def secret(self, name: str, value: str) -> str:
-        full = f"{name}-{self.tag}"
-        self.source.set_secret(full, value)
-        return full
-
-    def config(self, body: str, *, state_extra: str = "") -> Any:
-        text = textwrap.dedent(f"""
-            version: 1
-            secretStores:
-              azure: {{type: azure.managed_identity}}
-            state:
-              store: azure
-              account: sandboxstore
-              vault: kv-state
-              table_prefix: t{self.tag}
-            {state_extra}
-        """) + textwrap.dedent(body).replace("TAG", self.tag)
-        return parse_config(text, "test.yaml", environ=os.environ)
-
-    def engine(self, body: str, **kwargs: Any) -> SyncEngine:
-        return SyncEngine(Broker(self.config(body, **kwargs)))
-
-
-@pytest.fixture()
-def world(seeded: SandboxClient) -> World:
-    return World(seeded)
 
 
 def per_variable(world: World, extra_target: str = "", extra_env: str = "") -> str:
@@ -122,17 +68,6 @@ def test_first_push_then_unchanged_resync_writes_nothing(world: World) -> None:
     endpoints = world.sandbox.counters()["by_endpoint"]
     assert any(k.startswith("keyvault:") for k in endpoints)  # the re-sync did read the sources
     assert {k: v for k, v in endpoints.items() if is_write(k)} == {}
-
-
-WRITE_WORDS = ("set", "update", "delete", "create", "regenerate", "put", "post", "merge", "patch", "recover")
-
-
-def is_write(endpoint: str) -> bool:
-    """Sandbox counter keys are `service:Operation` (Key Vault, ARM) or `service:METHOD[:comp]` (storage)."""
-    service, _, operation = endpoint.partition(":")
-    if service == "identity" or operation.lower().startswith(("get", "list")):
-        return False
-    return any(word in operation.lower() for word in WRITE_WORDS)
 
 
 def test_is_write_tells_writes_from_reads() -> None:
@@ -296,19 +231,6 @@ def rotation_body(account: str) -> str:
     """
 
 
-def fresh_account(sandbox: SandboxClient, tag: str) -> str:
-    from azure.mgmt.storage import StorageManagementClient
-    from azure.mgmt.storage.models import Sku, StorageAccountCreateParameters
-
-    name = f"rot{tag}"
-    client = StorageManagementClient(sandbox.admin_credential(), sandbox.subscription_id, base_url=sandbox.arm_endpoint)
-    client.storage_accounts.begin_create(sandbox.resource_group, name, StorageAccountCreateParameters(
-        sku=Sku(name="Standard_LRS"), kind="StorageV2", location="eastus"), polling_interval=0.2).result()
-    for role in ("Storage Account Key Operator Service Role", "Reader"):
-        sandbox.grant("system", role, sandbox.resource_id("storage", name))
-    return name
-
-
 def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(world: World) -> None:
     account = fresh_account(world.sandbox, world.tag)
     body = rotation_body(account)
@@ -333,24 +255,6 @@ def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(worl
     assert not sas_works(world.sandbox, account, sas_key1)  # key1 regenerated only now
     assert sas_works(world.sandbox, account, sas_key2)
     assert sas_works(world.sandbox, account, world.target.get_secret(f"vr-{world.tag}-sas").value)
-
-
-def run_cli(process: Any, config: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "--config", str(config), *args], cwd=ROOT,
-                            env=process.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def write_config(world: World, body: str, tmp_path: Path) -> Path:
-    path = tmp_path / "vaultrelay.yaml"
-    loaded = world.config(body)
-    path.write_text(json.dumps(loaded.config.model_dump(by_alias=True, exclude_none=True, mode="json")))
-    return path
-
-
-def regenerations(sandbox: SandboxClient, account: str) -> int:
-    counters = sandbox.counters()
-    assert counters["by_target"].get(f"arm:{account}"), "the account was not touched at all"
-    return sum(v for k, v in counters["by_endpoint"].items() if k.startswith("arm:") and "regenerate" in k.lower())
 
 
 def test_four_concurrent_rotations_rotate_exactly_once(world: World, tmp_path: Path, sandbox_process: Any) -> None:

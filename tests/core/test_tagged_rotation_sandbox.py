@@ -25,9 +25,7 @@ from core.engine.sync import SyncEngine
 from core.values import SecretValue
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
-from tests.core.test_sync_sandbox import World, fresh_account, regenerations, run_cli, seeded, world, write_config
-
-__all__ = ["seeded", "world"]  # fixtures used by this module's tests
+from tests.world import World, fresh_account, regenerations, run_cli, write_config
 
 NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
 EXPIRED = "Microsoft.KeyVault.SecretExpired"

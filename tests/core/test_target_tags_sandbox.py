@@ -10,9 +10,7 @@ import hmac
 
 from core.state.fingerprints import Fingerprinter
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World
 
 SHARED = "the-same-value-123"
 

@@ -26,9 +26,7 @@ from core.targets.base import Change, DesiredItem, Snapshot, TargetContext
 from core.targets.webhook import MAX_ANSWER_BYTES, WebhookTargetWriter
 from core.values import SecretValue
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded
-
-__all__ = ["seeded"]
+from tests.world import World
 
 SLOW_S = 8.0  # how long the slow behaviours take in all; every timeout below is 1 s
 HUGE = 400 * 1024 * 1024
@@ -163,10 +161,6 @@ def test_headers_beyond_64_kib_are_refused_without_reading_them(receiver: Misbeh
     assert caught.value.kind == "protocol" and f"over {MAX_HEADER_BYTES} bytes" in str(caught.value)
     assert peak < 4 * MAX_HEADER_BYTES + 1024 * 1024
 
-
-@pytest.fixture()
-def world(seeded: SandboxClient) -> World:
-    return World(seeded)
 
 
 def test_a_late_receiver_is_not_recorded_as_pushed_and_the_next_run_pushes(world: World, receiver: Misbehaving) -> None:

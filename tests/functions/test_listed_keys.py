@@ -21,8 +21,8 @@ from core.api import HttpApi
 from core.audit import MemoryAuditSink
 from core.engine.rotate import KeyRotation
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, fresh_account
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
+from tests.world import World, fresh_account
 
 
 def keys_of(sandbox: SandboxClient, account: str) -> dict[str, str]:

@@ -33,8 +33,8 @@ from core.engine.rotate import KeyRotation
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient, SandboxProcess
 from tests.core.test_rotation_extra_sandbox import cosmos_body, fresh_cosmos_account
-from tests.core.test_sync_sandbox import World
 from tests.functions.apihelpers import AUDIENCE, ROOT, body_json, request, serving, write_config
+from tests.world import World
 
 SECRET_VALUES = list(EXAMPLE_SECRETS.values())
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

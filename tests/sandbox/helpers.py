@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from sandbox.client import SandboxClient
+from tests.world import unique
+
+__all__ = ["arm_kwargs", "unique"]
 
 
-def unique(prefix: str) -> str:
-    """A name no other test uses (tests share one sandbox)."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def arm_kwargs(sandbox: SandboxClient) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Azure SDK clients behind narrow interfaces (built by the client factory, passed in)."""

@@ -13,15 +13,7 @@ import pytest
 
 from core.app.expiry import expiring, parse_window
 from core.cli import EXIT_CONFIG, EXIT_OK, EXIT_RESOLUTION, main
-from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded, write_config
-
-__all__ = ["seeded"]
-
-
-@pytest.fixture()
-def world(seeded: SandboxClient) -> World:
-    return World(seeded)
+from tests.world import World, write_config
 
 
 def cli(config: Path, *args: str) -> tuple[int, str, str]:

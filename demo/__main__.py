@@ -89,7 +89,7 @@ def main() -> int:
         from azure.functions.timer import TimerRequest
 
         import function_app
-        from core.api import HttpApi, set_default_api
+        from core.app.http_api import HttpApi, set_default_api
 
         functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
         api = HttpApi(environ={**os.environ, "VAULTRELAY_API_AUDIENCE": AUDIENCE})

@@ -678,7 +678,7 @@ class State(Strict):
     fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
 
 
-# `type:` of a rotated account -> (its ARM resource type, the kind core.engine.tagged_rotation calls it)
+# `type:` of a rotated account -> (its ARM resource type, the kind core.rotation.tagged_secrets calls it)
 ROTATED_RESOURCE_TYPES = {
     "storage": ("Microsoft.Storage/storageAccounts", "storage"),
     "cosmosdb": ("Microsoft.DocumentDB/databaseAccounts", "cosmos"),
@@ -732,7 +732,7 @@ class RotatedAccount(Strict):
 
     def where(self) -> tuple[str, str | None, str, str]:
         """(kind, subscription or None when the entry names none, resource group, name), as written;
-        kind is `storage`, `cosmos` or `sql`, as core.engine.tagged_rotation names a `ProviderAddress`."""
+        kind is `storage`, `cosmos` or `sql`, as core.rotation.tagged_secrets names a `ProviderAddress`."""
         if self.id is not None:
             found = _ROTATED_RESOURCE_ID.match(self.id)
             assert found is not None  # checked above

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
 from core.targets.base import (
     TAG_FINGERPRINT,
     Change,

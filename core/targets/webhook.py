@@ -6,7 +6,7 @@ acknowledgement.
 
 The receiver is not trusted to behave: each attempt (connect, TLS, sending, status and headers,
 and the body) must complete within `timeout` seconds, or it is a failure, not a push; at most
-64 KiB of its answer is read (core.bounded_http), the rest is never read.  408, 429 and 5xx
+64 KiB of its answer is read (core.azure.bounded_http), the rest is never read.  408, 429 and 5xx
 answers, timeouts and connection failures are retried `retries` times with exponential backoff
 and jitter (a `Retry-After` of up to 60 s is honoured), within max(30, timeout x (retries + 1))
 seconds in all.
@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from core.bounded_http import BoundedHttpError, request
+from core.azure.bounded_http import BoundedHttpError, request
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
 MAX_ANSWER_BYTES = 64 * 1024

@@ -1,4 +1,4 @@
-"""core.access and core.engine.render without the sandbox: key caching and rollover, issuers,
+"""core.access and core.render without the sandbox: key caching and rollover, issuers,
 authorization, Accept negotiation."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from core.access import (
     principal_from_app_service,
 )
 from core.config.model import normalized_ids
-from core.engine.render import UnrepresentableValue, negotiate, render
+from core.render import UnrepresentableValue, negotiate, render
 
 AUTHORITY = "https://login.example"
 TENANT = "11111111-1111-1111-1111-111111111111"

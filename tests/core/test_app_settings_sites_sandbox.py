@@ -20,8 +20,8 @@ from azure.mgmt.web import WebSiteManagementClient
 from azure.mgmt.web.models import SlotConfigNames, SlotConfigNamesResource, StringDictionary
 
 from core.cli import EXIT_OK, main
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine
+from core.connections import StoreConnections
+from core.push import SyncEngine
 from core.targets.app_settings import AppSettingsTargetWriter
 from core.targets.registry import TargetRegistry
 from sandbox.client import SandboxClient
@@ -164,7 +164,7 @@ def test_settings_added_after_vaultrelay_read_the_site_survive_its_push(world: W
     world.secret("solo", "solo-value")
     registry = TargetRegistry()
     registry.register("app_settings", WrittenBetween)
-    engine = SyncEngine(Broker(world.config(envs_body(world, site, {"solo": None}))), registry=registry)
+    engine = SyncEngine(StoreConnections(world.config(envs_body(world, site, {"solo": None}))), registry=registry)
     WrittenBetween.added = 0
     report = engine.sync()
     assert report.ok, report

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from core.app.events import KeyVaultEvents
 from core.cli import EXIT_OK, main
-from core.engine.events import KeyVaultEvents
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_body, cosmos_keys, fresh_cosmos_account
 from tests.core.test_tagged_rotation_sandbox import Tagged, digest, near_expiry

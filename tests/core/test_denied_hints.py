@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from core.permissions import denied_note, denied_role_hint, describe_resource, is_access_denied
+from core.permissions.matrix import denied_note, denied_role_hint, describe_resource, is_access_denied
 
 SUB = "/subscriptions/0000/resourceGroups/rg/providers"
 

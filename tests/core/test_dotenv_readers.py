@@ -1,4 +1,4 @@
-"""Every dotenv vaultrelay writes (core.engine.render.render_dotenv), read back by the readers it
+"""Every dotenv vaultrelay writes (core.render.render_dotenv), read back by the readers it
 is written for, with values an attacker who can set one secret would choose.
 
 Readers: dash (`/bin/sh`) and bash sourcing the file (run for real), python-dotenv (the pinned
@@ -30,7 +30,7 @@ from dotenv.variables import Variable, parse_variables
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from core.engine.render import DOCKER_GUARD_PREFIX, UnrepresentableValue, render, render_dotenv
+from core.render import DOCKER_GUARD_PREFIX, UnrepresentableValue, render, render_dotenv
 
 SHELLS = [shell for shell in ("sh", "bash") if shutil.which(shell)]
 _WORK = Path(tempfile.mkdtemp(prefix="vaultrelay-dotenv-"))

@@ -18,7 +18,7 @@ from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import ContainerClient
 
 from core.cli import main as cli_main
-from core.engine.sync import SyncEngine
+from core.push import SyncEngine
 from tests.world import World, target_writes
 
 SITE = "sandbox-web"

@@ -32,11 +32,11 @@ from azure.mgmt.web import WebSiteManagementClient
 from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import ContainerClient
 
-from core.azure_clients import AzureClients
+from core.azure.clients import AzureClients
+from core.azure.retry import RetrySettings
 from core.config.cloud import resolve_cloud
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine
-from core.retry import RetrySettings
+from core.connections import StoreConnections
+from core.push import SyncEngine
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext
 from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
@@ -51,7 +51,7 @@ class FaultWorld(World):
     def engine(self, body: str, registry: TargetRegistry | None = None, **kwargs: Any) -> SyncEngine:
         loaded = self.config(body, **kwargs)
         clients = AzureClients(resolve_cloud(loaded.config.cloud, os.environ), retry=RetrySettings(total=0))
-        engine = SyncEngine(Broker(loaded, clients=clients), registry=registry)
+        engine = SyncEngine(StoreConnections(loaded, clients=clients), registry=registry)
         assert engine.fingerprinter is not None  # key read and vault challenge cached before faults go in
         engine.state.ensure_tables()
         return engine

@@ -18,7 +18,7 @@ from azure.mgmt.storage.models import StorageAccountUpdateParameters
 from azure.storage.blob import ContainerClient
 
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
-from core.engine.rotate import KeyRotation
+from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
 from tests.core.test_tagged_rotation_sandbox import Tagged
 from tests.world import World, fresh_account, write_config

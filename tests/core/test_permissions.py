@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.azure_roles import BUILTIN_ROLES, ROLES_BY_NAME
-from core.permissions import MATRIX, needs_for, role_hint_for_action
+from core.permissions.matrix import MATRIX, needs_for, role_hint_for_action
+from core.permissions.roles import BUILTIN_ROLES, ROLES_BY_NAME
 
 
 @pytest.mark.parametrize("capability", sorted(MATRIX))

@@ -13,8 +13,8 @@ from typing import Any
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
 from azure.storage.blob import ContainerClient
 
-from core.engine.rotate import KeyRotation
-from core.sources.sas_mint import StoredDelegationKeys
+from core.mint.sas import StoredDelegationKeys
+from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
 from tests.world import World, regenerations, run_cli, write_config
 
@@ -168,7 +168,7 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
 
 
 def test_a_rotation_whose_repush_finds_the_env_busy_waits_for_the_lease_or_resumes_later(world: World, monkeypatch: Any) -> None:
-    import core.engine.rotate as rotate_module
+    import core.rotation.account_keys as rotate_module
 
     monkeypatch.setattr(rotate_module, "REPUSH_WAITS", (0.2, 0.2))  # our own module's pacing, not Azure's
     account = fresh_cosmos_account(world.sandbox, world.tag)

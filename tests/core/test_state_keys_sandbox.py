@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine
+from core.connections import StoreConnections
+from core.push import SyncEngine
 from core.state.tables import (
     MAX_KEY,
     MAX_PROPERTY_CHARS,
@@ -44,7 +44,7 @@ def engine_for(tag: str, body: str) -> SyncEngine:
           azure: {{type: azure.managed_identity}}
         state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: k{tag}}}
     """) + textwrap.dedent(body)
-    return SyncEngine(Broker(parse_config(text, "keys.yaml", environ=os.environ)))
+    return SyncEngine(StoreConnections(parse_config(text, "keys.yaml", environ=os.environ)))
 
 
 def stored_entities(sandbox: SandboxClient, table: str) -> list[dict[str, Any]]:

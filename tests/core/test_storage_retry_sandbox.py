@@ -8,9 +8,9 @@ import uuid
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from core.azure_clients import AzureClients
+from core.azure.clients import AzureClients
+from core.azure.retry import RetrySettings
 from core.config.cloud import resolve_cloud
-from core.retry import RetrySettings
 from sandbox.client import SandboxClient
 
 

@@ -18,7 +18,7 @@ from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from dotenv import dotenv_values
 
-from core.engine.rotate import KeyRotation
+from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
 from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
 

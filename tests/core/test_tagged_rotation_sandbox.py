@@ -19,9 +19,9 @@ from azure.keyvault.secrets import SecretClient
 from azure.mgmt.storage import StorageManagementClient
 from azure.storage.blob import BlobServiceClient
 
-from core.engine.events import KeyVaultEvents
-from core.engine.rotate import KeyRotation
-from core.engine.sync import SyncEngine
+from core.app.events import KeyVaultEvents
+from core.push import SyncEngine
+from core.rotation.account_keys import KeyRotation
 from core.values import SecretValue
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
@@ -644,7 +644,7 @@ def test_an_account_listed_for_some_secrets_is_refused_to_the_others(world: Worl
 def test_provider_address_is_checked_again_under_the_lease(world: World, tagged: Tagged) -> None:
     """A writer who swaps ProviderAddress between vaultrelay's first read (a listed account) and its
     read under the lease does not get the swapped-in account rotated."""
-    from core.engine.tagged_rotation import TaggedSecretRotation
+    from core.rotation.tagged_secrets import TaggedSecretRotation
 
     sandbox = world.sandbox
     listed = fresh_account(sandbox, world.tag)
@@ -679,8 +679,8 @@ def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: 
     import os
 
     from core.config import parse_config
-    from core.engine.plan import Broker
-    from core.permissions import compute_permissions
+    from core.connections import StoreConnections
+    from core.permissions.matrix import compute_permissions
     from tests.infra.test_least_privilege_sandbox import scope_id
 
     sandbox = world.sandbox
@@ -711,7 +711,7 @@ rotation:
             for role in grant.roles:
                 sandbox.grant(rotator.name, role, scope_id(sandbox, grant.scope))
 
-    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(SyncEngine(Broker(loaded))).rotate()}
+    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(SyncEngine(StoreConnections(loaded))).rotate()}
     assert {name: r.outcome for name, r in reports.items()} == {"st-key": "rotated", "cosmos-key": "rotated", "sql-password": "rotated"}, reports
     assert digest(tagged.client.get_secret("st-key").value) == digest(storage_keys(sandbox, account)["key2"])
     assert digest(tagged.client.get_secret("cosmos-key").value) == digest(cosmos_keys(sandbox, cosmos).secondary_master_key)

@@ -1,4 +1,4 @@
-"""core.transport.Urllib3Transport: azure-core's transport contract over a urllib3 pool.
+"""core.azure.transport.Urllib3Transport: azure-core's transport contract over a urllib3 pool.
 
 A small local HTTP server stands in for a service; the transport is driven the way an SDK
 pipeline drives it (`azure.core.rest.HttpRequest` in, `azure.core.rest.HttpResponse` out).
@@ -22,8 +22,8 @@ from azure.core.exceptions import ServiceRequestError, ServiceResponseError, Ser
 from azure.core.pipeline.transport import HttpRequest as LegacyHttpRequest
 from azure.core.rest import HttpRequest
 
-from core.azure_clients import _environment_once_session
-from core.transport import Urllib3Transport
+from core.azure.clients import _environment_once_session
+from core.azure.transport import Urllib3Transport
 
 
 class Handler(BaseHTTPRequestHandler):

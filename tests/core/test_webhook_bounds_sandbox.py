@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from core.azure_clients import AzureClients
-from core.bounded_http import MAX_HEADER_BYTES, BoundedHttpError, request
+from core.azure.bounded_http import MAX_HEADER_BYTES, BoundedHttpError, request
+from core.azure.clients import AzureClients
 from core.config.cloud import resolve_cloud
 from core.state.fingerprints import Fingerprinter
 from core.targets.base import Change, DesiredItem, Snapshot, TargetContext

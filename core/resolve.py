@@ -21,12 +21,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.azure_clients import AzureClients
-from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
-from core.engine.singleflight import ValueCache
+from core.azure.clients import AzureClients
+from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.sources.base import PlannedRef, RunContext, StoreRuntime, translate_error
 from core.sources.fetched import Fetched
 from core.sources.registry import SourceRegistry, default_registry
+from core.value_cache import ValueCache
 
 log = logging.getLogger("vaultrelay.resolve")
 
@@ -61,7 +61,7 @@ class Resolver:
         self.value_cache = value_cache if value_cache is not None else PROCESS_VALUE_CACHE
         self.sql_suffix = sql_suffix
         self.active_key = active_key
-        self.delegation_keys = delegation_keys  # core.sources.sas_mint.StoredDelegationKeys, when kept between runs
+        self.delegation_keys = delegation_keys  # core.mint.sas.StoredDelegationKeys, when kept between runs
         self.reuse_listings = reuse_listings  # storage key listings kept in the process (core.sources.listed_keys)
         self.last_stats = ResolveStats()
 

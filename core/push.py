@@ -1,7 +1,7 @@
 """Sync: resolve each env that has targets and push only what changed, recording every decision.
 
 For each env (under a lease, so concurrent instances do not push the same env at once):
-1. resolve the env; SAS tokens come from the state vault (`core.engine.minted`), re-minted only
+1. resolve the env; SAS tokens come from the state vault (`core.mint.minted_sas`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
 2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
@@ -38,9 +38,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core import telemetry
-from core.engine.bundle import Bundle, ResolvedValue
-from core.engine.plan import Broker, plan_env
+from core.bundle import Bundle, ResolvedValue
+from core.connections import StoreConnections
 from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.plan import plan_env
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
@@ -163,7 +164,7 @@ class SyncEngine:
     """Sync, rotation and status over one config (one per process and config)."""
 
     def __init__(
-        self, broker: Broker, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
+        self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
         owner: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.broker = broker
@@ -258,7 +259,7 @@ class SyncEngine:
         """
         if variable.from_ is None:
             return str(variable.value)
-        from core.engine.plan import plan_reference
+        from core.plan import plan_reference
 
         ref = plan_reference("_", path, variable.from_, self.config.secretStores[variable.from_.store])
         bundle = self.broker.resolve_refs("_", [ref])
@@ -274,10 +275,10 @@ class SyncEngine:
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
-        from core.engine.minted import MintedSas
+        from core.mint.minted_sas import MintedSas
 
         plan = plan_env(self.broker.loaded, env)
-        from core.engine.minted import MINTED_KINDS
+        from core.mint.minted_sas import MINTED_KINDS
 
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
         others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
@@ -314,7 +315,7 @@ class SyncEngine:
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
         envs share is fetched once per sync, not once per env.  Values are held for this sync only."""
-        from core.engine.minted import MINTED_KINDS
+        from core.mint.minted_sas import MINTED_KINDS
 
         refs: list[Any] = []
         for env in envs:
@@ -447,7 +448,7 @@ class SyncEngine:
         would_mint = {n for n, f in bundle.failures.items() if f.reason == "would_mint"}
         failures = {n: f for n, f in bundle.failures.items() if n not in would_mint}
         if failures:
-            # a 403's hint names the missing role and where (core.permissions.denied_role_hint)
+            # a 403's hint names the missing role and where (core.permissions.matrix.denied_role_hint)
             failing = sorted(f"{n}: {f.reason}" + (f" ({f.hint})" if f.reason == "access_denied" and f.hint else "") for n, f in failures.items())
             report.failures[env] = failing
             for name, target in targets.items():
@@ -929,7 +930,7 @@ class SyncEngine:
 
     def rotation_status(self) -> list[dict[str, Any]]:
         rows = []
-        for kind in ("storage", "cosmos", "sas", "tagged", "warning"):  # tagged: core.engine.tagged_rotation
+        for kind in ("storage", "cosmos", "sas", "tagged", "warning"):  # tagged: core.rotation.tagged_secrets
             for row in self.state.query("rotations", kind):
                 rows.append({"kind": kind, "name": row.key, **{k: v for k, v in row.fields.items() if not k.startswith("fp_")}})
         return rows

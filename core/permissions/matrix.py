@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.azure_roles import ROLES_BY_NAME, RoleDefinition
+from core.permissions.roles import ROLES_BY_NAME, RoleDefinition
 
 if TYPE_CHECKING:
     from core.config import Config, LoadedConfig, Reference

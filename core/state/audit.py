@@ -4,7 +4,7 @@
 single process), write one JSON line per record to the `vaultrelay.audit` logger (which
 Application Insights collects on Azure Functions), or append a row to the state store's audit
 table (`<prefix>audit`, the table sync and rotation write to).  The Function app's default is the
-logger and, when the config has a `state:` section, the table (core/api.py).
+logger and, when the config has a `state:` section, the table (core/app/http_api.py).
 
 The table is durable and says so: when its row cannot be written, `record` raises
 `AuditWriteError`, and a fetch that would hand out values answers 503 instead (a secret broker
@@ -300,7 +300,7 @@ def fingerprinter(broker: Any, environ: Mapping[str, str] | None = None) -> tupl
 
     environ = os.environ if environ is None else environ
     if broker.loaded.config.state is not None:
-        from core.engine.sync import SyncEngine
+        from core.push import SyncEngine
 
         try:
             return SyncEngine(broker).fingerprinter, "state"

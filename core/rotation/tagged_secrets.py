@@ -7,7 +7,7 @@ for Cosmos DB), `ProviderAddress` (the account's ARM resource id) and `ValidityP
 new version with `CredentialId` switched and `expires = now + ValidityPeriodDays`.  vaultrelay does
 the same, as a drop-in replacement, for the vaults listed under `rotation.tagged_secrets`:
 
-* triggered by `SecretNearExpiry` / `SecretExpired` (core.engine.events) and by the timer / CLI
+* triggered by `SecretNearExpiry` / `SecretExpired` (core.app.events) and by the timer / CLI
   `rotate` for secrets within their due window: less than `rotate_before` (default 30 days, Key
   Vault's near-expiry notice) before expiry, capped at half of `ValidityPeriodDays` so that a
   fresh version is never due at once (short validity periods would otherwise rotate in a loop);
@@ -17,7 +17,7 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
 * Cosmos DB's regeneration may take hours: a run waits for it at most `rotation.regenerate_wait`,
   keeps the operation's polling URL in the record and reports `in_progress`; later runs (timer,
   CLI, events) follow that operation up, never start a second one, and write the new version only
-  once it succeeded and the listed key changed (core.engine.rotate.regenerate_account_key);
+  once it succeeded and the listed key changed (core.rotation.account_keys.regenerate_account_key);
 * idempotent and safe with several instances: a lease per secret, an ETag-conditional record of
   each phase (`rotations` table, partition `tagged`), and the secret's current version, CredentialId
   and ProviderAddress are checked before acting, so a duplicate or late event (an older version)
@@ -38,7 +38,7 @@ acted on is the one checked.
 SQL server administrator passwords (Microsoft's "one set of credentials" sample): `CredentialId` is
 the server's administrator login, `ProviderAddress` a `Microsoft.Sql/servers` resource id.  There is
 one credential and no overlap window: the old password stops working when the new one is set.  A
-new random password (core.arm_sql.new_password) is kept only in memory and in Key Vault, in this
+new random password (core.azure.arm_sql.new_password) is kept only in memory and in Key Vault, in this
 order, so that a run killed anywhere leaves no password on the server that nobody stored:
 
 1. the record's phase `storing` (no value) and the server read (it exists, the login matches);
@@ -61,9 +61,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from core.engine.plan import plan_env
-from core.engine.resolve import forget_values
-from core.engine.rotate import (
+from core.plan import plan_env
+from core.resolve import forget_values
+from core.rotation.account_keys import (
     Regeneration,
     RotationReport,
     counted,
@@ -376,7 +376,7 @@ class TaggedSecretRotation:
                 return RotationReport(label, "already_rotated", new_active=secret.credential_id)
             if not force and not self.due(secret, now):
                 return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
-        from core.engine.sync import holder_is_dead
+        from core.push import holder_is_dead
 
         # Table keys cannot hold "/": the lease is named vault:secret.
         lease = state.acquire_lease(f"rotate:tagged:{vault.lower()}:{name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
@@ -507,7 +507,7 @@ class TaggedSecretRotation:
         return str(server.administrator_login)
 
     def _sql_start(self, secret: TaggedSecret, row: Row | None, *, resumed: bool, reason: str, label: str) -> RotationReport:
-        from core.arm_sql import new_password
+        from core.azure.arm_sql import new_password
 
         provider = secret.provider
         login = self._check_login(secret, provider)
@@ -530,7 +530,7 @@ class TaggedSecretRotation:
     def _sql_apply(self, pending: TaggedSecret, row: Row | None, password: SecretValue | None, *, resumed: bool, reason: str,
                    label: str) -> RotationReport:
         """Set the password stored in `pending` (a version tagged pending) on the server, then finish."""
-        from core.arm_sql import PasswordRefused
+        from core.azure.arm_sql import PasswordRefused
 
         provider = pending.provider
         vault = self._vault(pending.vault)

@@ -6,7 +6,7 @@
   state vault, or a secret it pushed to a target vault) the owning env is re-synced (a minted SAS
   is re-minted); a secret tagged like Microsoft's rotation samples (`CredentialId`,
   `ProviderAddress`, `ValidityPeriodDays`) in a vault listed under `rotation.tagged_secrets` is
-  rotated (core.engine.tagged_rotation); otherwise a warning is recorded for `status`.
+  rotated (core.rotation.tagged_secrets); otherwise a warning is recorded for `status`.
 * Every event id is recorded once it was handled: duplicates, retries and out-of-order deliveries
   change nothing twice (an older version's event re-syncs to the latest value, a no-op).  An event
   about an unknown secret, of another type, or with a malformed body is logged and acknowledged
@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.engine.plan import plan_env
-from core.engine.resolve import forget_values
-from core.sources.sas_mint import DELEGATION_KEY_PREFIX
+from core.mint.sas import DELEGATION_KEY_PREFIX
+from core.plan import plan_env
+from core.resolve import forget_values
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.events")
@@ -221,7 +221,7 @@ class KeyVaultEvents:
             RuntimeError: the rotation failed (Event Grid delivers again; the record lets the
                 next attempt resume).
         """
-        from core.engine.tagged_rotation import TaggedSecretRotation
+        from core.rotation.tagged_secrets import TaggedSecretRotation
 
         rotation = TaggedSecretRotation(self.engine)
         if not rotation.watches(event.vault):

@@ -1,7 +1,7 @@
-"""From a validated config to planned references and store runtimes (no network, no values).
+"""The connections to a config's secret stores, shared by the CLI and the Function app.
 
-`Broker` is the facade the CLI and the Function app share: one per process and config, holding
-the cloud, the shared credentials and SDK clients, and the per-store runtime settings.
+`StoreConnections` is one per process and config: the cloud, the shared credentials and SDK
+clients, the per-store runtime settings, and resolving an env through them.
 """
 
 from __future__ import annotations
@@ -10,97 +10,24 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from core.azure_clients import AzureClients
-from core.config import LoadedConfig, ManagedIdentityStore, Reference, resolve_cloud
+from core.azure.clients import AzureClients
+from core.bundle import Bundle
+from core.config import LoadedConfig, ManagedIdentityStore, resolve_cloud
 from core.config.cloud import CloudEndpoints
-from core.engine.bundle import Bundle
-from core.engine.resolve import Resolver
 from core.errors import NotFoundError
 from core.identity import CredentialPool, credential_spec
+from core.plan import EnvPlan, plan_env
+from core.resolve import Resolver
 from core.sources.base import PlannedRef, StoreRuntime
 from core.sources.listed_keys import listed_keys_ttl
 
 log = logging.getLogger("vaultrelay.plan")
 
-SAS_DEFAULTS = {"https_only": True}
 
-
-@dataclass(frozen=True)
-class EnvPlan:
-    """What resolving an env involves: literals (not secret) and references."""
-
-    env: str
-    literals: dict[str, str]
-    refs: list[PlannedRef]
-    stores: dict[str, str] = field(default_factory=dict)  # store -> identity description
-
-
-def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> PlannedRef:
-    """The normalized, hashable form of one `from:` block."""
-    kind = ref.kind
-    params: dict[str, Any]
-    if kind == "keyvault":
-        vault = ref.vault or getattr(store_config, "vault_name", None)
-        object_type = ref.type or "secret"
-        kind = {"secret": "keyvault_secret", "certificate": "keyvault_certificate", "key": "keyvault_key"}[object_type]
-        params = {"vault": vault, "secret": ref.secret, "version": ref.version}
-        if object_type != "secret":
-            params["format"] = ref.format or ("pem" if object_type == "certificate" else "jwk")
-        description = f"keyvault {object_type} {vault}/{ref.secret}@{ref.version or 'latest'}"
-    elif kind == "storage_key":
-        params = {"account": ref.account, "key": ref.key or "key1"}
-        description = f"storage key {ref.account}/{params['key']}"
-    elif kind == "sas":
-        params = {
-            "account": ref.account, "sas_type": ref.effective_sas_type, "permissions": ref.permissions, "expiry_s": ref.expiry,
-            "services": ref.services, "resource_types": ref.resource_types, "container": ref.container, "blob": ref.blob,
-            "table": ref.table, "ip": ref.ip, "https_only": SAS_DEFAULTS["https_only"] if ref.https_only is None else ref.https_only,
-            "rotate_before_s": ref.rotate_before,
-        }
-        scope = "/".join(p for p in (ref.container, ref.blob, ref.table) if p)
-        description = f"{params['sas_type'].replace('_', ' ')} SAS {ref.account}{'/' + scope if scope else ''} ({ref.permissions})"
-    elif kind == "cosmos":
-        params = {"account": ref.account, "key": ref.key or "primary", "format": "connection_string" if ref.format == "connection_string" else "key"}
-        description = f"cosmosdb {'connection string' if params['format'] == 'connection_string' else 'key'} {ref.account}/{params['key']}"
-    elif kind == "sql":
-        fmt = "ado" if ref.format in (None, "connection_string") else ref.format
-        params = {"server": ref.server, "database": ref.database, "format": fmt}
-        description = f"sql {fmt} connection string {ref.server}/{ref.database}"
-    else:
-        params = {"resource": ref.resource, "scope": ref.scope}
-        description = f"token for {ref.resource or ref.scope}"
-    if kind in ("storage_key", "sas", "cosmos"):
-        params["subscription"] = ref.subscription
-        params["resource_group"] = ref.resource_group
-    clean = tuple(sorted((k, v) for k, v in params.items() if v is not None))
-    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description)
-
-
-def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
-    """The plan of `env`.
-
-    Raises:
-        NotFoundError: no such env.
-    """
-    config = loaded.config
-    if env not in config.envs:
-        raise NotFoundError(f"no env '{env}' in {loaded.file} (envs: {', '.join(sorted(config.envs)) or 'none'})")
-    literals: dict[str, str] = {}
-    refs: list[PlannedRef] = []
-    for name, variable in config.envs[env].items():
-        if variable.from_ is None:
-            assert variable.value is not None
-            literals[name] = variable.value
-        else:
-            refs.append(plan_reference(name, f"envs.{env}.{name}.from", variable.from_, config.secretStores[variable.from_.store]))
-    return EnvPlan(env=env, literals=literals, refs=refs)
-
-
-class Broker:
+class StoreConnections:
     """Resolves a config's envs with shared credentials and clients (one per process and config)."""
 
     def __init__(
@@ -117,7 +44,7 @@ class Broker:
         self._stores: dict[str, StoreRuntime] = {}
         self._store_errors: dict[str, str] = {}
         self.last_stats: Any = None
-        self._delegation_keys: Any = None  # core.sources.sas_mint.StoredDelegationKeys, built on first use
+        self._delegation_keys: Any = None  # core.mint.sas.StoredDelegationKeys, built on first use
         self._delegation_keys_checked = False
         self._lock = threading.Lock()
 
@@ -164,7 +91,7 @@ class Broker:
         return runtime
 
     def kept_delegation_keys(self) -> Any:
-        """The user delegation keys kept between runs in `state.vault` (one object per Broker,
+        """The user delegation keys kept between runs in `state.vault` (one object per StoreConnections,
         so per process and config), or None when there is nowhere to keep them: the config has no
         `state.vault`, or the state store has no usable identity.  Without them a key is requested
         per run.  The reason is logged once; a key never is."""
@@ -182,7 +109,7 @@ class Broker:
             except (ValueError, NotFoundError) as exc:
                 log.warning("user delegation keys are requested per run: state store '%s' is not usable (%s)", settings.store, exc)
                 return None
-            from core.sources.sas_mint import StoredDelegationKeys
+            from core.mint.sas import StoredDelegationKeys
 
             self._delegation_keys = StoredDelegationKeys(vault)
             return self._delegation_keys
@@ -214,7 +141,7 @@ class Broker:
                      fresh: bool = False, delegation_keys: Any = None) -> Bundle:
         """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
         (minting must mint); `delegation_keys` keeps user delegation keys between runs (default:
-        this Broker's, kept in `state.vault` when the config has one).
+        this StoreConnections's, kept in `state.vault` when the config has one).
 
         Storage key listings kept in this process (core.sources.listed_keys) are reused unless
         `fresh` or `active_key` is given: a run that consults the rotation record (the sync
@@ -231,7 +158,7 @@ class Broker:
                 stores[ref.store] = self.store(ref.store)
             except ValueError as exc:
                 unusable[ref.store] = str(exc)
-        from core.engine.singleflight import ValueCache
+        from core.value_cache import ValueCache
 
         resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key,
                             value_cache=ValueCache() if fresh else None, delegation_keys=delegation_keys,
@@ -240,7 +167,7 @@ class Broker:
         self.last_stats = resolver.last_stats
         for ref in plan.refs:
             if ref.store in unusable:
-                from core.engine.bundle import ResolutionFailure
+                from core.bundle import ResolutionFailure
 
                 bundle.failures[ref.name] = ResolutionFailure(ref.name, ref.path, "identity", f"store '{ref.store}': {unusable[ref.store]}")
         return bundle

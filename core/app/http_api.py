@@ -9,12 +9,12 @@ and tests can drive it directly.
   names and failure reasons (never values, never partial bundles).  Every fetch is audited; a
   fetch whose audit record cannot be stored answers 503 and returns nothing (fails closed).
   Unauthenticated requests are counted and logged, and stored as one row per cause and window
-  (`core.audit.AnonymousAudit`), not one row each.
+  (`core.state.audit.AnonymousAudit`), not one row each.
 * `GET /api/health?deep=1`: readiness: the config loads and every store's identity can get a
   token for each audience the config needs from it.  Anonymous callers get only ok / not ok; the
   detail (config source, stores, audiences) is for admins (tokens and values are never shown).
 
-One `ApiContext` (config, Broker, authenticator) is kept per process and config version; it is
+One `ApiContext` (config, StoreConnections, authenticator) is kept per process and config version; it is
 rebuilt when the version changes.  The config is `$VAULTRELAY_CONFIG`, a file path (checked on
 every request: modification time, size) or a blob URL (checked by ETag at most every
 `$VAULTRELAY_CONFIG_RELOAD_SECONDS`; see core/config/source.py), else `vaultrelay.yaml`.
@@ -31,8 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.audit import AnonymousAudit, AuditSink, AuditWriteError, LoggingAuditSink, anonymous_window
-from core.engine.render import FORMATS, MEDIA_TYPES, UnrepresentableValue, negotiate, render
+from core.render import FORMATS, MEDIA_TYPES, UnrepresentableValue, negotiate, render
+from core.state.audit import AnonymousAudit, AuditSink, AuditWriteError, LoggingAuditSink, anonymous_window
 
 log = logging.getLogger("vaultrelay.api")
 
@@ -61,10 +61,10 @@ class ApiResponse:
 
 @dataclass
 class ApiContext:
-    """What one config file gives the API: the loaded config, its Broker and authenticator."""
+    """What one config file gives the API: the loaded config, its StoreConnections and authenticator."""
 
     loaded: Any  # core.config.LoadedConfig
-    broker: Any  # core.engine.plan.Broker
+    broker: Any  # core.plan.StoreConnections
     signature: tuple[Any, ...]
     location: str = ""
     _authenticator: Any = None
@@ -85,7 +85,7 @@ class ApiContext:
 
     def engine(self) -> Any:
         """The SyncEngine over this config (state, sync, rotation, events)."""
-        from core.engine.sync import SyncEngine
+        from core.push import SyncEngine
 
         with self._lock:
             engine = getattr(self, "_engine", None)
@@ -97,7 +97,7 @@ class ApiContext:
     def audit_sink(self) -> AuditSink:
         """The default audit: the `vaultrelay.audit` log and, with a `state:` section, the state
         store's audit table (durable: a failed row write raises AuditWriteError)."""
-        from core.audit import FanOutAuditSink, TableAuditSink
+        from core.state.audit import FanOutAuditSink, TableAuditSink
 
         with self._lock:
             sink = getattr(self, "_audit_sink", None)
@@ -151,7 +151,7 @@ class ApiContext:
         return store
 
     def fingerprinter(self, environ: Mapping[str, str]) -> tuple[Any, str]:
-        from core.audit import fingerprinter
+        from core.state.audit import fingerprinter
 
         with self._lock:
             if self._fingerprinter is None:
@@ -237,7 +237,7 @@ class HttpApi:
             context = self._context = ApiContext(loaded=loaded, broker=broker, signature=snapshot.signature,
                                                  location=snapshot.location)
         if current is not None:
-            # Requests still running on the old Broker keep using it; close it once they are done
+            # Requests still running on the old StoreConnections keep using it; close it once they are done
             # (and store the old config's pending counts of unauthenticated requests).
             def retire(old: ApiContext = current) -> None:
                 old.anonymous_audit(self._anonymous_window).flush()
@@ -252,9 +252,9 @@ class HttpApi:
     def _make_broker(self, loaded: Any) -> Any:
         if self._broker_factory is not None:
             return self._broker_factory(loaded)
-        from core.engine.plan import Broker
+        from core.connections import StoreConnections
 
-        return Broker(loaded, environ=self.environ)
+        return StoreConnections(loaded, environ=self.environ)
 
     def close(self) -> None:
         with self._lock:
@@ -416,7 +416,7 @@ class HttpApi:
                 }
                 status = 200 if report.ok else 502
             elif action == "rotate":
-                from core.engine.rotate import KeyRotation
+                from core.rotation.account_keys import KeyRotation
 
                 force = str((query or {}).get("force", "")).lower() in ("1", "true", "yes")
                 reports = KeyRotation(engine).rotate(name, force=force)  # counted in the engine
@@ -457,7 +457,7 @@ class HttpApi:
             ConfigUnavailable: no config (the event is retried by Event Grid).
             Exception: a valid event could not be acted on (retried).
         """
-        from core.engine.events import KeyVaultEvents
+        from core.app.events import KeyVaultEvents
 
         context = self.context()
         with context._lock:
@@ -470,7 +470,7 @@ class HttpApi:
 
     def scheduled(self) -> dict[str, Any]:
         """The timer's work: rotations that are due, then a sync of every env with targets."""
-        from core.engine.rotate import KeyRotation
+        from core.rotation.account_keys import KeyRotation
 
         context = self.context()
         self.flush_audit()  # counts of a quiet instance get stored too
@@ -559,7 +559,7 @@ class HttpApi:
 def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
     """Store -> the token scopes it needs: for every env's references, the targets it writes and
     the state it keeps."""
-    from core.engine.plan import plan_env
+    from core.plan import plan_env
     from core.sources.token import scope_of
 
     vault_scope = f"https://{cloud.vault_dns_suffix}/.default"

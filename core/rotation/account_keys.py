@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core import telemetry
-from core.engine.resolve import forget_values
+from core.resolve import forget_values
 from core.sources.base import PlannedRef, RunContext
 from core.state.tables import Conflict, Row
 
@@ -96,7 +96,7 @@ class KeyRotation:
         self.wait = float(engine.config.rotation.regenerate_wait)
 
     def candidates(self) -> dict[str, Candidate]:
-        from core.engine.plan import plan_env
+        from core.plan import plan_env
 
         found: dict[str, Candidate] = {}
         config = self.broker.loaded.config
@@ -117,13 +117,13 @@ class KeyRotation:
     def rotate(self, name: str | None = None, *, force: bool = False,
                progress: Callable[[str], None] | None = None) -> list[RotationReport]:
         """Rotate what is due (or `name`, or everything with `force`): account keys of `rotate:`
-        references, then the secrets of `rotation.tagged_secrets` vaults (core.engine.tagged_rotation).
+        references, then the secrets of `rotation.tagged_secrets` vaults (core.rotation.tagged_secrets).
         `progress(name)` is called as each account rotation is done.
 
         Raises:
             KeyError: `name` is not a rotation of this config.
         """
-        from core.engine.tagged_rotation import TaggedSecretRotation
+        from core.rotation.tagged_secrets import TaggedSecretRotation
 
         tagged = TaggedSecretRotation(self.engine) if self.engine.config.rotation.tagged_secrets else None
         if name is not None and name.startswith("tagged:"):
@@ -161,7 +161,7 @@ class KeyRotation:
             return RotationReport(c.name, "adopted", default, next_due=next_due.isoformat())
         if row is not None and not row.fields.get("phase") and not force and not self._due(row, c, now):
             return RotationReport(c.name, "not_due", row.fields.get("active", default), next_due=row.fields.get("next_due"))
-        from core.engine.sync import holder_is_dead
+        from core.push import holder_is_dead
 
         lease = self.state.acquire_lease(f"rotate:{c.name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from azure.core.pipeline.policies import HTTPPolicy, SansIOHTTPPolicy
 
-from core.retry import RetrySettings
+from core.azure.retry import RetrySettings
 
 request_log = logging.getLogger("vaultrelay.requests")
 
@@ -349,9 +349,9 @@ class AzureClients:
         return RequestsTransport(session=self._session, session_owner=False)
 
     def _keyvault_transport(self) -> Any:
-        """`core.transport.Urllib3Transport` over this factory's urllib3 pool, falling back to the
+        """`core.azure.transport.Urllib3Transport` over this factory's urllib3 pool, falling back to the
         requests transport for what it does not handle (proxies, uploads, client certificates)."""
-        from core.transport import Urllib3Transport
+        from core.azure.transport import Urllib3Transport
 
         fallback = self._transport()  # builds the session: its CA bundle and proxy settings serve both
         with self._lock:
@@ -368,7 +368,7 @@ class AzureClients:
         return self._transport()
 
     def https_context(self) -> Any:
-        """The client SSL context of vaultrelay's own HTTPS requests (core.bounded_http): the
+        """The client SSL context of vaultrelay's own HTTPS requests (core.azure.bounded_http): the
         SDK clients' trust (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, else certifi's bundle)."""
         from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
@@ -531,14 +531,14 @@ class AzureClients:
         return self._cached("mgmt-containerapps", subscription_id, credential, build)
 
     def sql_servers(self, subscription_id: str, credential: Any) -> Any:
-        """`core.arm_sql.SqlServers` over an ARM pipeline (no SQL SDK: two REST calls).  No
+        """`core.azure.arm_sql.SqlServers` over an ARM pipeline (no SQL SDK: two REST calls).  No
         body-logging policy is in the pipeline: a PATCH body carries a password."""
         def build() -> Any:
             from azure.core.pipeline import policies
             from azure.mgmt.core import ARMPipelineClient
             from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
 
-            from core.arm_sql import SqlServers
+            from core.azure.arm_sql import SqlServers
 
             common = self._common(credential)
             pipeline = [

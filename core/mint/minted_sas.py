@@ -7,7 +7,7 @@ less than `rotate_before` of its lifetime remains (default a third), when the ke
 is no longer the active key, or on `--force`.  The old token is not revoked: it stays valid until
 its own expiry, which is the consumers' overlap window.  A new token is verified with one cheap
 authorized call before it is stored or pushed anywhere.  User delegation keys that sign SAS are
-kept in the same vault between runs (`core.sources.sas_mint.StoredDelegationKeys`).
+kept in the same vault between runs (`core.mint.sas.StoredDelegationKeys`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core import telemetry
-from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
-from core.permissions import denied_note, user_delegation_sas_hint
+from core.bundle import Bundle, ResolutionFailure, ResolvedValue
+from core.mint.sas import StoredDelegationKeys
+from core.permissions.matrix import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
-from core.sources.sas_mint import StoredDelegationKeys
 from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.minted")

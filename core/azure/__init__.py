@@ -1,0 +1,1 @@
+"""Azure at the edge: the client factory, HTTP tuning, transport, retry and the ARM calls made without an SDK."""

@@ -10,9 +10,11 @@ from functions.health import bp as health_bp
 from functions.http_api import bp as http_api_bp
 from functions.keyvault_events import bp as keyvault_events_bp
 from functions.scheduled import bp as scheduled_bp
+from functions.work_queue import bp as work_queue_bp
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(health_bp)
 app.register_functions(http_api_bp)
 app.register_functions(scheduled_bp)
 app.register_functions(keyvault_events_bp)
+app.register_functions(work_queue_bp)

@@ -43,7 +43,7 @@ EXIT_OK, EXIT_RESOLUTION, EXIT_CONFIG = 0, 1, 2
 EXIT_INTERRUPTED = 130
 MASK = "********"
 PROG = "vaultrelay"
-OUTPUT_COMMANDS = ("validate", "plan", "sync", "rotate", "status")
+OUTPUT_COMMANDS = ("validate", "plan", "sync", "rotate", "status", "worker")
 # Loggers whose warnings repeat what the command line reports itself (each failure once).
 _REPORTED_BY_CLI = ("vaultrelay.resolve", "vaultrelay.sync", "vaultrelay.rotate", "vaultrelay.tagged")
 
@@ -140,6 +140,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "accept-drift": ("accept drift: what a target holds now becomes the baseline and is no longer reported (audited)",
                      "examples:\n  vaultrelay accept-drift --env production\n"
                      "  vaultrelay accept-drift --env production --target prod-vault DATABASE_PASSWORD"),
+    "worker": ("consume the work queue outside the Functions host: sync the work items planners enqueued",
+               "examples:\n  vaultrelay worker\n  vaultrelay worker --processes 4 --drain\n  vaultrelay sync --queue && vaultrelay worker --drain"),
     "completion": ("print a shell completion script",
                    "examples:\n  vaultrelay completion bash > ~/.local/share/bash-completion/completions/vaultrelay\n"
                    "  vaultrelay completion zsh > \"${fpath[1]}/_vaultrelay\"\n"
@@ -193,6 +195,13 @@ def _parser() -> _Parser:
     env_option("sync", False, "one env (default: every env with targets)")
     sub["sync"].add_argument("--dry-run", action="store_true", help="show adds/updates/removals and drift; write nothing")
     sub["sync"].add_argument("--force-mint", action="store_true", help="re-mint SAS tokens even if not due")
+    sub["sync"].add_argument("--queue", action="store_true",
+                             help="enqueue work items to the work queue instead of syncing here (a worker or the Function app syncs them)")
+    sub["worker"].add_argument("--processes", "-p", type=int, default=1, action=_Once, metavar="N",
+                               help="worker processes consuming the queue (default 1)")
+    sub["worker"].add_argument("--drain", action="store_true", help="stop once the queue is empty (default: run until interrupted)")
+    sub["worker"].add_argument("--visibility-timeout", type=int, default=120, action=_Once, metavar="S",
+                               help="seconds a received item stays invisible to other consumers (default 120)")
     sub["rotate"].add_argument("--name", "-n", action=_Once, help="one rotation, e.g. storage:myaccount (see status)")
     sub["rotate"].add_argument("--force", action="store_true", help="rotate even if not due")
     env_option("accept-drift", False, "the env (default: every env)")
@@ -228,6 +237,12 @@ def parse_args(argv: Sequence[str] | None, out: TextIO = sys.stdout, err: TextIO
         if args.format not in (None, "json"):
             parser.error(f"--output json and --format {args.format} disagree: give one")
         args.format = "json"
+    if args.command == "sync" and args.queue and args.dry_run:
+        parser.error("--queue and --dry-run: a dry run is read-only and runs here; give one")
+    if args.command == "worker" and not 1 <= args.processes <= 64:
+        parser.error("--processes must be between 1 and 64")
+    if args.command == "worker" and not 1 <= args.visibility_timeout <= 7 * 24 * 3600:
+        parser.error("--visibility-timeout must be between 1 and 604800 seconds")
     if args.command == "plan" and args.output == "json" and args.bicep_params == "-":
         parser.error("--bicep-params - writes to stdout, which --output json uses: name a file")
     return args
@@ -708,14 +723,71 @@ def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: T
             return _rotate(engine, args, json_output, out, err)
         if args.command == "accept-drift":
             return _accept_drift(engine, args, out, err)
+        if args.command == "worker":
+            return _worker(engine, args, json_output, out, err)
         return _status(engine, loaded, json_output, out)
     finally:
         broker.close()
 
 
+def _queue_failure(exc: Exception, command: str, engine: Any, json_output: bool, out: TextIO, err: TextIO) -> int:
+    return _failure(command if json_output else None, engine.broker.loaded, str(exc), EXIT_CONFIG, out, err)
+
+
+def _sync_queue(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.work import fanout_for
+    from core.azure.queue import QueueNotConfigured
+
+    try:
+        engine.fanout = fanout_for(engine.broker, os.environ)
+    except QueueNotConfigured as exc:
+        return _queue_failure(exc, "sync", engine, json_output, out, err)
+    envs = [args.env] if args.env else engine.envs_with_targets()
+    if args.env and args.env not in engine.envs_with_targets():
+        raise NotFoundError(f"env '{args.env}' has no targets (envs with targets: {', '.join(engine.envs_with_targets()) or 'none'})")
+    items = engine.request_sync(envs, reason="requested", trigger="cli", force_mint=args.force_mint)
+    if json_output:
+        from core.cli_json import EnqueuedItem, SyncDocument, problem
+
+        _emit(out, SyncDocument(ok=True, enqueued=[EnqueuedItem(id=i.id, envs=i.envs) for i in items],
+                                warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+        return EXIT_OK
+    out.write(f"enqueued {_plural(len(items), 'work item')} ({_plural(sum(len(i.envs) for i in items), 'env')}) "
+              f"to queue {engine.fanout.queue.name}\n")
+    return EXIT_OK
+
+
+def _worker(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.work import open_queue
+    from core.app.worker import consume, run_processes
+    from core.azure.queue import QueueNotConfigured
+
+    try:
+        queue = open_queue(engine.broker, os.environ)
+    except QueueNotConfigured as exc:
+        return _queue_failure(exc, "worker", engine, json_output, out, err)
+    if args.processes > 1:
+        stats = run_processes(args.processes, config=args.config, drain=args.drain, visibility_timeout=args.visibility_timeout,
+                              verbose=args.verbose)
+    else:
+        queue.ensure()
+        stats = consume(engine, queue, drain=args.drain, visibility_timeout_s=args.visibility_timeout)
+    if json_output:
+        from core.cli_json import WorkerDocument, problem
+
+        _emit(out, WorkerDocument(ok=stats.failed == 0 and stats.poisoned == 0, processes=args.processes, **stats.as_dict(),
+                                  warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+    else:
+        out.write(f"{_plural(stats.items, 'work item')}, {_plural(stats.envs, 'env')}, {_plural(stats.target_writes, 'target write')}, "
+                  f"{stats.requeued} re-enqueued, {stats.failed} failed, {stats.poisoned} poisoned in {stats.seconds:.2f}s\n")
+    return EXIT_OK if stats.failed == 0 and stats.poisoned == 0 else EXIT_RESOLUTION
+
+
 def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
     from core.terminal import progress
 
+    if args.queue:
+        return _sync_queue(engine, args, json_output, out, err)
     envs = [args.env] if args.env else engine.envs_with_targets()
     with progress(err, "sync" + (" (dry run)" if args.dry_run else ""), total=len(envs)) as shown:
         report = engine.sync(args.env, dry_run=args.dry_run, force_mint=args.force_mint, progress=shown.advance)
@@ -824,15 +896,17 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
 
     rows = engine.status()
     rotations = [_rotation_row(r) for r in engine.rotation_status()]
+    poisoned = engine.poisoned_status()
     if json_output:
-        from core.cli_json import RotationStatus, StatusDocument, TargetStatus, problem
+        from core.cli_json import PoisonedItem, RotationStatus, StatusDocument, TargetStatus, problem
 
         targets = [TargetStatus(env=r["env"], target=r["target"], kind=r["kind"], last_push=iso(r["last_push"]), outcome=r["outcome"],
                                 variables=int(r["variables"]), drift=[d for d in str(r["drift"]).split(", ") if d],
                                 drift_found={n: iso(w) or "" for n, w in r["drift_found"].items()}, drift_since=iso(r["drift_since"]),
                                 drift_policy=r["drift_policy"], last_error=r["last_error"] or None) for r in rows]
         _emit(out, StatusDocument(ok=True, targets=targets, warnings=[problem(p) for p in loaded.warnings],
-                                  rotations=[RotationStatus(**{**r, "since": iso(r["since"]), "next": iso(r["next"])}) for r in rotations]))
+                                  rotations=[RotationStatus(**{**r, "since": iso(r["since"]), "next": iso(r["next"])}) for r in rotations],
+                                  poisoned=[PoisonedItem(**{**p, "at": iso(p["at"])}) for p in poisoned]))
         return EXIT_OK
     from rich.table import Table
 
@@ -853,6 +927,13 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
     for r in rotations:
         table.add_row(*(cell(v) for v in (r["kind"], r["name"], r["active"] or "", when(r["since"]), when(r["next"]), r["phase"] or r["detail"] or "")))
     shown.print(table)
+    if poisoned:
+        table = Table(title="poisoned work items (cleared by the env's next successful sync)")
+        for column in ("env", "cause", "trigger", "at", "deliveries"):
+            table.add_column(column, overflow="fold")
+        for p in poisoned:
+            table.add_row(*(cell(v) for v in (p["env"], p["cause"], p["trigger"], when(p["at"]), str(p["deliveries"]))))
+        shown.print(table)
     return EXIT_OK
 
 

@@ -78,7 +78,7 @@ class PlanDocument(Document):
 class PermissionGrant(_Model):
     identity: str = Field(description="the identity, described")
     scope: str = Field(description="the scope, described")
-    scope_kind: Literal["vault", "storage", "container", "cosmos", "site", "table", "subscription"]
+    scope_kind: Literal["vault", "storage", "container", "cosmos", "site", "containerapp", "table", "queue", "subscription"]
     name: str
     subscription: str | None = None
     resource_group: str | None = None
@@ -114,6 +114,11 @@ class SyncTarget(_Model):
     error: str | None = None
 
 
+class EnqueuedItem(_Model):
+    id: str = Field(description="the work item's id (32 hex digits)")
+    envs: list[str]
+
+
 class SyncDocument(Document):
     """`vaultrelay sync --output json`."""
 
@@ -124,6 +129,7 @@ class SyncDocument(Document):
     minted: list[str] = []
     target_writes: int = 0
     seconds: float = 0.0
+    enqueued: list[EnqueuedItem] = Field([], description="with --queue: the work items enqueued (targets is then empty)")
 
 
 class RotationResult(_Model):
@@ -175,11 +181,41 @@ class StatusDocument(Document):
     command: Literal["status"] = "status"
     targets: list[TargetStatus] = []
     rotations: list[RotationStatus] = []
+    poisoned: list[PoisonedItem] = Field([], description="envs whose work item went to the poison queue (cleared by a later successful sync)")
+
+
+class PoisonedItem(_Model):
+    env: str
+    cause: str = Field(description="the failing variables or targets with their reasons (never values)")
+    item: str = Field(description="the work item's id")
+    trigger: str
+    reason: str
+    at: str | None = None
+    deliveries: int = 0
+
+
+class WorkerDocument(Document):
+    """`vaultrelay worker --output json` (one per process; the parent of --processes N sums them)."""
+
+    command: Literal["worker"] = "worker"
+    processes: int = 1
+    items: int = 0
+    envs: int = 0
+    target_writes: int = 0
+    state_writes: int = 0
+    pushed: list[str] = Field([], description="env->target pushed, one entry per push")
+    requeued: int = 0
+    throttled: int = 0
+    failed: int = 0
+    poisoned: int = 0
+    malformed: int = 0
+    cpu_seconds: float = 0.0
+    seconds: float = 0.0
 
 
 DOCUMENTS: dict[str, Any] = {  # name -> Document subclass
     "validate": ValidateDocument, "plan": PlanDocument, "plan-permissions": PermissionsDocument,
-    "sync": SyncDocument, "rotate": RotateDocument, "status": StatusDocument,
+    "sync": SyncDocument, "rotate": RotateDocument, "status": StatusDocument, "worker": WorkerDocument,
 }
 
 

@@ -183,6 +183,8 @@ class SyncEngine:
         # the env leases held until they are out.
         self._site_pushes: dict[str, list[_SitePush]] = {}
         self._held_leases: list[Lease] = []
+        # Set in queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
+        self.fanout: Any = None
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -330,28 +332,55 @@ class SyncEngine:
             split[env].failures[name] = replace(failure, name=name)
         self._prefetched = split
 
-    def sync(self, env: str | None = None, *, dry_run: bool = False, force_mint: bool = False,
+    def sync(self, env: str | None = None, *, envs: Sequence[str] | None = None, dry_run: bool = False, force_mint: bool = False,
              progress: Callable[[str], None] | None = None) -> SyncReport:
-        """Sync `env` (default: every env that has targets); `progress(env)` is called as each env is done.
+        """Sync `env`, or the `envs` given (a work item's batch), or every env that has targets;
+        `progress(env)` is called as each env is done.  An env synced without failure loses its
+        poison record (core.app.work), if it had one.
 
         Raises:
-            NotFoundError: `env` has no targets.
+            NotFoundError: `env` (or one of `envs`) has no targets.
         """
         began = time.monotonic()
-        envs = self.envs_with_targets()
-        if env is not None:
-            if env not in envs:
-                raise NotFoundError(f"env '{env}' has no targets (envs with targets: {', '.join(envs) or 'none'})")
-            envs = [env]
+        chosen = self.envs_with_targets()
+        wanted = [env] if env is not None else list(envs) if envs is not None else None
+        if wanted is not None:
+            missing = [e for e in wanted if e not in chosen]
+            if missing:
+                raise NotFoundError(f"env '{missing[0]}' has no targets (envs with targets: {', '.join(chosen) or 'none'})")
+            chosen = list(dict.fromkeys(wanted))
         report = SyncReport()
         try:
-            self._sync_envs(envs, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
+            self._sync_envs(chosen, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
         finally:
             self._prefetched, self._preloaded, self._run_cache = {}, None, {}
         report.seconds = time.monotonic() - began
         if not dry_run:
             telemetry.record_sync(report)
+            self._clear_poisoned(chosen, report)
         return report
+
+    def _clear_poisoned(self, envs: Sequence[str], report: SyncReport) -> None:
+        """Drop the poison records of the envs this sync completed (one read of the records)."""
+        try:
+            poisoned = self.state.poisoned()
+            if not poisoned:
+                return
+            bad = set(report.failures) | {t.env for t in report.targets if t.outcome in ("error", "busy")}
+            cleared = self.state.clear_poisoned([e for e in envs if e not in bad], poisoned)
+        except StateUnavailable as exc:
+            log.warning("poison records not checked: %s", exc)
+            return
+        for env in cleared:
+            self.state.audit(self.owner, "work.unpoisoned", env, {})
+
+    def request_sync(self, envs: Sequence[str], *, reason: Any, trigger: str, forget: Sequence[dict[str, str]] = (),
+                     force_mint: bool = False) -> list[Any] | None:
+        """A planner's request to sync `envs`: enqueued as work items when this engine fans out
+        (`self.fanout`, queue mode; returns the items), else None and the caller syncs inline."""
+        if self.fanout is None:
+            return None
+        return list(self.fanout.enqueue(self, envs, reason, trigger, forget=forget, force_mint=force_mint))
 
     def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool,
                    progress: Callable[[str], None] | None = None) -> None:
@@ -927,6 +956,13 @@ class SyncEngine:
                 "last_error": fields.get("error", ""), "variables": len(record.json("fingerprints", {})) if record else 0,
             })
         return rows
+
+    def poisoned_status(self) -> list[dict[str, Any]]:
+        """Envs whose work item went to the poison queue: env, cause, item, trigger, when (no values)."""
+        return [{"env": row.key, "cause": str(row.fields.get("cause", "")), "item": str(row.fields.get("item", "")),
+                 "trigger": str(row.fields.get("trigger", "")), "reason": str(row.fields.get("reason", "")),
+                 "at": str(row.fields.get("at", "")), "deliveries": int(row.fields.get("deliveries", 0) or 0)}
+                for row in self.state.poisoned()]
 
     def rotation_status(self) -> list[dict[str, Any]]:
         rows = []

@@ -96,6 +96,11 @@ param apiAudience string = ''
 @description('Prefix of the state tables (state.table_prefix in the config).')
 param stateTablePrefix string = 'vaultrelay'
 
+@description('The work queue planners enqueue sync work items to (in the deployment\'s storage account); its poison queue is `<name>-poison`.')
+@minLength(3)
+@maxLength(56)
+param workQueueName string = 'vaultrelay-work'
+
 @description('VAULTRELAY_SUBSCRIPTION_ID: subscription of storage and Cosmos DB accounts that references do not place (default: this one).')
 param defaultSubscriptionId string = subscription().subscriptionId
 
@@ -352,7 +357,19 @@ module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
         name: '${stateTablePrefix}${table}'
       }]
     }
-    queueServices: {}
+    // The work queue (core/app/work.py) and the poison queue the Functions host moves a message
+    // to after maxDequeueCount failed deliveries (host.json); created here so the app's identity
+    // needs no queue management role, only message roles on these two (host-rbac.bicep).
+    queueServices: {
+      queues: [
+        {
+          name: workQueueName
+        }
+        {
+          name: '${workQueueName}-poison'
+        }
+      ]
+    }
   }
 }
 
@@ -409,6 +426,12 @@ var baseSettings = {
   // Unauthenticated requests: one audit row per cause and minute, holding the count.
   VAULTRELAY_ANONYMOUS_AUDIT_SECONDS: '60'
   VAULTRELAY_SYNC_SCHEDULE: syncSchedule
+  // Planners enqueue work items; the queue-triggered sync_work syncs them (docs/deploy.md).
+  VAULTRELAY_SYNC_MODE: 'queue'
+  VAULTRELAY_WORK_QUEUE: workQueueName
+  VAULTRELAY_WORK_BATCH: '10'
+  // Equal to host.json's extensions.queues.maxDequeueCount: the last delivery records the poison.
+  VAULTRELAY_WORK_MAX_DEQUEUE: '5'
   VAULTRELAY_STATE_ACCOUNT: storageAccountName
   VAULTRELAY_API_AUDIENCE: apiAudience
   VAULTRELAY_TENANT_ID: tenant().tenantId
@@ -460,6 +483,7 @@ module hostAccess 'app/host-rbac.bicep' = {
     storageAccountName: storage.outputs.name
     appInsightsName: appInsights.outputs.name
     stateVaultName: createStateVault ? stateVault!.outputs.name : ''
+    workQueueName: workQueueName
   }
 }
 

@@ -13,6 +13,7 @@ SCENARIOS: dict[str, str] = {
     "crash anywhere": "resilience.crash",
     "storage unavailable": "resilience.storage_outage",
     "bad input": "resilience.bad_input",
+    "queue workers": "resilience.queue_workers",
 }
 
 

@@ -178,6 +178,8 @@ def scope_id(client: SandboxClient, scope: Any) -> str:
         return subscription
     if scope.kind == "table":
         return client.resource_id("storage", scope.name or client.env["SANDBOX_STORAGE_ACCOUNT"], scope.resource_group)
+    if scope.kind == "queue":  # the work queue, in the app's own storage account
+        return client.resource_id("storage", client.env["SANDBOX_STORAGE_ACCOUNT"], scope.resource_group) + f"/queueServices/default/queues/{scope.name}"
     if scope.kind == "container":
         account, _, container = scope.name.partition("/")
         return client.resource_id("storage", account, scope.resource_group) + f"/blobServices/default/containers/{container}"

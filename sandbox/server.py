@@ -403,6 +403,8 @@ class Sandbox:
             "SANDBOX_BLOB_ENDPOINT": rt.storage_endpoint(storage, "blob"),
             "SANDBOX_TABLE_ENDPOINT": rt.storage_endpoint(storage, "table"),
             "SANDBOX_QUEUE_ENDPOINT": rt.storage_endpoint(storage, "queue"),
+            # The Function app's storage as its identity-based connection names it (the work queue).
+            "AzureWebJobsStorage__queueServiceUri": rt.storage_endpoint(storage, "queue"),
             "SANDBOX_COSMOS_ACCOUNT": DEFAULT_COSMOS_ACCOUNT,
             "SANDBOX_COSMOS_SUFFIX": f"documents.{rt.suffix}",
             "SANDBOX_WEB_APP": DEFAULT_WEB_APP,

@@ -1,1 +1,1 @@
-"""Use cases: what a trigger or the CLI asks of the core, as plain functions and objects over the config."""
+"""Use cases: plain functions over a runtime (the engine, its state and clients)."""

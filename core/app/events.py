@@ -99,7 +99,7 @@ def parse_event(event: Mapping[str, Any]) -> KeyVaultEvent:
 @dataclass
 class EventOutcome:
     event_id: str
-    outcome: str  # synced, rotated, warning, duplicate, ignored, malformed
+    outcome: str  # synced, enqueued (queue mode), rotated, warning, duplicate, ignored, malformed
     envs: list[str] = field(default_factory=list)
     detail: str = ""
 
@@ -169,6 +169,10 @@ class KeyVaultEvents:
         if not envs:
             return EventOutcome(event.id, "ignored", detail=f"no env with targets references {event.vault}/{event.name}")
         forget_values(vault=event.vault, secret=event.name)
+        items = self.engine.request_sync(envs, reason="secret_changed", trigger=f"event:{event.id}",
+                                         forget=[{"vault": event.vault, "secret": event.name}])
+        if items is not None:
+            return EventOutcome(event.id, "enqueued", envs, detail=f"{len(items)} work items")
         for env in envs:
             report = self.engine.sync(env)
             if not report.ok:
@@ -184,6 +188,8 @@ class KeyVaultEvents:
             if env and env in self.engine.envs_with_targets():
                 # Key Vault warns 30 days ahead, so every short-lived SAS is "near expiry" from the
                 # start: re-sync, which re-mints only when the token is due (rotate_before).
+                if self.engine.request_sync([env], reason="secret_expiring", trigger=f"event:{event.id}") is not None:
+                    return EventOutcome(event.id, "enqueued", [env], detail="minted SAS to be checked by the worker")
                 report = self.engine.sync(env, force_mint=False)
                 if not report.ok:
                     raise RuntimeError(f"re-mint for env {env} did not complete")
@@ -198,6 +204,8 @@ class KeyVaultEvents:
             if t.type == "keyvault" and t.vault.lower() == event.vault
         )
         if owned:
+            if self.engine.request_sync(owned, reason="secret_expiring", trigger=f"event:{event.id}") is not None:
+                return EventOutcome(event.id, "enqueued", owned, detail="target secret to be re-pushed")
             for env in owned:
                 self.engine.sync(env)
             return EventOutcome(event.id, "synced", owned, detail="target secret re-pushed")

@@ -91,8 +91,24 @@ class ApiContext:
             engine = getattr(self, "_engine", None)
             if engine is None:
                 engine = SyncEngine(self.broker)
+                from core.app.work import fanout_for, queue_mode
+
+                if queue_mode(self.broker.environ):
+                    # Planners (timer, POST /api/sync, events, rotations) enqueue work items.
+                    engine.fanout = fanout_for(self.broker, self.broker.environ)
                 object.__setattr__(self, "_engine", engine)
             return engine
+
+    def worker_engine(self) -> Any:
+        """A SyncEngine for one work item (the queue trigger may run several at once on one
+        instance: an engine holds one sync's working set), sharing this config's state store
+        and fingerprint key; it syncs inline, never enqueues."""
+        from core.push import SyncEngine
+
+        shared = self.engine()
+        engine = SyncEngine(self.broker, state=shared.state)
+        engine._fingerprinter = shared._fingerprinter  # None until one sync fetched it (then shared)
+        return engine
 
     def audit_sink(self) -> AuditSink:
         """The default audit: the `vaultrelay.audit` log and, with a `state:` section, the state
@@ -409,6 +425,15 @@ class HttpApi:
             engine = context.engine()
             if action == "sync":
                 dry_run = str((query or {}).get("dry_run", "")).lower() in ("1", "true", "yes")
+                if engine.fanout is not None and not dry_run:
+                    envs = engine.envs_with_targets()
+                    if env is not None and env not in envs:
+                        raise NotFoundError(f"env '{env}' has no targets")
+                    items = engine.request_sync([env] if env is not None else envs, reason="requested",
+                                                trigger=_printable(f"http:{principal.actor}")[:200])
+                    self._record(context, principal.actor, "admin.sync", env or "", {"outcome": "202"})
+                    return ApiResponse.json(202, {"enqueued": [{"id": i.id, "envs": i.envs} for i in items],
+                                                  "envs": sum(len(i.envs) for i in items)})
                 report = engine.sync(env, dry_run=dry_run)
                 document: dict[str, Any] = {
                     "ok": report.ok, "dry_run": dry_run, "minted": report.minted, "failures": report.failures,
@@ -431,7 +456,7 @@ class HttpApi:
                     document = {"targets": [t.as_dict() for t in accepted]}
                     status = 502 if any(t.outcome == "error" for t in accepted) else 200
             else:
-                document = {"targets": engine.status(), "rotations": engine.rotation_status()}
+                document = {"targets": engine.status(), "rotations": engine.rotation_status(), "poisoned": engine.poisoned_status()}
                 status = 200
         except (NotFoundError, KeyError) as exc:
             message = str(exc.args[0]) if exc.args else "not found"
@@ -468,6 +493,30 @@ class HttpApi:
         outcome = handler.handle(event)
         return dict(outcome.__dict__)
 
+    def work_item(self, text: str, dequeue_count: int) -> dict[str, Any]:
+        """One delivery of a work queue message (the queue trigger's work; core.app.work).
+
+        Raises:
+            ConfigUnavailable: no config (delivered again).
+            core.app.work.WorkFailed: the item failed (delivered again, then poisoned).
+        """
+        from core.app.work import handle_message
+
+        context = self.context()
+        shared = context.engine()
+        queue = shared.fanout.queue if shared.fanout is not None else None
+        if queue is None:
+            from core.app.work import open_queue
+
+            queue = open_queue(context.broker, self.environ)
+        engine = context.worker_engine()
+        try:
+            result = handle_message(engine, text, dequeue_count=dequeue_count, queue=queue)
+        finally:
+            if shared._fingerprinter is None and engine._fingerprinter is not None:
+                shared._fingerprinter = engine._fingerprinter
+        return dict(result.__dict__)
+
     def scheduled(self) -> dict[str, Any]:
         """The timer's work: rotations that are due, then a sync of every env with targets."""
         from core.rotation.account_keys import KeyRotation
@@ -475,7 +524,12 @@ class HttpApi:
         context = self.context()
         self.flush_audit()  # counts of a quiet instance get stored too
         engine = context.engine()
-        rotations = KeyRotation(engine).rotate()  # counted in the engine
+        rotations = KeyRotation(engine).rotate()  # counted in the engine (re-pushes enqueued in queue mode)
+        items = engine.request_sync(engine.envs_with_targets(), reason="scheduled", trigger="timer")
+        if items is not None:
+            return {"rotations": [r.as_dict() for r in rotations], "ok": not any(r.outcome == "error" for r in rotations),
+                    "target_writes": 0, "targets": [], "failures": {}, "enqueued": len(items),
+                    "envs": sum(len(i.envs) for i in items)}
         report = engine.sync()
         return {
             "rotations": [r.as_dict() for r in rotations], "ok": report.ok, "target_writes": report.target_writes,

@@ -1,1 +1,1 @@
-"""Azure at the edge: the client factory, HTTP tuning, transport, retry and the ARM calls made without an SDK."""
+"""Azure SDK clients behind narrow interfaces (built by the client factory, passed in)."""

@@ -573,6 +573,22 @@ class AzureClients:
 
         return self._cached("table", url, credential, build)
 
+    def work_queue(self, service_url: str, name: str, credential: Any) -> Any:
+        """The work queue `name` and its `<name>-poison` at `service_url` (core.azure.queue), with
+        base64 messages as the Functions queue extension expects them."""
+        def build() -> Any:
+            from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+            from core.azure.queue import StorageWorkQueue
+
+            def client(queue: str) -> Any:
+                return QueueClient(service_url, queue, credential=credential, message_encode_policy=TextBase64EncodePolicy(),
+                                   message_decode_policy=TextBase64DecodePolicy(), **self._storage_common(credential))
+
+            return StorageWorkQueue(client(name), client(f"{name}-poison"))
+
+        return self._cached("queue", f"{service_url}/{name}", credential, build)
+
     def close(self) -> None:
         for client in list(self._clients.values()):
             close = getattr(client, "close", None)

@@ -68,6 +68,15 @@ _SLOT_WRITE = Need("Microsoft.Web/sites/slots/config/write", False, "site", "vau
 _SQL_READ = Need("Microsoft.Sql/servers/read", False, "sql", "SQL Server Contributor", "read the server's administrator login")
 _SQL_SET = Need("Microsoft.Sql/servers/write", False, "sql", "SQL Server Contributor", "set the server's administrator password")
 _SITE_CONFIG_READ = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer", "read the slot-sticky setting names")
+# The work queue in the Function app's own storage (core.app.work): planners enqueue (sender),
+# the queue trigger and `vaultrelay worker` receive and delete (processor) and read the queue's
+# length (reader: the trigger's scaling).  Infra grants them on the queue itself (host-rbac.bicep).
+_QUEUE_SEND = Need("Microsoft.Storage/storageAccounts/queueServices/queues/messages/add/action", True, "queue",
+                   "Storage Queue Data Message Sender", "enqueue work items (timer, POST /api/sync, events, rotations)")
+_QUEUE_PROCESS = Need("Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action", True, "queue",
+                      "Storage Queue Data Message Processor", "receive and delete work items (the queue trigger, vaultrelay worker)")
+_QUEUE_READ = Need("Microsoft.Storage/storageAccounts/queueServices/queues/read", False, "queue",
+                   "Storage Queue Data Reader", "read the work queue's length (the trigger scales on it)")
 _SITE_REFERENCES = Need("Microsoft.Web/sites/config/read", False, "site", "vaultrelay App Settings Writer",
                         "read App Service's status of the Key Vault references it wrote")
 _KV_RESOLVE = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True, "vault", "Key Vault Secrets User",
@@ -112,6 +121,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "target:container_app": (_APP_READ, _APP_SECRETS, _APP_WRITE, _APP_RESTART),
     "target:webhook": (),
     "state:tables": (_TABLE_RW,),
+    "state:work_queue": (_QUEUE_SEND, _QUEUE_PROCESS, _QUEUE_READ),
 }
 
 
@@ -302,7 +312,8 @@ class Scope:
 
     def describe(self) -> str:
         label = {"vault": "key vault", "storage": "storage account", "container": "blob container", "cosmos": "Cosmos DB account",
-                 "site": "site", "containerapp": "container app", "sql": "SQL server", "table": "state tables of", "subscription": "subscription"}[self.kind]
+                 "site": "site", "containerapp": "container app", "sql": "SQL server", "table": "state tables of", "subscription": "subscription",
+                 "queue": "work queue (in the deployment's storage account)"}[self.kind]
         if self.kind == "subscription":
             return f"{label} {self.name or '(deployment subscription)'}"
         name = self.name or "the deployment's storage account ($VAULTRELAY_STATE_ACCOUNT)"
@@ -646,6 +657,7 @@ class _Walker:
         if state.table_endpoint and not state.account:
             account = state.table_endpoint.split("//")[-1].split(".")[0]
         self.add(state.store, self.scope(state.store, "table", account), "state:tables", "state")
+        self.add(state.store, Scope("queue", self.environ.get("VAULTRELAY_WORK_QUEUE") or "vaultrelay-work"), "state:work_queue", "state")
         if state.vault:
             self.add(state.store, self.scope(state.store, "vault", state.vault), "state:vault", "state.vault")
         if state.fingerprint_key is not None and state.fingerprint_key.from_ is not None:
@@ -770,6 +782,8 @@ def render_bicep_parameters(
                 storage["userDelegationSas"] = True
             if "Storage Table Data Contributor" in roles:
                 storage["tableData"] = True
+        elif scope.kind == "queue":
+            continue  # the work queue in the template's own storage account: host-rbac.bicep grants it
         elif scope.kind == "cosmos":
             cosmos = entry("cosmosAccounts", grant, scope.name)
             # `keys` (the key reader role) defaults to true in the template: say false when only

@@ -211,6 +211,25 @@ _ROLES: tuple[RoleDefinition, ...] = (
         description="Full access to blob containers and data, including POSIX ACLs (the Functions host's AzureWebJobsStorage).",
     ),
     RoleDefinition(
+        "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a", "Storage Queue Data Message Sender",
+        data_actions=("Microsoft.Storage/storageAccounts/queueServices/queues/messages/add/action",),
+        description="Add messages to a queue (vaultrelay's planners enqueue work items).",
+    ),
+    RoleDefinition(
+        "8a0f0c08-91a1-4084-bc3d-661d67233fed", "Storage Queue Data Message Processor",
+        data_actions=(
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",
+            "Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action",
+        ),
+        description="Peek, receive and delete messages (the queue trigger and vaultrelay worker).",
+    ),
+    RoleDefinition(
+        "19e7f393-937e-4f77-808e-94535e297925", "Storage Queue Data Reader",
+        actions=("Microsoft.Storage/storageAccounts/queueServices/queues/read",),
+        data_actions=("Microsoft.Storage/storageAccounts/queueServices/queues/messages/read",),
+        description="Read queues and their messages (the trigger reads the queue's length to scale).",
+    ),
+    RoleDefinition(
         "974c5e8b-45b9-4653-ba55-5f855dd0fb88", "Storage Queue Data Contributor",
         actions=(
             "Microsoft.Storage/storageAccounts/queueServices/queues/delete",

@@ -224,8 +224,13 @@ class KeyRotation:
             forget_values(account=c.account)
             phase = "repushing"
         if phase == "repushing":
-            for env in c.envs:
-                if env in self.engine.envs_with_targets():
+            envs = [env for env in c.envs if env in self.engine.envs_with_targets()]
+            # Queue mode: the re-pushes are work items (a busy env is re-enqueued by the worker
+            # until it is pushed after the switch); the record may then leave `repushing`.
+            if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:{c.name}", forget=[{"account": c.account}]) is not None:
+                report.repushed.extend(envs)
+            else:
+                for env in envs:
                     self._repush(env, target)
                     report.repushed.append(env)
             next_due = self.engine.clock() + timedelta(seconds=c.every)

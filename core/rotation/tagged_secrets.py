@@ -614,16 +614,17 @@ class TaggedSecretRotation:
     def _repush(self, vault: str, name: str) -> list[str]:
         """Re-sync the envs with targets that reference the secret (they get the new version)."""
         forget_values(vault=vault, secret=name)
-        envs = []
         loaded = self.broker.loaded
-        for env in self.engine.envs_with_targets():
-            refs = plan_env(loaded, env).refs
-            if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
-                   for r in refs):
-                result = self.engine.sync(env)
-                if not result.ok:
-                    raise RuntimeError(f"re-push of env {env} after rotating {vault}/{name} did not complete")
-                envs.append(env)
+        envs = [env for env in self.engine.envs_with_targets()
+                if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
+                       for r in plan_env(loaded, env).refs)]
+        if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:tagged:{vault}/{name}",
+                                    forget=[{"vault": vault, "secret": name}]) is not None:
+            return envs
+        for env in envs:
+            result = self.engine.sync(env)
+            if not result.ok:
+                raise RuntimeError(f"re-push of env {env} after rotating {vault}/{name} did not complete")
         return envs
 
     def _warn(self, vault: str, name: str, detail: str, label: str) -> RotationReport:

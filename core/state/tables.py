@@ -276,6 +276,39 @@ class StateStore:
         except Conflict:
             pass
 
+    # ---- poisoned work items ----------------------------------------------------------
+    # One row per env whose work item went to the poison queue (events table, partition
+    # "poison"): env, cause (variable names and failure reasons), item id, trigger; never values.
+    def poisoned(self) -> list[Row]:
+        """The envs whose last work item was poisoned (a read; nothing is written)."""
+        return sorted(self.query("events", "poison"), key=lambda r: r.key)
+
+    def record_poisoned(self, env: str, fields: dict[str, Any]) -> None:
+        """Record that `env`'s work item went to the poison queue (replaces an earlier record)."""
+        for _ in range(3):
+            current = self.get("events", "poison", env)
+            try:
+                self.put("events", Row("poison", env, dict(fields), current.etag if current else None))
+                return
+            except Conflict:
+                continue
+
+    def clear_poisoned(self, envs: Iterable[str], known: Iterable[Row] | None = None) -> list[str]:
+        """Drop the poison records of `envs` (synced successfully since); returns those cleared.
+        `known` is a listing read before (so an env with no record costs no request)."""
+        rows = {r.key: r for r in (known if known is not None else self.poisoned())}
+        cleared = []
+        for env in envs:
+            row = rows.get(env)
+            if row is None:
+                continue
+            try:
+                self.delete("events", row)
+                cleared.append(env)
+            except Conflict:  # poisoned again meanwhile: a newer failure stays visible
+                pass
+        return cleared
+
     # ---- audit --------------------------------------------------------------------------
     def audit(self, actor: str, action: str, subject: str, detail: dict[str, Any] | None = None) -> None:
         """Append an audit entry (who, what, on what, why; never values)."""

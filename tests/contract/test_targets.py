@@ -162,6 +162,40 @@ class AppSettingsCase(Case):
     plant = edit
 
 
+class ContainerAppCase(Case):
+    """The env's variables as a container app's secrets (kebab names), the app made on first use."""
+
+    _app: str | None = None
+
+    def _client(self) -> Any:
+        from azure.mgmt.appcontainers import ContainerAppsAPIClient
+
+        sandbox = self.world.sandbox
+        if self._app is None:
+            self._app = f"ca-{self.world.tag}"
+            sandbox.create_resource("containerapp", self._app)
+            sandbox.grant("system", "Container Apps Contributor", sandbox.resource_id("containerapp", self._app))
+        return ContainerAppsAPIClient(self.world.admin, sandbox.subscription_id, base_url=sandbox.arm_endpoint, polling_interval=0)
+
+    def target(self, env: str, **extra: Any) -> dict[str, Any]:
+        self._client()
+        return {"type": "container_app", "env": env, "store": "azure", "app": self._app, **extra}
+
+    def _secrets(self) -> dict[str, str]:
+        listed = self._client().container_apps.list_secrets(self.world.sandbox.resource_group, self._app).value
+        return {s.name: s.value for s in listed}
+
+    def read(self) -> dict[str, str]:
+        return {k.upper().replace("-", "_"): v for k, v in self._secrets().items()}
+
+    def edit(self, name: str, value: str) -> None:
+        secrets = {**self._secrets(), name.lower().replace("_", "-"): value}
+        body = {"properties": {"configuration": {"secrets": [{"name": k, "value": v} for k, v in secrets.items()]}}}
+        self._client().container_apps.begin_update(self.world.sandbox.resource_group, self._app, body).result()
+
+    plant = edit
+
+
 class WebhookCase(Case):
     def target(self, env: str, **extra: Any) -> dict[str, Any]:
         extra.pop("deletion_policy", None)
@@ -177,6 +211,7 @@ CASES: dict[str, type[Case]] = {
     "blob": BlobCase,
     "app_settings": AppSettingsCase,
     "webhook": WebhookCase,
+    "container_app": ContainerAppCase,
 }
 SHAPES: dict[str, dict[str, bool]] = {"blob": {"per_variable": False}, "webhook": {"per_variable": False, "reads_back": False}}
 REGISTERED = default_targets().kinds()

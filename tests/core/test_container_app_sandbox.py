@@ -18,9 +18,7 @@ from azure.mgmt.appcontainers import ContainerAppsAPIClient
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import World, seeded, write_config
-
-__all__ = ["seeded"]
+from tests.world import World, write_config
 
 
 @pytest.fixture()

@@ -100,7 +100,7 @@ state:
     only_a = {g.scope.name for g in compute_permissions(loaded, envs=["a"], environ={}).grants}
     assert only_a == {"kv-a"}
     only_b = {g.scope.name for g in compute_permissions(loaded, envs=["b"], environ={}).grants}
-    assert only_b == {"kv-b", "kv-out", "ststate"}
+    assert only_b == {"kv-b", "kv-out", "ststate", "vaultrelay-work"}  # state: its tables and the work queue
 
 
 def test_service_principal_stores_are_reported_but_not_rendered() -> None:

@@ -132,13 +132,24 @@ def test_custom_roles_grant_only_what_vaultrelay_does() -> None:
 
 
 def test_host_roles_on_the_deployment_storage_and_telemetry() -> None:
-    """The Functions host needs blob (owner: deployment packages, leases) and queue access on
-    AzureWebJobsStorage; vaultrelay's state needs tables; telemetry needs the publisher role."""
+    """The Functions host needs blob access (owner: deployment packages, leases) on
+    AzureWebJobsStorage; the work queue gets message roles on the queues only (no queue
+    management, nothing account-wide); vaultrelay's state needs tables; telemetry the publisher role."""
     tree = parse(INFRA / "app" / "host-rbac.bicep")
     roles = role_variables(tree)
     storage_roles = {roles[v] for v in tree["variables"]["storageRoles"]["value"]}
-    assert {KNOWN_ROLES[r].name for r in storage_roles} == {
-        "Storage Blob Data Owner", "Storage Queue Data Contributor", "Storage Table Data Contributor"}
+    assert {KNOWN_ROLES[r].name for r in storage_roles} == {"Storage Blob Data Owner", "Storage Table Data Contributor"}
+    queue_roles = [KNOWN_ROLES[roles[v]].name for v in tree["variables"]["workQueueRoles"]["value"]]
+    assert sorted(queue_roles) == ["Storage Queue Data Message Processor", "Storage Queue Data Message Sender", "Storage Queue Data Reader"]
+    assert body(tree["resources"]["workQueueAccess"])["scope"] == "workQueue"
+    assert body(tree["resources"]["poisonQueueAccess"])["scope"] == "poisonQueue"
+    # What plan --permissions says the work queue needs is what these roles grant.
+    from core.permissions.matrix import MATRIX
+
+    for need in MATRIX["state:work_queue"]:
+        assert need.role in queue_roles and ROLES_BY_NAME[need.role.lower()].allows(need.action, data=need.data)
+    assert not any(ROLES_BY_NAME[n.lower()].allows("Microsoft.Storage/storageAccounts/queueServices/queues/write", data=False)
+                   for n in queue_roles)
     telemetry = body(tree["resources"]["telemetryAccess"])
     assert telemetry["scope"] == "appInsights"
     assert KNOWN_ROLES[roles["monitoringMetricsPublisher"]].name == "Monitoring Metrics Publisher"
@@ -246,7 +257,7 @@ CONFIGS = {
     "rich": (_rich, {"AZURE_CLIENT_ID": "aaaaaaaa-0000-0000-0000-000000000001"}),
 }
 _SCOPE_KIND = {"vault": "vault", "storage": "storage", "table": "storage", "container": "container", "cosmos": "cosmos", "site": "site", "containerapp": "containerapp",
-               "sql": "sql"}
+               "sql": "sql", "queue": "queue"}
 
 
 def _rendered(name: str) -> tuple[PermissionReport, dict[str, Any], list[str], dict[str, str]]:
@@ -285,6 +296,8 @@ def test_every_needed_role_is_granted_by_the_template(config: str) -> None:
             continue  # the template's own storage account: host-rbac.bicep (tested above)
         if grant.scope.kind == "vault" and grant.scope.name.lower() == environ.get("VAULTRELAY_STATE_VAULT", "").lower():
             continue  # the template's own state vault: host-rbac.bicep (tested below)
+        if grant.scope.kind == "queue":
+            continue  # the work queue in the template's own storage account: host-rbac.bicep (tested above)
         matches = _granted(grant, simulated, document)
         assert matches, f"nothing granted for {grant.identity.description} on {grant.scope.describe()}"
         roles = [KNOWN_ROLES[r] for s in matches for r in s.role_ids]
@@ -465,7 +478,7 @@ state: {store: s, account: stateacct}
     report = compute_permissions(loaded, environ=environ)
     document, _ = render_bicep_parameters(report, loaded.config, environ=environ)
     simulated = simulate_rbac({name: p["value"] for name, p in document["parameters"].items() if isinstance(p["value"], list)})
-    planned = {(g.scope.kind, g.scope.name): set(g.roles) for g in report.grants if g.scope.kind != "table"}  # state: host-rbac.bicep
+    planned = {(g.scope.kind, g.scope.name): set(g.roles) for g in report.grants if g.scope.kind not in ("table", "queue")}  # state, work queue: host-rbac.bicep
     granted: dict[tuple[str, str], set[str]] = {}
     for grant in simulated:
         granted.setdefault((grant.kind, grant.name), set()).update(KNOWN_ROLES[r].name for r in grant.role_ids)

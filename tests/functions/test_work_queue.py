@@ -1,0 +1,212 @@
+"""Queue mode: planners enqueue work items, the queue-triggered `sync_work` (what function_app.py
+registers, called with real `azure.functions.QueueMessage` objects) syncs them; poison records in
+status.  Against the sandbox (Azurite's queue service, the sandbox's Key Vault)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+import yaml
+from azure.functions.queue import QueueMessage  # what the worker builds from the host's trigger data
+from azure.keyvault.secrets import SecretClient
+from azure.storage.queue import QueueClient
+
+from core.app.http_api import HttpApi
+from core.app.work import DEFAULT_MAX_DEQUEUE, WorkFailed, parse_item
+from core.state.audit import MemoryAuditSink
+from sandbox.client import SandboxClient
+from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVS = ("q-alpha", "q-beta", "q-gamma")
+
+
+@pytest.fixture(scope="module")
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def source(seeded: SandboxClient, tag: str) -> SecretClient:
+    client = SecretClient(seeded.vault_url("kv-source"), seeded.admin_credential())
+    for env in ENVS:
+        client.set_secret(f"wq-{tag}-{env}", f"value-of-{env}-{tag}")
+    return client
+
+
+@pytest.fixture(scope="module")
+def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+    """Three small envs with a Key Vault target each, in queue mode on this module's own queue."""
+    path = write_config(tmp_path_factory.mktemp("work") / "vaultrelay.yaml", seeded)
+    config = yaml.safe_load(path.read_text())
+    config["state"]["table_prefix"] = f"w{tag}"
+    config["envs"] = {env: {"LEVEL": "info", "SECRET": {"from": {"store": "azure", "vault": "kv-source", "secret": f"wq-{tag}-{env}"}}}
+                      for env in ENVS}
+    config["envs"]["q-broken"] = {"SECRET": {"from": {"store": "azure", "vault": "kv-source", "secret": f"wq-{tag}-missing"}}}
+    config["access"] = {}
+    config["targets"] = {f"t-{env}": {"type": "keyvault", "env": env, "store": "azure", "vault": "kv-target", "prefix": f"wq-{tag}-{env}-"}
+                         for env in (*ENVS, "q-broken")}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    environ = {**os.environ, "VAULTRELAY_CONFIG": str(path), "VAULTRELAY_SYNC_MODE": "queue", "VAULTRELAY_WORK_QUEUE": f"wq-{tag}",
+               "VAULTRELAY_WORK_BATCH": "1"}
+    api = HttpApi(environ=environ, audit=MemoryAuditSink())
+    with serving(api):
+        yield api
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def raw_queue(seeded: SandboxClient, tag: str) -> QueueClient:
+    """The work queue without any decoding: the messages as the Functions host reads them."""
+    from azure.core.exceptions import ResourceExistsError
+
+    client = QueueClient(seeded.env["AzureWebJobsStorage__queueServiceUri"], f"wq-{tag}", credential=seeded.admin_credential())
+    try:
+        client.create_queue()
+    except ResourceExistsError:
+        pass
+    return client
+
+
+@pytest.fixture(scope="module")
+def target(seeded: SandboxClient) -> SecretClient:
+    return SecretClient(seeded.vault_url("kv-target"), seeded.admin_credential())
+
+
+def admin(sandbox: SandboxClient) -> dict[str, str]:
+    return {"Authorization": f"Bearer {sandbox.issue_token('admin', AUDIENCE)}"}
+
+
+def drain(raw_queue: QueueClient) -> list[tuple[str, int]]:
+    """Every visible message (base64 text as stored, and its dequeue count), deleted."""
+    taken = []
+    for message in raw_queue.receive_messages(max_messages=32, visibility_timeout=30):
+        taken.append((str(message.content), int(message.dequeue_count or 1)))
+        raw_queue.delete_message(message)
+    return taken
+
+
+def deliver(functions: dict[str, Any], stored: str, dequeue_count: int = 1) -> None:
+    """Call `sync_work` as the host does: the base64 decoded into the message body (the host
+    decodes it: host.json's messageEncoding), the delivery count from the trigger metadata."""
+    msg = QueueMessage(id=uuid.uuid4().hex, body=base64.b64decode(stored), dequeue_count=dequeue_count,
+                       insertion_time=dt.datetime.now(dt.UTC), pop_receipt=uuid.uuid4().hex)
+    functions["sync_work"].get_user_function()(msg)
+
+
+def versions(target: SecretClient, tag: str, env: str) -> int:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return len(list(target.list_properties_of_secret_versions(f"wq-{tag}-{env}-SECRET")))
+    except ResourceNotFoundError:
+        return 0
+
+
+def test_the_queue_trigger_is_registered_as_host_json_configures_it(functions: dict[str, Any]) -> None:
+    binding = next(b for b in functions["sync_work"].get_bindings() if b.type == "queueTrigger")
+    assert binding.queue_name == "%VAULTRELAY_WORK_QUEUE%" and binding.connection == "AzureWebJobsStorage"
+    queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    assert queues["maxDequeueCount"] == DEFAULT_MAX_DEQUEUE
+    assert queues["messageEncoding"] == "base64"
+    assert 1 <= queues["batchSize"] <= 32
+
+
+def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+                                                               raw_queue: QueueClient, target: SecretClient, tag: str) -> None:
+    drain(raw_queue)
+    response = functions["sync_all"].get_user_function()(request("POST", "/api/sync", headers=admin(seeded)))
+    assert response.status_code == 202
+    body = body_json(response)
+    assert sorted(e for item in body["enqueued"] for e in item["envs"]) == sorted((*ENVS, "q-broken"))
+    for env in ENVS:  # nothing synced inline
+        assert versions(target, tag, env) == 0
+    stored = drain(raw_queue)
+    assert len(stored) == len(body["enqueued"])
+    for text, _ in stored:
+        decoded = base64.b64decode(text).decode()
+        item = parse_item(decoded)
+        assert item.reason == "requested" and item.trigger.startswith("http:")
+        for env in ENVS:
+            assert f"value-of-{env}" not in decoded
+    good = [t for t, _ in stored if "q-broken" not in parse_item(base64.b64decode(t).decode()).envs]
+    for text in good:
+        deliver(functions, text)
+    assert all(versions(target, tag, env) == 1 for env in ENVS)
+    assert target.get_secret(f"wq-{tag}-q-alpha-SECRET").value == f"value-of-q-alpha-{tag}"
+    for text in good:  # delivered twice: no extra write
+        deliver(functions, text)
+    assert all(versions(target, tag, env) == 1 for env in ENVS)
+
+
+def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+                                                                     raw_queue: QueueClient) -> None:
+    one = functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-beta", headers=admin(seeded), route_params={"env": "q-beta"}))
+    assert one.status_code == 202 and [i["envs"] for i in body_json(one)["enqueued"]] == [["q-beta"]]
+    missing = functions["sync_env"].get_user_function()(request("POST", "/api/sync/nope", headers=admin(seeded), route_params={"env": "nope"}))
+    assert missing.status_code == 404
+    drain(raw_queue)
+
+
+def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+                                                         raw_queue: QueueClient, source: SecretClient, target: SecretClient, tag: str) -> None:
+    functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-gamma", headers=admin(seeded), route_params={"env": "q-gamma"}))
+    older = drain(raw_queue)
+    source.set_secret(f"wq-{tag}-q-gamma", f"new-value-{tag}")
+    event = func.EventGridEvent(
+        id=str(uuid.uuid4()), topic="/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-source",
+        subject=f"wq-{tag}-q-gamma", event_type="Microsoft.KeyVault.SecretNewVersionCreated", event_time=dt.datetime.now(dt.UTC),
+        data_version="1", data={"VaultName": "kv-source", "ObjectType": "Secret", "ObjectName": f"wq-{tag}-q-gamma", "Version": "1" * 32})
+    before = versions(target, tag, "q-gamma")
+    functions["keyvault_events"].get_user_function()(event)
+    assert versions(target, tag, "q-gamma") == before  # the event enqueued, it did not sync
+    newer = drain(raw_queue)
+    item = parse_item(base64.b64decode(newer[0][0]).decode())
+    assert item.reason == "secret_changed" and item.envs == ["q-gamma"]
+    assert [f.params() for f in item.forget] == [{"vault": "kv-source", "secret": f"wq-{tag}-q-gamma"}]
+    deliver(functions, newer[0][0])
+    deliver(functions, older[0][0])  # the older item, after the newer one: nothing more to write
+    assert versions(target, tag, "q-gamma") == before + 1
+    assert target.get_secret(f"wq-{tag}-q-gamma-SECRET").value == f"new-value-{tag}"
+
+
+def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: HttpApi, raw_queue: QueueClient) -> None:
+    from azure.functions.timer import TimerRequest
+
+    functions["sync_timer"].get_user_function()(TimerRequest(past_due=False))
+    envs = sorted(e for text, _ in drain(raw_queue) for e in parse_item(base64.b64decode(text).decode()).envs)
+    assert envs == sorted((*ENVS, "q-broken"))
+
+
+def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_sync(
+        functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
+    functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-broken", headers=admin(seeded), route_params={"env": "q-broken"}))
+    (text, _), = drain(raw_queue)
+    with pytest.raises(WorkFailed):
+        deliver(functions, text, dequeue_count=1)
+    status = body_json(functions["status"].get_user_function()(request("GET", "/api/status", headers=admin(seeded))))
+    assert status["poisoned"] == []  # not its last delivery yet
+    with pytest.raises(WorkFailed, match="SECRET: not_found"):
+        deliver(functions, text, dequeue_count=DEFAULT_MAX_DEQUEUE)
+    status = body_json(functions["status"].get_user_function()(request("GET", "/api/status", headers=admin(seeded))))
+    (poisoned,) = status["poisoned"]
+    assert poisoned["env"] == "q-broken" and "SECRET: not_found" in poisoned["cause"] and poisoned["deliveries"] == DEFAULT_MAX_DEQUEUE
+    source.set_secret(f"wq-{tag}-missing", "now-there")
+    deliver(functions, text, dequeue_count=1)
+    status = body_json(functions["status"].get_user_function()(request("GET", "/api/status", headers=admin(seeded))))
+    assert status["poisoned"] == []
+    assert "now-there" not in json.dumps(status)
+
+
+def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: HttpApi) -> None:
+    deliver(functions, base64.b64encode(b'{"envs": "x"}').decode())  # no exception: retrying cannot fix it
+

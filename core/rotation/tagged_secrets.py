@@ -63,7 +63,7 @@ from typing import Any, NoReturn
 
 from core.plan import plan_env
 from core.resolve import forget_values
-from core.rotation.account_keys import (
+from core.rotation.regeneration import (
     Regeneration,
     RotationReport,
     counted,

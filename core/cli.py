@@ -518,8 +518,10 @@ def _plan(loaded: Any, env: str, json_output: bool, out: TextIO) -> int:
         variables = [PlannedVariable(name=name, kind="literal", description="literal value from the config") for name in sorted(plan.literals)]
         variables += [PlannedVariable(name=r.name, kind=r.kind, description=r.description, store=r.store, identity=plan.stores.get(r.store))
                       for r in sorted(plan.refs, key=lambda r: r.name)]
+        variables += [PlannedVariable(name=c.name, kind="template", description=_composed_description(c), depends_on=list(c.depends_on))
+                      for c in sorted(plan.composed.values(), key=lambda c: c.name)]
         _emit(out, PlanDocument(ok=True, env=env, variables=variables, references=len(plan.refs), unique=unique,
-                                literals=len(plan.literals), warnings=[problem(p) for p in loaded.warnings]))
+                                literals=len(plan.literals), composed=len(plan.composed), warnings=[problem(p) for p in loaded.warnings]))
         return EXIT_OK
     table = Table(title=f"plan for env {env}", show_lines=False)
     for column in ("variable", "kind", "what", "store", "identity"):
@@ -528,9 +530,17 @@ def _plan(loaded: Any, env: str, json_output: bool, out: TextIO) -> int:
         table.add_row(cell(name), cell("literal"), cell("(literal value from the config)"), cell(""), cell(""))
     for ref in sorted(plan.refs, key=lambda r: r.name):
         table.add_row(cell(ref.name), cell(ref.kind), cell(ref.description), cell(ref.store), cell(plan.stores.get(ref.store, "")))
+    for composition in sorted(plan.composed.values(), key=lambda c: c.name):
+        table.add_row(cell(composition.name), cell("template"), cell(_composed_description(composition)), cell(""), cell(""))
     console(out).print(table)
-    out.write(f"{_plural(len(plan.refs), 'reference')} ({unique} unique), {_plural(len(plan.literals), 'literal')}\n")
+    composed = f", {_plural(len(plan.composed), 'composed value')}" if plan.composed else ""
+    out.write(f"{_plural(len(plan.refs), 'reference')} ({unique} unique), {_plural(len(plan.literals), 'literal')}{composed}\n")
     return EXIT_OK
+
+
+def _composed_description(composition: Any) -> str:
+    """What a composed variable depends on (the template is config; it is not shown, values never are)."""
+    return f"template over {', '.join(composition.depends_on)}" if composition.depends_on else "template (no variables)"
 
 
 def _plan_permissions(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:

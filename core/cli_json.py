@@ -58,10 +58,11 @@ class ValidateDocument(Document):
 
 class PlannedVariable(_Model):
     name: str
-    kind: str = Field(description="literal, keyvault_secret, keyvault_certificate, keyvault_key, storage_key, sas, cosmos, sql, token")
+    kind: str = Field(description="literal, keyvault_secret, keyvault_certificate, keyvault_key, storage_key, sas, cosmos, sql, token, template")
     description: str = Field(description="what is fetched, never a value")
     store: str | None = None
     identity: str | None = Field(None, description="the store's credential, e.g. system-assigned managed identity")
+    depends_on: list[str] | None = Field(None, description="template: the variables it is composed from")
 
 
 class PlanDocument(Document):
@@ -73,6 +74,7 @@ class PlanDocument(Document):
     references: int = 0
     unique: int = Field(0, description="distinct fetches after deduplication")
     literals: int = 0
+    composed: int = Field(0, description="variables composed from templates")
 
 
 class PermissionGrant(_Model):

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from core.azure_clients import AzureClients
+from core.compose import Composition, compose_bundle, dependencies
 from core.config import LoadedConfig, ManagedIdentityStore, Reference, resolve_cloud
 from core.config.cloud import CloudEndpoints
 from core.engine.bundle import Bundle
@@ -37,6 +38,7 @@ class EnvPlan:
     literals: dict[str, str]
     refs: list[PlannedRef]
     stores: dict[str, str] = field(default_factory=dict)  # store -> identity description
+    composed: dict[str, Composition] = field(default_factory=dict)  # variables written as templates (core.compose)
 
 
 def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> PlannedRef:
@@ -77,7 +79,11 @@ def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> P
         params["subscription"] = ref.subscription
         params["resource_group"] = ref.resource_group
     clean = tuple(sorted((k, v) for k, v in params.items() if v is not None))
-    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description)
+    # Transforms shape one variable's value; the fetch (and its deduplication) is the source's.
+    transforms = tuple((k, v) for k, v in (("decode", ref.decode), ("property", ref.property_), ("encode", ref.encode)) if v is not None)
+    if transforms:
+        description += " | " + " | ".join(f"{k} {v}" for k, v in transforms)
+    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description, transforms=transforms)
 
 
 def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
@@ -91,13 +97,17 @@ def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
         raise NotFoundError(f"no env '{env}' in {loaded.file} (envs: {', '.join(sorted(config.envs)) or 'none'})")
     literals: dict[str, str] = {}
     refs: list[PlannedRef] = []
+    composed: dict[str, Composition] = {}
     for name, variable in config.envs[env].items():
-        if variable.from_ is None:
+        if variable.template is not None:
+            composed[name] = Composition(name, f"envs.{env}.{name}.template", variable.template,
+                                         tuple(sorted(dependencies(variable.template))))
+        elif variable.from_ is None:
             assert variable.value is not None
             literals[name] = variable.value
         else:
             refs.append(plan_reference(name, f"envs.{env}.{name}.from", variable.from_, config.secretStores[variable.from_.store]))
-    return EnvPlan(env=env, literals=literals, refs=refs)
+    return EnvPlan(env=env, literals=literals, refs=refs, composed=composed)
 
 
 class Broker:
@@ -208,7 +218,9 @@ class Broker:
             NotFoundError: no such env.
         """
         plan = plan_env(self.loaded, env)
-        return self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
+        bundle = self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
+        compose_bundle(bundle, plan.composed)
+        return bundle
 
     def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
                      fresh: bool = False, delegation_keys: Any = None) -> Bundle:

@@ -101,7 +101,7 @@ def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, s
     assert body_json(synced)["ok"] is True
     status = call(functions, "status", request("GET", "/api/status", headers=admin))
     document = body_json(status)
-    assert status.status_code == 200 and document["targets"][0]["target"] == "vault" and document["targets"][0]["variables"] == 11
+    assert status.status_code == 200 and document["targets"][0]["target"] == "vault" and document["targets"][0]["variables"] == 12
     assert "s3cr3t-db-password" not in status.get_body().decode()
     unknown = call(functions, "rotate", request("POST", "/api/rotate/storage:nope", headers=admin, route_params={"name": "storage:nope"}))
     assert unknown.status_code == 404 and "storage:sandboxstore" in body_json(unknown)["message"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from core.azure.clients import AzureClients
 from core.bundle import Bundle
+from core.compose import compose_bundle
 from core.config import LoadedConfig, ManagedIdentityStore, resolve_cloud
 from core.config.cloud import CloudEndpoints
 from core.errors import NotFoundError
@@ -135,7 +136,9 @@ class StoreConnections:
             NotFoundError: no such env.
         """
         plan = plan_env(self.loaded, env)
-        return self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
+        bundle = self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
+        compose_bundle(bundle, plan.composed)
+        return bundle
 
     def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
                      fresh: bool = False, delegation_keys: Any = None) -> Bundle:

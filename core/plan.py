@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.compose import Composition, dependencies
 from core.config import LoadedConfig, Reference
 from core.errors import NotFoundError
 from core.sources.base import PlannedRef
@@ -27,6 +28,7 @@ class EnvPlan:
     literals: dict[str, str]
     refs: list[PlannedRef]
     stores: dict[str, str] = field(default_factory=dict)  # store -> identity description
+    composed: dict[str, Composition] = field(default_factory=dict)  # variables written as templates (core.compose)
 
 
 def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> PlannedRef:
@@ -67,7 +69,11 @@ def plan_reference(name: str, path: str, ref: Reference, store_config: Any) -> P
         params["subscription"] = ref.subscription
         params["resource_group"] = ref.resource_group
     clean = tuple(sorted((k, v) for k, v in params.items() if v is not None))
-    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description)
+    # Transforms shape one variable's value; the fetch (and its deduplication) is the source's.
+    transforms = tuple((k, v) for k, v in (("decode", ref.decode), ("property", ref.property_), ("encode", ref.encode)) if v is not None)
+    if transforms:
+        description += " | " + " | ".join(f"{k} {v}" for k, v in transforms)
+    return PlannedRef(name=name, path=path, store=ref.store, kind=kind, params=clean, description=description, transforms=transforms)
 
 
 def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
@@ -81,10 +87,14 @@ def plan_env(loaded: LoadedConfig, env: str) -> EnvPlan:
         raise NotFoundError(f"no env '{env}' in {loaded.file} (envs: {', '.join(sorted(config.envs)) or 'none'})")
     literals: dict[str, str] = {}
     refs: list[PlannedRef] = []
+    composed: dict[str, Composition] = {}
     for name, variable in config.envs[env].items():
-        if variable.from_ is None:
+        if variable.template is not None:
+            composed[name] = Composition(name, f"envs.{env}.{name}.template", variable.template,
+                                         tuple(sorted(dependencies(variable.template))))
+        elif variable.from_ is None:
             assert variable.value is not None
             literals[name] = variable.value
         else:
             refs.append(plan_reference(name, f"envs.{env}.{name}.from", variable.from_, config.secretStores[variable.from_.store]))
-    return EnvPlan(env=env, literals=literals, refs=refs)
+    return EnvPlan(env=env, literals=literals, refs=refs, composed=composed)

@@ -39,6 +39,7 @@ from typing import Any
 
 from core import telemetry
 from core.bundle import Bundle, ResolvedValue
+from core.compose import compose_bundle
 from core.connections import StoreConnections
 from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.plan import plan_env
@@ -307,6 +308,7 @@ class SyncEngine:
             minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
             minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
             outcomes = minted.outcomes
+        compose_bundle(bundle, plan.composed)  # templates over the env's values, minted ones included
         telemetry.record_resolve(time.perf_counter() - began, failed=any(f.reason != "would_mint" for f in bundle.failures.values()))
         return bundle, outcomes
 
@@ -487,7 +489,8 @@ class SyncEngine:
                     self._record_error(env, name, item.error or "")
             return
         desired = {
-            name: DesiredItem(name, item.value, self.fingerprinter.of(item.value), item.expires_on, item.content_type)
+            name: DesiredItem(name, item.value, self.fingerprinter.of(item.value), item.expires_on, item.content_type, item.detail.get("kind"),
+                              item.version)
             for name, item in bundle.values.items()
         }
         for name in would_mint:  # dry run: a token that would be minted counts as a change
@@ -515,6 +518,9 @@ class SyncEngine:
         pending: dict[str, str] = record.json("pending", {}) if record else {}
         try:
             writer = self.registry.build(target, self._context(name, target, record))
+            shape = getattr(writer, "shape", None)
+            if shape is not None:  # what this target writes besides the value (expiry, content type, tags)
+                desired = shape(desired)
             snapshot = writer.snapshot(set(desired) | set(recorded) | set(pending), {**pending, **recorded})
             diff = self._diff(writer, desired, record, snapshot)
         except TargetError as exc:

@@ -183,13 +183,23 @@ class Resolver:
 
     @staticmethod
     def _succeed(bundle: Bundle, group: list[PlannedRef], store: StoreRuntime, fetched: Fetched) -> None:
+        from core.sources.transforms import TransformError, apply_transforms
         from core.values import SecretValue
 
         for ref in group:
+            value, content_type = fetched.value, fetched.content_type
+            if ref.transforms:
+                try:
+                    value = apply_transforms(value, ref.transforms)
+                except TransformError as exc:
+                    bundle.failures[ref.name] = ResolutionFailure(name=ref.name, path=ref.path, reason="invalid", message=str(exc))
+                    log.warning("could not resolve %s (%s): invalid (a transform failed)", ref.name, ref.path)
+                    continue
+                content_type = None  # the shaped value is no longer what the source's content type describes
             bundle.values[ref.name] = ResolvedValue(
-                name=ref.name, value=SecretValue(fetched.value), source=ref.description, store=store.name,
+                name=ref.name, value=SecretValue(value), source=ref.description, store=store.name,
                 identity=store.identity_description, version=fetched.version, expires_on=fetched.expires_on,
-                content_type=fetched.content_type, detail=dict(fetched.detail),
+                content_type=content_type, detail=dict(fetched.detail),
             )
 
     @staticmethod

@@ -6,7 +6,8 @@ with a target refused), run the timer function once (bundles pushed to
 a target vault, a blob and app settings), sync again (nothing written), fetch a bundle through the
 HTTP function with a caller's Entra token and show a refused caller, change a source secret so
 that the sandbox delivers a Key Vault event and the target follows, rotate a SAS and prove old and
-new both work, rotate the storage key, show status, and run a command under `vaultrelay exec`.
+new both work, rotate the storage key, show status, run a command under `vaultrelay exec`, and fan
+three envs out through the work queue to two worker processes.
 Everything the demo started is stopped at the end.
 """
 
@@ -115,6 +116,7 @@ def main() -> int:
         cli("11. exec: a child process gets the variables", "exec", "--env", "production", "--", sys.executable, "-c",
             "import os; print('child sees', sum(k in os.environ for k in ('DATABASE_PASSWORD', 'STORAGE_SAS', 'COSMOS_CONNECTION')), "
             "'secrets; DATABASE_PASSWORD has', len(os.environ['DATABASE_PASSWORD']), 'characters')")
+        fan_out(console, vaultrelay, env, config)
         api.close()
         counters = client.counters()
         console.rule("what the local Azure saw")
@@ -190,6 +192,29 @@ def sas_overlap(console: Console, client: Any, api: Any) -> None:
         return True
 
     console.print(f"  re-minted: {', '.join(report.minted)}; new token differs: {new != old}; old works: {works(old)}; new works: {works(new)}")
+
+
+def fan_out(console: Console, vaultrelay: list[str], env: dict[str, str], config: Path) -> None:
+    """Queue mode in one step: three small envs enqueued as work items, then two worker processes
+    (the queue-triggered function's code path) drain the queue; a second round writes nothing."""
+    console.rule("12. fan-out: three envs through the work queue and two worker processes")
+    fleet = yaml.safe_load(config.read_text())
+    fleet["envs"] = {f"team-{n}": {"DATABASE_PASSWORD": {"from": {"store": "azure", "vault": "kv-source", "secret": "database-password"}},
+                                   "TEAM": n} for n in ("a", "b", "c")}
+    fleet["targets"] = {f"team-{n}-vault": {"type": "keyvault", "env": f"team-{n}", "store": "azure", "vault": "kv-target", "prefix": f"team-{n}-"}
+                        for n in ("a", "b", "c")}
+    fleet.pop("access", None)
+    path = config.with_name("fleet.yaml")
+    path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    queued = {**env, "VAULTRELAY_CONFIG": str(path), "VAULTRELAY_WORK_QUEUE": "demo-work", "VAULTRELAY_WORK_BATCH": "1"}
+    for title, args in (("vaultrelay sync --queue", ["sync", "--queue"]),
+                        ("vaultrelay worker --processes 2 --drain", ["worker", "--processes", "2", "--drain"]),
+                        ("again (the same items delivered once more)", ["sync", "--queue"]),
+                        ("vaultrelay worker --drain", ["worker", "--drain"])):
+        result = subprocess.run([*vaultrelay, *args], env=queued, cwd=ROOT, check=False, capture_output=True, text=True)  # our own CLI
+        if result.returncode != 0:
+            raise SystemExit(f"{title} failed with exit code {result.returncode}: {result.stderr[-500:]}")
+        console.print(f"  {title}: {result.stdout.strip()}")
 
 
 if __name__ == "__main__":

@@ -456,7 +456,20 @@ class HttpApi:
                     document = {"targets": [t.as_dict() for t in accepted]}
                     status = 502 if any(t.outcome == "error" for t in accepted) else 200
             else:
-                document = {"targets": engine.status(), "rotations": engine.rotation_status(), "poisoned": engine.poisoned_status()}
+                from core.app.expiry import DEFAULT_WINDOW, expiring, parse_window
+
+                try:
+                    asked = (query or {}).get("expiring")
+                    window = parse_window(asked) if asked else DEFAULT_WINDOW
+                except ValueError as exc:
+                    return ApiResponse.json(400, {"error": "bad_request", "message": f"expiring: {exc}"})
+                document = {"targets": engine.status(), "rotations": engine.rotation_status(), "poisoned": engine.poisoned_status(),
+                            "expiry_window_seconds": int(window.total_seconds())}
+                try:
+                    document["expiring"] = [i.as_dict() for i in expiring(engine, window)]
+                except Exception as exc:  # the sources are unreachable: the rest of status still answers
+                    log.warning("expiry view unavailable: %s", type(exc).__name__)
+                    document["expiring"], document["expiry_error"] = [], f"expiry view unavailable: {type(exc).__name__}"
                 status = 200
         except (NotFoundError, KeyError) as exc:
             message = str(exc.args[0]) if exc.args else "not found"

@@ -279,7 +279,7 @@ class Rotate(Strict):
 
 
 REFERENCE_KEYS: dict[str, set[str]] = {
-    "keyvault": {"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group"},
+    "keyvault": {"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group", "property", "decode", "encode"},
     "storage_key": {"store", "resource_type", "account", "key", "subscription", "resource_group", "rotate"},
     "sas": {"store", "resource_type", "account", "operation", "permissions", "expiry", "sas_type", "services",
             "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group", "rotate_before"},
@@ -328,6 +328,11 @@ class Reference(Strict):
     # rotation (vaultrelay extension)
     rotate_before: Duration | None = Field(None, description="SAS: re-mint when less than this lifetime remains (default a third of expiry)")
     rotate: Rotate | None = Field(None, description="storage/cosmos `key: active`: regenerate the inactive key and switch on this schedule")
+    # transforms of the fetched value (Key Vault references), applied in this order
+    decode: Literal["base64"] | None = Field(None, description="decode the value first: base64 (the result must be UTF-8 text)")
+    property_: str | None = Field(None, alias="property", pattern=r"^[^.\s]+(\.[^.\s]+)*$",
+                                 description="the value is a JSON document: take this key (a.b.c walks nested objects; a number indexes a list)")
+    encode: Literal["base64"] | None = Field(None, description="encode the (extracted) value last: base64")
 
     @property
     def kind(self) -> str:
@@ -346,7 +351,7 @@ class Reference(Strict):
         """Every problem of the reference at once, each placed at its own key."""
         kind = self.kind
         problems: list[str] = []
-        given = {k for k in self.model_fields_set if getattr(self, k) is not None}
+        given = {type(self).model_fields[k].alias or k for k in self.model_fields_set if getattr(self, k) is not None}
         extra = sorted(given - REFERENCE_KEYS[kind])
         label = {"keyvault": "a Key Vault reference", "storage_key": "a storage key reference", "sas": "a SAS reference",
                  "sql": "a sql reference", "cosmos": "a cosmosdb reference", "token": "a get_token reference"}[kind]
@@ -361,6 +366,8 @@ class Reference(Strict):
             if self.format not in fmt_ok[self.type]:
                 problems.append(_here("format", f"format: {self.format} does not apply to type: {self.type or 'secret'}"
                                       + (f" (use {' or '.join(sorted(f for f in fmt_ok[self.type] if f))})" if self.type in ("certificate", "key") else "")))
+            if self.property_ is not None and self.type == "certificate" and self.format == "pfx":
+                problems.append(_here("property", "property reads a JSON document; a PFX certificate is not one"))
         elif kind in ("storage_key", "sas", "cosmos"):
             need = [k for k in ("account",) if not self.account]
             if self.account:
@@ -446,10 +453,14 @@ class Reference(Strict):
 
 
 class Variable(Strict):
-    """One variable of an env: a literal `value` or a `from:` reference."""
+    """One variable of an env: a literal `value`, a `from:` reference, or a `template` over the
+    env's other variables."""
 
     value: str | None = None
     from_: Reference | None = Field(None, alias="from")
+    template: str | None = Field(None, description="a composed value: a Jinja2 template over the env's other variables, e.g. "
+                                                   "\"postgresql://app:{{ DATABASE_PASSWORD | urlencode }}@db:5432/app\"; filters: "
+                                                   "urlencode, b64encode, b64decode, json, tojson, default, trim")
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
@@ -466,8 +477,8 @@ class Variable(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Variable:
-        if (self.value is None) == (self.from_ is None):
-            raise ValueError("a variable is a literal string or a mapping with from:")
+        if [self.value, self.from_, self.template].count(None) != 2:
+            raise ValueError("a variable is a literal string, or a mapping with one of from: or template:")
         return self
 
 
@@ -488,11 +499,48 @@ class KeyVaultTarget(TargetBase):
     prefix: str = Field("", pattern=r"^[0-9a-zA-Z-]*$", description="prepended to every secret name")
     secret_name: str | None = Field(None, pattern=SECRET_NAME, description="bundle mode: the secret's name (default <env>-bundle)")
     deletion_policy: Literal["delete", "keep"] = Field("keep", description="variables removed from the env: delete their (owned) secrets or keep them")
+    content_type: str | None = Field(None, min_length=1, max_length=255,
+                                     description="content type of the secrets written whose value has none of its own "
+                                                 "(certificates, keys and the JSON bundle keep theirs)")
+    tags: dict[str, str] = Field({}, description="static tags on every secret written, next to vaultrelay's own "
+                                                  "(managed-by and vaultrelay-*, which cannot be set here)")
+    expires: Annotated[Literal["follow"] | Duration, WithJsonSchema({"anyOf": [
+        {"const": "follow", "description": "the value's own expiry (SAS, token, certificate; a copied secret's exp); "
+                                            "a value without one is refused"},
+        {"type": "number", "minimum": 3600},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"}]})] | None = Field(
+        None, description="expiry of the secrets written: follow, or a duration (at least 1h; rewritten with a third left). "
+                          "Unset: the value's own expiry when it has one")
+    certificates: Literal["secret", "certificate"] = Field(
+        "secret", description="certificate references: written as a PEM/PFX secret, or imported as a certificate (with its key)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expires_follow(cls, data: Any) -> Any:
+        # `follow` is a word; anything else is a duration (parsed by Duration).
+        if isinstance(data, dict) and isinstance(data.get("expires"), str) and data["expires"].strip() == "follow":
+            data = {**data, "expires": "follow"}
+        return data
 
     @model_validator(mode="after")
     def _modes(self) -> KeyVaultTarget:
+        problems: list[str] = []
         if self.secret_name and self.mode != "bundle":
-            raise ValueError("secret_name applies to mode: bundle only")
+            problems.append(_here("secret_name", "secret_name applies to mode: bundle only"))
+        if self.certificates == "certificate" and self.mode == "bundle":
+            problems.append(_here("certificates", "certificates: certificate applies to mode: per_variable (a bundle is one JSON secret)"))
+        if isinstance(self.expires, float) and self.expires < 3600:
+            problems.append(_here("expires", "expires must be follow or a duration of at least 1h"))
+        reserved = sorted(k for k in self.tags if k.lower() == "managed-by" or k.lower().startswith("vaultrelay-"))
+        if reserved:
+            problems.append(_here("tags", f"tag {', '.join(reserved)} is vaultrelay's own (managed-by, vaultrelay-*): it cannot be set here"))
+        if len(self.tags) > 11:
+            problems.append(_here("tags", f"{len(self.tags)} tags: Key Vault allows 15 per secret and vaultrelay writes 4"))
+        for key, value in self.tags.items():
+            if not key or len(key) > 512 or len(value) > 256:
+                problems.append(_here("tags", f"tag '{key[:40]}': Key Vault tag names are 1-512 characters and values at most 256"))
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def secret_for(self, variable: str) -> str:
@@ -868,6 +916,7 @@ class Config(Strict):
             key = getattr(target, "signing_key", None)
             if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
                 problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
+        problems.extend(self._templates())
         problems.extend(self._keyvault_target_names())
         problems.extend(self._state_exposure())
         if self.state is not None and self.state.store not in self.secretStores:
@@ -891,6 +940,18 @@ class Config(Strict):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _templates(self) -> list[str]:
+        """Composed values: each template parses, reads only its env's variables, and no templates
+        read each other in a cycle."""
+        from core.compose import template_problems
+
+        problems: list[str] = []
+        for env, variables in self.envs.items():
+            templates = {name: v.template for name, v in variables.items() if v.template is not None}
+            if templates:
+                problems.extend(_located(path, message) for path, message in template_problems(env, templates, variables))
+        return problems
 
     def _keyvault_target_names(self) -> list[str]:
         """Each Key Vault secret is written by one target for one variable: two variables that

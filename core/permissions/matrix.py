@@ -44,6 +44,8 @@ _KV_READ_BACK = Need("Microsoft.KeyVault/vaults/secrets/getSecret/action", True,
                      "read a pushed secret back when it changed since vaultrelay's write (drift)")
 _KV_RECOVER = Need("Microsoft.KeyVault/vaults/secrets/recover/action", True, "vault", "Key Vault Secrets Officer",
                    "recover vaultrelay's own soft-deleted secret when its variable comes back")
+_KV_CERT_IMPORT = Need("Microsoft.KeyVault/vaults/certificates/import/action", True, "vault", "Key Vault Certificates Officer",
+                       "import certificates (certificates: certificate)")
 _ST_LISTKEYS = Need("Microsoft.Storage/storageAccounts/listkeys/action", False, "storage", "Storage Account Key Operator Service Role", "list account keys")
 _ST_REGEN = Need("Microsoft.Storage/storageAccounts/regeneratekey/action", False, "storage", "Storage Account Key Operator Service Role", "regenerate account keys")
 _ST_UDK = Need("Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action", False, "storage", "Storage Blob Delegator", "get a user delegation key")
@@ -112,6 +114,7 @@ MATRIX: dict[str, tuple[Need, ...]] = {
     "rotate:tagged_cosmos_key": (_COSMOS_KEYS, _COSMOS_RO, _COSMOS_REGEN),
     "rotate:sql_password": (_SQL_READ, _SQL_SET),
     "target:keyvault": (_KV_SET, _KV_LIST, _KV_DELETE, _KV_READ_BACK, _KV_RECOVER),
+    "target:keyvault_certificates": (_KV_CERT_IMPORT,),
     "target:blob": (_BLOB_WRITE,),
     "target:app_settings": (_SITE_LIST, _SITE_WRITE),
     "target:app_settings_slot": (_SLOT_LIST, _SLOT_WRITE),
@@ -603,6 +606,8 @@ class _Walker:
         path = f"targets.{name}"
         if target.type == "keyvault":
             self.add(target.store, self.scope(target.store, "vault", target.vault), "target:keyvault", path)
+            if getattr(target, "certificates", "secret") == "certificate":
+                self.add(target.store, self.scope(target.store, "vault", target.vault), "target:keyvault_certificates", f"{path}.certificates")
         elif target.type == "blob":
             storage = self.scope(target.store, "container", f"{target.account}/{target.container}")
             self.add(target.store, storage, "target:blob", path)

@@ -30,6 +30,9 @@ class PlannedRef:
     kind: str
     params: tuple[tuple[str, Any], ...]
     description: str
+    # (transform, argument) applied to this variable's value after the fetch: decode, property,
+    # encode (core.sources.transforms); not part of the dedup key.
+    transforms: tuple[tuple[str, str], ...] = ()
 
     def param(self, key: str, default: Any = None) -> Any:
         for name, value in self.params:

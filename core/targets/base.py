@@ -42,6 +42,8 @@ class DesiredItem:
     fingerprint: str
     expires_on: datetime | None = None
     content_type: str | None = None
+    kind: str | None = None  # the source's kind of object (secret, certificate, key, template), for writers that care
+    version: str | None = None  # the source object's version (a certificate's, for writers that import it)
 
 
 @dataclass
@@ -144,6 +146,7 @@ def ownership_tags(env: str, target: str) -> dict[str, str]:
     return {MANAGED_BY: MANAGED_BY_VALUE, TAG_ENV: env, TAG_TARGET: target}
 
 
-def same_marks(tags: dict[str, str] | None, env: str, target: str, fingerprint: str) -> bool:
-    """True when `tags` are exactly the tags vaultrelay would write (with this fingerprint)."""
-    return dict(tags or {}) == {**ownership_tags(env, target), TAG_FINGERPRINT: fingerprint}
+def same_marks(tags: dict[str, str] | None, env: str, target: str, fingerprint: str, static: dict[str, str] | None = None) -> bool:
+    """True when `tags` are exactly the tags vaultrelay would write (with this fingerprint and the
+    target's static `tags`)."""
+    return dict(tags or {}) == {**(static or {}), **ownership_tags(env, target), TAG_FINGERPRINT: fingerprint}

@@ -22,12 +22,16 @@ when the deleted secret is vaultrelay's own for this target.
 
 from __future__ import annotations
 
+import base64
 import contextvars
+import dataclasses
 import functools
 import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from core.permissions.matrix import denied_note
@@ -49,6 +53,12 @@ WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer s
 TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 4.0
+
+# Key Vault's innererror for a write an Azure Policy assignment (Deny) refuses; Resource Manager's
+# code for the same is RequestDisallowedByPolicy (docs/sandbox.md): both are read as a policy denial.
+POLICY_CODES = ("ForbiddenByPolicy", "RequestDisallowedByPolicy")
+PEM_CONTENT_TYPE = "application/x-pem-file"
+PKCS12_CONTENT_TYPE = "application/x-pkcs12"
 
 BEING_DELETED = "ObjectIsBeingDeleted"
 BEING_RECOVERED = "ObjectIsBeingRecovered"
@@ -99,6 +109,51 @@ class KeyVaultTargetWriter:
         self._env = str(config.env)
         self._marks = ctx.fingerprinter.derive(f"keyvault\0{str(config.vault).lower()}\0{ctx.name}")
         self.versions: dict[str, str] = {}  # secret name (lower case) -> the version this writer last wrote
+        self._static_tags = dict(getattr(config, "tags", None) or {})
+        self._as_certificates = getattr(config, "certificates", "secret") == "certificate"
+        self._certificates: Any = None
+
+    # ---- what is written besides the value ---------------------------------------------------
+    def shape(self, desired: dict[str, DesiredItem], now: float | None = None) -> dict[str, DesiredItem]:
+        """`desired` as this target writes it: the content type (`content_type` for values without
+        one of their own), the expiry (`expires`), and a fingerprint that also covers them and the
+        static tags, so a change to any of them is a change to push.  With none of those keys set,
+        items are as they come (the fingerprint of the value alone).
+
+        Raises:
+            TargetError: `expires: follow` and a value has no expiry of its own (nothing is written).
+        """
+        expires = getattr(self.config, "expires", None)
+        content_type = getattr(self.config, "content_type", None)
+        if expires is None and content_type is None and not self._static_tags and not self._as_certificates:
+            return desired
+        lacking = sorted(n for n, item in desired.items() if expires == "follow" and item.value is not None and item.expires_on is None)
+        if lacking:
+            raise TargetError(f"target {self.ctx.name} (env {self._env}, vault {self.config.vault}): expires: follow, but "
+                              f"{', '.join(lacking)} {'has no expiry of its own' if len(lacking) == 1 else 'have no expiry of their own'} (a secret without "
+                              "exp, a literal or a template over such values); set an exp on the source or use a duration; nothing written")
+        shaped: dict[str, DesiredItem] = {}
+        for name, item in desired.items():
+            if item.value is None:
+                shaped[name] = item
+                continue
+            item_expires = item.expires_on
+            if isinstance(expires, float) and not (self._as_certificates and self._is_certificate(item)):  # a certificate's is its own
+                item_expires = _period_expiry(expires, time.time() if now is None else now)
+            item_type = item.content_type or (content_type if not self.whole_bundle else None)
+            meta = json.dumps({"ct": item_type, "exp": _seconds(item_expires), "tags": self._static_tags,
+                               "cert": self._as_certificates and self._is_certificate(item)}, sort_keys=True)
+            content = item.value.reveal()
+            if self._as_certificates and self._is_certificate(item) and item.version:
+                # A PFX made from a PEM certificate differs byte-wise on every read (PKCS#12 salts):
+                # an imported certificate changes when the source certificate's version does.
+                content = f"certificate\0{item.content_type}\0{item.version}"
+            shaped[name] = dataclasses.replace(item, expires_on=item_expires, content_type=item_type,
+                                               fingerprint=self.ctx.fingerprinter.of(content + "\0vaultrelay-meta\0" + meta))
+        return shaped
+
+    def _is_certificate(self, item: DesiredItem) -> bool:
+        return item.kind == "certificate" and (item.content_type or "") in (PEM_CONTENT_TYPE, PKCS12_CONTENT_TYPE)
 
     def _secret(self, variable: str) -> str:
         return str(self.config.secret_for(variable))
@@ -191,7 +246,7 @@ class KeyVaultTargetWriter:
         from azure.core.exceptions import AzureError
 
         mark = self._mark(name, value)
-        if not (props.enabled is not False and same_marks(props.tags, self._env, self.ctx.name, mark)
+        if not (props.enabled is not False and same_marks(props.tags, self._env, self.ctx.name, mark, self._static_tags)
                 and (props.content_type or None) == (item.content_type or None)
                 and _seconds(props.expires_on) == _seconds(item.expires_on)):
             return False
@@ -236,9 +291,52 @@ class KeyVaultTargetWriter:
         return PushResult(writes=writes, stamps=stamps)
 
     def _set_variable(self, variable: str, item: DesiredItem, env: str, stamps: dict[str, str]) -> None:
-        stamp = self._set(self._secret(variable), item.value.reveal(), item, env, self.ctx.recorded_stamps.get(variable))
+        if self._as_certificates and self._is_certificate(item):
+            stamp = self._import_certificate(self._secret(variable), variable, item, env)
+        else:
+            stamp = self._set(self._secret(variable), item.value.reveal(), item, env, self.ctx.recorded_stamps.get(variable), variable)
         if stamp is not None:
             stamps[variable] = stamp
+
+    def _import_certificate(self, name: str, variable: str, item: DesiredItem, env: str) -> str | None:
+        """Import `item` (a PEM bundle or a base64 PFX with its private key) as certificate `name`,
+        with vaultrelay's tags, so the vault's certificate views, expiry events and policies see a
+        certificate.  Key Vault puts the tags on the backing secret too, which is what the secret
+        listing (snapshot, ownership, drift) reads.  Returns the backing secret's stamp.
+
+        Raises:
+            TargetError: the import failed (named, never the value).
+        """
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.certificates import CertificateContentType, CertificatePolicy
+
+        if self._certificates is None:
+            self._certificates = self.ctx.clients.certificate_client(self.config.vault, self.ctx.credential)
+        value = item.value.reveal()
+        pem = item.content_type == PEM_CONTENT_TYPE
+        tags = {**self._static_tags, **ownership_tags(env, self.ctx.name), TAG_FINGERPRINT: self._mark(name, value)}
+        # The policy's content type says how Key Vault reads the bytes (it does not sniff them) and
+        # how the backing secret is served; the issuer of an imported certificate is "Unknown".
+        policy = CertificatePolicy(issuer_name="Unknown", content_type=CertificateContentType.pem if pem else CertificateContentType.pkcs12)
+        try:
+            self._certificates.import_certificate(name, value.encode() if pem else base64.b64decode(value), policy=policy,
+                                                  tags=tags, enabled=True)
+            written = self.client.get_secret(name)  # the backing secret's stamp, as the listing shows it
+        except AzureError as exc:
+            raise TargetError(self._write_failure("importing certificate", name, variable, exc)) from None
+        self._listed(name, written.properties)
+        self.versions[name.lower()] = str(written.properties.version)
+        return stamp_of(written.properties)
+
+    def _write_failure(self, what: str, name: str, variable: str | None, exc: Exception) -> str:
+        """The message of a failed write: target, env, variable and secret, and for an Azure Policy
+        denial the policy's reason as Key Vault states it (which never holds the value)."""
+        which = f"{name} (variable {variable})" if variable else name
+        where = f"target {self.ctx.name} (env {self._env}): {what} {which} in vault {self.config.vault}"
+        if getattr(exc, "status_code", None) == 403 and _inner_code(exc) in POLICY_CODES:
+            reason = _error_message(exc)
+            return f"{where} was refused by Azure Policy ({_inner_code(exc)}): {reason}"
+        return f"{where} failed: {_cause(exc)}"
 
     def _bundle_payload(self, desired: dict[str, DesiredItem]) -> str:
         return json.dumps({name: item.value.reveal() for name, item in sorted(desired.items())}, sort_keys=True)
@@ -251,7 +349,7 @@ class KeyVaultTargetWriter:
         stamp = self._set(self.bundle_secret, self._bundle_payload(desired), self._bundle_item(desired), env, self.ctx.recorded_etag)
         return PushResult(etag=stamp, writes=1)
 
-    def _set(self, name: str, value: str, item: DesiredItem, env: str, recorded_stamp: str | None) -> str | None:
+    def _set(self, name: str, value: str, item: DesiredItem, env: str, recorded_stamp: str | None, variable: str | None = None) -> str | None:
         """Write `value` as a new version of `name`, waiting out a delete or recover of the name
         that is still running (bounded), and recovering a soft-deleted `name` first when it is
         vaultrelay's own.  Returns the stamp of the version written.
@@ -262,7 +360,7 @@ class KeyVaultTargetWriter:
         """
         from azure.core.exceptions import AzureError, HttpResponseError
 
-        tags = {**ownership_tags(env, self.ctx.name), TAG_FINGERPRINT: self._mark(name, value)}
+        tags = {**self._static_tags, **ownership_tags(env, self.ctx.name), TAG_FINGERPRINT: self._mark(name, value)}
         kwargs = {"content_type": item.content_type, "expires_on": item.expires_on, "tags": tags}
         deadline = time.monotonic() + TRANSITION_WAIT_S
         delay = BACKOFF_FIRST_S
@@ -291,7 +389,7 @@ class KeyVaultTargetWriter:
             self._listed(name, written.properties)
             self.versions[name.lower()] = str(written.properties.version)
         except AzureError as exc:
-            raise TargetError(f"target {self.ctx.name}: setting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+            raise TargetError(self._write_failure("setting", name, variable, exc)) from None
         return stamp_of(written.properties)
 
     def _recover_if_ours(self, name: str, recorded_stamp: str | None) -> bool:
@@ -332,6 +430,27 @@ class KeyVaultTargetWriter:
         except AzureError as exc:
             raise TargetError(f"target {self.ctx.name}: deleting {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
         self._listed(name, None)
+
+
+def _period_expiry(duration_s: float, now: float) -> datetime:
+    """The expiry for `expires: <duration>`: the end of `duration_s` from the start of the current
+    period of two thirds of it.  Stable within a period (an unchanged value is not rewritten), and a
+    new period rewrites the secret while a third of its lifetime is left."""
+    period = duration_s * 2 / 3
+    start = math.floor(now / period) * period
+    return datetime.fromtimestamp(int(start + duration_s), UTC)
+
+
+def _error_message(exc: Exception) -> str:
+    """The service's own error message (Key Vault names the policy and rule, never a value), bounded."""
+    response = getattr(exc, "response", None)
+    try:
+        body = response.json() if response is not None else None
+    except Exception:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    message = str(error.get("message", "")) if isinstance(error, dict) else ""
+    return (message[:400] + "...") if len(message) > 400 else (message or "no reason given")
 
 
 def _seconds(moment: Any) -> int | None:

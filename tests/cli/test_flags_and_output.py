@@ -132,7 +132,10 @@ def test_plan_and_permissions_json_match_their_schemas(sandbox_env: dict[str, st
     plan = vaultrelay("plan", "-e", "production", "-o", "json", env=sandbox_env)
     document = assert_document("plan", plan.out)
     assert plan.code == 0 and document["references"] == 10 and document["literals"] == 1
-    assert {"name": "LOG_LEVEL", "kind": "literal", "description": "literal value from the config", "store": None, "identity": None} in document["variables"]
+    assert {"name": "LOG_LEVEL", "kind": "literal", "description": "literal value from the config", "store": None, "identity": None,
+            "depends_on": None} in document["variables"]
+    composed = next(v for v in document["variables"] if v["name"] == "DATABASE_URL")
+    assert document["composed"] == 1 and composed["kind"] == "template" and composed["depends_on"] == ["DATABASE_PASSWORD"]
     permissions = vaultrelay("plan", "--permissions", "-o", "json", env=sandbox_env)
     document = assert_document("plan-permissions", permissions.out)
     assert permissions.code == 0 and any("Key Vault Secrets User" in g["roles"] for g in document["grants"])
@@ -355,7 +358,7 @@ def test_nested_defaults_empty_variables_and_plurals(tmp_path: Path, literals: P
     assert "environment variable ${UNSET_ONE} is not set" in failed.err
     assert vaultrelay("validate", "-c", str(literals)).out.endswith("ok (1 store, 1 env, 2 variables)\n")
     assert vaultrelay("validate", "-c", str(EXAMPLE), env=offline_env(DATA_IDENTITY_CLIENT_ID="11111111-2222-3333-4444-555555555555")).out.endswith(
-        "ok (2 stores, 1 env, 11 variables)\n")
+        "ok (2 stores, 1 env, 12 variables)\n")
 
 
 def test_the_package_metadata_uses_an_spdx_license_without_deprecation_warnings(tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ def test_the_config_can_be_a_blob_url_read_with_the_managed_identity(seeded: San
         container.upload_blob("vaultrelay.yaml", EXAMPLE.read_bytes())
         url = f"{seeded.storage_endpoint('sandboxstore')}/{container.container_name}/vaultrelay.yaml"
         by_flag = vaultrelay("validate", "--config", url, env=sandbox_env)
-        assert by_flag.code == 0 and by_flag.out == f"{url}: ok (2 stores, 1 env, 11 variables)\n", by_flag.err
+        assert by_flag.code == 0 and by_flag.out == f"{url}: ok (2 stores, 1 env, 12 variables)\n", by_flag.err
         by_setting = vaultrelay("plan", "-e", "production", env={**sandbox_env, "VAULTRELAY_CONFIG": url})
         assert by_setting.code == 0 and "10 references (10 unique), 1 literal" in by_setting.out
         missing = vaultrelay("validate", "--config", url.replace("vaultrelay.yaml", "nope.yaml"), env=sandbox_env)

@@ -37,7 +37,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 def test_validate_ok_and_config_errors(tmp_path: Path, example_env: SandboxClient) -> None:
     code, out, _ = run("validate")
-    assert code == EXIT_OK and "ok (2 stores, 1 env, 11 variables)" in out
+    assert code == EXIT_OK and "ok (2 stores, 1 env, 12 variables)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nsecretStores:\n  azure:\n    type: azure.managed_identity\n    cashe: {}\n")
     code, out, err = run("--config", str(bad), "validate")
@@ -52,7 +52,7 @@ def test_plan_shows_stores_and_identities_without_values(example_env: SandboxCli
     assert code == EXIT_OK
     assert "keyvault secret kv-source/database-password@latest" in out
     assert "user-assigned managed identity" in out and "system-assigned managed identity" in out
-    assert "10 references (10 unique), 1 literal\n" in out
+    assert "10 references (10 unique), 1 literal, 1 composed value\n" in out
     assert all(value not in out for value in EXAMPLE_SECRETS.values())
     code, _, err = run("plan", "--env", "staging")
     assert code == EXIT_CONFIG and "no env 'staging'" in err and "envs: production" in err
@@ -62,7 +62,7 @@ def test_resolve_masks_unless_revealed_in_every_format(example_env: SandboxClien
     code, out, _ = run("resolve", "--env", "production", "--format", "json", "--masked")
     assert code == EXIT_OK
     masked = json.loads(out)
-    assert set(masked.values()) == {MASK} and len(masked) == 11
+    assert set(masked.values()) == {MASK} and len(masked) == 12
     code, out, _ = run("resolve", "--env", "production", "--format", "json", "--reveal")
     values = json.loads(out)
     assert values["DATABASE_PASSWORD"] == EXAMPLE_SECRETS[("kv-source", "database-password")]

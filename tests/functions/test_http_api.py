@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -88,11 +89,13 @@ def test_valid_caller_gets_the_bundle_as_json_and_the_fetch_is_audited_without_v
     values = body_json(response)
     assert values["DATABASE_PASSWORD"] == EXAMPLE_SECRETS[("kv-source", "database-password")]
     assert values["DATA_SECRET"] == EXAMPLE_SECRETS[("kv-shared", "data-api-key")]
-    assert values["LOG_LEVEL"] == "info" and len(values) == 11
+    assert values["LOG_LEVEL"] == "info" and len(values) == 12
+    password = EXAMPLE_SECRETS[("kv-source", "database-password")]
+    assert values["DATABASE_URL"] == f"postgresql://app:{quote(password, safe='')}@db.internal:5432/app?sslmode=require"  # composed
     [record] = audit.records
     assert record.actor == f"oid:{seeded.identities['caller'].object_id}"
     assert (record.action, record.env) == ("env.fetch", "production")
-    assert record.detail["outcome"] == "ok" and record.detail["variables"] == "11"
+    assert record.detail["outcome"] == "ok" and record.detail["variables"] == "12"
     assert len(record.detail["fp.DATABASE_PASSWORD"]) == 32 and "version.DATABASE_PASSWORD" in record.detail
     audited = json.dumps([r.as_dict() for r in audit.records])
     for value in values.values():

@@ -101,8 +101,16 @@ def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, s
     assert body_json(synced)["ok"] is True
     status = call(functions, "status", request("GET", "/api/status", headers=admin))
     document = body_json(status)
-    assert status.status_code == 200 and document["targets"][0]["target"] == "vault" and document["targets"][0]["variables"] == 11
+    assert status.status_code == 200 and document["targets"][0]["target"] == "vault" and document["targets"][0]["variables"] == 12
     assert "s3cr3t-db-password" not in status.get_body().decode()
+    # The expiry view: what the example mints (SAS, tokens) expires soon and is renewed by vaultrelay.
+    assert document["expiry_window_seconds"] == 30 * 86400
+    minted = [i for i in document["expiring"] if i["kind"] in ("sas", "token")]
+    assert minted and all(i["renewable"] and i["envs"] for i in minted)
+    narrow = body_json(call(functions, "status", request("GET", "/api/status", headers=admin, params={"expiring": "1m"})))
+    assert narrow["expiry_window_seconds"] == 60 and len(narrow["expiring"]) <= len(document["expiring"])
+    bad = call(functions, "status", request("GET", "/api/status", headers=admin, params={"expiring": "soon"}))
+    assert bad.status_code == 400 and "expiring" in body_json(bad)["message"]
     unknown = call(functions, "rotate", request("POST", "/api/rotate/storage:nope", headers=admin, route_params={"name": "storage:nope"}))
     assert unknown.status_code == 404 and "storage:sandboxstore" in body_json(unknown)["message"]
     missing_env = call(functions, "sync_env", request("POST", "/api/sync/nope", headers=admin, route_params={"env": "nope"}))

@@ -237,3 +237,8 @@ def test_never_puts_the_value_in_failures_logs_or_reprs(kind: str, world: World,
     seen += [str(f) for f in bundle.failures.values()] + [repr(f) for f in bundle.failures.values()]
     seen += [r.getMessage() for r in caplog.records] + [textwrap.shorten(caplog.text, 10**9)]
     assert not [text for text in seen if value in text]
+
+
+def test_a_registered_kind_without_a_case_fails_the_suite(world: World) -> None:
+    with pytest.raises(pytest.fail.Exception, match="'new_kind' is registered but has no contract case"):
+        prepare("new_kind", world)

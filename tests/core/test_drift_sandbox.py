@@ -19,6 +19,7 @@ from azure.storage.blob import ContainerClient
 
 from core.cli import main as cli_main
 from core.engine.sync import SyncEngine
+from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, secret_ref
 from tests.world import World, target_writes
 
 SITE = "sandbox-web"
@@ -34,21 +35,9 @@ def after_a_second() -> None:
 def kv_body(world: World, policy: str, *, mode: str = "per_variable") -> str:
     a = world.secret("alpha", "alpha-value-1")
     b = world.secret("beta", "beta-value-1")
-    extra = "\n            mode: bundle\n            secret_name: vr-TAG-bundle" if mode == "bundle" else ""
-    return f"""
-        envs:
-          app:
-            ALPHA: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-            BETA: {{from: {{store: azure, vault: kv-source, secret: {b}}}}}
-        targets:
-          vault:
-            type: keyvault
-            env: app
-            store: azure
-            vault: kv-target
-            prefix: vr-TAG-
-            drift_policy: {policy}{extra}
-    """
+    extra = {"mode": "bundle", "secret_name": "vr-TAG-bundle"} if mode == "bundle" else {}
+    return body_yaml(envs={"app": {"ALPHA": secret_ref(a), "BETA": secret_ref(b)}},
+                     targets={"vault": keyvault_target("app", prefix="vr-TAG-", drift_policy=policy, **extra)})
 
 
 def with_policy(body: str, policy: str) -> str:
@@ -274,13 +263,7 @@ def test_a_foreign_bundle_secret_is_never_touched(world: World) -> None:
 # ---- blob -------------------------------------------------------------------------------------------
 def blob_body(world: World, policy: str) -> str:
     a = world.secret("gamma", "gamma-value-1")
-    return f"""
-        envs:
-          app:
-            GAMMA: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-        targets:
-          blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "drift-TAG.env", drift_policy: {policy}}}
-    """
+    return body_yaml(envs={"app": {"GAMMA": secret_ref(a)}}, targets={"blob": blob_target("app", "drift-TAG.env", drift_policy=policy)})
 
 
 def blob_of(world: World, name: str | None = None) -> Any:
@@ -331,13 +314,8 @@ def set_app_setting(world: World, name: str, value: str) -> None:
 
 def settings_body(world: World, policy: str) -> str:
     a = world.secret("delta", "delta-value-1")
-    return f"""
-        envs:
-          app:
-            DELTA_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-        targets:
-          settings: {{type: app_settings, env: app, store: azure, site: {SITE}, drift_policy: {policy}}}
-    """
+    return body_yaml(envs={"app": {f"DELTA_{world.tag}": secret_ref(a)}},
+                     targets={"settings": app_settings_target("app", site=SITE, drift_policy=policy)})
 
 
 def test_an_app_setting_edited_by_hand_is_reported_accepted_or_repaired(world: World) -> None:

@@ -20,6 +20,7 @@ from dotenv import dotenv_values
 
 from core.engine.rotate import KeyRotation
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, secret_ref
 from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,15 +78,8 @@ def test_is_write_tells_writes_from_reads() -> None:
 
 
 def per_variable_again(world: World) -> str:
-    return f"""
-        envs:
-          app:
-            ALPHA: {{from: {{store: azure, vault: kv-source, secret: alpha-{world.tag}}}}}
-            BETA: {{from: {{store: azure, vault: kv-source, secret: beta-{world.tag}}}}}
-            MODE: literal-mode
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={"app": {"ALPHA": secret_ref(f"alpha-{world.tag}"), "BETA": secret_ref(f"beta-{world.tag}"), "MODE": "literal-mode"}},
+                     targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def test_a_source_change_pushes_only_that_variable(world: World) -> None:

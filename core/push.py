@@ -360,7 +360,55 @@ class SyncEngine:
         if not dry_run:
             telemetry.record_sync(report)
             self._clear_poisoned(chosen, report)
+            self._notify(report)
         return report
+
+    def _notify(self, report: SyncReport) -> None:
+        """`notify:` events of this sync (each sent once across instances: core.app.notify)."""
+        from core.app.notify import Notifier, occurrence
+
+        notifier = Notifier(self)
+        if not notifier.enabled:
+            return
+        for env, failing in sorted(report.failures.items()):
+            notifier.emit("push_failed", env, occurrence(*failing), {"env": env, "failures": failing})
+        for t in report.targets:
+            if t.outcome not in ("error", "unchanged", "pushed", "recorded") or (t.outcome == "error" and t.env in report.failures):
+                continue
+            subject = f"{t.env}->{t.target}"
+            try:
+                record = self.state.get("pushes", t.env, t.target)
+            except StateUnavailable:
+                record = None
+            last_push = record.fields.get("pushed_at", "") if record else ""
+            if t.outcome == "error" and t.error:
+                notifier.emit("push_failed", subject, occurrence(t.error, last_push),
+                              {"env": t.env, "target": t.target, "kind": t.kind, "error": t.error, "last_push": last_push or None})
+            if t.drift:
+                found = drift_found(record)
+                notifier.emit("drift_found", subject, occurrence(*t.drift, last_push),
+                              {"env": t.env, "target": t.target, "kind": t.kind, "names": t.drift, "repaired": t.repaired,
+                               "found": {n: found.get(n) or None for n in t.drift}})
+
+    def _notify_expiring(self, env: str, bundle: Bundle) -> None:
+        """`expiring` events: what this env resolved that vaultrelay cannot renew and that expires
+        within `notify.expiring_within`."""
+        from core.app.expiry import in_bundle
+        from core.app.notify import Notifier, occurrence
+
+        notifier = Notifier(self)
+        if not notifier.wants("expiring"):
+            return
+        assert self.config.notify is not None
+        now = self.clock()
+        horizon = now.timestamp() + float(self.config.notify.expiring_within)
+        for item, user in in_bundle(self.broker.loaded, env, bundle, now):
+            if item.renewable or (item.expires_on is not None and item.expires_on.timestamp() > horizon):
+                continue
+            expires = item.expires_on.isoformat() if item.expires_on else "expired"
+            notifier.emit("expiring", item.name, occurrence(expires), {"name": item.name, "kind": item.kind, "where": item.where,
+                                                                     "expires_on": item.expires_on.isoformat() if item.expires_on else None,
+                                                                     "expired": item.expired, "used_by": user})
 
     def _clear_poisoned(self, envs: Sequence[str], report: SyncReport) -> None:
         """Drop the poison records of the envs this sync completed (one read of the records)."""
@@ -476,6 +524,8 @@ class SyncEngine:
     def _sync_env_pass(self, env: str, targets: dict[str, Any], report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
         bundle, minted = self.resolve_env(env, force_mint=force_mint, dry_run=dry_run)
         report.minted.extend(f"{env}/{m.name}" for m in minted)
+        if not dry_run:
+            self._notify_expiring(env, bundle)
         would_mint = {n for n, f in bundle.failures.items() if f.reason == "would_mint"}
         failures = {n: f for n, f in bundle.failures.items() if n not in would_mint}
         if failures:

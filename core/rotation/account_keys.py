@@ -123,6 +123,7 @@ class KeyRotation:
                 progress(candidate.name)
         if tagged is not None and name is None:
             reports.extend(tagged.rotate(force=force))
+        notify_rotations(self.engine, reports)
         return reports
 
     # ---- one rotation -------------------------------------------------------------------
@@ -323,3 +324,20 @@ def _envs_using(plans: dict[str, list[PlannedRef]], kind: str, account: str) -> 
             elif kind == "cosmos" and ref.kind == "cosmos":
                 envs.add(env)
     return envs
+
+
+def notify_rotations(engine: Any, reports: list[RotationReport]) -> None:
+    """`rotation_done` / `rotation_failed` notifications (each once across instances)."""
+    from core.app.notify import Notifier, occurrence
+
+    notifier = Notifier(engine)
+    if not notifier.enabled:
+        return
+    for report in reports:
+        if report.outcome == "rotated":
+            notifier.emit("rotation_done", report.name, occurrence(report.new_active, report.next_due),
+                          {"name": report.name, "old_active": report.old_active, "new_active": report.new_active,
+                           "next_due": report.next_due, "repushed": report.repushed})
+        elif report.outcome == "error":
+            notifier.emit("rotation_failed", report.name, occurrence(report.error, report.old_active),
+                          {"name": report.name, "error": report.error, "active": report.old_active})

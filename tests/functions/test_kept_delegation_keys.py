@@ -24,7 +24,7 @@ from core.app.http_api import ApiResponse, HttpApi
 from core.mint.sas import StoredDelegationKeys
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
-from tests.core.test_rotation_extra_sandbox import delegation_key_requests, sas_lists
+from tests.core.test_rotation_account_keys_sandbox import delegation_key_requests, sas_lists
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
 
 ACCOUNT = "sandboxstore"

@@ -24,7 +24,7 @@ from core.push import SyncEngine
 from core.rotation.account_keys import KeyRotation
 from core.values import SecretValue
 from sandbox.client import SandboxClient
-from tests.core.test_rotation_extra_sandbox import cosmos_keys, fresh_cosmos_account
+from tests.core.test_rotation_account_keys_sandbox import cosmos_keys, fresh_cosmos_account
 from tests.world import World, fresh_account, regenerations, run_cli, write_config
 
 NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"

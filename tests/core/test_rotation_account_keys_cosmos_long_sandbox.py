@@ -24,8 +24,8 @@ import pytest
 from core.app.events import KeyVaultEvents
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
-from tests.core.test_rotation_extra_sandbox import cosmos_body, cosmos_keys, fresh_cosmos_account
-from tests.core.test_tagged_rotation_sandbox import Tagged, digest, near_expiry
+from tests.core.test_rotation_account_keys_sandbox import cosmos_body, cosmos_keys, fresh_cosmos_account
+from tests.core.test_rotation_tagged_secrets_sandbox import Tagged, digest, near_expiry
 from tests.world import World, run_cli, write_config
 
 

@@ -10,6 +10,7 @@ import hmac
 
 from core.state.fingerprints import Fingerprinter
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, secret_ref
 from tests.world import World
 
 SHARED = "the-same-value-123"
@@ -18,15 +19,8 @@ SHARED = "the-same-value-123"
 def test_equal_values_show_unrelated_fingerprint_tags(seeded: SandboxClient) -> None:
     world = World(seeded)
     source = world.secret("shared", SHARED)
-    body = f"""
-        envs:
-          app:
-            ONE: {{from: {{store: azure, vault: kv-source, secret: {source}}}}}
-            TWO: {{from: {{store: azure, vault: kv-source, secret: {source}}}}}
-        targets:
-          first: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-a-}}
-          second: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-b-}}
-    """
+    body = body_yaml(envs={"app": {"ONE": secret_ref(source), "TWO": secret_ref(source)}},
+                     targets={"first": keyvault_target("app", prefix="vr-TAG-a-"), "second": keyvault_target("app", prefix="vr-TAG-b-")})
     engine = world.engine(body)
     assert engine.sync().ok
     secrets = [world.target.get_secret(f"vr-{world.tag}-{t}-{v}") for t in ("a", "b") for v in ("one", "two")]

@@ -12,7 +12,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from core.targets import keyvault as keyvault_target
 from sandbox.client import SandboxClient
-from tests.core.test_sync_sandbox import per_variable
+from tests.core.test_push_sandbox import per_variable
 from tests.world import World
 
 

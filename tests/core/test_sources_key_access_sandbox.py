@@ -20,7 +20,7 @@ from azure.storage.blob import ContainerClient
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
 from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
-from tests.core.test_tagged_rotation_sandbox import Tagged
+from tests.core.test_rotation_tagged_secrets_sandbox import Tagged
 from tests.world import World, fresh_account, write_config
 
 STORAGE_REFUSAL = "has allowSharedKeyAccess: false: its keys authorize nothing"

@@ -127,7 +127,7 @@ def event_run(sbx: Any, config: Path, label: str, workers: int, secret: str, val
     """A Key Vault event about `secret` (new version `value`) in queue mode, drained by `workers`."""
     from azure.keyvault.secrets import SecretClient
 
-    from core.api import HttpApi
+    from core.app.http_api import HttpApi
 
     queue = f"{label}-{uuid.uuid4().hex[:6]}"
     environ = {**sbx.subprocess_env(), "VAULTRELAY_CONFIG": str(config), "VAULTRELAY_SYNC_MODE": "queue", "VAULTRELAY_WORK_QUEUE": queue,

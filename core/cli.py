@@ -33,8 +33,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from core.engine.render import FORMATS, UnrepresentableValue, render
 from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.render import FORMATS, UnrepresentableValue, render
 from core.state.tables import StateUnavailable
 
 log = logging.getLogger("vaultrelay.cli")
@@ -505,10 +505,10 @@ def _validate(loaded: Any, json_output: bool, out: TextIO) -> int:
 def _plan(loaded: Any, env: str, json_output: bool, out: TextIO) -> int:
     from rich.table import Table
 
-    from core.engine.plan import Broker
+    from core.connections import StoreConnections
     from core.terminal import cell, console
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     try:
         plan = broker.plan(env)
     finally:
@@ -547,7 +547,7 @@ def _composed_description(composition: Any) -> str:
 
 def _plan_permissions(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
     """`plan --permissions [--env E] [--bicep-params FILE]`: needs per identity and scope, least roles."""
-    from core.permissions import compute_permissions, format_permissions, render_bicep_parameters
+    from core.permissions.matrix import compute_permissions, format_permissions, render_bicep_parameters
 
     if args.env and args.env not in loaded.config.envs:
         raise NotFoundError(f"no env '{args.env}' in {loaded.file} (envs: {', '.join(sorted(loaded.config.envs)) or 'none'})")
@@ -587,10 +587,10 @@ def _plan_permissions(loaded: Any, args: argparse.Namespace, json_output: bool, 
 # ---- resolve and exec ---------------------------------------------------------------------
 def _resolve_bundle(loaded: Any, env: str, err: TextIO) -> tuple[Any, dict[str, str]]:
     """The env's bundle, and the identity of each store its references use (for failures)."""
-    from core.engine.plan import Broker
+    from core.connections import StoreConnections
     from core.terminal import is_terminal
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     try:
         if is_terminal(err):
             from core.terminal import console
@@ -723,10 +723,10 @@ def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
 
 # ---- sync, rotate, status -----------------------------------------------------------------
 def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.engine.plan import Broker
-    from core.engine.sync import SyncEngine
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     engine = SyncEngine(broker)
     try:
         if args.command == "sync":
@@ -836,7 +836,7 @@ def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO,
 
 
 def _rotate(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.engine.rotate import KeyRotation
+    from core.rotation.account_keys import KeyRotation
     from core.terminal import iso, progress, when
 
     rotation = KeyRotation(engine)

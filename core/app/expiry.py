@@ -66,51 +66,18 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
     Raises:
         StateUnavailable: the state tables cannot be read (rotation due dates, minted SAS).
     """
-    from core.engine.plan import plan_env
-
     now = now or datetime.now(UTC)
     horizon = now + window
     loaded = engine.broker.loaded
     config = loaded.config
-    tagged_vaults = {t.vault.lower() for t in config.rotation.tagged_secrets}
     found: dict[tuple[str, str], Expiring] = {}
-
-    def add(key: tuple[str, str], item: Expiring, user: str) -> None:
-        existing = found.setdefault(key, item)
-        if user not in existing.envs:
-            existing.envs.append(user)
-
     minted = {(str(r.get("env")), str(r.get("variable"))): _time(r.get("expires")) for r in engine.rotation_status() if r.get("kind") == "sas"}
     for env in sorted(config.envs):
-        plan = plan_env(loaded, env)
-        refs = {ref.name: ref for ref in plan.refs}
         bundle, _ = engine.resolve_env(env, dry_run=True)
-        for variable, value in bundle.values.items():
-            ref = refs.get(variable)
-            if ref is None or value.expires_on is None:
-                continue
-            name, where = _names(ref)
-            renewable = ref.kind in RENEWED_BY_VAULTRELAY or (ref.kind.startswith("keyvault") and where.lower() in tagged_vaults)
-            renewal = RENEWED_BY_VAULTRELAY.get(ref.kind, "rotated by rotation.tagged_secrets" if renewable else
-                                                "set a new version (or a new certificate) before it expires")
-            add((ref.kind, name.lower()), Expiring(name, ref.kind, where, value.expires_on, renewable=renewable, renewal=renewal,
-                                                  expired=value.expires_on <= now), f"{env}.{variable}")
-        for variable, failure in bundle.failures.items():
-            ref = refs.get(variable)
-            if ref is not None and failure.reason == "would_mint" and minted.get((env, variable)) is not None:
-                # minted before and due again: the record says when the one in use expires
-                name, where = _names(ref)
-                expires = minted[(env, variable)]
-                assert expires is not None
-                add((ref.kind, name.lower()), Expiring(name, ref.kind, where, expires, renewable=True, renewal=RENEWED_BY_VAULTRELAY.get(ref.kind, ""),
-                                                      expired=expires <= now), f"{env}.{variable}")
-                continue
-            if ref is None or failure.reason != "expired":
-                continue
-            name, where = _names(ref)
-            renewable = ref.kind.startswith("keyvault") and where.lower() in tagged_vaults
-            add((ref.kind, name.lower()), Expiring(name, ref.kind, where, None, renewable=renewable,
-                                                  renewal="set a new version: Key Vault refuses to hand it out", expired=True), f"{env}.{variable}")
+        for item, user in in_bundle(loaded, env, bundle, now, minted):
+            existing = found.setdefault((item.kind, item.name.lower()), item)
+            if user not in existing.envs:
+                existing.envs.append(user)
     for row in engine.rotation_status():
         kind = row.get("kind")
         due = _time(row.get("next_due"))
@@ -119,7 +86,47 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
             found.setdefault((f"{kind}_key", name.lower()), Expiring(name, f"{kind}_key", name.split(":")[-1], due, renewable=True,
                                                                      renewal="rotated by vaultrelay when due", expired=due <= now))
     items = [i for i in found.values() if i.expired or (i.expires_on is not None and i.expires_on <= horizon)]
+    from core import telemetry
+
+    for i in items:
+        telemetry.record_expiring(i.kind, renewable=i.renewable)
     return sorted(items, key=lambda i: (i.expires_on or datetime.min.replace(tzinfo=UTC), i.name))
+
+
+def in_bundle(loaded: Any, env: str, bundle: Any, now: datetime,
+              minted: dict[tuple[str, str], datetime | None] | None = None) -> list[tuple[Expiring, str]]:
+    """What of an env's resolved bundle expires (whatever the window), with the `env.VARIABLE`
+    using it.  `minted`: (env, variable) -> expiry of SAS and tokens minted before (state)."""
+    from core.plan import plan_env
+
+    tagged_vaults = {t.vault.lower() for t in loaded.config.rotation.tagged_secrets}
+    refs = {ref.name: ref for ref in plan_env(loaded, env).refs}
+    found: list[tuple[Expiring, str]] = []
+    for variable, value in bundle.values.items():
+        ref = refs.get(variable)
+        if ref is None or value.expires_on is None:
+            continue
+        name, where = _names(ref)
+        renewable = ref.kind in RENEWED_BY_VAULTRELAY or (ref.kind.startswith("keyvault") and where.lower() in tagged_vaults)
+        renewal = RENEWED_BY_VAULTRELAY.get(ref.kind, "rotated by rotation.tagged_secrets" if renewable else
+                                            "set a new version (or a new certificate) before it expires")
+        found.append((Expiring(name, ref.kind, where, value.expires_on, renewable=renewable, renewal=renewal,
+                               expired=value.expires_on <= now), f"{env}.{variable}"))
+    for variable, failure in bundle.failures.items():
+        ref = refs.get(variable)
+        if ref is None:
+            continue
+        name, where = _names(ref)
+        expires = (minted or {}).get((env, variable))
+        if failure.reason == "would_mint" and expires is not None:
+            # minted before and due again: the record says when the one in use expires
+            found.append((Expiring(name, ref.kind, where, expires, renewable=True, renewal=RENEWED_BY_VAULTRELAY.get(ref.kind, ""),
+                                   expired=expires <= now), f"{env}.{variable}"))
+        elif failure.reason == "expired":
+            renewable = ref.kind.startswith("keyvault") and where.lower() in tagged_vaults
+            found.append((Expiring(name, ref.kind, where, None, renewable=renewable,
+                                   renewal="set a new version: Key Vault refuses to hand it out", expired=True), f"{env}.{variable}"))
+    return found
 
 
 def _names(ref: Any) -> tuple[str, str]:

@@ -16,8 +16,8 @@ import yaml
 from azure.functions.timer import TimerRequest
 from azure.keyvault.secrets import SecretClient
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
 

@@ -20,9 +20,9 @@ from azure.functions.queue import QueueMessage  # what the worker builds from th
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient
 
-from core.api import HttpApi
+from core.app.http_api import HttpApi
 from core.app.work import DEFAULT_MAX_DEQUEUE, WorkFailed, parse_item
-from core.audit import MemoryAuditSink
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
 

@@ -8,7 +8,7 @@ accounts (sandboxstore, sandboxdata) and 5 account SAS, all through one store (t
 identity).  Every request to every sandbox service (Key Vault, ARM, the managed identity
 endpoint) gets `--latency-ms` added.  Contenders, all in one run:
 
-  vaultrelay     Broker(loaded).resolve(env) with the default store settings.
+  vaultrelay     StoreConnections(loaded).resolve(env) with the default store settings.
   naive loop     the SDK by hand: one shared ManagedIdentityCredential, one SecretClient per vault,
                  one StorageManagementClient, references in order, one at a time (listKeys is
                  memoized per account: the benefit of the doubt, so the ratio is not inflated).
@@ -191,9 +191,9 @@ class VaultRelayContender(Contender):
         self.broker: Any = None
 
     def build(self) -> None:
-        from core.engine.plan import Broker
+        from core.connections import StoreConnections
 
-        self.broker = Broker(self.loaded)
+        self.broker = StoreConnections(self.loaded)
 
     def run(self) -> dict[str, str]:
         bundle = self.broker.resolve(ENV_NAME)
@@ -315,7 +315,7 @@ def reset_process_state() -> None:
 
     http_challenge_cache.clear()
     try:
-        from core.engine.resolve import PROCESS_VALUE_CACHE
+        from core.resolve import PROCESS_VALUE_CACHE
 
         PROCESS_VALUE_CACHE.clear()
     except ImportError:
@@ -361,7 +361,7 @@ def child_main(contender_name: str, spec_path: Path, memory: bool) -> None:
     import importlib
 
     for module in ("azure.identity", "azure.keyvault.secrets", "azure.mgmt.storage", "azure.storage.blob",
-                   "pydantic_settings", "core.engine.plan"):
+                   "pydantic_settings", "core.plan"):
         importlib.import_module(module)
     from sandbox.client import SandboxClient
 

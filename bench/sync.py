@@ -151,8 +151,8 @@ def child_main(config_path: Path) -> None:
 
     logging.getLogger("azure").setLevel(logging.ERROR)
     from core.config import load_config
-    from core.engine.plan import Broker
-    from core.engine.sync import SyncEngine
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
     from sandbox.client import SandboxClient
 
     sandbox = SandboxClient(dict(os.environ))
@@ -162,7 +162,7 @@ def child_main(config_path: Path) -> None:
     rss_loaded_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sandbox.reset_counters()
     began = time.perf_counter()
-    engine = SyncEngine(Broker(loaded))
+    engine = SyncEngine(StoreConnections(loaded))
     report = engine.sync()
     seconds = time.perf_counter() - began
     counters = sandbox.counters()

@@ -170,9 +170,9 @@ def https_get_json(url: str, *, timeout: float = 3.0, environ: Mapping[str, str]
 
     Raises:
         ValueError: not https, not a 200 answer, or not JSON.
-        OSError: no complete answer in time, or no connection (core.bounded_http.BoundedHttpError).
+        OSError: no complete answer in time, or no connection (core.azure.bounded_http.BoundedHttpError).
     """
-    from core.bounded_http import request
+    from core.azure.bounded_http import request
 
     if not url.startswith("https://"):
         raise ValueError("only https:// URLs are fetched")
@@ -202,7 +202,7 @@ class SigningKeys:
       rollover is picked up); other unknown key ids in between are refused at once (401).
     * A failed fetch backs off `failure_backoff_s`, doubling up to `max_backoff_s`, whether or
       not keys are cached; in between, a request that needs a fetch is answered at once.
-    * Each document has `fetch_timeout_s` in all (connect to last byte, core.bounded_http).
+    * Each document has `fetch_timeout_s` in all (connect to last byte, core.azure.bounded_http).
     """
 
     def __init__(

@@ -33,8 +33,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from core.engine.render import FORMATS, UnrepresentableValue, render
 from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.render import FORMATS, UnrepresentableValue, render
 from core.state.tables import StateUnavailable
 
 log = logging.getLogger("vaultrelay.cli")
@@ -207,6 +207,8 @@ def _parser() -> _Parser:
     env_option("accept-drift", False, "the env (default: every env)")
     sub["accept-drift"].add_argument("--target", "-t", action=_Once, help="one target (default: every target of the env)")
     sub["accept-drift"].add_argument("names", nargs="*", metavar="NAME", help="only these variables (default: every drifted one)")
+    sub["status"].add_argument("--expiring", nargs="?", const="30d", default=None, metavar="WINDOW",
+                               help="exit 1 when something vaultrelay cannot renew expires within WINDOW (default 30d; e.g. 12h, 2w)")
     sub["completion"].add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
     return parser
 
@@ -503,10 +505,10 @@ def _validate(loaded: Any, json_output: bool, out: TextIO) -> int:
 def _plan(loaded: Any, env: str, json_output: bool, out: TextIO) -> int:
     from rich.table import Table
 
-    from core.engine.plan import Broker
+    from core.connections import StoreConnections
     from core.terminal import cell, console
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     try:
         plan = broker.plan(env)
     finally:
@@ -545,7 +547,7 @@ def _composed_description(composition: Any) -> str:
 
 def _plan_permissions(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
     """`plan --permissions [--env E] [--bicep-params FILE]`: needs per identity and scope, least roles."""
-    from core.permissions import compute_permissions, format_permissions, render_bicep_parameters
+    from core.permissions.matrix import compute_permissions, format_permissions, render_bicep_parameters
 
     if args.env and args.env not in loaded.config.envs:
         raise NotFoundError(f"no env '{args.env}' in {loaded.file} (envs: {', '.join(sorted(loaded.config.envs)) or 'none'})")
@@ -585,10 +587,10 @@ def _plan_permissions(loaded: Any, args: argparse.Namespace, json_output: bool, 
 # ---- resolve and exec ---------------------------------------------------------------------
 def _resolve_bundle(loaded: Any, env: str, err: TextIO) -> tuple[Any, dict[str, str]]:
     """The env's bundle, and the identity of each store its references use (for failures)."""
-    from core.engine.plan import Broker
+    from core.connections import StoreConnections
     from core.terminal import is_terminal
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     try:
         if is_terminal(err):
             from core.terminal import console
@@ -721,10 +723,10 @@ def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
 
 # ---- sync, rotate, status -----------------------------------------------------------------
 def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.engine.plan import Broker
-    from core.engine.sync import SyncEngine
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
 
-    broker = Broker(loaded)
+    broker = StoreConnections(loaded)
     engine = SyncEngine(broker)
     try:
         if args.command == "sync":
@@ -735,7 +737,7 @@ def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: T
             return _accept_drift(engine, args, out, err)
         if args.command == "worker":
             return _worker(engine, args, json_output, out, err)
-        return _status(engine, loaded, json_output, out)
+        return _status(engine, loaded, json_output, out, err, getattr(args, "expiring", None))
     finally:
         broker.close()
 
@@ -834,7 +836,7 @@ def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO,
 
 
 def _rotate(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.engine.rotate import KeyRotation
+    from core.rotation.account_keys import KeyRotation
     from core.terminal import iso, progress, when
 
     rotation = KeyRotation(engine)
@@ -901,23 +903,69 @@ def _rotation_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
+def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO, err: TextIO | None = None, expiring_window: str | None = None) -> int:
+    from core.app.expiry import DEFAULT_WINDOW, blocking, expiring, parse_window
     from core.terminal import iso, when
 
+    window = DEFAULT_WINDOW
+    if expiring_window is not None:
+        try:
+            window = parse_window(expiring_window)
+        except ValueError as exc:
+            _say(err or sys.stderr, f"error: --expiring: {exc}")
+            return EXIT_CONFIG
     rows = engine.status()
     rotations = [_rotation_row(r) for r in engine.rotation_status()]
     poisoned = engine.poisoned_status()
+    expiry_error = None
+    try:
+        soon = expiring(engine, window)
+    except Exception as exc:  # the expiry view needs the sources; status itself reads state only
+        soon, expiry_error = [], f"expiry view unavailable: {type(exc).__name__}: {exc}"
+    # --expiring: usable in CI: 1 when something vaultrelay cannot renew expires inside the window.
+    failing = expiring_window is not None and (bool(blocking(soon)) or expiry_error is not None)
+    code = EXIT_RESOLUTION if failing else EXIT_OK
     if json_output:
-        from core.cli_json import PoisonedItem, RotationStatus, StatusDocument, TargetStatus, problem
+        from core.cli_json import ExpiringItem, PoisonedItem, RotationStatus, StatusDocument, problem
 
-        targets = [TargetStatus(env=r["env"], target=r["target"], kind=r["kind"], last_push=iso(r["last_push"]), outcome=r["outcome"],
-                                variables=int(r["variables"]), drift=[d for d in str(r["drift"]).split(", ") if d],
-                                drift_found={n: iso(w) or "" for n, w in r["drift_found"].items()}, drift_since=iso(r["drift_since"]),
-                                drift_policy=r["drift_policy"], last_error=r["last_error"] or None) for r in rows]
-        _emit(out, StatusDocument(ok=True, targets=targets, warnings=[problem(p) for p in loaded.warnings],
-                                  rotations=[RotationStatus(**{**r, "since": iso(r["since"]), "next": iso(r["next"])}) for r in rotations],
-                                  poisoned=[PoisonedItem(**{**p, "at": iso(p["at"])}) for p in poisoned]))
-        return EXIT_OK
+        _emit(out, StatusDocument(
+            ok=code == EXIT_OK, error=expiry_error, targets=_target_statuses(rows, iso), warnings=[problem(p) for p in loaded.warnings],
+            rotations=[RotationStatus(**{**r, "since": iso(r["since"]), "next": iso(r["next"])}) for r in rotations],
+            poisoned=[PoisonedItem(**{**p, "at": iso(p["at"])}) for p in poisoned],
+            expiry_window_seconds=int(window.total_seconds()), expiring=[ExpiringItem(**i.as_dict()) for i in soon]))
+        return code
+    _status_tables(out, rows, rotations, poisoned, when)
+    from rich.table import Table
+
+    from core.terminal import cell, console
+
+    table = Table(title=f"expiring within {_window_text(window)}")
+    for column in ("expires", "kind", "name", "used by", "renewed by vaultrelay"):
+        table.add_column(column, overflow="fold")
+    for i in soon:
+        table.add_row(*(cell(v) for v in ("expired" if i.expired and i.expires_on is None else when(i.expires_on.isoformat() if i.expires_on else ""),
+                                          i.kind, i.name, ", ".join(sorted(i.envs)), "yes: " + i.renewal if i.renewable else "no: " + i.renewal)))
+    console(out).print(table)
+    if expiry_error:
+        _say(err or sys.stderr, f"warning: {expiry_error}")
+    return code
+
+
+def _window_text(window: Any) -> str:
+    days = window.total_seconds() / 86400
+    return f"{days:g} days" if days >= 1 else f"{window.total_seconds() / 3600:g} hours"
+
+
+def _target_statuses(rows: list[dict[str, Any]], iso: Any) -> list[Any]:
+    from core.cli_json import TargetStatus
+
+    return [TargetStatus(env=r["env"], target=r["target"], kind=r["kind"], last_push=iso(r["last_push"]), outcome=r["outcome"],
+                         variables=int(r["variables"]), drift=[d for d in str(r["drift"]).split(", ") if d],
+                         drift_found={n: iso(w) or "" for n, w in r["drift_found"].items()}, drift_since=iso(r["drift_since"]),
+                         drift_policy=r["drift_policy"], last_error=r["last_error"] or None) for r in rows]
+
+
+def _status_tables(out: TextIO, rows: list[dict[str, Any]], rotations: list[dict[str, Any]], poisoned: list[dict[str, Any]], when: Any) -> None:
     from rich.table import Table
 
     from core.terminal import cell, console
@@ -944,7 +992,6 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO) -> int:
         for p in poisoned:
             table.add_row(*(cell(v) for v in (p["env"], p["cause"], p["trigger"], when(p["at"]), str(p["deliveries"]))))
         shown.print(table)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -177,12 +177,26 @@ class RotationStatus(_Model):
     fields: dict[str, str | int | float | bool | None] = Field({}, description="the state record as stored")
 
 
+class ExpiringItem(_Model):
+    name: str = Field(description="what expires, e.g. kv-source/db-password")
+    kind: str = Field(description="keyvault_secret, keyvault_certificate, keyvault_key, sas, token, storage_key, cosmos_key")
+    where: str = Field(description="the vault, account or resource it comes from")
+    expires_on: str | None = Field(description="ISO 8601 UTC; null when Key Vault refused it as expired")
+    envs: list[str] = Field(description="env.VARIABLE that use it")
+    renewable: bool = Field(description="vaultrelay renews it itself (mints again, rotates)")
+    renewal: str = Field(description="how it is renewed, or what to do")
+    expired: bool
+
+
 class StatusDocument(Document):
     """`vaultrelay status --output json`."""
 
     command: Literal["status"] = "status"
     targets: list[TargetStatus] = []
     rotations: list[RotationStatus] = []
+    expiry_window_seconds: int = Field(30 * 86400, description="the expiry view's window (default 30 days; --expiring WINDOW)")
+    expiring: list[ExpiringItem] = Field([], description="what expires within the window (or has expired), soonest first; "
+                                                         "with --expiring, ok is false when one is not renewable")
     poisoned: list[PoisonedItem] = Field([], description="envs whose work item went to the poison queue (cleared by a later successful sync)")
 
 

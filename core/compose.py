@@ -3,7 +3,7 @@
     DATABASE_URL:
       template: "postgresql://app:{{ DATABASE_PASSWORD | urlencode }}@db.internal:5432/app"
 
-This is the stage after resolve: the references are fetched once each (core.engine.resolve
+This is the stage after resolve: the references are fetched once each (core.resolve
 deduplicates them), then every composed variable is rendered, in dependency order, from the
 bundle's values.  Rendering uses Jinja2's `SandboxedEnvironment` with `StrictUndefined` (a name or
 attribute that does not exist is an error, never an empty string) and no autoescaping; the filters
@@ -208,10 +208,10 @@ def render(composition: Composition, inputs: Mapping[str, str]) -> str:
 
 
 def compose_bundle(bundle: Any, compositions: Mapping[str, Composition]) -> None:
-    """Render every composed variable into `bundle` (a core.engine.bundle.Bundle), in dependency
+    """Render every composed variable into `bundle` (a core.bundle.Bundle), in dependency
     order.  A composed variable whose input did not resolve, or whose template fails, lands in
     `bundle.failures` (reason `would_mint` when an input is a token a dry run would mint)."""
-    from core.engine.bundle import ResolutionFailure, ResolvedValue
+    from core.bundle import ResolutionFailure, ResolvedValue
     from core.values import SecretValue
 
     for composition in order(compositions):

@@ -252,6 +252,11 @@ class _Instruments:
         self.rotations = meter.create_counter("vaultrelay.rotations", unit="{rotation}", description="key rotations by kind and outcome")
         self.failures = meter.create_counter("vaultrelay.failures", unit="{failure}", description="failures by reason and stage")
         self.resolve = meter.create_histogram("vaultrelay.resolve.duration", unit="s", description="time to resolve one env")
+        self.drift = meter.create_counter("vaultrelay.drift", unit="{name}", description="names found drifted, by target kind and policy")
+        self.notifications = meter.create_counter("vaultrelay.notifications", unit="{notification}",
+                                                  description="notifications by event and outcome (sent, failed)")
+        self.expiring = meter.create_counter("vaultrelay.expiring", unit="{item}",
+                                             description="things found expiring within the window by kind and renewable (true, false)")
 
 
 _instruments_lock = threading.Lock()
@@ -323,12 +328,32 @@ def record_resolve(seconds: float, *, failed: bool = False) -> None:
     _record("resolve metric", lambda i: i.resolve.record(max(0.0, float(seconds)), attributes))
 
 
+def record_drift(target_kind: str, names: int, *, repaired: bool) -> None:
+    """Drifted names of one target in one sync (`repaired`: drift_policy repair wrote them back)."""
+    attributes = {"target.kind": safe_name(target_kind), "repaired": "true" if repaired else "false"}
+    _record("drift metric", lambda i: i.drift.add(names, attributes))
+
+
+def record_notification(event: str, *, sent: bool) -> None:
+    """One notification: `event` push_failed, drift_found, rotation_done, rotation_failed, expiring."""
+    attributes = {"event": safe_name(event), "outcome": "sent" if sent else "failed"}
+    _record("notification metric", lambda i: i.notifications.add(1, attributes))
+
+
+def record_expiring(kind: str, *, renewable: bool) -> None:
+    """One thing found expiring within the window (the sync's or status's check)."""
+    attributes = {"kind": safe_name(kind), "renewable": "true" if renewable else "false"}
+    _record("expiring metric", lambda i: i.expiring.add(1, attributes))
+
+
 def record_sync(report: Any) -> None:
     """A sync's pushes (each TargetReport's kind and outcome) and the resolution failures it met
     (`report.failures`: env -> ["NAME: reason", ...])."""
     try:
         for target in report.targets:
             record_push(target.kind, target.outcome)
+            if target.drift:
+                record_drift(target.kind, len(target.drift), repaired=bool(target.repaired))
         for failing in report.failures.values():
             for item in failing:
                 record_failure(str(item).rpartition(": ")[2], "resolve")

@@ -6,8 +6,10 @@ with a target refused), run the timer function once (bundles pushed to
 a target vault, a blob and app settings), sync again (nothing written), fetch a bundle through the
 HTTP function with a caller's Entra token and show a refused caller, change a source secret so
 that the sandbox delivers a Key Vault event and the target follows, rotate a SAS and prove old and
-new both work, rotate the storage key, show status, run a command under `vaultrelay exec`, and fan
-three envs out through the work queue to two worker processes.
+new both work, rotate the storage key, show status, run a command under `vaultrelay exec`, fan
+three envs out through the work queue to two worker processes, and reach the running app: app
+settings as Key Vault references pinned to versions (a reference the site cannot resolve is reported
+and notified once, signed; then a new value reaches the app at once).
 Everything the demo started is stopped at the end.
 """
 
@@ -90,7 +92,7 @@ def main() -> int:
         from azure.functions.timer import TimerRequest
 
         import function_app
-        from core.api import HttpApi, set_default_api
+        from core.app.http_api import HttpApi, set_default_api
 
         functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
         api = HttpApi(environ={**os.environ, "VAULTRELAY_API_AUDIENCE": AUDIENCE})
@@ -117,6 +119,7 @@ def main() -> int:
             "import os; print('child sees', sum(k in os.environ for k in ('DATABASE_PASSWORD', 'STORAGE_SAS', 'COSMOS_CONNECTION')), "
             "'secrets; DATABASE_PASSWORD has', len(os.environ['DATABASE_PASSWORD']), 'characters')")
         fan_out(console, vaultrelay, env, config)
+        reach_the_app(console, client, vaultrelay, env, config)
         api.close()
         counters = client.counters()
         console.rule("what the local Azure saw")
@@ -215,6 +218,105 @@ def fan_out(console: Console, vaultrelay: list[str], env: dict[str, str], config
         if result.returncode != 0:
             raise SystemExit(f"{title} failed with exit code {result.returncode}: {result.stderr[-500:]}")
         console.print(f"  {title}: {result.stdout.strip()}")
+
+
+class NotifyReceiver:
+    """An HTTPS endpoint on loopback (the sandbox's certificate) that checks each notification's
+    signature and keeps the bodies."""
+
+    def __init__(self, key: str) -> None:
+        import hashlib
+        import hmac
+        import ssl
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                signed = hmac.new(key.encode(), self.headers.get("X-VaultRelay-Timestamp", "").encode() + b"." + body, hashlib.sha256).hexdigest()
+                if self.headers.get("X-VaultRelay-Signature") == f"sha256={signed}":
+                    receiver.bodies.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def reach_the_app(console: Console, client: Any, vaultrelay: list[str], env: dict[str, str], config: Path) -> None:
+    """App settings as Key Vault references pinned to versions, with notifications: the site's
+    identity cannot read the vault yet (reported, one signed notification), then it can (resolved,
+    nothing rewritten), then a new value is a new version the app reads at once."""
+    from azure.keyvault.secrets import SecretClient
+    from azure.mgmt.web import WebSiteManagementClient
+    from azure.mgmt.web.models import ManagedServiceIdentity, SitePatchResource
+
+    console.rule("13. reach the running app: a Key Vault reference pinned to the version, and a notification")
+    key = "demo-notify-signing-key-0123456789"
+    receiver = NotifyReceiver(key)
+    source = SecretClient(client.vault_url("kv-source"), client.admin_credential())
+    source.set_secret("web-db-password", "web-db-password-v1")
+    web = WebSiteManagementClient(client.admin_credential(), client.subscription_id, base_url=client.arm_endpoint).web_apps
+    site = web.update(client.resource_group, "sandbox-web", SitePatchResource(identity=ManagedServiceIdentity(type="SystemAssigned")))
+    reach = yaml.safe_load(config.read_text())
+    reach["envs"] = {"web": {"WEB_DB_PASSWORD": {"from": {"store": "azure", "vault": "kv-source", "secret": "web-db-password"}}}}
+    reach["targets"] = {"web-refs": {"type": "app_settings", "env": "web", "store": "azure", "site": "sandbox-web",
+                                     "values": "keyvault_reference", "vault": "kv-target", "prefix": "web-ref-"}}
+    reach["notify"] = {"url": receiver.url, "signing_key": key, "format": "json", "events": ["push_failed", "drift_found"], "retries": 0}
+    reach.pop("access", None)
+    path = config.with_name("reach.yaml")
+    path.write_text(yaml.safe_dump(reach, sort_keys=False))
+    run_env = {**env, "VAULTRELAY_CONFIG": str(path)}
+
+    def sync() -> tuple[int, dict[str, Any]]:
+        result = subprocess.run([*vaultrelay, "sync", "-o", "json"], env=run_env, cwd=ROOT, check=False, capture_output=True, text=True)  # our own CLI
+        return result.returncode, json.loads(result.stdout)["targets"][0]
+
+    def seen() -> tuple[str, str]:
+        setting = dict(web.list_application_settings(client.resource_group, "sandbox-web").properties or {})["WEB_DB_PASSWORD"]
+        return setting, str(client.site_environment("sandbox-web")["settings"]["WEB_DB_PASSWORD"])
+
+    try:
+        code, first = sync()
+        console.print(f"  sync without the site's role: exit {code}, {first['outcome']}: {str(first['error'])[:150]}...")
+        code, _ = sync()
+        console.print(f"  the same again: exit {code}; notifications received (signature checked): {len(receiver.bodies)}")
+        for body in receiver.bodies:
+            console.print(f"    {body['event']} {body['subject']} at {body['at']} (names and times only)")
+        if len(receiver.bodies) != 1:
+            raise SystemExit(f"expected one notification, got {len(receiver.bodies)}")
+        client.grant_principal(str(site.identity.principal_id), "Key Vault Secrets User", client.resource_id("vault", "kv-target"))
+        code, granted = sync()
+        setting, value = seen()
+        console.print(f"  granted Key Vault Secrets User to the site's identity: exit {code}, {granted['writes']} writes")
+        console.print(f"    setting: {setting}")
+        console.print(f"    the app sees a value of {len(value)} characters (the reference resolved)")
+        source.set_secret("web-db-password", "web-db-password-v2-longer")
+        code, changed = sync()
+        new_setting, new_value = seen()
+        console.print(f"  the source changed: exit {code}, {changed['outcome']}; the setting now pins version {new_setting.rsplit('/', 1)[1][:8]}... "
+                      f"(was {setting.rsplit('/', 1)[1][:8]}...); the app sees the new value at once: {new_value == 'web-db-password-v2-longer'}")
+        if code != 0 or new_value != "web-db-password-v2-longer":
+            raise SystemExit("the Key Vault reference did not reach the app")
+    finally:
+        receiver.close()
 
 
 if __name__ == "__main__":

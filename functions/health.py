@@ -27,7 +27,7 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
 
         with telemetry.invocation(context, "health"):
             try:
-                from core.api import default_api
+                from core.app.http_api import default_api
 
                 return to_http_response(default_api().readiness(dict(req.headers.items())))
             except Exception:  # a bug: logged with its traceback, answered without detail

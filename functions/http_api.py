@@ -1,4 +1,4 @@
-"""`GET /api/envs/{env}`: an env's resolved bundle for an authorized caller (see core/api.py).
+"""`GET /api/envs/{env}`: an env's resolved bundle for an authorized caller (see core/app/http_api.py).
 
 Only `azure.functions` is imported here; the engine loads on the first request.
 """
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from core.api import ApiResponse
+    from core.app.http_api import ApiResponse
 
 bp = func.Blueprint()
 log = logging.getLogger("vaultrelay.functions")
@@ -32,7 +32,7 @@ def get_env(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.H
 
     with telemetry.invocation(context, "get_env"):
         try:
-            from core.api import default_api
+            from core.app.http_api import default_api
 
             response = default_api().fetch_env(
                 req.route_params.get("env", ""), query=dict(req.params), headers=dict(req.headers.items()),
@@ -44,7 +44,7 @@ def get_env(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.H
 
 
 def to_http_response(response: ApiResponse) -> func.HttpResponse:
-    """A core.api.ApiResponse as the Functions host's response."""
+    """A core.app.http_api.ApiResponse as the Functions host's response."""
     return func.HttpResponse(
         response.body, status_code=response.status, mimetype=response.media_type, charset="utf-8",
         headers=dict(response.headers),
@@ -60,7 +60,7 @@ def _admin(action: str, req: func.HttpRequest, context: func.Context | None, fun
 
     with telemetry.invocation(context, function, env=names.get("env")):
         try:
-            from core.api import default_api
+            from core.app.http_api import default_api
 
             response = default_api().admin(action, headers=dict(req.headers.items()), query=dict(req.params), **names)
         except Exception:

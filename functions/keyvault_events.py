@@ -32,7 +32,7 @@ def keyvault_events(event: func.EventGridEvent, context: func.Context = NO_CONTE
     """React to SecretNewVersionCreated (re-sync the envs that use the secret) and
     SecretNearExpiry / SecretExpired (re-mint what vaultrelay owns, else warn)."""
     from core import telemetry
-    from core.api import default_api
+    from core.app.http_api import default_api
 
     with telemetry.invocation(context, "keyvault_events"):
         outcome = default_api().keyvault_event(event_as_dict(event))

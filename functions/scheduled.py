@@ -21,7 +21,7 @@ log = logging.getLogger("vaultrelay.functions")
 def sync_timer(timer: func.TimerRequest, context: func.Context = NO_CONTEXT) -> None:
     """Rotate what is due and sync every env; a failure is logged and retried on the next tick."""
     from core import telemetry
-    from core.api import default_api
+    from core.app.http_api import default_api
 
     with telemetry.invocation(context, "sync_timer"):
         if timer.past_due:

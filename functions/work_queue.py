@@ -5,7 +5,7 @@ mode (`VAULTRELAY_SYNC_MODE=queue`); the host scales this function out by queue 
 failure raises: the host makes the message visible again after `visibilityTimeout` and moves it
 to `<queue>-poison` after `maxDequeueCount` deliveries (host.json, docs/deploy.md); the last
 failing delivery records the env as poisoned for `status`.  `vaultrelay worker` runs the same
-`core.api.HttpApi.work_item` outside the host.
+`core.app.http_api.HttpApi.work_item` outside the host.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger("vaultrelay.functions")
 def sync_work(msg: func.QueueMessage, context: func.Context = NO_CONTEXT) -> None:
     """Sync the envs of one work item; raises when it failed (delivered again, then poisoned)."""
     from core import telemetry
-    from core.api import default_api
+    from core.app.http_api import default_api
 
     with telemetry.invocation(context, "sync_work"):
         text = msg.get_body().decode("utf-8", errors="replace")

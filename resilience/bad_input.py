@@ -423,8 +423,8 @@ def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None], str]:
     import yaml
     from azure.keyvault.secrets import SecretClient
 
-    from core.api import HttpApi
-    from core.audit import MemoryAuditSink
+    from core.app.http_api import HttpApi
+    from core.state.audit import MemoryAuditSink
 
     sandbox = ctx.sandbox
     tag = uuid.uuid4().hex[:8]

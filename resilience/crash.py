@@ -48,8 +48,8 @@ def _target_writes(counters: dict[str, Any]) -> int:
 
 
 def run(ctx: ScenarioContext) -> ScenarioResult:
-    from core.engine.rotate import KeyRotation
-    from core.engine.sync import holder_is_dead
+    from core.push import holder_is_dead
+    from core.rotation.account_keys import KeyRotation
 
     result = ScenarioResult("crash anywhere")
     rng = random.Random(ctx.seed)
@@ -219,8 +219,6 @@ def _child(argv: list[str]) -> int:
     import azure.storage.blob  # noqa: F401
     import rich.table  # noqa: F401
 
-    import core.engine.rotate
-    import core.engine.sync  # noqa: F401
     from core.cli import main
     from sandbox.resolver import install
 

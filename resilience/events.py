@@ -37,8 +37,8 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     import yaml
     from azure.keyvault.secrets import SecretClient
 
-    from core.api import HttpApi
-    from core.audit import MemoryAuditSink
+    from core.app.http_api import HttpApi
+    from core.state.audit import MemoryAuditSink
 
     result = ScenarioResult(NAME)
     sandbox = ctx.sandbox

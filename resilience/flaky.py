@@ -39,8 +39,8 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     from azure.storage.blob import BlobServiceClient
 
     from core.config import parse_config
-    from core.engine.plan import Broker
-    from core.engine.sync import SyncEngine
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
 
     result = ScenarioResult(NAME)
     sandbox = ctx.sandbox
@@ -119,7 +119,7 @@ state:
         return state
 
     def sync_once() -> Any:
-        engine = SyncEngine(Broker(loaded))
+        engine = SyncEngine(StoreConnections(loaded))
         try:
             return engine.sync()
         finally:
@@ -171,7 +171,7 @@ state:
                 break
         final = read()
         converged = all(final[name] == latest for name in ("vars", "bundle", "blob", "settings"))
-        status = SyncEngine(Broker(loaded)).status()
+        status = SyncEngine(StoreConnections(loaded)).status()
     finally:
         sandbox.clear_faults()
 

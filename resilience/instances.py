@@ -57,7 +57,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     # Adopt the accounts (the schedule starts), push once, then move the rotations past due.
     engine = world.engine()
     engine.sync()
-    from core.engine.rotate import KeyRotation
+    from core.rotation.account_keys import KeyRotation
 
     assert [r.outcome for r in KeyRotation(engine).rotate()] == ["adopted"] * due
     for account in accounts:
@@ -179,16 +179,16 @@ def _child(argv: list[str]) -> int:
     from azure.keyvault.secrets import SecretClient
 
     from core.config import load_config
-    from core.engine.plan import Broker
-    from core.engine.rotate import KeyRotation
-    from core.engine.sync import SyncEngine
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
+    from core.rotation.account_keys import KeyRotation
     from sandbox.client import SandboxClient
     from sandbox.resolver import install
 
     install(os.environ["SANDBOX_DOMAIN"])
     sandbox = SandboxClient(dict(os.environ))
     source = SecretClient(sandbox.vault_url("kv-source"), sandbox.admin_credential())
-    engine = SyncEngine(Broker(load_config(args.config)))
+    engine = SyncEngine(StoreConnections(load_config(args.config)))
     rng = random.Random(args.seed)
     go = Path(args.go)
     (go.parent / f"ready-{args.index}").touch()
@@ -197,7 +197,7 @@ def _child(argv: list[str]) -> int:
     report: dict[str, Any] = {"index": args.index, "iterations": 0, "syncs": 0, "busy_retries": 0, "rotations": [], "errors": []}
     for k in range(args.iterations):
         source.set_secret(args.secret, f"{args.salt}-p{args.index}-v{k}")
-        # The timer's work (core.api scheduled): rotations that are due, then a sync of every env.
+        # The timer's work (core.app.http_api scheduled): rotations that are due, then a sync of every env.
         for rotation in KeyRotation(engine).rotate():
             report["rotations"].append(rotation.outcome)
             if rotation.outcome == "error":

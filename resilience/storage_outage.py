@@ -173,16 +173,16 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
 def _quick_giving_up_engine(world: World) -> Any:
     """A SyncEngine whose Azure clients retry once (the default budget rides over outages of a
     minute; this scenario wants the report of one that lasts longer)."""
-    from core.azure_clients import AzureClients
+    from core.azure.clients import AzureClients
+    from core.azure.retry import RetrySettings
     from core.config import load_config
     from core.config.cloud import resolve_cloud
-    from core.engine.plan import Broker
-    from core.engine.sync import SyncEngine
-    from core.retry import RetrySettings
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
 
     loaded = load_config(str(world.config_path))
     clients = AzureClients(resolve_cloud(loaded.config.cloud, os.environ), retry=RetrySettings(total=1, backoff_factor=0.2))
-    return SyncEngine(Broker(loaded, clients=clients))
+    return SyncEngine(StoreConnections(loaded, clients=clients))
 
 
 def _cli_during_outage(world: World, result: ScenarioResult) -> float:

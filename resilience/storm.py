@@ -2,7 +2,7 @@
 
 Two vaults of the scenario's own get a token bucket each (Key Vault's real shape, 4,000 requests
 per 10 s per vault, scaled down in the short form) and one env references many more unique
-secrets than one window allows.  vaultrelay resolves the env once through `Broker.resolve`, with
+secrets than one window allows.  vaultrelay resolves the env once through `StoreConnections.resolve`, with
 the default store settings.
 
 Figures: the completion time against the floor `ceil(requests / budget) x window` (the slowest
@@ -10,7 +10,7 @@ vault's), the Key Vault requests the sandbox received per request needed (one GE
 secret; target <= 1.2), the 429s, and the references that failed (must be 0: every failure
 under throttling is one a retry could have saved).  Each figure is measured once per store
 concurrency: the default `max_concurrent` and one far above what a window allows (a cold
-Broker each time, with full buckets).
+StoreConnections each time, with full buckets).
 
 `max_concurrent` 128 is measured in the long form only.  In the short form a window holds 40
 requests per vault, so a cold store allowing 128 in flight has up to 88 requests on the wire
@@ -111,15 +111,15 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
 
 def _resolve_once(ctx: ScenarioContext, refs: list[tuple[str, str, str]], vaults: list[str], concurrency: int,
                   capacity: int, window_s: float) -> tuple[Any, float, dict[str, Any]]:
-    """One cold resolve (a new Broker: no tokens, no pacer state) under a freshly filled budget."""
+    """One cold resolve (a new StoreConnections: no tokens, no pacer state) under a freshly filled budget."""
     from core.config import parse_config
-    from core.engine.plan import Broker
+    from core.connections import StoreConnections
 
     sandbox = ctx.sandbox
     lines = ["version: 1", "secretStores:", f"  storm: {{type: azure.managed_identity, performance: {{max_concurrent: {concurrency}}}}}",
              "envs:", "  storm:"]
     lines += [f"    {variable}: {{from: {{store: storm, vault: {vault}, secret: {name}}}}}" for variable, vault, name in refs]
-    broker = Broker(parse_config("\n".join(lines) + "\n", "storm.yaml"))
+    broker = StoreConnections(parse_config("\n".join(lines) + "\n", "storm.yaml"))
     try:
         # The store's token outside the measurement (the vaults' challenges are known to this process).
         credential = broker.store("storm").credential

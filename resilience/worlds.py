@@ -108,10 +108,10 @@ class World:
     def engine(self, **broker_kwargs: Any) -> Any:
         """A SyncEngine over the config in this process (a fresh broker each time)."""
         from core.config import load_config
-        from core.engine.plan import Broker
-        from core.engine.sync import SyncEngine
+        from core.connections import StoreConnections
+        from core.push import SyncEngine
 
-        return SyncEngine(Broker(load_config(str(self.config_path)), **broker_kwargs))
+        return SyncEngine(StoreConnections(load_config(str(self.config_path)), **broker_kwargs))
 
     # ---- processes ----------------------------------------------------------------------
     def cli(self, log_name: str, *args: str) -> subprocess.Popen[bytes]:

@@ -68,7 +68,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core.azure_roles import BUILTIN_ROLES, RoleDefinition
+from core.permissions.roles import BUILTIN_ROLES, RoleDefinition
 from sandbox import references as refs
 from sandbox.arm_apps import AppsMixin
 from sandbox.arm_limits import StorageProviderLimits

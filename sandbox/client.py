@@ -255,7 +255,7 @@ class SandboxClient:
         from azure.mgmt.authorization import AuthorizationManagementClient
         from azure.mgmt.authorization.models import RoleAssignmentCreateParameters
 
-        from core.azure_roles import role_by_name
+        from core.permissions.roles import role_by_name
 
         scope = scope or f"/subscriptions/{self.subscription_id}"
         definition = role_by_name(role)

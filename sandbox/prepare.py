@@ -189,7 +189,7 @@ def scope_id(client: SandboxClient, scope: Any) -> str:
 def grant_config(client: SandboxClient, loaded: Any, say: Callable[[str], None] = lambda _: None) -> Prepared:
     """Grant the roles the config needs (as `vaultrelay plan --permissions` computes them) through
     ARM role assignments; resources it names are created first, so the scopes exist."""
-    from core.permissions import compute_permissions
+    from core.permissions.matrix import compute_permissions
 
     done = Prepared()
     for kind, name in sorted(config_resources(loaded)):

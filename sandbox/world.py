@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.azure_roles import BUILTIN_ROLES, CUSTOM_ROLES, RoleDefinition, role_by_name
+from core.permissions.roles import BUILTIN_ROLES, CUSTOM_ROLES, RoleDefinition, role_by_name
 
 _NAMESPACE = uuid.UUID("6f1f9d3e-8c55-4d0a-9a53-6e1c2b7d4a10")
 

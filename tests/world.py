@@ -18,8 +18,8 @@ from typing import Any
 from azure.keyvault.secrets import SecretClient
 
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine
+from core.connections import StoreConnections
+from core.push import SyncEngine
 from sandbox.client import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ class World:
         return parse_config(text, "test.yaml", environ=os.environ)
 
     def engine(self, body: str, **kwargs: Any) -> SyncEngine:
-        return SyncEngine(Broker(self.config(body, **kwargs)))
+        return SyncEngine(StoreConnections(self.config(body, **kwargs)))
 
 
 WRITE_WORDS = ("set", "update", "delete", "create", "regenerate", "put", "post", "merge", "patch", "recover")

@@ -255,7 +255,7 @@ def _throttling(exc: BaseException) -> bool:
 
 def run_item(engine: Any, item: WorkItem) -> WorkResult:
     """Sync the item's envs (those that still have targets) and sort the outcome per env."""
-    from core.engine.resolve import forget_values
+    from core.resolve import forget_values
 
     for forget in item.forget:
         forget_values(**forget.params())

@@ -807,9 +807,9 @@ def _sas_caps(config: Config, lines: dict[Path_, int], file: str) -> list[Config
 
 def _user_delegation_lifetimes(config: Config, lines: dict[Path_, int], file: str) -> list[ConfigProblem]:
     """A user delegation SAS cannot outlive its delegation key, which Azure grants for at most 7
-    days from its own clock; vaultrelay keeps keys an hour inside that (core.sources.sas_mint).
+    days from its own clock; vaultrelay keeps keys an hour inside that (core.mint.sas).
     Longer lifetimes are capped (up to 7 days) or refused at run time: say so here."""
-    from core.sources.sas_mint import USER_DELEGATION_KEY_MAX, USER_DELEGATION_SAS_MAX, format_lifetime
+    from core.mint.sas import USER_DELEGATION_KEY_MAX, USER_DELEGATION_SAS_MAX, format_lifetime
 
     found: list[ConfigProblem] = []
     for env, variables in config.envs.items():

@@ -715,6 +715,31 @@ class WebhookTarget(TargetBase):
 Target = Annotated[KeyVaultTarget | BlobTarget | AppSettingsTarget | ContainerAppTarget | WebhookTarget, Field(discriminator="type")]
 
 
+NotifyEvent = Literal["push_failed", "drift_found", "rotation_done", "rotation_failed", "expiring"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("push_failed", "drift_found", "rotation_done", "rotation_failed", "expiring")
+
+
+class Notify(Strict):
+    """Signed JSON notifications (signed as the webhook target signs): names and times, never values."""
+
+    url: str = Field(description="https:// endpoint receiving one POST per event")
+    signing_key: Variable = Field(description="a literal or a from: reference: the HMAC key (X-VaultRelay-Signature)")
+    format: Literal["json", "teams", "slack"] = Field("json", description="json: vaultrelay's event document; teams / slack: a "
+                                                                          "message card / text payload for an incoming webhook")
+    events: list[NotifyEvent] = Field(
+        list(NOTIFY_EVENTS), description="which events are sent (default all)")
+    expiring_within: Duration = Field(30 * 86400, description="expiring: something vaultrelay cannot renew expires within this (seconds or 30d)")
+    timeout: Duration = Field(10, description="seconds each attempt may take in all")
+    retries: int = Field(2, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("a notify url must be https://")
+        return value
+
+
 class State(Strict):
     """Where vaultrelay keeps its records (Table Storage) and the values it mints (Key Vault)."""
 
@@ -726,7 +751,7 @@ class State(Strict):
     fingerprint_key: Variable | None = Field(None, description="HMAC key for fingerprints: a from: reference or ${VAR} (default $VAULTRELAY_FINGERPRINT_KEY)")
 
 
-# `type:` of a rotated account -> (its ARM resource type, the kind core.engine.tagged_rotation calls it)
+# `type:` of a rotated account -> (its ARM resource type, the kind core.rotation.tagged_secrets calls it)
 ROTATED_RESOURCE_TYPES = {
     "storage": ("Microsoft.Storage/storageAccounts", "storage"),
     "cosmosdb": ("Microsoft.DocumentDB/databaseAccounts", "cosmos"),
@@ -780,7 +805,7 @@ class RotatedAccount(Strict):
 
     def where(self) -> tuple[str, str | None, str, str]:
         """(kind, subscription or None when the entry names none, resource group, name), as written;
-        kind is `storage`, `cosmos` or `sql`, as core.engine.tagged_rotation names a `ProviderAddress`."""
+        kind is `storage`, `cosmos` or `sql`, as core.rotation.tagged_secrets names a `ProviderAddress`."""
         if self.id is not None:
             found = _ROTATED_RESOURCE_ID.match(self.id)
             assert found is not None  # checked above
@@ -869,6 +894,8 @@ class Config(Strict):
                                                "principals, managed identities), group ids, or app (client) ids, which match app-only tokens only")
     rotation: Rotation = Field(Rotation(), description="vaultrelay extension: Key Vault secrets tagged like Microsoft's rotation samples")
     api: Api = Api()
+    notify: Notify | None = Field(None, description="vaultrelay extension: signed notifications on push failures, drift, rotations "
+                                                    "and expiries vaultrelay cannot renew; each event sent once across instances")
 
     @field_validator("envs")
     @classmethod
@@ -917,6 +944,12 @@ class Config(Strict):
             if key is not None and key.from_ is not None and key.from_.store not in self.secretStores:
                 problems.append(_located(f"{where}.signing_key.from.store", f"unknown store '{key.from_.store}'"))
         problems.extend(self._templates())
+        if self.notify is not None:
+            key = self.notify.signing_key.from_
+            if key is not None and key.store not in self.secretStores:
+                problems.append(_located("notify.signing_key.from.store", f"unknown store '{key.store}'"))
+            if self.state is None:
+                problems.append(_located("notify", "notify needs a state: section (each event is sent once, recorded in the state tables)"))
         problems.extend(self._keyvault_target_names())
         problems.extend(self._state_exposure())
         if self.state is not None and self.state.store not in self.secretStores:

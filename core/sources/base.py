@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from core.azure_clients import AzureClients
-from core.engine.singleflight import SingleFlight
+from core.azure.clients import AzureClients
 from core.identity import BufferedTokenCredential, describe_identity_failure, identity_endpoint_hosts
-from core.permissions import denied_role_hint
+from core.permissions.matrix import denied_role_hint
 from core.sources.fetched import Fetched, SourceProblem
+from core.value_cache import SingleFlight
 
 
 @dataclass(frozen=True)

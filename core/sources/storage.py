@@ -9,7 +9,7 @@ names no resource group, the account is found by listing the subscription's stor
 
 An account with `allowSharedKeyAccess: false` gets neither its keys published nor a key-signed
 SAS minted (core.sources.key_access).  A user delegation SAS is signed with a delegation key
-that ends shortly after the SAS and well inside Azure's 7-day bound (core.sources.sas_mint).
+that ends shortly after the SAS and well inside Azure's 7-day bound (core.mint.sas).
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime, constant, locate
-from core.sources.fetched import Fetched, SourceProblem
-from core.sources.key_access import shared_key_allowed_by, storage_refusal, storage_shared_key_allowed
-from core.sources.listed_keys import PROCESS_LISTED_KEYS
-from core.sources.sas_mint import (
+from core.mint.sas import (
     USER_DELEGATION_KEY_MAX,
     USER_DELEGATION_SAS_MAX,
     SasRequest,
@@ -33,6 +29,10 @@ from core.sources.sas_mint import (
     mint_sas,
     sas_window,
 )
+from core.sources.base import PlannedRef, RunContext, StoreRuntime, constant, locate
+from core.sources.fetched import Fetched, SourceProblem
+from core.sources.key_access import shared_key_allowed_by, storage_refusal, storage_shared_key_allowed
+from core.sources.listed_keys import PROCESS_LISTED_KEYS
 
 log = logging.getLogger("vaultrelay.storage")
 
@@ -183,7 +183,7 @@ class SasSource:
 
     @staticmethod
     def _delegation_key(store: StoreRuntime, run: RunContext, account: str, now: Any, start: Any, expiry: Any, lifetime: timedelta) -> Any:
-        # A key that ends a little after the SAS it signs (core.sources.sas_mint.delegation_key_window),
+        # A key that ends a little after the SAS it signs (core.mint.sas.delegation_key_window),
         # per account, identity and SAS lifetime: one per run, or kept between runs in the state
         # vault and reused only while it still ends within that margin of the new SAS.
         key_start, key_expiry = delegation_key_window(now, start, expiry, lifetime)

@@ -61,7 +61,7 @@ class StateTooLarge(StateUnavailable):
 
 
 def _unavailable(table: str, doing: str, exc: Exception) -> StateUnavailable:
-    from core.permissions import denied_note
+    from core.permissions.matrix import denied_note
 
     status = getattr(exc, "status_code", None)
     cause = f"HTTP {status}" if status else type(exc).__name__

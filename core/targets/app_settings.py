@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
 from core.sources.base import resource_group_of
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
@@ -82,7 +82,7 @@ class AppSettingsTargetWriter:
         self.web = ctx.clients.web_management(subscription, ctx.credential)
         self._group = config.resource_group
         self.site_key = site_key(subscription, config.site, config.slot)
-        """Targets with the same key are pushed together, under one lease (see core.engine.sync)."""
+        """Targets with the same key are pushed together, under one lease (see core.push)."""
         self.site_lease = f"appsettings:{self.site_key}"
         self.slot_config_lease = f"slotconfig:{site_key(subscription, config.site, None)}"
         self._where = f"{config.site}" + (f" (slot {config.slot})" if config.slot else "")

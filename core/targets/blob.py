@@ -12,8 +12,8 @@ import json
 import urllib.parse
 from typing import Any
 
-from core.engine.render import UnrepresentableValue, render_dotenv
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
+from core.render import UnrepresentableValue, render_dotenv
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
 from core.sources.base import resource_group_of
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 
@@ -38,7 +38,7 @@ class ContainerAppTargetWriter:
         self.client = ctx.clients.container_apps(subscription, ctx.credential)
         self._group = config.resource_group
         self.push_lease = f"containerapp:{subscription}:{config.app}".lower()
-        """Pushes to one app (any env, any instance) are serialised under this lease (core.engine.sync)."""
+        """Pushes to one app (any env, any instance) are serialised under this lease (core.push)."""
         self.references = bool(config.references)
         self.vault: Any = None
         if self.references:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
 from core.targets.base import (
     TAG_FINGERPRINT,
     Change,

@@ -14,7 +14,7 @@ import dataclasses
 import re
 from typing import Any
 
-from core.permissions import denied_note
+from core.permissions.matrix import denied_note
 from core.targets.base import Change, DesiredItem, TargetContext, TargetError
 
 _SECRET_URL = re.compile(r"^(?P<base>https://[^/]+)/secrets/(?P<secret>[0-9a-zA-Z-]+)/(?P<version>[0-9a-fA-F]{32})/?$", re.IGNORECASE)

@@ -1,5 +1,5 @@
 // vaultrelay's custom roles: only the operations vaultrelay performs, where the built-ins are too
-// broad.  Ids, names and actions equal core/azure_roles.py CUSTOM_ROLES.
+// broad.  Ids, names and actions equal core/permissions/roles.py CUSTOM_ROLES.
 // - Cosmos DB: DocumentDB Account Contributor can change the whole account; Cosmos DB Account
 //   Reader Role reads only the read-only keys.  Reading keys or connection strings needs the key
 //   reader; only rotation needs the key operator (regenerateKey).

@@ -1,6 +1,6 @@
 // Roles the Function app's identity needs on the resources this deployment creates: the
 // Functions host's AzureWebJobsStorage (blobs incl. deployment packages), the work queues, vaultrelay's
-// state tables, telemetry, and vaultrelay's state vault.  Role ids as in core/azure_roles.py.
+// state tables, telemetry, and vaultrelay's state vault.  Role ids as in core/permissions/roles.py.
 
 @description('Object (principal) id of the Function app\'s identity.')
 param principalId string

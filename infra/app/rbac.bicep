@@ -1,7 +1,7 @@
 // Least-privilege roles on what the config reads and writes, from main.bicep's lists (rendered
 // by `vaultrelay plan --permissions --bicep-params FILE`).  Each module below grants exactly the
 // roles listed in it to the entries its filter selects; entries may live in other resource
-// groups and subscriptions.  Role ids as in core/azure_roles.py.  Keep boolean filters
+// groups and subscriptions.  Role ids as in core/permissions/roles.py.  Keep boolean filters
 // parenthesized: tests/infra evaluates them.
 
 @description('Object (principal) id of the Function app\'s identity: the default grantee.')

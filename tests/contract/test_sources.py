@@ -33,8 +33,8 @@ from azure.mgmt.storage import StorageManagementClient
 from azure.storage.blob import BlobServiceClient
 
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.permissions import compute_permissions
+from core.connections import StoreConnections
+from core.permissions.matrix import compute_permissions
 from core.sources.registry import default_registry
 from tests.configs import config_yaml, ref, secret_ref
 from tests.world import World, unique
@@ -179,9 +179,9 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 def test_resolves_the_value_the_service_holds(kind: str, world: World) -> None:
     case = prepare(kind, world)
-    broker = Broker(loaded_for({"VALUE": case.found}))
+    broker = StoreConnections(loaded_for({"VALUE": case.found}))
     try:
-        from core.engine.plan import plan_env
+        from core.plan import plan_env
 
         planned = {r.kind for r in plan_env(broker.loaded, "e").refs}
         assert planned == {kind}, f"the case's reference is planned as {planned}, not {kind}"
@@ -197,7 +197,7 @@ def test_a_missing_object_is_the_one_not_found_failure(kind: str, world: World) 
     if case.missing is None:
         assert kind in ("sql", "token"), f"{kind} reads a remote object: its case must name a missing one"
         return  # formatted locally / minted for any audience: nothing can be missing
-    broker = Broker(loaded_for({"MISSING": case.missing}))
+    broker = StoreConnections(loaded_for({"MISSING": case.missing}))
     try:
         bundle = broker.resolve("e")
     finally:
@@ -226,7 +226,7 @@ def test_never_puts_the_value_in_failures_logs_or_reprs(kind: str, world: World,
     if case.missing is not None:
         variables["MISSING"] = case.missing
     caplog.set_level(logging.DEBUG)
-    broker = Broker(loaded_for(variables))
+    broker = StoreConnections(loaded_for(variables))
     try:
         bundle = broker.resolve("e")
     finally:
@@ -237,3 +237,8 @@ def test_never_puts_the_value_in_failures_logs_or_reprs(kind: str, world: World,
     seen += [str(f) for f in bundle.failures.values()] + [repr(f) for f in bundle.failures.values()]
     seen += [r.getMessage() for r in caplog.records] + [textwrap.shorten(caplog.text, 10**9)]
     assert not [text for text in seen if value in text]
+
+
+def test_a_registered_kind_without_a_case_fails_the_suite(world: World) -> None:
+    with pytest.raises(pytest.fail.Exception, match="'new_kind' is registered but has no contract case"):
+        prepare("new_kind", world)

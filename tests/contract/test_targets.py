@@ -228,12 +228,20 @@ def receiver(sandbox: SandboxClient) -> Iterator[Receiver]:
     hook.close()
 
 
-@pytest.fixture(params=REGISTERED)
-def case(request: pytest.FixtureRequest, world: World, receiver: Receiver) -> Case:
-    kind = str(request.param)
+def case_for(kind: str, world: World, receiver: Receiver) -> Case:
     if kind not in CASES:
         pytest.fail(f"target kind {kind!r} is registered but has no contract case in tests/contract/test_targets.py")
     return CASES[kind](world, receiver, **SHAPES.get(kind, {}))
+
+
+@pytest.fixture(params=REGISTERED)
+def case(request: pytest.FixtureRequest, world: World, receiver: Receiver) -> Case:
+    return case_for(str(request.param), world, receiver)
+
+
+def test_a_registered_kind_without_a_case_fails_the_suite(world: World, receiver: Receiver) -> None:
+    with pytest.raises(pytest.fail.Exception, match="'new_kind' is registered but has no contract case"):
+        case_for("new_kind", world, receiver)
 
 
 def names(case: Case) -> tuple[str, str]:

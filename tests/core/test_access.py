@@ -1,4 +1,4 @@
-"""core.access and core.engine.render without the sandbox: key caching and rollover, issuers,
+"""core.access and core.render without the sandbox: key caching and rollover, issuers,
 authorization, Accept negotiation."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from core.access import (
     principal_from_app_service,
 )
 from core.config.model import normalized_ids
-from core.engine.render import UnrepresentableValue, negotiate, render
+from core.render import UnrepresentableValue, negotiate, render
 
 AUTHORITY = "https://login.example"
 TENANT = "11111111-1111-1111-1111-111111111111"
@@ -171,7 +171,7 @@ def test_accept_negotiation(accept: str | None, expected: str | None) -> None:
 def test_render_formats_quote_values() -> None:
     values = {"B": "it's $HOME\n", "A": "plain"}
     # No quoting reads `it's $HOME` back the same in a shell and in python-dotenv: refused, not
-    # written with a `\$` that python-dotenv keeps (tests/core/test_dotenv_readers.py).
+    # written with a `\$` that python-dotenv keeps (tests/core/test_render_dotenv_readers.py).
     with pytest.raises(UnrepresentableValue, match="B: it has ' or"):
         render(values, "dotenv")
     assert render({"B": "its $HOME\n", "A": "plain"}, "dotenv") == "# docker --env-file cannot read values that span lines: " \

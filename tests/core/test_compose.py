@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.compose import ComposeError, Composition, compose_bundle, render
 from core.config.loader import parse_config
-from core.engine.bundle import Bundle, ResolutionFailure, ResolvedValue
-from core.engine.plan import plan_env
-from core.engine.sync import SyncEngine
 from core.errors import ConfigError
+from core.plan import plan_env
+from core.push import SyncEngine
 from core.sources.transforms import TransformError, apply_transforms, extract
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Row

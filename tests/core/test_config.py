@@ -14,8 +14,8 @@ from core.config import parse_config, resolve_cloud
 from core.config.cloud import NAMED_CLOUDS
 from core.config.durations import parse_duration
 from core.config.schema import SCHEMA_FILE, render_schema
-from core.engine.plan import plan_env
 from core.errors import ConfigError
+from core.plan import plan_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"DATA_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.azure_clients import _environment_once_session
+from core.azure.clients import _environment_once_session
 
 
 def test_ca_bundle_variable_is_used_for_verification(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,13 @@ import pytest
 
 from core.cli import EXIT_CONFIG, EXIT_OK, main
 from core.config import load_config, parse_config
-from core.permissions import MATRIX, compute_permissions, format_permissions, least_roles, render_bicep_parameters
+from core.permissions.matrix import (
+    MATRIX,
+    compute_permissions,
+    format_permissions,
+    least_roles,
+    render_bicep_parameters,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "vaultrelay.yaml"

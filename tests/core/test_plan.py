@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import parse_config
-from core.engine.plan import plan_env
 from core.errors import NotFoundError
+from core.plan import plan_env
 from tests.configs import config_yaml, ref, secret_ref
 
 # One reference of every planned kind, and the kind it plans to (keyed by source kind).

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.engine.sync import SyncEngine
+from core.push import SyncEngine
 from core.state.tables import Row
 from core.targets.base import DesiredItem, Snapshot
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from azure.keyvault.secrets import SecretClient
 
-from core import azure_clients
+from core.azure import clients as azure_clients
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.engine.resolve import _dispatch_order
+from core.connections import StoreConnections
+from core.resolve import _dispatch_order
 from core.sources.base import PlannedRef
 from sandbox.client import SandboxClient
 from tests.world import unique
@@ -74,7 +74,7 @@ def test_one_challenge_per_vault_for_a_cold_concurrent_resolve(
     clean_faults.set_faults(rules=[{"service": "keyvault", "latency_ms": 30}])
     lines = ["version: 1", "secretStores:", "  s: {type: azure.managed_identity, performance: {max_concurrent: 10}}", "envs:", "  e:"]
     lines += [f"    {var}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}" for var, (secret, _) in seeded.items()]
-    broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
     try:
         clean_faults.reset_counters()
         bundle = broker.resolve("e")
@@ -110,7 +110,7 @@ def test_identities_sharing_a_cold_vault_each_use_their_own_token(
         for i, ((mine, _), (theirs, _)) in enumerate(zip(own[identity], own[other], strict=True)):
             lines.append(f"    {identity.upper()}_OWN_{i}: {{from: {{store: {identity}, vault: {name}, secret: {mine}}}}}")
             lines.append(f"    {identity.upper()}_OTHER_{i}: {{from: {{store: {identity}, vault: {name}, secret: {theirs}}}}}")
-    broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
     try:
         clean_faults.reset_counters()
         bundle = broker.resolve("e")
@@ -149,7 +149,7 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
     monkeypatch.setattr(azure_clients, "_TRUST_CONTEXTS", {})  # as in a fresh process
     for _ in range(2):  # two brokers (two invocations of one Functions instance)
         forget_challenge(clean_faults, name)
-        broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
         try:
             assert broker.resolve("e").as_plain_dict() == {var: value for var, (_, value) in seeded.items()}
         finally:
@@ -158,7 +158,7 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
 
     # The shared context trusts exactly the configured bundle: without the sandbox CA, TLS fails.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
-    broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
     try:
         bundle = broker.resolve("e")
     finally:
@@ -190,7 +190,7 @@ def test_a_cold_resolve_fetches_the_vault_token_alongside_the_challenge(
                 lines.append(f"    V{index}_{item}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}")
                 expected[f"V{index}_{item}"] = value
             forget_challenge(clean_faults, name)
-        broker = Broker(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
         try:
             clean_faults.reset_counters()
             bundle = broker.resolve("e")

@@ -1,7 +1,7 @@
 """Every key of docs/config.md, at run time: configs written here resolve against the sandbox.
 
 Each test writes a config as YAML text, parses it with `parse_config` and resolves an env with a
-`Broker` over `os.environ` (which the session's sandbox fixture points at the local Azure), then
+`StoreConnections` over `os.environ` (which the session's sandbox fixture points at the local Azure), then
 checks what came back against what was seeded (values, versions, keys ARM lists, tokens Azurite
 accepts), against the sandbox's request counters, or against the failure that was expected.
 
@@ -47,10 +47,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key, pkcs12
 
-from core.azure_roles import role_by_name
+from core.bundle import Bundle
 from core.config import LoadedConfig, parse_config
-from core.engine.bundle import Bundle
-from core.engine.plan import Broker
+from core.connections import StoreConnections
+from core.permissions.roles import role_by_name
 from demo.seed import self_signed_pem
 from sandbox.client import SandboxClient
 from tests.sandbox.helpers import unique
@@ -65,13 +65,13 @@ def config(text: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
 
 
 @pytest.fixture()
-def broker() -> Iterator[Callable[..., Broker]]:
-    """`broker(yaml_text, environ=None)`: a Broker over os.environ (or `environ`), closed after the test."""
-    made: list[Broker] = []
+def broker() -> Iterator[Callable[..., StoreConnections]]:
+    """`broker(yaml_text, environ=None)`: a StoreConnections over os.environ (or `environ`), closed after the test."""
+    made: list[StoreConnections] = []
 
-    def make(text: str, environ: Mapping[str, str] | None = None) -> Broker:
+    def make(text: str, environ: Mapping[str, str] | None = None) -> StoreConnections:
         env = os.environ if environ is None else environ
-        made.append(Broker(config(text, env), environ=env))
+        made.append(StoreConnections(config(text, env), environ=env))
         return made[-1]
 
     yield make
@@ -176,7 +176,7 @@ def vault(sandbox: SandboxClient) -> Vault:
 
 
 # ---- Key Vault secrets ------------------------------------------------------------------------
-def test_secret_latest_pinned_version_subscription_and_literals(sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_secret_latest_pinned_version_subscription_and_literals(sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     name, first, first_version = vault.seed()
     second = "second-" + uuid.uuid4().hex
     latest_version = vault.secrets.set_secret(name, second).properties.version
@@ -204,7 +204,7 @@ def test_secret_latest_pinned_version_subscription_and_literals(sandbox: Sandbox
     assert bundle.values["NUMBER"].source == "literal"
 
 
-def test_disabled_not_yet_valid_and_expired_secrets_are_failures(sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_disabled_not_yet_valid_and_expired_secrets_are_failures(sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     now = datetime.now(UTC)
     good = vault.seed()
     disabled = vault.seed(enabled=False)
@@ -236,7 +236,7 @@ def test_disabled_not_yet_valid_and_expired_secrets_are_failures(sandbox: Sandbo
 
 
 def test_missing_secret_and_vault_are_not_found_missing_role_is_access_denied(
-    sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker],
+    sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections],
 ) -> None:
     missing = unique("missing")
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(missing))  # allowed, but nothing there
@@ -274,7 +274,7 @@ def _cert_and_key(pem: bytes) -> tuple[x509.Certificate, Any]:
         pem[: pem.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----")], None)
 
 
-def test_certificates_as_pem_and_pfx(sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_certificates_as_pem_and_pfx(sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     """A certificate imported as PKCS#12 and one imported as PEM, each read in both formats."""
     pfx_name, pem_name = unique("cert-pfx"), unique("cert-pem")
     pfx_source, pem_source = self_signed_pem("pfx.example"), self_signed_pem("pem.example")
@@ -314,7 +314,7 @@ def test_certificates_as_pem_and_pfx(sandbox: SandboxClient, vault: Vault, broke
         assert bundle.values[f"{prefix}_AS_PFX"].content_type == "application/x-pkcs12"
 
 
-def test_keys_as_jwk_and_pem(sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_keys_as_jwk_and_pem(sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     rsa_name, ec_name = unique("rsa"), unique("ec")
     rsa_key = vault.keys.create_rsa_key(rsa_name, size=2048)
     ec_key = vault.keys.create_ec_key(ec_name, curve="P-256")
@@ -396,7 +396,7 @@ def _rejected(call: Callable[[], Any]) -> int:
     return int(info.value.status_code or 0)
 
 
-def test_storage_keys_equal_what_arm_lists(clean_faults: SandboxClient, storage: Storage, broker: Callable[..., Broker]) -> None:
+def test_storage_keys_equal_what_arm_lists(clean_faults: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     b = broker(f"""
         version: 1
@@ -425,7 +425,7 @@ def test_storage_keys_equal_what_arm_lists(clean_faults: SandboxClient, storage:
 
 
 def test_sas_tokens_are_accepted_by_azurite_within_their_permissions(
-    sandbox: SandboxClient, storage: Storage, broker: Callable[..., Broker],
+    sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections],
 ) -> None:
     acct, container, table = storage.account, storage.container, storage.table
     b = broker(f"""
@@ -500,7 +500,7 @@ def test_sas_tokens_are_accepted_by_azurite_within_their_permissions(
         assert close_to(sas_time(params["st"]), started - timedelta(minutes=15)), variable
 
 
-def test_sas_expiry_is_capped_by_max_sas_expiry(sandbox: SandboxClient, storage: Storage, broker: Callable[..., Broker]) -> None:
+def test_sas_expiry_is_capped_by_max_sas_expiry(sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections]) -> None:
     acct = storage.account
     b = broker(f"""
         version: 1
@@ -531,7 +531,7 @@ def test_sas_expiry_is_capped_by_max_sas_expiry(sandbox: SandboxClient, storage:
 
 
 def test_user_delegation_sas_from_a_store_allowing_longer_sas_than_delegation_keys(
-    sandbox: SandboxClient, storage: Storage, broker: Callable[..., Broker],
+    sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections],
 ) -> None:
     """max_sas_expiry above 7 days: a short user delegation SAS still works (delegation keys are
     valid for at most 7 days), a 10-day one is refused instead of minting a broken token."""
@@ -565,7 +565,7 @@ def test_user_delegation_sas_from_a_store_allowing_longer_sas_than_delegation_ke
 
 
 def test_account_lookup_resource_group_and_resources_override(
-    clean_faults: SandboxClient, storage: Storage, broker: Callable[..., Broker], temporary_grant: Callable[[str, str, str], Any],
+    clean_faults: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections], temporary_grant: Callable[[str, str, str], Any],
 ) -> None:
     sandbox = clean_faults
     acct = storage.account
@@ -611,7 +611,7 @@ def test_account_lookup_resource_group_and_resources_override(
 
 
 def test_default_subscription_and_per_reference_subscription(
-    sandbox: SandboxClient, storage: Storage, broker: Callable[..., Broker],
+    sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections],
 ) -> None:
     acct, group, sub = storage.account, storage.resource_group, sandbox.subscription_id
     wrong = str(uuid.uuid4())
@@ -669,7 +669,7 @@ def test_default_subscription_and_per_reference_subscription(
 
 
 # ---- Cosmos DB --------------------------------------------------------------------------------
-def test_cosmos_keys_and_connection_strings_equal_arm(clean_faults: SandboxClient, broker: Callable[..., Broker]) -> None:
+def test_cosmos_keys_and_connection_strings_equal_arm(clean_faults: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     account = unique("cosmos")
     created = sandbox.create_resource("cosmos", account)
@@ -715,7 +715,7 @@ def test_cosmos_keys_and_connection_strings_equal_arm(clean_faults: SandboxClien
 
 
 # ---- SQL ----------------------------------------------------------------------------------------
-def test_sql_connection_strings_name_the_user_assigned_identity(clean_faults: SandboxClient, broker: Callable[..., Broker]) -> None:
+def test_sql_connection_strings_name_the_user_assigned_identity(clean_faults: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     data = sandbox.identities["data"]
     b = broker(f"""
@@ -762,7 +762,7 @@ def test_sql_connection_strings_name_the_user_assigned_identity(clean_faults: Sa
 
 
 # ---- tokens -------------------------------------------------------------------------------------
-def test_get_token_by_resource_and_by_scope(sandbox: SandboxClient, broker: Callable[..., Broker]) -> None:
+def test_get_token_by_resource_and_by_scope(sandbox: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     app = sandbox.identities["app"]
     b = broker(f"""
         version: 1
@@ -790,7 +790,7 @@ def test_get_token_by_resource_and_by_scope(sandbox: SandboxClient, broker: Call
 
 # ---- identities -----------------------------------------------------------------------------
 def test_each_identity_selector_reads_what_only_that_identity_may_read(
-    sandbox: SandboxClient, broker: Callable[..., Broker],
+    sandbox: SandboxClient, broker: Callable[..., StoreConnections],
 ) -> None:
     vault = new_vault(sandbox)
     stores = {"system": ("system", "client_id"), "by_client_id": ("app", "client_id"),
@@ -828,7 +828,7 @@ def sp_secret(sandbox: SandboxClient) -> tuple[Vault, str, str]:
 
 
 def test_fallback_falls_through_a_missing_managed_identity_to_the_service_principal(
-    clean_faults: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., Broker],
+    clean_faults: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., StoreConnections],
 ) -> None:
     sandbox = clean_faults
     vault, name, value = sp_secret
@@ -860,7 +860,7 @@ def test_fallback_falls_through_a_missing_managed_identity_to_the_service_princi
 
 
 def test_environment_fallback_reads_the_named_variables(
-    sandbox: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., Broker],
+    sandbox: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., StoreConnections],
 ) -> None:
     vault, name, value = sp_secret
     text = f"""
@@ -904,7 +904,7 @@ def test_environment_fallback_reads_the_named_variables(
 
 
 def test_unset_variable_in_a_fallback_entry_skips_it(
-    sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch,
+    sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("VR_TEST_UNSET_SECRET", raising=False)
     name, value, _ = vault.seed()
@@ -945,7 +945,7 @@ def test_unset_variable_in_a_fallback_entry_skips_it(
 
 
 def test_workload_identity_fallback(
-    clean_faults: SandboxClient, vault: Vault, broker: Callable[..., Broker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    clean_faults: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Outside AKS (no federated token file) a workload_identity entry is unavailable and the chain
     goes on; configured, it exchanges its token file at the authority (which the sandbox, having no
@@ -985,7 +985,7 @@ def test_workload_identity_fallback(
 
 
 # ---- caches ---------------------------------------------------------------------------------------
-def test_token_cache_reuses_tokens_until_the_buffer(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_token_cache_reuses_tokens_until_the_buffer(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("caller", "Key Vault Secrets User", vault.secret_scope(name))
@@ -1036,7 +1036,7 @@ def test_token_cache_reuses_tokens_until_the_buffer(clean_faults: SandboxClient,
 
 
 def test_secret_cache_serves_within_ttl_without_calling_key_vault(
-    clean_faults: SandboxClient, vault: Vault, broker: Callable[..., Broker],
+    clean_faults: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections],
 ) -> None:
     sandbox = clean_faults
     now = datetime.now(UTC)
@@ -1081,7 +1081,7 @@ def test_secret_cache_serves_within_ttl_without_calling_key_vault(
     assert disabled.last_stats.cache_hits == 0
 
 
-def test_secret_cache_ttl_expires(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_secret_cache_ttl_expires(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
@@ -1106,7 +1106,7 @@ def test_secret_cache_ttl_expires(clean_faults: SandboxClient, vault: Vault, bro
 
 
 # ---- performance ----------------------------------------------------------------------------------
-def test_max_concurrent_bounds_requests_in_flight(clean_faults: SandboxClient, broker: Callable[..., Broker]) -> None:
+def test_max_concurrent_bounds_requests_in_flight(clean_faults: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     vault = new_vault(sandbox)
     seeded = [vault.seed() for _ in range(10)]
@@ -1140,7 +1140,7 @@ def test_max_concurrent_bounds_requests_in_flight(clean_faults: SandboxClient, b
     assert counted(sandbox, f"{KV_GET}:200") == 30
 
 
-def test_identical_references_are_fetched_once(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., Broker]) -> None:
+def test_identical_references_are_fetched_once(clean_faults: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
@@ -1161,7 +1161,7 @@ def test_identical_references_are_fetched_once(clean_faults: SandboxClient, vaul
     assert (b.last_stats.references, b.last_stats.unique, b.last_stats.fetched) == (2, 1, 1)
 
 
-def test_429_is_retried_and_the_value_resolves(clean_faults: SandboxClient, broker: Callable[..., Broker]) -> None:
+def test_429_is_retried_and_the_value_resolves(clean_faults: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     vault = new_vault(sandbox)
     seeded = [vault.seed() for _ in range(2)]
@@ -1190,7 +1190,7 @@ def test_429_is_retried_and_the_value_resolves(clean_faults: SandboxClient, brok
 
 # ---- debug logging ----------------------------------------------------------------------------------
 def test_log_requests_and_trace_identity_never_log_values_or_tokens(
-    sandbox: SandboxClient, vault: Vault, storage: Storage, broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture,
+    sandbox: SandboxClient, vault: Vault, storage: Storage, broker: Callable[..., StoreConnections], caplog: pytest.LogCaptureFixture,
 ) -> None:
     name, value, _ = vault.seed()
     sandbox.grant("caller", "Key Vault Secrets User", vault.secret_scope(name))
@@ -1232,7 +1232,7 @@ def test_log_requests_and_trace_identity_never_log_values_or_tokens(
 
 
 def test_debug_enabled_logs_names_at_debug_without_values(
-    sandbox: SandboxClient, vault: Vault, broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture,
+    sandbox: SandboxClient, vault: Vault, broker: Callable[..., StoreConnections], caplog: pytest.LogCaptureFixture,
 ) -> None:
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
@@ -1262,7 +1262,7 @@ def test_debug_enabled_logs_names_at_debug_without_values(
 
 # ---- legacy store and explicit cloud --------------------------------------------------------------
 def test_legacy_keyvault_store_with_a_service_principal(
-    clean_faults: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., Broker],
+    clean_faults: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., StoreConnections],
 ) -> None:
     sandbox = clean_faults
     vault, name, value = sp_secret
@@ -1291,7 +1291,7 @@ def test_legacy_keyvault_store_with_a_service_principal(
     assert counters["by_identity"].get("sp") == 2  # the token request and one (deduplicated) read
 
 
-def test_explicit_custom_cloud_block(sandbox: SandboxClient, vault: Vault, storage: Storage, broker: Callable[..., Broker]) -> None:
+def test_explicit_custom_cloud_block(sandbox: SandboxClient, vault: Vault, storage: Storage, broker: Callable[..., StoreConnections]) -> None:
     """`cloud:` in the file instead of VAULTRELAY_CLOUD and friends."""
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))

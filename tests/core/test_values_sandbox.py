@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from core.engine.plan import Broker
+from core.connections import StoreConnections
 from sandbox.client import SandboxClient
 from tests.world import World
 
@@ -32,7 +32,7 @@ def test_composed_values_resolve_from_sources_fetched_once(seeded: SandboxClient
     world = World(seeded)
     doc = world.secret("doc", json.dumps({"db": {"user": "app", "port": 5432}}))
     password = world.secret("pw", "p@ss/w:rd")
-    broker = Broker(world.config(shaped_env(world, doc, password)))
+    broker = StoreConnections(world.config(shaped_env(world, doc, password)))
     seeded.reset_counters()
     bundle = broker.resolve("app")
     assert bundle.complete, bundle.failures
@@ -70,7 +70,7 @@ def test_transform_failures_name_the_key_never_the_document(seeded: SandboxClien
     world = World(seeded)
     doc = world.secret("doc", json.dumps({"db": {"user": "s3cret-user-value"}}))
     packed = world.secret("packed", base64.b64encode(json.dumps({"token": "tok-123"}).encode()).decode())
-    broker = Broker(world.config(f"""
+    broker = StoreConnections(world.config(f"""
         envs:
           app:
             MISSING: {{from: {{store: azure, vault: kv-source, secret: {doc}, property: db.password}}}}

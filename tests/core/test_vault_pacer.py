@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from core.azure_clients import VaultPacer
+from core.azure.clients import VaultPacer
 
 SETTLE_S = 0.05
 

@@ -19,7 +19,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from core.api import HttpApi, set_default_api
+from core.app.http_api import HttpApi, set_default_api
 from sandbox.client import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from azure.data.tables import TableServiceClient
 
-from core.api import HttpApi
-from core.audit import ANONYMOUS_ACTION, AnonymousAudit
+from core.app.http_api import HttpApi
+from core.state.audit import ANONYMOUS_ACTION, AnonymousAudit
 from core.state.tables import Row, StateStore
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import foreign_token, get_env, serving, write_config

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from azure.data.tables import TableServiceClient
 
-from core.api import AUDIT_UNAVAILABLE_BODY, HttpApi
+from core.app.http_api import AUDIT_UNAVAILABLE_BODY, HttpApi
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving, write_config
@@ -120,7 +120,7 @@ def test_a_fetch_that_cannot_be_audited_is_503_and_returns_nothing(
 
 
 def test_an_explicit_sink_replaces_the_table(functions: dict[str, Any], seeded: SandboxClient, api: HttpApi) -> None:
-    from core.audit import FanOutAuditSink, LoggingAuditSink, MemoryAuditSink, TableAuditSink
+    from core.state.audit import FanOutAuditSink, LoggingAuditSink, MemoryAuditSink, TableAuditSink
 
     context = api.context()
     default = api.audit_sink(context)

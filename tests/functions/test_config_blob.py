@@ -17,8 +17,7 @@ import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
 from core.config.source import (
     BlobConfigSource,
     ConfigSourceError,
@@ -27,6 +26,7 @@ from core.config.source import (
     parse_blob_url,
     reload_interval,
 )
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, request, serving, write_config
 

@@ -14,8 +14,8 @@ import azure.functions as func
 import pytest
 import yaml
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
+from core.state.audit import MemoryAuditSink
 from core.state.tables import TABLES
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import serving, write_config

@@ -26,8 +26,8 @@ def test_deep_readiness_says_only_ok_or_not_to_anyone_but_an_admin(
     anonymous probes, callers who are not admins and bad tokens get `{"status": ...}` only."""
     import os
 
-    from core.api import HttpApi
-    from core.audit import MemoryAuditSink
+    from core.app.http_api import HttpApi
+    from core.state.audit import MemoryAuditSink
     from tests.functions.apihelpers import AUDIENCE, client_principal, foreign_token, request, serving, write_config
 
     config = write_config(tmp_path / "vaultrelay.yaml", seeded)

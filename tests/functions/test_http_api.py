@@ -17,8 +17,8 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from core.api import FORBIDDEN_BODY, HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import FORBIDDEN_BODY, HttpApi
+from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import (

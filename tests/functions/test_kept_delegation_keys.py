@@ -20,11 +20,11 @@ import yaml
 from azure.keyvault.secrets import SecretClient
 from azure.storage.blob import ContainerClient
 
-from core.api import ApiResponse, HttpApi
-from core.audit import MemoryAuditSink
-from core.sources.sas_mint import StoredDelegationKeys
+from core.app.http_api import ApiResponse, HttpApi
+from core.mint.sas import StoredDelegationKeys
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
-from tests.core.test_rotation_extra_sandbox import delegation_key_requests, sas_lists
+from tests.core.test_rotation_account_keys_sandbox import delegation_key_requests, sas_lists
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
 
 ACCOUNT = "sandboxstore"
@@ -59,7 +59,7 @@ def ud_config(path: Path, sandbox: SandboxClient, container: str, *, state: dict
 
 
 def new_api(config: Path) -> HttpApi:
-    """An HttpApi as a fresh Functions instance has it: its own config, Broker and clients."""
+    """An HttpApi as a fresh Functions instance has it: its own config, StoreConnections and clients."""
     return HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
 
 

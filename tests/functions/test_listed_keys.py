@@ -17,9 +17,9 @@ import pytest
 from azure.mgmt.storage import StorageManagementClient
 from azure.storage.blob import ContainerClient
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
-from core.engine.rotate import KeyRotation
+from core.app.http_api import HttpApi
+from core.rotation.account_keys import KeyRotation
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
 from tests.world import World, fresh_account

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from azure.keyvault.secrets import SecretClient
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine
+from core.connections import StoreConnections
 from core.logs import SDK_LOGGERS, configure_logging, redact, sdk_log_level, set_sdk_log_level
+from core.push import SyncEngine
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, get_env, serving, write_config
 
@@ -129,7 +129,7 @@ def test_no_sas_signature_token_or_client_secret_in_any_record_of_a_real_sync_at
         targets:
           vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: lg{tag}-}}
     """)
-    broker = Broker(parse_config(text, "logs.yaml", environ=os.environ))
+    broker = StoreConnections(parse_config(text, "logs.yaml", environ=os.environ))
     report = SyncEngine(broker).sync(force_mint=True)
     assert report.ok and sorted(report.minted) == ["app/ACCOUNT_SAS", "app/CONTAINER_SAS"], report
     broker.resolve("legacy")  # a client-credentials token request (client_secret in its body)

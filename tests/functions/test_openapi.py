@@ -23,8 +23,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
+from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS, example_environment, seed_example
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import (

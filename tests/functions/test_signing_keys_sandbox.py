@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from core.access import AuthError, SigningKeys, TokenValidator
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, foreign_token, get_env, serving, write_config
 

@@ -27,12 +27,12 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from core import telemetry
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
-from core.engine.rotate import KeyRotation
+from core.app.http_api import HttpApi
+from core.rotation.account_keys import KeyRotation
+from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient, SandboxProcess
-from tests.core.test_rotation_extra_sandbox import cosmos_body, fresh_cosmos_account
+from tests.core.test_rotation_account_keys_sandbox import cosmos_body, fresh_cosmos_account
 from tests.functions.apihelpers import AUDIENCE, ROOT, body_json, request, serving, write_config
 from tests.world import World
 

@@ -16,8 +16,8 @@ import yaml
 from azure.functions.timer import TimerRequest
 from azure.keyvault.secrets import SecretClient
 
-from core.api import HttpApi
-from core.audit import MemoryAuditSink
+from core.app.http_api import HttpApi
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
 
@@ -103,6 +103,14 @@ def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, s
     document = body_json(status)
     assert status.status_code == 200 and document["targets"][0]["target"] == "vault" and document["targets"][0]["variables"] == 12
     assert "s3cr3t-db-password" not in status.get_body().decode()
+    # The expiry view: what the example mints (SAS, tokens) expires soon and is renewed by vaultrelay.
+    assert document["expiry_window_seconds"] == 30 * 86400
+    minted = [i for i in document["expiring"] if i["kind"] in ("sas", "token")]
+    assert minted and all(i["renewable"] and i["envs"] for i in minted)
+    narrow = body_json(call(functions, "status", request("GET", "/api/status", headers=admin, params={"expiring": "1m"})))
+    assert narrow["expiry_window_seconds"] == 60 and len(narrow["expiring"]) <= len(document["expiring"])
+    bad = call(functions, "status", request("GET", "/api/status", headers=admin, params={"expiring": "soon"}))
+    assert bad.status_code == 400 and "expiring" in body_json(bad)["message"]
     unknown = call(functions, "rotate", request("POST", "/api/rotate/storage:nope", headers=admin, route_params={"name": "storage:nope"}))
     assert unknown.status_code == 404 and "storage:sandboxstore" in body_json(unknown)["message"]
     missing_env = call(functions, "sync_env", request("POST", "/api/sync/nope", headers=admin, route_params={"env": "nope"}))

@@ -20,9 +20,9 @@ from azure.functions.queue import QueueMessage  # what the worker builds from th
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient
 
-from core.api import HttpApi
+from core.app.http_api import HttpApi
 from core.app.work import DEFAULT_MAX_DEQUEUE, WorkFailed, parse_item
-from core.audit import MemoryAuditSink
+from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
 
@@ -210,3 +210,36 @@ def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_s
 def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: HttpApi) -> None:
     deliver(functions, base64.b64encode(b'{"envs": "x"}').decode())  # no exception: retrying cannot fix it
 
+
+
+def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[str, Any], api: HttpApi, clean_faults: SandboxClient,
+                                                                 raw_queue: QueueClient, source: SecretClient, target: SecretClient,
+                                                                 tag: str) -> None:
+    import time
+
+    from core.app.work import new_item
+
+    drain(raw_queue)
+    source.set_secret(f"wq-{tag}-q-beta", f"throttled-value-{tag}")
+    item = new_item(["q-beta"], "secret_changed", "event:test", forget=[{"vault": "kv-source", "secret": f"wq-{tag}-q-beta"}])
+    # The source vault answers 429 to everything: past vaultrelay's bounded retries the env is throttled.
+    clean_faults.set_faults([{"service": "keyvault", "target": "kv-source", "error_rate": 1.0, "error_status": 429}])
+    try:
+        deliver(functions, base64.b64encode(item.to_text().encode()).decode())  # no exception: not a failure
+    finally:
+        clean_faults.clear_faults()
+    assert clean_faults.counters().get("by_status", {}).get("429", 0) > 1  # retried before giving up
+    assert list(raw_queue.receive_messages(max_messages=32, visibility_timeout=1)) == []  # re-enqueued, invisible for now
+    assert raw_queue.get_queue_properties().approximate_message_count == 1
+    # Once visible it is the same work, one attempt later; delivered, it pushes the new value.
+    deadline = time.monotonic() + 30
+    found: list[Any] = []
+    while not found and time.monotonic() < deadline:
+        found = list(raw_queue.receive_messages(max_messages=32, visibility_timeout=30))
+        time.sleep(0.5)
+    (message,) = found
+    again = parse_item(base64.b64decode(str(message.content)).decode())
+    assert again.envs == ["q-beta"] and again.attempt == 1 and again.reason == "secret_changed" and again.id != item.id
+    raw_queue.delete_message(message)
+    deliver(functions, str(message.content))
+    assert target.get_secret(f"wq-{tag}-q-beta-SECRET").value == f"throttled-value-{tag}"

@@ -1,6 +1,6 @@
 """Least privilege, proven against the sandbox's RBAC (the same role definitions as Azure's).
 
-The roles come from `core.permissions.compute_permissions` on examples/vaultrelay.yaml (what
+The roles come from `core.permissions.matrix.compute_permissions` on examples/vaultrelay.yaml (what
 `vaultrelay plan --permissions` prints for it).  Fresh user-assigned identities stand in for the
 example's two stores and get exactly those roles, at those scopes, through ARM role assignments:
 a full sync of the example then succeeds.  For each of the roles, a sync by fresh identities
@@ -26,9 +26,9 @@ from azure.keyvault.secrets import SecretClient
 from azure.storage.blob import BlobClient, BlobServiceClient
 
 from core.config import parse_config
-from core.engine.plan import Broker
-from core.engine.sync import SyncEngine, SyncReport
-from core.permissions import Scope, compute_permissions
+from core.connections import StoreConnections
+from core.permissions.matrix import Scope, compute_permissions
+from core.push import SyncEngine, SyncReport
 from demo.seed import example_environment, seed_example
 from sandbox.client import SandboxClient
 
@@ -118,7 +118,7 @@ def sync_as(sandbox: SandboxClient, roles: list[Role], prefix: str) -> SyncRepor
         sandbox.grant(identities[role.store].name, role.role, scope_id(sandbox, role.scope))
     client_ids = {store: identity.client_id for store, identity in identities.items()}
     loaded = parse_config(example_text(client_ids, prefix), "vaultrelay.yaml", environ=os.environ)
-    return SyncEngine(Broker(loaded)).sync(force_mint=True)
+    return SyncEngine(StoreConnections(loaded)).sync(force_mint=True)
 
 
 def problems(report: SyncReport) -> list[str]:

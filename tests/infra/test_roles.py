@@ -1,9 +1,9 @@
-"""Role assignments in infra/ against core/azure_roles.py and core/permissions.py.
+"""Role assignments in infra/ against core/permissions/roles.py and core/permissions/matrix.py.
 
 - every role definition id in a template is a role vaultrelay knows, with its name in a comment;
 - assignments are named with guid() and scoped to a resource, never a subscription;
 - nothing broad (Owner, Contributor, User Access Administrator) is ever granted;
-- the custom roles are exactly core/azure_roles.py CUSTOM_ROLES (Cosmos DB key reader and operator,
+- the custom roles are exactly core/permissions/roles.py CUSTOM_ROLES (Cosmos DB key reader and operator,
   app settings writer), each no broader than what vaultrelay does;
 - for the example config (and a richer one), every role `vaultrelay plan --permissions` says is
   needed is granted by rbac.bicep fed with the rendered parameters, and nothing more.
@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from core.azure_roles import (
+from core.config import LoadedConfig, load_config, parse_config
+from core.permissions.matrix import MATRIX, Grant, PermissionReport, compute_permissions, render_bicep_parameters
+from core.permissions.roles import (
     APP_SETTINGS_WRITER,
     BUILTIN_ROLES,
     COSMOS_KEY_OPERATOR,
@@ -25,8 +27,6 @@ from core.azure_roles import (
     CUSTOM_ROLES,
     ROLES_BY_NAME,
 )
-from core.config import LoadedConfig, load_config, parse_config
-from core.permissions import MATRIX, Grant, PermissionReport, compute_permissions, render_bicep_parameters
 from tests.infra.bicep import (
     APP,
     DEPLOYMENT_SUBSCRIPTION,
@@ -57,7 +57,7 @@ def test_every_role_id_is_known_and_named_in_a_comment(path: Path) -> None:
     lines = path.read_text().splitlines()
     for index, guid, line in _guid_lines(path):
         role = KNOWN_ROLES.get(guid.lower())
-        assert role is not None, f"{path.name}:{index + 1}: {guid} is not a role in core/azure_roles.py"
+        assert role is not None, f"{path.name}:{index + 1}: {guid} is not a role in core/permissions/roles.py"
         comment = (line.split("//", 1)[1] if "//" in line else "") + " " + (lines[index - 1] if index else "")
         assert role.name.lower() in comment.lower(), f"{path.name}:{index + 1}: {guid} needs a comment naming '{role.name}'"
         assert guid.lower() not in BROAD, f"{path.name}:{index + 1}: {role.name} is too broad"
@@ -144,7 +144,7 @@ def test_host_roles_on_the_deployment_storage_and_telemetry() -> None:
     assert body(tree["resources"]["workQueueAccess"])["scope"] == "workQueue"
     assert body(tree["resources"]["poisonQueueAccess"])["scope"] == "poisonQueue"
     # What plan --permissions says the work queue needs is what these roles grant.
-    from core.permissions import MATRIX
+    from core.permissions.matrix import MATRIX
 
     for need in MATRIX["state:work_queue"]:
         assert need.role in queue_roles and ROLES_BY_NAME[need.role.lower()].allows(need.action, data=need.data)

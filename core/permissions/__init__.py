@@ -1,0 +1,1 @@
+"""What vaultrelay needs in Azure: the matrix, built-in roles, runtime hints, the report and Bicep parameters."""

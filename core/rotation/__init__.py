@@ -1,0 +1,1 @@
+"""Rotation: phased records for account keys and tagged Key Vault secrets."""

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -47,6 +48,7 @@ class StoreConnections:
         self.last_stats: Any = None
         self._delegation_keys: Any = None  # core.mint.sas.StoredDelegationKeys, built on first use
         self._delegation_keys_checked = False
+        self._plans: dict[str, EnvPlan] = {}
         self._lock = threading.Lock()
 
     # ---- stores -------------------------------------------------------------------------
@@ -116,15 +118,33 @@ class StoreConnections:
             return self._delegation_keys
 
     # ---- resolve ------------------------------------------------------------------------
-    def plan(self, env: str) -> EnvPlan:
-        plan = plan_env(self.loaded, env)
-        for ref in plan.refs:
-            if ref.store not in plan.stores:
-                try:
-                    plan.stores[ref.store] = self.store(ref.store).identity_description
-                except ValueError as exc:
-                    plan.stores[ref.store] = f"unusable: {exc}"
+    def env_plan(self, env: str) -> EnvPlan:
+        """The env's plan (pure: config -> plan), computed once per config and then shared by
+        every run and use case over it: callers read it, never change it.
+
+        Raises:
+            NotFoundError: no such env.
+        """
+        plan = self._plans.get(env)
+        if plan is None:
+            plan = self._plans.setdefault(env, plan_env(self.loaded, env))
         return plan
+
+    def plan(self, env: str) -> EnvPlan:
+        """The env's plan with the identity each of its stores uses (for `vaultrelay plan`).
+
+        Raises:
+            NotFoundError: no such env.
+        """
+        plan = self.env_plan(env)
+        stores: dict[str, str] = {}
+        for ref in plan.refs:
+            if ref.store not in stores:
+                try:
+                    stores[ref.store] = self.store(ref.store).identity_description
+                except ValueError as exc:
+                    stores[ref.store] = f"unusable: {exc}"
+        return replace(plan, stores=stores)
 
     def resolve(self, env: str, *, active_key: Any = None) -> Bundle:
         """Resolve every variable of `env`; per-variable failures land in the bundle.
@@ -135,7 +155,7 @@ class StoreConnections:
         Raises:
             NotFoundError: no such env.
         """
-        plan = plan_env(self.loaded, env)
+        plan = self.env_plan(env)
         bundle = self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
         compose_bundle(bundle, plan.composed)
         return bundle

@@ -42,7 +42,6 @@ from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
 from core.errors import ConfigError, ConfigProblem, NotFoundError
-from core.plan import plan_env
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
@@ -280,7 +279,7 @@ class SyncEngine:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
         from core.mint.minted_sas import MintedSas
 
-        plan = plan_env(self.broker.loaded, env)
+        plan = self.broker.env_plan(env)
         from core.mint.minted_sas import MINTED_KINDS
 
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
@@ -323,7 +322,7 @@ class SyncEngine:
 
         refs: list[Any] = []
         for env in envs:
-            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in plan_env(self.broker.loaded, env).refs if r.kind not in MINTED_KINDS)
+            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if r.kind not in MINTED_KINDS)
         bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():
@@ -402,7 +401,7 @@ class SyncEngine:
         assert self.config.notify is not None
         now = self.clock()
         horizon = now.timestamp() + float(self.config.notify.expiring_within)
-        for item, user in in_bundle(self.broker.loaded, env, bundle, now):
+        for item, user in in_bundle(self.broker, env, bundle, now):
             if item.renewable or (item.expires_on is not None and item.expires_on.timestamp() > horizon):
                 continue
             expires = item.expires_on.isoformat() if item.expires_on else "expired"

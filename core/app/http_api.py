@@ -590,7 +590,7 @@ class HttpApi:
         broker = context.broker
         stores: dict[str, Any] = {}
         ready = True
-        for store, scopes in sorted(store_scopes(context.loaded, broker.cloud).items()):
+        for store, scopes in sorted(store_scopes(broker).items()):
             checks: dict[str, str] = {}
             try:
                 credential = broker.store(store).credential
@@ -623,18 +623,18 @@ class HttpApi:
         }
 
 
-def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
+def store_scopes(broker: Any) -> dict[str, set[str]]:
     """Store -> the token scopes it needs: for every env's references, the targets it writes and
     the state it keeps."""
-    from core.plan import plan_env
     from core.sources.token import scope_of
 
+    loaded, cloud = broker.loaded, broker.cloud
     vault_scope = f"https://{cloud.vault_dns_suffix}/.default"
     arm_scope = cloud.arm_scope
     storage_scope = "https://storage.azure.com/.default"
     needs: dict[str, set[str]] = {}
     for env in loaded.config.envs:
-        for ref in plan_env(loaded, env).refs:
+        for ref in broker.env_plan(env).refs:
             scopes = needs.setdefault(ref.store, set())
             if ref.kind.startswith("keyvault"):
                 scopes.add(vault_scope)

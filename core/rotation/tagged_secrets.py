@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from core.plan import plan_env
 from core.resolve import forget_values
 from core.rotation.regeneration import (
     Regeneration,
@@ -614,10 +613,9 @@ class TaggedSecretRotation:
     def _repush(self, vault: str, name: str) -> list[str]:
         """Re-sync the envs with targets that reference the secret (they get the new version)."""
         forget_values(vault=vault, secret=name)
-        loaded = self.broker.loaded
         envs = [env for env in self.engine.envs_with_targets()
                 if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
-                       for r in plan_env(loaded, env).refs)]
+                       for r in self.broker.env_plan(env).refs)]
         if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:tagged:{vault}/{name}",
                                     forget=[{"vault": vault, "secret": name}]) is not None:
             return envs

@@ -50,7 +50,6 @@ from core.targets.registry import TargetRegistry, default_targets
 
 log = logging.getLogger("vaultrelay.sync")
 
-FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
 LEASE_SECONDS = 120.0
 SITE_LEASE_SECONDS = 60.0
 # Waits for a site's lease held by another instance (its push is one read and one PUT).
@@ -210,64 +209,26 @@ class SyncEngine:
         return self._state
 
     def state_vault(self) -> Any:
-        settings = self.config.state
-        assert settings is not None and settings.vault is not None
-        return self.broker.clients.secret_client(settings.vault, self.broker.store(settings.store).credential)
+        return self.broker.state_vault()
 
     @property
     def fingerprinter(self) -> Fingerprinter:
-        """The HMAC key: `state.fingerprint_key`, else $VAULTRELAY_FINGERPRINT_KEY, else a key kept
-        in `state.vault` (created once; the oldest version wins if two instances race).
+        """The HMAC key of this config (`StoreConnections.fingerprinter`).
 
         Raises:
             ConfigError: no key can be found or made.
         """
         if self._fingerprinter is None:
-            self._fingerprinter = Fingerprinter(self._fingerprint_key().encode())
+            self._fingerprinter = self.broker.fingerprinter()
         return self._fingerprinter
 
-    def _fingerprint_key(self) -> str:
-        settings = self.config.state
-        configured = settings.fingerprint_key if settings else None
-        if configured is not None:
-            return self.resolve_variable(configured, "state.fingerprint_key")
-        from_env = self.broker.environ.get("VAULTRELAY_FINGERPRINT_KEY")
-        if from_env:
-            return from_env
-        if settings is not None and settings.vault:
-            return self._vault_fingerprint_key()
-        raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state.fingerprint_key",
-                                         "no fingerprint key: set state.fingerprint_key, $VAULTRELAY_FINGERPRINT_KEY or state.vault")])
-
-    def _vault_fingerprint_key(self) -> str:
-        import secrets
-
-        from azure.core.exceptions import ResourceNotFoundError
-
-        vault = self.state_vault()
-        try:
-            vault.get_secret(FINGERPRINT_SECRET)
-        except ResourceNotFoundError:
-            vault.set_secret(FINGERPRINT_SECRET, secrets.token_urlsafe(48), content_type="application/x-vaultrelay-key",
-                             tags={"managed-by": "vaultrelay"})
-        versions = sorted(vault.list_properties_of_secret_versions(FINGERPRINT_SECRET), key=lambda p: (p.created_on, p.version))
-        return str(vault.get_secret(FINGERPRINT_SECRET, versions[0].version).value)
-
     def resolve_variable(self, variable: Any, path: str) -> str:
-        """A literal or a single `from:` reference (signing keys, the fingerprint key).
+        """A literal or a single `from:` reference (`StoreConnections.resolve_variable`).
 
         Raises:
             ConfigError: the reference does not resolve.
         """
-        if variable.from_ is None:
-            return str(variable.value)
-        from core.plan import plan_reference
-
-        ref = plan_reference("_", path, variable.from_, self.config.secretStores[variable.from_.store])
-        bundle = self.broker.resolve_refs("_", [ref])
-        if bundle.failures:
-            raise ConfigError([ConfigProblem(self.broker.loaded.file, None, path, f"does not resolve: {bundle.failures['_'].reason}")])
-        return str(bundle.values["_"].value.reveal())
+        return self.broker.resolve_variable(variable, path)
 
     def active_key(self, kind: str, account: str) -> str:
         row = self.state.get("rotations", kind, account.lower())

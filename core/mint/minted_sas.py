@@ -22,6 +22,7 @@ from typing import Any
 from core import telemetry
 from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.mint.sas import StoredDelegationKeys
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.permissions.matrix import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
 from core.values import SecretValue
@@ -146,7 +147,7 @@ class MintedSas:
         signed_with = item.detail.get("signed_with", "")
         stored = self.vault.set_secret(
             secret, item.value.reveal(), content_type=item.content_type or "application/x-sas-token", expires_on=item.expires_on,
-            tags={"managed-by": "vaultrelay", TAG_SIGNED_WITH: signed_with, TAG_ISSUED: self.clock().isoformat(timespec="seconds"),
+            tags={MANAGED_BY: MANAGED_BY_VALUE, TAG_SIGNED_WITH: signed_with, TAG_ISSUED: self.clock().isoformat(timespec="seconds"),
                   TAG_REFERENCE: ref.description[:250]},
         )
         bundle.values[ref.name] = ResolvedValue(

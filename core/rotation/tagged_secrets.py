@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.resolve import forget_values
 from core.rotation.regeneration import (
     Regeneration,
@@ -270,7 +271,7 @@ class TaggedSecretRotation:
         """Properties (never values) of every secret of a watched vault that carries the sample
         tags; secrets vaultrelay pushed itself are never taken for sample-tagged ones."""
         return [props for props in self._vault(vault).list_properties_of_secrets()
-                if all((props.tags or {}).get(t) for t in SAMPLE_TAGS) and (props.tags or {}).get("managed-by") != "vaultrelay"]
+                if all((props.tags or {}).get(t) for t in SAMPLE_TAGS) and (props.tags or {}).get(MANAGED_BY) != MANAGED_BY_VALUE]
 
     def current(self, vault: str, name: str) -> TaggedSecret | None:
         """The secret's current version, or None when it does not exist or carries no sample tags.

@@ -146,7 +146,6 @@ class ApiContext:
         with self._lock:
             store = getattr(self, "_audit_state", None)
         if store is None:
-            from azure.data.tables import TableServiceClient
 
             from core.errors import ConfigError, ConfigProblem
             from core.state.tables import StateStore
@@ -156,10 +155,7 @@ class ApiContext:
             where = settings.table_endpoint or settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
             if not where:
                 raise ConfigError([ConfigProblem(self.loaded.file, None, "state", "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
-            service = TableServiceClient(
-                endpoint=self.broker.clients.storage_url(str(where), "table"), credential=self.broker.store(settings.store).credential,
-                transport=self.broker.clients.transport(), retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2,
-            )
+            service = self.broker.clients.audit_table_service(str(where), self.broker.store(settings.store).credential)
             store = StateStore(service, settings.table_prefix)
             with self._lock:
                 store = self.__dict__.setdefault("_audit_state", store)

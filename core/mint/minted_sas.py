@@ -169,21 +169,14 @@ def verify_sas(broker: Any, ref: PlannedRef, token: str) -> str | None:
 
     account = ref.param("account")
     permissions = str(ref.param("permissions"))
-    cloud = broker.cloud
-    transport = broker.clients.transport()
     try:
         if ref.param("table"):
             if "r" not in permissions:
                 return None
-            from azure.core.credentials import AzureSasCredential
-            from azure.data.tables import TableClient
-
-            table = TableClient(f"https://{account}.table.{cloud.storage_suffix}", ref.param("table"), credential=AzureSasCredential(token), transport=transport)
+            table = broker.clients.sas_table_client(account, ref.param("table"), token)
             next(iter(table.query_entities("PartitionKey eq 'vaultrelay-verify'", results_per_page=1)), None)
             return None
-        from azure.storage.blob import BlobServiceClient
-
-        service = BlobServiceClient(f"https://{account}.blob.{cloud.storage_suffix}", credential=token, transport=transport, retry_total=1)
+        service = broker.clients.sas_blob_service(account, token)
         container = ref.param("container")
         if container and ref.param("blob"):
             if "r" not in permissions:

@@ -69,6 +69,11 @@ class ApiContext:
     location: str = ""
     _authenticator: Any = None
     _fingerprinter: tuple[Any, str] | None = None
+    _engine: Any = None  # core.push.SyncEngine, built on first use
+    _events: Any = None  # core.app.events.KeyVaultEvents
+    _audit_sink: AuditSink | None = None
+    _anonymous_audit: AnonymousAudit | None = None
+    _audit_state: Any = None  # core.state.tables.StateStore
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authenticator(self, environ: Mapping[str, str]) -> Any:
@@ -88,7 +93,7 @@ class ApiContext:
         from core.push import SyncEngine
 
         with self._lock:
-            engine = getattr(self, "_engine", None)
+            engine = self._engine
             if engine is None:
                 engine = SyncEngine(self.broker)
                 from core.app.work import fanout_for, queue_mode
@@ -96,7 +101,7 @@ class ApiContext:
                 if queue_mode(self.broker.environ):
                     # Planners (timer, POST /api/sync, events, rotations) enqueue work items.
                     engine.fanout = fanout_for(self.broker, self.broker.environ)
-                object.__setattr__(self, "_engine", engine)
+                self._engine = engine
             return engine
 
     def worker_engine(self) -> Any:
@@ -116,23 +121,23 @@ class ApiContext:
         from core.state.audit import FanOutAuditSink, TableAuditSink
 
         with self._lock:
-            sink = getattr(self, "_audit_sink", None)
+            sink = self._audit_sink
             if sink is None:
                 if self.loaded.config.state is not None:
                     sink = FanOutAuditSink(LoggingAuditSink(), TableAuditSink(self.audit_state))
                 else:
                     sink = LoggingAuditSink()
-                object.__setattr__(self, "_audit_sink", sink)
+                self._audit_sink = sink
             return sink
 
     def anonymous_audit(self, window_s: float) -> AnonymousAudit:
         """Counts of unauthenticated requests: logged each, stored as one row per cause and
         window in the audit table (with a `state:` section)."""
         with self._lock:
-            audit = getattr(self, "_anonymous_audit", None)
+            audit = self._anonymous_audit
             if audit is None:
                 audit = AnonymousAudit(self.audit_state if self.loaded.config.state is not None else None, window_s=window_s)
-                object.__setattr__(self, "_anonymous_audit", audit)
+                self._anonymous_audit = audit
             return audit
 
     def audit_state(self) -> Any:
@@ -144,7 +149,7 @@ class ApiContext:
             ConfigError: no state account; StateUnavailable or an SDK error: the tables cannot be created.
         """
         with self._lock:
-            store = getattr(self, "_audit_state", None)
+            store = self._audit_state
         if store is None:
 
             from core.errors import ConfigError, ConfigProblem
@@ -158,7 +163,9 @@ class ApiContext:
             service = self.broker.clients.audit_table_service(str(where), self.broker.store(settings.store).credential)
             store = StateStore(service, settings.table_prefix)
             with self._lock:
-                store = self.__dict__.setdefault("_audit_state", store)
+                if self._audit_state is None:
+                    self._audit_state = store
+                store = self._audit_state
         store.ensure_tables()
         return store
 
@@ -495,10 +502,13 @@ class HttpApi:
 
         context = self.context()
         with context._lock:
-            handler = getattr(context, "_events", None)
+            handler = context._events
         if handler is None:
             handler = KeyVaultEvents(context.engine())
-            object.__setattr__(context, "_events", handler)
+            with context._lock:
+                if context._events is None:
+                    context._events = handler
+                handler = context._events
         outcome = handler.handle(event)
         return dict(outcome.__dict__)
 

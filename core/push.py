@@ -160,7 +160,8 @@ def holder_is_dead(owner: str) -> bool:
 
 
 class SyncEngine:
-    """Sync, rotation and status over one config (one per process and config)."""
+    """Sync and status over one config: resolve each env, diff it against its targets, push, record
+    (one per process and config; rotation drives it from core.rotation, it does not rotate)."""
 
     def __init__(
         self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,

@@ -160,8 +160,9 @@ def holder_is_dead(owner: str) -> bool:
 
 
 class SyncEngine:
-    """Sync and status over one config: resolve each env, diff it against its targets, push, record
-    (one per process and config; rotation drives it from core.rotation, it does not rotate)."""
+    """Sync and status over one config: resolve each env (SAS tokens re-minted when due through
+    core.mint), diff it against its targets, push, record.  One per process and config; account
+    keys and tagged secrets are rotated by core.rotation, which asks it to re-push."""
 
     def __init__(
         self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,14 +19,18 @@ from core.bundle import Bundle
 from core.compose import compose_bundle
 from core.config import LoadedConfig, ManagedIdentityStore, resolve_cloud
 from core.config.cloud import CloudEndpoints
-from core.errors import NotFoundError
+from core.errors import ConfigError, ConfigProblem, NotFoundError
 from core.identity import CredentialPool, credential_spec
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.plan import EnvPlan, plan_env
 from core.resolve import Resolver
 from core.sources.base import PlannedRef, StoreRuntime
 from core.sources.listed_keys import listed_keys_ttl
+from core.state.fingerprints import Fingerprinter
 
 log = logging.getLogger("vaultrelay.plan")
+
+FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
 
 
 class StoreConnections:
@@ -47,6 +52,8 @@ class StoreConnections:
         self.last_stats: Any = None
         self._delegation_keys: Any = None  # core.mint.sas.StoredDelegationKeys, built on first use
         self._delegation_keys_checked = False
+        self._plans: dict[str, EnvPlan] = {}
+        self._fingerprinter: Fingerprinter | None = None
         self._lock = threading.Lock()
 
     # ---- stores -------------------------------------------------------------------------
@@ -116,15 +123,33 @@ class StoreConnections:
             return self._delegation_keys
 
     # ---- resolve ------------------------------------------------------------------------
-    def plan(self, env: str) -> EnvPlan:
-        plan = plan_env(self.loaded, env)
-        for ref in plan.refs:
-            if ref.store not in plan.stores:
-                try:
-                    plan.stores[ref.store] = self.store(ref.store).identity_description
-                except ValueError as exc:
-                    plan.stores[ref.store] = f"unusable: {exc}"
+    def env_plan(self, env: str) -> EnvPlan:
+        """The env's plan (pure: config -> plan), computed once per config and then shared by
+        every run and use case over it: callers read it, never change it.
+
+        Raises:
+            NotFoundError: no such env.
+        """
+        plan = self._plans.get(env)
+        if plan is None:
+            plan = self._plans.setdefault(env, plan_env(self.loaded, env))
         return plan
+
+    def plan(self, env: str) -> EnvPlan:
+        """The env's plan with the identity each of its stores uses (for `vaultrelay plan`).
+
+        Raises:
+            NotFoundError: no such env.
+        """
+        plan = self.env_plan(env)
+        stores: dict[str, str] = {}
+        for ref in plan.refs:
+            if ref.store not in stores:
+                try:
+                    stores[ref.store] = self.store(ref.store).identity_description
+                except ValueError as exc:
+                    stores[ref.store] = f"unusable: {exc}"
+        return replace(plan, stores=stores)
 
     def resolve(self, env: str, *, active_key: Any = None) -> Bundle:
         """Resolve every variable of `env`; per-variable failures land in the bundle.
@@ -135,7 +160,7 @@ class StoreConnections:
         Raises:
             NotFoundError: no such env.
         """
-        plan = plan_env(self.loaded, env)
+        plan = self.env_plan(env)
         bundle = self.resolve_refs(env, plan.refs, plan.literals, active_key=active_key)
         compose_bundle(bundle, plan.composed)
         return bundle
@@ -179,3 +204,66 @@ class StoreConnections:
         self.clients.close()
         self.credentials.close()
 
+    # ---- state: the fingerprint key ----------------------------------------------------
+    def state_vault(self) -> Any:
+        """The client of `state.vault` (the config has one)."""
+        settings = self.loaded.config.state
+        assert settings is not None and settings.vault is not None
+        return self.clients.secret_client(settings.vault, self.store(settings.store).credential)
+
+    def fingerprinter(self) -> Fingerprinter:
+        """The HMAC key: `state.fingerprint_key`, else $VAULTRELAY_FINGERPRINT_KEY, else a key kept
+        in `state.vault` (created once; the oldest version wins if two instances race).
+
+        Raises:
+            ConfigError: no key can be found or made.
+        """
+        if self._fingerprinter is None:
+            made = Fingerprinter(self._fingerprint_key().encode())
+            with self._lock:
+                if self._fingerprinter is None:
+                    self._fingerprinter = made
+        return self._fingerprinter
+
+    def _fingerprint_key(self) -> str:
+        settings = self.loaded.config.state
+        configured = settings.fingerprint_key if settings else None
+        if configured is not None:
+            return self.resolve_variable(configured, "state.fingerprint_key")
+        from_env = self.environ.get("VAULTRELAY_FINGERPRINT_KEY")
+        if from_env:
+            return from_env
+        if settings is not None and settings.vault:
+            return self._vault_fingerprint_key()
+        raise ConfigError([ConfigProblem(self.loaded.file, None, "state.fingerprint_key",
+                                         "no fingerprint key: set state.fingerprint_key, $VAULTRELAY_FINGERPRINT_KEY or state.vault")])
+
+    def _vault_fingerprint_key(self) -> str:
+        import secrets
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        vault = self.state_vault()
+        try:
+            vault.get_secret(FINGERPRINT_SECRET)
+        except ResourceNotFoundError:
+            vault.set_secret(FINGERPRINT_SECRET, secrets.token_urlsafe(48), content_type="application/x-vaultrelay-key",
+                             tags={MANAGED_BY: MANAGED_BY_VALUE})
+        versions = sorted(vault.list_properties_of_secret_versions(FINGERPRINT_SECRET), key=lambda p: (p.created_on, p.version))
+        return str(vault.get_secret(FINGERPRINT_SECRET, versions[0].version).value)
+
+    def resolve_variable(self, variable: Any, path: str) -> str:
+        """A literal or a single `from:` reference (signing keys, the fingerprint key).
+
+        Raises:
+            ConfigError: the reference does not resolve.
+        """
+        if variable.from_ is None:
+            return str(variable.value)
+        from core.plan import plan_reference
+
+        ref = plan_reference("_", path, variable.from_, self.loaded.config.secretStores[variable.from_.store])
+        bundle = self.resolve_refs("_", [ref])
+        if bundle.failures:
+            raise ConfigError([ConfigProblem(self.loaded.file, None, path, f"does not resolve: {bundle.failures['_'].reason}")])
+        return str(bundle.values["_"].value.reveal())

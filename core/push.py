@@ -42,7 +42,6 @@ from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
 from core.errors import ConfigError, ConfigProblem, NotFoundError
-from core.plan import plan_env
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
@@ -51,7 +50,6 @@ from core.targets.registry import TargetRegistry, default_targets
 
 log = logging.getLogger("vaultrelay.sync")
 
-FINGERPRINT_SECRET = "vaultrelay-fingerprint-key"
 LEASE_SECONDS = 120.0
 SITE_LEASE_SECONDS = 60.0
 # Waits for a site's lease held by another instance (its push is one read and one PUT).
@@ -162,7 +160,9 @@ def holder_is_dead(owner: str) -> bool:
 
 
 class SyncEngine:
-    """Sync, rotation and status over one config (one per process and config)."""
+    """Sync and status over one config: resolve each env (SAS tokens re-minted when due through
+    core.mint), diff it against its targets, push, record.  One per process and config; account
+    keys and tagged secrets are rotated by core.rotation, which asks it to re-push."""
 
     def __init__(
         self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
@@ -211,64 +211,26 @@ class SyncEngine:
         return self._state
 
     def state_vault(self) -> Any:
-        settings = self.config.state
-        assert settings is not None and settings.vault is not None
-        return self.broker.clients.secret_client(settings.vault, self.broker.store(settings.store).credential)
+        return self.broker.state_vault()
 
     @property
     def fingerprinter(self) -> Fingerprinter:
-        """The HMAC key: `state.fingerprint_key`, else $VAULTRELAY_FINGERPRINT_KEY, else a key kept
-        in `state.vault` (created once; the oldest version wins if two instances race).
+        """The HMAC key of this config (`StoreConnections.fingerprinter`).
 
         Raises:
             ConfigError: no key can be found or made.
         """
         if self._fingerprinter is None:
-            self._fingerprinter = Fingerprinter(self._fingerprint_key().encode())
+            self._fingerprinter = self.broker.fingerprinter()
         return self._fingerprinter
 
-    def _fingerprint_key(self) -> str:
-        settings = self.config.state
-        configured = settings.fingerprint_key if settings else None
-        if configured is not None:
-            return self.resolve_variable(configured, "state.fingerprint_key")
-        from_env = self.broker.environ.get("VAULTRELAY_FINGERPRINT_KEY")
-        if from_env:
-            return from_env
-        if settings is not None and settings.vault:
-            return self._vault_fingerprint_key()
-        raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state.fingerprint_key",
-                                         "no fingerprint key: set state.fingerprint_key, $VAULTRELAY_FINGERPRINT_KEY or state.vault")])
-
-    def _vault_fingerprint_key(self) -> str:
-        import secrets
-
-        from azure.core.exceptions import ResourceNotFoundError
-
-        vault = self.state_vault()
-        try:
-            vault.get_secret(FINGERPRINT_SECRET)
-        except ResourceNotFoundError:
-            vault.set_secret(FINGERPRINT_SECRET, secrets.token_urlsafe(48), content_type="application/x-vaultrelay-key",
-                             tags={"managed-by": "vaultrelay"})
-        versions = sorted(vault.list_properties_of_secret_versions(FINGERPRINT_SECRET), key=lambda p: (p.created_on, p.version))
-        return str(vault.get_secret(FINGERPRINT_SECRET, versions[0].version).value)
-
     def resolve_variable(self, variable: Any, path: str) -> str:
-        """A literal or a single `from:` reference (signing keys, the fingerprint key).
+        """A literal or a single `from:` reference (`StoreConnections.resolve_variable`).
 
         Raises:
             ConfigError: the reference does not resolve.
         """
-        if variable.from_ is None:
-            return str(variable.value)
-        from core.plan import plan_reference
-
-        ref = plan_reference("_", path, variable.from_, self.config.secretStores[variable.from_.store])
-        bundle = self.broker.resolve_refs("_", [ref])
-        if bundle.failures:
-            raise ConfigError([ConfigProblem(self.broker.loaded.file, None, path, f"does not resolve: {bundle.failures['_'].reason}")])
-        return str(bundle.values["_"].value.reveal())
+        return self.broker.resolve_variable(variable, path)
 
     def active_key(self, kind: str, account: str) -> str:
         row = self.state.get("rotations", kind, account.lower())
@@ -280,7 +242,7 @@ class SyncEngine:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
         from core.mint.minted_sas import MintedSas
 
-        plan = plan_env(self.broker.loaded, env)
+        plan = self.broker.env_plan(env)
         from core.mint.minted_sas import MINTED_KINDS
 
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
@@ -323,7 +285,7 @@ class SyncEngine:
 
         refs: list[Any] = []
         for env in envs:
-            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in plan_env(self.broker.loaded, env).refs if r.kind not in MINTED_KINDS)
+            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if r.kind not in MINTED_KINDS)
         bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():
@@ -402,7 +364,7 @@ class SyncEngine:
         assert self.config.notify is not None
         now = self.clock()
         horizon = now.timestamp() + float(self.config.notify.expiring_within)
-        for item, user in in_bundle(self.broker.loaded, env, bundle, now):
+        for item, user in in_bundle(self.broker, env, bundle, now):
             if item.renewable or (item.expires_on is not None and item.expires_on.timestamp() > horizon):
                 continue
             expires = item.expires_on.isoformat() if item.expires_on else "expired"

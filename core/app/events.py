@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.mint.sas import DELEGATION_KEY_PREFIX
-from core.plan import plan_env
 from core.resolve import forget_values
 from core.state.tables import Conflict, Row
 
@@ -114,11 +113,10 @@ class KeyVaultEvents:
 
     def _build_index(self) -> dict[tuple[str, str], set[str]]:
         """(vault, secret) -> envs with targets that reference it."""
-        loaded = self.engine.broker.loaded
         with_targets = set(self.engine.envs_with_targets())
         index: dict[tuple[str, str], set[str]] = {}
         for env in with_targets:
-            for ref in plan_env(loaded, env).refs:
+            for ref in self.engine.broker.env_plan(env).refs:
                 if ref.kind.startswith("keyvault_"):
                     index.setdefault((str(ref.param("vault")).lower(), str(ref.param("secret")).lower()), set()).add(env)
         return index
@@ -126,9 +124,8 @@ class KeyVaultEvents:
     def _config_vaults(self) -> frozenset[str]:
         """Every vault the config names: references (of any env), Key Vault targets, the state
         vault and vaults under `rotation.tagged_secrets` (lowercase)."""
-        loaded = self.engine.broker.loaded
         config = self.engine.config
-        vaults = {str(ref.param("vault")).lower() for env in config.envs for ref in plan_env(loaded, env).refs
+        vaults = {str(ref.param("vault")).lower() for env in config.envs for ref in self.engine.broker.env_plan(env).refs
                   if ref.kind.startswith("keyvault_")}
         vaults.update(t.vault.lower() for t in config.targets.values() if t.type == "keyvault")
         if config.state is not None and config.state.vault:

@@ -74,7 +74,7 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
     minted = {(str(r.get("env")), str(r.get("variable"))): _time(r.get("expires")) for r in engine.rotation_status() if r.get("kind") == "sas"}
     for env in sorted(config.envs):
         bundle, _ = engine.resolve_env(env, dry_run=True)
-        for item, user in in_bundle(loaded, env, bundle, now, minted):
+        for item, user in in_bundle(engine.broker, env, bundle, now, minted):
             existing = found.setdefault((item.kind, item.name.lower()), item)
             if user not in existing.envs:
                 existing.envs.append(user)
@@ -93,14 +93,12 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
     return sorted(items, key=lambda i: (i.expires_on or datetime.min.replace(tzinfo=UTC), i.name))
 
 
-def in_bundle(loaded: Any, env: str, bundle: Any, now: datetime,
+def in_bundle(broker: Any, env: str, bundle: Any, now: datetime,
               minted: dict[tuple[str, str], datetime | None] | None = None) -> list[tuple[Expiring, str]]:
     """What of an env's resolved bundle expires (whatever the window), with the `env.VARIABLE`
     using it.  `minted`: (env, variable) -> expiry of SAS and tokens minted before (state)."""
-    from core.plan import plan_env
-
-    tagged_vaults = {t.vault.lower() for t in loaded.config.rotation.tagged_secrets}
-    refs = {ref.name: ref for ref in plan_env(loaded, env).refs}
+    tagged_vaults = {t.vault.lower() for t in broker.loaded.config.rotation.tagged_secrets}
+    refs = {ref.name: ref for ref in broker.env_plan(env).refs}
     found: list[tuple[Expiring, str]] = []
     for variable, value in bundle.values.items():
         ref = refs.get(variable)

@@ -69,6 +69,11 @@ class ApiContext:
     location: str = ""
     _authenticator: Any = None
     _fingerprinter: tuple[Any, str] | None = None
+    _engine: Any = None  # core.push.SyncEngine, built on first use
+    _events: Any = None  # core.app.events.KeyVaultEvents
+    _audit_sink: AuditSink | None = None
+    _anonymous_audit: AnonymousAudit | None = None
+    _audit_state: Any = None  # core.state.tables.StateStore
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authenticator(self, environ: Mapping[str, str]) -> Any:
@@ -88,7 +93,7 @@ class ApiContext:
         from core.push import SyncEngine
 
         with self._lock:
-            engine = getattr(self, "_engine", None)
+            engine = self._engine
             if engine is None:
                 engine = SyncEngine(self.broker)
                 from core.app.work import fanout_for, queue_mode
@@ -96,7 +101,7 @@ class ApiContext:
                 if queue_mode(self.broker.environ):
                     # Planners (timer, POST /api/sync, events, rotations) enqueue work items.
                     engine.fanout = fanout_for(self.broker, self.broker.environ)
-                object.__setattr__(self, "_engine", engine)
+                self._engine = engine
             return engine
 
     def worker_engine(self) -> Any:
@@ -116,23 +121,23 @@ class ApiContext:
         from core.state.audit import FanOutAuditSink, TableAuditSink
 
         with self._lock:
-            sink = getattr(self, "_audit_sink", None)
+            sink = self._audit_sink
             if sink is None:
                 if self.loaded.config.state is not None:
                     sink = FanOutAuditSink(LoggingAuditSink(), TableAuditSink(self.audit_state))
                 else:
                     sink = LoggingAuditSink()
-                object.__setattr__(self, "_audit_sink", sink)
+                self._audit_sink = sink
             return sink
 
     def anonymous_audit(self, window_s: float) -> AnonymousAudit:
         """Counts of unauthenticated requests: logged each, stored as one row per cause and
         window in the audit table (with a `state:` section)."""
         with self._lock:
-            audit = getattr(self, "_anonymous_audit", None)
+            audit = self._anonymous_audit
             if audit is None:
                 audit = AnonymousAudit(self.audit_state if self.loaded.config.state is not None else None, window_s=window_s)
-                object.__setattr__(self, "_anonymous_audit", audit)
+                self._anonymous_audit = audit
             return audit
 
     def audit_state(self) -> Any:
@@ -144,9 +149,8 @@ class ApiContext:
             ConfigError: no state account; StateUnavailable or an SDK error: the tables cannot be created.
         """
         with self._lock:
-            store = getattr(self, "_audit_state", None)
+            store = self._audit_state
         if store is None:
-            from azure.data.tables import TableServiceClient
 
             from core.errors import ConfigError, ConfigProblem
             from core.state.tables import StateStore
@@ -156,13 +160,12 @@ class ApiContext:
             where = settings.table_endpoint or settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
             if not where:
                 raise ConfigError([ConfigProblem(self.loaded.file, None, "state", "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
-            service = TableServiceClient(
-                endpoint=self.broker.clients.storage_url(str(where), "table"), credential=self.broker.store(settings.store).credential,
-                transport=self.broker.clients.transport(), retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2,
-            )
+            service = self.broker.clients.audit_table_service(str(where), self.broker.store(settings.store).credential)
             store = StateStore(service, settings.table_prefix)
             with self._lock:
-                store = self.__dict__.setdefault("_audit_state", store)
+                if self._audit_state is None:
+                    self._audit_state = store
+                store = self._audit_state
         store.ensure_tables()
         return store
 
@@ -499,10 +502,13 @@ class HttpApi:
 
         context = self.context()
         with context._lock:
-            handler = getattr(context, "_events", None)
+            handler = context._events
         if handler is None:
             handler = KeyVaultEvents(context.engine())
-            object.__setattr__(context, "_events", handler)
+            with context._lock:
+                if context._events is None:
+                    context._events = handler
+                handler = context._events
         outcome = handler.handle(event)
         return dict(outcome.__dict__)
 
@@ -590,7 +596,7 @@ class HttpApi:
         broker = context.broker
         stores: dict[str, Any] = {}
         ready = True
-        for store, scopes in sorted(store_scopes(context.loaded, broker.cloud).items()):
+        for store, scopes in sorted(store_scopes(broker).items()):
             checks: dict[str, str] = {}
             try:
                 credential = broker.store(store).credential
@@ -623,18 +629,18 @@ class HttpApi:
         }
 
 
-def store_scopes(loaded: Any, cloud: Any) -> dict[str, set[str]]:
+def store_scopes(broker: Any) -> dict[str, set[str]]:
     """Store -> the token scopes it needs: for every env's references, the targets it writes and
     the state it keeps."""
-    from core.plan import plan_env
     from core.sources.token import scope_of
 
+    loaded, cloud = broker.loaded, broker.cloud
     vault_scope = f"https://{cloud.vault_dns_suffix}/.default"
     arm_scope = cloud.arm_scope
     storage_scope = "https://storage.azure.com/.default"
     needs: dict[str, set[str]] = {}
     for env in loaded.config.envs:
-        for ref in plan_env(loaded, env).refs:
+        for ref in broker.env_plan(env).refs:
             scopes = needs.setdefault(ref.store, set())
             if ref.kind.startswith("keyvault"):
                 scopes.add(vault_scope)

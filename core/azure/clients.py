@@ -452,6 +452,40 @@ class AzureClients:
             return account.rstrip("/")
         return f"https://{account}.{service}.{self.cloud.storage_suffix}"
 
+    def account_key_blob_service(self, account: str, key: str, *, retry_total: int) -> Any:
+        """A blob service client signed with an account key, for one check call (verifying a new
+        key, telling whether Shared Key is allowed); not cached, the key is its credential."""
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient(self.storage_url(account, "blob"), credential={"account_name": account, "account_key": key},
+                                 transport=self._transport(), retry_total=retry_total)
+
+    def sas_blob_service(self, account: str, token: str) -> Any:
+        """A blob service client signed with a SAS token, for verifying a token just minted."""
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient(self.storage_url(account, "blob"), credential=token, transport=self._transport(), retry_total=1)
+
+    def sas_table_client(self, account: str, table: str, token: str) -> Any:
+        """A table client signed with a SAS token, for verifying a token just minted."""
+        from azure.core.credentials import AzureSasCredential
+        from azure.data.tables import TableClient
+
+        return TableClient(self.storage_url(account, "table"), table, credential=AzureSasCredential(token), transport=self._transport())
+
+    def audit_table_service(self, account: str, credential: Any) -> Any:
+        """The state tables for the fetch audit: a short retry budget (the write is on a fetch's
+        path: better a quick 503 than a caller waiting out storage's long backoff)."""
+        url = self.storage_url(account, "table")
+
+        def build() -> Any:
+            from azure.data.tables import TableServiceClient
+
+            return TableServiceClient(endpoint=url, credential=credential, transport=self._transport(),
+                                      retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2)
+
+        return self._cached("table-audit", url, credential, build)
+
     # ---- Key Vault --------------------------------------------------------------------------
     def secret_client(self, vault: str, credential: Any) -> Any:
         url = self.vault_url(vault)

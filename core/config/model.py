@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from core.config.durations import parse_duration
+from core.ownership import MANAGED_BY
 
 GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _GUID_RE = re.compile(GUID)
@@ -531,7 +532,7 @@ class KeyVaultTarget(TargetBase):
             problems.append(_here("certificates", "certificates: certificate applies to mode: per_variable (a bundle is one JSON secret)"))
         if isinstance(self.expires, float) and self.expires < 3600:
             problems.append(_here("expires", "expires must be follow or a duration of at least 1h"))
-        reserved = sorted(k for k in self.tags if k.lower() == "managed-by" or k.lower().startswith("vaultrelay-"))
+        reserved = sorted(k for k in self.tags if k.lower() == MANAGED_BY or k.lower().startswith("vaultrelay-"))
         if reserved:
             problems.append(_here("tags", f"tag {', '.join(reserved)} is vaultrelay's own (managed-by, vaultrelay-*): it cannot be set here"))
         if len(self.tags) > 11:

@@ -22,6 +22,7 @@ from typing import Any
 from core import telemetry
 from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.mint.sas import StoredDelegationKeys
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.permissions.matrix import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
 from core.values import SecretValue
@@ -146,7 +147,7 @@ class MintedSas:
         signed_with = item.detail.get("signed_with", "")
         stored = self.vault.set_secret(
             secret, item.value.reveal(), content_type=item.content_type or "application/x-sas-token", expires_on=item.expires_on,
-            tags={"managed-by": "vaultrelay", TAG_SIGNED_WITH: signed_with, TAG_ISSUED: self.clock().isoformat(timespec="seconds"),
+            tags={MANAGED_BY: MANAGED_BY_VALUE, TAG_SIGNED_WITH: signed_with, TAG_ISSUED: self.clock().isoformat(timespec="seconds"),
                   TAG_REFERENCE: ref.description[:250]},
         )
         bundle.values[ref.name] = ResolvedValue(
@@ -168,21 +169,14 @@ def verify_sas(broker: Any, ref: PlannedRef, token: str) -> str | None:
 
     account = ref.param("account")
     permissions = str(ref.param("permissions"))
-    cloud = broker.cloud
-    transport = broker.clients.transport()
     try:
         if ref.param("table"):
             if "r" not in permissions:
                 return None
-            from azure.core.credentials import AzureSasCredential
-            from azure.data.tables import TableClient
-
-            table = TableClient(f"https://{account}.table.{cloud.storage_suffix}", ref.param("table"), credential=AzureSasCredential(token), transport=transport)
+            table = broker.clients.sas_table_client(account, ref.param("table"), token)
             next(iter(table.query_entities("PartitionKey eq 'vaultrelay-verify'", results_per_page=1)), None)
             return None
-        from azure.storage.blob import BlobServiceClient
-
-        service = BlobServiceClient(f"https://{account}.blob.{cloud.storage_suffix}", credential=token, transport=transport, retry_total=1)
+        service = broker.clients.sas_blob_service(account, token)
         container = ref.param("container")
         if container and ref.param("blob"):
             if "r" not in permissions:

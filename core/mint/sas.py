@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.sources.fetched import Fetched, SourceProblem
 
 log = logging.getLogger("vaultrelay.sas")
@@ -251,7 +252,7 @@ class StoredDelegationKeys:
         body = json.dumps({field: getattr(key, field, None) for field in _DELEGATION_KEY_FIELDS}, sort_keys=True)
         try:
             self.vault.set_secret(name, body, content_type="application/x-user-delegation-key", expires_on=expiry, tags={
-                "managed-by": "vaultrelay", "vaultrelay-account": account.lower(), "signed-expiry": str(key.signed_expiry),
+                MANAGED_BY: MANAGED_BY_VALUE, "vaultrelay-account": account.lower(), "signed-expiry": str(key.signed_expiry),
                 "issued": self.clock().isoformat(timespec="seconds")})
         except Exception as exc:
             log.warning("cannot keep the new delegation key in %s (%s); it serves this process only", name, _why(exc))

@@ -76,11 +76,10 @@ class KeyRotation:
         self.wait = float(engine.config.rotation.regenerate_wait)
 
     def candidates(self) -> dict[str, Candidate]:
-        from core.plan import plan_env
 
         found: dict[str, Candidate] = {}
         config = self.broker.loaded.config
-        plans = {env: plan_env(self.broker.loaded, env).refs for env in config.envs}
+        plans = {env: self.broker.env_plan(env).refs for env in config.envs}
         for env, refs in plans.items():
             for ref in refs:
                 variable = config.envs[env][ref.name].from_

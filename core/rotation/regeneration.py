@@ -207,9 +207,8 @@ def verify_storage_key(clients: Any, account: str, key: str) -> str | None:
     """One cheap authorized call (Get Blob Service Properties) with `key`; None when it works,
     else why not (an HTTP status, never the key)."""
     from azure.core.exceptions import HttpResponseError
-    from azure.storage.blob import BlobServiceClient
 
-    client = BlobServiceClient(clients.storage_url(account, "blob"), credential={"account_name": account, "account_key": key}, retry_total=2)
+    client = clients.account_key_blob_service(account, key, retry_total=2)
     try:
         client.get_service_properties()
     except HttpResponseError as exc:

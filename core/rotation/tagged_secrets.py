@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from core.plan import plan_env
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.resolve import forget_values
 from core.rotation.regeneration import (
     Regeneration,
@@ -271,7 +271,7 @@ class TaggedSecretRotation:
         """Properties (never values) of every secret of a watched vault that carries the sample
         tags; secrets vaultrelay pushed itself are never taken for sample-tagged ones."""
         return [props for props in self._vault(vault).list_properties_of_secrets()
-                if all((props.tags or {}).get(t) for t in SAMPLE_TAGS) and (props.tags or {}).get("managed-by") != "vaultrelay"]
+                if all((props.tags or {}).get(t) for t in SAMPLE_TAGS) and (props.tags or {}).get(MANAGED_BY) != MANAGED_BY_VALUE]
 
     def current(self, vault: str, name: str) -> TaggedSecret | None:
         """The secret's current version, or None when it does not exist or carries no sample tags.
@@ -614,10 +614,9 @@ class TaggedSecretRotation:
     def _repush(self, vault: str, name: str) -> list[str]:
         """Re-sync the envs with targets that reference the secret (they get the new version)."""
         forget_values(vault=vault, secret=name)
-        loaded = self.broker.loaded
         envs = [env for env in self.engine.envs_with_targets()
                 if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
-                       for r in plan_env(loaded, env).refs)]
+                       for r in self.broker.env_plan(env).refs)]
         if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:tagged:{vault}/{name}",
                                     forget=[{"vault": vault, "secret": name}]) is not None:
             return envs

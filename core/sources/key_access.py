@@ -89,14 +89,12 @@ def storage_shared_key_allowed(clients: Any, subscription: str, group: str, acco
 
 def _probe_data_plane(clients: Any, account: str, keys: Any) -> bool | None:
     from azure.core.exceptions import HttpResponseError
-    from azure.storage.blob import BlobServiceClient
 
     listed = keys()
     key = listed.get("key1") or next(iter(listed.values()), None)
     if not key:
         return None
-    client = BlobServiceClient(clients.storage_url(account, "blob"), credential={"account_name": account, "account_key": key},
-                               transport=clients.transport(), retry_total=1)
+    client = clients.account_key_blob_service(account, key, retry_total=1)
     try:
         client.get_service_properties()
     except HttpResponseError as exc:

@@ -300,10 +300,8 @@ def fingerprinter(broker: Any, environ: Mapping[str, str] | None = None) -> tupl
 
     environ = os.environ if environ is None else environ
     if broker.loaded.config.state is not None:
-        from core.push import SyncEngine
-
         try:
-            return SyncEngine(broker).fingerprinter, "state"
+            return broker.fingerprinter(), "state"
         except Exception as exc:  # reported, then the per-process key; the fetch itself goes on
             log.warning("the fingerprint key could not be read (%s); audit fingerprints use a per-process key", type(exc).__name__)
             return Fingerprinter(_EPHEMERAL_KEY), "ephemeral"

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.state.fingerprints import Fingerprinter
 
-MANAGED_BY = "managed-by"
-MANAGED_BY_VALUE = "vaultrelay"
 TAG_ENV = "vaultrelay-env"
 TAG_TARGET = "vaultrelay-target"
 # A fingerprint of the value under a key derived for this target and secret (Key Vault targets).

@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from sandbox.receiver import serve_https
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "vaultrelay.yaml"
 AUDIENCE = "api://vaultrelay-demo"
@@ -227,9 +229,7 @@ class NotifyReceiver:
     def __init__(self, key: str) -> None:
         import hashlib
         import hmac
-        import ssl
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.bodies: list[dict[str, Any]] = []
         receiver = self
@@ -246,14 +246,8 @@ class NotifyReceiver:
                 self.send_response(204)
                 self.end_headers()
 
-        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_https(Handler)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}/notify"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -8,13 +8,36 @@ Python callback per event, and can be told to fail the first N deliveries to pro
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 Callback = Callable[[dict[str, Any], dict[str, str]], None]
+
+
+def serve_https(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A threaded HTTPS server on a free loopback port, with the sandbox's server certificate.
+
+    The certificate sits next to the CA bundle the sandbox's env file names in
+    `REQUESTS_CA_BUNDLE`, so clients that trust the sandbox trust this server too. The server runs
+    on a daemon thread; stop it with `shutdown()` and `server_close()`.
+
+    Raises:
+        KeyError: `REQUESTS_CA_BUNDLE` is not set (the sandbox's env is not loaded).
+    """
+    pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 class EventReceiver:

@@ -18,13 +18,9 @@ ownership marks and no drift (`reads_back=False`); what it receives is checked i
 from __future__ import annotations
 
 import json
-import os
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -35,6 +31,7 @@ from azure.storage.blob import ContainerClient
 
 from core.targets.registry import default_targets
 from sandbox.client import SandboxClient
+from sandbox.receiver import serve_https
 from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, secret_ref, webhook_target
 from tests.world import World, is_write, target_writes
 
@@ -57,14 +54,8 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_https(Handler)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -7,11 +7,9 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import ssl
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from core import telemetry
 from core.app.notify import Notifier
 from core.cli import EXIT_OK, main
+from sandbox.receiver import serve_https
 from tests.world import World, run_cli, write_config
 
 KEY = "notify-signing-key-0123456789"
@@ -44,14 +43,8 @@ class Receiver:
                 self.send_response(204)
                 self.end_headers()
 
-        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_https(Handler)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}/notify"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def events(self) -> list[dict[str, Any]]:
         found = []

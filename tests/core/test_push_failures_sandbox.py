@@ -18,12 +18,9 @@ import hmac
 import json
 import os
 import random
-import ssl
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -41,6 +38,7 @@ from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetC
 from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
+from sandbox.receiver import serve_https
 from tests.world import World, is_write, target_writes
 
 STATE = "sandboxstore"  # the state tables' account in World's config
@@ -412,13 +410,8 @@ class HttpsReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_https(Handler)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

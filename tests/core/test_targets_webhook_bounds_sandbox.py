@@ -7,13 +7,10 @@ loopback with the sandbox's certificate."""
 from __future__ import annotations
 
 import os
-import ssl
-import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -26,6 +23,7 @@ from core.targets.base import Change, DesiredItem, Snapshot, TargetContext
 from core.targets.webhook import MAX_ANSWER_BYTES, WebhookTargetWriter
 from core.values import SecretValue
 from sandbox.client import SandboxClient
+from sandbox.receiver import serve_https
 from tests.world import World
 
 SLOW_S = 8.0  # how long the slow behaviours take in all; every timeout below is 1 s
@@ -89,14 +87,8 @@ class Misbehaving:
                 self.wfile.write(data)
                 self.wfile.flush()
 
-        pki = Path(os.environ["REQUESTS_CA_BUNDLE"]).parent
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki / "server-cert.pem", pki / "server-key.pem")
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server = serve_https(Handler)
         self.base = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -126,12 +126,16 @@ class TargetContext:
     fingerprinter: Fingerprinter
     subscription: str | None = None
     resolve_value: Any = None  # callable(Variable) -> str, for webhook signing keys
-    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while).
+    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while; RUN_ENVS:
+    # how many envs the run syncs, so a writer can read a few names instead of a whole listing).
     run_cache: dict[str, Any] = field(default_factory=dict)
     # What the push record says vaultrelay's last write left: name -> stamp (per-variable), and
     # the whole target's stamp.  A deleted secret whose stamp is one of these is vaultrelay's.
     recorded_stamps: dict[str, str] = field(default_factory=dict)
     recorded_etag: str | None = None
+
+
+RUN_ENVS = "run envs"
 
 
 def owned_by(tags: dict[str, str] | None, target: str) -> bool:

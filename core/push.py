@@ -42,6 +42,7 @@ from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
 from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
@@ -243,10 +244,8 @@ class SyncEngine:
         from core.mint.minted_sas import MintedSas
 
         plan = self.broker.env_plan(env)
-        from core.mint.minted_sas import MINTED_KINDS
-
-        sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
-        others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
+        sas = [r for r in plan.refs if sources().features(r.kind).minted]
+        others = [r for r in plan.refs if not sources().features(r.kind).minted]
         began = time.perf_counter()
         prefetched = self._prefetched.get(env)
         if prefetched is not None:
@@ -281,11 +280,9 @@ class SyncEngine:
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
         envs share is fetched once per sync, not once per env.  Values are held for this sync only."""
-        from core.mint.minted_sas import MINTED_KINDS
-
         refs: list[Any] = []
         for env in envs:
-            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if r.kind not in MINTED_KINDS)
+            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if not sources().features(r.kind).minted)
         bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():

@@ -33,6 +33,8 @@ class Features:
     rotatable: bool = False
     # how vaultrelay renews a value of this kind before it expires (None: it does not).
     renewal: str | None = None
+    # a newly minted value is checked with one authorized call before it is kept or pushed.
+    verify_minted: bool = False
 
 
 class PermissionGrants(Protocol):
@@ -168,7 +170,7 @@ class SasReferences(ReferenceKind):
     label = "a SAS reference"
     keys = frozenset({"store", "resource_type", "account", "operation", "permissions", "expiry", "sas_type", "services",
                       "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group", "rotate_before"})
-    features = Features(minted=True, shares_account_call=True, renewal="minted again before it expires")
+    features = Features(minted=True, shares_account_call=True, renewal="minted again before it expires", verify_minted=True)
     located = True
 
     def selects(self, ref: Any) -> bool:

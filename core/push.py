@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core import telemetry
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
@@ -210,7 +211,7 @@ class SyncEngine:
         self._state.ensure_tables()
         return self._state
 
-    def state_vault(self) -> Any:
+    def state_vault(self) -> SecretClientLike:
         return self.broker.state_vault()
 
     @property

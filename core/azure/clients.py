@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from azure.core.pipeline.policies import HTTPPolicy, SansIOHTTPPolicy
 
 from core.azure.protocols import (
+    BlobClientLike,
     BlobServiceClientLike,
     CertificateClientLike,
     ContainerAppsManagementLike,
@@ -320,6 +321,38 @@ def _environment_once_session() -> Any:
     return EnvironmentOnceSession()
 
 
+def _pooled_session(pool_size: int) -> Any:
+    """The requests session under every client: environment read once, CA bundle parsed once,
+    one pool of `pool_size` connections per host, no urllib3 retries (azure-core retries)."""
+    session = _environment_once_session()
+    adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+CONFIG_BLOB_CONNECT_S = 5.0
+CONFIG_BLOB_READ_S = 10.0
+
+
+def config_blob_client(account_url: str, container: str, blob: str, credential: Any) -> BlobClientLike:
+    """The client of the blob holding the config (`$VAULTRELAY_CONFIG` as a blob URL).
+
+    The config is read before there is a config, and so before there is an `AzureClients` (its
+    cloud, pool size and retry budget come from the config).  This client gets the factory's
+    transport (the same session setup: environment read once, CA bundle parsed once) over a
+    session of its own, closed with the client.  The read is on a request's path: short timeouts
+    and a few quick retries, then the config read earlier keeps serving.
+    """
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import BlobClient, LinearRetry
+
+    transport = RequestsTransport(session=_pooled_session(1), session_owner=True,
+                                  connection_timeout=CONFIG_BLOB_CONNECT_S, read_timeout=CONFIG_BLOB_READ_S)
+    return BlobClient(account_url, container, blob, credential=credential, transport=transport,
+                      retry_policy=LinearRetry(backoff=1, random_jitter_range=0, retry_total=2))
+
+
 class CloudLike(Protocol):
     """What the client factory needs to know about the cloud it talks to."""
 
@@ -361,11 +394,7 @@ class AzureClients:
 
         with self._lock:
             if self._session is None:
-                session = _environment_once_session()
-                adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=self.pool_size, max_retries=0)
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
-                self._session = session
+                self._session = _pooled_session(self.pool_size)
         return RequestsTransport(session=self._session, session_owner=False)
 
     def _keyvault_transport(self) -> Any:

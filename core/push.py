@@ -1,7 +1,7 @@
 """Sync: resolve each env that has targets and push only what changed, recording every decision.
 
 For each env (under a lease, so concurrent instances do not push the same env at once):
-1. resolve the env; SAS tokens come from the state vault (`core.mint.minted_sas`), re-minted only
+1. resolve the env; SAS tokens come from the state vault (`core.mint.minted`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
 2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
@@ -241,10 +241,10 @@ class SyncEngine:
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
-        from core.mint.minted_sas import MintedSas
+        from core.mint.minted import MintedValues
 
         plan = self.broker.env_plan(env)
-        from core.mint.minted_sas import MINTED_KINDS
+        from core.mint.minted import MINTED_KINDS
 
         sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
         others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
@@ -268,7 +268,7 @@ class SyncEngine:
                 except Conflict:
                     log.info("rotation record of %s updated concurrently", outcome.secret)
 
-            minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
+            minted = MintedValues(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
             minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
             outcomes = minted.outcomes
         compose_bundle(bundle, plan.composed)  # templates over the env's values, minted ones included
@@ -282,7 +282,7 @@ class SyncEngine:
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
         envs share is fetched once per sync, not once per env.  Values are held for this sync only."""
-        from core.mint.minted_sas import MINTED_KINDS
+        from core.mint.minted import MINTED_KINDS
 
         refs: list[Any] = []
         for env in envs:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from core.azure.clients import AzureClients
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle
 from core.compose import compose_bundle
 from core.config import LoadedConfig, ManagedIdentityStore, resolve_cloud
@@ -206,7 +207,7 @@ class StoreConnections:
         self.credentials.close()
 
     # ---- state: the fingerprint key ----------------------------------------------------
-    def state_vault(self) -> Any:
+    def state_vault(self) -> SecretClientLike:
         """The client of `state.vault` (the config has one)."""
         settings = self.loaded.config.state
         assert settings is not None and settings.vault is not None

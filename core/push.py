@@ -1,7 +1,7 @@
 """Sync: resolve each env that has targets and push only what changed, recording every decision.
 
 For each env (under a lease, so concurrent instances do not push the same env at once):
-1. resolve the env; SAS tokens come from the state vault (`core.mint.minted_sas`), re-minted only
+1. resolve the env; SAS tokens come from the state vault (`core.mint.minted`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
 2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core import telemetry
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
@@ -211,7 +212,7 @@ class SyncEngine:
         self._state.ensure_tables()
         return self._state
 
-    def state_vault(self) -> Any:
+    def state_vault(self) -> SecretClientLike:
         return self.broker.state_vault()
 
     @property
@@ -241,7 +242,7 @@ class SyncEngine:
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
-        from core.mint.minted_sas import MintedSas
+        from core.mint.minted import MintedValues
 
         plan = self.broker.env_plan(env)
         sas = [r for r in plan.refs if sources().features(r.kind).minted]
@@ -266,7 +267,7 @@ class SyncEngine:
                 except Conflict:
                     log.info("rotation record of %s updated concurrently", outcome.secret)
 
-            minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
+            minted = MintedValues(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
             minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
             outcomes = minted.outcomes
         compose_bundle(bundle, plan.composed)  # templates over the env's values, minted ones included

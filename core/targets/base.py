@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.state.fingerprints import Fingerprinter
+
+if TYPE_CHECKING:
+    from core.azure.clients import AzureClients
 
 TAG_ENV = "vaultrelay-env"
 TAG_TARGET = "vaultrelay-target"
@@ -121,7 +124,7 @@ class TargetContext:
     """What writers need: SDK clients, the writing identity, fingerprints, the cloud."""
 
     name: str
-    clients: Any
+    clients: AzureClients
     credential: Any
     fingerprinter: Fingerprinter
     subscription: str | None = None

@@ -1,6 +1,7 @@
-"""SAS tokens vaultrelay mints, kept between runs in the state vault and rotated before expiry.
+"""Values vaultrelay mints (SAS tokens and Entra access tokens), kept between runs in the state
+vault and renewed before expiry.
 
-A SAS reference in an env with targets is not re-minted on every run (that would change the
+A minted reference in an env with targets is not re-minted on every run (that would change the
 bundle every time).  The current token lives in `state.vault` as a secret named after the
 reference's parameters, with `expires_on` and tags (`signed-with`, `issued`).  It is re-minted when
 less than `rotate_before` of its lifetime remains (default a third), when the key that signed it
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core import telemetry
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.mint.sas import StoredDelegationKeys
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
@@ -49,11 +51,12 @@ class MintOutcome:
     expires_on: datetime | None
 
 
-class MintedSas:
-    """Serves SAS references from the state vault, minting and verifying when due."""
+class MintedValues:
+    """Serves minted references (SAS and access tokens) from the state vault, minting when due and
+    verifying a new SAS before it is stored."""
 
     def __init__(
-        self, broker: Any, vault_client: Any, *, active_key: Callable[[str, str], str],
+        self, broker: Any, vault_client: SecretClientLike, *, active_key: Callable[[str, str], str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC), on_mint: Callable[[PlannedRef, MintOutcome], None] | None = None,
     ) -> None:
         self.broker = broker
@@ -66,7 +69,7 @@ class MintedSas:
         self.delegation_keys = StoredDelegationKeys(vault_client, clock=clock)
 
     def fill(self, env: str, refs: list[PlannedRef], bundle: Bundle, *, force: bool = False, dry_run: bool = False) -> None:
-        """Put the current token of every SAS reference in `bundle` (values or failures)."""
+        """Put the current token of every minted reference in `bundle` (values or failures)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         for ref in refs:

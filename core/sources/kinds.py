@@ -65,6 +65,11 @@ class ReferenceKind:
     features: ClassVar[Features] = Features()
     located: ClassVar[bool] = False  # an ARM resource found by subscription / resource group
 
+    @property
+    def planned(self) -> tuple[str, ...]:
+        """The source kinds (core.sources.registry) its references are planned as."""
+        return (self.name,)
+
     def selects(self, ref: Any) -> bool:
         """Whether `ref` (a config Reference) is of this kind."""
         raise NotImplementedError
@@ -87,6 +92,10 @@ class KeyVaultReferences(ReferenceKind):
     keys = frozenset({"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group", "property", "decode", "encode"})
     features = Features(reads_keyvault=True)
     planned_kinds: ClassVar[dict[str, str]] = {"secret": "keyvault_secret", "certificate": "keyvault_certificate", "key": "keyvault_key"}
+
+    @property
+    def planned(self) -> tuple[str, ...]:
+        return tuple(self.planned_kinds.values())
 
     def selects(self, ref: Any) -> bool:
         return ref.operation != "get_token" and ref.resource_type is None

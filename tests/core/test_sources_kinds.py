@@ -26,6 +26,7 @@ def test_declared_keys_are_keys_of_a_reference() -> None:
     for kind in REFERENCE_KINDS:
         assert "store" in kind.keys
         assert kind.keys <= fields, kind.name
+        assert ("rotate" in kind.keys) == kind.features.rotatable, kind.name  # `rotate:` is what rotatable declares
 
 
 def test_minted_kinds_are_the_sas_and_token_kinds_and_only_they_verify_or_renew() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
@@ -503,7 +503,48 @@ class BlobTarget(TargetBase):
     format: Literal["dotenv", "json"] = "dotenv"
 
 
-class AppSettingsTarget(TargetBase):
+class KeyVaultReferenceValues:
+    """`values: keyvault_reference` of a target that holds Key Vault references (App Service app
+    settings, Container Apps secrets): the values are pushed to `vault`, one secret per variable
+    named as a Key Vault target names them, and the target holds references pinned to versions.
+
+    A mixin of behaviour only: each target declares the fields (their documentation speaks of
+    that target, and the fields keep their place in the target's schema and error order).
+    """
+
+    if TYPE_CHECKING:
+        values: Literal["value", "keyvault_reference"]
+        vault: str | None
+        name_style: Literal["kebab", "exact", "lower"]
+        prefix: str
+
+    @model_validator(mode="after")
+    def _reference_vault(self) -> Self:
+        if self.values == "keyvault_reference" and not self.vault:
+            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
+        if self.values == "value" and self.vault:
+            raise ValueError("vault applies to values: keyvault_reference only")
+        return self
+
+    @property
+    def references(self) -> bool:
+        return self.values == "keyvault_reference"
+
+    def secret_for(self, variable: str) -> str:
+        """keyvault_reference: the secret of `vault` that holds `variable`."""
+        return secret_name_for(variable, self.name_style, self.prefix)
+
+    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
+        """Secret name -> the variables written to it (names differing in case are one secret)."""
+        spelled: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for variable in sorted(variables):
+            secret = self.secret_for(variable)
+            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
+        return names
+
+
+class AppSettingsTarget(TargetBase, KeyVaultReferenceValues):
     """Merge the bundle into an App Service / Functions app's settings (others are kept)."""
 
     type: Literal["app_settings"]
@@ -527,35 +568,10 @@ class AppSettingsTarget(TargetBase):
     site_principal_id: str | None = Field(None, description="keyvault_reference: the object id of the identity the site resolves "
                                                             "references with (for the Bicep parameters' Key Vault Secrets User grant)")
 
-    @model_validator(mode="after")
-    def _reference_vault(self) -> AppSettingsTarget:
-        if self.values == "keyvault_reference" and not self.vault:
-            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
-        if self.values == "value" and self.vault:
-            raise ValueError("vault applies to values: keyvault_reference only")
-        return self
-
-    @property
-    def references(self) -> bool:
-        return self.values == "keyvault_reference"
-
     mode: ClassVar[str] = "per_variable"
 
-    def secret_for(self, variable: str) -> str:
-        """keyvault_reference: the secret of `vault` that holds `variable`."""
-        return secret_name_for(variable, self.name_style, self.prefix)
 
-    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
-        """Secret name -> the variables written to it (names differing in case are one secret)."""
-        spelled: dict[str, str] = {}
-        names: dict[str, list[str]] = {}
-        for variable in sorted(variables):
-            secret = self.secret_for(variable)
-            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
-        return names
-
-
-class ContainerAppTarget(TargetBase):
+class ContainerAppTarget(TargetBase, KeyVaultReferenceValues):
     """Write the env's variables as a Container App's secrets (values, or Key Vault references
     pinned to versions and read with the app's identity)."""
 
@@ -580,33 +596,9 @@ class ContainerAppTarget(TargetBase):
 
     mode: ClassVar[str] = "per_variable"
 
-    @model_validator(mode="after")
-    def _reference_vault(self) -> ContainerAppTarget:
-        if self.values == "keyvault_reference" and not self.vault:
-            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
-        if self.values == "value" and self.vault:
-            raise ValueError("vault applies to values: keyvault_reference only")
-        return self
-
-    @property
-    def references(self) -> bool:
-        return self.values == "keyvault_reference"
-
     def app_secret_for(self, variable: str) -> str:
         """The app secret holding `variable`: DB_PASSWORD -> <secret_prefix>db-password."""
         return self.secret_prefix + re.sub(r"[^0-9a-z]+", "-", variable.lower()).strip("-")
-
-    def secret_for(self, variable: str) -> str:
-        """keyvault_reference: the secret of `vault` that holds `variable`."""
-        return secret_name_for(variable, self.name_style, self.prefix)
-
-    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
-        spelled: dict[str, str] = {}
-        names: dict[str, list[str]] = {}
-        for variable in sorted(variables):
-            secret = self.secret_for(variable)
-            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
-        return names
 
 
 class WebhookTarget(TargetBase):

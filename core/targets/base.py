@@ -136,6 +136,18 @@ class TargetContext:
     recorded_stamps: dict[str, str] = field(default_factory=dict)
     recorded_etag: str | None = None
 
+    def subscription_for(self, subscription: str | None, what: str) -> str:
+        """The ARM subscription of a resource the target writes: its own `subscription`, else
+        the writing store's default.
+
+        Raises:
+            TargetError: neither is known (names the target and `what`, e.g. "site app1").
+        """
+        found = subscription or self.subscription
+        if not found:
+            raise TargetError(f"target {self.name}: no subscription known for {what}")
+        return found
+
 
 def owned_by(tags: dict[str, str] | None, target: str) -> bool:
     """True when `tags` mark an object as vaultrelay's for target `target`."""

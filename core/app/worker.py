@@ -26,8 +26,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.app.work import WorkFailed, handle_message, max_dequeue
 from core.azure.queue import WorkQueue
@@ -46,13 +47,17 @@ WARM_MODULES = ("azure.data.tables", "azure.keyvault.secrets", "azure.storage.bl
                 "opentelemetry.metrics")
 
 
-@dataclass
-class WorkerStats:
+class WorkerStats(BaseModel):
+    """What a worker process did; also the counts of `vaultrelay worker --output json`
+    (`core.cli_json.WorkerDocument`), which a parent of `--processes N` sums."""
+
+    model_config = ConfigDict(extra="forbid")
+
     items: int = 0
     envs: int = 0
     target_writes: int = 0
     state_writes: int = 0
-    pushed: list[str] = field(default_factory=list)
+    pushed: list[str] = Field([], description="env->target pushed, one entry per push")
     requeued: int = 0
     throttled: int = 0
     failed: int = 0
@@ -62,7 +67,7 @@ class WorkerStats:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return self.model_dump()
 
     def add(self, other: dict[str, Any]) -> None:
         for key, value in other.items():
@@ -150,7 +155,7 @@ def run_processes(count: int, *, config: str | None, drain: bool, visibility_tim
                 document = json.loads(output or b"{}")
             except ValueError:
                 document = {}
-            total.add({k: v for k, v in document.items() if k in WorkerStats.__dataclass_fields__})
+            total.add({k: v for k, v in document.items() if k in WorkerStats.model_fields})
             if child.returncode not in (0, 1):
                 total.failed += 1
     finally:
@@ -206,7 +211,7 @@ def run_forked(count: int, work: Callable[[], WorkerStats]) -> WorkerStats:
                 document = json.loads(output or b"{}")
             except ValueError:
                 document = {}
-            total.add({k: v for k, v in document.items() if k in WorkerStats.__dataclass_fields__})
+            total.add({k: v for k, v in document.items() if k in WorkerStats.model_fields})
             if os.waitstatus_to_exitcode(status) != 0:
                 total.failed += 1
     return total

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.azure.protocols import TableClientLike, TableServiceClientLike
 from core.errors import VaultRelayError
 
 log = logging.getLogger("vaultrelay.state")
@@ -103,16 +104,16 @@ def _utcnow() -> datetime:
 class StateStore:
     """Typed access to the state tables through azure-data-tables clients."""
 
-    def __init__(self, table_service: Any, prefix: str = "vaultrelay", *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, table_service: TableServiceClientLike, prefix: str = "vaultrelay", *, clock: Callable[[], float] = time.time) -> None:
         self._service = table_service
         self.prefix = prefix
         self._clock = clock
-        self._tables: dict[str, Any] = {}
+        self._tables: dict[str, TableClientLike] = {}
         self._ensured = False
         self.writes = 0  # state writes made by this instance (status, benchmarks)
 
     # ---- plumbing -----------------------------------------------------------------------
-    def table(self, name: str) -> Any:
+    def table(self, name: str) -> TableClientLike:
         client = self._tables.get(name)
         if client is None:
             client = self._tables[name] = self._service.get_table_client(self.prefix + name)

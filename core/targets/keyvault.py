@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from core.azure.protocols import CertificateClientLike
 from core.permissions.matrix import denied_note
 from core.targets.base import (
     RUN_ENVS,
@@ -121,7 +122,7 @@ class KeyVaultTargetWriter:
         self.versions: dict[str, str] = {}  # secret name (lower case) -> the version this writer last wrote
         self._static_tags = dict(getattr(config, "tags", None) or {})
         self._as_certificates = getattr(config, "certificates", "secret") == "certificate"
-        self._certificates: Any = None
+        self._certificates: CertificateClientLike | None = None
 
     # ---- what is written besides the value ---------------------------------------------------
     def shape(self, desired: dict[str, DesiredItem], now: float | None = None) -> dict[str, DesiredItem]:

@@ -44,6 +44,10 @@ BATCH_SETTING = "VAULTRELAY_WORK_BATCH"
 MAX_DEQUEUE_SETTING = "VAULTRELAY_WORK_MAX_DEQUEUE"
 MAX_ENVS_PER_ITEM = 50
 DEFAULT_BATCH = 10
+# A fan-out of few envs is cut into about this many items (fewer envs each, down to one): the
+# host scales the consumer out by queue length, and 100 envs in 10 items would keep 4 instances
+# busy for 3 rounds, 2 of them idle in the last.
+MIN_ITEMS = 16
 # Kept equal to host.json's extensions.queues.maxDequeueCount (a test checks they agree).
 DEFAULT_MAX_DEQUEUE = 5
 # Re-enqueues of one item for throttling or a busy env before it counts as a failure.
@@ -159,6 +163,12 @@ def plan_items(groups: Sequence[Sequence[str]], reason: Reason, trigger: str, *,
     return items
 
 
+def item_size(envs: int, batch: int) -> int:
+    """Envs per item for a fan-out of `envs`: `batch`, or fewer so that there are about MIN_ITEMS
+    items (at least one env each)."""
+    return max(1, min(batch, math.ceil(envs / MIN_ITEMS)))
+
+
 @dataclass
 class Fanout:
     """Enqueues work items for one engine's config (the planners' side)."""
@@ -180,7 +190,7 @@ class Fanout:
         if not self.ensured:
             self.queue.ensure()
             self.ensured = True
-        items = plan_items(engine._site_groups(sorted(set(envs))), reason, trigger, batch=self.batch, forget=forget,
+        items = plan_items(engine._site_groups(sorted(set(envs))), reason, trigger, batch=item_size(len(set(envs)), self.batch), forget=forget,
                            force_mint=force_mint)
         for item in items:
             self.queue.send(item.to_text())

@@ -271,3 +271,15 @@ def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: 
     assert list(raw_queue.receive_messages(max_messages=32, visibility_timeout=1)) == []  # invisible for now
     assert raw_queue.get_queue_properties().approximate_message_count == 1
     raw_queue.clear_messages()  # the re-enqueued item would otherwise come back in two minutes
+
+
+def test_a_small_fan_out_is_cut_into_enough_items_for_many_instances() -> None:
+    from core.app.work import item_size, plan_items
+
+    def sizes(envs: int, batch: int = 10) -> list[int]:
+        groups = [[f"e{i}"] for i in range(envs)]
+        return [len(item.envs) for item in plan_items(groups, "scheduled", "timer", batch=item_size(envs, batch))]
+
+    assert sizes(100) == [7] * 14 + [2]  # 15 items, not 10 of 10: 4 consumers get 4 rounds, none idle for long
+    assert sizes(5000) == [10] * 500  # a large fleet: the configured batch
+    assert sizes(3) == [1, 1, 1] and sizes(40, batch=2) == [2] * 20

@@ -29,7 +29,7 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -276,19 +276,56 @@ def requeue_delay(attempt: int, refused_s: float = 0.0) -> float:
     return max(backoff, min(REQUEUE_MAX_S, math.ceil(refused_s)))
 
 
+# A kept storage key listing is used by a work item only if it was made this long after the
+# account's last key switch (another instance's rotation: its clock may differ a little).
+SWITCH_MARGIN = timedelta(minutes=5)
+
+
+def _drop_listings_older_than_key_switches(engine: Any) -> None:
+    """Drop this process's kept storage key listings made before (or about when) an account's
+    active key last switched, so that a work item reusing the others never signs or pushes with
+    a key regenerated since it was listed (one read of the storage rotation records).
+
+    Each item would otherwise list every account it uses afresh: two ARM list calls per account,
+    against the storage resource provider's 100 lists per 5 minutes per subscription and region,
+    a ceiling of a few hundred items per 5 minutes for the whole fleet.
+
+    Raises:
+        core.state.tables.StateUnavailable: the state tables failed.
+    """
+    from core.resolve import forget_values
+    from core.sources.listed_keys import forget_listed_keys
+    from core.sources.storage import STORAGE_ROTATION
+
+    now = datetime.now(UTC)
+    for row in engine.state.query("rotations", STORAGE_ROTATION):
+        switched = str(row.fields.get("rotated_at") or "")
+        try:
+            at = datetime.fromisoformat(switched)
+        except ValueError:
+            continue
+        fresh_after = (at if at.tzinfo else at.replace(tzinfo=UTC)) + SWITCH_MARGIN
+        if forget_listed_keys(row.key, listed_before=fresh_after) or now < fresh_after:
+            forget_values(account=row.key)  # values taken from such a listing (`cache.secret_cache`)
+
+
 def run_item(engine: Any, item: WorkItem) -> WorkResult:
     """Sync the item's envs (those that still have targets) and sort the outcome per env."""
     from core.resolve import forget_values
+    from core.sources.listed_keys import forget_listed_keys
 
     for forget in item.forget:
         forget_values(**forget.params())
+        if forget.account:
+            forget_listed_keys(forget.account)
     known = set(engine.envs_with_targets())
     envs = [e for e in dict.fromkeys(item.envs) if e in known]  # an env removed from the config is done
     result = WorkResult(item.id, "done", envs)
     if not envs:
         return result
     writes_before = engine.state.writes
-    report = engine.sync(envs=envs, force_mint=item.force_mint)
+    _drop_listings_older_than_key_switches(engine)
+    report = engine.sync(envs=envs, force_mint=item.force_mint, reuse_listings=True)
     result.state_writes = engine.state.writes - writes_before
     result.target_writes = report.target_writes
     result.pushed = [f"{t.env}->{t.target}" for t in report.targets if t.writes]

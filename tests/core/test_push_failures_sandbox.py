@@ -39,6 +39,7 @@ from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
 from sandbox.receiver import serve_https
+from tests.configs import blob_target, body_yaml, secret_ref, webhook_target
 from tests.world import World, is_write, target_writes
 
 STATE = "sandboxstore"  # the state tables' account in World's config
@@ -230,13 +231,7 @@ def test_keyvault_target_failing_half_way_is_not_recorded_and_the_next_run_write
 # ---- blob target ----------------------------------------------------------------------------------
 def blob_body(world: World, value: str) -> str:
     name = world.secret("blobby", value)
-    return f"""
-        envs:
-          app:
-            BLOBBY: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "fail-TAG.env"}}
-    """
+    return body_yaml(envs={"app": {"BLOBBY": secret_ref(name)}}, targets={"blob": blob_target("app", "fail-TAG.env")})
 
 
 def blob_client(world: World) -> Any:
@@ -428,13 +423,8 @@ def receiver() -> Iterator[HttpsReceiver]:
 def test_webhook_500_then_200_is_retried_and_a_failed_delivery_is_redone_next_run(world: FaultWorld, receiver: HttpsReceiver) -> None:
     key = "signing-key-for-tests-0123456789"
     name = world.secret("hooked", "h-1")
-    body = f"""
-        envs:
-          app:
-            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          hook: {{type: webhook, env: app, url: "{receiver.url}", signing_key: {key}, retries: 2, timeout: 5}}
-    """
+    body = body_yaml(envs={"app": {"HOOKED": secret_ref(name)}},
+                     targets={"hook": webhook_target("app", receiver.url, signing_key=key, retries=2, timeout=5)})
     receiver.fail_next = 1
     (first,) = world.engine(body).sync().targets
     assert (first.outcome, first.writes, receiver.attempts, len(receiver.delivered)) == ("pushed", 1, 2, 1)
@@ -470,13 +460,10 @@ def test_an_unreachable_webhook_is_named_by_host_and_cause(world: FaultWorld) ->
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     name = world.secret("unreachable", "u-1")
-    body = f"""
-        envs:
-          app:
-            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          hook: {{type: webhook, env: app, url: "https://127.0.0.1:{port}/hook?code=query-token-123", signing_key: k, retries: 0, timeout: 2}}
-    """
+    body = body_yaml(envs={"app": {"HOOKED": secret_ref(name)}}, targets={
+        "hook": webhook_target("app", f"https://127.0.0.1:{port}/hook?code=query-token-123", signing_key="k", retries=0,
+                               timeout=2),
+    })
     (failed,) = world.engine(body).sync().targets
     assert failed.outcome == "error"
     assert_clear(failed.error, f"target hook: webhook 127.0.0.1:{port} unreachable: no connection: ConnectionRefusedError (Connection refused)",

@@ -20,7 +20,7 @@ from dotenv import dotenv_values
 
 from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
-from tests.configs import body_yaml, keyvault_target, secret_ref
+from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, ref, secret_ref
 from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,14 +142,10 @@ def test_blob_and_app_settings_targets(world: World) -> None:
     current = web.web_apps.list_application_settings(world.sandbox.resource_group, site).properties or {}
     web.web_apps.update_application_settings(world.sandbox.resource_group, site, StringDictionary(properties={**current, f"KEEP_{world.tag}": "theirs"}))
     a = world.secret("gamma", "gamma-value")
-    body = f"""
-        envs:
-          app{world.tag}:
-            GAMMA_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-        targets:
-          blob: {{type: blob, env: app{world.tag}, store: azure, account: sandboxdata, container: bundles, blob: "{world.tag}.json", format: json}}
-          settings: {{type: app_settings, env: app{world.tag}, store: azure, site: {site}}}
-    """
+    body = body_yaml(envs={f"app{world.tag}": {f"GAMMA_{world.tag}": secret_ref(a)}}, targets={
+        "blob": blob_target(f"app{world.tag}", f"{world.tag}.json", format="json"),
+        "settings": app_settings_target(f"app{world.tag}", site=site),
+    })
     report = world.engine(body).sync()
     assert report.ok, report
     blob = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), "bundles", credential=world.admin).get_blob_client(f"{world.tag}.json")
@@ -215,14 +211,13 @@ def test_sas_is_reused_until_due_then_rotated_with_an_overlap_window(world: Worl
 
 
 def rotation_body(account: str) -> str:
-    return f"""
-        envs:
-          app:
-            KEY: {{from: {{store: azure, resource_type: storage, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-            SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, sas_type: account, permissions: rl, expiry: 1d}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={
+        "app": {
+            "KEY": ref(resource_type="storage", account=account, key="active", rotate={"every": "30d"}),
+            "SAS": ref(resource_type="storage", account=account, operation="generate_sas", sas_type="account",
+                       permissions="rl", expiry="1d"),
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(world: World) -> None:

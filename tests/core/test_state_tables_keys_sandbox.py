@@ -32,18 +32,14 @@ from core.state.tables import (
     to_entity,
 )
 from sandbox.client import SandboxClient
+from tests.configs import config_yaml, state_block
 
 _FORBIDDEN = set("/\\#?") | {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 
 def engine_for(tag: str, body: str) -> SyncEngine:
-    text = textwrap.dedent(f"""
-        version: 1
-        secretStores:
-          azure: {{type: azure.managed_identity}}
-        state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: k{tag}}}
-    """) + textwrap.dedent(body)
+    text = config_yaml(state=state_block(f"k{tag}")) + textwrap.dedent(body)
     return SyncEngine(StoreConnections(parse_config(text, "keys.yaml", environ=os.environ)))
 
 

@@ -18,6 +18,7 @@ from azure.mgmt.web.models import ManagedServiceIdentity, SitePatchResource, Str
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
+from tests.configs import app_settings_target, body_yaml, secret_ref
 from tests.world import World, write_config
 
 
@@ -58,20 +59,10 @@ class Site:
 
 
 def body(world: World, site: Site, secret: str) -> str:
-    return f"""
-        envs:
-          app:
-            DB_PASSWORD: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-        targets:
-          web:
-            type: app_settings
-            env: app
-            store: azure
-            site: {site.name}
-            values: keyvault_reference
-            vault: kv-target
-            prefix: vr-TAG-
-    """
+    return body_yaml(envs={"app": {"DB_PASSWORD": secret_ref(secret)}}, targets={
+        "web": app_settings_target("app", site=site.name, values="keyvault_reference", vault="kv-target",
+                                   prefix="vr-TAG-"),
+    })
 
 
 def test_pinned_references_resolve_for_the_site_identity_and_follow_each_new_value(world: World, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from azure.keyvault.certificates import CertificateClient
 from core.targets.base import DesiredItem
 from core.targets.keyvault import _period_expiry
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, secret_ref
 from tests.world import World
 
 
@@ -97,14 +98,10 @@ def test_expires_follow_refuses_values_without_expiry_and_follows_the_source(pol
     exp = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
     secret = f"api-{world2.tag}"
     world2.source.set_secret(secret, "expiring-value", expires_on=exp)
-    body = f"""
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-, expires: follow,
-                   content_type: text/plain, tags: {{cost-center: "1", owner: o}}}}
-    """
+    body = body_yaml(envs={"app": {"API_KEY": secret_ref(secret)}}, targets={
+        "vault": keyvault_target("app", prefix="vr-TAG-", expires="follow", content_type="text/plain",
+                                 tags={"cost-center": "1", "owner": "o"}),
+    })
     report = world2.engine(body).sync()
     assert report.ok, [t.error for t in report.targets]
     assert world2.target.get_secret(f"vr-{world2.tag}-api-key").properties.expires_on == exp
@@ -132,15 +129,13 @@ def test_period_expiry_is_stable_within_a_period_and_leaves_a_third() -> None:
 def test_certificate_pushed_as_a_certificate(seeded: SandboxClient) -> None:
     world = World(seeded)
     prefix = f"vr-{world.tag}-"
-    body = """
-        envs:
-          app:
-            TLS_CERT: {from: {store: azure, vault: kv-source, secret: app-certificate, type: certificate}}
-            TLS_PFX: {from: {store: azure, vault: kv-source, secret: app-certificate, type: certificate, format: pfx}}
-            PLAIN: plain-value
-        targets:
-          vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-, certificates: certificate}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "TLS_CERT": secret_ref("app-certificate", type="certificate"),
+            "TLS_PFX": secret_ref("app-certificate", type="certificate", format="pfx"),
+            "PLAIN": "plain-value",
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-", certificates="certificate")})
     seeded.grant("system", "Key Vault Certificates Officer", seeded.resource_id("vault", "kv-target"))
     first = world.engine(body).sync()
     assert first.ok, [t.error for t in first.targets]

@@ -39,7 +39,7 @@ from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
 from sandbox.receiver import serve_https
-from tests.configs import blob_target, body_yaml, secret_ref, webhook_target
+from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, secret_ref, webhook_target
 from tests.world import World, is_write, target_writes
 
 STATE = "sandboxstore"  # the state tables' account in World's config
@@ -78,14 +78,8 @@ def seed_where(rate: float, outcomes: list[bool]) -> int:
 
 def kv_body(world: World, *values: str) -> str:
     names = [world.secret(n, v) for n, v in zip(("alpha", "beta", "gamma"), values, strict=True)]
-    refs = "\n".join(f"            {n.split('-')[0].upper()}: {{from: {{store: azure, vault: kv-source, secret: {n}}}}}" for n in names)
-    return f"""
-        envs:
-          app:
-{refs}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={"app": {n.split("-")[0].upper(): secret_ref(n) for n in names}},
+                     targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def pushed(world: World, variable: str) -> str | None:
@@ -309,14 +303,8 @@ def test_blob_etag_conflict_from_a_concurrent_writer_is_an_error_and_the_next_ru
 # ---- app settings ---------------------------------------------------------------------------------
 def settings_body(world: World, *, delta: bool) -> str:
     gamma = f"gamma-{world.tag}"
-    extra = f"\n            DELTA_{world.tag}: delta-literal" if delta else ""
-    return f"""
-        envs:
-          app:
-            GAMMA_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {gamma}}}}}{extra}
-        targets:
-          settings: {{type: app_settings, env: app, store: azure, site: {SITE}}}
-    """
+    env = {f"GAMMA_{world.tag}": secret_ref(gamma), **({f"DELTA_{world.tag}": "delta-literal"} if delta else {})}
+    return body_yaml(envs={"app": env}, targets={"settings": app_settings_target("app", site=SITE)})
 
 
 def web(world: World) -> Any:

@@ -24,7 +24,7 @@ from core.push import SyncEngine
 from core.rotation.account_keys import KeyRotation
 from core.values import SecretValue
 from sandbox.client import SandboxClient
-from tests.configs import body_yaml, config_yaml, keyvault_target, mi_store, secret_ref
+from tests.configs import config_yaml, mi_store, state_block
 from tests.core.test_rotation_account_keys_sandbox import cosmos_keys, fresh_cosmos_account
 from tests.world import World, fresh_account, regenerations, run_cli, write_config
 
@@ -78,8 +78,13 @@ class Tagged:
     def body(self, env_secret: str | None = None) -> str:
         env = ""
         if env_secret:
-            env = body_yaml(envs={"app": {"ACCOUNT_KEY": secret_ref(env_secret, vault=self.vault)}},
-                            targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
+            env = f"""
+        envs:
+          app:
+            ACCOUNT_KEY: {{from: {{store: azure, vault: {self.vault}, secret: {env_secret}}}}}
+        targets:
+          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
+"""
         accounts = ", ".join(self.accounts or [f"/subscriptions/{self.world.sandbox.subscription_id}/resourceGroups/none/providers/"
                                                  f"Microsoft.Storage/storageAccounts/nothing{self.world.tag}"])
         return f"""
@@ -691,12 +696,7 @@ def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: 
     loaded = parse_config(config_yaml(stores={
         "azure": mi_store(),
         "rot": mi_store({"type": "user_assigned", "client_id": rotator.client_id}),
-    }, state={
-        "store": "azure",
-        "account": "sandboxstore",
-        "vault": "kv-state",
-        "table_prefix": f"t{world.tag}",
-    }, rotation={
+    }, state=state_block(f"t{world.tag}"), rotation={
         "tagged_secrets": [{"vault": tagged.vault, "store": "rot", "accounts": list(tagged.accounts)}],
     }), "tagged.yaml", environ=os.environ)
     report = compute_permissions(loaded, environ=os.environ)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from azure.keyvault.certificates import CertificateClient
@@ -27,43 +28,30 @@ def policed(seeded: SandboxClient) -> Iterator[SandboxClient]:
         seeded.clear_keyvault_policy("kv-target")
 
 
-def env_body(world: World, target_extra: str) -> str:
+def env_body(world: World, **target_extra: Any) -> str:
     secret = world.secret("api", "the-api-key-value")
-    return f"""
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-            API_URL: {{template: "https://api.example/?key={{{{ API_KEY | urlencode }}}}"}}
-        targets:
-          vault:
-            type: keyvault
-            env: app
-            store: azure
-            vault: kv-target
-            prefix: vr-TAG-
-            {target_extra}
-    """
+    return body_yaml(envs={"app": {
+        "API_KEY": secret_ref(secret),
+        "API_URL": {"template": "https://api.example/?key={{ API_KEY | urlencode }}"},
+    }}, targets={"vault": keyvault_target("app", prefix="vr-TAG-", **target_extra)})
 
 
 def test_writes_without_the_keys_are_refused_and_reported_clearly(policed: SandboxClient) -> None:
     world = World(policed)
-    report = world.engine(env_body(world, "")).sync()
+    report = world.engine(env_body(world)).sync()
     assert not report.ok
     [target] = report.targets
     assert target.outcome == "error" and target.error is not None
     assert f"target vault (env app): setting vr-{world.tag}-api-key (variable API_KEY) in vault kv-target was refused by Azure Policy" in target.error
     assert "secrets-need-expiry-and-tags" in target.error and "the-api-key-value" not in target.error
-    assert world.engine(env_body(world, "")).status()  # the error is on record
-    record = world.engine(env_body(world, "")).state.get("pushes", "app", "vault")
+    assert world.engine(env_body(world)).status()  # the error is on record
+    record = world.engine(env_body(world)).state.get("pushes", "app", "vault")
     assert record is not None and "refused by Azure Policy" in str(record.fields.get("error"))
 
 
 def test_writes_with_content_type_tags_and_expiry_pass_the_policy(policed: SandboxClient) -> None:
     world = World(policed)
-    extra = """content_type: text/plain
-            tags: {cost-center: "4711", owner: platform}
-            expires: 30d"""
-    body = env_body(world, extra)
+    body = env_body(world, content_type="text/plain", tags={"cost-center": "4711", "owner": "platform"}, expires="30d")
     first = world.engine(body).sync()
     assert first.ok, [t.error for t in first.targets]
     assert first.target_writes == 2
@@ -87,10 +75,8 @@ def test_writes_with_content_type_tags_and_expiry_pass_the_policy(policed: Sandb
 
 def test_expires_follow_refuses_values_without_expiry_and_follows_the_source(policed: SandboxClient) -> None:
     world = World(policed)
-    extra = """tags: {cost-center: "1", owner: o}
-            content_type: text/plain
-            expires: follow"""
-    refused = world.engine(env_body(world, extra)).sync()
+    refused = world.engine(env_body(world, tags={"cost-center": "1", "owner": "o"}, content_type="text/plain",
+                                    expires="follow")).sync()
     [target] = refused.targets
     assert target.outcome == "error" and "expires: follow, but API_KEY, API_URL have no expiry of their own" in (target.error or "")
 
@@ -112,7 +98,7 @@ def test_reserved_tags_cannot_be_overridden(seeded: SandboxClient) -> None:
 
     world = World(seeded)
     with pytest.raises(ConfigError) as caught:
-        world.config(env_body(world, "tags: {managed-by: me, vaultrelay-target: x}"))
+        world.config(env_body(world, tags={"managed-by": "me", "vaultrelay-target": "x"}))
     assert any("managed-by, vaultrelay-target is vaultrelay's own" in p.message for p in caught.value.problems)
 
 

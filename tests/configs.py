@@ -35,6 +35,10 @@ def app_settings_target(env: str, *, site: str = "sandbox-web", store: str = "az
     return {"type": "app_settings", "env": env, "store": store, "site": site, **extra}
 
 
+def container_app_target(env: str, app: str, *, store: str = "azure", **extra: Any) -> dict[str, Any]:
+    return {"type": "container_app", "env": env, "store": store, "app": app, **extra}
+
+
 def webhook_target(env: str, url: str, *, signing_key: str = "signing-key-0123456789", **extra: Any) -> dict[str, Any]:
     return {"type": "webhook", "env": env, "url": url, "signing_key": signing_key, **extra}
 

@@ -33,13 +33,13 @@ def cosmos_keys(sandbox: SandboxClient, account: str) -> Any:
     return client.database_accounts.list_keys(sandbox.resource_group, account)
 
 
-def cosmos_body(account: str) -> str:
+def cosmos_body(account: str, **extra: Any) -> str:
     return body_yaml(envs={
         "app": {
             "COSMOS_KEY": ref(resource_type="cosmosdb", account=account, key="active", rotate={"every": "30d"}),
             "COSMOS_CS": ref(resource_type="cosmosdb", account=account, key="active", format="connection_string"),
         },
-    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")}, **extra)
 
 
 def test_cosmos_key_rotation_regenerates_the_inactive_key_switches_and_repushes(world: World) -> None:

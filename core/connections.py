@@ -27,6 +27,7 @@ from core.plan import EnvPlan, plan_env
 from core.resolve import Resolver
 from core.sources.base import PlannedRef, StoreRuntime
 from core.sources.listed_keys import listed_keys_ttl
+from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 
 log = logging.getLogger("vaultrelay.plan")
@@ -176,7 +177,7 @@ class StoreConnections:
         `fresh` or `active_key` is given: a run that consults the rotation record (the sync
         engine's) or mints lists afresh, and what it lists is kept for the fetches that follow."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
-        if delegation_keys is None and any(r.kind == "sas" and r.param("sas_type") == "user_delegation" for r in plan.refs):
+        if delegation_keys is None and any(sources().get(r.kind).uses_delegation_key(r) for r in plan.refs):
             delegation_keys = self.kept_delegation_keys()
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}

@@ -27,6 +27,7 @@ from core.mint.sas import StoredDelegationKeys
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.permissions.matrix import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
+from core.sources.registry import sources
 from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.minted")
@@ -34,9 +35,6 @@ log = logging.getLogger("vaultrelay.minted")
 TAG_SIGNED_WITH = "signed-with"
 TAG_ISSUED = "issued"
 TAG_REFERENCE = "vaultrelay-reference"
-
-
-MINTED_KINDS = ("sas", "token")
 
 
 def minted_secret_name(ref: PlannedRef) -> str:
@@ -115,17 +113,18 @@ class MintedValues:
         if props.expires_on is None:
             return "no expiry recorded"
         now = self.clock()
-        if ref.kind == "sas":
-            lifetime = timedelta(seconds=float(ref.param("expiry_s")))
-        else:  # an access token: its own lifetime, from when it was stored
+        source = sources().get(ref.kind)
+        lifetime = source.minted_lifetime(ref)
+        if lifetime is None:  # e.g. an access token: its own lifetime, from when it was stored
             created = props.created_on or now
             lifetime = max(props.expires_on - created, timedelta(minutes=5))
         rotate_before = timedelta(seconds=float(ref.param("rotate_before_s") or lifetime.total_seconds() / 3))
         if props.expires_on - now <= rotate_before:
             return f"less than {rotate_before} left"
         signed_with = (props.tags or {}).get(TAG_SIGNED_WITH)
-        if ref.kind == "sas" and ref.param("sas_type") != "user_delegation" and signed_with != self.active_key("storage", ref.param("account")):
-            return f"signed with {signed_with}, active key is {self.active_key('storage', ref.param('account'))}"
+        follows = source.follows_active_key(ref)  # signed with an account key: the active one?
+        if follows is not None and signed_with != self.active_key(*follows):
+            return f"signed with {signed_with}, active key is {self.active_key(*follows)}"
         return None
 
     def _mint(self, env: str, ref: PlannedRef, secret: str, reason: str, bundle: Bundle) -> None:
@@ -134,7 +133,7 @@ class MintedValues:
             bundle.failures[ref.name] = minted.failures[ref.name]
             return
         item = minted.values[ref.name]
-        problem = verify_sas(self.broker, ref, item.value.reveal()) if ref.kind == "sas" else None
+        problem = verify_sas(self.broker, ref, item.value.reveal()) if sources().features(ref.kind).verify_minted else None
         if problem:
             if ref.param("sas_type") != "user_delegation":
                 # The key that signed it was refused: the listing this process kept is stale.

@@ -49,6 +49,7 @@ from core.targets.base import (
 )
 
 LISTING_TTL_S = 60.0
+REREAD_MAX = 25  # more names to read again than one listing page holds: list again instead
 WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
 TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
 BACKOFF_FIRST_S = 0.25
@@ -165,16 +166,48 @@ class KeyVaultTargetWriter:
         """Name -> properties of every secret in the vault.  One listing serves every target of
         a sync run on this vault for LISTING_TTL_S (a vault of 10,000 secrets is 400 pages);
         vaultrelay's own writes update it, other writers are seen by a later listing."""
+        return self._listing()[0]
+
+    def _listing(self, *, fresh: bool = False) -> tuple[dict[str, Any], bool]:
+        """`_list()` and whether it was listed just now (False: kept from earlier in the run)."""
         key = f"keyvault-listing {self.client.vault_url}"
         cached = self.ctx.run_cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
-            return dict(cached[1])
+        if not fresh and cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+            return dict(cached[1]), False
+        return self._list_now(key), True
+
+    def _list_now(self, key: str) -> dict[str, Any]:
         try:
             listing = {p.name.lower(): p for p in self.client.list_properties_of_secrets()}
         except Exception as exc:
             raise TargetError(f"target {self.ctx.name}: cannot list secrets of vault {self.config.vault}: {_cause(exc)}") from None
         self.ctx.run_cache[key] = (time.monotonic(), listing)
         return dict(listing)
+
+    def _current(self, existing: dict[str, Any], suspect: list[str]) -> dict[str, Any]:
+        """`existing` (a listing kept from earlier in the run) with the secrets in `suspect` read
+        again now.  A kept listing can be older than the push record just read: another instance
+        may have written these names (under the env's lease) since it was taken, and what it
+        wrote is not drift.  Few names: one GET each; many, or a GET Key Vault refuses (a
+        disabled secret): one new listing."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        if len(suspect) > REREAD_MAX:
+            return self._listing(fresh=True)[0]
+        current = dict(existing)
+        for name in suspect:
+            try:
+                props: Any = self.client.get_secret(name).properties
+            except ResourceNotFoundError:
+                props = None
+            except AzureError:
+                return self._listing(fresh=True)[0]
+            self._listed(name, props)
+            if props is None:
+                current.pop(name.lower(), None)
+            else:
+                current[name.lower()] = props
+        return current
 
     def _listed(self, name: str, properties: Any) -> None:
         cached = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
@@ -186,7 +219,9 @@ class KeyVaultTargetWriter:
 
     # ---- snapshot: stamps and ownership ------------------------------------------------------
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
-        existing = self._list()
+        existing, fresh = self._listing()
+        if not fresh:
+            existing = self._current(existing, self._unlike_record(existing, names, recorded))
         snapshot = Snapshot()
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
@@ -202,6 +237,18 @@ class KeyVaultTargetWriter:
             if props is not None and not self._ours(self._secret(variable), props, variable in recorded):
                 snapshot.foreign.add(variable)
         return snapshot
+
+    def _unlike_record(self, existing: dict[str, Any], names: set[str], recorded: dict[str, str]) -> list[str]:
+        """The secrets whose push record has a stamp that `existing` does not show."""
+        def stamp(secret: str) -> str | None:
+            props = existing.get(secret.lower())
+            return stamp_of(props) if props is not None else None
+
+        if self.whole_bundle:
+            etag = self.ctx.recorded_etag
+            return [self.bundle_secret] if etag and stamp(self.bundle_secret) != etag else []
+        stamps = self.ctx.recorded_stamps
+        return sorted(self._secret(v) for v in names if v in recorded and v in stamps and stamp(self._secret(v)) != stamps[v])
 
     def _ours(self, name: str, props: Any, recorded: bool) -> bool:
         """Whether secret `name` is vaultrelay's for this target: its latest version's tags say

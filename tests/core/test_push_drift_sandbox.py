@@ -182,6 +182,31 @@ def test_a_change_back_to_what_vaultrelay_would_push_clears_the_drift(world: Wor
     assert_settled(world, body)
 
 
+def test_another_instances_write_between_two_envs_of_one_run_is_not_drift(world: World) -> None:
+    # One listing of a vault serves every env of a run for a while.  Another instance syncs the
+    # second env (under that env's lease) after this run listed the vault: its write, which the
+    # push record then holds, is not drift, and nothing is written again.
+    a, b = world.secret("alpha", "alpha-value-1"), world.secret("beta", "beta-value-1")
+    body = body_yaml(envs={"one": {"ALPHA": secret_ref(a)}, "two": {"BETA": secret_ref(b)}},
+                     targets={"first": keyvault_target("one", prefix="vr-TAG-one-"), "second": keyvault_target("two", prefix="vr-TAG-two-")})
+    assert world.engine(body).sync().ok
+    after_a_second()
+    world.source.set_secret(b, "beta-value-2")
+    others: list[Any] = []
+
+    def another_instance_syncs_two(env: str) -> None:
+        if env == "one":  # this run has listed the vault (env one's snapshot); env two is next
+            others.append(world.engine(body).sync("two"))
+
+    engine = world.engine(body)
+    report = engine.sync(progress=another_instance_syncs_two)
+    assert [t.outcome for t in others[0].targets] == ["pushed"]
+    second = next(t for t in report.targets if t.target == "second")
+    assert (second.drift, second.writes) == ([], 0), second
+    assert world.target.get_secret(f"vr-{world.tag}-two-beta").value == "beta-value-2"
+    assert status_of(engine, "second")["drift"] == "" and audit(engine, "drift") == []
+
+
 def test_accepted_drift_is_no_longer_reported_and_a_later_change_is_pushed(world: World, tmp_path: Path, capsys: Any) -> None:
     body = kv_body(world, "report")
     assert world.engine(body).sync().ok

@@ -72,6 +72,7 @@ from core.rotation.regeneration import (
     verify_storage_key,
 )
 from core.sources.key_access import ensure_account_keys_usable
+from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
 
@@ -615,8 +616,7 @@ class TaggedSecretRotation:
         """Re-sync the envs with targets that reference the secret (they get the new version)."""
         forget_values(vault=vault, secret=name)
         envs = [env for env in self.engine.envs_with_targets()
-                if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
-                       for r in self.broker.env_plan(env).refs)]
+                if any(_reads(r) == (vault, name.lower()) for r in self.broker.env_plan(env).refs)]
         if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:tagged:{vault}/{name}",
                                     forget=[{"vault": vault, "secret": name}]) is not None:
             return envs
@@ -664,3 +664,9 @@ class TaggedSecretRotation:
         return follow_regeneration(row, self._save, lambda operation, started: regenerate_account_key(
             self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account, key_name, credential,
             operation=operation, wait=wait, on_started=started))
+
+
+def _reads(ref: Any) -> tuple[str, str] | None:
+    """(vault, secret) in lower case of the Key Vault object planned reference `ref` reads, if any."""
+    read = sources().get(ref.kind).keyvault_object(ref)
+    return (read[0].lower(), read[1].lower()) if read is not None else None

@@ -8,8 +8,10 @@ vaultrelay's for this target when its push record says vaultrelay wrote it, or w
 the secret carries those marks for this target; any other secret is never overwritten, deleted
 or recovered.  Removed variables are deleted (soft delete) or kept per `deletion_policy`.
 
-Drift is judged by stamps from the listing a sync reads anyway (the listing gives no version id):
-the latest version's created and updated times and its fingerprint tag.  Key Vault keeps times
+Drift is judged by stamps from the properties a sync reads anyway (the vault's listing for a sync
+of many envs; one GET per secret for a work item's few envs, which must not page through a vault
+holding a whole fleet's secrets): the latest version's created and updated times and its
+fingerprint tag.  Key Vault keeps times
 to the second; in the second of vaultrelay's write a new value still shows, because no one
 without the key can tag it, so only a change in that very second that also copies vaultrelay's
 tags goes unseen.
@@ -34,8 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from core.azure.protocols import CertificateClientLike
 from core.permissions.matrix import denied_note
 from core.targets.base import (
+    RUN_ENVS,
     TAG_FINGERPRINT,
     Change,
     DesiredItem,
@@ -49,7 +53,11 @@ from core.targets.base import (
 )
 
 LISTING_TTL_S = 60.0
-REREAD_MAX = 25  # more names to read again than one listing page holds: list again instead
+# Up to this many envs in a sync run, a target reads its own secrets (one GET each, in parallel)
+# instead of listing the vault: a listing is 25 secrets a page, serial, and a vault a fleet
+# shares holds every env's secrets (50,000 secrets are 2,000 pages for each work item).
+GET_MAX_ENVS = 60
+REREAD_MAX = 25  # more names to read again than one listing page holds: list the vault again instead
 WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
 TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
 BACKOFF_FIRST_S = 0.25
@@ -64,6 +72,9 @@ PKCS12_CONTENT_TYPE = "application/x-pkcs12"
 BEING_DELETED = "ObjectIsBeingDeleted"
 BEING_RECOVERED = "ObjectIsBeingRecovered"
 DELETED_BUT_RECOVERABLE = "ObjectIsDeletedButRecoverable"
+
+
+DISABLED = object()  # `_read`'s answer for a disabled secret (Key Vault refuses to GET it: 403 SecretDisabled)
 
 
 def _attempt(operation: Callable[[], None]) -> TargetError | None:
@@ -112,7 +123,7 @@ class KeyVaultTargetWriter:
         self.versions: dict[str, str] = {}  # secret name (lower case) -> the version this writer last wrote
         self._static_tags = dict(getattr(config, "tags", None) or {})
         self._as_certificates = getattr(config, "certificates", "secret") == "certificate"
-        self._certificates: Any = None
+        self._certificates: CertificateClientLike | None = None
 
     # ---- what is written besides the value ---------------------------------------------------
     def shape(self, desired: dict[str, DesiredItem], now: float | None = None) -> dict[str, DesiredItem]:
@@ -166,17 +177,13 @@ class KeyVaultTargetWriter:
         """Name -> properties of every secret in the vault.  One listing serves every target of
         a sync run on this vault for LISTING_TTL_S (a vault of 10,000 secrets is 400 pages);
         vaultrelay's own writes update it, other writers are seen by a later listing."""
-        return self._listing()[0]
+        return self._listing()
 
-    def _listing(self, *, fresh: bool = False) -> tuple[dict[str, Any], bool]:
-        """`_list()` and whether it was listed just now (False: kept from earlier in the run)."""
+    def _listing(self, *, fresh: bool = False) -> dict[str, Any]:
         key = f"keyvault-listing {self.client.vault_url}"
         cached = self.ctx.run_cache.get(key)
         if not fresh and cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
-            return dict(cached[1]), False
-        return self._list_now(key), True
-
-    def _list_now(self, key: str) -> dict[str, Any]:
+            return dict(cached[1])
         try:
             listing = {p.name.lower(): p for p in self.client.list_properties_of_secrets()}
         except Exception as exc:
@@ -184,44 +191,68 @@ class KeyVaultTargetWriter:
         self.ctx.run_cache[key] = (time.monotonic(), listing)
         return dict(listing)
 
-    def _current(self, existing: dict[str, Any], suspect: list[str]) -> dict[str, Any]:
-        """`existing` (a listing kept from earlier in the run) with the secrets in `suspect` read
-        again now.  A kept listing can be older than the push record just read: another instance
-        may have written these names (under the env's lease) since it was taken, and what it
-        wrote is not drift.  Few names: one GET each; many, or a GET Key Vault refuses (a
-        disabled secret): one new listing."""
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        if len(suspect) > REREAD_MAX:
-            return self._listing(fresh=True)[0]
-        current = dict(existing)
-        for name in suspect:
-            try:
-                props: Any = self.client.get_secret(name).properties
-            except ResourceNotFoundError:
-                props = None
-            except AzureError:
-                return self._listing(fresh=True)[0]
-            self._listed(name, props)
-            if props is None:
-                current.pop(name.lower(), None)
-            else:
-                current[name.lower()] = props
-        return current
-
     def _listed(self, name: str, properties: Any) -> None:
+        """What this run knows of `name` after vaultrelay wrote (or deleted: None) it."""
         cached = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
         if cached is not None:
             if properties is None:
                 cached[1].pop(name.lower(), None)
             else:
                 cached[1][name.lower()] = properties
+        read = self.ctx.run_cache.get(f"keyvault-read {self.client.vault_url}")
+        if read is not None:
+            read[name.lower()] = properties
+
+    def _existing(self, secrets: set[str]) -> dict[str, Any]:
+        """Name (lower case) -> properties of those of `secrets` that exist (at least those).
+
+        From the vault's listing when this run has one or syncs many envs; else one GET per
+        secret (GET_MAX_ENVS), whose values are kept for `_matches` for this run only.
+
+        Raises:
+            TargetError: the vault could not be listed or read.
+        """
+        listing = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
+        if (listing is not None and time.monotonic() - listing[0] < LISTING_TTL_S) or self.ctx.run_cache.get(RUN_ENVS, 0) > GET_MAX_ENVS:
+            return self._list()
+        read: dict[str, Any] = self.ctx.run_cache.setdefault(f"keyvault-read {self.client.vault_url}", {})
+        missing = sorted({s.lower(): s for s in secrets if s.lower() not in read}.values())
+        if missing:
+            if len(missing) == 1:
+                answers = [self._read(missing[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(missing)), thread_name_prefix="vaultrelay-kv-read") as pool:
+                    answers = list(pool.map(lambda n: contextvars.copy_context().run(self._read, n), missing))
+            if any(answer is DISABLED for answer in answers):
+                return self._list()  # a disabled secret cannot be read: its properties are in the listing
+            read_at: dict[str, float] = self.ctx.run_cache.setdefault(f"keyvault-read-at {self.client.vault_url}", {})
+            for name, answer in zip(missing, answers, strict=True):
+                read[name.lower()] = answer
+                read_at[name.lower()] = time.monotonic()
+        return {name: props for name, props in read.items() if props is not None}
+
+    def _read(self, name: str) -> Any:
+        """The properties of secret `name` (None: no such secret; DISABLED: it is disabled)."""
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+        try:
+            secret = self.client.get_secret(name)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            if exc.status_code == 403 and _inner_code(exc) == "SecretDisabled":
+                return DISABLED
+            raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        except AzureError as exc:
+            raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        self.ctx.run_cache[f"keyvault-value {self.client.vault_url} {name.lower()} {stamp_of(secret.properties)}"] = secret.value
+        return secret.properties
 
     # ---- snapshot: stamps and ownership ------------------------------------------------------
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
-        existing, fresh = self._listing()
-        if not fresh:
-            existing = self._current(existing, self._unlike_record(existing, names, recorded))
+        began = time.monotonic()
+        existing = self._existing({self.bundle_secret} if self.whole_bundle else {self._secret(v) for v in names})
+        existing = self._current(existing, self._unlike_record(existing, names, recorded), began)
         snapshot = Snapshot()
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
@@ -250,6 +281,45 @@ class KeyVaultTargetWriter:
         stamps = self.ctx.recorded_stamps
         return sorted(self._secret(v) for v in names if v in recorded and v in stamps and stamp(self._secret(v)) != stamps[v])
 
+    def _current(self, existing: dict[str, Any], suspect: list[str], since: float) -> dict[str, Any]:
+        """`existing` with those of `suspect` that were listed or read before `since` read again.
+
+        What this run listed or read earlier (a vault's listing serves every env of the run; a
+        read-only pass reads before the env's lease is taken) can be older than the push record
+        just read: another instance may have written these names since, under the env's lease,
+        and what it wrote is not drift.  Few names: one GET each; many (or a disabled secret,
+        which Key Vault refuses to GET): a new listing.
+
+        Raises:
+            TargetError: the vault could not be listed or read.
+        """
+        listing = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
+        read_at: dict[str, float] = self.ctx.run_cache.get(f"keyvault-read-at {self.client.vault_url}", {})
+
+        def seen_at(name: str) -> float:
+            if listing is not None and name.lower() not in read_at:
+                return float(listing[0])
+            return read_at.get(name.lower(), since)
+
+        older = [n for n in suspect if seen_at(n) < since]
+        if not older:
+            return existing
+        if len(older) > REREAD_MAX:
+            return self._listing(fresh=True)
+        current = dict(existing)
+        for name in older:
+            props = self._read(name)
+            if props is DISABLED:
+                return self._listing(fresh=True)
+            self._listed(name, props)
+            read_at[name.lower()] = time.monotonic()
+            if props is None:
+                current.pop(name.lower(), None)
+            else:
+                current[name.lower()] = props
+        self.ctx.run_cache[f"keyvault-read-at {self.client.vault_url}"] = read_at
+        return current
+
     def _ours(self, name: str, props: Any, recorded: bool) -> bool:
         """Whether secret `name` is vaultrelay's for this target: its latest version's tags say
         so, the push record does, or (only asked when neither does) an earlier version's tags."""
@@ -269,7 +339,7 @@ class KeyVaultTargetWriter:
         """Of `names`, those whose secret is exactly what vaultrelay would write now: enabled,
         vaultrelay's tags and nothing else, the content type and expiry, and the value (one GET,
         only when all the rest matches)."""
-        existing = self._list()
+        existing = self._existing({self.bundle_secret} if self.whole_bundle else {self._secret(v) for v in names})
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
             payload = self._bundle_payload(desired)
@@ -299,6 +369,9 @@ class KeyVaultTargetWriter:
             return False
         key = f"keyvault-holds {self.client.vault_url} {name.lower()} {stamp_of(props)} {mark}"
         known = self.ctx.run_cache.get(key)  # one read per run while the secret is unchanged
+        read = self.ctx.run_cache.get(f"keyvault-value {self.client.vault_url} {name.lower()} {stamp_of(props)}")
+        if known is None and read is not None:  # read by `_existing` a moment ago
+            known = self.ctx.run_cache[key] = read == value
         if known is None:
             try:
                 current = self.client.get_secret(name)

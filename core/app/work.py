@@ -37,7 +37,6 @@ from core.azure.queue import MAX_MESSAGE_BYTES, WorkQueue, queue_name, queue_ser
 
 log = logging.getLogger("vaultrelay.work")
 
-MODE_SETTING = "VAULTRELAY_SYNC_MODE"
 BATCH_SETTING = "VAULTRELAY_WORK_BATCH"
 MAX_DEQUEUE_SETTING = "VAULTRELAY_WORK_MAX_DEQUEUE"
 MAX_ENVS_PER_ITEM = 50
@@ -180,11 +179,6 @@ class Fanout:
             self.queue.send(item.to_text())
         log.info("enqueued %d work items (%d envs, %s, %s)", len(items), len(set(envs)), reason, trigger)
         return items
-
-
-def queue_mode(environ: Mapping[str, str]) -> bool:
-    """Whether planners enqueue (`VAULTRELAY_SYNC_MODE=queue`) rather than sync inline."""
-    return (environ.get(MODE_SETTING) or "inline").strip().lower() == "queue"
 
 
 def open_queue(broker: Any, environ: Mapping[str, str]) -> WorkQueue:

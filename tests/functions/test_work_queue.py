@@ -20,8 +20,8 @@ from azure.functions.queue import QueueMessage  # what the worker builds from th
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient
 
-from core.app.http_api import HttpApi
 from core.app.work import DEFAULT_MAX_DEQUEUE, WorkFailed, parse_item
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
@@ -44,7 +44,7 @@ def source(seeded: SandboxClient, tag: str) -> SecretClient:
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     """Three small envs with a Key Vault target each, in queue mode on this module's own queue."""
     path = write_config(tmp_path_factory.mktemp("work") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
@@ -58,7 +58,7 @@ def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     environ = {**os.environ, "VAULTRELAY_CONFIG": str(path), "VAULTRELAY_SYNC_MODE": "queue", "VAULTRELAY_WORK_QUEUE": f"wq-{tag}",
                "VAULTRELAY_WORK_BATCH": "1"}
-    api = HttpApi(environ=environ, audit=MemoryAuditSink())
+    api = LiveRuntime(environ=environ, audit=MemoryAuditSink())
     with serving(api):
         yield api
     api.close()
@@ -121,7 +121,7 @@ def test_the_queue_trigger_is_registered_as_host_json_configures_it(functions: d
     assert 1 <= queues["batchSize"] <= 32
 
 
-def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                                raw_queue: QueueClient, target: SecretClient, tag: str) -> None:
     drain(raw_queue)
     response = functions["sync_all"].get_user_function()(request("POST", "/api/sync", headers=admin(seeded)))
@@ -148,7 +148,7 @@ def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[s
     assert all(versions(target, tag, env) == 1 for env in ENVS)
 
 
-def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                                      raw_queue: QueueClient) -> None:
     one = functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-beta", headers=admin(seeded), route_params={"env": "q-beta"}))
     assert one.status_code == 202 and [i["envs"] for i in body_json(one)["enqueued"]] == [["q-beta"]]
@@ -157,7 +157,7 @@ def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: 
     drain(raw_queue)
 
 
-def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                          raw_queue: QueueClient, source: SecretClient, target: SecretClient, tag: str) -> None:
     functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-gamma", headers=admin(seeded), route_params={"env": "q-gamma"}))
     older = drain(raw_queue)
@@ -179,7 +179,7 @@ def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, An
     assert target.get_secret(f"wq-{tag}-q-gamma-SECRET").value == f"new-value-{tag}"
 
 
-def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: HttpApi, raw_queue: QueueClient) -> None:
+def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: LiveRuntime, raw_queue: QueueClient) -> None:
     from azure.functions.timer import TimerRequest
 
     functions["sync_timer"].get_user_function()(TimerRequest(past_due=False))
@@ -188,7 +188,7 @@ def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: HttpApi, r
 
 
 def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_sync(
-        functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
+        functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
     functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-broken", headers=admin(seeded), route_params={"env": "q-broken"}))
     (text, _), = drain(raw_queue)
     with pytest.raises(WorkFailed):
@@ -207,12 +207,12 @@ def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_s
     assert "now-there" not in json.dumps(status)
 
 
-def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: HttpApi) -> None:
+def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: LiveRuntime) -> None:
     deliver(functions, base64.b64encode(b'{"envs": "x"}').decode())  # no exception: retrying cannot fix it
 
 
 
-def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[str, Any], api: HttpApi, clean_faults: SandboxClient,
+def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[str, Any], api: LiveRuntime, clean_faults: SandboxClient,
                                                                  raw_queue: QueueClient, source: SecretClient, target: SecretClient,
                                                                  tag: str) -> None:
     import time

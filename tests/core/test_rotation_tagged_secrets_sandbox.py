@@ -669,7 +669,7 @@ def test_provider_address_is_checked_again_under_the_lease(world: World, tagged:
             return found
 
     sandbox.reset_counters()
-    rotation = SwapAfterFirstRead(tagged.engine())
+    rotation = SwapAfterFirstRead(tagged.runtime())
     report = rotation.rotate_secret(tagged.vault, "swapped", force=True)
     assert rotation.reads == 2 and report.outcome == "unsupported" and victim in (report.error or ""), report
     assert arm_calls_to(sandbox, victim) == 0 and arm_calls_to(sandbox, listed) == 0

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from core.app.notify import Notifier, occurrence
-from core.app.sync import PushIncomplete, push
+from core.app.sync import push
 from core.push import SyncEngine
 from core.rotation.account_keys import KeyRotation
 from core.rotation.regeneration import RotationReport
@@ -51,11 +51,14 @@ def repush(runtime: Runtime, report: RotationReport) -> RotationReport:
         report.repushed = list(pending.envs)
         if pending.done is not None:
             pending.done()
-    except (PushIncomplete, RuntimeError) as exc:
+    except Exception as exc:  # the push failed or stayed busy: the next run resumes (account keys) or the event comes again
         message = f"re-push after {report.name} did not complete: {exc}; will resume"
         log.error("rotation %s: %s", report.name, message)
         runtime.state.audit(runtime.owner, "rotation.failed", report.name, {"error": type(exc).__name__})
         report.outcome, report.error = "error", message
+    finally:
+        if pending.release is not None:
+            pending.release()
     report.repush = None
     return report
 

@@ -147,18 +147,26 @@ class KeyRotation:
         lease = self.state.acquire_lease(f"rotate:{c.name}", self.runtime.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None:
             return RotationReport(c.name, "busy")
+        kept = False
         try:
             row = self.state.get("rotations", c.kind, c.account) or Row(c.kind, c.account, {"active": default, "rotated_at": ""})
             phase = row.fields.get("phase") or ""
             if not phase and not force and not self._due(row, c, now):
                 return RotationReport(c.name, "not_due", row.fields.get("active"), next_due=row.fields.get("next_due"))
-            return self._run(c, row, resumed=bool(phase))
+            report = self._run(c, row, resumed=bool(phase))
+            if report.repush is not None:
+                # The lease stays held while the envs are pushed (other instances find the
+                # rotation busy rather than resuming it); whoever pushes releases it.
+                report.repush.release = lambda: self.state.release_lease(lease)
+                kept = True
+            return report
         except Exception as exc:
             log.error("rotation %s failed: %s", c.name, type(exc).__name__)
             self.state.audit(self.runtime.owner, "rotation.failed", c.name, {"error": type(exc).__name__})
             return RotationReport(c.name, "error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
         finally:
-            self.state.release_lease(lease)
+            if not kept:
+                self.state.release_lease(lease)
 
     @staticmethod
     def _due(row: Row, c: Candidate, now: datetime) -> bool:

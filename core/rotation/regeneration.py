@@ -27,14 +27,16 @@ _TERMINAL_FAILURES = ("failed", "canceled", "cancelled")
 @dataclass
 class Repush:
     """What a rotation changed that its envs must now publish: the envs with targets that use it,
-    why (the work item trigger), which cached values to drop, and what to record once they are
-    pushed (`done`: account keys leave phase `repushing` only then).  The rotate use case
-    (core.app.rotate) hands it to a sync; rotation itself never pushes."""
+    why (the work item trigger), which cached values to drop, what to record once they are
+    pushed (`done`: account keys leave phase `repushing` only then) and the rotation's lease to
+    release afterwards, whatever happened (`release`).  The rotate use case (core.app.rotate)
+    hands it to a sync; rotation itself never pushes."""
 
     envs: list[str]
     trigger: str
     forget: list[dict[str, str]] = field(default_factory=list)
     done: Callable[[], None] | None = None
+    release: Callable[[], None] | None = None
 
 
 @dataclass

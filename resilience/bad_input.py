@@ -423,6 +423,7 @@ class _Answer:
     def __init__(self, response: Any) -> None:
         self.status = int(response.status_code)
         self.body = bytes(response.get_body())
+        self.media_type = str(response.mimetype)
 
 
 class _Served:

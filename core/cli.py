@@ -770,18 +770,31 @@ def _sync_queue(runtime: Any, args: argparse.Namespace, json_output: bool, out: 
 
 def _worker(runtime: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
     from core.app.sync import work_queue
-    from core.app.worker import consume, run_processes
+    from core.app.worker import can_fork, consume, run_forked, run_processes, warm_imports
     from core.azure.queue import QueueNotConfigured
+    from core.runtime import Runtime
 
     try:
         queue = work_queue(runtime)
     except QueueNotConfigured as exc:
         return _queue_failure(exc, "worker", runtime, json_output, out, err)
-    if args.processes > 1:
+    queue.ensure()
+    if args.processes > 1 and can_fork():
+        loaded = runtime.loaded
+        warm_imports()
+
+        def work() -> Any:  # in each process: its own runtime (clients, credentials, connections)
+            mine = Runtime(loaded, environ=os.environ)
+            try:
+                return consume(mine, work_queue(mine), drain=args.drain, visibility_timeout_s=args.visibility_timeout)
+            finally:
+                mine.close()
+
+        stats = run_forked(args.processes, work)
+    elif args.processes > 1:
         stats = run_processes(args.processes, config=args.config, drain=args.drain, visibility_timeout=args.visibility_timeout,
                               verbose=args.verbose)
     else:
-        queue.ensure()
         stats = consume(runtime, queue, drain=args.drain, visibility_timeout_s=args.visibility_timeout)
     if json_output:
         from core.cli_json import WorkerDocument, problem

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.app.worker import WorkerStats
+
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schema" / "cli"
 SCHEMA_BASE = "https://vaultrelay.dev/schema/cli/"
 
@@ -210,23 +212,11 @@ class PoisonedItem(_Model):
     deliveries: int = 0
 
 
-class WorkerDocument(Document):
+class WorkerDocument(WorkerStats, Document):
     """`vaultrelay worker --output json` (one per process; the parent of --processes N sums them)."""
 
     command: Literal["worker"] = "worker"
     processes: int = 1
-    items: int = 0
-    envs: int = 0
-    target_writes: int = 0
-    state_writes: int = 0
-    pushed: list[str] = Field([], description="env->target pushed, one entry per push")
-    requeued: int = 0
-    throttled: int = 0
-    failed: int = 0
-    poisoned: int = 0
-    malformed: int = 0
-    cpu_seconds: float = 0.0
-    seconds: float = 0.0
 
 
 DOCUMENTS: dict[str, Any] = {  # name -> Document subclass

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from core.azure.clients import AzureClients
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle
 from core.compose import compose_bundle
 from core.config import LoadedConfig, ManagedIdentityStore, resolve_cloud
@@ -26,6 +27,7 @@ from core.plan import EnvPlan, plan_env
 from core.resolve import Resolver
 from core.sources.base import PlannedRef, StoreRuntime
 from core.sources.listed_keys import listed_keys_ttl
+from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 
 log = logging.getLogger("vaultrelay.plan")
@@ -175,7 +177,7 @@ class StoreConnections:
         `fresh` or `active_key` is given: a run that consults the rotation record (the sync
         engine's) or mints lists afresh, and what it lists is kept for the fetches that follow."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
-        if delegation_keys is None and any(r.kind == "sas" and r.param("sas_type") == "user_delegation" for r in plan.refs):
+        if delegation_keys is None and any(sources().get(r.kind).uses_delegation_key(r) for r in plan.refs):
             delegation_keys = self.kept_delegation_keys()
         stores: dict[str, StoreRuntime] = {}
         unusable: dict[str, str] = {}
@@ -205,7 +207,7 @@ class StoreConnections:
         self.credentials.close()
 
     # ---- state: the fingerprint key ----------------------------------------------------
-    def state_vault(self) -> Any:
+    def state_vault(self) -> SecretClientLike:
         """The client of `state.vault` (the config has one)."""
         settings = self.loaded.config.state
         assert settings is not None and settings.vault is not None

@@ -7,3 +7,5 @@ one of Microsoft's sample-tagged secrets.
 
 MANAGED_BY = "managed-by"
 MANAGED_BY_VALUE = "vaultrelay"
+# The same mark in blob metadata, whose names must be C# identifiers (no hyphen).
+MANAGED_BY_METADATA = "managed_by"

@@ -1,7 +1,7 @@
 """Sync: resolve each env that has targets and push only what changed, recording every decision.
 
 For each env (under a lease, so concurrent instances do not push the same env at once):
-1. resolve the env; SAS tokens come from the state vault (`core.mint.minted_sas`), re-minted only
+1. resolve the env; SAS tokens come from the state vault (`core.mint.minted`), re-minted only
    when due.  If any variable fails, **no target of the env is touched** (no partial bundle is
    ever published) and the failure is recorded for `status`.
 2. per target: read its snapshot, compare with the last push record (keyed fingerprints, and
@@ -35,20 +35,24 @@ from datetime import datetime
 from typing import Any
 
 from core import telemetry
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
 from core.errors import NotFoundError
+from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 from core.state.leases import holder_is_dead
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
-from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry
 
 log = logging.getLogger("vaultrelay.sync")
 
 LEASE_SECONDS = 120.0
+# Up to this many envs, a sync reads their push records by partition (4 queries); beyond, one scan.
+PARTITION_QUERY_MAX_ENVS = 60
 SITE_LEASE_SECONDS = 60.0
 # Waits for a site's lease held by another instance (its push is one read and one PUT).
 SITE_LEASE_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -177,7 +181,7 @@ class SyncEngine:
         """
         return self.runtime.state  # type: ignore[no-any-return]
 
-    def state_vault(self) -> Any:
+    def state_vault(self) -> SecretClientLike:
         return self.broker.state_vault()
 
     @property
@@ -203,13 +207,11 @@ class SyncEngine:
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
         """The env's bundle with SAS tokens served from (and minted into) the state vault."""
-        from core.mint.minted_sas import MintedSas
+        from core.mint.minted import MintedValues
 
         plan = self.broker.env_plan(env)
-        from core.mint.minted_sas import MINTED_KINDS
-
-        sas = [r for r in plan.refs if r.kind in MINTED_KINDS]
-        others = [r for r in plan.refs if r.kind not in MINTED_KINDS]
+        sas = [r for r in plan.refs if sources().features(r.kind).minted]
+        others = [r for r in plan.refs if not sources().features(r.kind).minted]
         began = time.perf_counter()
         prefetched = self._prefetched.get(env)
         if prefetched is not None:
@@ -230,7 +232,7 @@ class SyncEngine:
                 except Conflict:
                     log.info("rotation record of %s updated concurrently", outcome.secret)
 
-            minted = MintedSas(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
+            minted = MintedValues(self.broker, self.state_vault(), active_key=self.active_key, clock=self.clock, on_mint=record)
             minted.fill(env, sas, bundle, force=force_mint, dry_run=dry_run)
             outcomes = minted.outcomes
         compose_bundle(bundle, plan.composed)  # templates over the env's values, minted ones included
@@ -244,11 +246,9 @@ class SyncEngine:
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
         envs share is fetched once per sync, not once per env.  Values are held for this sync only."""
-        from core.mint.minted_sas import MINTED_KINDS
-
         refs: list[Any] = []
         for env in envs:
-            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if r.kind not in MINTED_KINDS)
+            refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if not sources().features(r.kind).minted)
         bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():
@@ -359,14 +359,19 @@ class SyncEngine:
 
     def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool,
                    progress: Callable[[str], None] | None = None) -> None:
+        self._run_cache[RUN_ENVS] = len(envs)
         if len(envs) > 1:
             try:
                 self._prefetch(envs)
             except StateUnavailable:
                 self._prefetched = {}  # each env resolves on its own and reports the failure
             try:
-                # One scan of the push records instead of one read per target (read-only passes only).
-                self._preloaded = {(r.partition, r.key): r for r in self.state.query("pushes")}
+                # The push records read at once instead of one read per target (read-only passes
+                # only): the envs' partitions for a work item's few envs, one scan for a whole fleet
+                # (a work item scanning every env's records would cost O(fleet) per item).
+                rows = (self.state.query_partitions("pushes", envs) if len(envs) <= PARTITION_QUERY_MAX_ENVS
+                        else self.state.query("pushes"))
+                self._preloaded = {(r.partition, r.key): r for r in rows}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
         for group in self._site_groups(envs):

@@ -16,7 +16,7 @@ import contextvars
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from core.azure.clients import AzureClients
 from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.sources.base import PlannedRef, RunContext, StoreRuntime, translate_error
 from core.sources.fetched import Fetched
-from core.sources.registry import SourceRegistry, default_registry
+from core.sources.registry import SourceRegistry, default_registry, sources
 from core.value_cache import ValueCache
 
 log = logging.getLogger("vaultrelay.resolve")
@@ -138,10 +138,11 @@ class Resolver:
         """
         wanted: dict[tuple[int, str], tuple[Any, str]] = {}
         for first, _group in items:
-            if not first.kind.startswith("keyvault_"):
+            read = self.registry.get(first.kind).keyvault_object(first)
+            if read is None:
                 continue
             store = self.stores[first.store]
-            scope = self.clients.keyvault_scope(str(first.param("vault", "")))
+            scope = self.clients.keyvault_scope(read[0])
             if scope is None or not hasattr(store.credential, "prefetch"):
                 continue
             wanted.setdefault((id(store.credential), scope), (store.credential, scope))
@@ -152,7 +153,7 @@ class Resolver:
         by_store: dict[str, list[tuple[PlannedRef, list[PlannedRef]]]] = {}
         for item in items:
             by_store.setdefault(item[0].store, []).append(item)
-        by_store = {name: _dispatch_order(queue) for name, queue in by_store.items()}
+        by_store = {name: _dispatch_order(queue, self.registry) for name, queue in by_store.items()}
         offsets = dict.fromkeys(by_store, 0)
         while any(offsets[s] < len(by_store[s]) for s in by_store):
             wave: list[tuple[PlannedRef, list[PlannedRef]]] = []
@@ -222,11 +223,7 @@ def forget_values(**params: str) -> int:
     return PROCESS_VALUE_CACHE.invalidate(matches)
 
 
-# Kinds whose references to one account share per-run calls (listKeys, delegation key, Cosmos DB keys).
-_SHARED_CALL_KINDS = frozenset({"storage_key", "sas", "cosmos"})
-
-
-def _dispatch_order(items: list[tuple[PlannedRef, list[PlannedRef]]]) -> list[tuple[PlannedRef, list[PlannedRef]]]:
+def _dispatch_order(items: list[tuple[PlannedRef, list[PlannedRef]]], registry: SourceRegistry | None = None) -> list[tuple[PlannedRef, list[PlannedRef]]]:
     """One store's fetches in the order that shortens the run's critical path.
 
     First one reference per target (vault, account): their one-off round trips (the Key Vault
@@ -234,19 +231,18 @@ def _dispatch_order(items: list[tuple[PlannedRef, list[PlannedRef]]]) -> list[tu
     for the previous one.  Then the other fetches that need requests of their own, round-robin over
     targets.  Last the references that only reuse a per-run shared call (a second key or SAS of an
     account): by then the shared call is done, so they never hold a concurrency slot while waiting.
+    Each source says what its fetch targets and whether it shares a call (core.sources.base.Source).
     """
-    groups: dict[tuple[str, Any], list[tuple[PlannedRef, list[PlannedRef]]]] = {}
+    registry = registry or sources()
+    groups: dict[Hashable, list[tuple[PlannedRef, list[PlannedRef]]]] = {}
     for item in items:
-        ref = item[0]
-        if ref.kind in _SHARED_CALL_KINDS:
-            target: Any = ("account", ref.kind == "cosmos", str(ref.param("account", "")).lower())
-        elif ref.kind.startswith("keyvault_"):
-            target = ("vault", str(ref.param("vault", "")).lower())
-        else:
-            target = ("ref", ref.dedup_key)
-        groups.setdefault(target, []).append(item)
+        groups.setdefault(registry.get(item[0].kind).fetch_target(item[0]), []).append(item)
+
+    def shares(item: tuple[PlannedRef, list[PlannedRef]]) -> bool:
+        return registry.features(item[0].kind).shares_account_call
+
     leaders = [group[0] for group in groups.values()]
-    independent = [[item for item in group[1:] if item[0].kind not in _SHARED_CALL_KINDS] for group in groups.values()]
+    independent = [[item for item in group[1:] if not shares(item)] for group in groups.values()]
     spread = [item for row in itertools.zip_longest(*independent) for item in row if item is not None]
-    followers = [item for group in groups.values() for item in group[1:] if item[0].kind in _SHARED_CALL_KINDS]
+    followers = [item for group in groups.values() for item in group[1:] if shares(item)]
     return leaders + spread + followers

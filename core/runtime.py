@@ -34,10 +34,6 @@ log = logging.getLogger("vaultrelay.runtime")
 
 T = TypeVar("T")
 
-# The fetch audit's writes are on a caller's path: better a quick 503 than the caller waiting out
-# storage's long backoff.  Passed per call to the same table clients (azure-core reads these
-# per-operation options in its RetryPolicy).
-AUDIT_RETRY = {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
 RETIRE_AFTER_S = 60.0
 MODE_SETTING = "VAULTRELAY_SYNC_MODE"
 
@@ -109,15 +105,16 @@ class Runtime:
             return self._state
 
     def audit_state(self) -> Any:
-        """The state store as the fetch audit writes to it: the same store and table clients,
-        each call with the short retry budget `AUDIT_RETRY`.
+        """The state store as the fetch audit writes to it: the same store and table clients, each
+        call with the client factory's short retry budget (`AzureClients.short_retry`).
 
         Raises:
             ConfigError: no state account; StateUnavailable: the tables cannot be created.
         """
         store = self._state or self._build_state()
-        store.ensure_tables(**AUDIT_RETRY)
-        return store.with_call_options(**AUDIT_RETRY)
+        options = self.clients.short_retry()
+        store.ensure_tables(**options)
+        return store.with_call_options(**options)
 
     @property
     def fingerprinter(self) -> Any:

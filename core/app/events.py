@@ -33,6 +33,7 @@ from core.app.sync import PushIncomplete, engine, push
 from core.mint.sas import DELEGATION_KEY_PREFIX
 from core.resolve import forget_values
 from core.runtime import Runtime
+from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.events")
@@ -130,16 +131,17 @@ class KeyVaultEvents:
         index: dict[tuple[str, str], set[str]] = {}
         for env in with_targets:
             for ref in self.runtime.connections.env_plan(env).refs:
-                if ref.kind.startswith("keyvault_"):
-                    index.setdefault((str(ref.param("vault")).lower(), str(ref.param("secret")).lower()), set()).add(env)
+                read = sources().get(ref.kind).keyvault_object(ref)
+                if read is not None:
+                    index.setdefault((read[0].lower(), read[1].lower()), set()).add(env)
         return index
 
     def _config_vaults(self) -> frozenset[str]:
         """Every vault the config names: references (of any env), Key Vault targets, the state
         vault and vaults under `rotation.tagged_secrets` (lowercase)."""
         config = self.runtime.config
-        vaults = {str(ref.param("vault")).lower() for env in config.envs for ref in self.runtime.connections.env_plan(env).refs
-                  if ref.kind.startswith("keyvault_")}
+        reads = [sources().get(ref.kind).keyvault_object(ref) for env in config.envs for ref in self.runtime.connections.env_plan(env).refs]
+        vaults = {read[0].lower() for read in reads if read is not None}
         vaults.update(t.vault.lower() for t in config.targets.values() if t.type == "keyvault")
         if config.state is not None and config.state.vault:
             vaults.add(config.state.vault.lower())

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.sources.registry import sources
+
 DEFAULT_WINDOW = timedelta(days=30)
-RENEWED_BY_VAULTRELAY = {"sas": "minted again before it expires", "user_delegation_sas": "minted again before it expires",
-                         "token": "fetched again before it expires"}
 
 
 @dataclass
@@ -104,42 +104,29 @@ def in_bundle(broker: Any, env: str, bundle: Any, now: datetime,
         ref = refs.get(variable)
         if ref is None or value.expires_on is None:
             continue
-        name, where = _names(ref)
-        renewable = ref.kind in RENEWED_BY_VAULTRELAY or (ref.kind.startswith("keyvault") and where.lower() in tagged_vaults)
-        renewal = RENEWED_BY_VAULTRELAY.get(ref.kind, "rotated by rotation.tagged_secrets" if renewable else
-                                            "set a new version (or a new certificate) before it expires")
+        source = sources().get(ref.kind)
+        name, where = source.names(ref)
+        renewable = source.features.renewal is not None or (source.features.reads_keyvault and where.lower() in tagged_vaults)
+        renewal = source.features.renewal or ("rotated by rotation.tagged_secrets" if renewable else
+                                              "set a new version (or a new certificate) before it expires")
         found.append((Expiring(name, ref.kind, where, value.expires_on, renewable=renewable, renewal=renewal,
                                expired=value.expires_on <= now), f"{env}.{variable}"))
     for variable, failure in bundle.failures.items():
         ref = refs.get(variable)
         if ref is None:
             continue
-        name, where = _names(ref)
+        source = sources().get(ref.kind)
+        name, where = source.names(ref)
         expires = (minted or {}).get((env, variable))
         if failure.reason == "would_mint" and expires is not None:
             # minted before and due again: the record says when the one in use expires
-            found.append((Expiring(name, ref.kind, where, expires, renewable=True, renewal=RENEWED_BY_VAULTRELAY.get(ref.kind, ""),
+            found.append((Expiring(name, ref.kind, where, expires, renewable=True, renewal=source.features.renewal or "",
                                    expired=expires <= now), f"{env}.{variable}"))
         elif failure.reason == "expired":
-            renewable = ref.kind.startswith("keyvault") and where.lower() in tagged_vaults
+            renewable = source.features.reads_keyvault and where.lower() in tagged_vaults
             found.append((Expiring(name, ref.kind, where, None, renewable=renewable,
                                    renewal="set a new version: Key Vault refuses to hand it out", expired=True), f"{env}.{variable}"))
     return found
-
-
-def _names(ref: Any) -> tuple[str, str]:
-    """(what, where) of a planned reference, for people: `kv-source/db-password`, `kv-source`."""
-    if ref.kind.startswith("keyvault"):
-        vault = str(ref.param("vault") or "")
-        return f"{vault}/{ref.param('secret')}", vault
-    if ref.kind in ("sas", "user_delegation_sas"):
-        account = str(ref.param("account") or "")
-        scope = "/".join(str(p) for p in (ref.param("container"), ref.param("blob"), ref.param("table")) if p)
-        return f"{account}/{scope}" if scope else account, account
-    if ref.kind == "token":
-        what = str(ref.param("resource") or ref.param("scope") or "")
-        return what, what
-    return ref.description, ref.description
 
 
 def _time(value: Any) -> datetime | None:

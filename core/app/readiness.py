@@ -58,24 +58,17 @@ def readiness(runtime: Runtime, source_status: Mapping[str, Any]) -> tuple[bool,
 def store_scopes(broker: Any) -> dict[str, set[str]]:
     """Store -> the token scopes it needs: for every env's references, the targets it writes and
     the state it keeps."""
-    from core.sources.token import scope_of
+    from core.sources.base import STORAGE_SCOPE
+    from core.sources.registry import sources
 
     loaded, cloud = broker.loaded, broker.cloud
     vault_scope = f"https://{cloud.vault_dns_suffix}/.default"
     arm_scope = cloud.arm_scope
-    storage_scope = "https://storage.azure.com/.default"
+    storage_scope = STORAGE_SCOPE
     needs: dict[str, set[str]] = {}
     for env in loaded.config.envs:
         for ref in broker.env_plan(env).refs:
-            scopes = needs.setdefault(ref.store, set())
-            if ref.kind.startswith("keyvault"):
-                scopes.add(vault_scope)
-            elif ref.kind in ("storage_key", "cosmos"):
-                scopes.add(arm_scope)
-            elif ref.kind == "sas":
-                scopes.add(storage_scope if ref.param("sas_type") == "user_delegation" else arm_scope)
-            elif ref.kind == "token":
-                scopes.add(scope_of(ref.param("resource"), ref.param("scope")))
+            needs.setdefault(ref.store, set()).update(sources().get(ref.kind).token_scopes(ref, cloud))
     config = loaded.config
     for target in config.targets.values():
         store = getattr(target, "store", None)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core.azure.protocols import PipelineClientLike
 from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.sql")
@@ -55,7 +56,7 @@ class SqlServer:
 class SqlServers:
     """`Microsoft.Sql/servers` of one subscription, over an ARM pipeline client."""
 
-    def __init__(self, client: Any, subscription_id: str) -> None:
+    def __init__(self, client: PipelineClientLike, subscription_id: str) -> None:
         self._client = client
         self._subscription_id = subscription_id
 

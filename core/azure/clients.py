@@ -15,11 +15,32 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from azure.core.pipeline.policies import HTTPPolicy, SansIOHTTPPolicy
 
-from core.azure.retry import RetrySettings
+from core.azure.protocols import (
+    BlobClientLike,
+    BlobServiceClientLike,
+    CertificateClientLike,
+    ContainerAppsManagementLike,
+    CosmosManagementLike,
+    KeyClientLike,
+    PipelineClientLike,
+    QueueClientLike,
+    SecretClientLike,
+    StorageManagementLike,
+    TableClientLike,
+    TableServiceClientLike,
+    WebManagementLike,
+)
+from core.azure.retry import RetrySettings, WaitRefused, wait_limit
+
+if TYPE_CHECKING:
+    from core.azure.arm_sql import SqlServers
+    from core.azure.queue import StorageWorkQueue
+
+_Client = TypeVar("_Client")
 
 request_log = logging.getLogger("vaultrelay.requests")
 
@@ -116,10 +137,19 @@ class VaultPacer:
         self.throttled = 0
 
     def acquire(self) -> None:
+        """Wait until a request may go out.
+
+        Raises:
+            WaitRefused: the vault is closed for longer than the caller's `waits_at_most`.
+        """
         with self._cond:
             while True:
                 wait = self._blocked_until - self._clock()
                 if wait > 0:
+                    limit = wait_limit()
+                    if limit is not None and wait > limit.max_s:
+                        limit.refuse(wait)
+                        raise WaitRefused(wait, "the vault")
                     self._cond.wait(wait)
                 elif self._in_flight >= self._limit:
                     self._cond.wait(1.0)
@@ -300,6 +330,38 @@ def _environment_once_session() -> Any:
     return EnvironmentOnceSession()
 
 
+def _pooled_session(pool_size: int) -> Any:
+    """The requests session under every client: environment read once, CA bundle parsed once,
+    one pool of `pool_size` connections per host, no urllib3 retries (azure-core retries)."""
+    session = _environment_once_session()
+    adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+CONFIG_BLOB_CONNECT_S = 5.0
+CONFIG_BLOB_READ_S = 10.0
+
+
+def config_blob_client(account_url: str, container: str, blob: str, credential: Any) -> BlobClientLike:
+    """The client of the blob holding the config (`$VAULTRELAY_CONFIG` as a blob URL).
+
+    The config is read before there is a config, and so before there is an `AzureClients` (its
+    cloud, pool size and retry budget come from the config).  This client gets the factory's
+    transport (the same session setup: environment read once, CA bundle parsed once) over a
+    session of its own, closed with the client.  The read is on a request's path: short timeouts
+    and a few quick retries, then the config read earlier keeps serving.
+    """
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import BlobClient, LinearRetry
+
+    transport = RequestsTransport(session=_pooled_session(1), session_owner=True,
+                                  connection_timeout=CONFIG_BLOB_CONNECT_S, read_timeout=CONFIG_BLOB_READ_S)
+    return BlobClient(account_url, container, blob, credential=credential, transport=transport,
+                      retry_policy=LinearRetry(backoff=1, random_jitter_range=0, retry_total=2))
+
+
 class CloudLike(Protocol):
     """What the client factory needs to know about the cloud it talks to."""
 
@@ -341,11 +403,7 @@ class AzureClients:
 
         with self._lock:
             if self._session is None:
-                session = _environment_once_session()
-                adapter = _shared_trust_adapter(pool_connections=32, pool_maxsize=self.pool_size, max_retries=0)
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
-                self._session = session
+                self._session = _pooled_session(self.pool_size)
         return RequestsTransport(session=self._session, session_owner=False)
 
     def _keyvault_transport(self) -> Any:
@@ -416,9 +474,9 @@ class AzureClients:
             return {"per_retry_policies": [RequestLogPolicy()]}
         return {}
 
-    def _cached(self, kind: str, endpoint: str, credential: Any, build: Callable[[], Any]) -> Any:
+    def _cached(self, kind: str, endpoint: str, credential: Any, build: Callable[[], _Client]) -> _Client:
         key = _Key(kind, endpoint.lower(), id(credential))
-        client = self._clients.get(key)
+        client: _Client | None = self._clients.get(key)
         if client is None:
             with self._lock:
                 client = self._clients.get(key)
@@ -452,7 +510,7 @@ class AzureClients:
             return account.rstrip("/")
         return f"https://{account}.{service}.{self.cloud.storage_suffix}"
 
-    def account_key_blob_service(self, account: str, key: str, *, retry_total: int) -> Any:
+    def account_key_blob_service(self, account: str, key: str, *, retry_total: int) -> BlobServiceClientLike:
         """A blob service client signed with an account key, for one check call (verifying a new
         key, telling whether Shared Key is allowed); not cached, the key is its credential."""
         from azure.storage.blob import BlobServiceClient
@@ -460,57 +518,51 @@ class AzureClients:
         return BlobServiceClient(self.storage_url(account, "blob"), credential={"account_name": account, "account_key": key},
                                  transport=self._transport(), retry_total=retry_total)
 
-    def sas_blob_service(self, account: str, token: str) -> Any:
+    def sas_blob_service(self, account: str, token: str) -> BlobServiceClientLike:
         """A blob service client signed with a SAS token, for verifying a token just minted."""
         from azure.storage.blob import BlobServiceClient
 
         return BlobServiceClient(self.storage_url(account, "blob"), credential=token, transport=self._transport(), retry_total=1)
 
-    def sas_table_client(self, account: str, table: str, token: str) -> Any:
+    def sas_table_client(self, account: str, table: str, token: str) -> TableClientLike:
         """A table client signed with a SAS token, for verifying a token just minted."""
         from azure.core.credentials import AzureSasCredential
         from azure.data.tables import TableClient
 
         return TableClient(self.storage_url(account, "table"), table, credential=AzureSasCredential(token), transport=self._transport())
 
-    def audit_table_service(self, account: str, credential: Any) -> Any:
-        """The state tables for the fetch audit: a short retry budget (the write is on a fetch's
-        path: better a quick 503 than a caller waiting out storage's long backoff)."""
-        url = self.storage_url(account, "table")
-
-        def build() -> Any:
-            from azure.data.tables import TableServiceClient
-
-            return TableServiceClient(endpoint=url, credential=credential, transport=self._transport(),
-                                      retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2)
-
-        return self._cached("table-audit", url, credential, build)
+    @staticmethod
+    def short_retry() -> dict[str, Any]:
+        """Per-call options for a call on a caller's path (the fetch audit's table writes): a short
+        retry budget, better a quick 503 than the caller waiting out storage's long backoff.
+        Passed to the calls of the same clients (azure-core's RetryPolicy reads them per operation)."""
+        return {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
 
     # ---- Key Vault --------------------------------------------------------------------------
-    def secret_client(self, vault: str, credential: Any) -> Any:
+    def secret_client(self, vault: str, credential: Any) -> SecretClientLike:
         url = self.vault_url(vault)
 
-        def build() -> Any:
+        def build() -> SecretClientLike:
             from azure.keyvault.secrets import SecretClient
 
             return SecretClient(url, credential, **self._keyvault_common("secrets", url, credential))
 
         return self._cached("secrets", url, credential, build)
 
-    def certificate_client(self, vault: str, credential: Any) -> Any:
+    def certificate_client(self, vault: str, credential: Any) -> CertificateClientLike:
         url = self.vault_url(vault)
 
-        def build() -> Any:
+        def build() -> CertificateClientLike:
             from azure.keyvault.certificates import CertificateClient
 
             return CertificateClient(url, credential, **self._keyvault_common("certificates", url, credential))
 
         return self._cached("certificates", url, credential, build)
 
-    def key_client(self, vault: str, credential: Any) -> Any:
+    def key_client(self, vault: str, credential: Any) -> KeyClientLike:
         url = self.vault_url(vault)
 
-        def build() -> Any:
+        def build() -> KeyClientLike:
             from azure.keyvault.keys import KeyClient
 
             return KeyClient(url, credential, **self._keyvault_common("keys", url, credential))
@@ -518,8 +570,8 @@ class AzureClients:
         return self._cached("keys", url, credential, build)
 
     # ---- ARM --------------------------------------------------------------------------------
-    def storage_management(self, subscription_id: str, credential: Any) -> Any:
-        def build() -> Any:
+    def storage_management(self, subscription_id: str, credential: Any) -> StorageManagementLike:
+        def build() -> StorageManagementLike:
             from azure.mgmt.storage import StorageManagementClient
 
             return StorageManagementClient(
@@ -529,8 +581,8 @@ class AzureClients:
 
         return self._cached("mgmt-storage", subscription_id, credential, build)
 
-    def cosmos_management(self, subscription_id: str, credential: Any) -> Any:
-        def build() -> Any:
+    def cosmos_management(self, subscription_id: str, credential: Any) -> CosmosManagementLike:
+        def build() -> CosmosManagementLike:
             from azure.mgmt.cosmosdb import CosmosDBManagementClient
 
             return CosmosDBManagementClient(
@@ -540,8 +592,8 @@ class AzureClients:
 
         return self._cached("mgmt-cosmos", subscription_id, credential, build)
 
-    def web_management(self, subscription_id: str, credential: Any) -> Any:
-        def build() -> Any:
+    def web_management(self, subscription_id: str, credential: Any) -> WebManagementLike:
+        def build() -> WebManagementLike:
             from azure.mgmt.web import WebSiteManagementClient
 
             return WebSiteManagementClient(
@@ -551,8 +603,8 @@ class AzureClients:
 
         return self._cached("mgmt-web", subscription_id, credential, build)
 
-    def container_apps(self, subscription_id: str, credential: Any) -> Any:
-        def build() -> Any:
+    def container_apps(self, subscription_id: str, credential: Any) -> ContainerAppsManagementLike:
+        def build() -> ContainerAppsManagementLike:
             from azure.mgmt.appcontainers import ContainerAppsAPIClient
 
             # A secrets-only PATCH completes in seconds; azure-core polls every 30 s unless the
@@ -564,10 +616,10 @@ class AzureClients:
 
         return self._cached("mgmt-containerapps", subscription_id, credential, build)
 
-    def sql_servers(self, subscription_id: str, credential: Any) -> Any:
+    def sql_servers(self, subscription_id: str, credential: Any) -> SqlServers:
         """`core.azure.arm_sql.SqlServers` over an ARM pipeline (no SQL SDK: two REST calls).  No
         body-logging policy is in the pipeline: a PATCH body carries a password."""
-        def build() -> Any:
+        def build() -> SqlServers:
             from azure.core.pipeline import policies
             from azure.mgmt.core import ARMPipelineClient
             from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
@@ -581,41 +633,41 @@ class AzureClients:
                 ARMChallengeAuthenticationPolicy(credential, *self._arm_scopes), *common.get("per_retry_policies", []),
                 ARMHttpLoggingPolicy(),
             ]
-            client: Any = ARMPipelineClient(base_url=self.cloud.arm_endpoint, policies=pipeline, transport=common["transport"])
+            client: PipelineClientLike = ARMPipelineClient(base_url=self.cloud.arm_endpoint, policies=pipeline, transport=common["transport"])
             return SqlServers(client, subscription_id)
 
         return self._cached("mgmt-sql", subscription_id, credential, build)
 
     # ---- Storage data plane -----------------------------------------------------------------
-    def blob_service(self, account: str, credential: Any) -> Any:
+    def blob_service(self, account: str, credential: Any) -> BlobServiceClientLike:
         url = self.storage_url(account, "blob")
 
-        def build() -> Any:
+        def build() -> BlobServiceClientLike:
             from azure.storage.blob import BlobServiceClient
 
             return BlobServiceClient(url, credential=credential, **self._blob_options(credential))
 
         return self._cached("blob", url, credential, build)
 
-    def table_service(self, account: str, credential: Any) -> Any:
+    def table_service(self, account: str, credential: Any) -> TableServiceClientLike:
         url = self.storage_url(account, "table")
 
-        def build() -> Any:
+        def build() -> TableServiceClientLike:
             from azure.data.tables import TableServiceClient
 
             return TableServiceClient(endpoint=url, credential=credential, **self._table_options(credential))
 
         return self._cached("table", url, credential, build)
 
-    def work_queue(self, service_url: str, name: str, credential: Any) -> Any:
+    def work_queue(self, service_url: str, name: str, credential: Any) -> StorageWorkQueue:
         """The work queue `name` and its `<name>-poison` at `service_url` (core.azure.queue), with
         base64 messages as the Functions queue extension expects them."""
-        def build() -> Any:
+        def build() -> StorageWorkQueue:
             from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
             from core.azure.queue import StorageWorkQueue
 
-            def client(queue: str) -> Any:
+            def client(queue: str) -> QueueClientLike:
                 return QueueClient(service_url, queue, credential=credential, message_encode_policy=TextBase64EncodePolicy(),
                                    message_decode_policy=TextBase64DecodePolicy(), **self._storage_common(credential))
 

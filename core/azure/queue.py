@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.azure.protocols import QueueClientLike
+
 log = logging.getLogger("vaultrelay.queue")
 
 DEFAULT_QUEUE = "vaultrelay-work"
@@ -81,7 +83,7 @@ def queue_service_url(environ: Mapping[str, str], storage_url: Any) -> str:
 class StorageWorkQueue:
     """`WorkQueue` over azure-storage-queue clients built by the client factory."""
 
-    def __init__(self, client: Any, poison: Any) -> None:
+    def __init__(self, client: QueueClientLike, poison: QueueClientLike) -> None:
         self._client = client
         self._poison = poison
         self.name = str(client.queue_name)

@@ -794,7 +794,7 @@ def _sas_caps(config: Config, lines: dict[Path_, int], file: str) -> list[Config
         for name, variable in variables.items():
             ref = variable.from_
             store = config.secretStores.get(ref.store) if ref is not None else None
-            if ref is None or ref.kind != "sas" or ref.expiry is None or not isinstance(store, ManagedIdentityStore):
+            if ref is None or not ref.features.minted or ref.expiry is None or not isinstance(store, ManagedIdentityStore):
                 continue
             path: Path_ = ("envs", env, name, "from", "expiry")
             caps = [(store.max_sas_expiry, f"store '{ref.store}' caps SAS lifetimes at max_sas_expiry {format_duration(store.max_sas_expiry)}")]
@@ -815,7 +815,7 @@ def _user_delegation_lifetimes(config: Config, lines: dict[Path_, int], file: st
     for env, variables in config.envs.items():
         for name, variable in variables.items():
             ref = variable.from_
-            if ref is None or ref.kind != "sas" or ref.effective_sas_type != "user_delegation" or ref.expiry is None:
+            if ref is None or not ref.features.minted or ref.effective_sas_type != "user_delegation" or ref.expiry is None:
                 continue
             store = config.secretStores.get(ref.store)
             cap = float(store.max_sas_expiry) if isinstance(store, ManagedIdentityStore) else float(ref.expiry)

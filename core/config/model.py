@@ -10,14 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from core.config.durations import parse_duration
+from core.names import GUID, STORAGE_ACCOUNT
 from core.ownership import MANAGED_BY
+from core.sources.kinds import Features, ReferenceKind, kind_of
 
-GUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _GUID_RE = re.compile(GUID)
 _IDENTITY_RESOURCE_ID = re.compile(
     r"^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.managedidentity/userassignedidentities/[^/]+$",
@@ -25,8 +26,6 @@ _IDENTITY_RESOURCE_ID = re.compile(
 )
 VAULT_NAME = r"^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$"
 SECRET_NAME = r"^[0-9a-zA-Z-]{1,127}$"
-STORAGE_ACCOUNT = r"^[a-z0-9]{3,24}$"
-COSMOS_ACCOUNT = r"^[a-z0-9][a-z0-9-]{1,42}[a-z0-9]$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -279,17 +278,6 @@ class Rotate(Strict):
         return value
 
 
-REFERENCE_KEYS: dict[str, set[str]] = {
-    "keyvault": {"store", "vault", "secret", "version", "type", "format", "subscription", "resource_group", "property", "decode", "encode"},
-    "storage_key": {"store", "resource_type", "account", "key", "subscription", "resource_group", "rotate"},
-    "sas": {"store", "resource_type", "account", "operation", "permissions", "expiry", "sas_type", "services",
-            "resource_types", "container", "blob", "table", "ip", "https_only", "subscription", "resource_group", "rotate_before"},
-    "sql": {"store", "resource_type", "server", "database", "format"},
-    "cosmos": {"store", "resource_type", "account", "key", "format", "subscription", "resource_group", "rotate"},
-    "token": {"store", "operation", "resource", "scope"},
-}
-
-
 class Reference(Strict):
     """A `from:` block.  Which keys apply depends on the kind (resource_type / operation / vault)."""
 
@@ -336,109 +324,36 @@ class Reference(Strict):
     encode: Literal["base64"] | None = Field(None, description="encode the (extracted) value last: base64")
 
     @property
+    def declaration(self) -> ReferenceKind:
+        """What this reference's kind declares (core.sources.kinds): keys, checks, plan, features."""
+        return kind_of(self)
+
+    @property
     def kind(self) -> str:
-        if self.operation == "get_token":
-            return "token"
-        if self.resource_type == "storage":
-            return "sas" if self.operation == "generate_sas" else "storage_key"
-        if self.resource_type == "sql":
-            return "sql"
-        if self.resource_type == "cosmosdb":
-            return "cosmos"
-        return "keyvault"
+        return kind_of(self).name
+
+    @property
+    def features(self) -> Features:
+        return kind_of(self).features
 
     @model_validator(mode="after")
     def _per_kind(self) -> Reference:
         """Every problem of the reference at once, each placed at its own key."""
-        kind = self.kind
+        declaration = kind_of(self)
         problems: list[str] = []
         given = {type(self).model_fields[k].alias or k for k in self.model_fields_set if getattr(self, k) is not None}
-        extra = sorted(given - REFERENCE_KEYS[kind])
-        label = {"keyvault": "a Key Vault reference", "storage_key": "a storage key reference", "sas": "a SAS reference",
-                 "sql": "a sql reference", "cosmos": "a cosmosdb reference", "token": "a get_token reference"}[kind]
-        allowed = ", ".join(sorted(REFERENCE_KEYS[kind] - {"store"}))
-        problems.extend(_here(key, f"{key} does not apply to {label} (allowed: {allowed})") for key in extra)
+        extra = sorted(given - declaration.keys)
+        allowed = ", ".join(sorted(declaration.keys - {"store"}))
+        problems.extend(_here(key, f"{key} does not apply to {declaration.label} (allowed: {allowed})") for key in extra)
         if self.operation == "generate_sas" and self.resource_type != "storage":
             problems.append(_here("operation", "operation: generate_sas needs resource_type: storage"))
-        need: list[str] = []
-        if kind == "keyvault":
-            need = [k for k in ("secret",) if not self.secret]
-            fmt_ok: dict[str | None, set[str | None]] = {None: {None}, "secret": {None}, "certificate": {None, "pem", "pfx"}, "key": {None, "jwk", "pem"}}
-            if self.format not in fmt_ok[self.type]:
-                problems.append(_here("format", f"format: {self.format} does not apply to type: {self.type or 'secret'}"
-                                      + (f" (use {' or '.join(sorted(f for f in fmt_ok[self.type] if f))})" if self.type in ("certificate", "key") else "")))
-            if self.property_ is not None and self.type == "certificate" and self.format == "pfx":
-                problems.append(_here("property", "property reads a JSON document; a PFX certificate is not one"))
-        elif kind in ("storage_key", "sas", "cosmos"):
-            need = [k for k in ("account",) if not self.account]
-            if self.account:
-                pattern = COSMOS_ACCOUNT if kind == "cosmos" else STORAGE_ACCOUNT
-                if not re.fullmatch(pattern, self.account):
-                    problems.append(_here("account", f"account '{self.account}' is not a valid {'Cosmos DB' if kind == 'cosmos' else 'storage'} account name "
-                                          + ("(3-44 lowercase letters, digits and hyphens)" if kind == "cosmos" else "(3-24 lowercase letters and digits)")))
-            if kind == "storage_key" and self.key not in (None, "key1", "key2", "active"):
-                problems.append(_here("key", f"key: {self.key} is not a storage key (use key1, key2 or active)"))
-            if kind == "cosmos":
-                if self.key in ("key1", "key2"):
-                    problems.append(_here("key", f"key: {self.key} is not a Cosmos DB key (use primary, secondary, primary_readonly, secondary_readonly or active)"))
-                if self.format not in (None, "key", "connection_string"):
-                    problems.append(_here("format", "format must be key or connection_string for cosmosdb"))
-            if kind == "sas":
-                need = need + [k for k in ("permissions", "expiry") if getattr(self, k) is None]
-                problems.extend(self._sas_problems())
-            if self.rotate is not None and self.key != "active":
-                problems.append(_here("rotate", "rotate needs key: active (vaultrelay alternates the two keys and publishes the active one)"))
-        elif kind == "sql":
-            need = [k for k in ("server", "database") if not getattr(self, k)]
-            if self.format not in (None, "connection_string", "ado", "odbc", "jdbc"):
-                problems.append(_here("format", "format must be connection_string (ADO.NET), ado, odbc or jdbc for sql"))
-        elif kind == "token":
-            if bool(self.resource) == bool(self.scope):
-                problems.append("get_token needs exactly one of resource or scope")
-            target = self.resource or self.scope or ""
-            if target and not target.startswith(("https://", "api://")) and not _GUID_RE.match(target.split("/")[0]):
-                problems.append(_here("resource" if self.resource else "scope", "resource/scope must be an https:// or api:// URI or an application id"))
+        need, found = declaration.check(self)
+        problems.extend(found)
         if need:
-            problems.insert(0, f"{label} needs {', '.join(need)}")
+            problems.insert(0, f"{declaration.label} needs {', '.join(need)}")
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    def _sas_problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.expiry is not None and self.expiry <= 0:
-            problems.append(_here("expiry", "expiry must be longer than 0 (a SAS minted with it would already be expired), e.g. 1h, 24h, 7d"))
-        if self.rotate_before is not None and self.expiry is not None and self.rotate_before >= self.expiry:
-            problems.append(_here("rotate_before", "rotate_before must be shorter than expiry"))
-        sas_type = self.effective_sas_type
-        scope = [k for k in ("container", "blob", "table") if getattr(self, k)]
-        if self.blob and not self.container:
-            problems.append(_here("blob", "blob needs container"))
-        if self.table and (self.container or self.blob):
-            problems.append(_here("table", "table cannot be combined with container/blob"))
-        if sas_type == "account":
-            if scope:
-                problems.append(_here(scope[0], f"an account SAS is account-wide; {scope[0]} needs sas_type: service or user_delegation"))
-            letters = "rwdxylacuptfi"
-        else:
-            if self.services or self.resource_types:
-                problems.append(_here("services" if self.services else "resource_types", "services/resource_types apply to sas_type: account only"))
-            if sas_type == "user_delegation":
-                if not self.container:
-                    problems.append(_here("sas_type", "a user delegation SAS is a Blob SAS: it needs container (and optionally blob)"))
-                letters = "racwdxltmeop"
-            else:
-                if not scope:
-                    problems.append(_here("sas_type", "a service SAS needs container (optionally blob) or table"))
-                letters = "raud" if self.table else "racwdxltmeop"
-        if self.permissions is not None:
-            bad = sorted(set(self.permissions) - set(letters))
-            if bad or not self.permissions:
-                label = sas_type.replace("_", " ")
-                article = "an" if label.startswith("account") else "a"
-                problems.append(_here("permissions", f"permissions '{self.permissions}' contains {''.join(bad) or 'nothing'}: "
-                                                     f"allowed letters for {article} {label} SAS are '{letters}'"))
-        return problems
 
     @property
     def effective_sas_type(self) -> str:
@@ -504,7 +419,7 @@ class KeyVaultTarget(TargetBase):
                                      description="content type of the secrets written whose value has none of its own "
                                                  "(certificates, keys and the JSON bundle keep theirs)")
     tags: dict[str, str] = Field({}, description="static tags on every secret written, next to vaultrelay's own "
-                                                  "(managed-by and vaultrelay-*, which cannot be set here)")
+                                                  f"({MANAGED_BY} and vaultrelay-*, which cannot be set here)")
     expires: Annotated[Literal["follow"] | Duration, WithJsonSchema({"anyOf": [
         {"const": "follow", "description": "the value's own expiry (SAS, token, certificate; a copied secret's exp); "
                                             "a value without one is refused"},
@@ -534,7 +449,7 @@ class KeyVaultTarget(TargetBase):
             problems.append(_here("expires", "expires must be follow or a duration of at least 1h"))
         reserved = sorted(k for k in self.tags if k.lower() == MANAGED_BY or k.lower().startswith("vaultrelay-"))
         if reserved:
-            problems.append(_here("tags", f"tag {', '.join(reserved)} is vaultrelay's own (managed-by, vaultrelay-*): it cannot be set here"))
+            problems.append(_here("tags", f"tag {', '.join(reserved)} is vaultrelay's own ({MANAGED_BY}, vaultrelay-*): it cannot be set here"))
         if len(self.tags) > 11:
             problems.append(_here("tags", f"{len(self.tags)} tags: Key Vault allows 15 per secret and vaultrelay writes 4"))
         for key, value in self.tags.items():
@@ -588,7 +503,48 @@ class BlobTarget(TargetBase):
     format: Literal["dotenv", "json"] = "dotenv"
 
 
-class AppSettingsTarget(TargetBase):
+class KeyVaultReferenceValues:
+    """`values: keyvault_reference` of a target that holds Key Vault references (App Service app
+    settings, Container Apps secrets): the values are pushed to `vault`, one secret per variable
+    named as a Key Vault target names them, and the target holds references pinned to versions.
+
+    A mixin of behaviour only: each target declares the fields (their documentation speaks of
+    that target, and the fields keep their place in the target's schema and error order).
+    """
+
+    if TYPE_CHECKING:
+        values: Literal["value", "keyvault_reference"]
+        vault: str | None
+        name_style: Literal["kebab", "exact", "lower"]
+        prefix: str
+
+    @model_validator(mode="after")
+    def _reference_vault(self) -> Self:
+        if self.values == "keyvault_reference" and not self.vault:
+            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
+        if self.values == "value" and self.vault:
+            raise ValueError("vault applies to values: keyvault_reference only")
+        return self
+
+    @property
+    def references(self) -> bool:
+        return self.values == "keyvault_reference"
+
+    def secret_for(self, variable: str) -> str:
+        """keyvault_reference: the secret of `vault` that holds `variable`."""
+        return secret_name_for(variable, self.name_style, self.prefix)
+
+    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
+        """Secret name -> the variables written to it (names differing in case are one secret)."""
+        spelled: dict[str, str] = {}
+        names: dict[str, list[str]] = {}
+        for variable in sorted(variables):
+            secret = self.secret_for(variable)
+            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
+        return names
+
+
+class AppSettingsTarget(TargetBase, KeyVaultReferenceValues):
     """Merge the bundle into an App Service / Functions app's settings (others are kept)."""
 
     type: Literal["app_settings"]
@@ -612,35 +568,10 @@ class AppSettingsTarget(TargetBase):
     site_principal_id: str | None = Field(None, description="keyvault_reference: the object id of the identity the site resolves "
                                                             "references with (for the Bicep parameters' Key Vault Secrets User grant)")
 
-    @model_validator(mode="after")
-    def _reference_vault(self) -> AppSettingsTarget:
-        if self.values == "keyvault_reference" and not self.vault:
-            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
-        if self.values == "value" and self.vault:
-            raise ValueError("vault applies to values: keyvault_reference only")
-        return self
-
-    @property
-    def references(self) -> bool:
-        return self.values == "keyvault_reference"
-
     mode: ClassVar[str] = "per_variable"
 
-    def secret_for(self, variable: str) -> str:
-        """keyvault_reference: the secret of `vault` that holds `variable`."""
-        return secret_name_for(variable, self.name_style, self.prefix)
 
-    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
-        """Secret name -> the variables written to it (names differing in case are one secret)."""
-        spelled: dict[str, str] = {}
-        names: dict[str, list[str]] = {}
-        for variable in sorted(variables):
-            secret = self.secret_for(variable)
-            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
-        return names
-
-
-class ContainerAppTarget(TargetBase):
+class ContainerAppTarget(TargetBase, KeyVaultReferenceValues):
     """Write the env's variables as a Container App's secrets (values, or Key Vault references
     pinned to versions and read with the app's identity)."""
 
@@ -665,33 +596,9 @@ class ContainerAppTarget(TargetBase):
 
     mode: ClassVar[str] = "per_variable"
 
-    @model_validator(mode="after")
-    def _reference_vault(self) -> ContainerAppTarget:
-        if self.values == "keyvault_reference" and not self.vault:
-            raise ValueError("values: keyvault_reference needs vault (the vault that holds the pushed values)")
-        if self.values == "value" and self.vault:
-            raise ValueError("vault applies to values: keyvault_reference only")
-        return self
-
-    @property
-    def references(self) -> bool:
-        return self.values == "keyvault_reference"
-
     def app_secret_for(self, variable: str) -> str:
         """The app secret holding `variable`: DB_PASSWORD -> <secret_prefix>db-password."""
         return self.secret_prefix + re.sub(r"[^0-9a-z]+", "-", variable.lower()).strip("-")
-
-    def secret_for(self, variable: str) -> str:
-        """keyvault_reference: the secret of `vault` that holds `variable`."""
-        return secret_name_for(variable, self.name_style, self.prefix)
-
-    def secrets(self, variables: Iterable[str]) -> dict[str, list[str]]:
-        spelled: dict[str, str] = {}
-        names: dict[str, list[str]] = {}
-        for variable in sorted(variables):
-            secret = self.secret_for(variable)
-            names.setdefault(spelled.setdefault(secret.lower(), secret), []).append(variable)
-        return names
 
 
 class WebhookTarget(TargetBase):
@@ -930,10 +837,10 @@ class Config(Strict):
                 where = f"envs.{env}.{name}.from"
                 if store is None:
                     problems.append(_located(f"{where}.store", f"unknown store '{ref.store}' (stores: {', '.join(sorted(self.secretStores)) or 'none'})"))
-                elif isinstance(store, KeyVaultStore) and ref.kind != "keyvault":
+                elif isinstance(store, KeyVaultStore) and not ref.features.reads_keyvault:
                     problems.append(_located(where, f"store '{ref.store}' is type azure.keyvault: it reads Key Vault objects only"))
-                elif isinstance(store, ManagedIdentityStore) and ref.kind == "keyvault" and not ref.vault:
-                    problems.append(_located(where, "a Key Vault reference needs vault"))
+                elif isinstance(store, ManagedIdentityStore) and ref.features.reads_keyvault and not ref.vault:
+                    problems.append(_located(where, f"{ref.declaration.label} needs vault"))
         for name, target in self.targets.items():
             where = f"targets.{name}"
             if target.env not in self.envs:
@@ -1052,7 +959,7 @@ class Config(Strict):
                                                 f"minted SAS tokens: an env reading it hands them to whoever fetches the env or reads its "
                                                 f"targets; keep state in a vault of its own"))
             key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
-            if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() == vault.lower() and (key.secret or "").lower() == secret.lower():
+            if key is not None and key.features.reads_keyvault and self._vault_of(key).lower() == vault.lower() and (key.secret or "").lower() == secret.lower():
                 problems.append(_located(where, "this is the fingerprint key (state.fingerprint_key): an env must not read it"))
         exposed: dict[str, str] = {}  # vault (lower case) -> the first YAML path that hands it to others
         for where, vault, what in self._vaults_shared():
@@ -1061,7 +968,7 @@ class Config(Strict):
                 problems.append(_located(where, f"vault {vault} is state.vault (user delegation keys, the fingerprint key, minted SAS "
                                                 f"tokens) and {what}: keep state in a vault of its own, readable by vaultrelay's identity only"))
         key = self.state.fingerprint_key.from_ if self.state.fingerprint_key is not None else None
-        if key is not None and key.kind == "keyvault" and self._vault_of(key).lower() in exposed:
+        if key is not None and key.features.reads_keyvault and self._vault_of(key).lower() in exposed:
             problems.append(_located("state.fingerprint_key.from.vault",
                                      f"the fingerprint key is kept in vault {self._vault_of(key)}, which {exposed[self._vault_of(key).lower()]} "
                                      f"exposes: its readers could test guesses against the fingerprint tags; keep it in state.vault or "
@@ -1084,7 +991,7 @@ class Config(Strict):
         for env, variables in self.envs.items():
             for name, variable in variables.items():
                 ref = variable.from_
-                if ref is not None and ref.kind == "keyvault" and ref.store in self.secretStores:
+                if ref is not None and ref.features.reads_keyvault and ref.store in self.secretStores:
                     yield f"envs.{env}.{name}.from.vault", self._vault_of(ref), ref.secret or ""
 
     def _vault_of(self, ref: Reference) -> str:
@@ -1096,7 +1003,7 @@ class Config(Strict):
 
     def _minted_sas_with_targets(self) -> bool:
         envs = {t.env for t in self.targets.values()}
-        return any(v.from_ is not None and v.from_.kind in ("sas", "token") for e in envs for v in self.envs.get(e, {}).values())
+        return any(v.from_ is not None and v.from_.features.minted for e in envs for v in self.envs.get(e, {}).values())
 
 
 def _string_or_mapping(schema: dict[str, Any], string_description: str) -> None:

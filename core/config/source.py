@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from core.azure.protocols import BlobClientLike
+
 log = logging.getLogger("vaultrelay.config")
 
 CONFIG_SETTING = "VAULTRELAY_CONFIG"
@@ -169,7 +171,7 @@ class BlobConfigSource:
         self._credential = credential
         self._environ = os.environ if environ is None else environ
         self._clock = clock
-        self._client: Any = None
+        self._client: BlobClientLike | None = None
         self._current: ConfigSnapshot | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
@@ -179,19 +181,13 @@ class BlobConfigSource:
         self.downloads = 0  # full reads (200), for status and tests
         self.not_modified = 0  # conditional reads answered 304
 
-    def _blob(self) -> Any:
+    def _blob(self) -> BlobClientLike:
         if self._client is None:
-            from azure.storage.blob import BlobClient, LinearRetry
-
+            from core.azure.clients import config_blob_client
             from core.identity import app_credential
 
             credential = self._credential if self._credential is not None else app_credential(self._environ)
-            # The read is on a request's path: a few quick retries, then the last good config serves.
-            self._client = BlobClient(
-                self.parts.account_url, self.parts.container, self.parts.blob, credential=credential,
-                retry_policy=LinearRetry(backoff=1, random_jitter_range=0, retry_total=2),
-                connection_timeout=5, read_timeout=10,
-            )
+            self._client = config_blob_client(self.parts.account_url, self.parts.container, self.parts.blob, credential)
         return self._client
 
     def snapshot(self) -> ConfigSnapshot:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.azure.protocols import SecretClientLike
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.sources.fetched import Fetched, SourceProblem
 
@@ -192,7 +193,7 @@ class StoredDelegationKeys:
     the key).
     """
 
-    def __init__(self, vault: Any, *, clock: Callable[[], datetime] = now_utc) -> None:
+    def __init__(self, vault: SecretClientLike, *, clock: Callable[[], datetime] = now_utc) -> None:
         self.vault = vault
         self.clock = clock
         self.requested = 0  # keys this object asked Azure for

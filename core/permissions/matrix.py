@@ -558,49 +558,28 @@ class _Walker:
 
     # ---- what the config does -----------------------------------------------------------
     def reference(self, ref: Reference, path: str) -> None:
-        kind = ref.kind
-        store = ref.store
-        if kind == "keyvault":
-            vault = ref.vault or getattr(self.config.secretStores[store], "vault_name", None) or ""
-            capability = {"secret": "source:keyvault_secret", "certificate": "source:keyvault_certificate",
-                          "key": "source:keyvault_key"}[ref.type or "secret"]
-            self.add(store, self.scope(store, "vault", vault, subscription=ref.subscription), capability, path)
-        elif kind in ("storage_key", "sas"):
-            account = ref.account or ""
-            scope = self.scope(store, "storage", account, subscription=ref.subscription, resource_group=ref.resource_group)
-            if kind == "sas" and ref.effective_sas_type == "user_delegation":
-                # The delegation key is an account action, the data role belongs on the container
-                # (a user delegation SAS grants at most what its signer may do there).
-                write = bool(set(ref.permissions or "") - _SAS_READ_LETTERS)
-                container = Scope("container", f"{account}/{ref.container}", scope.subscription, scope.resource_group)
-                self.add(store, scope, "source:sas_user_delegation_write" if write else "source:sas_user_delegation_read", path,
-                         container=container)
-                return
-            if kind == "storage_key":
-                self.add(store, scope, "source:storage_key", path)
-            else:
-                self.add(store, scope, "source:sas_service" if ref.effective_sas_type == "service" else "source:sas_account", path)
-            if ref.rotate is not None:
-                self.add(store, scope, "rotate:storage_key", path)
-            self._locate(store, scope, "locate:storage", path)
-        elif kind == "cosmos":
-            scope = self.scope(store, "cosmos", ref.account or "", subscription=ref.subscription, resource_group=ref.resource_group)
-            if ref.format == "connection_string":
-                capability = "source:cosmos_connection_string"
-            elif (ref.key or "").endswith("_readonly"):
-                capability = "source:cosmos_readonly_key"
-            else:
-                capability = "source:cosmos_key"
-            self.add(store, scope, capability, path)
-            if ref.rotate is not None:
-                self.add(store, scope, "rotate:cosmos_key", path)
-            self._locate(store, scope, "locate:cosmos", path)
-        elif kind == "sql":
-            self._note(f"{self.identity(store).description} needs a contained database user in {ref.server}/{ref.database} "
-                       f"(CREATE USER [<identity name>] FROM EXTERNAL PROVIDER, plus database roles); Azure RBAC does not grant it ({path})")
-        elif kind == "token":
-            self._note(f"{self.identity(store).description} gets tokens for {ref.resource or ref.scope}: whatever that resource "
-                       f"authorizes (app roles, API permissions) is granted there, not by Azure RBAC ({path})")
+        """What reading `ref` needs: its kind declares it (core.sources.kinds)."""
+        ref.declaration.permissions(ref, path, self)
+
+    # what a kind's declaration may ask (core.sources.kinds.PermissionGrants)
+    def store_vault(self, store_name: str) -> str | None:
+        return getattr(self.config.secretStores[store_name], "vault_name", None)
+
+    def container(self, account_scope: Scope, account: str, container: str | None) -> Scope:
+        return Scope("container", f"{account}/{container}", account_scope.subscription, account_scope.resource_group)
+
+    def locate(self, store_name: str, scope: Scope, capability: str, path: str) -> None:
+        self._locate(store_name, scope, capability, path)
+
+    def note(self, text: str) -> None:
+        self._note(text)
+
+    def describe_identity(self, store_name: str) -> str:
+        return self.identity(store_name).description
+
+    def writes_blobs(self, permissions: str) -> bool:
+        """Whether a user delegation SAS with `permissions` needs more than Storage Blob Data Reader."""
+        return bool(set(permissions) - _SAS_READ_LETTERS)
 
     def target(self, name: str, target: Any) -> None:
         path = f"targets.{name}"

@@ -48,6 +48,7 @@ from core.rotation.regeneration import (
     verify_storage_key,
 )
 from core.sources.base import PlannedRef, RunContext
+from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 
 log = logging.getLogger("vaultrelay.rotate")
@@ -86,7 +87,10 @@ class KeyRotation:
                 variable = config.envs[env][ref.name].from_
                 if variable is None or variable.rotate is None:
                     continue
-                kind = "storage" if ref.kind == "storage_key" else "cosmos"
+                follows = sources().get(ref.kind).follows_active_key(ref)
+                if follows is None:
+                    continue
+                kind = follows[0]
                 name = f"{kind}:{ref.param('account').lower()}"
                 users = tuple(sorted(_envs_using(plans, kind, ref.param("account"))))
                 previous = found.get(name)
@@ -318,10 +322,7 @@ def _envs_using(plans: dict[str, list[PlannedRef]], kind: str, account: str) -> 
     envs = set()
     for env, refs in plans.items():
         for ref in refs:
-            if ref.param("account", "").lower() != account.lower():
-                continue
-            if kind == "storage" and (ref.kind == "storage_key" or (ref.kind == "sas" and ref.param("sas_type") != "user_delegation")):
-                envs.add(env)
-            elif kind == "cosmos" and ref.kind == "cosmos":
+            follows = sources().get(ref.kind).follows_active_key(ref)
+            if follows is not None and follows[0] == kind and follows[1].lower() == account.lower():
                 envs.add(env)
     return envs

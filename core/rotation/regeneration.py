@@ -11,10 +11,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import telemetry
 from core.state.tables import Row
+
+if TYPE_CHECKING:
+    from core.azure.clients import AzureClients
 
 log = logging.getLogger("vaultrelay.rotate")
 
@@ -102,7 +105,7 @@ def follow_regeneration(row: Row, save: Callable[[Row], Row],
     return outcome, row
 
 
-def regenerate_account_key(clients: Any, kind: str, subscription: str, group: str, account: str, key: str, credential: Any, *,
+def regenerate_account_key(clients: AzureClients, kind: str, subscription: str, group: str, account: str, key: str, credential: Any, *,
                            operation: str = "", wait: float = 60.0, on_started: Callable[[str], None] | None = None) -> Regeneration:
     """Regenerate one key of a storage account (`key`: key1/key2; synchronous) or a Cosmos DB
     account (`key`: its key kind, e.g. primary or secondaryReadonly).  This process's kept listings
@@ -164,7 +167,7 @@ def regenerate_account_key(clients: Any, kind: str, subscription: str, group: st
     return _poll_regeneration(client, operation, deadline, delay)
 
 
-def _check_operation_url(clients: Any, url: str) -> None:
+def _check_operation_url(clients: AzureClients, url: str) -> None:
     """An operation URL from ARM or from the state table is polled with an ARM token: only on ARM's
     own host (or a regional one under it, as ARM sends), over HTTPS.
 
@@ -220,7 +223,7 @@ def _poll_regeneration(client: Any, url: str, deadline: float, delay: float) -> 
             return Regeneration(False, url, status)
 
 
-def verify_storage_key(clients: Any, account: str, key: str) -> str | None:
+def verify_storage_key(clients: AzureClients, account: str, key: str) -> str | None:
     """One cheap authorized call (Get Blob Service Properties) with `key`; None when it works,
     else why not (an HTTP status, never the key)."""
     from azure.core.exceptions import HttpResponseError

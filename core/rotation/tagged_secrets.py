@@ -75,6 +75,7 @@ from core.rotation.regeneration import (
     verify_storage_key,
 )
 from core.sources.key_access import ensure_account_keys_usable
+from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
 
@@ -619,8 +620,7 @@ class TaggedSecretRotation:
         """The envs with targets that reference the secret (they get the new version once synced)."""
         forget_values(vault=vault, secret=name)
         envs = [env for env in self.runtime.envs_with_targets()
-                if any(r.kind.startswith("keyvault_") and str(r.param("vault")).lower() == vault and str(r.param("secret")).lower() == name.lower()
-                       for r in self.broker.env_plan(env).refs)]
+                if any(_reads(r) == (vault, name.lower()) for r in self.broker.env_plan(env).refs)]
         return Repush(envs, f"rotation:tagged:{vault}/{name}", [{"vault": vault, "secret": name}])
 
     def _warn(self, vault: str, name: str, detail: str, label: str) -> RotationReport:
@@ -661,3 +661,9 @@ class TaggedSecretRotation:
         return follow_regeneration(row, self._save, lambda operation, started: regenerate_account_key(
             self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account, key_name, credential,
             operation=operation, wait=wait, on_started=started))
+
+
+def _reads(ref: Any) -> tuple[str, str] | None:
+    """(vault, secret) in lower case of the Key Vault object planned reference `ref` reads, if any."""
+    read = sources().get(ref.kind).keyvault_object(ref)
+    return (read[0].lower(), read[1].lower()) if read is not None else None

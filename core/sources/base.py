@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -13,6 +13,7 @@ from core.azure.clients import AzureClients
 from core.identity import BufferedTokenCredential, describe_identity_failure, identity_endpoint_hosts
 from core.permissions.matrix import denied_role_hint
 from core.sources.fetched import Fetched, SourceProblem
+from core.sources.kinds import Features
 from core.value_cache import SingleFlight
 
 
@@ -151,10 +152,18 @@ def locate(
     return subscription, run.once(("locate", kind, subscription, name.lower(), store.name), kept)
 
 
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+
+
 class Source(Protocol):
-    """A `from:` kind: fetch one planned reference."""
+    """A `from:` kind: fetch one planned reference, and say what its references involve.
+
+    `features` are declared (core.sources.kinds), never guessed from the kind's name: callers ask
+    `registry.features(kind)` or the source's methods instead of switching on kinds.
+    """
 
     kind: str
+    features: Features
 
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         """The value of `ref`.
@@ -164,6 +173,65 @@ class Source(Protocol):
             azure.core.exceptions.AzureError: from the SDK; the engine translates it.
         """
         ...
+
+    def fetch_target(self, ref: PlannedRef) -> Hashable:
+        """The service endpoint `ref`'s fetch talks to (a vault, an account): fetches of one
+        target share its one-off round trips (challenge, token, listKeys)."""
+        ...
+
+    def keyvault_object(self, ref: PlannedRef) -> tuple[str, str] | None:
+        """(vault, object name) that `ref` reads, as Key Vault events name them; None: not a Key Vault read."""
+        ...
+
+    def token_scopes(self, ref: PlannedRef, cloud: Any) -> set[str]:
+        """The token scopes the store's credential needs to fetch `ref` (readiness checks them)."""
+        ...
+
+    def follows_active_key(self, ref: PlannedRef) -> tuple[str, str] | None:
+        """(account kind, account) whose active key (account key rotation) `ref`'s value is made
+        with: a rotation of that account must re-push it.  None: no account key involved."""
+        ...
+
+    def uses_delegation_key(self, ref: PlannedRef) -> bool:
+        """Whether fetching `ref` needs a user delegation key (kept between runs in state.vault)."""
+        ...
+
+    def names(self, ref: PlannedRef) -> tuple[str, str]:
+        """(what, where) of `ref` for people: `kv-source/db-password`, `kv-source`."""
+        ...
+
+    def minted_lifetime(self, ref: PlannedRef) -> timedelta | None:
+        """The lifetime `ref` asks a minted value to have; None: the value's own (a token's)."""
+        ...
+
+
+class SourceDefaults:
+    """What a source that declares nothing more does: no shared target, no Key Vault object,
+    no account key, an ARM token."""
+
+    kind: str
+    features: Features = Features()
+
+    def fetch_target(self, ref: PlannedRef) -> Hashable:
+        return ("ref", ref.dedup_key)
+
+    def keyvault_object(self, ref: PlannedRef) -> tuple[str, str] | None:
+        return None
+
+    def token_scopes(self, ref: PlannedRef, cloud: Any) -> set[str]:
+        return {cloud.arm_scope}
+
+    def follows_active_key(self, ref: PlannedRef) -> tuple[str, str] | None:
+        return None
+
+    def uses_delegation_key(self, ref: PlannedRef) -> bool:
+        return False
+
+    def names(self, ref: PlannedRef) -> tuple[str, str]:
+        return ref.description, ref.description
+
+    def minted_lifetime(self, ref: PlannedRef) -> timedelta | None:
+        return None
 
 
 _SIG = re.compile(r"(sig|signature|AccountKey|access_token)=([^&;\s'\"]+)", re.IGNORECASE)

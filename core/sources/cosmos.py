@@ -13,15 +13,17 @@ role that lists keys includes the read); what was read is kept like storage key 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime, constant, locate
+from core.sources.base import PlannedRef, RunContext, SourceDefaults, StoreRuntime, constant, locate
 from core.sources.fetched import Fetched, SourceProblem
 from core.sources.key_access import cosmos_local_auth_allowed, cosmos_refusal, local_auth_allowed_by
+from core.sources.kinds import COSMOS
 from core.sources.listed_keys import PROCESS_LISTED_KEYS
 
 COSMOS_KIND = "cosmosdb"
+COSMOS_ROTATION = "cosmos"  # the account key rotation record kind (core.rotation.account_keys)
 _KEY_ATTRIBUTES = {
     "primary": "primary_master_key",
     "secondary": "secondary_master_key",
@@ -69,8 +71,15 @@ def require_local_auth(ref: PlannedRef, store: StoreRuntime, run: RunContext, ac
         raise cosmos_refusal(account, doing)
 
 
-class CosmosSource:
+class CosmosSource(SourceDefaults):
     kind = "cosmos"
+    features = COSMOS.features
+
+    def fetch_target(self, ref: PlannedRef) -> Hashable:
+        return ("account", True, str(ref.param("account", "")).lower())
+
+    def follows_active_key(self, ref: PlannedRef) -> tuple[str, str] | None:
+        return COSMOS_ROTATION, str(ref.param("account"))
 
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         account = ref.param("account")

@@ -27,9 +27,12 @@ fetches reads the property once.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.sources.fetched import SourceProblem
+
+if TYPE_CHECKING:
+    from core.azure.clients import AzureClients
 
 log = logging.getLogger("vaultrelay.key_access")
 
@@ -71,7 +74,7 @@ def local_auth_allowed_by(account_model: Any) -> bool:
     return getattr(account_model, "disable_local_auth", None) is not True
 
 
-def storage_shared_key_allowed(clients: Any, subscription: str, group: str, account: str, credential: Any,
+def storage_shared_key_allowed(clients: AzureClients, subscription: str, group: str, account: str, credential: Any,
                                keys: Any = None) -> bool | None:
     """Whether storage `account` accepts Shared Key (and key-signed SAS): its `allowSharedKeyAccess`
     read with one GET, else (the GET refused) asked of the data plane with a listed key (`keys()`
@@ -87,7 +90,7 @@ def storage_shared_key_allowed(clients: Any, subscription: str, group: str, acco
     return _probe_data_plane(clients, account, keys)
 
 
-def _probe_data_plane(clients: Any, account: str, keys: Any) -> bool | None:
+def _probe_data_plane(clients: AzureClients, account: str, keys: Any) -> bool | None:
     from azure.core.exceptions import HttpResponseError
 
     listed = keys()
@@ -106,7 +109,7 @@ def _probe_data_plane(clients: Any, account: str, keys: Any) -> bool | None:
     return True
 
 
-def cosmos_local_auth_allowed(clients: Any, subscription: str, group: str, account: str, credential: Any) -> bool | None:
+def cosmos_local_auth_allowed(clients: AzureClients, subscription: str, group: str, account: str, credential: Any) -> bool | None:
     """Whether Cosmos DB `account` accepts keys (not `disableLocalAuth`), read with one GET; None
     when the GET is refused."""
     from azure.core.exceptions import HttpResponseError
@@ -118,7 +121,7 @@ def cosmos_local_auth_allowed(clients: Any, subscription: str, group: str, accou
         return None
 
 
-def ensure_account_keys_usable(clients: Any, kind: str, subscription: str, group: str, account: str, credential: Any,
+def ensure_account_keys_usable(clients: AzureClients, kind: str, subscription: str, group: str, account: str, credential: Any,
                                doing: str) -> None:
     """Refuse `doing` with an account's keys when the account forbids key access (read now).
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from core.sources.base import Source
 from core.sources.cosmos import CosmosSource
 from core.sources.keyvault import KeyVaultCertificateSource, KeyVaultKeySource, KeyVaultSecretSource
+from core.sources.kinds import Features
 from core.sources.sql import SqlSource
 from core.sources.storage import SasSource, StorageKeySource
 from core.sources.token import TokenSource
@@ -35,6 +38,14 @@ class SourceRegistry:
     def kinds(self) -> list[str]:
         return sorted(self._sources)
 
+    def features(self, kind: str) -> Features:
+        """What references of `kind` declare (core.sources.kinds.Features).
+
+        Raises:
+            KeyError: no such kind.
+        """
+        return self._sources[kind].features
+
 
 def default_registry() -> SourceRegistry:
     registry = SourceRegistry()
@@ -44,3 +55,9 @@ def default_registry() -> SourceRegistry:
     ):
         registry.register(source)
     return registry
+
+
+@cache
+def sources() -> SourceRegistry:
+    """This process's default registry (sources hold no state: one serves every run)."""
+    return default_registry()

@@ -6,17 +6,24 @@ id: its client id (which SQL connection strings name) is read from a token's `ap
 
 from __future__ import annotations
 
+from typing import Any
+
 import jwt
 
-from core.sources.base import PlannedRef, RunContext, StoreRuntime
+from core.sources.base import PlannedRef, RunContext, SourceDefaults, StoreRuntime
 from core.sources.fetched import Fetched
+from core.sources.kinds import SQL
 from core.sources.sql_format import sql_connection_string
 
 SQL_SCOPE = "https://database.windows.net/.default"
 
 
-class SqlSource:
+class SqlSource(SourceDefaults):
     kind = "sql"
+    features = SQL.features
+
+    def token_scopes(self, ref: PlannedRef, cloud: Any) -> set[str]:
+        return set()  # the connection string is built locally; the app's SQL client gets its own token
 
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         client_id = store.client_id

@@ -15,7 +15,7 @@ that ends shortly after the SAS and well inside Azure's 7-day bound (core.mint.s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,14 +29,16 @@ from core.mint.sas import (
     mint_sas,
     sas_window,
 )
-from core.sources.base import PlannedRef, RunContext, StoreRuntime, constant, locate
+from core.sources.base import STORAGE_SCOPE, PlannedRef, RunContext, SourceDefaults, StoreRuntime, constant, locate
 from core.sources.fetched import Fetched, SourceProblem
 from core.sources.key_access import shared_key_allowed_by, storage_refusal, storage_shared_key_allowed
+from core.sources.kinds import SAS, STORAGE_KEY
 from core.sources.listed_keys import PROCESS_LISTED_KEYS
 
 log = logging.getLogger("vaultrelay.storage")
 
 STORAGE_KIND = "storage"
+STORAGE_ROTATION = "storage"  # the account key rotation record kind (core.rotation.account_keys)
 _capped_warned: set[tuple[str, str]] = set()
 # How much earlier than asked a user delegation SAS may end to end with the key of the run's first one.
 KEY_TRIM_MAX = timedelta(minutes=5)
@@ -109,8 +111,19 @@ def active_key_name(ref: PlannedRef, run: RunContext, account: str) -> str:
     return str(chooser("storage", account)) if chooser is not None else "key1"
 
 
-class StorageKeySource:
+class _AccountKeyed(SourceDefaults):
+    """References of one storage account share its listKeys (and delegation key) per run."""
+
+    def fetch_target(self, ref: PlannedRef) -> Hashable:
+        return ("account", False, str(ref.param("account", "")).lower())
+
+    def follows_active_key(self, ref: PlannedRef) -> tuple[str, str] | None:
+        return STORAGE_ROTATION, str(ref.param("account"))
+
+
+class StorageKeySource(_AccountKeyed):
     kind = "storage_key"
+    features = STORAGE_KEY.features
 
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         account = ref.param("account")
@@ -124,8 +137,26 @@ class StorageKeySource:
         return Fetched(value=keys[key_name], version=key_name, content_type="application/x-storage-key", detail={"kind": "storage_key", "key": key_name})
 
 
-class SasSource:
+class SasSource(_AccountKeyed):
     kind = "sas"
+    features = SAS.features
+
+    def follows_active_key(self, ref: PlannedRef) -> tuple[str, str] | None:
+        return None if self.uses_delegation_key(ref) else super().follows_active_key(ref)
+
+    def uses_delegation_key(self, ref: PlannedRef) -> bool:
+        return bool(ref.param("sas_type") == "user_delegation")
+
+    def minted_lifetime(self, ref: PlannedRef) -> timedelta | None:
+        return timedelta(seconds=float(ref.param("expiry_s")))
+
+    def token_scopes(self, ref: PlannedRef, cloud: Any) -> set[str]:
+        return {STORAGE_SCOPE} if self.uses_delegation_key(ref) else {cloud.arm_scope}
+
+    def names(self, ref: PlannedRef) -> tuple[str, str]:
+        account = str(ref.param("account") or "")
+        scope = "/".join(str(p) for p in (ref.param("container"), ref.param("blob"), ref.param("table")) if p)
+        return f"{account}/{scope}" if scope else account, account
 
     def fetch(self, ref: PlannedRef, store: StoreRuntime, run: RunContext) -> Fetched:
         account = ref.param("account")

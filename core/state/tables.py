@@ -41,11 +41,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.azure.protocols import TableClientLike, TableServiceClientLike
 from core.errors import VaultRelayError
 
 log = logging.getLogger("vaultrelay.state")
 
 TABLES = ("pushes", "rotations", "events", "leases", "audit")
+# "no more than 15 discrete comparisons are permitted within a $filter string" (Learn: Querying
+# tables and entities, Supported query options).
+FILTER_COMPARISONS = 15
 
 
 class Conflict(Exception):
@@ -100,16 +104,16 @@ def _utcnow() -> datetime:
 class StateStore:
     """Typed access to the state tables through azure-data-tables clients."""
 
-    def __init__(self, table_service: Any, prefix: str = "vaultrelay", *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, table_service: TableServiceClientLike, prefix: str = "vaultrelay", *, clock: Callable[[], float] = time.time) -> None:
         self._service = table_service
         self.prefix = prefix
         self._clock = clock
-        self._tables: dict[str, Any] = {}
+        self._tables: dict[str, TableClientLike] = {}
         self._ensured = False
         self.writes = 0  # state writes made by this instance (status, benchmarks)
 
     # ---- plumbing -----------------------------------------------------------------------
-    def table(self, name: str) -> Any:
+    def table(self, name: str) -> TableClientLike:
         client = self._tables.get(name)
         if client is None:
             client = self._tables[name] = self._service.get_table_client(self.prefix + name)
@@ -219,6 +223,29 @@ class StateStore:
         except AzureError as exc:
             raise _unavailable(self.prefix + table, "reading", exc) from None
         yield from rows
+
+    def query_partitions(self, table: str, partitions: Iterable[str]) -> list[Row]:
+        """Rows of the given partitions: one query per FILTER_COMPARISONS partitions (Table
+        Storage allows at most 15 discrete comparisons in one $filter), not a scan of the table.
+
+        Raises:
+            StateUnavailable: the table service failed.
+        """
+        from azure.core.exceptions import AzureError
+
+        client = self.table(table)
+        wanted = sorted({encode_key(p) for p in partitions})
+        rows: list[Row] = []
+        try:
+            for start in range(0, len(wanted), FILTER_COMPARISONS):
+                chunk = wanted[start:start + FILTER_COMPARISONS]
+                parameters = {f"p{n}": pk for n, pk in enumerate(chunk)}
+                query = " or ".join(f"PartitionKey eq @p{n}" for n in range(len(chunk)))
+                for entity in client.query_entities(query, parameters=parameters):
+                    rows.append(Row(*entity_keys(entity), entity_fields(entity), entity.metadata.get("etag")))
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "reading", exc) from None
+        return rows
 
     def batch(self, table: str, rows: list[Row]) -> None:
         """Upsert rows of one partition in transactions of at most 100 (unconditional: for rows

@@ -76,9 +76,7 @@ class AppSettingsTargetWriter:
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config
         self.ctx = ctx
-        subscription = config.subscription or ctx.subscription
-        if not subscription:
-            raise TargetError(f"target {ctx.name}: no subscription known for site {config.site}")
+        subscription = ctx.subscription_for(config.subscription, f"site {config.site}")
         self.web = ctx.clients.web_management(subscription, ctx.credential)
         self._group = config.resource_group
         self.site_key = site_key(subscription, config.site, config.slot)

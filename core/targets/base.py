@@ -20,10 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.state.fingerprints import Fingerprinter
+
+if TYPE_CHECKING:
+    from core.azure.clients import AzureClients
 
 TAG_ENV = "vaultrelay-env"
 TAG_TARGET = "vaultrelay-target"
@@ -121,17 +124,33 @@ class TargetContext:
     """What writers need: SDK clients, the writing identity, fingerprints, the cloud."""
 
     name: str
-    clients: Any
+    clients: AzureClients
     credential: Any
     fingerprinter: Fingerprinter
     subscription: str | None = None
     resolve_value: Any = None  # callable(Variable) -> str, for webhook signing keys
-    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while).
+    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while; RUN_ENVS:
+    # how many envs the run syncs, so a writer can read a few names instead of a whole listing).
     run_cache: dict[str, Any] = field(default_factory=dict)
     # What the push record says vaultrelay's last write left: name -> stamp (per-variable), and
     # the whole target's stamp.  A deleted secret whose stamp is one of these is vaultrelay's.
     recorded_stamps: dict[str, str] = field(default_factory=dict)
     recorded_etag: str | None = None
+
+    def subscription_for(self, subscription: str | None, what: str) -> str:
+        """The ARM subscription of a resource the target writes: its own `subscription`, else
+        the writing store's default.
+
+        Raises:
+            TargetError: neither is known (names the target and `what`, e.g. "site app1").
+        """
+        found = subscription or self.subscription
+        if not found:
+            raise TargetError(f"target {self.name}: no subscription known for {what}")
+        return found
+
+
+RUN_ENVS = "run envs"
 
 
 def owned_by(tags: dict[str, str] | None, target: str) -> bool:

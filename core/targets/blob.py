@@ -12,6 +12,7 @@ import json
 import urllib.parse
 from typing import Any
 
+from core.ownership import MANAGED_BY_METADATA, MANAGED_BY_VALUE
 from core.permissions.matrix import denied_note
 from core.render import UnrepresentableValue, render_dotenv
 from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
@@ -41,7 +42,7 @@ class BlobTargetWriter:
         self._etag: str | None = None
 
     def _metadata(self, env: str) -> dict[str, str]:
-        return {"managed_by": "vaultrelay", "vaultrelay_env": _header_safe(env), "vaultrelay_target": _header_safe(self.ctx.name)}
+        return {MANAGED_BY_METADATA: MANAGED_BY_VALUE, "vaultrelay_env": _header_safe(env), "vaultrelay_target": _header_safe(self.ctx.name)}
 
     def _content_type(self) -> str:
         return "application/json" if self.config.format == "json" else "text/plain; charset=utf-8"
@@ -74,7 +75,7 @@ class BlobTargetWriter:
         self._etag = props.etag
         snapshot = Snapshot(etag=props.etag)
         metadata = props.metadata or {}
-        marked = metadata.get("managed_by") == "vaultrelay" and metadata.get("vaultrelay_target", self.ctx.name) == self.ctx.name
+        marked = metadata.get(MANAGED_BY_METADATA) == MANAGED_BY_VALUE and metadata.get("vaultrelay_target", self.ctx.name) == self.ctx.name
         if not (marked or recorded or self.ctx.recorded_etag):
             snapshot.foreign.add(self.blob)
         return snapshot

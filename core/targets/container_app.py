@@ -32,9 +32,7 @@ class ContainerAppTargetWriter:
     def __init__(self, config: Any, ctx: TargetContext) -> None:
         self.config = config
         self.ctx = ctx
-        subscription = config.subscription or ctx.subscription
-        if not subscription:
-            raise TargetError(f"target {ctx.name}: no subscription known for container app {config.app}")
+        subscription = ctx.subscription_for(config.subscription, f"container app {config.app}")
         self.client = ctx.clients.container_apps(subscription, ctx.credential)
         self._group = config.resource_group
         self.push_lease = f"containerapp:{subscription}:{config.app}".lower()

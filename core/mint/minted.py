@@ -1,6 +1,7 @@
-"""SAS tokens vaultrelay mints, kept between runs in the state vault and rotated before expiry.
+"""Values vaultrelay mints (SAS tokens and Entra access tokens), kept between runs in the state
+vault and renewed before expiry.
 
-A SAS reference in an env with targets is not re-minted on every run (that would change the
+A minted reference in an env with targets is not re-minted on every run (that would change the
 bundle every time).  The current token lives in `state.vault` as a secret named after the
 reference's parameters, with `expires_on` and tags (`signed-with`, `issued`).  It is re-minted when
 less than `rotate_before` of its lifetime remains (default a third), when the key that signed it
@@ -20,11 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core import telemetry
+from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolutionFailure, ResolvedValue
 from core.mint.sas import StoredDelegationKeys
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.permissions.matrix import denied_note, user_delegation_sas_hint
 from core.sources.base import PlannedRef
+from core.sources.registry import sources
 from core.values import SecretValue
 
 log = logging.getLogger("vaultrelay.minted")
@@ -32,9 +35,6 @@ log = logging.getLogger("vaultrelay.minted")
 TAG_SIGNED_WITH = "signed-with"
 TAG_ISSUED = "issued"
 TAG_REFERENCE = "vaultrelay-reference"
-
-
-MINTED_KINDS = ("sas", "token")
 
 
 def minted_secret_name(ref: PlannedRef) -> str:
@@ -51,11 +51,12 @@ class MintOutcome:
     expires_on: datetime | None
 
 
-class MintedSas:
-    """Serves SAS references from the state vault, minting and verifying when due."""
+class MintedValues:
+    """Serves minted references (SAS and access tokens) from the state vault, minting when due and
+    verifying a new SAS before it is stored."""
 
     def __init__(
-        self, broker: Any, vault_client: Any, *, active_key: Callable[[str, str], str],
+        self, broker: Any, vault_client: SecretClientLike, *, active_key: Callable[[str, str], str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC), on_mint: Callable[[PlannedRef, MintOutcome], None] | None = None,
     ) -> None:
         self.broker = broker
@@ -68,7 +69,7 @@ class MintedSas:
         self.delegation_keys = StoredDelegationKeys(vault_client, clock=clock)
 
     def fill(self, env: str, refs: list[PlannedRef], bundle: Bundle, *, force: bool = False, dry_run: bool = False) -> None:
-        """Put the current token of every SAS reference in `bundle` (values or failures)."""
+        """Put the current token of every minted reference in `bundle` (values or failures)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         for ref in refs:
@@ -112,17 +113,18 @@ class MintedSas:
         if props.expires_on is None:
             return "no expiry recorded"
         now = self.clock()
-        if ref.kind == "sas":
-            lifetime = timedelta(seconds=float(ref.param("expiry_s")))
-        else:  # an access token: its own lifetime, from when it was stored
+        source = sources().get(ref.kind)
+        lifetime = source.minted_lifetime(ref)
+        if lifetime is None:  # e.g. an access token: its own lifetime, from when it was stored
             created = props.created_on or now
             lifetime = max(props.expires_on - created, timedelta(minutes=5))
         rotate_before = timedelta(seconds=float(ref.param("rotate_before_s") or lifetime.total_seconds() / 3))
         if props.expires_on - now <= rotate_before:
             return f"less than {rotate_before} left"
         signed_with = (props.tags or {}).get(TAG_SIGNED_WITH)
-        if ref.kind == "sas" and ref.param("sas_type") != "user_delegation" and signed_with != self.active_key("storage", ref.param("account")):
-            return f"signed with {signed_with}, active key is {self.active_key('storage', ref.param('account'))}"
+        follows = source.follows_active_key(ref)  # signed with an account key: the active one?
+        if follows is not None and signed_with != self.active_key(*follows):
+            return f"signed with {signed_with}, active key is {self.active_key(*follows)}"
         return None
 
     def _mint(self, env: str, ref: PlannedRef, secret: str, reason: str, bundle: Bundle) -> None:
@@ -131,7 +133,7 @@ class MintedSas:
             bundle.failures[ref.name] = minted.failures[ref.name]
             return
         item = minted.values[ref.name]
-        problem = verify_sas(self.broker, ref, item.value.reveal()) if ref.kind == "sas" else None
+        problem = verify_sas(self.broker, ref, item.value.reveal()) if sources().features(ref.kind).verify_minted else None
         if problem:
             if ref.param("sas_type") != "user_delegation":
                 # The key that signed it was refused: the listing this process kept is stale.

@@ -47,7 +47,7 @@ IDLE_POLLS = (0.1, 0.2, 0.5, 1.0, 2.0)
 DRAIN_POLL_S = 0.2
 # What a sync imports on first use (clients, targets, minting, notify, telemetry).
 WARM_MODULES = ("azure.data.tables", "azure.keyvault.secrets", "azure.storage.blob", "azure.mgmt.storage", "core.app.expiry",
-                "core.app.notify", "core.azure.transport", "core.mint.minted_sas", "core.sources.transforms", "core.values", "azure.core.polling",
+                "core.app.notify", "core.azure.transport", "core.mint.minted", "core.sources.transforms", "core.values", "azure.core.polling",
                 "opentelemetry.metrics")
 
 

@@ -170,6 +170,9 @@ class SyncEngine:
         self._held_leases: list[Lease] = []
         # Queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
         self.fanout: Any = fanout
+        self._by_env: dict[str, dict[str, Any]] | None = None
+        # For one sync(): reuse this process's kept storage key listings (a work item's choice).
+        self._reuse_listings = False
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -219,7 +222,7 @@ class SyncEngine:
             for name, value in plan.literals.items():
                 bundle.values[name] = ResolvedValue.literal(name, value)
         else:
-            bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
+            bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key, reuse_listings=self._reuse_listings)
         outcomes: list[Any] = []
         if sas:
             def record(ref: Any, outcome: Any) -> None:
@@ -249,7 +252,7 @@ class SyncEngine:
         refs: list[Any] = []
         for env in envs:
             refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if not sources().features(r.kind).minted)
-        bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
+        bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key, reuse_listings=self._reuse_listings)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():
             env, _, name = key.partition("\0")
@@ -260,10 +263,11 @@ class SyncEngine:
         self._prefetched = split
 
     def sync(self, env: str | None = None, *, envs: Sequence[str] | None = None, dry_run: bool = False, force_mint: bool = False,
-             progress: Callable[[str], None] | None = None) -> SyncReport:
+             progress: Callable[[str], None] | None = None, reuse_listings: bool = False) -> SyncReport:
         """Sync `env`, or the `envs` given (a work item's batch), or every env that has targets;
         `progress(env)` is called as each env is done.  An env synced without failure loses its
-        poison record (core.app.work), if it had one.
+        poison record (core.app.work), if it had one.  `reuse_listings`: storage key listings
+        this process keeps are used rather than listed afresh (the caller dropped stale ones).
 
         Raises:
             NotFoundError: `env` (or one of `envs`) has no targets.
@@ -277,10 +281,11 @@ class SyncEngine:
                 raise NotFoundError(f"env '{missing[0]}' has no targets (envs with targets: {', '.join(chosen) or 'none'})")
             chosen = list(dict.fromkeys(wanted))
         report = SyncReport()
+        self._reuse_listings = reuse_listings
         try:
             self._sync_envs(chosen, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
         finally:
-            self._prefetched, self._preloaded, self._run_cache = {}, None, {}
+            self._prefetched, self._preloaded, self._run_cache, self._reuse_listings = {}, None, {}, False
         report.seconds = time.monotonic() - began
         if not dry_run:
             telemetry.record_sync(report)
@@ -384,7 +389,7 @@ class SyncEngine:
                 self._flush_sites()
 
     def _sync_one_env(self, name: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
-        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
+        targets = self._targets_of(name)
         start = len(report.targets)
         with telemetry.fields(env=name):  # every log record of this env's sync carries it
             try:
@@ -396,6 +401,16 @@ class SyncEngine:
                 reported = {t.target for t in report.targets[start:]}
                 report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
                                       for n, t in targets.items() if n not in reported)
+
+    def _targets_of(self, env: str) -> dict[str, Any]:
+        """The env's targets by name, in name order (indexed once: a work item's few envs must
+        not each scan a fleet's targets)."""
+        if self._by_env is None:
+            by_env: dict[str, dict[str, Any]] = {}
+            for n, t in sorted(self.config.targets.items()):
+                by_env.setdefault(t.env, {})[n] = t
+            self._by_env = by_env
+        return dict(self._by_env.get(env, {}))
 
     def _site_key_of(self, target: Any) -> str | None:
         """The site and slot an app_settings target writes (None: another kind, or no subscription known)."""

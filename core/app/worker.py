@@ -69,6 +69,11 @@ class WorkerStats(BaseModel):
     malformed: int = 0
     cpu_seconds: float = 0.0
     seconds: float = 0.0
+    # The timeline (Unix times; summed over processes: the earliest start and first item, the
+    # latest last item): what a process spent before its first item and after its last.
+    started_at: float | None = Field(None, description="when the (first) process began consuming, Unix time")
+    first_item_at: float | None = Field(None, description="when the first work item was received, Unix time")
+    last_done_at: float | None = Field(None, description="when the last work item was done, Unix time")
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -77,6 +82,10 @@ class WorkerStats(BaseModel):
         for key, value in other.items():
             if key in ("seconds",):
                 self.seconds = max(self.seconds, float(value))
+            elif key in ("started_at", "first_item_at", "last_done_at"):
+                if value is not None:
+                    mine = getattr(self, key)
+                    setattr(self, key, value if mine is None else (max if key == "last_done_at" else min)(mine, value))
             elif key == "pushed":
                 self.pushed.extend(value)
             elif hasattr(self, key):
@@ -113,6 +122,7 @@ def consume(runtime: Runtime, queue: WorkQueue, *, drain: bool = False, visibili
     limit = limit or max_dequeue()
     stats = WorkerStats()
     began, cpu_began = time.monotonic(), _cpu()
+    stats.started_at = time.time()
     idle = 0
     while stop is None or not stop.is_set():
         deliveries = queue.receive(batch, visibility_timeout_s)
@@ -126,6 +136,8 @@ def consume(runtime: Runtime, queue: WorkQueue, *, drain: bool = False, visibili
                 idle += 1
             continue
         idle = 0
+        if stats.first_item_at is None:
+            stats.first_item_at = time.time()
         for delivery in deliveries:
             stats.items += 1
             log.info("work item received (message %s, delivery %d)", delivery.id, delivery.dequeue_count)
@@ -143,8 +155,10 @@ def consume(runtime: Runtime, queue: WorkQueue, *, drain: bool = False, visibili
                 else:
                     queue.release(delivery, failed_retry_s)
                     stats.failed += 1
+                stats.last_done_at = time.time()
                 continue
             queue.delete(delivery)
+            stats.last_done_at = time.time()
             stats.envs += len(result.envs)
             stats.target_writes += result.target_writes
             stats.state_writes += result.state_writes

@@ -272,3 +272,48 @@ def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: 
     assert list(raw_queue.receive_messages(max_messages=32, visibility_timeout=1)) == []  # invisible for now
     assert raw_queue.get_queue_properties().approximate_message_count == 1
     raw_queue.clear_messages()  # the re-enqueued item would otherwise come back in two minutes
+
+
+def test_a_small_fan_out_is_cut_into_enough_items_for_many_instances() -> None:
+    from core.app.work import item_size, plan_items
+
+    def sizes(envs: int, batch: int = 10) -> list[int]:
+        groups = [[f"e{i}"] for i in range(envs)]
+        return [len(item.envs) for item in plan_items(groups, "scheduled", "timer", batch=item_size(envs, batch))]
+
+    assert sizes(100) == [7] * 14 + [2]  # 15 items, not 10 of 10: 4 consumers get 4 rounds, none idle for long
+    assert sizes(5000) == [10] * 500  # a large fleet: the configured batch
+    assert sizes(3) == [1, 1, 1] and sizes(40, batch=2) == [2] * 20
+
+
+def test_work_items_reuse_a_key_listing_until_the_accounts_key_switches(api: LiveRuntime, clean_faults: SandboxClient, tag: str,
+                                                                        tmp_path: Path) -> None:
+    """Each item listing the storage keys afresh would spend the storage provider's 100 lists per
+    5 minutes on a few hundred items; items reuse this process's listing instead, except one made
+    before (or about when) another instance switched the account's active key."""
+    from core.app.work import new_item
+    from core.state.tables import Row
+    from tests.world import fresh_account
+
+    account = fresh_account(clean_faults, f"wk{tag}")
+    config = yaml.safe_load(Path(api.environ["VAULTRELAY_CONFIG"]).read_text())
+    for store in config["secretStores"].values():  # no value cache: what is kept is the listing itself
+        store.setdefault("cache", {})["secret_cache"] = {"enabled": False}
+    config["envs"]["q-key"] = {"KEY": {"from": {"store": "azure", "resource_type": "storage", "account": account, "key": "active"}}}
+    config["targets"]["t-q-key"] = {"type": "keyvault", "env": "q-key", "store": "azure", "vault": "kv-target", "prefix": f"wq-{tag}-key-"}
+    path = tmp_path / "vaultrelay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    worker = LiveRuntime(environ={**api.environ, "VAULTRELAY_CONFIG": str(path)})
+
+    def list_keys_calls() -> int:
+        clean_faults.reset_counters()
+        assert work_item(worker.current(), new_item(["q-key"], "scheduled", "timer").to_text(), 1).outcome == "done"
+        return int(clean_faults.counters()["by_endpoint"].get("arm:StorageListKeys", 0))
+
+    try:
+        assert list_keys_calls() == 1
+        assert list_keys_calls() == 0  # the listing this process keeps
+        worker.current().state.put("rotations", Row("storage", account.lower(), {"active": "key1", "rotated_at": dt.datetime.now(dt.UTC).isoformat()}))
+        assert list_keys_calls() == 1  # made before the switch: listed afresh
+    finally:
+        worker.close()

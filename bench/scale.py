@@ -137,16 +137,17 @@ def event_run(sbx: Any, config: Path, label: str, workers: int, secret: str, val
     """A Key Vault event about `secret` (new version `value`) in queue mode, drained by `workers`."""
     from azure.keyvault.secrets import SecretClient
 
-    from core.app.http_api import HttpApi
+    from core.app.events import handle_event
+    from core.runtime import LiveRuntime
 
     queue = f"{label}-{uuid.uuid4().hex[:6]}"
     environ = {**sbx.subprocess_env(), "VAULTRELAY_CONFIG": str(config), "VAULTRELAY_SYNC_MODE": "queue", "VAULTRELAY_WORK_QUEUE": queue,
                "VAULTRELAY_WORK_BATCH": str(BATCH)}
     SecretClient(sbx.client.vault_url("kv-source"), sbx.client.admin_credential()).set_secret(secret, value)
-    api = HttpApi(environ=environ)
+    api = LiveRuntime(environ=environ)
     began, at = time.monotonic(), time.time()
-    outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
-                                  "data": {"VaultName": "kv-source", "ObjectName": secret, "Version": uuid.uuid4().hex}})
+    outcome = dict(handle_event(api.current(), {"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
+                                                "data": {"VaultName": "kv-source", "ObjectName": secret, "Version": uuid.uuid4().hex}}).__dict__)
     planned = time.monotonic() - began
     stats = cli(sbx, environ, "worker", "--processes", str(workers), "--drain", "--visibility-timeout", "300")
     seconds = time.monotonic() - began

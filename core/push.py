@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from core import telemetry
@@ -44,13 +41,14 @@ from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
-from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.errors import NotFoundError
 from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
+from core.state.leases import holder_is_dead
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
 from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
-from core.targets.registry import TargetRegistry, default_targets
+from core.targets.registry import TargetRegistry
 
 log = logging.getLogger("vaultrelay.sync")
 
@@ -142,45 +140,27 @@ def drift_found(record: Row | None) -> dict[str, str]:
     return {str(n): "" for n in raw} if isinstance(raw, list) else {str(n): str(t) for n, t in raw.items()}
 
 
-def instance_id() -> str:
-    """Who holds a lease: the Functions instance id when there is one, else host and pid."""
-    instance = os.environ.get("WEBSITE_INSTANCE_ID")
-    return f"{instance}:{os.getpid()}:{uuid.uuid4().hex[:6]}" if instance else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def holder_is_dead(owner: str) -> bool:
-    """True when `owner` is a process on this host that no longer runs (it crashed holding a
-    lease).  Holders on other hosts are trusted until their lease expires."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    local = host in (socket.gethostname(), os.environ.get("WEBSITE_INSTANCE_ID", "\0"))
-    if not local or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class SyncEngine:
-    """Sync and status over one config: resolve each env (SAS tokens re-minted when due through
-    core.mint), diff it against its targets, push, record.  One per process and config; account
-    keys and tagged secrets are rotated by core.rotation, which asks it to re-push."""
+    """Sync, drift and status over one runtime (core.runtime): resolve each env (SAS tokens
+    re-minted when due through core.mint), diff it against its targets, push, record.  An engine
+    holds one sync's working set: build one per sync (they share the runtime's state store,
+    clients and fingerprint key).  Rotation does not call it: the rotate use case (core.app.rotate)
+    hands what a rotation changed to a sync."""
 
     def __init__(
-        self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
-        owner: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        self, runtime: Any, *, registry: TargetRegistry | None = None, owner: str | None = None,
+        clock: Callable[[], datetime] | None = None, fanout: Any = None,
     ) -> None:
-        self.broker = broker
-        self.config = broker.loaded.config
-        self.registry = registry or default_targets()
-        self.owner = owner or instance_id()
-        self.clock = clock
-        self._state = state
-        self._fingerprinter: Fingerprinter | None = None
+        if isinstance(runtime, StoreConnections):  # a runtime of its own over these connections
+            from core.runtime import Runtime
+
+            runtime = Runtime(connections=runtime, owner=owner, clock=clock, targets=registry)
+        self.runtime = runtime
+        self.broker: StoreConnections = runtime.connections
+        self.config = runtime.config
+        self.registry = registry or runtime.targets
+        self.owner = owner or runtime.owner
+        self.clock: Callable[[], datetime] = clock or runtime.clock
         # Held for one sync() only: values resolved for all its envs at once, the push records
         # read in one scan (for the read-only passes), and what target writers share (listings).
         self._prefetched: dict[str, Bundle] = {}
@@ -190,8 +170,8 @@ class SyncEngine:
         # the env leases held until they are out.
         self._site_pushes: dict[str, list[_SitePush]] = {}
         self._held_leases: list[Lease] = []
-        # Set in queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
-        self.fanout: Any = None
+        # Queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
+        self.fanout: Any = fanout
         self._by_env: dict[str, dict[str, Any]] | None = None
         # For one sync(): reuse this process's kept storage key listings (a work item's choice).
         self._reuse_listings = False
@@ -200,25 +180,12 @@ class SyncEngine:
     # ---- wiring -------------------------------------------------------------------------
     @property
     def state(self) -> StateStore:
-        """The state store (tables created on first use).
+        """The runtime's state store (tables created on first use).
 
         Raises:
             ConfigError: the config has no `state:` section or no state account.
         """
-        if self._state is None:
-            settings = self.config.state
-            if settings is None:
-                raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state", "sync, rotate and status need a state: section")])
-            credential = self.broker.store(settings.store).credential
-            endpoint = settings.table_endpoint
-            account = settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
-            if not endpoint and not account:
-                raise ConfigError([ConfigProblem(self.broker.loaded.file, self.broker.loaded.line_of(("state",)), "state",
-                                                 "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
-            service = self.broker.clients.table_service(str(endpoint or account), credential)
-            self._state = StateStore(service, settings.table_prefix)
-        self._state.ensure_tables()
-        return self._state
+        return self.runtime.state  # type: ignore[no-any-return]
 
     def state_vault(self) -> SecretClientLike:
         return self.broker.state_vault()
@@ -230,9 +197,7 @@ class SyncEngine:
         Raises:
             ConfigError: no key can be found or made.
         """
-        if self._fingerprinter is None:
-            self._fingerprinter = self.broker.fingerprinter()
-        return self._fingerprinter
+        return self.broker.fingerprinter()
 
     def resolve_variable(self, variable: Any, path: str) -> str:
         """A literal or a single `from:` reference (`StoreConnections.resolve_variable`).
@@ -243,9 +208,7 @@ class SyncEngine:
         return self.broker.resolve_variable(variable, path)
 
     def active_key(self, kind: str, account: str) -> str:
-        row = self.state.get("rotations", kind, account.lower())
-        default = "key1" if kind == "storage" else "primary"
-        return str(row.fields.get("active", default)) if row else default
+        return self.runtime.active_key(kind, account)  # type: ignore[no-any-return]
 
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
@@ -284,7 +247,7 @@ class SyncEngine:
 
     # ---- sync ---------------------------------------------------------------------------
     def envs_with_targets(self) -> list[str]:
-        return sorted({t.env for t in self.config.targets.values()})
+        return self.runtime.envs_with_targets()  # type: ignore[no-any-return]
 
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
@@ -395,7 +358,7 @@ class SyncEngine:
         for env in cleared:
             self.state.audit(self.owner, "work.unpoisoned", env, {})
 
-    def request_sync(self, envs: Sequence[str], *, reason: Any, trigger: str, forget: Sequence[dict[str, str]] = (),
+    def request_sync(self, envs: Sequence[str], *, reason: Any, trigger: str, forget: Sequence[Mapping[str, str]] = (),
                      force_mint: bool = False) -> list[Any] | None:
         """A planner's request to sync `envs`: enqueued as work items when this engine fans out
         (`self.fanout`, queue mode; returns the items), else None and the caller syncs inline."""

@@ -39,7 +39,6 @@ from core.azure.retry import WaitLimit, wait_limit, waits_at_most
 
 log = logging.getLogger("vaultrelay.work")
 
-MODE_SETTING = "VAULTRELAY_SYNC_MODE"
 BATCH_SETTING = "VAULTRELAY_WORK_BATCH"
 MAX_DEQUEUE_SETTING = "VAULTRELAY_WORK_MAX_DEQUEUE"
 MAX_ENVS_PER_ITEM = 50
@@ -199,11 +198,6 @@ class Fanout:
             self.queue.send(item.to_text())
         log.info("enqueued %d work items (%d envs, %s, %s)", len(items), len(set(envs)), reason, trigger)
         return items
-
-
-def queue_mode(environ: Mapping[str, str]) -> bool:
-    """Whether planners enqueue (`VAULTRELAY_SYNC_MODE=queue`) rather than sync inline."""
-    return (environ.get(MODE_SETTING) or "inline").strip().lower() == "queue"
 
 
 def open_queue(broker: Any, environ: Mapping[str, str]) -> WorkQueue:

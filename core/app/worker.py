@@ -1,7 +1,8 @@
-"""`vaultrelay worker`: the work queue consumed outside the Functions host.
+"""Use case: a work item.  `work_item` is one delivery as the queue trigger hands it over;
+`consume` is `vaultrelay worker`: the work queue consumed outside the Functions host.
 
-Each process receives messages, hands each to `core.app.work.handle_message` (the code path of
-the queue trigger) and does what the host does with the outcome: delete it when done; on a
+Each process receives messages, hands each to `work_item` (the code path of the queue trigger)
+and does what the host does with the outcome: delete it when done; on a
 failure make it visible again after the host's `visibilityTimeout`, and on the last allowed
 delivery (`maxDequeueCount`) move it to `<queue>-poison`.  Several processes (`--processes N`)
 coordinate only through the queue (visibility) and the state tables (leases, ETags); a process
@@ -30,8 +31,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.app.work import WorkFailed, handle_message, max_dequeue
+from core.app.sync import work_queue
+from core.app.work import WorkFailed, WorkResult, handle_message, max_dequeue
 from core.azure.queue import WorkQueue
+from core.push import SyncEngine
+from core.runtime import Runtime
 
 log = logging.getLogger("vaultrelay.worker")
 
@@ -93,7 +97,22 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_timeout_s: int = 120, batch: int = 1,
+def work_item(runtime: Runtime, text: str, dequeue_count: int, *, queue: WorkQueue | None = None,
+              limit: int | None = None) -> WorkResult:
+    """One delivery of a work queue message (core.app.work.handle_message), synced by an engine of
+    its own (the queue trigger may run several at once on one instance: an engine holds one
+    sync's working set) over the runtime's state store and fingerprint key; it syncs inline,
+    never enqueues.  Requeued items go back to `queue` (default: the runtime's work queue).
+
+    Raises:
+        WorkFailed: the item failed (delivered again, then poisoned).
+        QueueNotConfigured: no queue to send a requeued item to.
+    """
+    return handle_message(SyncEngine(runtime), text, dequeue_count=dequeue_count,
+                          queue=queue if queue is not None else work_queue(runtime), limit=limit)
+
+
+def consume(runtime: Runtime, queue: WorkQueue, *, drain: bool = False, visibility_timeout_s: int = 120, batch: int = 1,
             failed_retry_s: float = FAILED_RETRY_S, limit: int | None = None, stop: Any = None) -> WorkerStats:
     """Consume `queue` until interrupted (`stop.is_set()`), or with `drain` until it is empty:
     no message visible, and none in it at all (Azure's approximate count includes invisible
@@ -123,7 +142,7 @@ def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_ti
             stats.items += 1
             log.info("work item received (message %s, delivery %d)", delivery.id, delivery.dequeue_count)
             try:
-                result = handle_message(engine, delivery.text, dequeue_count=delivery.dequeue_count, queue=queue, limit=limit)
+                result = work_item(runtime, delivery.text, delivery.dequeue_count, queue=queue, limit=limit)
             except Exception as exc:  # WorkFailed, state or queue failures, bugs: as the host treats a failed function
                 if isinstance(exc, WorkFailed):
                     log.warning("%s", exc)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from azure.keyvault.secrets import SecretClient
 
-from core.app.http_api import HttpApi
 from core.config import parse_config
 from core.connections import StoreConnections
 from core.logs import SDK_LOGGERS, configure_logging, redact, sdk_log_level, set_sdk_log_level
 from core.push import SyncEngine
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, get_env, serving, write_config
@@ -78,7 +78,7 @@ def test_an_authorized_fetch_sends_no_sdk_records_to_the_worker(
     token = seeded.issue_token("caller", AUDIENCE)
 
     def fetch() -> int:
-        api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())  # cold caches
+        api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())  # cold caches
         with serving(api):
             root_at.records.clear()
             assert get_env(functions, "production", token).status_code == 200

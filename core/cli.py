@@ -771,18 +771,33 @@ def _sync_queue(engine: Any, args: argparse.Namespace, json_output: bool, out: T
 
 def _worker(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
     from core.app.work import open_queue
-    from core.app.worker import consume, run_processes
+    from core.app.worker import can_fork, consume, run_forked, run_processes, warm_imports
     from core.azure.queue import QueueNotConfigured
+    from core.connections import StoreConnections
+    from core.push import SyncEngine
 
     try:
         queue = open_queue(engine.broker, os.environ)
     except QueueNotConfigured as exc:
         return _queue_failure(exc, "worker", engine, json_output, out, err)
-    if args.processes > 1:
+    queue.ensure()
+    if args.processes > 1 and can_fork():
+        loaded = engine.broker.loaded
+        warm_imports()
+
+        def work() -> Any:  # in each process: its own clients, credentials and connections
+            broker = StoreConnections(loaded)
+            try:
+                mine = SyncEngine(broker)
+                return consume(mine, open_queue(broker, os.environ), drain=args.drain, visibility_timeout_s=args.visibility_timeout)
+            finally:
+                broker.close()
+
+        stats = run_forked(args.processes, work)
+    elif args.processes > 1:
         stats = run_processes(args.processes, config=args.config, drain=args.drain, visibility_timeout=args.visibility_timeout,
                               verbose=args.verbose)
     else:
-        queue.ensure()
         stats = consume(engine, queue, drain=args.drain, visibility_timeout_s=args.visibility_timeout)
     if json_output:
         from core.cli_json import WorkerDocument, problem

@@ -47,12 +47,14 @@ from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
-from core.targets.base import Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
+from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry, default_targets
 
 log = logging.getLogger("vaultrelay.sync")
 
 LEASE_SECONDS = 120.0
+# Up to this many envs, a sync reads their push records by partition (4 queries); beyond, one scan.
+PARTITION_QUERY_MAX_ENVS = 60
 SITE_LEASE_SECONDS = 60.0
 # Waits for a site's lease held by another instance (its push is one read and one PUT).
 SITE_LEASE_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -394,14 +396,19 @@ class SyncEngine:
 
     def _sync_envs(self, envs: list[str], report: SyncReport, *, dry_run: bool, force_mint: bool,
                    progress: Callable[[str], None] | None = None) -> None:
+        self._run_cache[RUN_ENVS] = len(envs)
         if len(envs) > 1:
             try:
                 self._prefetch(envs)
             except StateUnavailable:
                 self._prefetched = {}  # each env resolves on its own and reports the failure
             try:
-                # One scan of the push records instead of one read per target (read-only passes only).
-                self._preloaded = {(r.partition, r.key): r for r in self.state.query("pushes")}
+                # The push records read at once instead of one read per target (read-only passes
+                # only): the envs' partitions for a work item's few envs, one scan for a whole fleet
+                # (a work item scanning every env's records would cost O(fleet) per item).
+                rows = (self.state.query_partitions("pushes", envs) if len(envs) <= PARTITION_QUERY_MAX_ENVS
+                        else self.state.query("pushes"))
+                self._preloaded = {(r.partition, r.key): r for r in rows}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
         for group in self._site_groups(envs):

@@ -38,6 +38,7 @@ class FaultRule:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 503
+    retry_after_s: int | None = None  # a Retry-After header on the injected errors (as Azure sends with 429 and 503)
     drop_rate: float = 0.0
     slow_rate: float = 0.0
     slow_ms: float = 5000.0
@@ -149,9 +150,10 @@ class Faults:
             if rule.drop_rate and self._rng.random() < rule.drop_rate:
                 raise DropConnection()
             if rule.error_rate and self._rng.random() < rule.error_rate:
+                code = {503: "ServiceUnavailable", 429: "Throttled"}.get(rule.error_status, "InternalError")
                 raise AzureError(
-                    rule.error_status, "ServiceUnavailable" if rule.error_status == 503 else "InternalError",
-                    "The service is temporarily unavailable (injected by the sandbox).",
+                    rule.error_status, code, "The service is temporarily unavailable (injected by the sandbox).",
+                    headers={"Retry-After": str(rule.retry_after_s)} if rule.retry_after_s is not None else None,
                 )
         self._throttle(ctx)
 

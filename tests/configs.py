@@ -35,6 +35,10 @@ def app_settings_target(env: str, *, site: str = "sandbox-web", store: str = "az
     return {"type": "app_settings", "env": env, "store": store, "site": site, **extra}
 
 
+def container_app_target(env: str, app: str, *, store: str = "azure", **extra: Any) -> dict[str, Any]:
+    return {"type": "container_app", "env": env, "store": store, "app": app, **extra}
+
+
 def webhook_target(env: str, url: str, *, signing_key: str = "signing-key-0123456789", **extra: Any) -> dict[str, Any]:
     return {"type": "webhook", "env": env, "url": url, "signing_key": signing_key, **extra}
 
@@ -67,3 +71,19 @@ def body_yaml(*, envs: dict[str, Any] | None = None, targets: dict[str, Any] | N
         document["targets"] = targets
     document.update(extra)
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def identity_block(sandbox: Any, identity: str, selector: str = "client_id") -> dict[str, Any]:
+    """A store's `identity:` for the sandbox identity `identity` ("system", or a user-assigned
+    identity named by `selector`: client_id, object_id or resource_id)."""
+    if identity == "system":
+        return {"type": "system_assigned"}
+    return {"type": "user_assigned", selector: getattr(sandbox.identities[identity], selector)}
+
+
+def mi_store(identity: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A store of type `azure.managed_identity` (with `identity:` when given, then `extra`)."""
+    store: dict[str, Any] = {"type": "azure.managed_identity"}
+    if identity is not None:
+        store["identity"] = identity
+    return {**store, **extra}

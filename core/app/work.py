@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import uuid
@@ -34,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.azure.queue import MAX_MESSAGE_BYTES, WorkQueue, queue_name, queue_service_url
+from core.azure.retry import WaitLimit, wait_limit, waits_at_most
 
 log = logging.getLogger("vaultrelay.work")
 
@@ -48,6 +50,10 @@ DEFAULT_MAX_DEQUEUE = 5
 MAX_REQUEUES = 8
 REQUEUE_BASE_S = 5.0
 REQUEUE_MAX_S = 300.0
+# The longest Retry-After a work item waits for (Key Vault's shared backoff, the retry policy): a
+# longer one fails the call as throttled and the item is re-enqueued with at least that delay,
+# rather than hold its worker (a host invocation) asleep.
+WAIT_MAX_S = 5.0
 
 Reason = Literal["scheduled", "requested", "secret_changed", "secret_expiring", "rotation", "retry"]
 
@@ -253,6 +259,13 @@ def _throttling(exc: BaseException) -> bool:
         type(exc).__name__ == "StateUnavailable" and _is_throttled(str(exc)))
 
 
+def requeue_delay(attempt: int, refused_s: float = 0.0) -> float:
+    """Seconds before a re-enqueued item is visible: exponential in its attempts (jittered), and
+    never before the longest Retry-After it refused to wait for."""
+    backoff = min(REQUEUE_MAX_S, REQUEUE_BASE_S * (2 ** attempt)) * random.uniform(0.75, 1.25)
+    return max(backoff, min(REQUEUE_MAX_S, math.ceil(refused_s)))
+
+
 def run_item(engine: Any, item: WorkItem) -> WorkResult:
     """Sync the item's envs (those that still have targets) and sort the outcome per env."""
     from core.resolve import forget_values
@@ -283,7 +296,8 @@ def run_item(engine: Any, item: WorkItem) -> WorkResult:
     if retry and item.attempt < MAX_REQUEUES and not result.causes:
         result.outcome = "requeued"
         result.requeued = sorted(retry)
-        result.delay_s = min(REQUEUE_MAX_S, REQUEUE_BASE_S * (2 ** item.attempt)) * random.uniform(0.75, 1.25)
+        waits = wait_limit()
+        result.delay_s = requeue_delay(item.attempt, waits.refused_s if waits is not None else 0.0)
     elif retry:
         result.causes.update({env: cause + f" (after {item.attempt} re-enqueues)" if item.attempt >= MAX_REQUEUES else cause
                               for env, cause in retry.items()})
@@ -309,15 +323,17 @@ def handle_message(engine: Any, text: str, *, dequeue_count: int, queue: WorkQue
         # Retrying cannot fix it: acknowledged, logged without its content.
         log.error("work item dropped: %s", exc)
         return WorkResult("", "malformed", causes={"(message)": str(exc)})
+    waits = WaitLimit(WAIT_MAX_S)
     try:
-        result = run_item(engine, item)
+        with waits_at_most(waits):
+            result = run_item(engine, item)
     except Exception as exc:
         if not _throttling(exc):
             raise
         # Throttled before any env could be sorted (the state vault or tables, a shared listing):
         # the whole item waits and comes back, as a throttled env does.
         result = WorkResult(item.id, "requeued", list(item.envs), requeued=list(dict.fromkeys(item.envs)), throttled=len(item.envs),
-                            delay_s=min(REQUEUE_MAX_S, REQUEUE_BASE_S * (2 ** item.attempt)) * random.uniform(0.75, 1.25))
+                            delay_s=requeue_delay(item.attempt, waits.refused_s))
         if item.attempt >= MAX_REQUEUES:
             result.outcome, result.causes = "failed", {env: f"throttled: {type(exc).__name__} (after {item.attempt} re-enqueues)"
                                                        for env in result.requeued}

@@ -7,6 +7,12 @@ delivery (`maxDequeueCount`) move it to `<queue>-poison`.  Several processes (`-
 coordinate only through the queue (visibility) and the state tables (leases, ETags); a process
 killed mid-item leaves its message to reappear when its visibility ends, and its env lease to be
 taken over (its holder is gone).
+
+On Linux the other processes are forked from the first once its config is loaded and its modules
+imported (each builds its own clients, credentials and connections after the fork): a process
+started from scratch pays the imports and the config load again, seconds of CPU for a large config
+that N processes would spend before syncing anything.  Elsewhere they are started as
+`vaultrelay worker` processes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +38,13 @@ log = logging.getLogger("vaultrelay.worker")
 # host.json's extensions.queues.visibilityTimeout: the wait before a failed message is retried.
 FAILED_RETRY_S = 30.0
 IDLE_POLLS = (0.1, 0.2, 0.5, 1.0, 2.0)
-DRAIN_IDLE_S = 1.0
+# With --drain, the wait between polls while other consumers finish the last items: short, so a
+# drained queue is noticed at once (the host's maxPollingInterval is for a queue that stays).
+DRAIN_POLL_S = 0.2
+# What a sync imports on first use (clients, targets, minting, notify, telemetry).
+WARM_MODULES = ("azure.data.tables", "azure.keyvault.secrets", "azure.storage.blob", "azure.mgmt.storage", "core.app.expiry",
+                "core.app.notify", "core.azure.transport", "core.mint.minted", "core.sources.transforms", "core.values", "azure.core.polling",
+                "opentelemetry.metrics")
 
 
 class WorkerStats(BaseModel):
@@ -72,29 +86,27 @@ def _cpu() -> float:
 
 def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_timeout_s: int = 120, batch: int = 1,
             failed_retry_s: float = FAILED_RETRY_S, limit: int | None = None, stop: Any = None) -> WorkerStats:
-    """Consume `queue` until interrupted (`stop.is_set()`), or with `drain` until it is empty
-    (no message, visible or not, for a moment).  One message at a time by default: parallelism
-    is the number of processes, and a process never sits on messages others could take."""
+    """Consume `queue` until interrupted (`stop.is_set()`), or with `drain` until it is empty:
+    no message visible, and none in it at all (Azure's approximate count includes invisible
+    messages, being processed elsewhere or re-enqueued with a delay, and is never lower than the
+    real count).  One message at a time by default: parallelism is the number of processes, and
+    a process never sits on messages others could take."""
     limit = limit or max_dequeue()
     stats = WorkerStats()
     began, cpu_began = time.monotonic(), _cpu()
     idle = 0
-    idle_since: float | None = None
     while stop is None or not stop.is_set():
         deliveries = queue.receive(batch, visibility_timeout_s)
         if not deliveries:
             if drain:
-                now = time.monotonic()
-                if queue.approximate_length() > 0:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = now
-                elif now - idle_since >= DRAIN_IDLE_S:
+                if queue.approximate_length() == 0:
                     break
-            time.sleep(IDLE_POLLS[min(idle, len(IDLE_POLLS) - 1)])
-            idle += 1
+                time.sleep(DRAIN_POLL_S)
+            else:
+                time.sleep(IDLE_POLLS[min(idle, len(IDLE_POLLS) - 1)])
+                idle += 1
             continue
-        idle, idle_since = 0, None
+        idle = 0
         for delivery in deliveries:
             stats.items += 1
             log.info("work item received (message %s, delivery %d)", delivery.id, delivery.dequeue_count)
@@ -151,3 +163,66 @@ def run_processes(count: int, *, config: str | None, drain: bool, visibility_tim
             if child.poll() is None:
                 child.terminate()
     return total
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked from this one: Linux (where fork is the default
+    way to start processes) and no other thread running (a fork copies only the calling thread,
+    and a lock another thread holds would stay held in the child)."""
+    return sys.platform == "linux" and hasattr(os, "fork") and threading.active_count() == 1
+
+
+def run_forked(count: int, work: Callable[[], WorkerStats]) -> WorkerStats:
+    """`work` (build the clients, consume) in this process and in `count - 1` processes forked
+    from it; their stats summed.  A child that fails counts as a failed item (its own log says
+    why); whatever it was doing is delivered again after its visibility timeout."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or a child would write out what the parent had buffered
+    children: list[tuple[int, int]] = []
+    for _ in range(count - 1):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: consume, report, and leave without running the parent's cleanup
+            os.close(read_end)
+            code = 1
+            try:
+                encoded = json.dumps(work().as_dict()).encode()
+                with os.fdopen(write_end, "wb") as report:
+                    report.write(encoded)
+                code = 0
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:
+                log.exception("worker process failed")
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_end)
+        children.append((pid, read_end))
+    total = WorkerStats()
+    try:
+        total.add(work().as_dict())
+    finally:
+        for pid, read_end in children:
+            with os.fdopen(read_end, "rb") as report:
+                output = report.read()
+            _, status = os.waitpid(pid, 0)
+            try:
+                document = json.loads(output or b"{}")
+            except ValueError:
+                document = {}
+            total.add({k: v for k, v in document.items() if k in WorkerStats.model_fields})
+            if os.waitstatus_to_exitcode(status) != 0:
+                total.failed += 1
+    return total
+
+
+def warm_imports() -> None:
+    """Import what syncing a work item imports, so processes forked afterwards share it."""
+    import importlib
+
+    for module in WARM_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # an optional extra: the process that needs it imports it (and fails) itself
+            log.debug("module %s not imported before the fork", module)

@@ -34,7 +34,7 @@ from core.azure.protocols import (
     TableServiceClientLike,
     WebManagementLike,
 )
-from core.azure.retry import RetrySettings
+from core.azure.retry import RetrySettings, WaitRefused, wait_limit
 
 if TYPE_CHECKING:
     from core.azure.arm_sql import SqlServers
@@ -137,10 +137,19 @@ class VaultPacer:
         self.throttled = 0
 
     def acquire(self) -> None:
+        """Wait until a request may go out.
+
+        Raises:
+            WaitRefused: the vault is closed for longer than the caller's `waits_at_most`.
+        """
         with self._cond:
             while True:
                 wait = self._blocked_until - self._clock()
                 if wait > 0:
+                    limit = wait_limit()
+                    if limit is not None and wait > limit.max_s:
+                        limit.refuse(wait)
+                        raise WaitRefused(wait, "the vault")
                     self._cond.wait(wait)
                 elif self._in_flight >= self._limit:
                     self._cond.wait(1.0)

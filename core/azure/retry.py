@@ -12,19 +12,75 @@ A wait longer than `retry_after_max` (default `backoff_max`, 30 s) is not taken:
 at once with the 429 (reason `throttled`, and the next run or fetch tries again) instead of
 holding a fetch or a sync for minutes.  So a throttled call waits at most `per_kind` times
 `retry_after_max` seconds.
+
+A work item (core.app.work) waits much less: a worker sleeping out a long `Retry-After` holds a
+process (and, in the Functions host, an invocation) that does nothing.  Inside `waits_at_most(s)`
+a `Retry-After` longer than `s` seconds is not waited for, by this policy or by a vault's shared
+backoff (core.azure.clients.VaultPacer): the call fails as throttled at once, the longest wait
+refused is noted, and the item is re-enqueued with at least that delay.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import random
+import threading
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline.policies import RetryPolicy
 
 log = logging.getLogger("vaultrelay.retry")
+
+
+@dataclass
+class WaitLimit:
+    """The longest `Retry-After` calls in this context wait for (`max_s`), and the longest wait
+    they refused (`refused_s`: the delay to come back after)."""
+
+    max_s: float
+    refused_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def refuse(self, wait_s: float) -> None:
+        with self._lock:
+            self.refused_s = max(self.refused_s, wait_s)
+
+
+_WAIT_LIMIT: contextvars.ContextVar[WaitLimit | None] = contextvars.ContextVar("vaultrelay_wait_limit", default=None)
+
+
+@contextlib.contextmanager
+def waits_at_most(limit: WaitLimit | float) -> Iterator[WaitLimit]:
+    """Calls made in this context (and in threads started with a copy of it) fail as throttled
+    rather than wait longer than the limit (seconds) for a `Retry-After`."""
+    limit = limit if isinstance(limit, WaitLimit) else WaitLimit(float(limit))
+    token = _WAIT_LIMIT.set(limit)
+    try:
+        yield limit
+    finally:
+        _WAIT_LIMIT.reset(token)
+
+
+def wait_limit() -> WaitLimit | None:
+    """The `waits_at_most` limit in force here, if any."""
+    return _WAIT_LIMIT.get()
+
+
+class WaitRefused(HttpResponseError):
+    """A request not sent: the service asked for a longer wait (`Retry-After`) than the caller's
+    `waits_at_most` takes.  Read as the 429 it stands for; never retried here."""
+
+    def __init__(self, wait_s: float, what: str) -> None:
+        super().__init__(message=f"(Throttled) 429 Too Many Requests: {what} asked for {wait_s:.0f} s more before the next request "
+                                 "(Retry-After); not waited for here")
+        self.status_code = 429
+        self.reason = "Too Many Requests"
 
 
 class JitteredRetryPolicy(RetryPolicy):
@@ -40,13 +96,21 @@ class JitteredRetryPolicy(RetryPolicy):
         if not super().is_retry(settings, response):
             return False
         wait = self.get_retry_after(response)
-        if wait is not None and wait > self.retry_after_max:
+        limit = wait_limit()
+        longest = self.retry_after_max if limit is None else min(self.retry_after_max, limit.max_s)
+        if wait is not None and wait > longest:
             http = response.http_request
+            if limit is not None:
+                limit.refuse(wait)
             log.warning("%s %s answered %s asking to retry after %.0f s, longer than vaultrelay waits (%.0f s): not retried",
-                        http.method, urllib.parse.urlsplit(http.url).path, response.http_response.status_code, wait,
-                        self.retry_after_max)
+                        http.method, urllib.parse.urlsplit(http.url).path, response.http_response.status_code, wait, longest)
             return False
         return True
+
+    def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
+        if isinstance(error, WaitRefused):
+            return False  # retrying would only wait for what was refused
+        return bool(super().increment(settings, response=response, error=error))
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
         base = super().get_backoff_time(settings)

@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.resolve import forget_values
@@ -75,6 +75,10 @@ from core.sources.key_access import ensure_account_keys_usable
 from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 from core.values import SecretValue
+
+if TYPE_CHECKING:
+    from core.azure.arm_sql import SqlServers
+    from core.azure.protocols import SecretClientLike
 
 log = logging.getLogger("vaultrelay.tagged")
 
@@ -234,7 +238,7 @@ class TaggedSecretRotation:
     def watches(self, vault: str) -> bool:
         return vault.lower() in self.watched
 
-    def _vault(self, vault: str) -> Any:
+    def _vault(self, vault: str) -> SecretClientLike:
         settings = self.watched[vault.lower()]
         return self.broker.clients.secret_client(settings.vault, self.broker.store(settings.store).credential)
 
@@ -492,7 +496,7 @@ class TaggedSecretRotation:
         # No phase, or killed before a new version was stored: nothing reached the server yet.
         return self._sql_start(secret, row, resumed=bool(phase), reason=reason, label=label)
 
-    def _sql_server(self, secret: TaggedSecret) -> Any:
+    def _sql_server(self, secret: TaggedSecret) -> SqlServers:
         """The `SqlServers` of the secret's ProviderAddress, with the vault's store identity."""
         return self.broker.clients.sql_servers(secret.provider.subscription, self._credential(secret.vault))
 

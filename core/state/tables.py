@@ -47,6 +47,9 @@ from core.errors import VaultRelayError
 log = logging.getLogger("vaultrelay.state")
 
 TABLES = ("pushes", "rotations", "events", "leases", "audit")
+# "no more than 15 discrete comparisons are permitted within a $filter string" (Learn: Querying
+# tables and entities, Supported query options).
+FILTER_COMPARISONS = 15
 
 
 class Conflict(Exception):
@@ -212,6 +215,29 @@ class StateStore:
         except AzureError as exc:
             raise _unavailable(self.prefix + table, "reading", exc) from None
         yield from rows
+
+    def query_partitions(self, table: str, partitions: Iterable[str]) -> list[Row]:
+        """Rows of the given partitions: one query per FILTER_COMPARISONS partitions (Table
+        Storage allows at most 15 discrete comparisons in one $filter), not a scan of the table.
+
+        Raises:
+            StateUnavailable: the table service failed.
+        """
+        from azure.core.exceptions import AzureError
+
+        client = self.table(table)
+        wanted = sorted({encode_key(p) for p in partitions})
+        rows: list[Row] = []
+        try:
+            for start in range(0, len(wanted), FILTER_COMPARISONS):
+                chunk = wanted[start:start + FILTER_COMPARISONS]
+                parameters = {f"p{n}": pk for n, pk in enumerate(chunk)}
+                query = " or ".join(f"PartitionKey eq @p{n}" for n in range(len(chunk)))
+                for entity in client.query_entities(query, parameters=parameters):
+                    rows.append(Row(*entity_keys(entity), entity_fields(entity), entity.metadata.get("etag")))
+        except AzureError as exc:
+            raise _unavailable(self.prefix + table, "reading", exc) from None
+        return rows
 
     def batch(self, table: str, rows: list[Row]) -> None:
         """Upsert rows of one partition in transactions of at most 100 (unconditional: for rows

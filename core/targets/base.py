@@ -129,7 +129,8 @@ class TargetContext:
     fingerprinter: Fingerprinter
     subscription: str | None = None
     resolve_value: Any = None  # callable(Variable) -> str, for webhook signing keys
-    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while).
+    # Shared by the writers of one sync run (e.g. a vault's listing, kept a short while; RUN_ENVS:
+    # how many envs the run syncs, so a writer can read a few names instead of a whole listing).
     run_cache: dict[str, Any] = field(default_factory=dict)
     # What the push record says vaultrelay's last write left: name -> stamp (per-variable), and
     # the whole target's stamp.  A deleted secret whose stamp is one of these is vaultrelay's.
@@ -147,6 +148,9 @@ class TargetContext:
         if not found:
             raise TargetError(f"target {self.name}: no subscription known for {what}")
         return found
+
+
+RUN_ENVS = "run envs"
 
 
 def owned_by(tags: dict[str, str] | None, target: str) -> bool:

@@ -8,8 +8,10 @@ vaultrelay's for this target when its push record says vaultrelay wrote it, or w
 the secret carries those marks for this target; any other secret is never overwritten, deleted
 or recovered.  Removed variables are deleted (soft delete) or kept per `deletion_policy`.
 
-Drift is judged by stamps from the listing a sync reads anyway (the listing gives no version id):
-the latest version's created and updated times and its fingerprint tag.  Key Vault keeps times
+Drift is judged by stamps from the properties a sync reads anyway (the vault's listing for a sync
+of many envs; one GET per secret for a work item's few envs, which must not page through a vault
+holding a whole fleet's secrets): the latest version's created and updated times and its
+fingerprint tag.  Key Vault keeps times
 to the second; in the second of vaultrelay's write a new value still shows, because no one
 without the key can tag it, so only a change in that very second that also copies vaultrelay's
 tags goes unseen.
@@ -37,6 +39,7 @@ from typing import Any
 from core.azure.protocols import CertificateClientLike
 from core.permissions.matrix import denied_note
 from core.targets.base import (
+    RUN_ENVS,
     TAG_FINGERPRINT,
     Change,
     DesiredItem,
@@ -50,6 +53,10 @@ from core.targets.base import (
 )
 
 LISTING_TTL_S = 60.0
+# Up to this many envs in a sync run, a target reads its own secrets (one GET each, in parallel)
+# instead of listing the vault: a listing is 25 secrets a page, serial, and a vault a fleet
+# shares holds every env's secrets (50,000 secrets are 2,000 pages for each work item).
+GET_MAX_ENVS = 60
 WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
 TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
 BACKOFF_FIRST_S = 0.25
@@ -64,6 +71,9 @@ PKCS12_CONTENT_TYPE = "application/x-pkcs12"
 BEING_DELETED = "ObjectIsBeingDeleted"
 BEING_RECOVERED = "ObjectIsBeingRecovered"
 DELETED_BUT_RECOVERABLE = "ObjectIsDeletedButRecoverable"
+
+
+DISABLED = object()  # `_read`'s answer for a disabled secret (Key Vault refuses to GET it: 403 SecretDisabled)
 
 
 def _attempt(operation: Callable[[], None]) -> TargetError | None:
@@ -178,16 +188,63 @@ class KeyVaultTargetWriter:
         return dict(listing)
 
     def _listed(self, name: str, properties: Any) -> None:
+        """What this run knows of `name` after vaultrelay wrote (or deleted: None) it."""
         cached = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
         if cached is not None:
             if properties is None:
                 cached[1].pop(name.lower(), None)
             else:
                 cached[1][name.lower()] = properties
+        read = self.ctx.run_cache.get(f"keyvault-read {self.client.vault_url}")
+        if read is not None:
+            read[name.lower()] = properties
+
+    def _existing(self, secrets: set[str]) -> dict[str, Any]:
+        """Name (lower case) -> properties of those of `secrets` that exist (at least those).
+
+        From the vault's listing when this run has one or syncs many envs; else one GET per
+        secret (GET_MAX_ENVS), whose values are kept for `_matches` for this run only.
+
+        Raises:
+            TargetError: the vault could not be listed or read.
+        """
+        listing = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
+        if (listing is not None and time.monotonic() - listing[0] < LISTING_TTL_S) or self.ctx.run_cache.get(RUN_ENVS, 0) > GET_MAX_ENVS:
+            return self._list()
+        read: dict[str, Any] = self.ctx.run_cache.setdefault(f"keyvault-read {self.client.vault_url}", {})
+        missing = sorted({s.lower(): s for s in secrets if s.lower() not in read}.values())
+        if missing:
+            if len(missing) == 1:
+                answers = [self._read(missing[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=min(WRITE_CONCURRENCY, len(missing)), thread_name_prefix="vaultrelay-kv-read") as pool:
+                    answers = list(pool.map(lambda n: contextvars.copy_context().run(self._read, n), missing))
+            if any(answer is DISABLED for answer in answers):
+                return self._list()  # a disabled secret cannot be read: its properties are in the listing
+            for name, answer in zip(missing, answers, strict=True):
+                read[name.lower()] = answer
+        return {name: props for name, props in read.items() if props is not None}
+
+    def _read(self, name: str) -> Any:
+        """The properties of secret `name` (None: no such secret; DISABLED: it is disabled)."""
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+        try:
+            secret = self.client.get_secret(name)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            if exc.status_code == 403 and _inner_code(exc) == "SecretDisabled":
+                return DISABLED
+            raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        except AzureError as exc:
+            raise TargetError(f"target {self.ctx.name}: reading {name} in vault {self.config.vault} failed: {_cause(exc)}") from None
+        self.ctx.run_cache[f"keyvault-value {self.client.vault_url} {name.lower()} {stamp_of(secret.properties)}"] = secret.value
+        return secret.properties
 
     # ---- snapshot: stamps and ownership ------------------------------------------------------
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
-        existing = self._list()
+        existing = self._existing({self.bundle_secret} if self.whole_bundle else {self._secret(v) for v in names})
         snapshot = Snapshot()
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
@@ -223,7 +280,7 @@ class KeyVaultTargetWriter:
         """Of `names`, those whose secret is exactly what vaultrelay would write now: enabled,
         vaultrelay's tags and nothing else, the content type and expiry, and the value (one GET,
         only when all the rest matches)."""
-        existing = self._list()
+        existing = self._existing({self.bundle_secret} if self.whole_bundle else {self._secret(v) for v in names})
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
             payload = self._bundle_payload(desired)
@@ -253,6 +310,9 @@ class KeyVaultTargetWriter:
             return False
         key = f"keyvault-holds {self.client.vault_url} {name.lower()} {stamp_of(props)} {mark}"
         known = self.ctx.run_cache.get(key)  # one read per run while the secret is unchanged
+        read = self.ctx.run_cache.get(f"keyvault-value {self.client.vault_url} {name.lower()} {stamp_of(props)}")
+        if known is None and read is not None:  # read by `_existing` a moment ago
+            known = self.ctx.run_cache[key] = read == value
         if known is None:
             try:
                 current = self.client.get_secret(name)

@@ -15,6 +15,7 @@ import pytest
 
 from demo.seed import example_environment
 from sandbox.client import SandboxClient, SandboxProcess
+from tests.configs import config_yaml, keyvault_target, ref, secret_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "vaultrelay.yaml"
@@ -53,6 +54,16 @@ def vaultrelay(*args: str, env: Mapping[str, str] | None = None, input: str | No
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip())
     return path
+
+
+def sync_config(path: Path, tag: str) -> Path:
+    """A config with state (tables prefixed `tag`), one env of a Key Vault secret and an account
+    key rotated every 30 days, pushed to a Key Vault target: what sync, rotate and status need."""
+    return write(path, config_yaml(
+        state={"store": "azure", "account": "sandboxstore", "table_prefix": tag, "fingerprint_key": "cli-test-fingerprint-key-0123456789"},
+        envs={"app": {"API_KEY": secret_ref("api-key"),
+                      "STORAGE_KEY": ref(resource_type="storage", account="sandboxstore", key="active", rotate={"every": "30d"})}},
+        targets={"vault": keyvault_target("app", prefix=f"{tag}-")}))
 
 
 

@@ -19,7 +19,7 @@ import pytest
 from core.cli_json import DOCUMENTS, SCHEMA_DIR, render_schema
 from core.config.loader import read_config_bytes
 from core.errors import ConfigError
-from tests.cli.conftest import EXAMPLE, ROOT, VAULTRELAY, offline_env, unique, vaultrelay, write
+from tests.cli.conftest import EXAMPLE, ROOT, VAULTRELAY, offline_env, sync_config, unique, vaultrelay, write
 
 LITERALS = """
     secretStores:
@@ -143,17 +143,7 @@ def test_plan_and_permissions_json_match_their_schemas(sandbox_env: dict[str, st
 
 def test_sync_rotate_status_json_match_their_schemas(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
     tag = unique("cli")
-    config = write(tmp_path / "sync.yaml", f"""
-        secretStores:
-          azure: {{type: azure.managed_identity}}
-        state: {{store: azure, account: sandboxstore, table_prefix: {tag}, fingerprint_key: cli-test-fingerprint-key-0123456789}}
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: api-key}}}}
-            STORAGE_KEY: {{from: {{store: azure, resource_type: storage, account: sandboxstore, key: active, rotate: {{every: 30d}}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: {tag}-}}
-    """)
+    config = sync_config(tmp_path / "sync.yaml", tag)
     dry = vaultrelay("sync", "--dry-run", "-o", "json", "-c", str(config), env=sandbox_env)
     document = assert_document("sync", dry.out)
     assert dry.code == 0 and document["dry_run"] is True and document["targets"][0]["outcome"] == "would_push"

@@ -21,7 +21,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from sandbox.client import SandboxClient
-from tests.cli.conftest import EXAMPLE, VAULTRELAY, offline_env, unique, vaultrelay, write
+from tests.cli.conftest import EXAMPLE, VAULTRELAY, offline_env, sync_config, unique, vaultrelay, write
+from tests.configs import config_yaml, mi_store, secret_ref
 
 
 def run_in_terminal(args: list[str], env: dict[str, str], *, columns: int = 100, send: bytes | None = None, after: bytes = b"",
@@ -196,15 +197,9 @@ def test_vv_adds_sdk_traffic_redacted(sandbox_env: dict[str, str]) -> None:
 
 
 def test_the_debug_block_is_honoured_without_v(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
-    config = write(tmp_path / "debug.yaml", """
-        secretStores:
-          azure:
-            type: azure.managed_identity
-            debug: {enabled: true, log_tokens: false, log_requests: true, trace_identity: true}
-        envs:
-          e:
-            API_KEY: {from: {store: azure, vault: kv-source, secret: api-key}}
-    """)
+    debug = {"enabled": True, "log_tokens": False, "log_requests": True, "trace_identity": True}
+    config = write(tmp_path / "debug.yaml", config_yaml(stores={"azure": mi_store(debug=debug)},
+                                                        envs={"e": {"API_KEY": secret_ref("api-key")}}))
     result = vaultrelay("resolve", "-c", str(config), "-e", "e", "--reveal", "-f", "json", env=sandbox_env)
     assert result.code == 0
     assert re.search(r"^info: vaultrelay\.requests: GET https://kv-source\.\S+/secrets/api-key/ -> 200", result.err, re.M), result.err
@@ -215,16 +210,9 @@ def test_the_debug_block_is_honoured_without_v(tmp_path: Path, sandbox_env: dict
 
 # ---- 10. identity errors ----------------------------------------------------------------------
 def test_an_unknown_identity_is_one_line_naming_it_the_status_and_what_to_check(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
-    config = write(tmp_path / "identity.yaml", """
-        secretStores:
-          nobody:
-            type: azure.managed_identity
-            identity: {type: user_assigned, client_id: 99999999-2222-3333-4444-555555555555}
-        envs:
-          e:
-            A: {from: {store: nobody, vault: kv-source, secret: api-key}}
-            B: {from: {store: nobody, vault: kv-source, secret: database-password}}
-    """)
+    nobody = {"type": "user_assigned", "client_id": "99999999-2222-3333-4444-555555555555"}
+    config = write(tmp_path / "identity.yaml", config_yaml(stores={"nobody": mi_store(nobody)}, envs={"e": {
+        "A": secret_ref("api-key", store="nobody"), "B": secret_ref("database-password", store="nobody")}}))
     result = vaultrelay("resolve", "-c", str(config), "-e", "e", "--reveal", env=sandbox_env)
     assert result.code == 1
     assert result.err.splitlines() == [
@@ -238,12 +226,7 @@ def test_an_unknown_identity_is_one_line_naming_it_the_status_and_what_to_check(
 
 def test_an_identity_endpoint_answering_500_is_reported_as_such(tmp_path: Path, clean_faults: SandboxClient,
                                                                  sandbox_env: dict[str, str]) -> None:
-    config = write(tmp_path / "identity.yaml", """
-        secretStores: {azure: {type: azure.managed_identity}}
-        envs:
-          e:
-            A: {from: {store: azure, vault: kv-source, secret: api-key}}
-    """)
+    config = write(tmp_path / "identity.yaml", config_yaml(envs={"e": {"A": secret_ref("api-key")}}))
     clean_faults.set_faults(rules=[{"service": "identity", "error_rate": 1.0, "error_status": 500}])
     result = vaultrelay("resolve", "-c", str(config), "-e", "e", "--reveal", env=sandbox_env)
     assert result.code == 1
@@ -319,17 +302,7 @@ def test_dotenv_on_a_terminal_escapes_control_characters_and_a_pipe_gets_the_byt
 
 def test_status_uses_one_time_format_and_sync_shows_progress_only_on_a_terminal(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
     tag = unique("clip")
-    config = write(tmp_path / "sync.yaml", f"""
-        secretStores:
-          azure: {{type: azure.managed_identity}}
-        state: {{store: azure, account: sandboxstore, table_prefix: {tag}, fingerprint_key: cli-test-fingerprint-key-0123456789}}
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: api-key}}}}
-            STORAGE_KEY: {{from: {{store: azure, resource_type: storage, account: sandboxstore, key: active, rotate: {{every: 30d}}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: {tag}-}}
-    """)
+    config = sync_config(tmp_path / "sync.yaml", tag)
     code, screen = run_in_terminal(["sync", "-c", str(config)], sandbox_env, columns=160)
     assert code == 0 and b"1/1" in screen  # rich's progress display (M of N) was drawn
     piped = vaultrelay("sync", "-c", str(config), env=sandbox_env)

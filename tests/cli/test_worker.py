@@ -3,12 +3,14 @@ against the sandbox's queue service (Azurite)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import yaml
 from azure.keyvault.secrets import SecretClient
 
+from core.app.worker import WARM_MODULES
 from sandbox.client import SandboxClient
 from tests.cli.conftest import EXAMPLE, offline_env, unique, vaultrelay
 
@@ -61,3 +63,9 @@ def test_worker_without_a_queue_setting_is_a_usage_error(tmp_path: Path, seeded:
     result = vaultrelay("worker", "--drain", env=env)
     assert result.code == 2 and "AzureWebJobsStorage__queueServiceUri" in result.err and "Traceback" not in result.err
     assert vaultrelay("worker", "--processes", "0", env=offline_env()).code == 2
+
+
+def test_every_module_warmed_before_the_fork_exists() -> None:
+    """A renamed module left in WARM_MODULES would only be logged at DEBUG and not preloaded."""
+    for module in WARM_MODULES:
+        importlib.import_module(module)

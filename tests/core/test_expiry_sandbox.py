@@ -13,6 +13,7 @@ import pytest
 
 from core.app.expiry import expiring, parse_window
 from core.cli import EXIT_CONFIG, EXIT_OK, EXIT_RESOLUTION, main
+from tests.configs import body_yaml, keyvault_target, ref, secret_ref
 from tests.world import World, write_config
 
 
@@ -28,19 +29,18 @@ def body(world: World) -> str:
     world.source.set_secret(soon, "soon-value", expires_on=now + timedelta(days=10))
     world.source.set_secret(later, "later-value", expires_on=now + timedelta(days=60))
     plain = world.secret("plain", "plain-value")
-    return f"""
-        envs:
-          app:
-            SOON: {{from: {{store: azure, vault: kv-source, secret: {soon}}}}}
-            LATER: {{from: {{store: azure, vault: kv-source, secret: {later}}}}}
-            PLAIN: {{from: {{store: azure, vault: kv-source, secret: {plain}}}}}
-            GRAPH_TOKEN: {{from: {{store: azure, operation: get_token, resource: https://graph.microsoft.com}}}}
-          other:
-            ALSO_SOON: {{from: {{store: azure, vault: kv-source, secret: {soon}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-          other: {{type: keyvault, env: other, store: azure, vault: kv-target, prefix: vr-TAG-o-}}
-    """
+    return body_yaml(envs={
+        "app": {
+            "SOON": secret_ref(soon),
+            "LATER": secret_ref(later),
+            "PLAIN": secret_ref(plain),
+            "GRAPH_TOKEN": ref(operation="get_token", resource="https://graph.microsoft.com"),
+        },
+        "other": {"ALSO_SOON": secret_ref(soon)},
+    }, targets={
+        "vault": keyvault_target("app", prefix="vr-TAG-"),
+        "other": keyvault_target("other", prefix="vr-TAG-o-"),
+    })
 
 
 def test_status_lists_what_expires_and_expiring_fails_only_on_what_vaultrelay_cannot_renew(world: World, tmp_path: Path) -> None:
@@ -73,13 +73,8 @@ def test_status_lists_what_expires_and_expiring_fails_only_on_what_vaultrelay_ca
 def test_an_expired_secret_is_listed_as_expired(world: World) -> None:
     gone = f"gone-{world.tag}"
     world.source.set_secret(gone, "x", expires_on=datetime.now(UTC) - timedelta(hours=1))
-    engine = world.engine(f"""
-        envs:
-          app:
-            GONE: {{from: {{store: azure, vault: kv-source, secret: {gone}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """)
+    engine = world.engine(body_yaml(envs={"app": {"GONE": secret_ref(gone)}},
+                                    targets={"vault": keyvault_target("app", prefix="vr-TAG-")}))
     [item] = expiring(engine, parse_window("1d"))
     assert (item.name, item.expired, item.renewable, item.envs) == (f"kv-source/{gone}", True, False, ["app.GONE"])
 

@@ -18,6 +18,7 @@ from azure.storage.blob import ContainerClient
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, ref
 from tests.world import World, write_config
 
 # The documented cap: an hour inside Azure's 7 days (docs/config.md).
@@ -59,12 +60,12 @@ def test_a_seven_day_sas_is_capped_inside_the_bound_with_a_warning_when_the_serv
 ) -> None:
     world = service_behind
     name = container(world)
-    body = f"""
-        envs:
-          app:
-            WEEK: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {name},
-                    permissions: rl, expiry: 7d}}}}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "WEEK": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", container=name,
+                        permissions="rl", expiry="7d"),
+        },
+    })
     config = write_config(world, body, tmp_path)
     code, _, err = run(config, "validate")
     assert code == EXIT_OK
@@ -86,14 +87,14 @@ def test_a_seven_day_sas_is_capped_inside_the_bound_with_a_warning_when_the_serv
 def test_a_delegation_key_ends_shortly_after_the_sas_it_signs(service_behind: World, tmp_path: Path) -> None:
     world = service_behind
     name = container(world)
-    body = f"""
-        envs:
-          app:
-            HOUR: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {name},
-                    permissions: rl, expiry: 1h}}}}
-            DAY: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {name},
-                   permissions: r, expiry: 1d}}}}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "HOUR": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", container=name,
+                        permissions="rl", expiry="1h"),
+            "DAY": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", container=name,
+                       permissions="r", expiry="1d"),
+        },
+    })
     config = write_config(world, body, tmp_path)
     code, out, err = run(config, "resolve", "--env", "app", "--format", "json", "--reveal")
     assert code == EXIT_OK, err

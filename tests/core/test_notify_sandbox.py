@@ -21,6 +21,7 @@ from core import telemetry
 from core.app.notify import Notifier
 from core.cli import EXIT_OK, main
 from sandbox.receiver import serve_https
+from tests.configs import app_settings_target, body_yaml, keyvault_target, secret_ref
 from tests.world import World, run_cli, write_config
 
 KEY = "notify-signing-key-0123456789"
@@ -74,20 +75,10 @@ def cli(config: Path, *args: str) -> tuple[int, str, str]:
 
 def body(world: World, receiver: Receiver, *, site: str, fmt: str = "json", expiring: str = "", vault: bool = True) -> str:
     secret = world.secret("db", "the-db-value")
-    extra = f"\n            SOON: {{from: {{store: azure, vault: kv-source, secret: {expiring}}}}}" if expiring else ""
-    return f"""
-        envs:
-          app:
-            DB_PASSWORD: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}{extra}
-        targets:
-          {"vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}" if vault else ""}
-          web: {{type: app_settings, env: app, store: azure, site: {site}}}
-        notify:
-          url: "{receiver.url}"
-          signing_key: {KEY}
-          format: {fmt}
-          retries: 0
-    """
+    env = {"DB_PASSWORD": secret_ref(secret), **({"SOON": secret_ref(expiring)} if expiring else {})}
+    targets = {"vault": keyvault_target("app", prefix="vr-TAG-")} if vault else {}
+    return body_yaml(envs={"app": env}, targets={**targets, "web": app_settings_target("app", site=site)},
+                     notify={"url": receiver.url, "signing_key": KEY, "format": fmt, "retries": 0})
 
 
 def test_a_failed_push_is_notified_once_with_four_instances_running(world: World, receiver: Receiver, tmp_path: Path,

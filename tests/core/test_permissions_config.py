@@ -18,6 +18,7 @@ from core.permissions.matrix import (
     least_roles,
     render_bicep_parameters,
 )
+from tests.configs import config_yaml, mi_store, ref, secret_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "vaultrelay.yaml"
@@ -65,14 +66,12 @@ def test_example_config_needs() -> None:
 
 
 def test_user_delegation_sas_read_only_needs_blob_data_reader() -> None:
-    text = """
-version: 1
-secretStores:
-  s: {type: azure.managed_identity}
-envs:
-  e:
-    READ: {from: {store: s, resource_type: storage, account: acct, resource_group: rg, operation: generate_sas, container: c, permissions: rl, expiry: 1h}}
-"""
+    text = config_yaml(stores={"s": mi_store()}, envs={
+        "e": {
+            "READ": ref("s", resource_type="storage", account="acct", resource_group="rg", operation="generate_sas",
+                        container="c", permissions="rl", expiry="1h"),
+        },
+    })
     report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
     got = roles_by_scope(report)
     assert got[("system-assigned", "storage", "acct")] == ("Storage Blob Delegator",)
@@ -81,21 +80,10 @@ envs:
 
 
 def test_envs_filter_limits_references_and_targets() -> None:
-    text = """
-version: 1
-secretStores:
-  s: {type: azure.managed_identity}
-envs:
-  a:
-    X: {from: {store: s, vault: kv-a, secret: x}}
-  b:
-    Y: {from: {store: s, vault: kv-b, secret: y}}
-targets:
-  out: {type: keyvault, env: b, store: s, vault: kv-out}
-state:
-  store: s
-  account: ststate
-"""
+    text = config_yaml(stores={"s": mi_store()}, state={"store": "s", "account": "ststate"}, envs={
+        "a": {"X": secret_ref("x", vault="kv-a", store="s")},
+        "b": {"Y": secret_ref("y", vault="kv-b", store="s")},
+    }, targets={"out": {"type": "keyvault", "env": "b", "store": "s", "vault": "kv-out"}})
     loaded = parse_config(text, "t.yaml", environ={})
     only_a = {g.scope.name for g in compute_permissions(loaded, envs=["a"], environ={}).grants}
     assert only_a == {"kv-a"}
@@ -176,21 +164,13 @@ def test_cli_plan_usage_errors(quiet_env: None) -> None:
 
 
 def test_unset_azure_client_id_in_a_fallback_is_the_apps_identity() -> None:
-    text = """
-version: 1
-secretStores:
-  kv:
-    type: azure.managed_identity
-    fallback:
-      - type: managed_identity
-        identity:
-          type: user_assigned
-          client_id: ${AZURE_CLIENT_ID}
-      - type: azure_cli
-envs:
-  production:
-    X: {from: {store: kv, vault: kv-source, secret: x, subscription: s1}}
-"""
+    text = config_yaml(stores={"kv": mi_store(fallback=[
+                {
+                    "type": "managed_identity",
+                    "identity": {"type": "user_assigned", "client_id": "${AZURE_CLIENT_ID}"},
+                },
+                {"type": "azure_cli"},
+            ])}, envs={"production": {"X": ref("kv", vault="kv-source", secret="x", subscription="s1")}})
     loaded = parse_config(text, "t.yaml", environ={})
     report = compute_permissions(loaded, environ={})
     [grant] = report.grants
@@ -203,21 +183,20 @@ envs:
 
 
 def test_tagged_secret_rotation_needs_secrets_officer_on_the_vault_and_the_rotating_role_on_each_listed_account() -> None:
-    text = """
-version: 1
-secretStores:
-  azure: {type: azure.managed_identity, default_subscription: s0}
-state: {store: azure, account: stateacct}
-rotation:
-  tagged_secrets:
-    - vault: kv-rotated
-      store: azure
-      accounts:
-        - /subscriptions/s1/resourceGroups/rg1/providers/Microsoft.Storage/storageAccounts/st1
-        - {type: cosmosdb, name: cdb, resource_group: rg2}
-        - {type: sql, name: sql1, resource_group: rg3, subscription: s3}
-envs: {}
-"""
+    text = config_yaml(stores={"azure": mi_store(default_subscription="s0")}, state={"store": "azure", "account": "stateacct"},
+                       envs={}, rotation={
+        "tagged_secrets": [
+            {
+                "vault": "kv-rotated",
+                "store": "azure",
+                "accounts": [
+                    "/subscriptions/s1/resourceGroups/rg1/providers/Microsoft.Storage/storageAccounts/st1",
+                    {"type": "cosmosdb", "name": "cdb", "resource_group": "rg2"},
+                    {"type": "sql", "name": "sql1", "resource_group": "rg3", "subscription": "s3"},
+                ],
+            },
+        ],
+    })
     report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
     grant = next(g for g in report.grants if g.scope.kind == "vault" and g.scope.name == "kv-rotated")
     assert grant.roles == ("Key Vault Secrets Officer",) and list(grant.capabilities) == ["rotation:tagged"]

@@ -39,6 +39,7 @@ from core.targets.blob import BlobTargetWriter
 from core.targets.registry import TargetRegistry, default_targets
 from sandbox.client import SandboxClient
 from sandbox.receiver import serve_https
+from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, secret_ref, webhook_target
 from tests.world import World, is_write, target_writes
 
 STATE = "sandboxstore"  # the state tables' account in World's config
@@ -77,14 +78,8 @@ def seed_where(rate: float, outcomes: list[bool]) -> int:
 
 def kv_body(world: World, *values: str) -> str:
     names = [world.secret(n, v) for n, v in zip(("alpha", "beta", "gamma"), values, strict=True)]
-    refs = "\n".join(f"            {n.split('-')[0].upper()}: {{from: {{store: azure, vault: kv-source, secret: {n}}}}}" for n in names)
-    return f"""
-        envs:
-          app:
-{refs}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={"app": {n.split("-")[0].upper(): secret_ref(n) for n in names}},
+                     targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def pushed(world: World, variable: str) -> str | None:
@@ -230,13 +225,7 @@ def test_keyvault_target_failing_half_way_is_not_recorded_and_the_next_run_write
 # ---- blob target ----------------------------------------------------------------------------------
 def blob_body(world: World, value: str) -> str:
     name = world.secret("blobby", value)
-    return f"""
-        envs:
-          app:
-            BLOBBY: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "fail-TAG.env"}}
-    """
+    return body_yaml(envs={"app": {"BLOBBY": secret_ref(name)}}, targets={"blob": blob_target("app", "fail-TAG.env")})
 
 
 def blob_client(world: World) -> Any:
@@ -314,14 +303,8 @@ def test_blob_etag_conflict_from_a_concurrent_writer_is_an_error_and_the_next_ru
 # ---- app settings ---------------------------------------------------------------------------------
 def settings_body(world: World, *, delta: bool) -> str:
     gamma = f"gamma-{world.tag}"
-    extra = f"\n            DELTA_{world.tag}: delta-literal" if delta else ""
-    return f"""
-        envs:
-          app:
-            GAMMA_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {gamma}}}}}{extra}
-        targets:
-          settings: {{type: app_settings, env: app, store: azure, site: {SITE}}}
-    """
+    env = {f"GAMMA_{world.tag}": secret_ref(gamma), **({f"DELTA_{world.tag}": "delta-literal"} if delta else {})}
+    return body_yaml(envs={"app": env}, targets={"settings": app_settings_target("app", site=SITE)})
 
 
 def web(world: World) -> Any:
@@ -428,13 +411,8 @@ def receiver() -> Iterator[HttpsReceiver]:
 def test_webhook_500_then_200_is_retried_and_a_failed_delivery_is_redone_next_run(world: FaultWorld, receiver: HttpsReceiver) -> None:
     key = "signing-key-for-tests-0123456789"
     name = world.secret("hooked", "h-1")
-    body = f"""
-        envs:
-          app:
-            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          hook: {{type: webhook, env: app, url: "{receiver.url}", signing_key: {key}, retries: 2, timeout: 5}}
-    """
+    body = body_yaml(envs={"app": {"HOOKED": secret_ref(name)}},
+                     targets={"hook": webhook_target("app", receiver.url, signing_key=key, retries=2, timeout=5)})
     receiver.fail_next = 1
     (first,) = world.engine(body).sync().targets
     assert (first.outcome, first.writes, receiver.attempts, len(receiver.delivered)) == ("pushed", 1, 2, 1)
@@ -470,13 +448,10 @@ def test_an_unreachable_webhook_is_named_by_host_and_cause(world: FaultWorld) ->
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     name = world.secret("unreachable", "u-1")
-    body = f"""
-        envs:
-          app:
-            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          hook: {{type: webhook, env: app, url: "https://127.0.0.1:{port}/hook?code=query-token-123", signing_key: k, retries: 0, timeout: 2}}
-    """
+    body = body_yaml(envs={"app": {"HOOKED": secret_ref(name)}}, targets={
+        "hook": webhook_target("app", f"https://127.0.0.1:{port}/hook?code=query-token-123", signing_key="k", retries=0,
+                               timeout=2),
+    })
     (failed,) = world.engine(body).sync().targets
     assert failed.outcome == "error"
     assert_clear(failed.error, f"target hook: webhook 127.0.0.1:{port} unreachable: no connection: ConnectionRefusedError (Connection refused)",

@@ -20,31 +20,27 @@ from dotenv import dotenv_values
 
 from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
-from tests.configs import body_yaml, keyvault_target, secret_ref
+from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, ref, secret_ref
 from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def per_variable(world: World, extra_target: str = "", extra_env: str = "") -> str:
-    a = world.secret("alpha", "alpha-value-1")
-    b = world.secret("beta", "beta-value-1")
-    return f"""
-        envs:
-          app:
-            ALPHA: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-            BETA: {{from: {{store: azure, vault: kv-source, secret: {b}}}}}
-            MODE: literal-mode
-            {extra_env}
-        targets:
-          vault:
-            type: keyvault
-            env: app
-            store: azure
-            vault: kv-target
-            prefix: vr-TAG-
-            {extra_target}
-    """
+def per_variable_body(world: World, *, target: dict[str, Any] | None = None, env: dict[str, Any] | None = None,
+                      without: tuple[str, ...] = ()) -> str:
+    """Env `app` (ALPHA and BETA from the source vault, a literal MODE, then `env`, less `without`)
+    pushed per variable to target `vault` (with `target`'s extra keys); seeds nothing."""
+    variables = {"ALPHA": secret_ref(f"alpha-{world.tag}"), "BETA": secret_ref(f"beta-{world.tag}"), "MODE": "literal-mode",
+                 **(env or {})}
+    return body_yaml(envs={"app": {k: v for k, v in variables.items() if k not in without}},
+                     targets={"vault": keyvault_target("app", prefix="vr-TAG-", **(target or {}))})
+
+
+def per_variable(world: World, **body: Any) -> str:
+    """Seeds ALPHA's and BETA's source secrets (a new version each time), then `per_variable_body`."""
+    world.secret("alpha", "alpha-value-1")
+    world.secret("beta", "beta-value-1")
+    return per_variable_body(world, **body)
 
 
 def test_first_push_then_unchanged_resync_writes_nothing(world: World) -> None:
@@ -60,7 +56,7 @@ def test_first_push_then_unchanged_resync_writes_nothing(world: World) -> None:
     assert len(tags["vaultrelay-fingerprint"]) == 32 and tags["vaultrelay-fingerprint"] != engine.fingerprinter.of("alpha-value-1")
     assert world.target.get_secret(f"vr-{world.tag}-mode").value == "literal-mode"
 
-    engine = world.engine(per_variable_again(world))  # a fresh process: no caches
+    engine = world.engine(per_variable_body(world))  # a fresh process: no caches
     writes_before = engine.state.writes
     world.sandbox.reset_counters()
     again = engine.sync()
@@ -75,11 +71,6 @@ def test_is_write_tells_writes_from_reads() -> None:
     assert is_write("keyvault:SetSecret") and is_write("storage:PUT") and is_write("arm:StorageAccounts_RegenerateKey")
     assert not is_write("keyvault:GetSecret") and not is_write("storage:GET:list") and not is_write("identity:token")
     assert is_write("arm:UpdateAppSettings") and not is_write("arm:ListAppSettings")  # "set" in "Settings"
-
-
-def per_variable_again(world: World) -> str:
-    return body_yaml(envs={"app": {"ALPHA": secret_ref(f"alpha-{world.tag}"), "BETA": secret_ref(f"beta-{world.tag}"), "MODE": "literal-mode"}},
-                     targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def test_a_source_change_pushes_only_that_variable(world: World) -> None:
@@ -100,7 +91,7 @@ def test_a_secret_not_owned_by_vaultrelay_is_never_overwritten(world: World) -> 
     assert world.target.get_secret(f"vr-{world.tag}-beta").value == "someone-elses"
     with pytest.raises(HttpResponseError):
         world.target.get_secret(f"vr-{world.tag}-alpha")  # nothing else of the target was written
-    status = {s["target"]: s for s in world.engine(per_variable_again(world)).status()}
+    status = {s["target"]: s for s in world.engine(per_variable_body(world)).status()}
     assert "not managed by vaultrelay" in status["vault"]["last_error"]
 
 
@@ -111,15 +102,15 @@ def test_drift_is_reported_then_repaired_by_policy(world: World) -> None:
     reported = world.engine(body).sync()
     assert reported.targets[0].drift == ["ALPHA"] and reported.targets[0].writes == 0
     assert world.engine(body).status()[0]["drift"] == "ALPHA"
-    repaired = world.engine(body.replace("prefix: vr-TAG-", "prefix: vr-TAG-\n            drift_policy: repair")).sync()
+    repaired = world.engine(per_variable_body(world, target={"drift_policy": "repair"})).sync()
     assert repaired.targets[0].updates == ["ALPHA"] and repaired.targets[0].writes == 1
     assert world.target.get_secret(f"vr-{world.tag}-alpha").value == "alpha-value-1"
 
 
 def test_removed_variables_are_deleted_or_kept_per_policy(world: World) -> None:
-    body = per_variable(world, extra_target="deletion_policy: delete")
+    body = per_variable(world, target={"deletion_policy": "delete"})
     world.engine(body).sync()
-    without_beta = "\n".join(line for line in body.splitlines() if "BETA:" not in line)
+    without_beta = per_variable_body(world, target={"deletion_policy": "delete"}, without=("BETA",))
     report = world.engine(without_beta).sync()
     assert report.targets[0].removals == ["BETA"]
     with pytest.raises(HttpResponseError):
@@ -128,7 +119,7 @@ def test_removed_variables_are_deleted_or_kept_per_policy(world: World) -> None:
 
 
 def test_a_failing_reference_means_no_target_is_touched(world: World) -> None:
-    body = per_variable(world, extra_env=f"BROKEN: {{from: {{store: azure, vault: kv-source, secret: missing-{world.tag}}}}}")
+    body = per_variable(world, env={"BROKEN": secret_ref(f"missing-{world.tag}")})
     report = world.engine(body).sync()
     assert report.failures == {"app": ["BROKEN: not_found"]}
     assert report.targets[0].outcome == "skipped" and report.target_writes == 0
@@ -142,14 +133,10 @@ def test_blob_and_app_settings_targets(world: World) -> None:
     current = web.web_apps.list_application_settings(world.sandbox.resource_group, site).properties or {}
     web.web_apps.update_application_settings(world.sandbox.resource_group, site, StringDictionary(properties={**current, f"KEEP_{world.tag}": "theirs"}))
     a = world.secret("gamma", "gamma-value")
-    body = f"""
-        envs:
-          app{world.tag}:
-            GAMMA_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {a}}}}}
-        targets:
-          blob: {{type: blob, env: app{world.tag}, store: azure, account: sandboxdata, container: bundles, blob: "{world.tag}.json", format: json}}
-          settings: {{type: app_settings, env: app{world.tag}, store: azure, site: {site}}}
-    """
+    body = body_yaml(envs={f"app{world.tag}": {f"GAMMA_{world.tag}": secret_ref(a)}}, targets={
+        "blob": blob_target(f"app{world.tag}", f"{world.tag}.json", format="json"),
+        "settings": app_settings_target(f"app{world.tag}", site=site),
+    })
     report = world.engine(body).sync()
     assert report.ok, report
     blob = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), "bundles", credential=world.admin).get_blob_client(f"{world.tag}.json")
@@ -169,10 +156,8 @@ def test_blob_targets_create_their_container_once(world: World) -> None:
     the (now existing) container are one blob write each, with no container request."""
     container = f"b{world.tag}".lower()
     secret = world.secret("delta", "delta-value")
-    body = "\n        envs:" + "".join(f"""
-          e{i}{world.tag}:
-            DELTA: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}""" for i in range(3)) + "\n        targets:" + "".join(f"""
-          blob{i}: {{type: blob, env: e{i}{world.tag}, store: azure, account: sandboxdata, container: {container}, blob: e{i}.env}}""" for i in range(3))
+    body = body_yaml(envs={f"e{i}{world.tag}": {"DELTA": secret_ref(secret)} for i in range(3)},
+                     targets={f"blob{i}": blob_target(f"e{i}{world.tag}", f"e{i}.env", container=container) for i in range(3)})
     world.sandbox.reset_counters()
     report = world.engine(body).sync()
     assert report.ok and [t.outcome for t in report.targets] == ["pushed"] * 3, report
@@ -193,19 +178,18 @@ def sas_works(sandbox: SandboxClient, account: str, token: str) -> bool:
 
 
 def test_sas_is_reused_until_due_then_rotated_with_an_overlap_window(world: World) -> None:
-    body = """
-        envs:
-          app:
-            SAS: {from: {store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, permissions: rl, expiry: 2h}}
-        targets:
-          vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}
-    """
+    def body_with(**sas: Any) -> str:
+        return body_yaml(envs={"app": {"SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas",
+                                                  permissions="rl", expiry="2h", **sas)}},
+                         targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
+
+    body = body_with()
     first = world.engine(body).sync()
     assert first.minted == ["app/SAS"]
     old = world.target.get_secret(f"vr-{world.tag}-sas").value
     assert sas_works(world.sandbox, "sandboxstore", old)
     assert world.engine(body).sync().minted == []  # reused: 2h lifetime, rotate at 40 min left
-    due = body.replace("expiry: 2h", "expiry: 2h, rotate_before: 119m")  # now due at once
+    due = body_with(rotate_before="119m")  # now due at once
     time.sleep(1.1)  # SAS times have one-second resolution: a token minted in the same second is identical
     rotated = world.engine(due).sync()
     assert rotated.minted == ["app/SAS"] and rotated.targets[0].updates == ["SAS"], rotated
@@ -215,14 +199,13 @@ def test_sas_is_reused_until_due_then_rotated_with_an_overlap_window(world: Worl
 
 
 def rotation_body(account: str) -> str:
-    return f"""
-        envs:
-          app:
-            KEY: {{from: {{store: azure, resource_type: storage, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-            SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, sas_type: account, permissions: rl, expiry: 1d}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={
+        "app": {
+            "KEY": ref(resource_type="storage", account=account, key="active", rotate={"every": "30d"}),
+            "SAS": ref(resource_type="storage", account=account, operation="generate_sas", sas_type="account",
+                       permissions="rl", expiry="1d"),
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(world: World) -> None:
@@ -265,15 +248,10 @@ def test_four_concurrent_rotations_rotate_exactly_once(world: World, tmp_path: P
 
 def test_sync_killed_at_random_points_converges(world: World, tmp_path: Path, sandbox_process: Any) -> None:
     names = [world.secret(f"k{i}", f"value-{i}-a") for i in range(6)]
-    env = "\n".join(f"            V{i}: {{from: {{store: azure, vault: kv-source, secret: {n}}}}}" for i, n in enumerate(names))
-    body = f"""
-        envs:
-          app:
-{env}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-          blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "kill-{world.tag}.env"}}
-    """
+    body = body_yaml(envs={"app": {f"V{i}": secret_ref(n) for i, n in enumerate(names)}}, targets={
+        "vault": keyvault_target("app", prefix="vr-TAG-"),
+        "blob": blob_target("app", f"kill-{world.tag}.env"),
+    })
     config = write_config(world, body, tmp_path)
     rng = random.Random(7)
     for round_ in range(20):

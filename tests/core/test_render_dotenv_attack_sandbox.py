@@ -15,6 +15,7 @@ from azure.storage.blob import ContainerClient
 from dotenv import dotenv_values
 
 from core.cli import EXIT_RESOLUTION, main
+from tests.configs import blob_target, body_yaml, secret_ref
 from tests.world import World
 
 
@@ -36,14 +37,8 @@ def test_blob_target_dotenv_is_inert_and_a_value_python_dotenv_would_expand_is_r
     marker = tmp_path / "ran"
     evil = attack(marker).replace("'", "")  # `'` and `$` together cannot be written; see the refusal below
     name = world.secret("evil", evil)
-    body = f"""
-        envs:
-          app:
-            EVIL: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-            OTHER: other-value
-        targets:
-          blob: {{type: blob, env: app, store: azure, account: sandboxdata, container: bundles, blob: "evil-{world.tag}.env"}}
-    """
+    body = body_yaml(envs={"app": {"EVIL": secret_ref(name), "OTHER": "other-value"}},
+                     targets={"blob": blob_target("app", f"evil-{world.tag}.env")})
     (pushed,) = world.engine(body).sync().targets
     assert (pushed.outcome, pushed.error) == ("pushed", None)
     blob = ContainerClient(world.sandbox.storage_endpoint("sandboxdata"), "bundles", credential=world.admin).get_blob_client(f"evil-{world.tag}.env")

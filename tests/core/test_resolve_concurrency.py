@@ -22,6 +22,7 @@ from core.connections import StoreConnections
 from core.resolve import _dispatch_order
 from core.sources.base import PlannedRef
 from sandbox.client import SandboxClient
+from tests.configs import config_yaml, mi_store, secret_ref
 from tests.world import unique
 
 
@@ -72,9 +73,9 @@ def test_one_challenge_per_vault_for_a_cold_concurrent_resolve(
     clean_faults.grant("system", "Key Vault Secrets User", vault_id)
     forget_challenge(clean_faults, name)
     clean_faults.set_faults(rules=[{"service": "keyvault", "latency_ms": 30}])
-    lines = ["version: 1", "secretStores:", "  s: {type: azure.managed_identity, performance: {max_concurrent: 10}}", "envs:", "  e:"]
-    lines += [f"    {var}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}" for var, (secret, _) in seeded.items()]
-    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+    text = config_yaml(stores={"s": mi_store(performance={"max_concurrent": 10})},
+                       envs={"e": {var: secret_ref(secret, vault=name, store="s") for var, (secret, _) in seeded.items()}})
+    broker = StoreConnections(parse_config(text, "test.yaml", environ=os.environ))
     try:
         clean_faults.reset_counters()
         bundle = broker.resolve("e")
@@ -100,17 +101,16 @@ def test_identities_sharing_a_cold_vault_each_use_their_own_token(
     forget_challenge(clean_faults, name)
     clean_faults.set_faults(rules=[{"service": "keyvault", "latency_ms": 30}])
     app_id = clean_faults.identities["app"].client_id
-    lines = [
-        "version: 1", "secretStores:",
-        "  system: {type: azure.managed_identity, performance: {max_concurrent: 10}}",
-        f"  app: {{type: azure.managed_identity, identity: {{type: user_assigned, client_id: '{app_id}'}}, performance: {{max_concurrent: 10}}}}",
-        "envs:", "  e:",
-    ]
+    env: dict[str, Any] = {}
     for identity, other in (("system", "app"), ("app", "system")):
         for i, ((mine, _), (theirs, _)) in enumerate(zip(own[identity], own[other], strict=True)):
-            lines.append(f"    {identity.upper()}_OWN_{i}: {{from: {{store: {identity}, vault: {name}, secret: {mine}}}}}")
-            lines.append(f"    {identity.upper()}_OTHER_{i}: {{from: {{store: {identity}, vault: {name}, secret: {theirs}}}}}")
-    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+            env[f"{identity.upper()}_OWN_{i}"] = secret_ref(mine, vault=name, store=identity)
+            env[f"{identity.upper()}_OTHER_{i}"] = secret_ref(theirs, vault=name, store=identity)
+    text = config_yaml(stores={
+        "system": mi_store(performance={"max_concurrent": 10}),
+        "app": mi_store({"type": "user_assigned", "client_id": app_id}, performance={"max_concurrent": 10}),
+    }, envs={"e": env})
+    broker = StoreConnections(parse_config(text, "test.yaml", environ=os.environ))
     try:
         clean_faults.reset_counters()
         bundle = broker.resolve("e")
@@ -136,8 +136,8 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
         admin.set_secret(secret, value)
     clean_faults.grant("system", "Key Vault Secrets User", vault_id)
     clean_faults.set_faults(rules=[{"service": "keyvault", "latency_ms": 30}])
-    lines = ["version: 1", "secretStores:", "  s: {type: azure.managed_identity, performance: {max_concurrent: 10}}", "envs:", "  e:"]
-    lines += [f"    {var}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}" for var, (secret, _) in seeded.items()]
+    text = config_yaml(stores={"s": mi_store(performance={"max_concurrent": 10})},
+                       envs={"e": {var: secret_ref(secret, vault=name, store="s") for var, (secret, _) in seeded.items()}})
     loads: list[Any] = []
     original = ssl.SSLContext.load_verify_locations
 
@@ -149,7 +149,7 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
     monkeypatch.setattr(azure_clients, "_TRUST_CONTEXTS", {})  # as in a fresh process
     for _ in range(2):  # two brokers (two invocations of one Functions instance)
         forget_challenge(clean_faults, name)
-        broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        broker = StoreConnections(parse_config(text, "test.yaml", environ=os.environ))
         try:
             assert broker.resolve("e").as_plain_dict() == {var: value for var, (_, value) in seeded.items()}
         finally:
@@ -158,7 +158,7 @@ def test_concurrent_connections_load_the_ca_bundle_once_and_still_verify_the_ser
 
     # The shared context trusts exactly the configured bundle: without the sandbox CA, TLS fails.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
-    broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+    broker = StoreConnections(parse_config(text, "test.yaml", environ=os.environ))
     try:
         bundle = broker.resolve("e")
     finally:
@@ -179,7 +179,7 @@ def test_a_cold_resolve_fetches_the_vault_token_alongside_the_challenge(
     second = unique("kvc")[:24]
     second_id = clean_faults.create_resource("vault", second)["id"]
     vaults = [cold_vault, (second, SecretClient(clean_faults.vault_url(second), clean_faults.admin_credential()), second_id)]
-    lines = ["version: 1", "secretStores:", "  s: {type: azure.managed_identity, performance: {max_concurrent: 4}}", "envs:", "  e:"]
+    env: dict[str, Any] = {}
     expected = {}
     try:
         for index, (name, admin, vault_id) in enumerate(vaults):
@@ -187,10 +187,11 @@ def test_a_cold_resolve_fetches_the_vault_token_alongside_the_challenge(
             for item in range(3):
                 secret, value = unique("p"), uuid.uuid4().hex
                 admin.set_secret(secret, value)
-                lines.append(f"    V{index}_{item}: {{from: {{store: s, vault: {name}, secret: {secret}}}}}")
+                env[f"V{index}_{item}"] = secret_ref(secret, vault=name, store="s")
                 expected[f"V{index}_{item}"] = value
             forget_challenge(clean_faults, name)
-        broker = StoreConnections(parse_config("\n".join(lines), "test.yaml", environ=os.environ))
+        text = config_yaml(stores={"s": mi_store(performance={"max_concurrent": 4})}, envs={"e": env})
+        broker = StoreConnections(parse_config(text, "test.yaml", environ=os.environ))
         try:
             clean_faults.reset_counters()
             bundle = broker.resolve("e")

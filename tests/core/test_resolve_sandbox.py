@@ -53,6 +53,7 @@ from core.connections import StoreConnections
 from core.permissions.roles import role_by_name
 from demo.seed import self_signed_pem
 from sandbox.client import SandboxClient
+from tests.configs import config_yaml, identity_block, mi_store, ref, secret_ref
 from tests.sandbox.helpers import unique
 
 KV_GET = "keyvault:GetSecret"
@@ -83,15 +84,6 @@ def values(bundle: Bundle) -> dict[str, str]:
     """The plain values of a bundle that must have no failures."""
     assert not bundle.failures, {name: str(f) for name, f in bundle.failures.items()}
     return bundle.as_plain_dict()
-
-
-def identity_yaml(sandbox: SandboxClient, identity: str, selector: str = "client_id", indent: int = 4) -> str:
-    """The `identity:` block of a store for `identity` ("system" or a user-assigned name)."""
-    pad = " " * indent
-    if identity == "system":
-        return f"{pad}identity: {{type: system_assigned}}"
-    value = getattr(sandbox.identities[identity], selector)
-    return f"{pad}identity: {{type: user_assigned, {selector}: '{value}'}}"
 
 
 def counted(sandbox: SandboxClient, key: str, table: str = "by_endpoint_status") -> int:
@@ -181,21 +173,16 @@ def test_secret_latest_pinned_version_subscription_and_literals(sandbox: Sandbox
     second = "second-" + uuid.uuid4().hex
     latest_version = vault.secrets.set_secret(name, second).properties.version
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            LATEST: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            PINNED: {{from: {{store: azure, vault: {vault.name}, secret: {name}, version: {first_version}}}}}
-            DOCUMENTED: {{from: {{store: azure, vault: {vault.name}, secret: {name}, subscription: {sandbox.subscription_id}}}}}
-            NUMBER: 42
-            FLAG: true
-            TEXT: plain
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "LATEST": secret_ref(name, vault=vault.name),
+            "PINNED": secret_ref(name, vault=vault.name, version=first_version),
+            "DOCUMENTED": ref(vault=vault.name, secret=name, subscription=sandbox.subscription_id),
+            "NUMBER": 42,
+            "FLAG": True,
+            "TEXT": "plain",
+        },
+    }))
     bundle = b.resolve("e")
     assert values(bundle) == {"LATEST": second, "PINNED": first, "DOCUMENTED": second, "NUMBER": "42", "FLAG": "true", "TEXT": "plain"}
     assert bundle.values["PINNED"].version == first_version
@@ -212,19 +199,14 @@ def test_disabled_not_yet_valid_and_expired_secrets_are_failures(sandbox: Sandbo
     expired = vault.seed(expires_on=now - timedelta(hours=1))
     for name, _, _ in (good, disabled, future, expired):
         sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            GOOD: {{from: {{store: azure, vault: {vault.name}, secret: {good[0]}}}}}
-            DISABLED: {{from: {{store: azure, vault: {vault.name}, secret: {disabled[0]}}}}}
-            FUTURE: {{from: {{store: azure, vault: {vault.name}, secret: {future[0]}}}}}
-            EXPIRED: {{from: {{store: azure, vault: {vault.name}, secret: {expired[0]}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "GOOD": secret_ref(good[0], vault=vault.name),
+            "DISABLED": secret_ref(disabled[0], vault=vault.name),
+            "FUTURE": secret_ref(future[0], vault=vault.name),
+            "EXPIRED": secret_ref(expired[0], vault=vault.name),
+        },
+    }))
     bundle = b.resolve("e")
     assert bundle.as_plain_dict() == {"GOOD": good[1]}
     assert {name: f.reason for name, f in bundle.failures.items()} == {
@@ -243,19 +225,14 @@ def test_missing_secret_and_vault_are_not_found_missing_role_is_access_denied(
     denied, denied_value, _ = vault.seed()  # no role for it
     key = unique("k")
     vault.keys.create_rsa_key(key, size=2048)
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            MISSING: {{from: {{store: azure, vault: {vault.name}, secret: {missing}}}}}
-            NO_VAULT: {{from: {{store: azure, vault: {unique("novault")[:20]}, secret: x}}}}
-            DENIED: {{from: {{store: azure, vault: {vault.name}, secret: {denied}}}}}
-            DENIED_KEY: {{from: {{store: azure, vault: {vault.name}, secret: {key}, type: key}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "MISSING": secret_ref(missing, vault=vault.name),
+            "NO_VAULT": secret_ref("x", vault=unique("novault")[:20]),
+            "DENIED": secret_ref(denied, vault=vault.name),
+            "DENIED_KEY": secret_ref(key, vault=vault.name, type="key"),
+        },
+    }))
     bundle = b.resolve("e")
     assert not bundle.values
     assert {name: f.reason for name, f in bundle.failures.items()} == {
@@ -285,19 +262,14 @@ def test_certificates_as_pem_and_pfx(sandbox: SandboxClient, vault: Vault, broke
         issuer_name="Unknown", content_type=CertificateContentType.pem))
     for name in (pfx_name, pem_name):
         sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            FROM_PFX_AS_PEM: {{from: {{store: azure, vault: {vault.name}, secret: {pfx_name}, type: certificate}}}}
-            FROM_PFX_AS_PFX: {{from: {{store: azure, vault: {vault.name}, secret: {pfx_name}, type: certificate, format: pfx}}}}
-            FROM_PEM_AS_PEM: {{from: {{store: azure, vault: {vault.name}, secret: {pem_name}, type: certificate, format: pem}}}}
-            FROM_PEM_AS_PFX: {{from: {{store: azure, vault: {vault.name}, secret: {pem_name}, type: certificate, format: pfx}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "FROM_PFX_AS_PEM": secret_ref(pfx_name, vault=vault.name, type="certificate"),
+            "FROM_PFX_AS_PFX": secret_ref(pfx_name, vault=vault.name, type="certificate", format="pfx"),
+            "FROM_PEM_AS_PEM": secret_ref(pem_name, vault=vault.name, type="certificate", format="pem"),
+            "FROM_PEM_AS_PFX": secret_ref(pem_name, vault=vault.name, type="certificate", format="pfx"),
+        },
+    }))
     bundle = b.resolve("e")
     got = values(bundle)
     for prefix, source in (("FROM_PFX", pfx_source), ("FROM_PEM", pem_source)):
@@ -320,19 +292,14 @@ def test_keys_as_jwk_and_pem(sandbox: SandboxClient, vault: Vault, broker: Calla
     ec_key = vault.keys.create_ec_key(ec_name, curve="P-256")
     for name in (rsa_name, ec_name):
         sandbox.grant("app", "Key Vault Reader", f"{vault.id}/keys/{name}")
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            RSA_JWK: {{from: {{store: azure, vault: {vault.name}, secret: {rsa_name}, type: key}}}}
-            RSA_PEM: {{from: {{store: azure, vault: {vault.name}, secret: {rsa_name}, type: key, format: pem}}}}
-            EC_JWK: {{from: {{store: azure, vault: {vault.name}, secret: {ec_name}, type: key, format: jwk}}}}
-            EC_PEM: {{from: {{store: azure, vault: {vault.name}, secret: {ec_name}, type: key, format: pem}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "RSA_JWK": secret_ref(rsa_name, vault=vault.name, type="key"),
+            "RSA_PEM": secret_ref(rsa_name, vault=vault.name, type="key", format="pem"),
+            "EC_JWK": secret_ref(ec_name, vault=vault.name, type="key", format="jwk"),
+            "EC_PEM": secret_ref(ec_name, vault=vault.name, type="key", format="pem"),
+        },
+    }))
     got = values(b.resolve("e"))
 
     def b64url(raw: bytes) -> str:
@@ -398,21 +365,15 @@ def _rejected(call: Callable[[], Any]) -> int:
 
 def test_storage_keys_equal_what_arm_lists(clean_faults: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            resources:
-              - {{type: storage, name: {storage.account}, resource_group: {storage.resource_group}}}
-        envs:
-          e:
-            DEFAULT: {{from: {{store: azure, resource_type: storage, account: {storage.account}}}}}
-            KEY1: {{from: {{store: azure, resource_type: storage, account: {storage.account}, key: key1}}}}
-            KEY2: {{from: {{store: azure, resource_type: storage, account: {storage.account}, key: key2}}}}
-            ACTIVE: {{from: {{store: azure, resource_type: storage, account: {storage.account}, key: active}}}}
-    """)
+    resources = [{"type": "storage", "name": storage.account, "resource_group": storage.resource_group}]
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), resources=resources)}, envs={
+        "e": {
+            "DEFAULT": ref(resource_type="storage", account=storage.account),
+            "KEY1": ref(resource_type="storage", account=storage.account, key="key1"),
+            "KEY2": ref(resource_type="storage", account=storage.account, key="key2"),
+            "ACTIVE": ref(resource_type="storage", account=storage.account, key="active"),
+        },
+    }))
     sandbox.reset_counters()
     bundle = b.resolve("e")
     assert values(bundle) == {"DEFAULT": storage.keys["key1"], "KEY1": storage.keys["key1"], "KEY2": storage.keys["key2"],
@@ -428,27 +389,24 @@ def test_sas_tokens_are_accepted_by_azurite_within_their_permissions(
     sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections],
 ) -> None:
     acct, container, table = storage.account, storage.container, storage.table
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            ACCOUNT_SAS: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, permissions: rl,
-                           expiry: 1h, services: b, resource_types: sco, resource_group: {storage.resource_group}}}}}
-            CONTAINER_SAS: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, sas_type: service,
-                             container: {container}, permissions: rl, expiry: 1h, resource_group: {storage.resource_group}}}}}
-            BLOB_SAS: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, sas_type: service,
-                        container: {container}, blob: b, permissions: r, expiry: 30m, resource_group: {storage.resource_group}}}}}
-            TABLE_SAS: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, table: {table},
-                         permissions: r, expiry: 1h, resource_group: {storage.resource_group}}}}}
-            DELEGATED: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, container: {container},
-                         permissions: rcwl, expiry: 2h}}}}
-            HTTP_ALLOWED: {{from: {{store: azure, resource_type: storage, account: {acct}, operation: generate_sas, permissions: r,
-                            expiry: 600, https_only: false, ip: 127.0.0.1, resource_group: {storage.resource_group}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "ACCOUNT_SAS": ref(resource_type="storage", account=acct, operation="generate_sas", permissions="rl",
+                               expiry="1h", services="b", resource_types="sco", resource_group=storage.resource_group),
+            "CONTAINER_SAS": ref(resource_type="storage", account=acct, operation="generate_sas", sas_type="service",
+                                 container=container, permissions="rl", expiry="1h",
+                                 resource_group=storage.resource_group),
+            "BLOB_SAS": ref(resource_type="storage", account=acct, operation="generate_sas", sas_type="service",
+                            container=container, blob="b", permissions="r", expiry="30m",
+                            resource_group=storage.resource_group),
+            "TABLE_SAS": ref(resource_type="storage", account=acct, operation="generate_sas", table=table,
+                             permissions="r", expiry="1h", resource_group=storage.resource_group),
+            "DELEGATED": ref(resource_type="storage", account=acct, operation="generate_sas", container=container,
+                             permissions="rcwl", expiry="2h"),
+            "HTTP_ALLOWED": ref(resource_type="storage", account=acct, operation="generate_sas", permissions="r",
+                                expiry=600, https_only=False, ip="127.0.0.1", resource_group=storage.resource_group),
+        },
+    }))
     started = datetime.now(UTC)
     bundle = b.resolve("e")
     got = values(bundle)
@@ -502,25 +460,19 @@ def test_sas_tokens_are_accepted_by_azurite_within_their_permissions(
 
 def test_sas_expiry_is_capped_by_max_sas_expiry(sandbox: SandboxClient, storage: Storage, broker: Callable[..., StoreConnections]) -> None:
     acct = storage.account
-    b = broker(f"""
-        version: 1
-        secretStores:
-          capped:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            max_sas_expiry: 2h
-          default:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            CAPPED: {{from: {{store: capped, resource_type: storage, account: {acct}, resource_group: {storage.resource_group},
-                      operation: generate_sas, permissions: r, expiry: 7d}}}}
-            CAPPED_DELEGATED: {{from: {{store: capped, resource_type: storage, account: {acct}, operation: generate_sas,
-                                container: {storage.container}, permissions: r, expiry: 24h}}}}
-            DEFAULT_CAP: {{from: {{store: default, resource_type: storage, account: {acct}, resource_group: {storage.resource_group},
-                           operation: generate_sas, permissions: r, expiry: 30d}}}}
-    """)
+    b = broker(config_yaml(stores={
+        "capped": mi_store(identity_block(sandbox, "app"), max_sas_expiry="2h"),
+        "default": mi_store(identity_block(sandbox, "app")),
+    }, envs={
+        "e": {
+            "CAPPED": ref("capped", resource_type="storage", account=acct, resource_group=storage.resource_group,
+                          operation="generate_sas", permissions="r", expiry="7d"),
+            "CAPPED_DELEGATED": ref("capped", resource_type="storage", account=acct, operation="generate_sas",
+                                    container=storage.container, permissions="r", expiry="24h"),
+            "DEFAULT_CAP": ref("default", resource_type="storage", account=acct, resource_group=storage.resource_group,
+                               operation="generate_sas", permissions="r", expiry="30d"),
+        },
+    }))
     started = datetime.now(UTC)
     bundle = b.resolve("e")
     got = values(bundle)
@@ -536,22 +488,16 @@ def test_user_delegation_sas_from_a_store_allowing_longer_sas_than_delegation_ke
     """max_sas_expiry above 7 days: a short user delegation SAS still works (delegation keys are
     valid for at most 7 days), a 10-day one is refused instead of minting a broken token."""
     acct = storage.account
-    b = broker(f"""
-        version: 1
-        secretStores:
-          long:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            max_sas_expiry: 30d
-        envs:
-          e:
-            SHORT: {{from: {{store: long, resource_type: storage, account: {acct}, operation: generate_sas,
-                     container: {storage.container}, permissions: r, expiry: 1h}}}}
-            TOO_LONG: {{from: {{store: long, resource_type: storage, account: {acct}, operation: generate_sas,
-                        container: {storage.container}, permissions: r, expiry: 10d}}}}
-            ACCOUNT_LONG: {{from: {{store: long, resource_type: storage, account: {acct}, resource_group: {storage.resource_group},
-                            operation: generate_sas, permissions: r, expiry: 10d}}}}
-    """)
+    b = broker(config_yaml(stores={"long": mi_store(identity_block(sandbox, "app"), max_sas_expiry="30d")}, envs={
+        "e": {
+            "SHORT": ref("long", resource_type="storage", account=acct, operation="generate_sas",
+                         container=storage.container, permissions="r", expiry="1h"),
+            "TOO_LONG": ref("long", resource_type="storage", account=acct, operation="generate_sas",
+                            container=storage.container, permissions="r", expiry="10d"),
+            "ACCOUNT_LONG": ref("long", resource_type="storage", account=acct, resource_group=storage.resource_group,
+                                operation="generate_sas", permissions="r", expiry="10d"),
+        },
+    }))
     started = datetime.now(UTC)
     bundle = b.resolve("e")
     assert set(bundle.failures) == {"TOO_LONG"}
@@ -569,24 +515,19 @@ def test_account_lookup_resource_group_and_resources_override(
 ) -> None:
     sandbox = clean_faults
     acct = storage.account
-    text = f"""
-        version: 1
-        secretStores:
-          plain:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-          overridden:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            resources:
-              - {{type: storage, name: {acct.upper()}, resource_group: {storage.resource_group}}}
-        envs:
-          e:
-            LOOKED_UP: {{from: {{store: plain, resource_type: storage, account: {acct}}}}}
-            LOOKED_UP_AGAIN: {{from: {{store: plain, resource_type: storage, account: {acct}, key: key2}}}}
-            BY_REFERENCE: {{from: {{store: plain, resource_type: storage, account: {acct}, key: key2, resource_group: {storage.resource_group}}}}}
-            BY_OVERRIDE: {{from: {{store: overridden, resource_type: storage, account: {acct}}}}}
-    """
+    text = config_yaml(stores={
+        "plain": mi_store(identity_block(sandbox, "app")),
+        "overridden": mi_store(identity_block(sandbox, "app"), resources=[{"type": "storage", "name": acct.upper(),
+                               "resource_group": storage.resource_group}]),
+    }, envs={
+        "e": {
+            "LOOKED_UP": ref("plain", resource_type="storage", account=acct),
+            "LOOKED_UP_AGAIN": ref("plain", resource_type="storage", account=acct, key="key2"),
+            "BY_REFERENCE": ref("plain", resource_type="storage", account=acct, key="key2",
+                                resource_group=storage.resource_group),
+            "BY_OVERRIDE": ref("overridden", resource_type="storage", account=acct),
+        },
+    })
     # The identity may list keys of this one account only: the subscription-wide lookup is refused.
     sandbox.reset_counters()
     bundle = broker(text).resolve("e")
@@ -615,31 +556,23 @@ def test_default_subscription_and_per_reference_subscription(
 ) -> None:
     acct, group, sub = storage.account, storage.resource_group, sandbox.subscription_id
     wrong = str(uuid.uuid4())
-    b = broker(f"""
-        version: 1
-        secretStores:
-          wrong_default:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            default_subscription: {wrong}
-          override_sub:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            default_subscription: {wrong}
-            resources:
-              - {{type: storage, name: {acct}, subscription: {sub}, resource_group: {group}}}
-          right_default:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            default_subscription: {sub}
-        envs:
-          e:
-            FROM_WRONG_DEFAULT: {{from: {{store: wrong_default, resource_type: storage, account: {acct}, resource_group: {group}}}}}
-            REFERENCE_SUB: {{from: {{store: wrong_default, resource_type: storage, account: {acct}, resource_group: {group}, subscription: {sub}, key: key2}}}}
-            OVERRIDE_SUB: {{from: {{store: override_sub, resource_type: storage, account: {acct}}}}}
-            RIGHT_DEFAULT: {{from: {{store: right_default, resource_type: storage, account: {acct}, resource_group: {group}}}}}
-            WRONG_REFERENCE: {{from: {{store: right_default, resource_type: storage, account: {acct}, resource_group: {group}, subscription: {wrong}, key: key2}}}}
-    """)
+    b = broker(config_yaml(stores={
+        "wrong_default": mi_store(identity_block(sandbox, "app"), default_subscription=wrong),
+        "override_sub": mi_store(identity_block(sandbox, "app"), default_subscription=wrong,
+                                 resources=[{"type": "storage", "name": acct, "subscription": sub,
+                                 "resource_group": group}]),
+        "right_default": mi_store(identity_block(sandbox, "app"), default_subscription=sub),
+    }, envs={
+        "e": {
+            "FROM_WRONG_DEFAULT": ref("wrong_default", resource_type="storage", account=acct, resource_group=group),
+            "REFERENCE_SUB": ref("wrong_default", resource_type="storage", account=acct, resource_group=group,
+                                 subscription=sub, key="key2"),
+            "OVERRIDE_SUB": ref("override_sub", resource_type="storage", account=acct),
+            "RIGHT_DEFAULT": ref("right_default", resource_type="storage", account=acct, resource_group=group),
+            "WRONG_REFERENCE": ref("right_default", resource_type="storage", account=acct, resource_group=group,
+                                   subscription=wrong, key="key2"),
+        },
+    }))
     bundle = b.resolve("e")
     assert bundle.as_plain_dict() == {"REFERENCE_SUB": storage.keys["key2"], "OVERRIDE_SUB": storage.keys["key1"],
                                       "RIGHT_DEFAULT": storage.keys["key1"]}
@@ -649,16 +582,8 @@ def test_default_subscription_and_per_reference_subscription(
         assert f"The subscription '{wrong}' could not be found" in failure.message
 
     # Without default_subscription: $VAULTRELAY_SUBSCRIPTION_ID, then $AZURE_SUBSCRIPTION_ID, else a clear error.
-    text = f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            KEY: {{from: {{store: azure, resource_type: storage, account: {acct}, resource_group: {group}}}}}
-    """
+    text = config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))},
+                       envs={"e": {"KEY": ref(resource_type="storage", account=acct, resource_group=group)}})
     base = {k: v for k, v in os.environ.items() if k not in ("VAULTRELAY_SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID")}
     assert values(broker(text, {**base, "VAULTRELAY_SUBSCRIPTION_ID": sub, "AZURE_SUBSCRIPTION_ID": wrong}).resolve("e")) == {
         "KEY": storage.keys["key1"]}
@@ -678,26 +603,21 @@ def test_cosmos_keys_and_connection_strings_equal_arm(clean_faults: SandboxClien
     keys = admin.database_accounts.list_keys(sandbox.resource_group, account)
     strings = {c.description: c.connection_string for c in
                admin.database_accounts.list_connection_strings(sandbox.resource_group, account).connection_strings or []}
-    loaded_text = f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            preferred_regions: [westeurope, eastus]
-            resources:
-              - {{type: cosmosdb, name: {account}, resource_group: {sandbox.resource_group}}}
-        envs:
-          e:
-            PRIMARY: {{from: {{store: azure, resource_type: cosmosdb, account: {account}}}}}
-            SECONDARY: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: secondary}}}}
-            PRIMARY_RO: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: primary_readonly}}}}
-            SECONDARY_RO: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: secondary_readonly}}}}
-            PRIMARY_CS: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, format: connection_string}}}}
-            SECONDARY_RO_CS: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: secondary_readonly, format: connection_string}}}}
-            BY_REFERENCE: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, subscription: {sandbox.subscription_id},
-                            resource_group: {sandbox.resource_group}}}}}
-    """
+    loaded_text = config_yaml(stores={"azure": mi_store(
+        identity_block(sandbox, "app"), preferred_regions=["westeurope", "eastus"],
+        resources=[{"type": "cosmosdb", "name": account, "resource_group": sandbox.resource_group}])}, envs={
+        "e": {
+            "PRIMARY": ref(resource_type="cosmosdb", account=account),
+            "SECONDARY": ref(resource_type="cosmosdb", account=account, key="secondary"),
+            "PRIMARY_RO": ref(resource_type="cosmosdb", account=account, key="primary_readonly"),
+            "SECONDARY_RO": ref(resource_type="cosmosdb", account=account, key="secondary_readonly"),
+            "PRIMARY_CS": ref(resource_type="cosmosdb", account=account, format="connection_string"),
+            "SECONDARY_RO_CS": ref(resource_type="cosmosdb", account=account, key="secondary_readonly",
+                                   format="connection_string"),
+            "BY_REFERENCE": ref(resource_type="cosmosdb", account=account, subscription=sandbox.subscription_id,
+                                resource_group=sandbox.resource_group),
+        },
+    })
     b = broker(loaded_text)
     assert any("preferred_regions" in w.path and "has no effect" in w.message for w in b.loaded.warnings)
     sandbox.reset_counters()
@@ -718,30 +638,24 @@ def test_cosmos_keys_and_connection_strings_equal_arm(clean_faults: SandboxClien
 def test_sql_connection_strings_name_the_user_assigned_identity(clean_faults: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     sandbox = clean_faults
     data = sandbox.identities["data"]
-    b = broker(f"""
-        version: 1
-        secretStores:
-          system:
-            type: azure.managed_identity
-          by_client_id:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "data", "client_id", indent=4)}
-          by_resource_id:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "data", "resource_id", indent=4)}
-          by_object_id:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "data", "object_id", indent=4)}
-        envs:
-          e:
-            DEFAULT: {{from: {{store: system, resource_type: sql, server: myserver, database: mydb}}}}
-            ADO: {{from: {{store: by_client_id, resource_type: sql, server: myserver, database: mydb, format: ado}}}}
-            CONNECTION_STRING: {{from: {{store: by_client_id, resource_type: sql, server: myserver.database.windows.net, database: mydb, format: connection_string}}}}
-            ODBC: {{from: {{store: by_client_id, resource_type: sql, server: myserver, database: mydb, format: odbc}}}}
-            JDBC: {{from: {{store: by_client_id, resource_type: sql, server: myserver, database: mydb, format: jdbc}}}}
-            BY_RESOURCE_ID: {{from: {{store: by_resource_id, resource_type: sql, server: myserver, database: mydb, format: jdbc}}}}
-            BY_OBJECT_ID: {{from: {{store: by_object_id, resource_type: sql, server: myserver, database: mydb, format: odbc}}}}
-    """)
+    b = broker(config_yaml(stores={
+        "system": mi_store(),
+        "by_client_id": mi_store(identity_block(sandbox, "data", "client_id")),
+        "by_resource_id": mi_store(identity_block(sandbox, "data", "resource_id")),
+        "by_object_id": mi_store(identity_block(sandbox, "data", "object_id")),
+    }, envs={
+        "e": {
+            "DEFAULT": ref("system", resource_type="sql", server="myserver", database="mydb"),
+            "ADO": ref("by_client_id", resource_type="sql", server="myserver", database="mydb", format="ado"),
+            "CONNECTION_STRING": ref("by_client_id", resource_type="sql", server="myserver.database.windows.net",
+                                     database="mydb", format="connection_string"),
+            "ODBC": ref("by_client_id", resource_type="sql", server="myserver", database="mydb", format="odbc"),
+            "JDBC": ref("by_client_id", resource_type="sql", server="myserver", database="mydb", format="jdbc"),
+            "BY_RESOURCE_ID": ref("by_resource_id", resource_type="sql", server="myserver", database="mydb",
+                                  format="jdbc"),
+            "BY_OBJECT_ID": ref("by_object_id", resource_type="sql", server="myserver", database="mydb", format="odbc"),
+        },
+    }))
     sandbox.reset_counters()
     got = values(b.resolve("e"))
     host = "myserver.database.windows.net"
@@ -764,18 +678,13 @@ def test_sql_connection_strings_name_the_user_assigned_identity(clean_faults: Sa
 # ---- tokens -------------------------------------------------------------------------------------
 def test_get_token_by_resource_and_by_scope(sandbox: SandboxClient, broker: Callable[..., StoreConnections]) -> None:
     app = sandbox.identities["app"]
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            GRAPH: {{from: {{store: azure, operation: get_token, resource: "https://graph.microsoft.com"}}}}
-            STORAGE: {{from: {{store: azure, operation: get_token, scope: "https://storage.azure.com/.default"}}}}
-            API: {{from: {{store: azure, operation: get_token, scope: "api://{app.client_id}/.default"}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "GRAPH": ref(operation="get_token", resource="https://graph.microsoft.com"),
+            "STORAGE": ref(operation="get_token", scope="https://storage.azure.com/.default"),
+            "API": ref(operation="get_token", scope=f"api://{app.client_id}/.default"),
+        },
+    }))
     bundle = b.resolve("e")
     got = values(bundle)
     for variable, audience in (("GRAPH", "https://graph.microsoft.com"), ("STORAGE", "https://storage.azure.com"),
@@ -799,15 +708,13 @@ def test_each_identity_selector_reads_what_only_that_identity_may_read(
     for store, (identity, _) in stores.items():
         seeded[store] = vault.seed(prefix=store.replace("_", "-"))
         sandbox.grant(identity, "Key Vault Secrets User", vault.secret_scope(seeded[store][0]))
-    lines = ["version: 1", "secretStores:"]
-    for store, (identity, selector) in stores.items():
-        lines += [f"  {store}:", "    type: azure.managed_identity", identity_yaml(sandbox, identity, selector, indent=4)]
-    lines += ["envs:", "  e:"]
+    env: dict[str, Any] = {}
     readers = list(stores)
     for store, neighbour in zip(readers, [*readers[1:], readers[0]], strict=True):
-        lines.append(f"    OWN_{store.upper()}: {{from: {{store: {store}, vault: {vault.name}, secret: {seeded[store][0]}}}}}")
-        lines.append(f"    OTHER_{store.upper()}: {{from: {{store: {store}, vault: {vault.name}, secret: {seeded[neighbour][0]}}}}}")
-    b = broker("\n".join(lines))
+        env[f"OWN_{store.upper()}"] = secret_ref(seeded[store][0], vault=vault.name, store=store)
+        env[f"OTHER_{store.upper()}"] = secret_ref(seeded[neighbour][0], vault=vault.name, store=store)
+    b = broker(config_yaml(stores={store: mi_store(identity_block(sandbox, identity, selector))
+                                   for store, (identity, selector) in stores.items()}, envs={"e": env}))
     bundle = b.resolve("e")
     assert bundle.as_plain_dict() == {f"OWN_{store.upper()}": seeded[store][1] for store in stores}
     assert {name: f.reason for name, f in bundle.failures.items()} == {f"OTHER_{store.upper()}": "access_denied" for store in stores}
@@ -834,22 +741,15 @@ def test_fallback_falls_through_a_missing_managed_identity_to_the_service_princi
     vault, name, value = sp_secret
     assert os.environ["SANDBOX_AUTHORITY"].rstrip("/") == os.environ["VAULTRELAY_AUTHORITY_HOST"].rstrip("/")
     nobody = str(uuid.uuid4())
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-            fallback:
-              - type: managed_identity
-                identity: {{type: user_assigned, client_id: '{nobody}'}}
-              - type: service_principal
-                client_id: ${{SANDBOX_SP_CLIENT_ID}}
-                client_secret: ${{SANDBOX_SP_CLIENT_SECRET}}
-                tenant_id: ${{AZURE_TENANT_ID}}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(fallback=[{
+                "type": "managed_identity",
+                "identity": {"type": "user_assigned", "client_id": nobody},
+            }, {
+                "type": "service_principal",
+                "client_id": "${SANDBOX_SP_CLIENT_ID}",
+                "client_secret": "${SANDBOX_SP_CLIENT_SECRET}",
+                "tenant_id": "${AZURE_TENANT_ID}",
+            }])}, envs={"e": {"SECRET": secret_ref(name, vault=vault.name)}}))
     assert b.plan("e").stores["azure"] == (
         f"user-assigned managed identity (client_id={nobody}) -> service principal {os.environ['SANDBOX_SP_CLIENT_ID']}")
     sandbox.reset_counters()
@@ -863,38 +763,21 @@ def test_environment_fallback_reads_the_named_variables(
     sandbox: SandboxClient, sp_secret: tuple[Vault, str, str], broker: Callable[..., StoreConnections],
 ) -> None:
     vault, name, value = sp_secret
-    text = f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            fallback:
-              - type: environment
-                client_id_env: MY_SP_ID
-                client_secret_env: MY_SP_SECRET
-                tenant_id_env: MY_TENANT
-              - type: managed_identity
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-    """
+    text = config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), fallback=[{
+                "type": "environment",
+                "client_id_env": "MY_SP_ID",
+                "client_secret_env": "MY_SP_SECRET",
+                "tenant_id_env": "MY_TENANT",
+            }, {"type": "managed_identity"}])}, envs={"e": {"SECRET": secret_ref(name, vault=vault.name)}})
     environ = {**os.environ, "MY_SP_ID": os.environ["SANDBOX_SP_CLIENT_ID"], "MY_SP_SECRET": os.environ["SANDBOX_SP_CLIENT_SECRET"],
                "MY_TENANT": os.environ["AZURE_TENANT_ID"]}
     with_variables = broker(text, environ)
     assert with_variables.plan("e").stores["azure"].startswith(f"service principal {environ['MY_SP_ID']} (from $MY_SP_ID) -> ")
     assert values(with_variables.resolve("e")) == {"SECRET": value}
     # The default names: AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_TENANT_ID.
-    defaults = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-            fallback: [{{type: environment}}]
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-    """, {**os.environ, "AZURE_CLIENT_ID": environ["MY_SP_ID"], "AZURE_CLIENT_SECRET": environ["MY_SP_SECRET"]})
+    defaults = broker(config_yaml(stores={"azure": mi_store(fallback=[{"type": "environment"}])},
+                                  envs={"e": {"SECRET": secret_ref(name, vault=vault.name)}}),
+                      {**os.environ, "AZURE_CLIENT_ID": environ["MY_SP_ID"], "AZURE_CLIENT_SECRET": environ["MY_SP_SECRET"]})
     assert values(defaults.resolve("e")) == {"SECRET": value}
     # Without the variables the entry is left out: the managed identity (app) is used, and may not read it.
     without = broker(text, {k: v for k, v in environ.items() if k != "MY_SP_SECRET"})
@@ -909,32 +792,25 @@ def test_unset_variable_in_a_fallback_entry_skips_it(
     monkeypatch.delenv("VR_TEST_UNSET_SECRET", raising=False)
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            fallback:
-              - type: service_principal
-                client_id: ${{SANDBOX_SP_CLIENT_ID}}
-                client_secret: ${{VR_TEST_UNSET_SECRET}}
-                tenant_id: ${{AZURE_TENANT_ID}}
-              - type: azure_cli
-                tenant_id: ${{AZURE_TENANT_ID}}
-              - type: managed_identity
-          nothing_left:
-            type: azure.managed_identity
-            fallback:
-              - type: service_principal
-                client_id: ${{VR_TEST_UNSET_SECRET}}
-                client_secret: x
-                tenant_id: ${{AZURE_TENANT_ID}}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            NONE: {{from: {{store: nothing_left, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={
+        "azure": mi_store(identity_block(sandbox, "app"), fallback=[{
+                "type": "service_principal",
+                "client_id": "${SANDBOX_SP_CLIENT_ID}",
+                "client_secret": "${VR_TEST_UNSET_SECRET}",
+                "tenant_id": "${AZURE_TENANT_ID}",
+            }, {"type": "azure_cli", "tenant_id": "${AZURE_TENANT_ID}"}, {"type": "managed_identity"}]),
+        "nothing_left": mi_store(fallback=[{
+                "type": "service_principal",
+                "client_id": "${VR_TEST_UNSET_SECRET}",
+                "client_secret": "x",
+                "tenant_id": "${AZURE_TENANT_ID}",
+            }]),
+    }, envs={
+        "e": {
+            "SECRET": secret_ref(name, vault=vault.name),
+            "NONE": secret_ref(name, vault=vault.name, store="nothing_left"),
+        },
+    }))
     assert [(w.path, w.severity) for w in b.loaded.warnings if "skipped at run time" in w.message] == [
         ("secretStores.azure.fallback[0]", "warning"), ("secretStores.nothing_left.fallback[0]", "warning")]
     assert b.plan("e").stores["azure"] == f"Azure CLI -> user-assigned managed identity (client_id={sandbox.identities['app'].client_id})"
@@ -956,27 +832,21 @@ def test_workload_identity_fallback(
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
     token_file = tmp_path / "token"
     token_file.write_text(sandbox.issue_token("app", "api://AzureADTokenExchange"))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          not_in_aks:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            fallback:
-              - type: workload_identity
-              - type: managed_identity
-          configured:
-            type: azure.managed_identity
-            fallback:
-              - type: workload_identity
-                client_id: '{sandbox.identities["app"].client_id}'
-                tenant_id: '{sandbox.tenant_id}'
-                token_file: '{token_file}'
-        envs:
-          e:
-            OUTSIDE_AKS: {{from: {{store: not_in_aks, vault: {vault.name}, secret: {name}}}}}
-            FEDERATED: {{from: {{store: configured, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={
+        "not_in_aks": mi_store(identity_block(sandbox, "app"), fallback=[{"type": "workload_identity"},
+                               {"type": "managed_identity"}]),
+        "configured": mi_store(fallback=[{
+                "type": "workload_identity",
+                "client_id": sandbox.identities["app"].client_id,
+                "tenant_id": sandbox.tenant_id,
+                "token_file": str(token_file),
+            }]),
+    }, envs={
+        "e": {
+            "OUTSIDE_AKS": secret_ref(name, vault=vault.name, store="not_in_aks"),
+            "FEDERATED": secret_ref(name, vault=vault.name, store="configured"),
+        },
+    }))
     sandbox.reset_counters()
     bundle = b.resolve("e")
     assert bundle.as_plain_dict() == {"OUTSIDE_AKS": value}
@@ -989,28 +859,18 @@ def test_token_cache_reuses_tokens_until_the_buffer(clean_faults: SandboxClient,
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("caller", "Key Vault Secrets User", vault.secret_scope(name))
-    env = f"""
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            GRAPH: {{from: {{store: azure, operation: get_token, resource: "https://graph.microsoft.com"}}}}
-            STORAGE_TOKEN: {{from: {{store: azure, operation: get_token, scope: "https://storage.azure.com/.default"}}}}
-    """
+    envs = {"e": {
+        "SECRET": secret_ref(name, vault=vault.name),
+        "GRAPH": ref(operation="get_token", resource="https://graph.microsoft.com"),
+        "STORAGE_TOKEN": ref(operation="get_token", scope="https://storage.azure.com/.default"),
+    }}
 
-    def store(cache: str) -> str:
-        return f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "caller", indent=4)}
-            cache:
-              token_cache: {cache}
-        """ + env
+    def store(cache: dict[str, Any]) -> str:
+        return config_yaml(stores={"azure": mi_store(identity_block(sandbox, "caller"), cache={"token_cache": cache})}, envs=envs)
 
     runs = 4
     sandbox.reset_counters()
-    cached = broker(store("{enabled: true, buffer: 300}"))
+    cached = broker(store({"enabled": True, "buffer": 300}))
     tokens = set()
     for _ in range(runs):
         bundle = cached.resolve("e")
@@ -1023,12 +883,12 @@ def test_token_cache_reuses_tokens_until_the_buffer(clean_faults: SandboxClient,
     assert sandbox.counters()["tokens_issued"] == 3
 
     # A buffer longer than the tokens live (24 h in the sandbox): every request is a fetch.
-    always = broker(store("{buffer: 2d}"))
+    always = broker(store({"buffer": "2d"}))
     for _ in range(runs):
         values(always.resolve("e"))
     stats = always.store("azure").credential.stats
     assert stats.fetches == stats.requests >= 2 * runs
-    disabled = broker(store("{enabled: false}"))
+    disabled = broker(store({"enabled": False}))
     for _ in range(runs):
         values(disabled.resolve("e"))
     stats = disabled.store("azure").credential.stats
@@ -1045,23 +905,13 @@ def test_secret_cache_serves_within_ttl_without_calling_key_vault(
     for secret in (name, short):
         sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(secret))
 
-    def text(cache: str) -> str:
-        return f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            cache:
-              secret_cache: {cache}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            SHORT_LIVED: {{from: {{store: azure, vault: {vault.name}, secret: {short}}}}}
-        """
+    def text(cache: dict[str, Any]) -> str:
+        return config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), cache={"secret_cache": cache})}, envs={
+            "e": {"SECRET": secret_ref(name, vault=vault.name), "SHORT_LIVED": secret_ref(short, vault=vault.name)},
+        })
 
     sandbox.reset_counters()
-    enabled = broker(text("{enabled: true, ttl: 10m}"))
+    enabled = broker(text({"enabled": True, "ttl": "10m"}))
     assert values(enabled.resolve("e")) == {"SECRET": value, "SHORT_LIVED": short_value}
     assert counted(sandbox, f"{KV_GET}:200") == 2
     again = enabled.resolve("e")
@@ -1070,11 +920,11 @@ def test_secret_cache_serves_within_ttl_without_calling_key_vault(
     # The cached value is served without a request; the one expiring within 60 s is fetched again.
     assert counted(sandbox, f"{KV_GET}:200") == 3
     # The cache is per process: a new broker (a warm Functions instance's next request) uses it too.
-    values(broker(text("{enabled: true, ttl: 10m}")).resolve("e"))
+    values(broker(text({"enabled": True, "ttl": "10m"})).resolve("e"))
     assert counted(sandbox, f"{KV_GET}:200") == 4
 
     sandbox.reset_counters()
-    disabled = broker(text("{enabled: false}"))
+    disabled = broker(text({"enabled": False}))
     for _ in range(2):
         assert values(disabled.resolve("e"))["SECRET"] == value
     assert counted(sandbox, f"{KV_GET}:200") == 4
@@ -1085,17 +935,8 @@ def test_secret_cache_ttl_expires(clean_faults: SandboxClient, vault: Vault, bro
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            cache: {{secret_cache: {{enabled: true, ttl: 1}}}}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), cache={"secret_cache": {"enabled": True, "ttl": 1}})},
+                           envs={"e": {"SECRET": secret_ref(name, vault=vault.name)}}))
     sandbox.reset_counters()
     values(b.resolve("e"))
     values(b.resolve("e"))
@@ -1111,19 +952,11 @@ def test_max_concurrent_bounds_requests_in_flight(clean_faults: SandboxClient, b
     vault = new_vault(sandbox)
     seeded = [vault.seed() for _ in range(10)]
     sandbox.grant("app", "Key Vault Secrets User", vault.id)
-    refs = "\n".join(f"            S{i}: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}" for i, (name, _, _) in enumerate(seeded))
+    refs = {f"S{i}": secret_ref(name, vault=vault.name) for i, (name, _, _) in enumerate(seeded)}
 
     def elapsed(max_concurrent: int, batch_size: int = 25) -> float:
-        b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            performance: {{max_concurrent: {max_concurrent}, batch_size: {batch_size}}}
-        envs:
-          e:
-""" + refs)
+        b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), performance={
+            "max_concurrent": max_concurrent, "batch_size": batch_size})}, envs={"e": refs}))
         b.store("azure").credential.get_token("https://vault.azure.net/.default")  # token in hand: time only the reads
         started = time.monotonic()
         assert values(b.resolve("e")) == {f"S{i}": value for i, (_, value, _) in enumerate(seeded)}
@@ -1144,17 +977,9 @@ def test_identical_references_are_fetched_once(clean_faults: SandboxClient, vaul
     sandbox = clean_faults
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            FIRST: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            SECOND: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {"FIRST": secret_ref(name, vault=vault.name), "SECOND": secret_ref(name, vault=vault.name)},
+    }))
     sandbox.reset_counters()
     assert values(b.resolve("e")) == {"FIRST": value, "SECOND": value}
     assert counted(sandbox, f"{KV_GET}:200") == 1
@@ -1167,17 +992,12 @@ def test_429_is_retried_and_the_value_resolves(clean_faults: SandboxClient, brok
     seeded = [vault.seed() for _ in range(2)]
     for name, _, _ in seeded:
         sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-        envs:
-          e:
-            A: {{from: {{store: azure, vault: {vault.name}, secret: {seeded[0][0]}}}}}
-            B: {{from: {{store: azure, vault: {vault.name}, secret: {seeded[1][0]}}}}}
-    """)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"))}, envs={
+        "e": {
+            "A": secret_ref(seeded[0][0], vault=vault.name),
+            "B": secret_ref(seeded[1][0], vault=vault.name),
+        },
+    }))
     b.store("azure").credential.get_token("https://vault.azure.net/.default")
     sandbox.set_faults(throttles={"keyvault": {"capacity": 1, "window_s": 1}})  # one request per second per vault
     sandbox.reset_counters()
@@ -1196,21 +1016,16 @@ def test_log_requests_and_trace_identity_never_log_values_or_tokens(
     sandbox.grant("caller", "Key Vault Secrets User", vault.secret_scope(name))
     sandbox.grant("caller", "Storage Account Key Operator Service Role", storage.id)
     caller = sandbox.identities["caller"]
-    b = broker(f"""
-        version: 1
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "caller", indent=4)}
-            debug: {{log_requests: true, trace_identity: true, log_tokens: false}}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-            KEY: {{from: {{store: azure, resource_type: storage, account: {storage.account}, resource_group: {storage.resource_group}}}}}
-            SAS: {{from: {{store: azure, resource_type: storage, account: {storage.account}, resource_group: {storage.resource_group},
-                   operation: generate_sas, permissions: r, expiry: 1h}}}}
-            TOKEN: {{from: {{store: azure, operation: get_token, resource: "https://graph.microsoft.com"}}}}
-    """)
+    debug = {"log_requests": True, "trace_identity": True, "log_tokens": False}
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "caller"), debug=debug)}, envs={
+        "e": {
+            "SECRET": secret_ref(name, vault=vault.name),
+            "KEY": ref(resource_type="storage", account=storage.account, resource_group=storage.resource_group),
+            "SAS": ref(resource_type="storage", account=storage.account, resource_group=storage.resource_group,
+                       operation="generate_sas", permissions="r", expiry="1h"),
+            "TOKEN": ref(operation="get_token", resource="https://graph.microsoft.com"),
+        },
+    }))
     caplog.set_level(logging.INFO)
     got = values(b.resolve("e"))
     assert got["SECRET"] == value and got["KEY"] == storage.keys["key1"]
@@ -1239,17 +1054,8 @@ def test_debug_enabled_logs_names_at_debug_without_values(
     logger = logging.getLogger("vaultrelay")
     level = logger.level
     try:
-        b = broker(f"""
-            version: 1
-            secretStores:
-              azure:
-                type: azure.managed_identity
-            {identity_yaml(sandbox, "app", indent=4)}
-                debug: {{enabled: true}}
-            envs:
-              e:
-                SECRET: {{from: {{store: azure, vault: {vault.name}, secret: {name}}}}}
-        """)
+        b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), debug={"enabled": True})},
+                               envs={"e": {"SECRET": secret_ref(name, vault=vault.name)}}))
         caplog.set_level(logging.DEBUG)
         assert values(b.resolve("e")) == {"SECRET": value}
         assert logger.level == logging.DEBUG
@@ -1266,23 +1072,11 @@ def test_legacy_keyvault_store_with_a_service_principal(
 ) -> None:
     sandbox = clean_faults
     vault, name, value = sp_secret
-    b = broker(f"""
-        version: 1
-        secretStores:
-          legacy:
-            type: azure.keyvault
-            vault_name: {vault.name}
-            auth:
-              client_id: ${{SANDBOX_SP_CLIENT_ID}}
-              client_secret: ${{SANDBOX_SP_CLIENT_SECRET}}
-              tenant_id: ${{AZURE_TENANT_ID}}
-            cache: {{secret_cache: {{enabled: false}}}}
-            performance: {{max_concurrent: 2}}
-        envs:
-          e:
-            SECRET: {{from: {{store: legacy, secret: {name}}}}}
-            EXPLICIT_VAULT: {{from: {{store: legacy, vault: {vault.name}, secret: {name}}}}}
-    """)
+    b = broker(config_yaml(stores={"legacy": {
+        "type": "azure.keyvault", "vault_name": vault.name,
+        "auth": {"client_id": "${SANDBOX_SP_CLIENT_ID}", "client_secret": "${SANDBOX_SP_CLIENT_SECRET}", "tenant_id": "${AZURE_TENANT_ID}"},
+        "cache": {"secret_cache": {"enabled": False}}, "performance": {"max_concurrent": 2},
+    }}, envs={"e": {"SECRET": ref("legacy", secret=name), "EXPLICIT_VAULT": secret_ref(name, vault=vault.name, store="legacy")}}))
     assert any("client secret" in w.message for w in b.loaded.warnings)
     sandbox.reset_counters()
     assert values(b.resolve("e")) == {"SECRET": value, "EXPLICIT_VAULT": value}
@@ -1296,28 +1090,22 @@ def test_explicit_custom_cloud_block(sandbox: SandboxClient, vault: Vault, stora
     name, value, _ = vault.seed()
     sandbox.grant("app", "Key Vault Secrets User", vault.secret_scope(name))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VAULTRELAY_")}
-    b = broker(f"""
-        version: 1
-        cloud:
-          name: custom
-          authority: {os.environ["SANDBOX_AUTHORITY"]}
-          arm_endpoint: {os.environ["SANDBOX_ARM_ENDPOINT"]}
-          arm_audience: {os.environ["SANDBOX_ARM_AUDIENCE"]}
-          vault_dns_suffix: {os.environ["SANDBOX_VAULT_DNS_SUFFIX"]}
-          storage_suffix: {os.environ["SANDBOX_STORAGE_SUFFIX"]}
-          sql_suffix: database.example
-        secretStores:
-          azure:
-            type: azure.managed_identity
-        {identity_yaml(sandbox, "app", indent=4)}
-            default_subscription: {sandbox.subscription_id}
-        envs:
-          e:
-            SECRET: {{from: {{store: azure, vault: "${{VR_VAULT:-{vault.name}}}", secret: {name}}}}}
-            KEY: {{from: {{store: azure, resource_type: storage, account: {storage.account}, resource_group: {storage.resource_group}}}}}
-            SQL: {{from: {{store: azure, resource_type: sql, server: db, database: d, format: jdbc}}}}
-            PRICE: "$$5"
-    """, environ)
+    b = broker(config_yaml(stores={"azure": mi_store(identity_block(sandbox, "app"), default_subscription=sandbox.subscription_id)}, envs={
+        "e": {
+            "SECRET": secret_ref(name, vault=f"${{VR_VAULT:-{vault.name}}}"),
+            "KEY": ref(resource_type="storage", account=storage.account, resource_group=storage.resource_group),
+            "SQL": ref(resource_type="sql", server="db", database="d", format="jdbc"),
+            "PRICE": "$$5",
+        },
+    }, cloud={
+        "name": "custom",
+        "authority": os.environ["SANDBOX_AUTHORITY"],
+        "arm_endpoint": os.environ["SANDBOX_ARM_ENDPOINT"],
+        "arm_audience": os.environ["SANDBOX_ARM_AUDIENCE"],
+        "vault_dns_suffix": os.environ["SANDBOX_VAULT_DNS_SUFFIX"],
+        "storage_suffix": os.environ["SANDBOX_STORAGE_SUFFIX"],
+        "sql_suffix": "database.example",
+    }), environ)
     got = values(b.resolve("e"))
     assert (got["SECRET"], got["KEY"], got["PRICE"]) == (value, storage.keys["key1"], "$5")
     assert got["SQL"].startswith("jdbc:sqlserver://db.database.example:1433;")

@@ -58,10 +58,7 @@ def rotation_row(world: World, body: str, account: str) -> dict[str, Any]:
 
 
 def long_body(account: str, wait: str = "1s") -> str:
-    return cosmos_body(account) + f"""
-        rotation:
-          regenerate_wait: {wait}
-    """
+    return cosmos_body(account, rotation={"regenerate_wait": wait})
 
 
 def test_a_regeneration_that_takes_hours_is_followed_up_by_later_runs_and_switched_once_done(

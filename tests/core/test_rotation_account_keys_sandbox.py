@@ -16,6 +16,7 @@ from azure.storage.blob import ContainerClient
 from core.mint.sas import StoredDelegationKeys
 from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, ref
 from tests.world import World, regenerations, run_cli, write_config
 
 
@@ -32,15 +33,13 @@ def cosmos_keys(sandbox: SandboxClient, account: str) -> Any:
     return client.database_accounts.list_keys(sandbox.resource_group, account)
 
 
-def cosmos_body(account: str) -> str:
-    return f"""
-        envs:
-          app:
-            COSMOS_KEY: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-            COSMOS_CS: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: active, format: connection_string}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+def cosmos_body(account: str, **extra: Any) -> str:
+    return body_yaml(envs={
+        "app": {
+            "COSMOS_KEY": ref(resource_type="cosmosdb", account=account, key="active", rotate={"every": "30d"}),
+            "COSMOS_CS": ref(resource_type="cosmosdb", account=account, key="active", format="connection_string"),
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")}, **extra)
 
 
 def test_cosmos_key_rotation_regenerates_the_inactive_key_switches_and_repushes(world: World) -> None:
@@ -93,13 +92,12 @@ def container_with_hello(world: World, container: str) -> str:
 def test_user_delegation_keys_are_kept_between_runs_and_renewed_before_they_run_out(world: World) -> None:
     sandbox = world.sandbox
     container = container_with_hello(world, f"ud{world.tag}")
-    body = f"""
-        envs:
-          app:
-            UD_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {container}, permissions: rl, expiry: 1h}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "UD_SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas",
+                          container=container, permissions="rl", expiry="1h"),
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
     first = world.engine(body)
     identity = f"azure:{first.broker.store('azure').identity_description}"
     kept = StoredDelegationKeys.secret_name("sandboxstore", identity, timedelta(hours=1))
@@ -134,11 +132,12 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
     """`vaultrelay resolve` and `vaultrelay exec` (separate processes) use the key kept in state.vault."""
     sandbox = world.sandbox
     container = container_with_hello(world, f"cli{world.tag}")
-    body = f"""
-        envs:
-          app:
-            UD_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: {container}, permissions: rl, expiry: 1h}}}}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "UD_SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas",
+                          container=container, permissions="rl", expiry="1h"),
+        },
+    })
     config = write_config(world, body, tmp_path)
     engine = world.engine(body)
     kept = StoredDelegationKeys.secret_name("sandboxstore", f"azure:{engine.broker.store('azure').identity_description}",

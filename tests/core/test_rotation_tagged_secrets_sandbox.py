@@ -24,6 +24,7 @@ from core.push import SyncEngine
 from core.rotation.account_keys import KeyRotation
 from core.values import SecretValue
 from sandbox.client import SandboxClient
+from tests.configs import config_yaml, mi_store, state_block
 from tests.core.test_rotation_account_keys_sandbox import cosmos_keys, fresh_cosmos_account
 from tests.world import World, fresh_account, regenerations, run_cli, write_config
 
@@ -692,16 +693,12 @@ def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: 
     tagged.seed("cosmos-key", cosmos_before.primary_master_key, "Primary", sandbox.resource_id("cosmos", cosmos), expires_in=timedelta(days=2))
     tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, sandbox.resource_id("sql", server), expires_in=timedelta(days=2))
     rotator = sandbox.create_identity(f"lp-tagged-{world.tag}")
-    loaded = parse_config(f"""
-version: 1
-secretStores:
-  azure: {{type: azure.managed_identity}}
-  rot: {{type: azure.managed_identity, identity: {{type: user_assigned, client_id: {rotator.client_id}}}}}
-state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: t{world.tag}}}
-rotation:
-  tagged_secrets:
-    - {{vault: {tagged.vault}, store: rot, accounts: [{", ".join(tagged.accounts)}]}}
-""", "tagged.yaml", environ=os.environ)
+    loaded = parse_config(config_yaml(stores={
+        "azure": mi_store(),
+        "rot": mi_store({"type": "user_assigned", "client_id": rotator.client_id}),
+    }, state=state_block(f"t{world.tag}"), rotation={
+        "tagged_secrets": [{"vault": tagged.vault, "store": "rot", "accounts": list(tagged.accounts)}],
+    }), "tagged.yaml", environ=os.environ)
     report = compute_permissions(loaded, environ=os.environ)
     needed = sorted((g.scope.kind, g.scope.name, role) for g in report.grants if g.identity.client_id == rotator.client_id for role in g.roles)
     assert needed == [("cosmos", cosmos, "vaultrelay Cosmos DB Key Operator"), ("sql", server, "SQL Server Contributor"),

@@ -20,6 +20,7 @@ from azure.storage.blob import ContainerClient
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
 from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, ref
 from tests.core.test_rotation_tagged_secrets_sandbox import Tagged
 from tests.world import World, fresh_account, write_config
 
@@ -61,22 +62,24 @@ def test_storage_keys_and_key_signed_sas_are_refused_and_user_delegation_sas_wor
     sandbox = world.sandbox
     account, container = keyless_storage(world)
     keys = {k.key_name: k.value for k in storage_mgmt(sandbox).storage_accounts.list_keys(sandbox.resource_group, account).keys_property or []}
-    body = f"""
-        envs:
-          published:
-            KEY: {{from: {{store: azure, resource_type: storage, account: {account}, key: key1}}}}
-            ACCOUNT_SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, sas_type: account,
-                           permissions: rl, expiry: 1h}}}}
-            SERVICE_SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, sas_type: service,
-                           container: {container}, permissions: r, expiry: 1h}}}}
-            TABLE_SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, table: t{world.tag},
-                         permissions: r, expiry: 1h}}}}
-          delegated:
-            UD_SAS: {{from: {{store: azure, resource_type: storage, account: {account}, operation: generate_sas, container: {container},
-                      permissions: rl, expiry: 1h}}}}
-          rotated:
-            ACTIVE: {{from: {{store: azure, resource_type: storage, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-    """
+    body = body_yaml(envs={
+        "published": {
+            "KEY": ref(resource_type="storage", account=account, key="key1"),
+            "ACCOUNT_SAS": ref(resource_type="storage", account=account, operation="generate_sas", sas_type="account",
+                               permissions="rl", expiry="1h"),
+            "SERVICE_SAS": ref(resource_type="storage", account=account, operation="generate_sas", sas_type="service",
+                               container=container, permissions="r", expiry="1h"),
+            "TABLE_SAS": ref(resource_type="storage", account=account, operation="generate_sas", table=f"t{world.tag}",
+                             permissions="r", expiry="1h"),
+        },
+        "delegated": {
+            "UD_SAS": ref(resource_type="storage", account=account, operation="generate_sas", container=container,
+                          permissions="rl", expiry="1h"),
+        },
+        "rotated": {
+            "ACTIVE": ref(resource_type="storage", account=account, key="active", rotate={"every": "30d"}),
+        },
+    })
     config = write_config(world, body, tmp_path)
 
     code, out, err = run(config, "resolve", "--env", "published", "--format", "json", "--reveal")
@@ -135,15 +138,16 @@ def test_cosmos_keys_and_connection_strings_are_refused_without_local_auth(world
         sandbox.resource_group, account, DatabaseAccountCreateUpdateParameters(
             location="eastus", locations=[Location(location_name="eastus")], disable_local_auth=True), polling_interval=0).result()
     sandbox.grant("system", "DocumentDB Account Contributor", sandbox.resource_id("cosmos", account))
-    body = f"""
-        envs:
-          app:
-            KEY: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: primary, resource_group: {sandbox.resource_group}}}}}
-            READ_ONLY: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: primary_readonly}}}}
-            CONNECTION: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, format: connection_string}}}}
-          rotated:
-            ACTIVE: {{from: {{store: azure, resource_type: cosmosdb, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "KEY": ref(resource_type="cosmosdb", account=account, key="primary", resource_group=sandbox.resource_group),
+            "READ_ONLY": ref(resource_type="cosmosdb", account=account, key="primary_readonly"),
+            "CONNECTION": ref(resource_type="cosmosdb", account=account, format="connection_string"),
+        },
+        "rotated": {
+            "ACTIVE": ref(resource_type="cosmosdb", account=account, key="active", rotate={"every": "30d"}),
+        },
+    })
     config = write_config(world, body, tmp_path)
     code, out, err = run(config, "resolve", "--env", "app", "--format", "json", "--reveal")
     assert (code, out) == (EXIT_RESOLUTION, "")

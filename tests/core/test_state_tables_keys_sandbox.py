@@ -5,7 +5,6 @@ re-sync unchanged; an env of 2,000 variables too (its push record spread over pr
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 import uuid
@@ -32,18 +31,14 @@ from core.state.tables import (
     to_entity,
 )
 from sandbox.client import SandboxClient
+from tests.configs import blob_target, body_yaml, config_yaml, keyvault_target, secret_ref, state_block
 
 _FORBIDDEN = set("/\\#?") | {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 
 def engine_for(tag: str, body: str) -> SyncEngine:
-    text = textwrap.dedent(f"""
-        version: 1
-        secretStores:
-          azure: {{type: azure.managed_identity}}
-        state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: k{tag}}}
-    """) + textwrap.dedent(body)
+    text = config_yaml(state=state_block(f"k{tag}")) + textwrap.dedent(body)
     return SyncEngine(StoreConnections(parse_config(text, "keys.yaml", environ=os.environ)))
 
 
@@ -91,16 +86,10 @@ def test_env_and_target_names_table_storage_refuses_as_keys_sync_and_resync_unch
     source = SecretClient(seeded.vault_url("kv-source"), seeded.admin_credential())
     secret = f"keys-{tag}"
     source.set_secret(secret, "keys-value-1")
-    envs = "".join(f"""
-          {json.dumps(name)}:
-            VALUE: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-            MODE: mode-{i}""" for i, name in enumerate(NAMES))
-    targets = "".join(f"""
-          {json.dumps('blob/' + name)}: {{type: blob, env: {json.dumps(name)}, store: azure, account: sandboxdata, container: keys{tag}, blob: e{i}.env}}"""
-                      for i, name in enumerate(NAMES))
-    targets += f"""
-          "vault #1": {{type: keyvault, env: "prod/eu", store: azure, vault: kv-target, prefix: k{tag}-}}"""
-    body = f"\nenvs:{envs}\ntargets:{targets}\n"
+    envs = {name: {"VALUE": secret_ref(secret), "MODE": f"mode-{i}"} for i, name in enumerate(NAMES)}
+    targets = {f"blob/{name}": blob_target(name, f"e{i}.env", container=f"keys{tag}") for i, name in enumerate(NAMES)}
+    targets["vault #1"] = keyvault_target("prod/eu", prefix=f"k{tag}-")
+    body = body_yaml(envs=envs, targets=targets)
 
     first = engine_for(tag, body).sync()
     assert first.ok, first
@@ -126,13 +115,13 @@ def test_env_and_target_names_table_storage_refuses_as_keys_sync_and_resync_unch
 
 def test_an_env_of_2000_variables_syncs_and_resyncs_unchanged(seeded: SandboxClient) -> None:
     tag = uuid.uuid4().hex[:8]
-    variables = "".join(f"\n    SETTING_NUMBER_{i:05d}_OF_A_LARGE_ENV: value-{i}" for i in range(2000))
-    body = f"""
-envs:
-  big:{variables}
-targets:
-  blob: {{type: blob, env: big, store: azure, account: sandboxdata, container: keys{tag}, blob: big.json, format: json}}
-"""
+    variables = {f"SETTING_NUMBER_{i:05d}_OF_A_LARGE_ENV": f"value-{i}" for i in range(2000)}
+
+    def big(variables: dict[str, str]) -> str:
+        return body_yaml(envs={"big": variables},
+                         targets={"blob": blob_target("big", "big.json", container=f"keys{tag}", format="json")})
+
+    body = big(variables)
     first = engine_for(tag, body).sync()
     assert first.ok and first.targets[0].outcome == "pushed" and len(first.targets[0].adds) == 2000, first.targets[0].error
     [row] = stored_entities(seeded, f"k{tag}pushes")
@@ -146,5 +135,5 @@ targets:
     assert engine.state.writes == writes
     assert engine.status()[0]["variables"] == 2000
 
-    changed = engine_for(tag, body.replace("value-1999", "value-changed")).sync()
+    changed = engine_for(tag, big({**variables, "SETTING_NUMBER_01999_OF_A_LARGE_ENV": "value-changed"})).sync()
     assert changed.ok and changed.targets[0].updates == ["SETTING_NUMBER_01999_OF_A_LARGE_ENV"]

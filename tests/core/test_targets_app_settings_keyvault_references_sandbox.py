@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.mgmt.web import WebSiteManagementClient
@@ -18,6 +19,7 @@ from azure.mgmt.web.models import ManagedServiceIdentity, SitePatchResource, Str
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
+from tests.configs import app_settings_target, body_yaml, secret_ref
 from tests.world import World, write_config
 
 
@@ -57,21 +59,11 @@ class Site:
                    if key.rpartition(":")[0] == "arm:UpdateAppSettings" and key.rpartition(":")[2].startswith("2"))
 
 
-def body(world: World, site: Site, secret: str) -> str:
-    return f"""
-        envs:
-          app:
-            DB_PASSWORD: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-        targets:
-          web:
-            type: app_settings
-            env: app
-            store: azure
-            site: {site.name}
-            values: keyvault_reference
-            vault: kv-target
-            prefix: vr-TAG-
-    """
+def body(world: World, site: Site, secret: str, **target: Any) -> str:
+    return body_yaml(envs={"app": {"DB_PASSWORD": secret_ref(secret)}}, targets={
+        "web": app_settings_target("app", site=site.name, values="keyvault_reference", vault="kv-target", prefix="vr-TAG-",
+                                   **target),
+    })
 
 
 def test_pinned_references_resolve_for_the_site_identity_and_follow_each_new_value(world: World, tmp_path: Path) -> None:
@@ -132,8 +124,7 @@ def test_a_reference_changed_by_hand_is_drift_and_repair_puts_the_pinned_one_bac
     [report] = json.loads(out)["targets"]
     assert report["drift"] == ["DB_PASSWORD"] and report["writes"] == 0
     assert site.settings()["DB_PASSWORD"] == "typed-by-hand"
-    repair = write_config(world, body(world, site, secret).replace("prefix: vr-TAG-", "prefix: vr-TAG-\n            drift_policy: repair"),
-                          tmp_path)
+    repair = write_config(world, body(world, site, secret, drift_policy="repair"), tmp_path)
     code, out, err = cli(repair, "sync", "-o", "json")
     assert code == EXIT_OK, out + err
     assert site.settings()["DB_PASSWORD"] == pinned  # the version already holds the value: no new version

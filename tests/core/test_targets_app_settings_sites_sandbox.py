@@ -25,6 +25,7 @@ from core.push import SyncEngine
 from core.targets.app_settings import AppSettingsTargetWriter
 from core.targets.registry import TargetRegistry
 from sandbox.client import SandboxClient
+from tests.configs import app_settings_target, body_yaml, secret_ref
 from tests.world import World, run_cli, write_config
 
 
@@ -74,15 +75,11 @@ def cli(config: Path, *args: str) -> tuple[int, str, str]:
 
 def envs_body(world: World, site: Site, envs: dict[str, str | None], *, slot_setting: bool = False) -> str:
     """One env per entry (`name -> slot`), each with one Key Vault secret pushed to `site` (slot)."""
-    lines = ["envs:"]
-    for env in envs:
-        lines.append(f"  {env}:")
-        lines.append(f"    {env.upper()}_{world.tag}: {{from: {{store: azure, vault: kv-source, secret: {env}-{world.tag}}}}}")
-    lines.append("targets:")
+    targets = {}
     for env, slot in envs.items():
-        extra = (f", slot: {slot}" if slot else "") + (", slot_setting: true" if slot_setting else "")
-        lines.append(f"  to-{env}: {{type: app_settings, env: {env}, store: azure, site: {site.name}{extra}}}")
-    return "\n".join(lines) + "\n"
+        extra = {**({"slot": slot} if slot else {}), **({"slot_setting": True} if slot_setting else {})}
+        targets[f"to-{env}"] = app_settings_target(env, site=site.name, **extra)
+    return body_yaml(envs={env: {f"{env.upper()}_{world.tag}": secret_ref(f"{env}-{world.tag}")} for env in envs}, targets=targets)
 
 
 def test_two_concurrent_syncs_of_two_envs_on_one_site_keep_each_others_settings(world: World, tmp_path: Path, sandbox_process: Any) -> None:

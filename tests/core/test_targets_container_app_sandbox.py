@@ -18,6 +18,7 @@ from azure.mgmt.appcontainers import ContainerAppsAPIClient
 
 from core.cli import EXIT_OK, main
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, container_app_target, secret_ref
 from tests.world import World, write_config
 
 
@@ -57,17 +58,9 @@ class App:
                    if key.rpartition(":")[0] == "arm:PatchContainerApp" and key.rpartition(":")[2].startswith("2"))
 
 
-def body(world: World, app: App, extra: str = "", variables: tuple[str, ...] = ("DB_PASSWORD", "API_KEY")) -> str:
-    lines = [f"            {v}: {{from: {{store: azure, vault: kv-source, secret: {v.lower().replace('_', '-')}-TAG}}}}" for v in variables]
-    return "\n        envs:\n          app:\n" + "\n".join(lines) + f"""
-        targets:
-          capp:
-            type: container_app
-            env: app
-            store: azure
-            app: {app.name}
-            {extra}
-    """
+def body(world: World, app: App, variables: tuple[str, ...] = ("DB_PASSWORD", "API_KEY"), **target: Any) -> str:
+    env = {v: secret_ref(f"{v.lower().replace('_', '-')}-TAG") for v in variables}
+    return body_yaml(envs={"app": env}, targets={"capp": container_app_target("app", app.name, **target)})
 
 
 def test_variables_become_app_secrets_others_kept_no_revision_and_unchanged_writes_nothing(world: World, tmp_path: Path) -> None:
@@ -110,7 +103,7 @@ def test_a_secret_changed_by_hand_is_drift_reported_then_repaired(world: World, 
     assert report["drift"] == ["DB_PASSWORD"] and report["writes"] == 0 and app.secrets()["db-password"] == "typed-by-hand"
     code, out, _ = cli(config, "status", "-o", "json")
     assert "DB_PASSWORD" in out
-    repair = write_config(world, body(world, app, "drift_policy: repair"), tmp_path)
+    repair = write_config(world, body(world, app, drift_policy="repair"), tmp_path)
     code, out, err = cli(repair, "sync", "-o", "json")
     assert code == EXIT_OK, out + err
     assert json.loads(out)["targets"][0]["repaired"] == ["DB_PASSWORD"]
@@ -127,11 +120,11 @@ def test_someone_elses_secret_is_refused_and_deletion_policy_removes_only_ours(w
     assert "api-key" in json.loads(out)["targets"][0]["error"] and "not managed by vaultrelay" in json.loads(out)["targets"][0]["error"]
     assert app.secrets() == {"theirs": "kept", "api-key": "not-ours"}
 
-    only_db = write_config(world, body(world, app, "deletion_policy: delete", variables=("DB_PASSWORD",)), tmp_path)
+    only_db = write_config(world, body(world, app, ("DB_PASSWORD",), deletion_policy="delete"), tmp_path)
     assert cli(only_db, "sync")[0] == EXIT_OK
     assert app.secrets() == {"theirs": "kept", "api-key": "not-ours", "db-password": "db-1"}
     world.secret("other", "o-1")
-    none_left = write_config(world, body(world, app, "deletion_policy: delete", variables=("OTHER",)), tmp_path)
+    none_left = write_config(world, body(world, app, ("OTHER",), deletion_policy="delete"), tmp_path)
     code, out, err = cli(none_left, "sync", "-o", "json")
     assert code == EXIT_OK, out + err
     assert app.secrets() == {"theirs": "kept", "api-key": "not-ours", "other": "o-1"}
@@ -142,8 +135,8 @@ def test_key_vault_references_pinned_to_versions_resolve_with_the_app_identity(w
     updated = app.client.container_apps.begin_update(app.group, app.name, {"identity": {"type": "SystemAssigned"}}).result()
     world.sandbox.grant_principal(str(updated.identity.principal_id), "Key Vault Secrets User", world.sandbox.resource_id("vault", "kv-target"))
     world.secret("db-password", "db-1")
-    config = write_config(world, body(world, app, "values: keyvault_reference\n            vault: kv-target\n            prefix: ca-TAG-",
-                                        variables=("DB_PASSWORD",)), tmp_path)
+    config = write_config(world, body(world, app, ("DB_PASSWORD",), values="keyvault_reference", vault="kv-target", prefix="ca-TAG-"),
+                          tmp_path)
     code, out, err = cli(config, "sync", "-o", "json")
     assert code == EXIT_OK, out + err
     first = world.target.get_secret(f"ca-{world.tag}-db-password")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from azure.keyvault.certificates import CertificateClient
@@ -13,6 +14,7 @@ from azure.keyvault.certificates import CertificateClient
 from core.targets.base import DesiredItem
 from core.targets.keyvault import _period_expiry
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, secret_ref
 from tests.world import World
 
 
@@ -26,43 +28,30 @@ def policed(seeded: SandboxClient) -> Iterator[SandboxClient]:
         seeded.clear_keyvault_policy("kv-target")
 
 
-def env_body(world: World, target_extra: str) -> str:
+def env_body(world: World, **target_extra: Any) -> str:
     secret = world.secret("api", "the-api-key-value")
-    return f"""
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-            API_URL: {{template: "https://api.example/?key={{{{ API_KEY | urlencode }}}}"}}
-        targets:
-          vault:
-            type: keyvault
-            env: app
-            store: azure
-            vault: kv-target
-            prefix: vr-TAG-
-            {target_extra}
-    """
+    return body_yaml(envs={"app": {
+        "API_KEY": secret_ref(secret),
+        "API_URL": {"template": "https://api.example/?key={{ API_KEY | urlencode }}"},
+    }}, targets={"vault": keyvault_target("app", prefix="vr-TAG-", **target_extra)})
 
 
 def test_writes_without_the_keys_are_refused_and_reported_clearly(policed: SandboxClient) -> None:
     world = World(policed)
-    report = world.engine(env_body(world, "")).sync()
+    report = world.engine(env_body(world)).sync()
     assert not report.ok
     [target] = report.targets
     assert target.outcome == "error" and target.error is not None
     assert f"target vault (env app): setting vr-{world.tag}-api-key (variable API_KEY) in vault kv-target was refused by Azure Policy" in target.error
     assert "secrets-need-expiry-and-tags" in target.error and "the-api-key-value" not in target.error
-    assert world.engine(env_body(world, "")).status()  # the error is on record
-    record = world.engine(env_body(world, "")).state.get("pushes", "app", "vault")
+    assert world.engine(env_body(world)).status()  # the error is on record
+    record = world.engine(env_body(world)).state.get("pushes", "app", "vault")
     assert record is not None and "refused by Azure Policy" in str(record.fields.get("error"))
 
 
 def test_writes_with_content_type_tags_and_expiry_pass_the_policy(policed: SandboxClient) -> None:
     world = World(policed)
-    extra = """content_type: text/plain
-            tags: {cost-center: "4711", owner: platform}
-            expires: 30d"""
-    body = env_body(world, extra)
+    body = env_body(world, content_type="text/plain", tags={"cost-center": "4711", "owner": "platform"}, expires="30d")
     first = world.engine(body).sync()
     assert first.ok, [t.error for t in first.targets]
     assert first.target_writes == 2
@@ -86,10 +75,8 @@ def test_writes_with_content_type_tags_and_expiry_pass_the_policy(policed: Sandb
 
 def test_expires_follow_refuses_values_without_expiry_and_follows_the_source(policed: SandboxClient) -> None:
     world = World(policed)
-    extra = """tags: {cost-center: "1", owner: o}
-            content_type: text/plain
-            expires: follow"""
-    refused = world.engine(env_body(world, extra)).sync()
+    refused = world.engine(env_body(world, tags={"cost-center": "1", "owner": "o"}, content_type="text/plain",
+                                    expires="follow")).sync()
     [target] = refused.targets
     assert target.outcome == "error" and "expires: follow, but API_KEY, API_URL have no expiry of their own" in (target.error or "")
 
@@ -97,14 +84,10 @@ def test_expires_follow_refuses_values_without_expiry_and_follows_the_source(pol
     exp = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
     secret = f"api-{world2.tag}"
     world2.source.set_secret(secret, "expiring-value", expires_on=exp)
-    body = f"""
-        envs:
-          app:
-            API_KEY: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-, expires: follow,
-                   content_type: text/plain, tags: {{cost-center: "1", owner: o}}}}
-    """
+    body = body_yaml(envs={"app": {"API_KEY": secret_ref(secret)}}, targets={
+        "vault": keyvault_target("app", prefix="vr-TAG-", expires="follow", content_type="text/plain",
+                                 tags={"cost-center": "1", "owner": "o"}),
+    })
     report = world2.engine(body).sync()
     assert report.ok, [t.error for t in report.targets]
     assert world2.target.get_secret(f"vr-{world2.tag}-api-key").properties.expires_on == exp
@@ -115,7 +98,7 @@ def test_reserved_tags_cannot_be_overridden(seeded: SandboxClient) -> None:
 
     world = World(seeded)
     with pytest.raises(ConfigError) as caught:
-        world.config(env_body(world, "tags: {managed-by: me, vaultrelay-target: x}"))
+        world.config(env_body(world, tags={"managed-by": "me", "vaultrelay-target": "x"}))
     assert any("managed-by, vaultrelay-target is vaultrelay's own" in p.message for p in caught.value.problems)
 
 
@@ -132,15 +115,13 @@ def test_period_expiry_is_stable_within_a_period_and_leaves_a_third() -> None:
 def test_certificate_pushed_as_a_certificate(seeded: SandboxClient) -> None:
     world = World(seeded)
     prefix = f"vr-{world.tag}-"
-    body = """
-        envs:
-          app:
-            TLS_CERT: {from: {store: azure, vault: kv-source, secret: app-certificate, type: certificate}}
-            TLS_PFX: {from: {store: azure, vault: kv-source, secret: app-certificate, type: certificate, format: pfx}}
-            PLAIN: plain-value
-        targets:
-          vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-, certificates: certificate}
-    """
+    body = body_yaml(envs={
+        "app": {
+            "TLS_CERT": secret_ref("app-certificate", type="certificate"),
+            "TLS_PFX": secret_ref("app-certificate", type="certificate", format="pfx"),
+            "PLAIN": "plain-value",
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-", certificates="certificate")})
     seeded.grant("system", "Key Vault Certificates Officer", seeded.resource_id("vault", "kv-target"))
     first = world.engine(body).sync()
     assert first.ok, [t.error for t in first.targets]

@@ -12,7 +12,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from core.targets import keyvault as keyvault_target
 from sandbox.client import SandboxClient
-from tests.core.test_push_sandbox import per_variable
+from tests.core.test_push_sandbox import per_variable, per_variable_body
 from tests.world import World
 
 
@@ -63,9 +63,9 @@ def test_vaultrelays_own_deleted_secret_is_recovered_after_the_transitional_stat
     """deletion_policy: delete removes a variable; it comes back while Key Vault still deletes it
     (409 ObjectIsBeingDeleted), then is recovered (409 ObjectIsBeingRecovered while that runs) and
     written as a new version: waited out, not failed."""
-    body = per_variable(world, extra_target="deletion_policy: delete")
+    body = per_variable(world, target={"deletion_policy": "delete"})
     assert world.engine(body).sync().ok
-    without_beta = "\n".join(line for line in body.splitlines() if "BETA:" not in line)
+    without_beta = per_variable_body(world, target={"deletion_policy": "delete"}, without=("BETA",))
     world.sandbox.set_keyvault_transitions(delete_seconds=1.5, recover_seconds=1.5)
     assert world.engine(without_beta).sync().targets[0].removals == ["BETA"]
     world.sandbox.reset_counters()
@@ -81,9 +81,9 @@ def test_vaultrelays_own_deleted_secret_is_recovered_after_the_transitional_stat
 
 
 def test_waiting_for_a_transitional_state_is_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    body = per_variable(world, extra_target="deletion_policy: delete")
+    body = per_variable(world, target={"deletion_policy": "delete"})
     assert world.engine(body).sync().ok
-    without_beta = "\n".join(line for line in body.splitlines() if "BETA:" not in line)
+    without_beta = per_variable_body(world, target={"deletion_policy": "delete"}, without=("BETA",))
     world.sandbox.set_keyvault_transitions(delete_seconds=60)
     world.engine(without_beta).sync()
     monkeypatch.setattr(keyvault_target, "TRANSITION_WAIT_S", 1.0)

@@ -24,6 +24,7 @@ from core.targets.webhook import MAX_ANSWER_BYTES, WebhookTargetWriter
 from core.values import SecretValue
 from sandbox.client import SandboxClient
 from sandbox.receiver import serve_https
+from tests.configs import body_yaml, secret_ref, webhook_target
 from tests.world import World
 
 SLOW_S = 8.0  # how long the slow behaviours take in all; every timeout below is 1 s
@@ -157,13 +158,8 @@ def test_headers_beyond_64_kib_are_refused_without_reading_them(receiver: Misbeh
 
 def test_a_late_receiver_is_not_recorded_as_pushed_and_the_next_run_pushes(world: World, receiver: Misbehaving) -> None:
     name = world.secret("hooked", "h-1")
-    body = f"""
-        envs:
-          app:
-            HOOKED: {{from: {{store: azure, vault: kv-source, secret: {name}}}}}
-        targets:
-          hook: {{type: webhook, env: app, url: "{receiver.base}/late", signing_key: signing-key-0123456789, retries: 1, timeout: 1}}
-    """
+    body = body_yaml(envs={"app": {"HOOKED": secret_ref(name)}},
+                     targets={"hook": webhook_target("app", f"{receiver.base}/late", retries=1, timeout=1)})
     (late,) = world.engine(body).sync().targets
     assert late.outcome == "error" and late.writes == 0 and "did not answer within 1 s" in (late.error or "")
     assert receiver.requests == 2  # the retry, also cut at its deadline

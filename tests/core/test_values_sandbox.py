@@ -8,24 +8,23 @@ import json
 
 from core.connections import StoreConnections
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, keyvault_target, secret_ref
 from tests.world import World
 
 
 def shaped_env(world: World, doc: str, password: str) -> str:
-    return f"""
-        envs:
-          app:
-            DB_PASSWORD: {{from: {{store: azure, vault: kv-source, secret: {password}}}}}
-            DB_USER: {{from: {{store: azure, vault: kv-source, secret: {doc}, property: db.user}}}}
-            DB_PORT: {{from: {{store: azure, vault: kv-source, secret: {doc}, property: db.port}}}}
-            DB_HOST: db.internal
-            DATABASE_URL:
-              template: "postgresql://{{{{ DB_USER }}}}:{{{{ DB_PASSWORD | urlencode }}}}@{{{{ DB_HOST }}}}:{{{{ DB_PORT }}}}/app"
-            BASIC_AUTH:
-              template: "Basic {{{{ (DB_USER ~ ':' ~ DB_PASSWORD) | b64encode }}}}"
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """
+    return body_yaml(envs={
+        "app": {
+            "DB_PASSWORD": secret_ref(password),
+            "DB_USER": secret_ref(doc, property="db.user"),
+            "DB_PORT": secret_ref(doc, property="db.port"),
+            "DB_HOST": "db.internal",
+            "DATABASE_URL": {
+                "template": "postgresql://{{ DB_USER }}:{{ DB_PASSWORD | urlencode }}@{{ DB_HOST }}:{{ DB_PORT }}/app",
+            },
+            "BASIC_AUTH": {"template": "Basic {{ (DB_USER ~ ':' ~ DB_PASSWORD) | b64encode }}"},
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
 
 
 def test_composed_values_resolve_from_sources_fetched_once(seeded: SandboxClient) -> None:
@@ -70,13 +69,13 @@ def test_transform_failures_name_the_key_never_the_document(seeded: SandboxClien
     world = World(seeded)
     doc = world.secret("doc", json.dumps({"db": {"user": "s3cret-user-value"}}))
     packed = world.secret("packed", base64.b64encode(json.dumps({"token": "tok-123"}).encode()).decode())
-    broker = StoreConnections(world.config(f"""
-        envs:
-          app:
-            MISSING: {{from: {{store: azure, vault: kv-source, secret: {doc}, property: db.password}}}}
-            TOKEN: {{from: {{store: azure, vault: kv-source, secret: {packed}, decode: base64, property: token, encode: base64}}}}
-            NOT_B64: {{from: {{store: azure, vault: kv-source, secret: {doc}, decode: base64}}}}
-    """))
+    broker = StoreConnections(world.config(body_yaml(envs={
+        "app": {
+            "MISSING": secret_ref(doc, property="db.password"),
+            "TOKEN": secret_ref(packed, decode="base64", property="token", encode="base64"),
+            "NOT_B64": secret_ref(doc, decode="base64"),
+        },
+    })))
     bundle = broker.resolve("app")
     assert bundle.as_plain_dict() == {"TOKEN": base64.b64encode(b"tok-123").decode()}
     missing = bundle.failures["MISSING"]

@@ -6,6 +6,7 @@ test moves it, so "not before Retry-After" is checked against the pacer's own no
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,3 +201,27 @@ def test_an_unthrottled_vault_has_no_limit(clock: FakeClock, callers: Callable[[
     waiting = callers(pacer)
     waiting.start(100)
     assert waiting.settle(100) == 100
+
+
+def test_inside_waits_at_most_a_longer_closure_is_refused_not_waited(clock: FakeClock, callers: Callable[[VaultPacer], Callers]) -> None:
+    from core.azure.retry import WaitRefused, waits_at_most
+
+    pacer = VaultPacer(clock=clock)
+    _hold(pacer, 1)
+    pacer.release(429, 30.0)  # closed until 130
+    with waits_at_most(5.0) as limit, pytest.raises(WaitRefused) as refused:
+        pacer.acquire()
+    assert refused.value.status_code == 429 and limit.refused_s == pytest.approx(30.0)
+    # A limit longer than the closure: waited for, as without one.
+    longer = waits_at_most(60.0)
+    limit = longer.__enter__()
+    try:
+        context = contextvars.copy_context()  # the caller's limit, in the thread that acquires
+    finally:
+        longer.__exit__(None, None, None)
+    done = threading.Event()
+    threading.Thread(target=lambda: (context.run(pacer.acquire), done.set()), daemon=True).start()
+    assert not done.wait(0.1)
+    clock.now = 130.0
+    pacer.release(None, None)
+    assert done.wait(2.0) and limit.refused_s == 0.0

@@ -21,6 +21,7 @@ from core.app.http_api import HttpApi
 from core.rotation.account_keys import KeyRotation
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
+from tests.configs import body_yaml, ref
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
 from tests.world import World, fresh_account
 
@@ -109,11 +110,11 @@ def test_a_key_this_process_regenerates_is_not_served_from_the_kept_listing(
     with serving(api_for(config)):
         before = body_json(get_env(functions, "stor", token))["KEY2"]
         assert before == keys_of(seeded, account)["key2"]
-        body = f"""
-            envs:
-              app:
-                ACTIVE: {{from: {{store: azure, resource_type: storage, account: {account}, key: active, rotate: {{every: 30d}}}}}}
-        """
+        body = body_yaml(envs={
+            "app": {
+                "ACTIVE": ref(resource_type="storage", account=account, key="active", rotate={"every": "30d"}),
+            },
+        })
         (report,) = KeyRotation(world.engine(body)).rotate(f"storage:{account}", force=True)  # key1 active: key2 is regenerated
         assert (report.outcome, report.new_active) == ("rotated", "key2"), report
         seeded.reset_counters()

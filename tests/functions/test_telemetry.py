@@ -32,6 +32,7 @@ from core.rotation.account_keys import KeyRotation
 from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient, SandboxProcess
+from tests.configs import body_yaml, keyvault_target, ref, secret_ref
 from tests.core.test_rotation_account_keys_sandbox import cosmos_body, fresh_cosmos_account
 from tests.functions.apihelpers import AUDIENCE, ROOT, body_json, request, serving, write_config
 from tests.world import World
@@ -245,13 +246,8 @@ def test_log_records_of_a_push_carry_the_env_and_the_target(seeded: SandboxClien
     of the target carry env and target, those of resolving the env only the env."""
     world = World(seeded)
     secret = world.secret("logged", "logged-value-1")
-    engine = world.engine(f"""
-        envs:
-          logged:
-            LOGGED: {{from: {{store: azure, vault: kv-source, secret: {secret}}}}}
-        targets:
-          logged-vault: {{type: keyvault, env: logged, store: azure, vault: kv-target, prefix: vr-TAG-}}
-    """)
+    engine = world.engine(body_yaml(envs={"logged": {"LOGGED": secret_ref(secret)}},
+                                    targets={"logged-vault": keyvault_target("logged", prefix="vr-TAG-")}))
     from core.logs import set_sdk_log_level
 
     sdk_levels = set_sdk_log_level(logging.INFO)  # as with VAULTRELAY_SDK_LOG_LEVEL=INFO (the app's default is WARNING)
@@ -295,14 +291,12 @@ def test_a_forced_rotation_through_the_engine_is_counted_once(seeded: SandboxCli
 def test_sas_mints_are_counted_as_rotations_of_kind_sas(seeded: SandboxClient, reader: InMemoryMetricReader) -> None:
     world = World(seeded)
     # A container of its own: the minted token's state-vault secret is this test's alone.
-    engine = world.engine("""
-        envs:
-          app:
-            READ_SAS: {from: {store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas,
-                              container: cTAG, permissions: rl, expiry: 1h}}
-        targets:
-          vault: {type: keyvault, env: app, store: azure, vault: kv-target, prefix: vr-TAG-}
-    """)
+    engine = world.engine(body_yaml(envs={
+        "app": {
+            "READ_SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", container="cTAG",
+                            permissions="rl", expiry="1h"),
+        },
+    }, targets={"vault": keyvault_target("app", prefix="vr-TAG-")}))
     assert engine.sync().minted == ["app/READ_SAS"]
     assert rotations(reader) == {("sas", "issued"): 1}
     assert engine.sync().minted == []  # served from the state vault: nothing minted, nothing counted

@@ -243,3 +243,31 @@ def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[
     raw_queue.delete_message(message)
     deliver(functions, str(message.content))
     assert target.get_secret(f"wq-{tag}-q-beta-SECRET").value == f"throttled-value-{tag}"
+
+
+def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: HttpApi, clean_faults: SandboxClient,
+                                                                          raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
+    """Key Vault asks for 120 s: the item does not hold its worker that long (the 429 is not
+    retried, the vault's other requests are not sent) but is re-enqueued, invisible at least as
+    long as Retry-After asked."""
+    from core.app.work import WAIT_MAX_S, new_item
+
+    drain(raw_queue)
+    source.set_secret(f"wq-{tag}-q-gamma", f"later-value-{tag}")
+    item = new_item(["q-gamma"], "secret_changed", "event:test", forget=[{"vault": "kv-source", "secret": f"wq-{tag}-q-gamma"}])
+    fresh = HttpApi(environ=api.environ)  # its own clients: the vault stays closed for this one only
+    clean_faults.set_faults([{"service": "keyvault", "target": "kv-source", "error_rate": 1.0, "error_status": 429, "retry_after_s": 120}])
+    clean_faults.reset_counters()
+    try:
+        result = fresh.work_item(item.to_text(), 1)
+    finally:
+        clean_faults.clear_faults()
+        fresh.close()
+    assert 120 > WAIT_MAX_S
+    assert result["outcome"] == "requeued" and result["requeued"] == ["q-gamma"] and result["delay_s"] >= 120
+    # The one 429 was not retried, and no other request went to the vault while it is closed.
+    counters = clean_faults.counters()
+    assert counters["by_status"].get("429") == 1 and counters["by_target"].get("keyvault:kv-source") == 1
+    assert list(raw_queue.receive_messages(max_messages=32, visibility_timeout=1)) == []  # invisible for now
+    assert raw_queue.get_queue_properties().approximate_message_count == 1
+    raw_queue.clear_messages()  # the re-enqueued item would otherwise come back in two minutes

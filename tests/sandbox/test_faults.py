@@ -244,3 +244,12 @@ def test_faults_scoped_to_one_vault_leave_another_alone(clean_faults: SandboxCli
     counters = clean_faults.counters()
     assert counters["by_target"] == {f"keyvault:{other_vault.name}": 4, f"keyvault:{vault.name}": 1}
     assert counters["by_endpoint_status"] == {f"{KV_GET}:200": 3, "keyvault:SetSecret:503": 1, f"{KV_GET}:503": 1}
+
+
+def test_an_injected_429_carries_the_rules_retry_after(clean_faults: SandboxClient, vault: Vault) -> None:
+    client = _client(clean_faults, vault, retry_total=0)
+    clean_faults.set_faults([{"service": "keyvault", "target": vault.name, "error_rate": 1.0, "error_status": 429, "retry_after_s": 42}])
+    with pytest.raises(HttpResponseError) as info:
+        client.get_secret(vault.secret)
+    assert info.value.status_code == 429 and _retry_after(info.value) == "42"
+    assert info.value.error is not None and info.value.error.code == "Throttled"

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sandbox.runtime import ARM_RETRY_AFTER_S
 from sandbox.server import Sandbox
 
 COMMANDS = ("run", "seed", "grant", "identities")
@@ -41,13 +42,27 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", default="vaultrelay", help="seed of the tenant, subscription and identity ids")
     parser.add_argument("--no-azurite", action="store_true", help="do not start Azurite (storage endpoints then fail)")
     parser.add_argument("--quiet", action="store_true", help="print no summary")
+    parser.add_argument("--arm-retry-after", type=_seconds, default=ARM_RETRY_AFTER_S, metavar="SECONDS",
+                        help="ARM's Retry-After on a long-running operation still running "
+                             f"(default {ARM_RETRY_AFTER_S}, the resource provider contract's minimum; tests use 0)")
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"must be 0-600 seconds: {value}")
+    return value
 
 
 async def _run(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vaultrelay-sandbox-"))
     cleanup = args.workdir is None
-    sandbox = Sandbox(workdir, domain=args.domain, seed=args.seed, with_azurite=not args.no_azurite)
+    sandbox = Sandbox(workdir, domain=args.domain, seed=args.seed, with_azurite=not args.no_azurite,
+                      arm_retry_after_s=args.arm_retry_after)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

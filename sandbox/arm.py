@@ -73,7 +73,7 @@ from sandbox import references as refs
 from sandbox.arm_apps import AppsMixin
 from sandbox.arm_limits import StorageProviderLimits
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
-from sandbox.runtime import Runtime
+from sandbox.runtime import ARM_RETRY_AFTER_S, Runtime
 from sandbox.world import (
     CONTAINER_APP_TYPE,
     COSMOS_TYPE,
@@ -426,6 +426,10 @@ class ArmService(AppsMixin, Service):
         asyncio.get_running_loop().call_later(OPERATION_DEADLINE_S if hold_s is None else max(hold_s, 0.0), operation.complete)
         return operation
 
+    def _retry_after(self) -> str:
+        """The `Retry-After` of an operation still running (seconds, sandbox setting)."""
+        return str(self.runtime.arm_retry_after_s)
+
     def _forget_old_operations(self) -> None:
         cutoff = time.time() - 600
         for op_id in [k for k, op in self.operations.items() if op.ended is not None and op.ended < cutoff]:
@@ -450,9 +454,9 @@ class ArmService(AppsMixin, Service):
                 body["endTime"] = _iso(operation.ended)
             if operation.failed:
                 body["error"] = {"code": "InternalServerError", "message": "The operation failed."}
-            return json_response(body)
+            return json_response(body, headers=None if done else {"Retry-After": self._retry_after()})
         if not done:
-            return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": "0"})
+            return web.Response(status=202, headers={"Location": str(request.url), "Retry-After": self._retry_after()})
         if operation.failed:
             raise AzureError(500, "InternalServerError", "The operation failed.")
         if operation.result is not None:
@@ -629,12 +633,12 @@ class ArmService(AppsMixin, Service):
                 ctx, "Microsoft.Storage", resource.location, api_version, finish=succeeded,
                 result=lambda: self._view(resource), result_kind="asyncoperations",
             )
-            return web.Response(status=202, headers={"Location": operation.result_url, "Retry-After": "0"})
+            return web.Response(status=202, headers={"Location": operation.result_url, "Retry-After": self._retry_after()})
         if kind == "cosmos":
             cosmos_keys(resource)
             resource.data["provisioning_state"] = "Creating"
             operation = self._start_operation(ctx, "Microsoft.DocumentDB", resource.location, api_version, finish=succeeded)
-            return json_response(self._view(resource), headers={"Azure-AsyncOperation": operation.status_url})
+            return json_response(self._view(resource), headers={"Azure-AsyncOperation": operation.status_url, "Retry-After": self._retry_after()})
         return json_response(self._view(resource), status=201 if kind == "vault" else 200)
 
     # ---- storage ----------------------------------------------------------------------------
@@ -738,7 +742,7 @@ class ArmService(AppsMixin, Service):
                                           hold_s=self.cosmos_regenerate_s, resource=resource.id, kind=f"regenerateKey:{key_kind}")
         resource.data["pending_operation"] = operation.id
         return json_response({"status": "Dequeued"}, status=202, headers={
-            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
+            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": self._retry_after(),
         })
 
     # ---- SQL servers ------------------------------------------------------------------------
@@ -818,7 +822,7 @@ class ArmService(AppsMixin, Service):
                                           result=lambda: self._view(resource))
         resource.data["pending_operation"] = operation.id
         return web.Response(status=202, headers={
-            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0",
+            "Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": self._retry_after(),
         })
 
     def control_routes(self, app: web.Application) -> None:
@@ -862,6 +866,15 @@ class ArmService(AppsMixin, Service):
             self.cosmos_regenerate_s = None if value is None else float(value)
             return json_response({"in_progress_s": self.cosmos_regenerate_s})
 
+        async def retry_after(request: web.Request) -> web.Response:
+            # The Retry-After of operations still running (seconds; null: the default).
+            body = await read_json(request)
+            value = body.get("seconds") if isinstance(body, dict) else None
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 600):
+                return json_response({"error": "seconds must be a whole number of seconds 0-600, or null"}, status=400)
+            self.runtime.arm_retry_after_s = ARM_RETRY_AFTER_S if value is None else value
+            return json_response({"seconds": self.runtime.arm_retry_after_s})
+
         async def list_operations(request: web.Request) -> web.Response:
             return json_response({"value": [self._operation_view(op) for op in self.operations.values()]})
 
@@ -889,6 +902,7 @@ class ArmService(AppsMixin, Service):
 
         app.router.add_put("/arm/cosmos/regenerate", cosmos_regenerate)
         app.router.add_get("/arm/operations", list_operations)
+        app.router.add_put("/arm/operations/retry-after", retry_after)
         app.router.add_post("/arm/operations/finish", finish_operations)
         app.router.add_get("/arm/sites/{site}/restarts", site_restarts)
         self.apps_control_routes(app)

@@ -392,7 +392,7 @@ class AppsMixin:
 
         operation = self._start_operation(ctx, "Microsoft.App", app.location, request.query["api-version"], finish=succeeded,
                                           resource=app.id, kind="createContainerApp")
-        return json_response(self._container_app_view(app), status=201, headers={"Azure-AsyncOperation": operation.status_url, "Retry-After": "0"})
+        return json_response(self._container_app_view(app), status=201, headers={"Azure-AsyncOperation": operation.status_url, "Retry-After": self._retry_after()})
 
     async def container_app_patch(self: ArmService, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
         """Container Apps - Update: 202 + Location; the change is applied when the operation completes."""
@@ -414,7 +414,7 @@ class AppsMixin:
         operation = self._start_operation(ctx, "Microsoft.App", app.location, request.query["api-version"], finish=apply,
                                           result=lambda: self._container_app_view(app), resource=app.id, kind="updateContainerApp")
         # The spec's example answers 202 with Azure-AsyncOperation; the generated SDK reads Location: both.
-        return web.Response(status=202, headers={"Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": "0"})
+        return web.Response(status=202, headers={"Azure-AsyncOperation": operation.status_url, "Location": operation.result_url, "Retry-After": self._retry_after()})
 
     async def container_app_list_secrets(self: ArmService, request: web.Request, ctx: CallContext, sub: str, rg: str, name: str) -> web.Response:
         self._check(request, sub)

@@ -211,6 +211,11 @@ class SandboxClient:
         back to the default, done on the second poll), however often they are polled."""
         self.call("PUT", "/arm/cosmos/regenerate", {"in_progress_s": seconds})
 
+    def set_arm_retry_after(self, seconds: int | None) -> int:
+        """ARM's Retry-After on long-running operations still running, from now on (None: the
+        default, the resource provider contract's 10 s)."""
+        return int(self.call("PUT", "/arm/operations/retry-after", {"seconds": seconds})["seconds"])
+
     def arm_operations(self) -> list[dict[str, Any]]:
         """ARM's long-running operations: id, resource, kind, status (InProgress/Succeeded), status_url."""
         return list(self.call("GET", "/arm/operations")["value"])

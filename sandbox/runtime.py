@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from sandbox.eventgrid import EventGrid
 
 
+ARM_RETRY_AFTER_S = 10
+"""ARM's `Retry-After` on a long-running operation that is still running (its 201/202 and its
+status polls): the resource provider contract's minimum (seconds); `--arm-retry-after` or the
+control API set another (tests use 0)."""
+
+
 @dataclass
 class Runtime:
     world: World
@@ -24,6 +30,7 @@ class Runtime:
     https_port: int = 0
     events: EventGrid | None = None
     azurite: AzuriteManager | None = None
+    arm_retry_after_s: int = ARM_RETRY_AFTER_S
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

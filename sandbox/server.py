@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sandbox.faults import Counters, DropConnection, Faults
 from sandbox.http import AzureError, CallContext, Service, json_response, read_json
-from sandbox.runtime import Runtime
+from sandbox.runtime import ARM_RETRY_AFTER_S, Runtime
 from sandbox.tls import SandboxPki, create_pki
 from sandbox.tokens import InvalidToken, LoginService, ManagedIdentityEndpoint, TokenIssuer
 from sandbox.world import CONTAINER_APP_TYPE, COSMOS_TYPE, SITE_TYPE, SQL_TYPE, STORAGE_TYPE, VAULT_TYPE, World
@@ -61,13 +61,14 @@ class Sandbox:
 
     def __init__(
         self, workdir: Path, *, domain: str = "vaultrelay.test", seed: str = "vaultrelay",
-        with_azurite: bool = True, token_lifetime_s: int = 24 * 3600,
+        with_azurite: bool = True, token_lifetime_s: int = 24 * 3600, arm_retry_after_s: int = ARM_RETRY_AFTER_S,
     ) -> None:
         self.workdir = workdir
         self.world = World(seed=seed, domain=domain)
         self.issuer = TokenIssuer(self.world, lifetime_s=token_lifetime_s)
         self.runtime = Runtime(
             world=self.world, issuer=self.issuer, faults=Faults(), counters=Counters(), domain=domain,
+            arm_retry_after_s=arm_retry_after_s,
         )
         self.with_azurite = with_azurite
         self.identity_header = secrets.token_hex(16)

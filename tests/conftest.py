@@ -12,10 +12,15 @@ from demo.seed import seed_example
 from sandbox.client import SandboxClient, SandboxProcess
 from tests.world import World
 
+# ARM's long-running operations complete at once in the sandbox; Azure asks for at least 10 s
+# between polls (the sandbox's default, tests/sandbox/test_arm.py).  The session's
+# sandbox says 0, so vaultrelay, which honours Retry-After, polls again at once.
+SESSION_ARM_RETRY_AFTER = ["--arm-retry-after", "0"]
+
 
 @pytest.fixture(scope="session")
 def sandbox_process() -> Iterator[SandboxProcess]:
-    process = SandboxProcess()
+    process = SandboxProcess(extra_args=SESSION_ARM_RETRY_AFTER)
     saved = dict(os.environ)
     process.apply_to_current_process()
     try:

@@ -57,6 +57,7 @@ LISTING_TTL_S = 60.0
 # instead of listing the vault: a listing is 25 secrets a page, serial, and a vault a fleet
 # shares holds every env's secrets (50,000 secrets are 2,000 pages for each work item).
 GET_MAX_ENVS = 60
+REREAD_MAX = 25  # more names to read again than one listing page holds: list the vault again instead
 WRITE_CONCURRENCY = 8  # secrets written at once per target (the vault's pacer slows them on 429s)
 TRANSITION_WAIT_S = 60.0  # how long one write waits for a delete or recover of its name to finish
 BACKOFF_FIRST_S = 0.25
@@ -176,9 +177,12 @@ class KeyVaultTargetWriter:
         """Name -> properties of every secret in the vault.  One listing serves every target of
         a sync run on this vault for LISTING_TTL_S (a vault of 10,000 secrets is 400 pages);
         vaultrelay's own writes update it, other writers are seen by a later listing."""
+        return self._listing()
+
+    def _listing(self, *, fresh: bool = False) -> dict[str, Any]:
         key = f"keyvault-listing {self.client.vault_url}"
         cached = self.ctx.run_cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
+        if not fresh and cached is not None and time.monotonic() - cached[0] < LISTING_TTL_S:
             return dict(cached[1])
         try:
             listing = {p.name.lower(): p for p in self.client.list_properties_of_secrets()}
@@ -221,8 +225,10 @@ class KeyVaultTargetWriter:
                     answers = list(pool.map(lambda n: contextvars.copy_context().run(self._read, n), missing))
             if any(answer is DISABLED for answer in answers):
                 return self._list()  # a disabled secret cannot be read: its properties are in the listing
+            read_at: dict[str, float] = self.ctx.run_cache.setdefault(f"keyvault-read-at {self.client.vault_url}", {})
             for name, answer in zip(missing, answers, strict=True):
                 read[name.lower()] = answer
+                read_at[name.lower()] = time.monotonic()
         return {name: props for name, props in read.items() if props is not None}
 
     def _read(self, name: str) -> Any:
@@ -244,7 +250,9 @@ class KeyVaultTargetWriter:
 
     # ---- snapshot: stamps and ownership ------------------------------------------------------
     def snapshot(self, names: set[str], recorded: dict[str, str]) -> Snapshot:
+        began = time.monotonic()
         existing = self._existing({self.bundle_secret} if self.whole_bundle else {self._secret(v) for v in names})
+        existing = self._current(existing, self._unlike_record(existing, names, recorded), began)
         snapshot = Snapshot()
         if self.whole_bundle:
             props = existing.get(self.bundle_secret.lower())
@@ -260,6 +268,57 @@ class KeyVaultTargetWriter:
             if props is not None and not self._ours(self._secret(variable), props, variable in recorded):
                 snapshot.foreign.add(variable)
         return snapshot
+
+    def _unlike_record(self, existing: dict[str, Any], names: set[str], recorded: dict[str, str]) -> list[str]:
+        """The secrets whose push record has a stamp that `existing` does not show."""
+        def stamp(secret: str) -> str | None:
+            props = existing.get(secret.lower())
+            return stamp_of(props) if props is not None else None
+
+        if self.whole_bundle:
+            etag = self.ctx.recorded_etag
+            return [self.bundle_secret] if etag and stamp(self.bundle_secret) != etag else []
+        stamps = self.ctx.recorded_stamps
+        return sorted(self._secret(v) for v in names if v in recorded and v in stamps and stamp(self._secret(v)) != stamps[v])
+
+    def _current(self, existing: dict[str, Any], suspect: list[str], since: float) -> dict[str, Any]:
+        """`existing` with those of `suspect` that were listed or read before `since` read again.
+
+        What this run listed or read earlier (a vault's listing serves every env of the run; a
+        read-only pass reads before the env's lease is taken) can be older than the push record
+        just read: another instance may have written these names since, under the env's lease,
+        and what it wrote is not drift.  Few names: one GET each; many (or a disabled secret,
+        which Key Vault refuses to GET): a new listing.
+
+        Raises:
+            TargetError: the vault could not be listed or read.
+        """
+        listing = self.ctx.run_cache.get(f"keyvault-listing {self.client.vault_url}")
+        read_at: dict[str, float] = self.ctx.run_cache.get(f"keyvault-read-at {self.client.vault_url}", {})
+
+        def seen_at(name: str) -> float:
+            if listing is not None and name.lower() not in read_at:
+                return float(listing[0])
+            return read_at.get(name.lower(), since)
+
+        older = [n for n in suspect if seen_at(n) < since]
+        if not older:
+            return existing
+        if len(older) > REREAD_MAX:
+            return self._listing(fresh=True)
+        current = dict(existing)
+        for name in older:
+            props = self._read(name)
+            if props is DISABLED:
+                return self._listing(fresh=True)
+            self._listed(name, props)
+            read_at[name.lower()] = time.monotonic()
+            if props is None:
+                current.pop(name.lower(), None)
+            else:
+                current[name.lower()] = props
+        self.ctx.run_cache[f"keyvault-read-at {self.client.vault_url}"] = read_at
+        return current
 
     def _ours(self, name: str, props: Any, recorded: bool) -> bool:
         """Whether secret `name` is vaultrelay's for this target: its latest version's tags say

@@ -83,7 +83,7 @@ def body(world: World, receiver: Receiver, *, site: str, fmt: str = "json", expi
 
 def test_a_failed_push_is_notified_once_with_four_instances_running(world: World, receiver: Receiver, tmp_path: Path,
                                                                   sandbox_process: Any) -> None:
-    config = write_config(world, body(world, receiver, site=f"no-such-site-{world.tag}", vault=False), tmp_path)
+    config = write_config(world, body(world, receiver, site=f"no-such-site-{world.tag}"), tmp_path)
     procs = [run_cli(sandbox_process, config, "sync") for _ in range(4)]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert sorted(p.returncode for p in procs) != [0, 0, 0, 0], outputs  # the push to the missing site fails

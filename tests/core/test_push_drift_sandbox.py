@@ -182,6 +182,35 @@ def test_a_change_back_to_what_vaultrelay_would_push_clears_the_drift(world: Wor
     assert_settled(world, body)
 
 
+def test_what_a_run_read_before_another_instances_push_is_read_again_not_taken_for_drift(world: World) -> None:
+    # A run reads a target's secrets in its read-only pass, before it takes the env's lease; another
+    # instance pushes meanwhile (holding the lease) and records what it wrote.  The pass under the
+    # lease reads that newer record: the secret it shows is read again, and it is not drift.
+    b = world.secret("beta", "beta-value-1")
+    body = body_yaml(envs={"app": {"BETA": secret_ref(b)}}, targets={"vault": keyvault_target("app", prefix="vr-TAG-")})
+    assert world.engine(body).sync().ok
+    engine = world.engine(body)  # this run: its writers share one run cache
+    target = engine.config.targets["vault"]
+
+    def snapshot() -> Any:
+        record = engine.state.get("pushes", "app", "vault")
+        writer = engine.registry.build(target, engine._context("vault", target, record))
+        return writer.snapshot({"BETA"}, record.json("fingerprints", {})), record.json("stamps", {})
+
+    first, recorded_first = snapshot()
+    assert first.stamps == recorded_first  # as vaultrelay left it
+    after_a_second()
+    world.source.set_secret(b, "beta-value-2")
+    other = world.engine(body).sync()  # another instance
+    assert [(t.outcome, t.updates) for t in other.targets] == [("pushed", ["BETA"])]
+    world.sandbox.reset_counters()
+    second, recorded_second = snapshot()
+    assert recorded_second != recorded_first and second.stamps == recorded_second and second.foreign == set()
+    assert world.sandbox.counters()["by_endpoint"].get("keyvault:GetSecret") == 1  # read again, once
+    (report,) = engine.sync().targets
+    assert (report.outcome, report.drift, report.writes) == ("unchanged", [], 0)
+
+
 def test_accepted_drift_is_no_longer_reported_and_a_later_change_is_pushed(world: World, tmp_path: Path, capsys: Any) -> None:
     body = kv_body(world, "report")
     assert world.engine(body).sync().ok

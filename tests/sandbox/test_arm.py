@@ -183,6 +183,52 @@ def test_storage_create_answers_202_with_location_then_the_account(sandbox: Sand
     assert again.status_code == 200 and "Location" not in again.headers
 
 
+@pytest.fixture()
+def azures_retry_after(sandbox: SandboxClient) -> Iterator[SandboxClient]:
+    """The sandbox with its default Retry-After on running operations; the session's 0 afterwards."""
+    assert sandbox.set_arm_retry_after(None) == 10
+    yield sandbox
+    sandbox.set_arm_retry_after(0)
+
+
+def test_running_operations_ask_for_azures_retry_after_until_they_end(azures_retry_after: SandboxClient) -> None:
+    # ARM RPC (azure-resource-manager-rpc, v1.0/Addendum.md "202 Accepted and Location Headers"):
+    # Retry-After in seconds, at least 10, on the 202 and on every poll while it still runs;
+    # Learn "Track asynchronous Azure operations": clients wait that long before polling again.
+    sandbox = azures_retry_after
+    headers = {"Authorization": f"Bearer {token(sandbox)}"}
+    account = "ra" + uuid.uuid4().hex[:16]
+    path = sandbox.resource_id("storage", account) + "?api-version=2026-09-01"
+    created = arm(sandbox, "PUT", path, json={"location": "eastus", "kind": "StorageV2", "sku": {"name": "Standard_LRS"}})
+    assert (created.status_code, created.headers["Retry-After"]) == (202, "10")
+    running = requests.get(created.headers["Location"], headers=headers, timeout=15)
+    assert (running.status_code, running.headers["Retry-After"]) == (202, "10")
+    done = requests.get(created.headers["Location"], headers=headers, timeout=15)
+    assert done.status_code == 200 and "Retry-After" not in done.headers
+
+    # Azure-AsyncOperation (Cosmos DB regenerateKey): the status resource says InProgress with
+    # Retry-After, then Succeeded without it.
+    cosmos_account = unique("cosmos")
+    sandbox.create_resource("cosmos", cosmos_account)
+    regenerate = sandbox.resource_id("cosmos", cosmos_account) + "/regenerateKey?api-version=2026-03-15"
+    started = arm(sandbox, "POST", regenerate, json={"keyKind": "secondaryReadonly"})
+    assert (started.status_code, started.headers["Retry-After"]) == (202, "10")
+    status = requests.get(started.headers["Azure-AsyncOperation"], headers=headers, timeout=15)
+    assert (status.json()["status"], status.headers["Retry-After"]) == ("InProgress", "10")
+    status = requests.get(started.headers["Azure-AsyncOperation"], headers=headers, timeout=15)
+    assert status.json()["status"] == "Succeeded" and "Retry-After" not in status.headers
+
+    # Another value through the control API (or `--arm-retry-after`): sent from then on.
+    assert sandbox.set_arm_retry_after(0) == 0
+    started = arm(sandbox, "POST", regenerate, json={"keyKind": "secondaryReadonly"})
+    status = requests.get(started.headers["Azure-AsyncOperation"], headers=headers, timeout=15)
+    assert (started.headers["Retry-After"], status.json()["status"], status.headers["Retry-After"]) == ("0", "InProgress", "0")
+    assert requests.get(started.headers["Azure-AsyncOperation"], headers=headers, timeout=15).json()["status"] == "Succeeded"
+    for bad in (-1, 601, 1.5, "10", True):
+        with pytest.raises(RuntimeError, match="seconds must be"):
+            sandbox.call("PUT", "/arm/operations/retry-after", {"seconds": bad})
+
+
 def test_regenerate_storage_key_changes_only_that_key(sandbox: SandboxClient) -> None:
     account = new_storage_account(sandbox)
     client = storage(sandbox)

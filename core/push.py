@@ -27,9 +27,11 @@ restart, whatever the number of envs and targets.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -43,7 +45,7 @@ from core.errors import NotFoundError
 from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 from core.state.leases import holder_is_dead
-from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
+from core.state.tables import MINTED_RECORDS, ROTATION_PARTITIONS, Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
 from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry
@@ -173,6 +175,7 @@ class SyncEngine:
         self._by_env: dict[str, dict[str, Any]] | None = None
         # For one sync(): reuse this process's kept storage key listings (a work item's choice).
         self._reuse_listings = False
+        self._concurrency = 1
 
     # ---- wiring -------------------------------------------------------------------------
     @property
@@ -227,7 +230,7 @@ class SyncEngine:
         if sas:
             def record(ref: Any, outcome: Any) -> None:
                 self.state.audit(self.owner, "sas.minted", f"{env}/{ref.name}", {"reason": outcome.reason, "expires": str(outcome.expires_on)})
-                row = self.state.get("rotations", "sas", outcome.secret) or Row("sas", outcome.secret)  # SAS and tokens
+                row = self.state.get("rotations", MINTED_RECORDS, outcome.secret) or Row(MINTED_RECORDS, outcome.secret)  # SAS and tokens
                 row.fields.update({"variable": ref.name, "env": env, "issued": self.clock().isoformat(), "expires": str(outcome.expires_on),
                                    "reason": outcome.reason})
                 try:
@@ -263,11 +266,12 @@ class SyncEngine:
         self._prefetched = split
 
     def sync(self, env: str | None = None, *, envs: Sequence[str] | None = None, dry_run: bool = False, force_mint: bool = False,
-             progress: Callable[[str], None] | None = None, reuse_listings: bool = False) -> SyncReport:
+             progress: Callable[[str], None] | None = None, reuse_listings: bool = False, concurrency: int = 1) -> SyncReport:
         """Sync `env`, or the `envs` given (a work item's batch), or every env that has targets;
         `progress(env)` is called as each env is done.  An env synced without failure loses its
         poison record (core.app.work), if it had one.  `reuse_listings`: storage key listings
         this process keeps are used rather than listed afresh (the caller dropped stale ones).
+        `concurrency`: envs synced at once (envs with app-settings targets stay one at a time).
 
         Raises:
             NotFoundError: `env` (or one of `envs`) has no targets.
@@ -281,11 +285,11 @@ class SyncEngine:
                 raise NotFoundError(f"env '{missing[0]}' has no targets (envs with targets: {', '.join(chosen) or 'none'})")
             chosen = list(dict.fromkeys(wanted))
         report = SyncReport()
-        self._reuse_listings = reuse_listings
+        self._reuse_listings, self._concurrency = reuse_listings, max(1, concurrency)
         try:
             self._sync_envs(chosen, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
         finally:
-            self._prefetched, self._preloaded, self._run_cache, self._reuse_listings = {}, None, {}, False
+            self._prefetched, self._preloaded, self._run_cache, self._reuse_listings, self._concurrency = {}, None, {}, False, 1
         report.seconds = time.monotonic() - began
         if not dry_run:
             telemetry.record_sync(report)
@@ -379,7 +383,21 @@ class SyncEngine:
                 self._preloaded = {(r.partition, r.key): r for r in rows}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
-        for group in self._site_groups(envs):
+        groups = self._site_groups(envs)
+        if self._concurrency > 1 and len(groups) > 1 and not any(
+                self._site_key_of(t) for env in envs for t in self._targets_of(env).values()):
+            # No app-settings site among them (each group is one env, and no site push waits for
+            # the end of a group): the envs go at once, each under its own lease, as instances do.
+            def one(name: str) -> None:
+                self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
+                if progress is not None:
+                    progress(name)
+
+            with ThreadPoolExecutor(max_workers=min(self._concurrency, len(groups)), thread_name_prefix="vaultrelay-env") as pool:
+                for done in [pool.submit(contextvars.copy_context().run, one, name) for (name,) in groups]:
+                    done.result()
+            return
+        for group in groups:
             try:
                 for name in group:
                     self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
@@ -967,7 +985,7 @@ class SyncEngine:
 
     def rotation_status(self) -> list[dict[str, Any]]:
         rows = []
-        for kind in ("storage", "cosmos", "sas", "tagged", "warning"):  # tagged: core.rotation.tagged_secrets
+        for kind in ROTATION_PARTITIONS:  # tagged: core.rotation.tagged_secrets
             for row in self.state.query("rotations", kind):
                 rows.append({"kind": kind, "name": row.key, **{k: v for k, v in row.fields.items() if not k.startswith("fp_")}})
         return rows

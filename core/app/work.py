@@ -53,6 +53,9 @@ DEFAULT_MAX_DEQUEUE = 5
 MAX_REQUEUES = 8
 REQUEUE_BASE_S = 5.0
 REQUEUE_MAX_S = 300.0
+# Envs of one item synced at once (each under its own lease): an item's envs then cost about one
+# env's round trips, not the sum of them (envs sharing an app-settings site stay one at a time).
+ENV_CONCURRENCY = 4
 # The longest Retry-After a work item waits for (Key Vault's shared backoff, the retry policy): a
 # longer one fails the call as throttled and the item is re-enqueued with at least that delay,
 # rather than hold its worker (a host invocation) asleep.
@@ -319,7 +322,7 @@ def run_item(engine: Any, item: WorkItem) -> WorkResult:
         return result
     writes_before = engine.state.writes
     _drop_listings_older_than_key_switches(engine)
-    report = engine.sync(envs=envs, force_mint=item.force_mint, reuse_listings=True)
+    report = engine.sync(envs=envs, force_mint=item.force_mint, reuse_listings=True, concurrency=ENV_CONCURRENCY)
     result.state_writes = engine.state.writes - writes_before
     result.target_writes = report.target_writes
     result.pushed = [f"{t.env}->{t.target}" for t in report.targets if t.writes]

@@ -283,7 +283,7 @@ def main() -> int:
             checks.append((f"{workers} workers: first-sync speedup {speedup:.2f} >= 0.8 x min({workers}, CPU ceiling {cpu_ceiling:.2f}) "
                            f"= {want:.2f}", speedup >= want))
     console.print(table)
-    console.print(f"CPU ceiling: {cores} CPUs / {cpu_env1:.3f} CPU s per env x {wall1 / envs:.3f} s per env (1 worker) = "
+    console.print(f"CPU ceiling: {cores} CPUs / {cpu_env1:.3f} CPU s per env x {wall1 / envs:.3f} s per env ({counts[0]} worker(s)) = "
                   f"{cpu_ceiling:.2f}x")
     for workers, pair in runs.items():
         run = pair["first"]
@@ -292,7 +292,7 @@ def main() -> int:
                       f"Azurite {(run['cpu_sandbox'] - run['cpu_stand_ins']) / run['seconds']:.2f}, the workers "
                       f"{run['cpu_clients'] / run['seconds']:.2f}")
     console.print(f"Key Vault budget ceiling: {KEYVAULT_BUDGET_PER_S:.0f} requests/s per vault / "
-                  f"{kv_target / wall1:.1f} kv-target requests/s with 1 worker ({kv_target} requests, "
+                  f"{kv_target / wall1:.1f} kv-target requests/s with {counts[0]} worker(s) ({kv_target} requests, "
                   f"{runs[counts[0]]['first']['stats'].get('target_writes')} writes) = {kv_ceiling:.1f}x")
     for workers, run in events.items():
         stats = run["stats"]

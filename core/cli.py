@@ -723,107 +723,106 @@ def _exec(loaded: Any, args: argparse.Namespace, err: TextIO) -> int:
 
 # ---- sync, rotate, status -----------------------------------------------------------------
 def _write_side(loaded: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.connections import StoreConnections
-    from core.push import SyncEngine
+    from core.runtime import Runtime
 
-    broker = StoreConnections(loaded)
-    engine = SyncEngine(broker)
+    # One runtime for the command; `sync --queue` fans out to the work queue, the rest runs inline.
+    runtime = Runtime(loaded, environ=os.environ, queue=args.command == "sync" and bool(getattr(args, "queue", False)))
     try:
         if args.command == "sync":
-            return _sync(engine, args, json_output, out, err)
+            return _sync(runtime, args, json_output, out, err)
         if args.command == "rotate":
-            return _rotate(engine, args, json_output, out, err)
+            return _rotate(runtime, args, json_output, out, err)
         if args.command == "accept-drift":
-            return _accept_drift(engine, args, out, err)
+            return _accept_drift(runtime, args, out, err)
         if args.command == "worker":
-            return _worker(engine, args, json_output, out, err)
-        return _status(engine, loaded, json_output, out, err, getattr(args, "expiring", None))
+            return _worker(runtime, args, json_output, out, err)
+        return _status(runtime, loaded, json_output, out, err, getattr(args, "expiring", None))
     finally:
-        broker.close()
+        runtime.close()
 
 
-def _queue_failure(exc: Exception, command: str, engine: Any, json_output: bool, out: TextIO, err: TextIO) -> int:
-    return _failure(command if json_output else None, engine.broker.loaded, str(exc), EXIT_CONFIG, out, err)
+def _queue_failure(exc: Exception, command: str, runtime: Any, json_output: bool, out: TextIO, err: TextIO) -> int:
+    return _failure(command if json_output else None, runtime.loaded, str(exc), EXIT_CONFIG, out, err)
 
 
-def _sync_queue(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.app.work import fanout_for
+def _sync_queue(runtime: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.sync import fanout, sync
     from core.azure.queue import QueueNotConfigured
 
     try:
-        engine.fanout = fanout_for(engine.broker, os.environ)
+        queue = fanout(runtime)
     except QueueNotConfigured as exc:
-        return _queue_failure(exc, "sync", engine, json_output, out, err)
-    envs = [args.env] if args.env else engine.envs_with_targets()
-    if args.env and args.env not in engine.envs_with_targets():
-        raise NotFoundError(f"env '{args.env}' has no targets (envs with targets: {', '.join(engine.envs_with_targets()) or 'none'})")
-    items = engine.request_sync(envs, reason="requested", trigger="cli", force_mint=args.force_mint)
+        return _queue_failure(exc, "sync", runtime, json_output, out, err)
+    assert queue is not None
+    if args.env and args.env not in runtime.envs_with_targets():
+        raise NotFoundError(f"env '{args.env}' has no targets (envs with targets: {', '.join(runtime.envs_with_targets()) or 'none'})")
+    items = sync(runtime, args.env, force_mint=args.force_mint, trigger="cli").items or []
     if json_output:
         from core.cli_json import EnqueuedItem, SyncDocument, problem
 
         _emit(out, SyncDocument(ok=True, enqueued=[EnqueuedItem(id=i.id, envs=i.envs) for i in items],
-                                warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+                                warnings=[problem(p) for p in runtime.loaded.warnings]))
         return EXIT_OK
     out.write(f"enqueued {_plural(len(items), 'work item')} ({_plural(sum(len(i.envs) for i in items), 'env')}) "
-              f"to queue {engine.fanout.queue.name}\n")
+              f"to queue {queue.queue.name}\n")
     return EXIT_OK
 
 
-def _worker(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.app.work import open_queue
+def _worker(runtime: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.sync import work_queue
     from core.app.worker import can_fork, consume, run_forked, run_processes, warm_imports
     from core.azure.queue import QueueNotConfigured
-    from core.connections import StoreConnections
-    from core.push import SyncEngine
+    from core.runtime import Runtime
 
     try:
-        queue = open_queue(engine.broker, os.environ)
+        queue = work_queue(runtime)
     except QueueNotConfigured as exc:
-        return _queue_failure(exc, "worker", engine, json_output, out, err)
+        return _queue_failure(exc, "worker", runtime, json_output, out, err)
     queue.ensure()
     if args.processes > 1 and can_fork():
-        loaded = engine.broker.loaded
+        loaded = runtime.loaded
         warm_imports()
 
-        def work() -> Any:  # in each process: its own clients, credentials and connections
-            broker = StoreConnections(loaded)
+        def work() -> Any:  # in each process: its own runtime (clients, credentials, connections)
+            mine = Runtime(loaded, environ=os.environ)
             try:
-                mine = SyncEngine(broker)
-                return consume(mine, open_queue(broker, os.environ), drain=args.drain, visibility_timeout_s=args.visibility_timeout)
+                return consume(mine, work_queue(mine), drain=args.drain, visibility_timeout_s=args.visibility_timeout)
             finally:
-                broker.close()
+                mine.close()
 
         stats = run_forked(args.processes, work)
     elif args.processes > 1:
         stats = run_processes(args.processes, config=args.config, drain=args.drain, visibility_timeout=args.visibility_timeout,
                               verbose=args.verbose)
     else:
-        stats = consume(engine, queue, drain=args.drain, visibility_timeout_s=args.visibility_timeout)
+        stats = consume(runtime, queue, drain=args.drain, visibility_timeout_s=args.visibility_timeout)
     if json_output:
         from core.cli_json import WorkerDocument, problem
 
         _emit(out, WorkerDocument(ok=stats.failed == 0 and stats.poisoned == 0, processes=args.processes, **stats.as_dict(),
-                                  warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+                                  warnings=[problem(p) for p in runtime.loaded.warnings]))
     else:
         out.write(f"{_plural(stats.items, 'work item')}, {_plural(stats.envs, 'env')}, {_plural(stats.target_writes, 'target write')}, "
                   f"{stats.requeued} re-enqueued, {stats.failed} failed, {stats.poisoned} poisoned in {stats.seconds:.2f}s\n")
     return EXIT_OK if stats.failed == 0 and stats.poisoned == 0 else EXIT_RESOLUTION
 
 
-def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+def _sync(runtime: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.sync import sync
     from core.terminal import progress
 
     if args.queue:
-        return _sync_queue(engine, args, json_output, out, err)
-    envs = [args.env] if args.env else engine.envs_with_targets()
+        return _sync_queue(runtime, args, json_output, out, err)
+    envs = [args.env] if args.env else runtime.envs_with_targets()
     with progress(err, "sync" + (" (dry run)" if args.dry_run else ""), total=len(envs)) as shown:
-        report = engine.sync(args.env, dry_run=args.dry_run, force_mint=args.force_mint, progress=shown.advance)
+        report = sync(runtime, args.env, dry_run=args.dry_run, force_mint=args.force_mint, progress=shown.advance).report
+    assert report is not None
     if json_output:
         from core.cli_json import SyncDocument, SyncTarget, problem
 
         _emit(out, SyncDocument(ok=report.ok, dry_run=args.dry_run, targets=[SyncTarget(**t.as_dict()) for t in report.targets],
                                 failures=report.failures, minted=report.minted, target_writes=report.target_writes,
-                                seconds=round(report.seconds, 3), warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+                                seconds=round(report.seconds, 3), warnings=[problem(p) for p in runtime.loaded.warnings]))
         return EXIT_OK if report.ok else EXIT_RESOLUTION
     from rich.table import Table
 
@@ -850,23 +849,19 @@ def _sync(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO,
     return EXIT_OK if report.ok else EXIT_RESOLUTION
 
 
-def _rotate(engine: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
-    from core.rotation.account_keys import KeyRotation
+def _rotate(runtime: Any, args: argparse.Namespace, json_output: bool, out: TextIO, err: TextIO) -> int:
+    from core.app.rotate import rotate
     from core.terminal import iso, progress, when
 
-    rotation = KeyRotation(engine)
-    try:
-        with progress(err, "rotate") as shown:
-            reports = rotation.rotate(args.name, force=args.force, progress=shown.advance)
-    except KeyError as exc:
-        raise NotFoundError(str(exc.args[0])) from None
+    with progress(err, "rotate") as shown:
+        reports = rotate(runtime, args.name, force=args.force, progress=shown.advance)
     failed = any(r.outcome == "error" for r in reports)
     if json_output:
         from core.cli_json import RotateDocument, RotationResult, problem
 
         results = [RotationResult(name=r.name, outcome=r.outcome, old_active=r.old_active, new_active=r.new_active, repushed=list(r.repushed),
                                   next_due=iso(r.next_due), error=r.error) for r in reports]
-        _emit(out, RotateDocument(ok=not failed, rotations=results, warnings=[problem(p) for p in engine.broker.loaded.warnings]))
+        _emit(out, RotateDocument(ok=not failed, rotations=results, warnings=[problem(p) for p in runtime.loaded.warnings]))
         return EXIT_RESOLUTION if failed else EXIT_OK
     from rich.table import Table
 
@@ -887,11 +882,13 @@ def _rotate(engine: Any, args: argparse.Namespace, json_output: bool, out: TextI
     return EXIT_RESOLUTION if failed else EXIT_OK
 
 
-def _accept_drift(engine: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _accept_drift(runtime: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from core.app.drift import accept_drift
+
     if args.names and not (args.env and args.target):
         _say(err, "error: accept-drift NAME... needs --env and --target")
         return EXIT_CONFIG
-    accepted = engine.accept_drift(args.env, args.target, args.names)
+    accepted = accept_drift(runtime, args.env, args.target, args.names)
     for t in accepted:
         if t.outcome == "accepted":
             out.write(f"{t.env} -> {t.target}: accepted drift of {', '.join(t.drift)}\n")
@@ -918,8 +915,9 @@ def _rotation_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO, err: TextIO | None = None, expiring_window: str | None = None) -> int:
-    from core.app.expiry import DEFAULT_WINDOW, blocking, expiring, parse_window
+def _status(runtime: Any, loaded: Any, json_output: bool, out: TextIO, err: TextIO | None = None, expiring_window: str | None = None) -> int:
+    from core.app.expiry import DEFAULT_WINDOW, blocking, parse_window
+    from core.app.status import status
     from core.terminal import iso, when
 
     window = DEFAULT_WINDOW
@@ -929,14 +927,12 @@ def _status(engine: Any, loaded: Any, json_output: bool, out: TextIO, err: TextI
         except ValueError as exc:
             _say(err or sys.stderr, f"error: --expiring: {exc}")
             return EXIT_CONFIG
-    rows = engine.status()
-    rotations = [_rotation_row(r) for r in engine.rotation_status()]
-    poisoned = engine.poisoned_status()
+    found = status(runtime, window)
+    rows, poisoned, soon = found.targets, found.poisoned, found.expiring
+    rotations = [_rotation_row(r) for r in found.rotations]
     expiry_error = None
-    try:
-        soon = expiring(engine, window)
-    except Exception as exc:  # the expiry view needs the sources; status itself reads state only
-        soon, expiry_error = [], f"expiry view unavailable: {type(exc).__name__}: {exc}"
+    if found.expiry_error is not None:  # the expiry view needs the sources; status itself reads state only
+        expiry_error = f"expiry view unavailable: {type(found.expiry_error).__name__}: {found.expiry_error}"
     # --expiring: usable in CI: 1 when something vaultrelay cannot renew expires inside the window.
     failing = expiring_window is not None and (bool(blocking(soon)) or expiry_error is not None)
     code = EXIT_RESOLUTION if failing else EXIT_OK

@@ -168,14 +168,16 @@ class StoreConnections:
         return bundle
 
     def resolve_refs(self, env: str, refs: list[PlannedRef], literals: Mapping[str, str] | None = None, *, active_key: Any = None,
-                     fresh: bool = False, delegation_keys: Any = None) -> Bundle:
+                     fresh: bool = False, delegation_keys: Any = None, reuse_listings: bool = False) -> Bundle:
         """Resolve `refs` (and pass `literals` through) as one run; `fresh` bypasses the secret cache
         (minting must mint); `delegation_keys` keeps user delegation keys between runs (default:
         this StoreConnections's, kept in `state.vault` when the config has one).
 
         Storage key listings kept in this process (core.sources.listed_keys) are reused unless
         `fresh` or `active_key` is given: a run that consults the rotation record (the sync
-        engine's) or mints lists afresh, and what it lists is kept for the fetches that follow."""
+        engine's) or mints lists afresh, and what it lists is kept for the fetches that follow.
+        `reuse_listings` lets a run with `active_key` reuse them too (a work item, which first
+        drops listings older than the accounts' last key switch: core.app.work)."""
         plan = EnvPlan(env=env, literals=dict(literals or {}), refs=list(refs))
         if delegation_keys is None and any(sources().get(r.kind).uses_delegation_key(r) for r in plan.refs):
             delegation_keys = self.kept_delegation_keys()
@@ -192,7 +194,7 @@ class StoreConnections:
 
         resolver = Resolver(stores, self.clients, sql_suffix=self.cloud.sql_suffix, active_key=active_key,
                             value_cache=ValueCache() if fresh else None, delegation_keys=delegation_keys,
-                            reuse_listings=not fresh and active_key is None)
+                            reuse_listings=not fresh and (active_key is None or reuse_listings))
         bundle = resolver.resolve(env, [r for r in plan.refs if r.store in stores], plan.literals)
         self.last_stats = resolver.last_stats
         for ref in plan.refs:

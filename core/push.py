@@ -27,14 +27,13 @@ restart, whatever the number of envs and targets.
 
 from __future__ import annotations
 
+import contextvars
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from core import telemetry
@@ -42,13 +41,14 @@ from core.azure.protocols import SecretClientLike
 from core.bundle import Bundle, ResolvedValue
 from core.compose import compose_bundle
 from core.connections import StoreConnections
-from core.errors import ConfigError, ConfigProblem, NotFoundError
+from core.errors import NotFoundError
 from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
+from core.state.leases import holder_is_dead
 from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
 from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
-from core.targets.registry import TargetRegistry, default_targets
+from core.targets.registry import TargetRegistry
 
 log = logging.getLogger("vaultrelay.sync")
 
@@ -140,45 +140,27 @@ def drift_found(record: Row | None) -> dict[str, str]:
     return {str(n): "" for n in raw} if isinstance(raw, list) else {str(n): str(t) for n, t in raw.items()}
 
 
-def instance_id() -> str:
-    """Who holds a lease: the Functions instance id when there is one, else host and pid."""
-    instance = os.environ.get("WEBSITE_INSTANCE_ID")
-    return f"{instance}:{os.getpid()}:{uuid.uuid4().hex[:6]}" if instance else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def holder_is_dead(owner: str) -> bool:
-    """True when `owner` is a process on this host that no longer runs (it crashed holding a
-    lease).  Holders on other hosts are trusted until their lease expires."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    local = host in (socket.gethostname(), os.environ.get("WEBSITE_INSTANCE_ID", "\0"))
-    if not local or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class SyncEngine:
-    """Sync and status over one config: resolve each env (SAS tokens re-minted when due through
-    core.mint), diff it against its targets, push, record.  One per process and config; account
-    keys and tagged secrets are rotated by core.rotation, which asks it to re-push."""
+    """Sync, drift and status over one runtime (core.runtime): resolve each env (SAS tokens
+    re-minted when due through core.mint), diff it against its targets, push, record.  An engine
+    holds one sync's working set: build one per sync (they share the runtime's state store,
+    clients and fingerprint key).  Rotation does not call it: the rotate use case (core.app.rotate)
+    hands what a rotation changed to a sync."""
 
     def __init__(
-        self, broker: StoreConnections, *, state: StateStore | None = None, registry: TargetRegistry | None = None,
-        owner: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        self, runtime: Any, *, registry: TargetRegistry | None = None, owner: str | None = None,
+        clock: Callable[[], datetime] | None = None, fanout: Any = None,
     ) -> None:
-        self.broker = broker
-        self.config = broker.loaded.config
-        self.registry = registry or default_targets()
-        self.owner = owner or instance_id()
-        self.clock = clock
-        self._state = state
-        self._fingerprinter: Fingerprinter | None = None
+        if isinstance(runtime, StoreConnections):  # a runtime of its own over these connections
+            from core.runtime import Runtime
+
+            runtime = Runtime(connections=runtime, owner=owner, clock=clock, targets=registry)
+        self.runtime = runtime
+        self.broker: StoreConnections = runtime.connections
+        self.config = runtime.config
+        self.registry = registry or runtime.targets
+        self.owner = owner or runtime.owner
+        self.clock: Callable[[], datetime] = clock or runtime.clock
         # Held for one sync() only: values resolved for all its envs at once, the push records
         # read in one scan (for the read-only passes), and what target writers share (listings).
         self._prefetched: dict[str, Bundle] = {}
@@ -188,31 +170,22 @@ class SyncEngine:
         # the env leases held until they are out.
         self._site_pushes: dict[str, list[_SitePush]] = {}
         self._held_leases: list[Lease] = []
-        # Set in queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
-        self.fanout: Any = None
+        # Queue mode (core.app.work.Fanout): planners enqueue work items instead of syncing.
+        self.fanout: Any = fanout
+        self._by_env: dict[str, dict[str, Any]] | None = None
+        # For one sync(): reuse this process's kept storage key listings (a work item's choice).
+        self._reuse_listings = False
+        self._concurrency = 1
 
     # ---- wiring -------------------------------------------------------------------------
     @property
     def state(self) -> StateStore:
-        """The state store (tables created on first use).
+        """The runtime's state store (tables created on first use).
 
         Raises:
             ConfigError: the config has no `state:` section or no state account.
         """
-        if self._state is None:
-            settings = self.config.state
-            if settings is None:
-                raise ConfigError([ConfigProblem(self.broker.loaded.file, None, "state", "sync, rotate and status need a state: section")])
-            credential = self.broker.store(settings.store).credential
-            endpoint = settings.table_endpoint
-            account = settings.account or self.broker.environ.get("VAULTRELAY_STATE_ACCOUNT")
-            if not endpoint and not account:
-                raise ConfigError([ConfigProblem(self.broker.loaded.file, self.broker.loaded.line_of(("state",)), "state",
-                                                 "set state.account (or $VAULTRELAY_STATE_ACCOUNT) or state.table_endpoint")])
-            service = self.broker.clients.table_service(str(endpoint or account), credential)
-            self._state = StateStore(service, settings.table_prefix)
-        self._state.ensure_tables()
-        return self._state
+        return self.runtime.state  # type: ignore[no-any-return]
 
     def state_vault(self) -> SecretClientLike:
         return self.broker.state_vault()
@@ -224,9 +197,7 @@ class SyncEngine:
         Raises:
             ConfigError: no key can be found or made.
         """
-        if self._fingerprinter is None:
-            self._fingerprinter = self.broker.fingerprinter()
-        return self._fingerprinter
+        return self.broker.fingerprinter()
 
     def resolve_variable(self, variable: Any, path: str) -> str:
         """A literal or a single `from:` reference (`StoreConnections.resolve_variable`).
@@ -237,9 +208,7 @@ class SyncEngine:
         return self.broker.resolve_variable(variable, path)
 
     def active_key(self, kind: str, account: str) -> str:
-        row = self.state.get("rotations", kind, account.lower())
-        default = "key1" if kind == "storage" else "primary"
-        return str(row.fields.get("active", default)) if row else default
+        return self.runtime.active_key(kind, account)  # type: ignore[no-any-return]
 
     # ---- resolve for sync ---------------------------------------------------------------
     def resolve_env(self, env: str, *, force_mint: bool = False, dry_run: bool = False) -> tuple[Bundle, list[Any]]:
@@ -256,7 +225,7 @@ class SyncEngine:
             for name, value in plan.literals.items():
                 bundle.values[name] = ResolvedValue.literal(name, value)
         else:
-            bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key)
+            bundle = self.broker.resolve_refs(env, others, plan.literals, active_key=self.active_key, reuse_listings=self._reuse_listings)
         outcomes: list[Any] = []
         if sas:
             def record(ref: Any, outcome: Any) -> None:
@@ -278,7 +247,7 @@ class SyncEngine:
 
     # ---- sync ---------------------------------------------------------------------------
     def envs_with_targets(self) -> list[str]:
-        return sorted({t.env for t in self.config.targets.values()})
+        return self.runtime.envs_with_targets()  # type: ignore[no-any-return]
 
     def _prefetch(self, envs: list[str]) -> None:
         """Resolve the (not minted) references of `envs` as one run, so a secret or key that many
@@ -286,7 +255,7 @@ class SyncEngine:
         refs: list[Any] = []
         for env in envs:
             refs.extend(replace(r, name=f"{env}\0{r.name}") for r in self.broker.env_plan(env).refs if not sources().features(r.kind).minted)
-        bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key)
+        bundle = self.broker.resolve_refs("(sync)", refs, active_key=self.active_key, reuse_listings=self._reuse_listings)
         split = {env: Bundle(env) for env in envs}
         for key, value in bundle.values.items():
             env, _, name = key.partition("\0")
@@ -297,10 +266,12 @@ class SyncEngine:
         self._prefetched = split
 
     def sync(self, env: str | None = None, *, envs: Sequence[str] | None = None, dry_run: bool = False, force_mint: bool = False,
-             progress: Callable[[str], None] | None = None) -> SyncReport:
+             progress: Callable[[str], None] | None = None, reuse_listings: bool = False, concurrency: int = 1) -> SyncReport:
         """Sync `env`, or the `envs` given (a work item's batch), or every env that has targets;
         `progress(env)` is called as each env is done.  An env synced without failure loses its
-        poison record (core.app.work), if it had one.
+        poison record (core.app.work), if it had one.  `reuse_listings`: storage key listings
+        this process keeps are used rather than listed afresh (the caller dropped stale ones).
+        `concurrency`: envs synced at once (envs with app-settings targets stay one at a time).
 
         Raises:
             NotFoundError: `env` (or one of `envs`) has no targets.
@@ -314,10 +285,11 @@ class SyncEngine:
                 raise NotFoundError(f"env '{missing[0]}' has no targets (envs with targets: {', '.join(chosen) or 'none'})")
             chosen = list(dict.fromkeys(wanted))
         report = SyncReport()
+        self._reuse_listings, self._concurrency = reuse_listings, max(1, concurrency)
         try:
             self._sync_envs(chosen, report, dry_run=dry_run, force_mint=force_mint, progress=progress)
         finally:
-            self._prefetched, self._preloaded, self._run_cache = {}, None, {}
+            self._prefetched, self._preloaded, self._run_cache, self._reuse_listings, self._concurrency = {}, None, {}, False, 1
         report.seconds = time.monotonic() - began
         if not dry_run:
             telemetry.record_sync(report)
@@ -386,7 +358,7 @@ class SyncEngine:
         for env in cleared:
             self.state.audit(self.owner, "work.unpoisoned", env, {})
 
-    def request_sync(self, envs: Sequence[str], *, reason: Any, trigger: str, forget: Sequence[dict[str, str]] = (),
+    def request_sync(self, envs: Sequence[str], *, reason: Any, trigger: str, forget: Sequence[Mapping[str, str]] = (),
                      force_mint: bool = False) -> list[Any] | None:
         """A planner's request to sync `envs`: enqueued as work items when this engine fans out
         (`self.fanout`, queue mode; returns the items), else None and the caller syncs inline."""
@@ -411,7 +383,21 @@ class SyncEngine:
                 self._preloaded = {(r.partition, r.key): r for r in rows}
             except StateUnavailable:
                 self._preloaded = None  # each env reads its own and reports the failure
-        for group in self._site_groups(envs):
+        groups = self._site_groups(envs)
+        if self._concurrency > 1 and len(groups) > 1 and not any(
+                self._site_key_of(t) for env in envs for t in self._targets_of(env).values()):
+            # No app-settings site among them (each group is one env, and no site push waits for
+            # the end of a group): the envs go at once, each under its own lease, as instances do.
+            def one(name: str) -> None:
+                self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
+                if progress is not None:
+                    progress(name)
+
+            with ThreadPoolExecutor(max_workers=min(self._concurrency, len(groups)), thread_name_prefix="vaultrelay-env") as pool:
+                for done in [pool.submit(contextvars.copy_context().run, one, name) for (name,) in groups]:
+                    done.result()
+            return
+        for group in groups:
             try:
                 for name in group:
                     self._sync_one_env(name, report, dry_run=dry_run, force_mint=force_mint)
@@ -421,7 +407,7 @@ class SyncEngine:
                 self._flush_sites()
 
     def _sync_one_env(self, name: str, report: SyncReport, *, dry_run: bool, force_mint: bool) -> None:
-        targets = {n: t for n, t in sorted(self.config.targets.items()) if t.env == name}
+        targets = self._targets_of(name)
         start = len(report.targets)
         with telemetry.fields(env=name):  # every log record of this env's sync carries it
             try:
@@ -433,6 +419,16 @@ class SyncEngine:
                 reported = {t.target for t in report.targets[start:]}
                 report.targets.extend(TargetReport(name, n, t.type, outcome="error", error=f"{exc}; nothing pushed")
                                       for n, t in targets.items() if n not in reported)
+
+    def _targets_of(self, env: str) -> dict[str, Any]:
+        """The env's targets by name, in name order (indexed once: a work item's few envs must
+        not each scan a fleet's targets)."""
+        if self._by_env is None:
+            by_env: dict[str, dict[str, Any]] = {}
+            for n, t in sorted(self.config.targets.items()):
+                by_env.setdefault(t.env, {})[n] = t
+            self._by_env = by_env
+        return dict(self._by_env.get(env, {}))
 
     def _site_key_of(self, target: Any) -> str | None:
         """The site and slot an app_settings target writes (None: another kind, or no subscription known)."""

@@ -94,11 +94,11 @@ def main() -> int:
         from azure.functions.timer import TimerRequest
 
         import function_app
-        from core.app.http_api import HttpApi, set_default_api
+        from core.runtime import LiveRuntime, set_live_runtime
 
         functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
-        api = HttpApi(environ={**os.environ, "VAULTRELAY_API_AUDIENCE": AUDIENCE})
-        set_default_api(api)
+        api = LiveRuntime(environ={**os.environ, "VAULTRELAY_API_AUDIENCE": AUDIENCE})
+        set_live_runtime(api)
         console.rule("4. the timer function runs once: bundles pushed to a target vault, a blob and app settings")
         functions["sync_timer"](TimerRequest())
         show_status(console, api)
@@ -137,7 +137,9 @@ def main() -> int:
 
 
 def show_status(console: Console, api: Any) -> None:
-    for row in api.context().engine().status():
+    from core.app.status import status
+
+    for row in status(api.current()).targets:
         console.print(f"  {row['env']} -> {row['target']} ({row['kind']}): {row['outcome']}, {row['variables']} variables")
 
 
@@ -186,7 +188,10 @@ def sas_overlap(console: Console, client: Any, api: Any) -> None:
     target = SecretClient(client.vault_url("kv-target"), client.admin_credential())
     old = target.get_secret("storage-sas").value
     time.sleep(1.1)  # SAS times have one-second resolution
-    report = api.context().engine().sync("production", force_mint=True)
+    from core.app.sync import sync
+
+    report = sync(api.current(), "production", force_mint=True).report
+    assert report is not None
     new = target.get_secret("storage-sas").value
 
     def works(token: str) -> bool:

@@ -23,13 +23,11 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
     admin (its bearer token): then the stores and audiences too, never values."""
     if (req.params.get("deep") or "").strip().lower() in _TRUE:
         from core import telemetry
-        from functions.http_api import internal_error, to_http_response
+        from functions.http import internal_error
 
         with telemetry.invocation(context, "health"):
             try:
-                from core.app.http_api import default_api
-
-                return to_http_response(default_api().readiness(dict(req.headers.items())))
+                return _readiness(req)
             except Exception:  # a bug: logged with its traceback, answered without detail
                 log.exception("GET /api/health?deep=1 failed")
                 return internal_error()
@@ -39,3 +37,23 @@ def health(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
         mimetype="application/json",
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _readiness(req: func.HttpRequest) -> func.HttpResponse:
+    """Readiness (core.app.readiness): 200 or 503; the detail only to an admin."""
+    from core.app.readiness import readiness
+    from core.runtime import ConfigUnavailable, live_runtime
+    from functions.http import health_admin, json_response, lowered
+
+    live = live_runtime()
+    try:
+        runtime = live.current()
+    except ConfigUnavailable as exc:
+        log.error("readiness: %s", exc)
+        # No config: no admin list either, so nobody gets more than the status.
+        return json_response(503, {"status": "unavailable"})
+    ready, detail = readiness(runtime, live.source_status())
+    status = 200 if ready else 503
+    if not health_admin(runtime, lowered(req)):
+        return json_response(status, {"status": detail["status"]})
+    return json_response(status, detail)

@@ -32,9 +32,11 @@ def keyvault_events(event: func.EventGridEvent, context: func.Context = NO_CONTE
     """React to SecretNewVersionCreated (re-sync the envs that use the secret) and
     SecretNearExpiry / SecretExpired (re-mint what vaultrelay owns, else warn)."""
     from core import telemetry
-    from core.app.http_api import default_api
+    from core.app.events import handle_event
+    from core.runtime import live_runtime
 
     with telemetry.invocation(context, "keyvault_events"):
-        outcome = default_api().keyvault_event(event_as_dict(event))
+        # No config (ConfigUnavailable) or a failure to act raises: Event Grid delivers again.
+        outcome = dict(handle_event(live_runtime().current(), event_as_dict(event)).__dict__)
         telemetry.annotate(outcome=outcome.get("outcome"))
         log.info("key vault event %s: %s", outcome.get("event_id"), json.dumps(outcome, default=str))

@@ -21,12 +21,16 @@ log = logging.getLogger("vaultrelay.functions")
 def sync_timer(timer: func.TimerRequest, context: func.Context = NO_CONTEXT) -> None:
     """Rotate what is due and sync every env; a failure is logged and retried on the next tick."""
     from core import telemetry
-    from core.app.http_api import default_api
+    from core.app.scheduled import scheduled
+    from core.runtime import live_runtime
 
     with telemetry.invocation(context, "sync_timer"):
         if timer.past_due:
             log.warning("sync timer is past due; running now")
-        result = default_api().scheduled()
+        live = live_runtime()
+        runtime = live.current()
+        live.flush_audit()  # counts of a quiet instance get stored too
+        result = scheduled(runtime)
         telemetry.annotate(outcome="ok" if result["ok"] else "incomplete")
         log.info("scheduled sync: %s", json.dumps({k: result[k] for k in ("ok", "target_writes", "targets", "rotations")}, default=str))
         if not result["ok"]:

@@ -5,7 +5,7 @@ mode (`VAULTRELAY_SYNC_MODE=queue`); the host scales this function out by queue 
 failure raises: the host makes the message visible again after `visibilityTimeout` and moves it
 to `<queue>-poison` after `maxDequeueCount` deliveries (host.json, docs/deploy.md); the last
 failing delivery records the env as poisoned for `status`.  `vaultrelay worker` runs the same
-`core.app.http_api.HttpApi.work_item` outside the host.
+use case (`core.app.worker.work_item`) outside the host.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ log = logging.getLogger("vaultrelay.functions")
 def sync_work(msg: func.QueueMessage, context: func.Context = NO_CONTEXT) -> None:
     """Sync the envs of one work item; raises when it failed (delivered again, then poisoned)."""
     from core import telemetry
-    from core.app.http_api import default_api
+    from core.app.worker import work_item
+    from core.runtime import live_runtime
 
     with telemetry.invocation(context, "sync_work"):
         text = msg.get_body().decode("utf-8", errors="replace")
-        result = default_api().work_item(text, int(msg.dequeue_count or 1))
+        result = dict(work_item(live_runtime().current(), text, int(msg.dequeue_count or 1)).__dict__)
         telemetry.annotate(outcome=result["outcome"])
         log.info("work item %s: %s", result["item"], json.dumps(
             {k: result[k] for k in ("outcome", "envs", "target_writes", "requeued", "delay_s")}, default=str))

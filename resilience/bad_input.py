@@ -8,11 +8,12 @@
   Generated VALID configs (stores, envs of literals and Key Vault references, targets) must load
   without a problem, and each one mutated at one place (a bad name, an out-of-range number, an
   unknown store or env, an unknown type) must give a `ConfigError` naming that YAML path.
-* The HTTP API (`HttpApi.fetch_env` and `HttpApi.admin`) with random env names, queries, headers
+* The HTTP API (the functions of functions/http_api.py, called with real `azure.functions`
+  requests, served by one `core.runtime.LiveRuntime`) with random env names, queries, headers
   and tokens: never a 500, never a traceback or an exception in a body.  Then with a valid token
   of a caller allowed to fetch the env: random `format`, `Accept` and other headers give 200, 400
   or 406 only, and no error body holds the env's secret value.
-* Key Vault event bodies (`HttpApi.keyvault_event`) with random JSON and near-valid events:
+* Key Vault event bodies (`core.app.events.handle_event`) with random JSON and near-valid events:
   acknowledged (an outcome) or rejected cleanly, never an exception.
 
 Hypothesis runs derandomized with a bounded number of examples (more in the long form).
@@ -418,12 +419,64 @@ def _set(config: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 
 
 # ---- the HTTP API and events -----------------------------------------------------------------
+class _Answer:
+    def __init__(self, response: Any) -> None:
+        self.status = int(response.status_code)
+        self.body = bytes(response.get_body())
+        self.media_type = str(response.mimetype)
+
+
+class _Served:
+    """The HTTP functions of functions/http_api.py (registered in an app of their own), served by
+    one LiveRuntime, called with real `azure.functions` requests; and the Event Grid use case."""
+
+    def __init__(self, live: Any) -> None:
+        import azure.functions as func
+
+        from functions.http_api import bp
+
+        app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+        app.register_functions(bp)
+        self.functions = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+        self.live = live
+        self.close = live.close
+
+    def _call(self, function: str, method: str, path: str, query: dict[str, str], headers: dict[str, str],
+              route: dict[str, str]) -> _Answer:
+        import azure.functions as func
+
+        from core.runtime import set_live_runtime
+
+        req = func.HttpRequest(method=method, url=f"http://localhost{path}", headers=headers, params=query, route_params=route, body=b"")
+        old = set_live_runtime(self.live)
+        try:
+            return _Answer(self.functions[function](req))
+        finally:
+            set_live_runtime(old)
+
+    def fetch_env(self, env: str, *, query: dict[str, str], headers: dict[str, str]) -> _Answer:
+        return self._call("get_env", "GET", "/api/envs/x", query, headers, {"env": env})
+
+    def admin(self, action: str, *, headers: dict[str, str], env: str | None = None, name: str | None = None,
+              query: dict[str, str] | None = None) -> _Answer:
+        if action == "sync":
+            return self._call("sync_env", "POST", "/api/sync/x", query or {}, headers, {"env": env or ""})
+        if action == "rotate":
+            return self._call("rotate", "POST", "/api/rotate/x", query or {}, headers, {"name": name or ""})
+        return self._call("status", "GET", "/api/status", query or {}, headers, {})
+
+    def keyvault_event(self, event: Any) -> dict[str, Any]:
+        from core.app.events import handle_event
+
+        return dict(handle_event(self.live.current(), event).__dict__)
+
+
 def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None], str]:
-    """The HttpApi under test, its cleanup, and the value of the env's one secret."""
+    """The HTTP API under test, its cleanup, and the value of the env's one secret."""
     import yaml
     from azure.keyvault.secrets import SecretClient
 
-    from core.app.http_api import HttpApi
+    from core.runtime import LiveRuntime
     from core.state.audit import MemoryAuditSink
 
     sandbox = ctx.sandbox
@@ -447,7 +500,7 @@ def _api(ctx: ScenarioContext) -> tuple[Any, Callable[[], None], str]:
     SecretClient(sandbox.vault_url("kv-source"), sandbox.admin_credential()).set_secret(f"fuzz-{tag}", value)
     path = ctx.workdir / "fuzz-vaultrelay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = _Served(LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink()))
     return api, api.close, value
 
 

@@ -48,8 +48,8 @@ def _target_writes(counters: dict[str, Any]) -> int:
 
 
 def run(ctx: ScenarioContext) -> ScenarioResult:
-    from core.push import holder_is_dead
-    from core.rotation.account_keys import KeyRotation
+    from core.app.rotate import rotate
+    from core.state.leases import holder_is_dead
 
     result = ScenarioResult("crash anywhere")
     rng = random.Random(ctx.seed)
@@ -67,7 +67,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     result.check(first.wait(timeout=120) == 0, "the first sync failed (see first-sync.err.log)")
     full_run = {"sync": int(ctx.sandbox.counters()["total"])}
     full_run["rotate"] = full_run["sync"] + 20  # raised by every rotation child that finishes before its kill
-    KeyRotation(world.engine()).rotate()  # adopt: key1 active, next due in an hour
+    rotate(world.runtime())  # adopt: key1 active, next due in an hour
     world.account_keys(account)
 
     spread: dict[str, int] = {}
@@ -119,7 +119,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
             while needed < MAX_CLEAN_RUNS and not converged:
                 needed += 1
                 clean = world.engine()
-                outcomes = [r.outcome for r in KeyRotation(clean).rotate()] if rotation else []
+                outcomes = [r.outcome for r in rotate(clean.runtime)] if rotation else []
                 report = clean.sync()
                 busy = any(t.outcome == "busy" for t in report.targets) or "busy" in outcomes
                 busy_refusals += busy

@@ -7,7 +7,7 @@ own round and the others scheduled for later rounds (so older versions' events a
 ones), each round's deliveries shuffled.  In some rounds a version is written and its event held
 back, then a newer version of the same secret is written and delivered: the older version's
 FIRST delivery comes in a later round, after the newer version was pushed (its other copies
-later still).  Delivery goes through the real event path: `HttpApi.keyvault_event` with the
+later still).  Delivery goes through the real event path: `core.app.events.handle_event` (the Event Grid function's use case) with the
 Event Grid wire shape.
 
 Invariant: exactly one push per new version per target, except for the held-back versions,
@@ -37,7 +37,9 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     import yaml
     from azure.keyvault.secrets import SecretClient
 
-    from core.app.http_api import HttpApi
+    from core.app.events import handle_event
+    from core.app.sync import engine
+    from core.runtime import LiveRuntime
     from core.state.audit import MemoryAuditSink
 
     result = ScenarioResult(NAME)
@@ -81,10 +83,10 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     }
     path = ctx.workdir / "events-vaultrelay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     target_secrets = {f"v-secret-{i}": f"SECRET_{i}" for i in range(variables)}
     try:
-        first = api.context().engine().sync()
+        first = engine(api.current()).sync()
         result.check(first.ok, f"the first sync did not complete: {[(t.target, t.outcome, t.error) for t in first.targets]}")
         before = _versions(target, [*target_secrets, "app-bundle"])
 
@@ -120,7 +122,7 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
             if version_of[item["secret"]] != item["version"]:
                 stale += 1
             try:
-                outcome = api.keyvault_event(item["event"])
+                outcome = dict(handle_event(api.current(), item["event"]).__dict__)
             except Exception as exc:  # a valid event that could not be acted on (Event Grid would retry)
                 ctx.observe(str(exc))
                 problems.append(f"event for {item['secret']}@{item['version'][:8]}: {type(exc).__name__}: {str(exc)[:120]}")

@@ -57,9 +57,9 @@ def run(ctx: ScenarioContext) -> ScenarioResult:
     # Adopt the accounts (the schedule starts), push once, then move the rotations past due.
     engine = world.engine()
     engine.sync()
-    from core.rotation.account_keys import KeyRotation
+    from core.app.rotate import rotate
 
-    assert [r.outcome for r in KeyRotation(engine).rotate()] == ["adopted"] * due
+    assert [r.outcome for r in rotate(engine.runtime)] == ["adopted"] * due
     for account in accounts:
         world.make_due(account)
         world.account_keys(account)
@@ -178,10 +178,10 @@ def _child(argv: list[str]) -> int:
 
     from azure.keyvault.secrets import SecretClient
 
+    from core.app.rotate import rotate
     from core.config import load_config
     from core.connections import StoreConnections
     from core.push import SyncEngine
-    from core.rotation.account_keys import KeyRotation
     from sandbox.client import SandboxClient
     from sandbox.resolver import install
 
@@ -197,8 +197,8 @@ def _child(argv: list[str]) -> int:
     report: dict[str, Any] = {"index": args.index, "iterations": 0, "syncs": 0, "busy_retries": 0, "rotations": [], "errors": []}
     for k in range(args.iterations):
         source.set_secret(args.secret, f"{args.salt}-p{args.index}-v{k}")
-        # The timer's work (core.app.http_api scheduled): rotations that are due, then a sync of every env.
-        for rotation in KeyRotation(engine).rotate():
+        # The timer's work (core.app.scheduled): rotations that are due, then a sync of every env.
+        for rotation in rotate(engine.runtime):
             report["rotations"].append(rotation.outcome)
             if rotation.outcome == "error":
                 report["errors"].append(f"rotation {rotation.name}: {rotation.error}")

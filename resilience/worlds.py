@@ -113,6 +113,14 @@ class World:
 
         return SyncEngine(StoreConnections(load_config(str(self.config_path)), **broker_kwargs))
 
+    def runtime(self, **broker_kwargs: Any) -> Any:
+        """A Runtime over the config in this process (fresh connections each time)."""
+        from core.config import load_config
+        from core.connections import StoreConnections
+        from core.runtime import Runtime
+
+        return Runtime(connections=StoreConnections(load_config(str(self.config_path)), **broker_kwargs))
+
     # ---- processes ----------------------------------------------------------------------
     def cli(self, log_name: str, *args: str) -> subprocess.Popen[bytes]:
         """`python -m core.cli --config <config> <args>` with output in `<log_name>.out.log` / `.err.log`."""

@@ -18,8 +18,8 @@ from typing import Any
 from azure.keyvault.secrets import SecretClient
 
 from core.config import parse_config
-from core.connections import StoreConnections
 from core.push import SyncEngine
+from core.runtime import Runtime
 from sandbox.client import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,11 @@ class World:
         return parse_config(text, "test.yaml", environ=os.environ)
 
     def engine(self, body: str, **kwargs: Any) -> SyncEngine:
-        return SyncEngine(StoreConnections(self.config(body, **kwargs)))
+        return SyncEngine(self.runtime(body, **kwargs))
+
+    def runtime(self, body: str, **kwargs: Any) -> Runtime:
+        """A fresh runtime over `body` (its own connections and state store), as a new process has."""
+        return Runtime(self.config(body, **kwargs))
 
 
 WRITE_WORDS = ("set", "update", "delete", "create", "regenerate", "put", "post", "merge", "patch", "recover")

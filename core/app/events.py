@@ -28,8 +28,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.app.rotate import repush
+from core.app.sync import PushIncomplete, engine, push
 from core.mint.sas import DELEGATION_KEY_PREFIX
 from core.resolve import forget_values
+from core.runtime import Runtime
 from core.sources.registry import sources
 from core.state.tables import Conflict, Row
 
@@ -104,20 +107,30 @@ class EventOutcome:
     detail: str = ""
 
 
-class KeyVaultEvents:
-    """Handles Key Vault events for one SyncEngine."""
+def handle_event(runtime: Runtime, raw: Mapping[str, Any]) -> EventOutcome:
+    """The Event Grid trigger's use case: one delivered Key Vault event, handled over `runtime`
+    (its index of secrets to envs is built once per runtime).
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    Raises:
+        Exception: vaultrelay could not act on a valid event (Event Grid should retry).
+    """
+    return runtime.shared("keyvault_events", lambda: KeyVaultEvents(runtime)).handle(raw)
+
+
+class KeyVaultEvents:
+    """Handles Key Vault events over one runtime (core.runtime)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.index = self._build_index()
         self.vaults = self._config_vaults()
 
     def _build_index(self) -> dict[tuple[str, str], set[str]]:
         """(vault, secret) -> envs with targets that reference it."""
-        with_targets = set(self.engine.envs_with_targets())
+        with_targets = set(self.runtime.envs_with_targets())
         index: dict[tuple[str, str], set[str]] = {}
         for env in with_targets:
-            for ref in self.engine.broker.env_plan(env).refs:
+            for ref in self.runtime.connections.env_plan(env).refs:
                 read = sources().get(ref.kind).keyvault_object(ref)
                 if read is not None:
                     index.setdefault((read[0].lower(), read[1].lower()), set()).add(env)
@@ -126,8 +139,8 @@ class KeyVaultEvents:
     def _config_vaults(self) -> frozenset[str]:
         """Every vault the config names: references (of any env), Key Vault targets, the state
         vault and vaults under `rotation.tagged_secrets` (lowercase)."""
-        config = self.engine.config
-        reads = [sources().get(ref.kind).keyvault_object(ref) for env in config.envs for ref in self.engine.broker.env_plan(env).refs]
+        config = self.runtime.config
+        reads = [sources().get(ref.kind).keyvault_object(ref) for env in config.envs for ref in self.runtime.connections.env_plan(env).refs]
         vaults = {read[0].lower() for read in reads if read is not None}
         vaults.update(t.vault.lower() for t in config.targets.values() if t.type == "keyvault")
         if config.state is not None and config.state.vault:
@@ -154,7 +167,7 @@ class KeyVaultEvents:
         if event.vault not in self.vaults:
             # Not ours: nothing is read or written (no status warning, no event or audit row).
             return EventOutcome(event.id, "ignored", detail=f"vault {event.vault} is not in the config")
-        if self.engine.state.event_seen(event.id):
+        if self.runtime.state.event_seen(event.id):
             return EventOutcome(event.id, "duplicate")
         if event.type == NEW_VERSION:
             outcome = self._new_version(event)
@@ -168,31 +181,32 @@ class KeyVaultEvents:
         if not envs:
             return EventOutcome(event.id, "ignored", detail=f"no env with targets references {event.vault}/{event.name}")
         forget_values(vault=event.vault, secret=event.name)
-        items = self.engine.request_sync(envs, reason="secret_changed", trigger=f"event:{event.id}",
-                                         forget=[{"vault": event.vault, "secret": event.name}])
-        if items is not None:
-            return EventOutcome(event.id, "enqueued", envs, detail=f"{len(items)} work items")
-        for env in envs:
-            report = self.engine.sync(env)
-            if not report.ok:
-                raise RuntimeError(f"re-sync of env {env} after a new version of {event.vault}/{event.name} did not complete")
+        try:
+            pushed = push(self.runtime, envs, reason="secret_changed", trigger=f"event:{event.id}",
+                          forget=[{"vault": event.vault, "secret": event.name}])
+        except PushIncomplete as exc:
+            raise RuntimeError(f"re-sync after a new version of {event.vault}/{event.name}: {exc}") from None
+        if pushed.items is not None:
+            return EventOutcome(event.id, "enqueued", envs, detail=f"{len(pushed.items)} work items")
         return EventOutcome(event.id, "synced", envs)
 
     def _expiring(self, event: KeyVaultEvent) -> EventOutcome:
-        config = self.engine.config
+        config = self.runtime.config
         state_vault = (config.state.vault or "").lower() if config.state else ""
         if event.vault == state_vault and event.name.startswith(("vr-sas-", "vr-token-")):
-            row = self.engine.state.get("rotations", "sas", event.name)
+            row = self.runtime.state.get("rotations", "sas", event.name)
             env = str(row.fields.get("env")) if row else None
-            if env and env in self.engine.envs_with_targets():
+            if env and env in self.runtime.envs_with_targets():
                 # Key Vault warns 30 days ahead, so every short-lived SAS is "near expiry" from the
                 # start: re-sync, which re-mints only when the token is due (rotate_before).
-                if self.engine.request_sync([env], reason="secret_expiring", trigger=f"event:{event.id}") is not None:
+                try:
+                    pushed = push(self.runtime, [env], reason="secret_expiring", trigger=f"event:{event.id}")
+                except PushIncomplete:
+                    raise RuntimeError(f"re-mint for env {env} did not complete") from None
+                if pushed.items is not None:
                     return EventOutcome(event.id, "enqueued", [env], detail="minted SAS to be checked by the worker")
-                report = self.engine.sync(env, force_mint=False)
-                if not report.ok:
-                    raise RuntimeError(f"re-mint for env {env} did not complete")
-                return EventOutcome(event.id, "synced", [env], detail=f"minted SAS checked: re-minted {'yes' if report.minted else 'no (not due)'}")
+                minted = any(report.minted for report in pushed.reports)
+                return EventOutcome(event.id, "synced", [env], detail=f"minted SAS checked: re-minted {'yes' if minted else 'no (not due)'}")
         if event.vault == state_vault and event.name.startswith(DELEGATION_KEY_PREFIX):
             return EventOutcome(event.id, "ignored", detail="a cached user delegation key: renewed when a SAS needs more lifetime than it has left")
         tagged = self._tagged_rotation(event)
@@ -203,18 +217,19 @@ class KeyVaultEvents:
             if t.type == "keyvault" and t.vault.lower() == event.vault
         )
         if owned:
-            if self.engine.request_sync(owned, reason="secret_expiring", trigger=f"event:{event.id}") is not None:
+            if self.runtime.queue:
+                push(self.runtime, owned, reason="secret_expiring", trigger=f"event:{event.id}")
                 return EventOutcome(event.id, "enqueued", owned, detail="target secret to be re-pushed")
-            for env in owned:
-                self.engine.sync(env)
+            for env in owned:  # each on its own: one env's failure is its own (recorded for status)
+                engine(self.runtime).sync(env)
             return EventOutcome(event.id, "synced", owned, detail="target secret re-pushed")
         sources = sorted(self.index.get((event.vault, event.name), set()))
         detail = f"{event.type.rsplit('.', 1)[-1]}: {event.vault}/{event.name} is not managed by vaultrelay"
         row = Row("warning", f"{event.vault}:{event.name}", {"event": event.type, "envs": ",".join(sources), "detail": detail})
-        existing = self.engine.state.get("rotations", "warning", row.key)
+        existing = self.runtime.state.get("rotations", "warning", row.key)
         row.etag = existing.etag if existing else None
         try:
-            self.engine.state.put("rotations", row)
+            self.runtime.state.put("rotations", row)
         except Conflict:
             pass
         log.warning("%s", detail)
@@ -230,12 +245,13 @@ class KeyVaultEvents:
         """
         from core.rotation.tagged_secrets import TaggedSecretRotation
 
-        rotation = TaggedSecretRotation(self.engine)
+        rotation = TaggedSecretRotation(self.runtime)
         if not rotation.watches(event.vault):
             return None
         report = rotation.on_event(event.vault, event.name, event.version, expired=event.type == EXPIRED)
         if report is None:
             return None
+        repush(self.runtime, report)
         if report.outcome == "error":
             raise RuntimeError(f"rotation of {event.vault}/{event.name} failed: {report.error}")
         if report.outcome in ("rotated", "resumed"):
@@ -245,8 +261,8 @@ class KeyVaultEvents:
         return EventOutcome(event.id, "ignored", detail=f"tagged secret {event.vault}/{event.name}: {report.outcome.replace('_', ' ')}")
 
     def _record(self, event: KeyVaultEvent, outcome: EventOutcome) -> None:
-        state = self.engine.state
+        state = self.runtime.state
         state.record_event(event.id, {"type": event.type, "subject": f"{event.vault}/{event.name}",
                                       "outcome": outcome.outcome, "envs": ",".join(outcome.envs)})
-        state.audit(self.engine.owner, f"event.{outcome.outcome}", f"{event.vault}/{event.name}", {"event": event.id, "envs": outcome.envs})
+        state.audit(self.runtime.owner, f"event.{outcome.outcome}", f"{event.vault}/{event.name}", {"event": event.id, "envs": outcome.envs})
 

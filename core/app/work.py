@@ -29,7 +29,7 @@ import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,17 +39,23 @@ from core.azure.retry import WaitLimit, wait_limit, waits_at_most
 
 log = logging.getLogger("vaultrelay.work")
 
-MODE_SETTING = "VAULTRELAY_SYNC_MODE"
 BATCH_SETTING = "VAULTRELAY_WORK_BATCH"
 MAX_DEQUEUE_SETTING = "VAULTRELAY_WORK_MAX_DEQUEUE"
 MAX_ENVS_PER_ITEM = 50
 DEFAULT_BATCH = 10
+# A fan-out of few envs is cut into about this many items (fewer envs each, down to one): the
+# host scales the consumer out by queue length, and 100 envs in 10 items would keep 4 instances
+# busy for 3 rounds, 2 of them idle in the last.
+MIN_ITEMS = 16
 # Kept equal to host.json's extensions.queues.maxDequeueCount (a test checks they agree).
 DEFAULT_MAX_DEQUEUE = 5
 # Re-enqueues of one item for throttling or a busy env before it counts as a failure.
 MAX_REQUEUES = 8
 REQUEUE_BASE_S = 5.0
 REQUEUE_MAX_S = 300.0
+# Envs of one item synced at once (each under its own lease): an item's envs then cost about one
+# env's round trips, not the sum of them (envs sharing an app-settings site stay one at a time).
+ENV_CONCURRENCY = 4
 # The longest Retry-After a work item waits for (Key Vault's shared backoff, the retry policy): a
 # longer one fails the call as throttled and the item is re-enqueued with at least that delay,
 # rather than hold its worker (a host invocation) asleep.
@@ -159,6 +165,12 @@ def plan_items(groups: Sequence[Sequence[str]], reason: Reason, trigger: str, *,
     return items
 
 
+def item_size(envs: int, batch: int) -> int:
+    """Envs per item for a fan-out of `envs`: `batch`, or fewer so that there are about MIN_ITEMS
+    items (at least one env each)."""
+    return max(1, min(batch, math.ceil(envs / MIN_ITEMS)))
+
+
 @dataclass
 class Fanout:
     """Enqueues work items for one engine's config (the planners' side)."""
@@ -180,17 +192,12 @@ class Fanout:
         if not self.ensured:
             self.queue.ensure()
             self.ensured = True
-        items = plan_items(engine._site_groups(sorted(set(envs))), reason, trigger, batch=self.batch, forget=forget,
+        items = plan_items(engine._site_groups(sorted(set(envs))), reason, trigger, batch=item_size(len(set(envs)), self.batch), forget=forget,
                            force_mint=force_mint)
         for item in items:
             self.queue.send(item.to_text())
         log.info("enqueued %d work items (%d envs, %s, %s)", len(items), len(set(envs)), reason, trigger)
         return items
-
-
-def queue_mode(environ: Mapping[str, str]) -> bool:
-    """Whether planners enqueue (`VAULTRELAY_SYNC_MODE=queue`) rather than sync inline."""
-    return (environ.get(MODE_SETTING) or "inline").strip().lower() == "queue"
 
 
 def open_queue(broker: Any, environ: Mapping[str, str]) -> WorkQueue:
@@ -266,19 +273,56 @@ def requeue_delay(attempt: int, refused_s: float = 0.0) -> float:
     return max(backoff, min(REQUEUE_MAX_S, math.ceil(refused_s)))
 
 
+# A kept storage key listing is used by a work item only if it was made this long after the
+# account's last key switch (another instance's rotation: its clock may differ a little).
+SWITCH_MARGIN = timedelta(minutes=5)
+
+
+def _drop_listings_older_than_key_switches(engine: Any) -> None:
+    """Drop this process's kept storage key listings made before (or about when) an account's
+    active key last switched, so that a work item reusing the others never signs or pushes with
+    a key regenerated since it was listed (one read of the storage rotation records).
+
+    Each item would otherwise list every account it uses afresh: two ARM list calls per account,
+    against the storage resource provider's 100 lists per 5 minutes per subscription and region,
+    a ceiling of a few hundred items per 5 minutes for the whole fleet.
+
+    Raises:
+        core.state.tables.StateUnavailable: the state tables failed.
+    """
+    from core.resolve import forget_values
+    from core.sources.listed_keys import forget_listed_keys
+    from core.sources.storage import STORAGE_ROTATION
+
+    now = datetime.now(UTC)
+    for row in engine.state.query("rotations", STORAGE_ROTATION):
+        switched = str(row.fields.get("rotated_at") or "")
+        try:
+            at = datetime.fromisoformat(switched)
+        except ValueError:
+            continue
+        fresh_after = (at if at.tzinfo else at.replace(tzinfo=UTC)) + SWITCH_MARGIN
+        if forget_listed_keys(row.key, listed_before=fresh_after) or now < fresh_after:
+            forget_values(account=row.key)  # values taken from such a listing (`cache.secret_cache`)
+
+
 def run_item(engine: Any, item: WorkItem) -> WorkResult:
     """Sync the item's envs (those that still have targets) and sort the outcome per env."""
     from core.resolve import forget_values
+    from core.sources.listed_keys import forget_listed_keys
 
     for forget in item.forget:
         forget_values(**forget.params())
+        if forget.account:
+            forget_listed_keys(forget.account)
     known = set(engine.envs_with_targets())
     envs = [e for e in dict.fromkeys(item.envs) if e in known]  # an env removed from the config is done
     result = WorkResult(item.id, "done", envs)
     if not envs:
         return result
     writes_before = engine.state.writes
-    report = engine.sync(envs=envs, force_mint=item.force_mint)
+    _drop_listings_older_than_key_switches(engine)
+    report = engine.sync(envs=envs, force_mint=item.force_mint, reuse_listings=True, concurrency=ENV_CONCURRENCY)
     result.state_writes = engine.state.writes - writes_before
     result.target_writes = report.target_writes
     result.pushed = [f"{t.env}->{t.target}" for t in report.targets if t.writes]

@@ -1,7 +1,8 @@
-"""`vaultrelay worker`: the work queue consumed outside the Functions host.
+"""Use case: a work item.  `work_item` is one delivery as the queue trigger hands it over;
+`consume` is `vaultrelay worker`: the work queue consumed outside the Functions host.
 
-Each process receives messages, hands each to `core.app.work.handle_message` (the code path of
-the queue trigger) and does what the host does with the outcome: delete it when done; on a
+Each process receives messages, hands each to `work_item` (the code path of the queue trigger)
+and does what the host does with the outcome: delete it when done; on a
 failure make it visible again after the host's `visibilityTimeout`, and on the last allowed
 delivery (`maxDequeueCount`) move it to `<queue>-poison`.  Several processes (`--processes N`)
 coordinate only through the queue (visibility) and the state tables (leases, ETags); a process
@@ -30,8 +31,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.app.work import WorkFailed, handle_message, max_dequeue
+from core.app.sync import work_queue
+from core.app.work import WorkFailed, WorkResult, handle_message, max_dequeue
 from core.azure.queue import WorkQueue
+from core.push import SyncEngine
+from core.runtime import Runtime
 
 log = logging.getLogger("vaultrelay.worker")
 
@@ -65,6 +69,11 @@ class WorkerStats(BaseModel):
     malformed: int = 0
     cpu_seconds: float = 0.0
     seconds: float = 0.0
+    # The timeline (Unix times; summed over processes: the earliest start and first item, the
+    # latest last item): what a process spent before its first item and after its last.
+    started_at: float | None = Field(None, description="when the (first) process began consuming, Unix time")
+    first_item_at: float | None = Field(None, description="when the first work item was received, Unix time")
+    last_done_at: float | None = Field(None, description="when the last work item was done, Unix time")
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -73,6 +82,10 @@ class WorkerStats(BaseModel):
         for key, value in other.items():
             if key in ("seconds",):
                 self.seconds = max(self.seconds, float(value))
+            elif key in ("started_at", "first_item_at", "last_done_at"):
+                if value is not None:
+                    mine = getattr(self, key)
+                    setattr(self, key, value if mine is None else (max if key == "last_done_at" else min)(mine, value))
             elif key == "pushed":
                 self.pushed.extend(value)
             elif hasattr(self, key):
@@ -84,7 +97,22 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_timeout_s: int = 120, batch: int = 1,
+def work_item(runtime: Runtime, text: str, dequeue_count: int, *, queue: WorkQueue | None = None,
+              limit: int | None = None) -> WorkResult:
+    """One delivery of a work queue message (core.app.work.handle_message), synced by an engine of
+    its own (the queue trigger may run several at once on one instance: an engine holds one
+    sync's working set) over the runtime's state store and fingerprint key; it syncs inline,
+    never enqueues.  Requeued items go back to `queue` (default: the runtime's work queue).
+
+    Raises:
+        WorkFailed: the item failed (delivered again, then poisoned).
+        QueueNotConfigured: no queue to send a requeued item to.
+    """
+    return handle_message(SyncEngine(runtime), text, dequeue_count=dequeue_count,
+                          queue=queue if queue is not None else work_queue(runtime), limit=limit)
+
+
+def consume(runtime: Runtime, queue: WorkQueue, *, drain: bool = False, visibility_timeout_s: int = 120, batch: int = 1,
             failed_retry_s: float = FAILED_RETRY_S, limit: int | None = None, stop: Any = None) -> WorkerStats:
     """Consume `queue` until interrupted (`stop.is_set()`), or with `drain` until it is empty:
     no message visible, and none in it at all (Azure's approximate count includes invisible
@@ -94,6 +122,7 @@ def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_ti
     limit = limit or max_dequeue()
     stats = WorkerStats()
     began, cpu_began = time.monotonic(), _cpu()
+    stats.started_at = time.time()
     idle = 0
     while stop is None or not stop.is_set():
         deliveries = queue.receive(batch, visibility_timeout_s)
@@ -107,11 +136,13 @@ def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_ti
                 idle += 1
             continue
         idle = 0
+        if stats.first_item_at is None:
+            stats.first_item_at = time.time()
         for delivery in deliveries:
             stats.items += 1
             log.info("work item received (message %s, delivery %d)", delivery.id, delivery.dequeue_count)
             try:
-                result = handle_message(engine, delivery.text, dequeue_count=delivery.dequeue_count, queue=queue, limit=limit)
+                result = work_item(runtime, delivery.text, delivery.dequeue_count, queue=queue, limit=limit)
             except Exception as exc:  # WorkFailed, state or queue failures, bugs: as the host treats a failed function
                 if isinstance(exc, WorkFailed):
                     log.warning("%s", exc)
@@ -124,8 +155,10 @@ def consume(engine: Any, queue: WorkQueue, *, drain: bool = False, visibility_ti
                 else:
                     queue.release(delivery, failed_retry_s)
                     stats.failed += 1
+                stats.last_done_at = time.time()
                 continue
             queue.delete(delivery)
+            stats.last_done_at = time.time()
             stats.envs += len(result.envs)
             stats.target_writes += result.target_writes
             stats.state_writes += result.state_writes

@@ -531,18 +531,12 @@ class AzureClients:
 
         return TableClient(self.storage_url(account, "table"), table, credential=AzureSasCredential(token), transport=self._transport())
 
-    def audit_table_service(self, account: str, credential: Any) -> TableServiceClientLike:
-        """The state tables for the fetch audit: a short retry budget (the write is on a fetch's
-        path: better a quick 503 than a caller waiting out storage's long backoff)."""
-        url = self.storage_url(account, "table")
-
-        def build() -> TableServiceClientLike:
-            from azure.data.tables import TableServiceClient
-
-            return TableServiceClient(endpoint=url, credential=credential, transport=self._transport(),
-                                      retry_total=2, retry_backoff_factor=0.2, retry_backoff_max=2)
-
-        return self._cached("table-audit", url, credential, build)
+    @staticmethod
+    def short_retry() -> dict[str, Any]:
+        """Per-call options for a call on a caller's path (the fetch audit's table writes): a short
+        retry budget, better a quick 503 than the caller waiting out storage's long backoff.
+        Passed to the calls of the same clients (azure-core's RetryPolicy reads them per operation)."""
+        return {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
 
     # ---- Key Vault --------------------------------------------------------------------------
     def secret_client(self, vault: str, credential: Any) -> SecretClientLike:

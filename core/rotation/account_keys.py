@@ -5,7 +5,9 @@ Microsoft's dual-key pattern, end to end:
 2. verify the new key works (one cheap authorized call),
 3. switch `active` to it in the rotation record,
 4. re-push every env that uses the account: `key: active` references now publish the new key,
-   and SAS tokens signed with the old key are re-minted with the new one,
+   and SAS tokens signed with the old key are re-minted with the new one (the rotation returns
+   the envs in its report's `repush`; the rotate use case, core.app.rotate, syncs them and then
+   records the rotation done),
 5. only then is the rotation done; the old key keeps working until the *next* rotation
    regenerates it, so consumers that have not picked up the new values yet keep working.
 
@@ -29,15 +31,16 @@ start is refused with 412 while the first one runs, and once it is done the list
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from core.errors import NotFoundError
 from core.resolve import forget_values
 from core.rotation.regeneration import (
     Regeneration,
+    Repush,
     RotationReport,
     counted,
     follow_regeneration,
@@ -52,8 +55,6 @@ log = logging.getLogger("vaultrelay.rotate")
 
 OTHER = {"key1": "key2", "key2": "key1", "primary": "secondary", "secondary": "primary"}
 LEASE_SECONDS = 900.0
-# Waits between re-push attempts of an env another instance is syncing (its lease lasts a sync).
-REPUSH_WAITS = (1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,13 @@ class Candidate:
 
 
 class KeyRotation:
-    """Rotation of every `rotate:` reference in a config, through a SyncEngine."""
+    """Rotation of every `rotate:` reference in a config, over its runtime (core.runtime)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.broker = engine.broker
-        self.state = engine.state
-        self.wait = float(engine.config.rotation.regenerate_wait)
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.broker = runtime.connections
+        self.state = runtime.state
+        self.wait = float(runtime.config.rotation.regenerate_wait)
 
     def candidates(self) -> dict[str, Candidate]:
 
@@ -101,23 +102,24 @@ class KeyRotation:
                progress: Callable[[str], None] | None = None) -> list[RotationReport]:
         """Rotate what is due (or `name`, or everything with `force`): account keys of `rotate:`
         references, then the secrets of `rotation.tagged_secrets` vaults (core.rotation.tagged_secrets).
-        `progress(name)` is called as each account rotation is done.
+        `progress(name)` is called as each account rotation is done.  A report whose rotation
+        changed values carries the envs to push in `repush`; nothing is pushed here.
 
         Raises:
-            KeyError: `name` is not a rotation of this config.
+            NotFoundError: `name` is not a rotation of this config.
         """
         from core.rotation.tagged_secrets import TaggedSecretRotation
 
-        tagged = TaggedSecretRotation(self.engine) if self.engine.config.rotation.tagged_secrets else None
+        tagged = TaggedSecretRotation(self.runtime) if self.runtime.config.rotation.tagged_secrets else None
         if name is not None and name.startswith("tagged:"):
             if tagged is None:
-                raise KeyError(f"no rotation named '{name}' (no rotation.tagged_secrets in the config)")
+                raise NotFoundError(f"no rotation named '{name}' (no rotation.tagged_secrets in the config)")
             return tagged.rotate(name, force=force)
         candidates = self.candidates()
         if name is not None:
             if name not in candidates:
                 extra = ", tagged:<vault>/<secret>" if tagged is not None else ""
-                raise KeyError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'}{extra})")
+                raise NotFoundError(f"no rotation named '{name}' (rotations: {', '.join(sorted(candidates)) or 'none'}{extra})")
             candidates = {name: candidates[name]}
         reports = []
         for candidate in candidates.values():
@@ -126,12 +128,11 @@ class KeyRotation:
                 progress(candidate.name)
         if tagged is not None and name is None:
             reports.extend(tagged.rotate(force=force))
-        notify_rotations(self.engine, reports)
         return reports
 
     # ---- one rotation -------------------------------------------------------------------
     def _rotate_one(self, c: Candidate, force: bool) -> RotationReport:
-        now = self.engine.clock()
+        now = self.runtime.clock()
         row = self.state.get("rotations", c.kind, c.account)
         default = "key1" if c.kind == "storage" else "primary"
         if row is None and not force:
@@ -145,23 +146,31 @@ class KeyRotation:
             return RotationReport(c.name, "adopted", default, next_due=next_due.isoformat())
         if row is not None and not row.fields.get("phase") and not force and not self._due(row, c, now):
             return RotationReport(c.name, "not_due", row.fields.get("active", default), next_due=row.fields.get("next_due"))
-        from core.push import holder_is_dead
+        from core.state.leases import holder_is_dead
 
-        lease = self.state.acquire_lease(f"rotate:{c.name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
+        lease = self.state.acquire_lease(f"rotate:{c.name}", self.runtime.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None:
             return RotationReport(c.name, "busy")
+        kept = False
         try:
             row = self.state.get("rotations", c.kind, c.account) or Row(c.kind, c.account, {"active": default, "rotated_at": ""})
             phase = row.fields.get("phase") or ""
             if not phase and not force and not self._due(row, c, now):
                 return RotationReport(c.name, "not_due", row.fields.get("active"), next_due=row.fields.get("next_due"))
-            return self._run(c, row, resumed=bool(phase))
+            report = self._run(c, row, resumed=bool(phase))
+            if report.repush is not None:
+                # The lease stays held while the envs are pushed (other instances find the
+                # rotation busy rather than resuming it); whoever pushes releases it.
+                report.repush.release = lambda: self.state.release_lease(lease)
+                kept = True
+            return report
         except Exception as exc:
             log.error("rotation %s failed: %s", c.name, type(exc).__name__)
-            self.state.audit(self.engine.owner, "rotation.failed", c.name, {"error": type(exc).__name__})
+            self.state.audit(self.runtime.owner, "rotation.failed", c.name, {"error": type(exc).__name__})
             return RotationReport(c.name, "error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
         finally:
-            self.state.release_lease(lease)
+            if not kept:
+                self.state.release_lease(lease)
 
     @staticmethod
     def _due(row: Row, c: Candidate, now: datetime) -> bool:
@@ -171,7 +180,7 @@ class KeyRotation:
         return now - datetime.fromisoformat(rotated_at) >= timedelta(seconds=c.every)
 
     def _run(self, c: Candidate, row: Row, *, resumed: bool) -> RotationReport:
-        fp = self.engine.fingerprinter
+        fp = self.runtime.fingerprinter
         active = str(row.fields.get("active"))
         target = str(row.fields.get("target_key") or OTHER[active])
         report = RotationReport(c.name, "resumed" if resumed else "rotated", old_active=active, new_active=target)
@@ -180,7 +189,7 @@ class KeyRotation:
             self._ensure_keys_usable(c)
         if not phase:
             keys = self._keys(c)
-            row.fields.update({"phase": "regenerating", "target_key": target, "fp_before": fp.of(keys[target]), "started_at": self.engine.clock().isoformat()})
+            row.fields.update({"phase": "regenerating", "target_key": target, "fp_before": fp.of(keys[target]), "started_at": self.runtime.clock().isoformat()})
             row = self._save(row)
             phase = "regenerating"
         if phase == "regenerating":
@@ -203,41 +212,34 @@ class KeyRotation:
             row = self._save(row)
             phase = "switching"
         if phase == "switching":
-            row.fields.update({"active": target, "previous": active, "rotated_at": self.engine.clock().isoformat(), "phase": "repushing"})
+            row.fields.update({"active": target, "previous": active, "rotated_at": self.runtime.clock().isoformat(), "phase": "repushing"})
             row = self._save(row)
             forget_values(account=c.account)
             phase = "repushing"
         if phase == "repushing":
-            envs = [env for env in c.envs if env in self.engine.envs_with_targets()]
-            # Queue mode: the re-pushes are work items (a busy env is re-enqueued by the worker
-            # until it is pushed after the switch); the record may then leave `repushing`.
-            if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:{c.name}", forget=[{"account": c.account}]) is not None:
-                report.repushed.extend(envs)
-            else:
-                for env in envs:
-                    self._repush(env, target)
-                    report.repushed.append(env)
-            next_due = self.engine.clock() + timedelta(seconds=c.every)
-            row.fields.update({"phase": "", "target_key": "", "fp_before": "", "next_due": next_due.isoformat()})
-            row = self._save(row)
-            report.next_due = next_due.isoformat()
-        self.state.audit(self.engine.owner, "rotation.done", c.name, {"from": active, "to": target, "repushed": report.repushed, "resumed": resumed})
+            # Resumed here too after a run died while its envs were being pushed: they are pushed
+            # again (a sync of an env already holding the new key writes nothing).
+            envs = [env for env in c.envs if env in self.runtime.envs_with_targets()]
+            report.repush = Repush(envs, f"rotation:{c.name}", [{"account": c.account}],
+                                   done=lambda: self._finish(c, report, resumed))
         return report
 
-    def _repush(self, env: str, target: str) -> None:
-        """Sync `env` after the switch.  Another instance holding the env's lease may have read
-        the old key before the switch, so its push does not count: wait for the lease and push
-        again; if it stays busy the rotation stays in phase `repushing` and the next run resumes."""
-        for wait in (0.0, *REPUSH_WAITS):
-            if wait:
-                log.info("rotation: env %s is being synced by another instance; re-push again in %.0f s", env, wait)
-                time.sleep(wait)
-            result = self.engine.sync(env)
-            if not result.ok:
-                raise RuntimeError(f"re-push of env {env} after switching to {target} did not complete; will resume")
-            if not any(t.outcome == "busy" for t in result.targets):
-                return
-        raise RuntimeError(f"re-push of env {env} after switching to {target}: another instance kept its lease; will resume")
+    def _finish(self, c: Candidate, report: RotationReport, resumed: bool) -> None:
+        """Leave phase `repushing` once the envs were pushed (or enqueued) after the switch.  A
+        record already finished (another instance resumed the same rotation) is left as it is.
+
+        Raises:
+            RuntimeError: the record kept changing underneath this run.
+        """
+        row = self.state.get("rotations", c.kind, c.account)
+        if row is None or row.fields.get("phase") != "repushing" or str(row.fields.get("active")) != report.new_active:
+            return
+        next_due = self.runtime.clock() + timedelta(seconds=c.every)
+        row.fields.update({"phase": "", "target_key": "", "fp_before": "", "next_due": next_due.isoformat()})
+        self._save(row)
+        report.next_due = next_due.isoformat()
+        self.state.audit(self.runtime.owner, "rotation.done", c.name, {"from": report.old_active, "to": report.new_active,
+                                                                      "repushed": report.repushed, "resumed": resumed})
 
     def _save(self, row: Row) -> Row:
         try:
@@ -300,7 +302,7 @@ class KeyRotation:
                "gone": "the operation is no longer known to ARM; the next run checks the key and starts over if needed"}
         detail = why.get(outcome.status, f"operation {outcome.status or 'running'}; the listed key has not changed yet")
         log.info("rotation %s: %s is being regenerated: %s; a later run finishes the rotation", name, report.new_active, detail)
-        self.state.audit(self.engine.owner, "rotation.waiting", name, {"key": report.new_active, "status": outcome.status,
+        self.state.audit(self.runtime.owner, "rotation.waiting", name, {"key": report.new_active, "status": outcome.status,
                                                                        "since": row.fields.get("started_at", "")})
         report.outcome = "in_progress"
         report.error = None
@@ -324,20 +326,3 @@ def _envs_using(plans: dict[str, list[PlannedRef]], kind: str, account: str) -> 
             if follows is not None and follows[0] == kind and follows[1].lower() == account.lower():
                 envs.add(env)
     return envs
-
-
-def notify_rotations(engine: Any, reports: list[RotationReport]) -> None:
-    """`rotation_done` / `rotation_failed` notifications (each once across instances)."""
-    from core.app.notify import Notifier, occurrence
-
-    notifier = Notifier(engine)
-    if not notifier.enabled:
-        return
-    for report in reports:
-        if report.outcome == "rotated":
-            notifier.emit("rotation_done", report.name, occurrence(report.new_active, report.next_due),
-                          {"name": report.name, "old_active": report.old_active, "new_active": report.new_active,
-                           "next_due": report.next_due, "repushed": report.repushed})
-        elif report.outcome == "error":
-            notifier.emit("rotation_failed", report.name, occurrence(report.error, report.old_active),
-                          {"name": report.name, "error": report.error, "active": report.old_active})

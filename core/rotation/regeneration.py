@@ -28,6 +28,21 @@ _TERMINAL_FAILURES = ("failed", "canceled", "cancelled")
 
 
 @dataclass
+class Repush:
+    """What a rotation changed that its envs must now publish: the envs with targets that use it,
+    why (the work item trigger), which cached values to drop, what to record once they are
+    pushed (`done`: account keys leave phase `repushing` only then) and the rotation's lease to
+    release afterwards, whatever happened (`release`).  The rotate use case (core.app.rotate)
+    hands it to a sync; rotation itself never pushes."""
+
+    envs: list[str]
+    trigger: str
+    forget: list[dict[str, str]] = field(default_factory=list)
+    done: Callable[[], None] | None = None
+    release: Callable[[], None] | None = None
+
+
+@dataclass
 class RotationReport:
     name: str
     # adopted, rotated, resumed, not_due, busy, error, in_progress (a key regeneration still runs: a later run
@@ -38,9 +53,11 @@ class RotationReport:
     next_due: str | None = None
     repushed: list[str] = field(default_factory=list)
     error: str | None = None
+    # Set by the rotation: the envs a sync must push now (core.app.rotate fills `repushed`).
+    repush: Repush | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "repush"}
 
 
 def counted(report: RotationReport, kind: str) -> RotationReport:

@@ -23,7 +23,8 @@ the same, as a drop-in replacement, for the vaults listed under `rotation.tagged
   and ProviderAddress are checked before acting, so a duplicate or late event (an older version)
   regenerates nothing; a run killed between regenerating and writing is resumed without
   regenerating again (the alternate key's fingerprint before regeneration tells);
-* envs with targets that reference the secret are re-pushed with the new version;
+* envs with targets that reference the secret are re-pushed with the new version (returned in
+  the report's `repush`; the rotate use case, core.app.rotate, syncs them);
 * audited (names, versions, key ids; never values).  Secrets with an unsupported
   ProviderAddress kind or unusable tags get a status warning naming the secret and the problem.
 
@@ -61,10 +62,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.errors import NotFoundError
 from core.ownership import MANAGED_BY, MANAGED_BY_VALUE
 from core.resolve import forget_values
 from core.rotation.regeneration import (
     Regeneration,
+    Repush,
     RotationReport,
     counted,
     follow_regeneration,
@@ -228,12 +231,13 @@ def tagged_secret(vault: str, properties: Any) -> TaggedSecret | None:
 
 
 class TaggedSecretRotation:
-    """Rotates the tagged secrets of the vaults a config opts in, through a SyncEngine."""
+    """Rotates the tagged secrets of the vaults a config opts in, over its runtime (core.runtime).
+    A rotated secret's report carries the envs to push in `repush` (nothing is pushed here)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.broker = engine.broker
-        self.watched = {t.vault.lower(): t for t in engine.config.rotation.tagged_secrets}
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.broker = runtime.connections
+        self.watched = {t.vault.lower(): t for t in runtime.config.rotation.tagged_secrets}
 
     def watches(self, vault: str) -> bool:
         return vault.lower() in self.watched
@@ -298,22 +302,22 @@ class TaggedSecretRotation:
         A vault that cannot be listed is one error report; the other vaults go on.
 
         Raises:
-            KeyError: `name` is not a tagged secret of a watched vault.
+            NotFoundError: `name` is not a tagged secret of a watched vault.
         """
         if name is not None:
             vault, _, secret = name.removeprefix("tagged:").partition("/")
             if not self.watches(vault) or not secret:
-                raise KeyError(f"no tagged secret named '{name}' (watched vaults: {', '.join(sorted(self.watched)) or 'none'})")
+                raise NotFoundError(f"no tagged secret named '{name}' (watched vaults: {', '.join(sorted(self.watched)) or 'none'})")
             try:
                 tagged = self.current(vault, secret)
             except UnusableTags:  # rotate_secret records the warning
                 return [self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due")]
             if tagged is None:
-                raise KeyError(f"{vault}/{secret} does not exist or carries no {', '.join(SAMPLE_TAGS)} tags")
+                raise NotFoundError(f"{vault}/{secret} does not exist or carries no {', '.join(SAMPLE_TAGS)} tags")
             return [self.rotate_secret(vault, secret, force=force, reason="forced" if force else "due")]
         reports = []
-        now = self.engine.clock()
-        unfinished = {row.key for row in self.engine.state.query("rotations", PARTITION) if row.fields.get("phase")}
+        now = self.runtime.clock()
+        unfinished = {row.key for row in self.runtime.state.query("rotations", PARTITION) if row.fields.get("phase")}
         for vault in sorted(self.watched):
             try:
                 listed = self.listed(vault)
@@ -364,7 +368,7 @@ class TaggedSecretRotation:
 
     def _rotate_secret(self, vault: str, name: str, *, expected_version: str | None, force: bool, reason: str) -> RotationReport:
         label = f"tagged:{vault.lower()}/{name}"
-        now = self.engine.clock()
+        now = self.runtime.clock()
         try:
             secret = self.current(vault, name)
             if secret is None:
@@ -373,7 +377,7 @@ class TaggedSecretRotation:
             alternate = secret.alternate()
         except UnusableTags as exc:
             return self._warn(vault, name, str(exc), label)
-        state = self.engine.state
+        state = self.runtime.state
         row = state.get("rotations", PARTITION, secret.key)
         unfinished = (row is not None and bool(row.fields.get("phase"))) or secret.pending
         if not unfinished:
@@ -381,10 +385,10 @@ class TaggedSecretRotation:
                 return RotationReport(label, "already_rotated", new_active=secret.credential_id)
             if not force and not self.due(secret, now):
                 return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
-        from core.push import holder_is_dead
+        from core.state.leases import holder_is_dead
 
         # Table keys cannot hold "/": the lease is named vault:secret.
-        lease = state.acquire_lease(f"rotate:tagged:{vault.lower()}:{name}", self.engine.owner, LEASE_SECONDS, stale=holder_is_dead)
+        lease = state.acquire_lease(f"rotate:tagged:{vault.lower()}:{name}", self.runtime.owner, LEASE_SECONDS, stale=holder_is_dead)
         if lease is None:
             return RotationReport(label, "busy")
         try:
@@ -415,14 +419,14 @@ class TaggedSecretRotation:
             return self._warn(vault, name, str(exc), label)
         except Exception as exc:
             log.error("rotation of %s failed: %s", label, type(exc).__name__)
-            state.audit(self.engine.owner, "tagged.failed", f"{vault}/{name}", {"error": type(exc).__name__})
+            state.audit(self.runtime.owner, "tagged.failed", f"{vault}/{name}", {"error": type(exc).__name__})
             return RotationReport(label, "error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
         finally:
             state.release_lease(lease)
 
     def _run(self, secret: TaggedSecret, provider: Provider, alternate: str, row: Row | None, *, resumed: bool, reason: str,
              label: str) -> RotationReport:
-        fp = self.engine.fingerprinter
+        fp = self.runtime.fingerprinter
         report = RotationReport(label, "resumed" if resumed else "rotated", old_active=secret.credential_id, new_active=alternate)
         credential = self._credential(secret.vault)
         # An account whose keys authorize nothing (allowSharedKeyAccess: false, disableLocalAuth: true) is not rotated.
@@ -432,7 +436,7 @@ class TaggedSecretRotation:
             keys = self._keys(provider, credential)
             fields = {"phase": "regenerating", "from": secret.credential_id, "target": alternate, "from_version": secret.version,
                       "provider": secret.provider_address, "fp_before": fp.of(keys[alternate.lower()]),
-                      "started_at": self.engine.clock().isoformat(), "reason": reason, "operation": "", "operation_status": ""}
+                      "started_at": self.runtime.clock().isoformat(), "reason": reason, "operation": "", "operation_status": ""}
             row = self._record(row, secret.key, fields)
         keys = self._keys(provider, credential)
         changed = fp.of(keys[alternate.lower()]) != row.fields.get("fp_before")
@@ -445,7 +449,7 @@ class TaggedSecretRotation:
                     raise RuntimeError(f"{provider.account} still lists the old {alternate} after regenerating it")
                 log.info("rotation %s: %s of %s is being regenerated (%s); a later run writes the new version", label, alternate,
                          provider.account, outcome.status or "running")
-                self.engine.state.audit(self.engine.owner, "tagged.waiting", f"{secret.vault}/{secret.name}", {
+                self.runtime.state.audit(self.runtime.owner, "tagged.waiting", f"{secret.vault}/{secret.name}", {
                     "to": alternate, "account": provider.account, "status": outcome.status, "since": row.fields.get("started_at", "")})
                 report.outcome = "in_progress"
                 return report
@@ -454,7 +458,7 @@ class TaggedSecretRotation:
         problem = verify_storage_key(self.broker.clients, provider.account, keys[alternate.lower()]) if provider.kind == "storage" else None
         if problem:
             raise RuntimeError(f"the regenerated {alternate} did not work: {problem}")
-        now = self.engine.clock()
+        now = self.runtime.clock()
         tags = {**secret.tags, TAG_CREDENTIAL: alternate, TAG_PROVIDER: secret.provider_address, TAG_VALIDITY: secret.tags[TAG_VALIDITY]}
         written = self._vault(secret.vault).set_secret(secret.name, keys[alternate.lower()], tags=tags, expires_on=now + secret.validity,
                                                        content_type=secret.content_type)
@@ -462,11 +466,11 @@ class TaggedSecretRotation:
         assert new is not None
         self._finish(row, new, now)
         report.next_due = self._next_due(new)
-        self.engine.state.audit(self.engine.owner, "tagged.rotated", f"{secret.vault}/{secret.name}", {
+        self.runtime.state.audit(self.runtime.owner, "tagged.rotated", f"{secret.vault}/{secret.name}", {
             "from": secret.credential_id, "to": alternate, "kind": provider.kind, "account": provider.account,
             "from_version": secret.version, "to_version": new.version, "reason": reason, "resumed": resumed,
         })
-        report.repushed = self._repush(secret.vault, secret.name)
+        report.repush = self._repush(secret.vault, secret.name)
         return report
 
     # ---- SQL server administrator passwords ---------------------------------------------
@@ -484,14 +488,14 @@ class TaggedSecretRotation:
         if row is not None and phase and row.fields.get("from_version") != secret.version:
             if secret.credential_id == row.fields.get("target") and secret.provider_address == row.fields.get("provider"):
                 # Killed after the pending tag was removed: only the record is left to finish.
-                now = self.engine.clock()
+                now = self.runtime.clock()
                 self._finish(row, secret, now)
                 return RotationReport(label, "resumed", secret.credential_id, secret.credential_id, next_due=self._next_due(secret))
             phase = ""  # someone else wrote a version: start over from what is there now
         if not phase:
             if expected_version and secret.version != expected_version:
                 return RotationReport(label, "already_rotated", new_active=secret.credential_id)
-            if not force and not self.due(secret, self.engine.clock()):
+            if not force and not self.due(secret, self.runtime.clock()):
                 return RotationReport(label, "not_due", secret.credential_id, next_due=self._next_due(secret))
         # No phase, or killed before a new version was stored: nothing reached the server yet.
         return self._sql_start(secret, row, resumed=bool(phase), reason=reason, label=label)
@@ -518,10 +522,10 @@ class TaggedSecretRotation:
         login = self._check_login(secret, provider)
         fields = {"phase": "storing", "from": secret.credential_id, "target": secret.credential_id, "from_version": secret.version,
                   "to_version": "", "provider": secret.provider_address, "fp_before": "",
-                  "started_at": self.engine.clock().isoformat(), "reason": reason}
+                  "started_at": self.runtime.clock().isoformat(), "reason": reason}
         row = self._record(row, secret.key, fields)
         password = new_password(login)
-        now = self.engine.clock()
+        now = self.runtime.clock()
         written = self._vault(secret.vault).set_secret(
             secret.name, password.reveal(), tags={**secret.tags, TAG_PENDING: PENDING}, expires_on=now + secret.validity,
             content_type=secret.content_type)
@@ -544,7 +548,7 @@ class TaggedSecretRotation:
             # finished version, if any, is the one a refusal writes back.
             fields = {"phase": "setting", "from": pending.credential_id, "target": pending.credential_id,
                       "from_version": str(row.fields.get("version") or "") if row else "", "to_version": pending.version,
-                      "provider": pending.provider_address, "fp_before": "", "started_at": self.engine.clock().isoformat(), "reason": reason}
+                      "provider": pending.provider_address, "fp_before": "", "started_at": self.runtime.clock().isoformat(), "reason": reason}
             row = self._record(row, pending.key, fields)
         elif row.fields.get("to_version") != pending.version:
             row.fields.update({"phase": "setting", "to_version": pending.version})
@@ -563,15 +567,15 @@ class TaggedSecretRotation:
         tags = {k: v for k, v in pending.tags.items() if k != TAG_PENDING}
         final = tagged_secret(pending.vault, vault.update_secret_properties(pending.name, pending.version, tags=tags))
         assert final is not None
-        now = self.engine.clock()
+        now = self.runtime.clock()
         self._finish(row, final, now)
-        self.engine.state.audit(self.engine.owner, "tagged.rotated", f"{pending.vault}/{pending.name}", {
+        self.runtime.state.audit(self.runtime.owner, "tagged.rotated", f"{pending.vault}/{pending.name}", {
             "from": pending.credential_id, "to": pending.credential_id, "kind": "sql", "account": provider.account,
             "from_version": row.fields.get("from_version", ""), "to_version": final.version, "reason": reason, "resumed": resumed,
         })
         report = RotationReport(label, "resumed" if resumed else "rotated", pending.credential_id, pending.credential_id,
                                 next_due=self._next_due(final))
-        report.repushed = self._repush(pending.vault, pending.name)
+        report.repush = self._repush(pending.vault, pending.name)
         return report
 
     def _sql_roll_back(self, pending: TaggedSecret, row: Row, refused: Exception) -> NoReturn:
@@ -612,31 +616,24 @@ class TaggedSecretRotation:
 
     def _save(self, row: Row) -> Row:
         try:
-            return self.engine.state.put("rotations", row)
+            return self.runtime.state.put("rotations", row)
         except Conflict:
             raise RuntimeError("the rotation record changed underneath this run (another instance); giving up this run") from None
 
-    def _repush(self, vault: str, name: str) -> list[str]:
-        """Re-sync the envs with targets that reference the secret (they get the new version)."""
+    def _repush(self, vault: str, name: str) -> Repush:
+        """The envs with targets that reference the secret (they get the new version once synced)."""
         forget_values(vault=vault, secret=name)
-        envs = [env for env in self.engine.envs_with_targets()
+        envs = [env for env in self.runtime.envs_with_targets()
                 if any(_reads(r) == (vault, name.lower()) for r in self.broker.env_plan(env).refs)]
-        if self.engine.request_sync(envs, reason="rotation", trigger=f"rotation:tagged:{vault}/{name}",
-                                    forget=[{"vault": vault, "secret": name}]) is not None:
-            return envs
-        for env in envs:
-            result = self.engine.sync(env)
-            if not result.ok:
-                raise RuntimeError(f"re-push of env {env} after rotating {vault}/{name} did not complete")
-        return envs
+        return Repush(envs, f"rotation:tagged:{vault}/{name}", [{"vault": vault, "secret": name}])
 
     def _warn(self, vault: str, name: str, detail: str, label: str) -> RotationReport:
         message = f"{vault}/{name}: {detail}"
         log.warning("tagged secret not rotated: %s", message)
-        state = self.engine.state
+        state = self.runtime.state
         existing = state.get("rotations", "warning", f"{vault.lower()}:{name}")
         if existing is None or existing.fields.get("detail") != message:
-            row = Row("warning", f"{vault.lower()}:{name}", {"detail": message, "at": self.engine.clock().isoformat()},
+            row = Row("warning", f"{vault.lower()}:{name}", {"detail": message, "at": self.runtime.clock().isoformat()},
                       existing.etag if existing else None)
             try:
                 state.put("rotations", row)
@@ -664,7 +661,7 @@ class TaggedSecretRotation:
         if not row.fields.get("operation"):
             log.info("tagged rotation: regenerating %s of %s", key, provider.account)
         key_name = key if provider.kind == "storage" else _COSMOS_KEY_KIND[key]
-        wait = float(self.engine.config.rotation.regenerate_wait)
+        wait = float(self.runtime.config.rotation.regenerate_wait)
         return follow_regeneration(row, self._save, lambda operation, started: regenerate_account_key(
             self.broker.clients, provider.kind, provider.subscription, provider.resource_group, provider.account, key_name, credential,
             operation=operation, wait=wait, on_started=started))

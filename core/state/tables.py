@@ -119,34 +119,41 @@ class StateStore:
             client = self._tables[name] = self._service.get_table_client(self.prefix + name)
         return client
 
-    def ensure_tables(self) -> None:
-        """Create the tables if they do not exist (idempotent, once per process)."""
+    def ensure_tables(self, **options: Any) -> None:
+        """Create the tables if they do not exist (idempotent, once per process); `options` are
+        per-call SDK options (a retry budget)."""
         if self._ensured:
             return
         from azure.core.exceptions import AzureError, ResourceExistsError
 
         for name in TABLES:
             try:
-                self._service.create_table(self.prefix + name)
+                self._service.create_table(self.prefix + name, **options)
             except ResourceExistsError:
                 pass
             except AzureError as exc:
                 raise _unavailable(self.prefix + name, "creating", exc) from None
         self._ensured = True
 
-    def get(self, table: str, partition: str, key: str) -> Row | None:
+    def get(self, table: str, partition: str, key: str, **options: Any) -> Row | None:
+        """The row, or None; `options` are per-call SDK options (a retry budget).
+
+        Raises:
+            StateUnavailable: the table service failed.
+        """
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            entity = self.table(table).get_entity(encode_key(partition), encode_key(key))
+            entity = self.table(table).get_entity(encode_key(partition), encode_key(key), **options)
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise _unavailable(self.prefix + table, "reading", exc) from None
         return Row(partition, key, entity_fields(entity), entity.metadata.get("etag"))
 
-    def put(self, table: str, row: Row) -> Row:
-        """Create `row` (etag None: must not exist) or replace it (etag: must be unchanged).
+    def put(self, table: str, row: Row, **options: Any) -> Row:
+        """Create `row` (etag None: must not exist) or replace it (etag: must be unchanged);
+        `options` are per-call SDK options (a retry budget).
 
         Raises:
             Conflict: another writer created or changed the row first.
@@ -160,9 +167,10 @@ class StateStore:
         client = self.table(table)
         try:
             if row.etag is None:
-                result = client.create_entity(entity)
+                result = client.create_entity(entity, **options)
             else:
-                result = client.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.etag, match_condition=MatchConditions.IfNotModified)
+                result = client.update_entity(entity, mode=UpdateMode.REPLACE, etag=row.etag, match_condition=MatchConditions.IfNotModified,
+                                              **options)
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise Conflict(f"{table}/{row.partition}/{row.key} changed concurrently") from exc
         except HttpResponseError as exc:
@@ -255,6 +263,11 @@ class StateStore:
             except AzureError as exc:
                 raise _unavailable(self.prefix + table, "writing a batch", exc) from None
             self.writes += 1
+
+    def with_call_options(self, **options: Any) -> CallOptions:
+        """This store's rows read and written with per-call SDK `options` (the fetch audit's short
+        retry budget): the same store, table clients and write counter."""
+        return CallOptions(self, options)
 
     # ---- leases -------------------------------------------------------------------------
     def acquire_lease(self, name: str, owner: str, seconds: float, *, stale: Callable[[str], bool] | None = None) -> Lease | None:
@@ -349,6 +362,20 @@ class StateStore:
         rows = list(self.query("audit", day))
         rows.sort(key=lambda r: r.key)
         return rows[:limit]
+
+
+class CallOptions:
+    """A StateStore's `get` and `put` with per-call options (`StateStore.with_call_options`)."""
+
+    def __init__(self, store: StateStore, options: dict[str, Any]) -> None:
+        self.store = store
+        self.options = options
+
+    def get(self, table: str, partition: str, key: str) -> Row | None:
+        return self.store.get(table, partition, key, **self.options)
+
+    def put(self, table: str, row: Row) -> Row:
+        return self.store.put(table, row, **self.options)
 
 
 def audit_row(actor: str, action: str, subject: str, detail: dict[str, Any]) -> Row:

@@ -82,3 +82,23 @@ def test_core_has_no_import_cycle() -> None:
     graph = import_graph()
     assert "core.plan" in graph and "core.push" in graph
     assert cycles(graph) == []
+
+
+def upward_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """core/rotation modules -> what they import from the push stage or the use cases (core/app)."""
+    rotation = {m: deps for m, deps in graph.items() if m == "core.rotation" or m.startswith("core.rotation.")}
+    upward = {m: sorted(d for d in deps if d == "core.push" or d == "core.app" or d.startswith("core.app.")) for m, deps in rotation.items()}
+    return {m: d for m, d in upward.items() if d}
+
+
+def test_rotation_does_not_call_back_up_the_pipeline() -> None:
+    """Rotation returns what must be re-pushed; the rotate use case (core.app.rotate) pushes it.
+    So nothing in core/rotation imports the push stage or the use cases."""
+    graph = import_graph()
+    assert "core.rotation.account_keys" in graph and "core.rotation.tagged_secrets" in graph
+    assert upward_imports(graph) == {}
+
+
+def test_the_rotation_check_sees_an_upward_import() -> None:
+    graph = {"core.rotation.x": {"core.push", "core.state"}, "core.rotation.y": {"core.app.sync"}, "core.app.rotate": {"core.push"}}
+    assert upward_imports(graph) == {"core.rotation.x": ["core.push"], "core.rotation.y": ["core.app.sync"]}

@@ -36,7 +36,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("core/app/expiry.py", "sas"): "rotation record kind (state partition of minted SAS and tokens)",
     ("core/push.py", "cosmos"): "rotation record partitions listed by rotation_status",
     ("core/push.py", "sas"): "rotation record partitions listed by rotation_status",
-    ("core/app/http_api.py", "keyvault"): "target type (targets.*.type), not a `from:` kind",
+    ("core/app/readiness.py", "keyvault"): "target type (targets.*.type), not a `from:` kind",
     ("core/config/model.py", "keyvault"): "`resources:` entry type (an Azure resource kind)",
     ("core/config/model.py", "sql"): "`resources:` entry type (an Azure resource kind)",
 }

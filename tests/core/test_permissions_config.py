@@ -92,17 +92,9 @@ def test_envs_filter_limits_references_and_targets() -> None:
 
 
 def test_service_principal_stores_are_reported_but_not_rendered() -> None:
-    text = """
-version: 1
-secretStores:
-  legacy:
-    type: azure.keyvault
-    vault_name: kv-old
-    auth: {client_id: c0ffee00-0000-0000-0000-000000000000, client_secret: x, tenant_id: t}
-envs:
-  e:
-    X: {from: {store: legacy, secret: x}}
-"""
+    legacy = {"type": "azure.keyvault", "vault_name": "kv-old",
+              "auth": {"client_id": "c0ffee00-0000-0000-0000-000000000000", "client_secret": "x", "tenant_id": "t"}}
+    text = config_yaml(stores={"legacy": legacy}, envs={"e": {"X": ref("legacy", secret="x")}})
     report = compute_permissions(parse_config(text, "t.yaml", environ={}), environ={})
     [grant] = report.grants
     assert grant.identity.kind == "service_principal" and grant.scope.name == "kv-old"

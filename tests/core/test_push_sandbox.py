@@ -18,7 +18,7 @@ from azure.mgmt.web.models import StringDictionary
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from dotenv import dotenv_values
 
-from core.rotation.account_keys import KeyRotation
+from core.app.rotate import rotate
 from sandbox.client import SandboxClient
 from tests.configs import app_settings_target, blob_target, body_yaml, keyvault_target, ref, secret_ref
 from tests.world import World, fresh_account, is_write, regenerations, run_cli, write_config
@@ -220,10 +220,10 @@ def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(worl
     key1 = world.target.get_secret(f"vr-{world.tag}-key").value
     sas_key1 = world.target.get_secret(f"vr-{world.tag}-sas").value
     assert sas_works(world.sandbox, account, sas_key1)
-    assert [r.outcome for r in KeyRotation(world.engine(body)).rotate()] == ["adopted"]
-    assert [r.outcome for r in KeyRotation(world.engine(body)).rotate()] == ["not_due"]
+    assert [r.outcome for r in rotate(world.runtime(body))] == ["adopted"]
+    assert [r.outcome for r in rotate(world.runtime(body))] == ["not_due"]
 
-    (report,) = KeyRotation(world.engine(body)).rotate(force=True)
+    (report,) = rotate(world.runtime(body), force=True)
     assert (report.outcome, report.old_active, report.new_active, report.repushed) == ("rotated", "key1", "key2", ["app"])
     key2 = world.target.get_secret(f"vr-{world.tag}-key").value
     sas_key2 = world.target.get_secret(f"vr-{world.tag}-sas").value
@@ -231,7 +231,7 @@ def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(worl
     assert sas_works(world.sandbox, account, sas_key2)
     assert sas_works(world.sandbox, account, sas_key1)  # key1 not regenerated: old consumers still work
 
-    (second,) = KeyRotation(world.engine(body)).rotate(force=True)
+    (second,) = rotate(world.runtime(body), force=True)
     assert (second.old_active, second.new_active) == ("key2", "key1")
     assert not sas_works(world.sandbox, account, sas_key1)  # key1 regenerated only now
     assert sas_works(world.sandbox, account, sas_key2)
@@ -241,7 +241,7 @@ def test_storage_key_rotation_switches_keys_and_keeps_sas_consumers_working(worl
 def test_four_concurrent_rotations_rotate_exactly_once(world: World, tmp_path: Path, sandbox_process: Any) -> None:
     account = fresh_account(world.sandbox, world.tag)
     config = write_config(world, rotation_body(account), tmp_path)
-    KeyRotation(world.engine(rotation_body(account))).rotate()  # adopt
+    rotate(world.runtime(rotation_body(account)))  # adopt
     world.sandbox.reset_counters()
     procs = [run_cli(sandbox_process, config, "rotate", "--force") for _ in range(4)]
     outputs = [p.communicate(timeout=120) for p in procs]

@@ -222,7 +222,7 @@ def test_a_tagged_cosmos_secret_waits_for_its_regeneration_and_is_written_once_i
 
     # Again (timer), and Key Vault's next near-expiry event: the same operation, followed up.
     assert "in_progress" in cli(config, "rotate")[1]
-    outcome = KeyVaultEvents(world.engine(body)).handle(near_expiry(tagged.vault, "cosmos-key", seeded_secret.properties.version))
+    outcome = KeyVaultEvents(world.runtime(body)).handle(near_expiry(tagged.vault, "cosmos-key", seeded_secret.properties.version))
     assert outcome.outcome == "ignored" and "in progress" in outcome.detail
     assert started_regenerations(sandbox) == 1 and refused_regenerations(sandbox) == 0
     assert tagged.client.get_secret("cosmos-key").properties.version == seeded_secret.properties.version

@@ -13,8 +13,8 @@ from typing import Any
 from azure.mgmt.cosmosdb import CosmosDBManagementClient
 from azure.storage.blob import ContainerClient
 
+from core.app.rotate import rotate
 from core.mint.sas import StoredDelegationKeys
-from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
 from tests.configs import body_yaml, keyvault_target, ref
 from tests.world import World, regenerations, run_cli, write_config
@@ -49,10 +49,10 @@ def test_cosmos_key_rotation_regenerates_the_inactive_key_switches_and_repushes(
     before = cosmos_keys(world.sandbox, account)
     pushed = world.target.get_secret(f"vr-{world.tag}-cosmos-key").value
     assert pushed == before.primary_master_key
-    assert [r.outcome for r in KeyRotation(world.engine(body)).rotate()] == ["adopted"]
+    assert [r.outcome for r in rotate(world.runtime(body))] == ["adopted"]
 
     world.sandbox.reset_counters()
-    (report,) = KeyRotation(world.engine(body)).rotate(force=True)
+    (report,) = rotate(world.runtime(body), force=True)
     assert (report.outcome, report.old_active, report.new_active, report.repushed) == ("rotated", "primary", "secondary", ["app"]), report
     assert regenerations(world.sandbox, account) == 1
     after = cosmos_keys(world.sandbox, account)
@@ -65,7 +65,7 @@ def test_cosmos_key_rotation_regenerates_the_inactive_key_switches_and_repushes(
     assert rows[account]["active"] == "secondary" and rows[account]["phase"] == ""
 
     world.sandbox.reset_counters()
-    (again,) = KeyRotation(world.engine(body)).rotate()
+    (again,) = rotate(world.runtime(body))
     assert again.outcome == "not_due" and again.old_active == "secondary"
     assert not any("regenerate" in k.lower() for k in world.sandbox.counters()["by_endpoint"])
     assert cosmos_keys(world.sandbox, account).secondary_master_key == after.secondary_master_key
@@ -167,20 +167,20 @@ def test_cli_resolve_and_exec_sign_with_the_kept_delegation_key(world: World, tm
 
 
 def test_a_rotation_whose_repush_finds_the_env_busy_waits_for_the_lease_or_resumes_later(world: World, monkeypatch: Any) -> None:
-    import core.rotation.account_keys as rotate_module
+    import core.app.sync as sync_module
 
-    monkeypatch.setattr(rotate_module, "REPUSH_WAITS", (0.2, 0.2))  # our own module's pacing, not Azure's
+    monkeypatch.setattr(sync_module, "BUSY_WAITS", (0.2, 0.2))  # our own module's pacing, not Azure's
     account = fresh_cosmos_account(world.sandbox, world.tag)
     body = cosmos_body(account)
     engine = world.engine(body)
     assert engine.sync().ok
-    assert [r.outcome for r in KeyRotation(world.engine(body)).rotate()] == ["adopted"]
+    assert [r.outcome for r in rotate(world.runtime(body))] == ["adopted"]
 
     # Another instance is syncing env app (it may have read the old key) for the whole rotation.
     other = world.engine(body)
     lease = other.state.acquire_lease("sync:app", "other-host:1:abc", 600)
     assert lease is not None
-    (report,) = KeyRotation(world.engine(body)).rotate(force=True)
+    (report,) = rotate(world.runtime(body), force=True)
     assert report.outcome == "error" and "kept its lease" in (report.error or ""), report
     assert regenerations(world.sandbox, account) == 1
     rows = {r["name"]: r for r in world.engine(body).rotation_status() if r["kind"] == "cosmos"}
@@ -190,7 +190,7 @@ def test_a_rotation_whose_repush_finds_the_env_busy_waits_for_the_lease_or_resum
 
     other.state.release_lease(lease)
     world.sandbox.reset_counters()
-    (resumed,) = KeyRotation(world.engine(body)).rotate()
+    (resumed,) = rotate(world.runtime(body))
     assert resumed.outcome == "resumed" and resumed.repushed == ["app"], resumed
     assert not any("regenerate" in k.lower() for k in world.sandbox.counters()["by_endpoint"])  # not regenerated twice
     assert world.target.get_secret(f"vr-{world.tag}-cosmos-key").value == new_key

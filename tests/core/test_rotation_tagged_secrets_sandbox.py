@@ -20,8 +20,10 @@ from azure.mgmt.storage import StorageManagementClient
 from azure.storage.blob import BlobServiceClient
 
 from core.app.events import KeyVaultEvents
+from core.app.rotate import rotate
+from core.errors import NotFoundError
 from core.push import SyncEngine
-from core.rotation.account_keys import KeyRotation
+from core.runtime import Runtime
 from core.values import SecretValue
 from sandbox.client import SandboxClient
 from tests.configs import config_yaml, mi_store, state_block
@@ -96,6 +98,9 @@ class Tagged:
     def engine(self, env_secret: str | None = None) -> SyncEngine:
         return self.world.engine(self.body(env_secret))
 
+    def runtime(self, env_secret: str | None = None) -> Runtime:
+        return self.world.runtime(self.body(env_secret))
+
 
 def near_expiry(vault: str, name: str, version: str | None, event_id: str | None = None, *, event_type: str = NEAR_EXPIRY) -> dict[str, Any]:
     return {"id": event_id or str(uuid.uuid4()), "eventType": event_type, "subject": name,
@@ -123,7 +128,7 @@ def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, 
 
     sandbox.reset_counters()
     event = near_expiry(tagged.vault, "storage-key", seeded_secret.properties.version)
-    outcome = KeyVaultEvents(tagged.engine("storage-key")).handle(event)
+    outcome = KeyVaultEvents(tagged.runtime("storage-key")).handle(event)
     assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
     assert regenerations(sandbox, account) == 1
 
@@ -142,7 +147,7 @@ def test_near_expiry_event_rotates_the_alternate_storage_key_once(world: World, 
 
     # The same event again, a late event about the old version, and Key Vault's own near-expiry
     # notice of the new (60-day) version: nothing is regenerated.
-    handler = KeyVaultEvents(tagged.engine("storage-key"))
+    handler = KeyVaultEvents(tagged.runtime("storage-key"))
     assert handler.handle(event).outcome == "duplicate"
     late = handler.handle(near_expiry(tagged.vault, "storage-key", seeded_secret.properties.version))
     assert late.outcome == "ignored" and "already rotated" in late.detail
@@ -176,7 +181,7 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
     tagged.client.set_secret("untagged", "whatever", expires_on=datetime.now(UTC) + timedelta(days=1))
 
     sandbox.reset_counters()
-    reports = {r.name: r for r in KeyRotation(tagged.engine()).rotate()}
+    reports = {r.name: r for r in rotate(tagged.runtime())}
     prefix = f"tagged:{tagged.vault}/"
     assert set(reports) == {prefix + n for n in ("due-key", "later-key", "cosmos-key", "hub-key")}
     assert (reports[prefix + "due-key"].outcome, reports[prefix + "due-key"].new_active) == ("rotated", "key1")
@@ -205,15 +210,15 @@ def test_timer_rotation_rotates_due_tagged_secrets_of_storage_and_cosmos_and_war
     assert (endpoints.get("arm:StorageRegenerateKey"), endpoints.get("arm:CosmosRegenerateKey")) == (1, 1)
 
     sandbox.reset_counters()
-    again = {r.name: r.outcome for r in KeyRotation(tagged.engine()).rotate()}
+    again = {r.name: r.outcome for r in rotate(tagged.runtime())}
     assert again == {prefix + "due-key": "not_due", prefix + "later-key": "not_due", prefix + "cosmos-key": "not_due",
                      prefix + "hub-key": "unsupported"}
     assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
 
-    (one,) = KeyRotation(tagged.engine()).rotate(prefix + "later-key", force=True)
+    (one,) = rotate(tagged.runtime(), prefix + "later-key", force=True)
     assert (one.outcome, one.old_active, one.new_active) == ("rotated", "key2", "key1")
-    with pytest.raises(KeyError):
-        KeyRotation(tagged.engine()).rotate(prefix + "untagged")
+    with pytest.raises(NotFoundError):
+        rotate(tagged.runtime(), prefix + "untagged")
 
 
 def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: World, tagged: Tagged) -> None:
@@ -236,7 +241,7 @@ def test_an_interrupted_rotation_is_resumed_without_regenerating_again(world: Wo
     regenerated = storage_keys(sandbox, account)["key2"]
 
     sandbox.reset_counters()
-    (report,) = KeyRotation(tagged.engine()).rotate()
+    (report,) = rotate(tagged.runtime())
     assert (report.outcome, report.new_active) == ("resumed", "key2"), report
     assert not any("regenerate" in k.lower() for k in sandbox.counters()["by_endpoint"])
     assert digest(tagged.client.get_secret("storage-key").value) == digest(regenerated)
@@ -253,7 +258,7 @@ def test_expired_event_rotates_an_expired_tagged_secret_at_once(world: World, ta
     assert "ACCOUNT_KEY" in engine.sync().failures.get("app", [""])[0]  # an expired source secret is not pushed
 
     sandbox.reset_counters()
-    handler = KeyVaultEvents(tagged.engine("storage-key"))
+    handler = KeyVaultEvents(tagged.runtime("storage-key"))
     outcome = handler.handle(expired(tagged.vault, "storage-key", seeded_secret.properties.version))
     assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
     assert regenerations(sandbox, account) == 1
@@ -273,9 +278,9 @@ def test_expired_event_rotates_an_expired_tagged_secret_at_once(world: World, ta
 
     # Key Vault delivers at least once: a second SecretExpired (another event id) about the expired
     # version, and the timer afterwards, regenerate nothing.
-    late = KeyVaultEvents(tagged.engine("storage-key")).handle(expired(tagged.vault, "storage-key", seeded_secret.properties.version))
+    late = KeyVaultEvents(tagged.runtime("storage-key")).handle(expired(tagged.vault, "storage-key", seeded_secret.properties.version))
     assert late.outcome == "ignored" and "already rotated" in late.detail
-    assert [r.outcome for r in KeyRotation(tagged.engine()).rotate()] == ["not_due"]
+    assert [r.outcome for r in rotate(tagged.runtime())] == ["not_due"]
     assert regenerations(sandbox, account) == 1
 
 
@@ -294,7 +299,7 @@ def test_cosmos_read_only_credential_ids_alternate_between_the_read_only_keys(wo
     all_keys = ("primary_master_key", "secondary_master_key", "primary_readonly_master_key", "secondary_readonly_master_key")
 
     sandbox.reset_counters()
-    (report,) = KeyRotation(tagged.engine()).rotate()
+    (report,) = rotate(tagged.runtime())
     assert (report.name, report.outcome, report.old_active, report.new_active) == (label, "rotated", first, second), report
     assert regenerations(sandbox, cosmos) == 1
     after = cosmos_keys(sandbox, cosmos)
@@ -306,7 +311,7 @@ def test_cosmos_read_only_credential_ids_alternate_between_the_read_only_keys(wo
 
     # And back: the next rotation regenerates the first read-only key and leaves the one in use alone.
     sandbox.reset_counters()
-    (back,) = KeyRotation(tagged.engine()).rotate(label, force=True)
+    (back,) = rotate(tagged.runtime(), label, force=True)
     assert (back.outcome, back.old_active, back.new_active) == ("rotated", second, first), back
     assert regenerations(sandbox, cosmos) == 1
     final = cosmos_keys(sandbox, cosmos)
@@ -403,7 +408,7 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
 
     sandbox.reset_counters()
     event = near_expiry(tagged.vault, "sql-password", seeded_secret.properties.version)
-    outcome = KeyVaultEvents(tagged.engine("sql-password")).handle(event)
+    outcome = KeyVaultEvents(tagged.runtime("sql-password")).handle(event)
     assert (outcome.outcome, outcome.envs) == ("rotated", ["app"]), outcome
     assert sql_updates(sandbox) == 1
 
@@ -424,7 +429,7 @@ def test_near_expiry_event_sets_a_new_sql_server_password_once(world: World, tag
     assert pushed == password  # re-pushed (SecretValue compares values, shows '***')
 
     # The same event again, a late one about the old version, Key Vault's notice of the new version.
-    handler = KeyVaultEvents(tagged.engine("sql-password"))
+    handler = KeyVaultEvents(tagged.runtime("sql-password"))
     assert handler.handle(event).outcome == "duplicate"
     late = handler.handle(near_expiry(tagged.vault, "sql-password", seeded_secret.properties.version))
     assert late.outcome == "ignored" and "already rotated" in late.detail
@@ -455,7 +460,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     # 1. The password update fails (the server answers 500 and keeps its password): the new
     #    password is stored as a pending version, and the old one still signs in.
     clean_faults.set_faults([{"service": "arm", "target": server, "operation": "PatchSql", "error_rate": 1.0, "error_status": 500}])
-    (failed,) = KeyRotation(tagged.engine()).rotate()
+    (failed,) = rotate(tagged.runtime())
     assert failed.outcome == "error", failed
     pending = tagged.client.get_secret("sql-password")
     stored = value_of(pending)
@@ -468,7 +473,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     # 2. The update goes through but the pending mark cannot be removed (Key Vault answers 500):
     #    the server has the stored password, the secret is still pending.
     clean_faults.set_faults([{"service": "keyvault", "target": tagged.vault, "operation": "UpdateSecret", "error_rate": 1.0, "error_status": 500}])
-    (failed_again,) = KeyRotation(tagged.engine()).rotate()
+    (failed_again,) = rotate(tagged.runtime())
     assert failed_again.outcome == "error", failed_again
     assert signs_in(sandbox, server, stored) and not signs_in(sandbox, server, initial)
     still = tagged.client.get_secret("sql-password")
@@ -477,7 +482,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     # 3. The next run finishes with the stored password: no new password, no new version.
     clean_faults.clear_faults()
     sandbox.reset_counters()
-    (report,) = KeyRotation(tagged.engine()).rotate()
+    (report,) = rotate(tagged.runtime())
     assert (report.outcome, report.new_active) == ("resumed", SQL_LOGIN), report
     assert sql_updates(sandbox) == 1  # the same password set again (idempotent)
     current = tagged.client.get_secret("sql-password")
@@ -486,7 +491,7 @@ def test_an_interrupted_sql_password_rotation_is_finished_with_the_stored_passwo
     assert current.properties.tags == {"CredentialId": SQL_LOGIN, "ProviderAddress": provider, "ValidityPeriodDays": "60"}
     assert signs_in(sandbox, server, stored)
     assert len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 2
-    assert [r.outcome for r in KeyRotation(tagged.engine()).rotate()] == ["not_due"]
+    assert [r.outcome for r in rotate(tagged.runtime())] == ["not_due"]
     engine = tagged.engine()
     record = engine.state.get("rotations", "tagged", key)
     assert record is not None and record.fields["phase"] == "" and record.fields["version"] == current.properties.version
@@ -501,7 +506,7 @@ def test_a_refused_sql_password_update_writes_the_previous_password_back(world: 
     provider = sandbox.resource_id("sql", server)
     seeded_secret = tagged.seed("sql-password", initial.reveal(), SQL_LOGIN, provider, expires_in=timedelta(days=3))
 
-    (report,) = KeyRotation(tagged.engine()).rotate()
+    (report,) = rotate(tagged.runtime())
     assert report.outcome == "error" and "403" in (report.error or "") and "written back" in (report.error or ""), report
     current = tagged.client.get_secret("sql-password")
     assert current.properties.version != seeded_secret.properties.version
@@ -522,7 +527,7 @@ def test_a_sql_credential_id_that_is_not_the_server_login_is_a_warning(world: Wo
     server, initial = new_sql_server(sandbox, world.tag)
     tagged.seed("sql-password", initial.reveal(), "someoneelse", sandbox.resource_id("sql", server), expires_in=timedelta(days=3))
     sandbox.reset_counters()
-    (report,) = KeyRotation(tagged.engine()).rotate()
+    (report,) = rotate(tagged.runtime())
     assert report.outcome == "unsupported" and "administrator login" in (report.error or ""), report
     assert sql_updates(sandbox) == 0 and len(list(tagged.client.list_properties_of_secret_versions("sql-password"))) == 1
 
@@ -585,16 +590,16 @@ def test_a_secret_naming_an_account_the_config_does_not_list_is_refused_and_the_
         "nested": ("key1", f"{listed_id}/providers/Microsoft.Storage/storageAccounts/{victim}"),
     }
     # The listed account's own secret rotates as before (and is not due again in the loop below).
-    (real,) = KeyRotation(tagged.engine()).rotate(f"tagged:{tagged.vault}/real-key")
+    (real,) = rotate(tagged.runtime(), f"tagged:{tagged.vault}/real-key")
     assert (real.outcome, real.new_active) == ("rotated", "key2"), real
     reports: dict[str, Any] = {}
     for case, (credential_id, address) in addresses.items():
         # ... so it tags its one secret with the account's resource id, already expired.
         planted = tag_as(attacker, "mine", credential_id, address, expires_in=-timedelta(hours=1))
         sandbox.reset_counters()
-        timer = {r.name: r for r in KeyRotation(tagged.engine()).rotate()}
-        event = KeyVaultEvents(tagged.engine()).handle(expired(tagged.vault, "mine", planted.properties.version))
-        (forced,) = KeyRotation(tagged.engine()).rotate(f"tagged:{tagged.vault}/mine", force=True)
+        timer = {r.name: r for r in rotate(tagged.runtime())}
+        event = KeyVaultEvents(tagged.runtime()).handle(expired(tagged.vault, "mine", planted.properties.version))
+        (forced,) = rotate(tagged.runtime(), f"tagged:{tagged.vault}/mine", force=True)
         reports[case] = timer[f"tagged:{tagged.vault}/mine"]
         assert reports[case].outcome == "unsupported" and forced.outcome == "unsupported", (case, reports[case], forced)
         assert "does not list" in (reports[case].error or "") or case == "nested", (case, reports[case])
@@ -635,7 +640,7 @@ def test_an_account_listed_for_some_secrets_is_refused_to_the_others(world: Worl
     body = body.replace("accounts: [", f"accounts: [{{id: {address}, secrets: [REAL-KEY]}}, ", 1)
 
     sandbox.reset_counters()
-    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(world.engine(body)).rotate()}
+    reports = {r.name.rsplit("/", 1)[1]: r for r in rotate(world.runtime(body))}
     assert reports["mine"].outcome == "unsupported" and "not for this secret" in (reports["mine"].error or ""), reports["mine"]
     assert (reports["real-key"].outcome, reports["real-key"].new_active) == ("rotated", "key2"), reports["real-key"]
     assert regenerations(sandbox, account) == 1  # the real one only
@@ -665,7 +670,7 @@ def test_provider_address_is_checked_again_under_the_lease(world: World, tagged:
             return found
 
     sandbox.reset_counters()
-    rotation = SwapAfterFirstRead(tagged.engine())
+    rotation = SwapAfterFirstRead(tagged.runtime())
     report = rotation.rotate_secret(tagged.vault, "swapped", force=True)
     assert rotation.reads == 2 and report.outcome == "unsupported" and victim in (report.error or ""), report
     assert arm_calls_to(sandbox, victim) == 0 and arm_calls_to(sandbox, listed) == 0
@@ -680,7 +685,6 @@ def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: 
     import os
 
     from core.config import parse_config
-    from core.connections import StoreConnections
     from core.permissions.matrix import compute_permissions
     from tests.infra.test_least_privilege_sandbox import scope_id
 
@@ -708,7 +712,7 @@ def test_the_roles_plan_permissions_names_for_tagged_rotation_are_enough(world: 
             for role in grant.roles:
                 sandbox.grant(rotator.name, role, scope_id(sandbox, grant.scope))
 
-    reports = {r.name.rsplit("/", 1)[1]: r for r in KeyRotation(SyncEngine(StoreConnections(loaded))).rotate()}
+    reports = {r.name.rsplit("/", 1)[1]: r for r in rotate(Runtime(loaded))}
     assert {name: r.outcome for name, r in reports.items()} == {"st-key": "rotated", "cosmos-key": "rotated", "sql-password": "rotated"}, reports
     assert digest(tagged.client.get_secret("st-key").value) == digest(storage_keys(sandbox, account)["key2"])
     assert digest(tagged.client.get_secret("cosmos-key").value) == digest(cosmos_keys(sandbox, cosmos).secondary_master_key)

@@ -17,8 +17,8 @@ from azure.mgmt.storage import StorageManagementClient
 from azure.mgmt.storage.models import StorageAccountUpdateParameters
 from azure.storage.blob import ContainerClient
 
+from core.app.rotate import rotate
 from core.cli import EXIT_OK, EXIT_RESOLUTION, main
-from core.rotation.account_keys import KeyRotation
 from sandbox.client import SandboxClient
 from tests.configs import body_yaml, ref
 from tests.core.test_rotation_tagged_secrets_sandbox import Tagged
@@ -159,7 +159,7 @@ def test_cosmos_keys_and_connection_strings_are_refused_without_local_auth(world
     assert "will not publish a connection string" in next(line for line in errors if "CONNECTION" in line)
 
     sandbox.reset_counters()
-    (report,) = KeyRotation(world.engine(body)).rotate(f"cosmos:{account}", force=True)
+    (report,) = rotate(world.runtime(body), f"cosmos:{account}", force=True)
     assert report.outcome == "error" and f"Cosmos DB account '{account}' {COSMOS_REFUSAL}" in (report.error or ""), report
     assert operations(sandbox, "regenerate") == 0
 
@@ -171,7 +171,7 @@ def test_tagged_rotation_does_not_regenerate_keys_of_an_account_without_shared_k
     key = {k.key_name: k.value for k in storage_mgmt(sandbox).storage_accounts.list_keys(sandbox.resource_group, account).keys_property or []}
     tagged.seed("storage-key", key["key1"] or "", "key1", sandbox.resource_id("storage", account), expires_in=timedelta(days=5))
     sandbox.reset_counters()
-    reports: list[Any] = KeyRotation(tagged.engine()).rotate()
+    reports: list[Any] = rotate(tagged.runtime())
     (report,) = [r for r in reports if r.name.endswith("/storage-key")]
     assert report.outcome == "error", report
     assert f"storage account '{account}' {STORAGE_REFUSAL}" in (report.error or "")

@@ -19,7 +19,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from core.app.http_api import HttpApi, set_default_api
+from core.runtime import LiveRuntime, set_live_runtime
 from sandbox.client import SandboxClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +55,13 @@ def write_config(path: Path, sandbox: SandboxClient, *, auth_mode: str = "bearer
 
 
 @contextmanager
-def serving(api: HttpApi) -> Iterator[HttpApi]:
-    """`api` as the process-wide HttpApi the registered functions use."""
-    old = set_default_api(api)
+def serving(api: LiveRuntime) -> Iterator[LiveRuntime]:
+    """`api` as the process-wide LiveRuntime the registered functions use (one Function instance)."""
+    old = set_live_runtime(api)
     try:
         yield api
     finally:
-        set_default_api(old)
+        set_live_runtime(old)
 
 
 def request(method: str, path: str, *, headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
@@ -79,6 +79,23 @@ def get_env(functions: dict[str, Any], env: str, token: str | None = None, *, he
         all_headers["Authorization"] = f"Bearer {token}"
     req = request("GET", f"/api/envs/{env}", headers=all_headers, params=params, route_params={"env": env})
     return functions["get_env"].get_user_function()(req)
+
+
+def fetch(live: LiveRuntime, env: str, *, headers: dict[str, str] | None = None,
+          params: dict[str, str] | None = None) -> func.HttpResponse:
+    """`GET /api/envs/{env}` through the registered function, served by `live` (one instance)."""
+    from tests.functions.conftest import registered_functions
+
+    with serving(live):
+        return get_env(registered_functions(), env, headers=headers, params=params)
+
+
+def keyvault_event(live: LiveRuntime, event: Any) -> dict[str, Any]:
+    """One Key Vault event handled by `live`'s current runtime (the Event Grid function's use
+    case, core.app.events.handle_event), its outcome as a dict."""
+    from core.app.events import handle_event
+
+    return dict(handle_event(live.current(), event).__dict__)
 
 
 def body_json(response: func.HttpResponse) -> Any:

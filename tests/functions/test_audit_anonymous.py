@@ -17,7 +17,7 @@ import pytest
 import yaml
 from azure.data.tables import TableServiceClient
 
-from core.app.http_api import HttpApi
+from core.runtime import LiveRuntime
 from core.state.audit import ANONYMOUS_ACTION, AnonymousAudit
 from core.state.tables import Row, StateStore
 from sandbox.client import SandboxClient
@@ -40,9 +40,9 @@ def config(seeded: SandboxClient, prefix: str, tmp_path_factory: pytest.TempPath
     return str(path)
 
 
-def instance(config: str) -> HttpApi:
-    """One Function instance: its own HttpApi (and so its own counts), the default audit sinks."""
-    return HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": config, "VAULTRELAY_ANONYMOUS_AUDIT_SECONDS": str(WINDOW_S)})
+def instance(config: str) -> LiveRuntime:
+    """One Function instance: its own LiveRuntime (and so its own counts), the default audit sinks."""
+    return LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": config, "VAULTRELAY_ANONYMOUS_AUDIT_SECONDS": str(WINDOW_S)})
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,10 @@ def test_200_anonymous_requests_from_two_instances_are_a_few_rows_with_their_cou
     # counted and logged: one line each
     logged = [json.loads(r.getMessage()[len("audit "):]) for r in caplog.records if r.name == "vaultrelay.audit"]
     assert len([e for e in logged if e["detail"]["outcome"] == "unauthenticated"]) == 200
-    assert first.context().anonymous_audit(WINDOW_S).counted == second.context().anonymous_audit(WINDOW_S).counted == 100
+    assert first.current().anonymous_audit().counted == second.current().anonymous_audit().counted == 100
 
     # stored: a few writes, not 200 (each instance writes each cause's row once per window) ...
-    writes = first.context().anonymous_audit(WINDOW_S).writes + second.context().anonymous_audit(WINDOW_S).writes
+    writes = first.current().anonymous_audit().writes + second.current().anonymous_audit().writes
     assert writes <= 2 * 3 * 2
     for api in (first, second):
         api.flush_audit()  # what the timer does: the rest of the counts go to the same rows

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from azure.data.tables import TableServiceClient
 
-from core.app.http_api import AUDIT_UNAVAILABLE_BODY, HttpApi
+from core.runtime import LiveRuntime
 from demo.seed import EXAMPLE_SECRETS
+from functions.http_api import AUDIT_UNAVAILABLE_BODY
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving, write_config
 
@@ -29,13 +30,13 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     """The example config with this module's own state tables, and the default audit sinks."""
     path = write_config(tmp_path_factory.mktemp("audit") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
     config["state"]["table_prefix"] = prefix
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)})
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)})
     with serving(api):
         yield api
     api.close()
@@ -58,7 +59,7 @@ def assert_no_values(text: str) -> None:
 
 
 def test_a_fetch_writes_an_audit_row_with_caller_env_and_fingerprints_but_no_value(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, audit_table: Any, caplog: pytest.LogCaptureFixture,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, audit_table: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caller = seeded.identities["caller"].object_id
     with caplog.at_level(logging.DEBUG):
@@ -82,7 +83,7 @@ def test_a_fetch_writes_an_audit_row_with_caller_env_and_fingerprints_but_no_val
     assert_no_values("\n".join(r.getMessage() for r in caplog.records))
 
 
-def test_a_refused_caller_is_audited_too(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, audit_table: Any) -> None:
+def test_a_refused_caller_is_audited_too(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, audit_table: Any) -> None:
     other = seeded.identities["other"].object_id
     response = get_env(functions, "production", seeded.issue_token("other", AUDIENCE))
     assert response.status_code == 403
@@ -91,7 +92,7 @@ def test_a_refused_caller_is_audited_too(functions: dict[str, Any], api: HttpApi
 
 
 def test_a_fetch_that_cannot_be_audited_is_503_and_returns_nothing(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, clean_faults: SandboxClient, audit_table: Any,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, clean_faults: SandboxClient, audit_table: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     token = seeded.issue_token("caller", AUDIENCE)
@@ -119,12 +120,11 @@ def test_a_fetch_that_cannot_be_audited_is_503_and_returns_nothing(
     assert len(fetch_rows(audit_table)) == before + 1
 
 
-def test_an_explicit_sink_replaces_the_table(functions: dict[str, Any], seeded: SandboxClient, api: HttpApi) -> None:
+def test_an_explicit_sink_replaces_the_table(functions: dict[str, Any], seeded: SandboxClient, api: LiveRuntime) -> None:
     from core.state.audit import FanOutAuditSink, LoggingAuditSink, MemoryAuditSink, TableAuditSink
 
-    context = api.context()
-    default = api.audit_sink(context)
+    default = api.current().audit_sink()
     assert isinstance(default, FanOutAuditSink)
     assert [type(s) for s in default.sinks] == [LoggingAuditSink, TableAuditSink]
     memory = MemoryAuditSink()
-    assert HttpApi(environ=api.environ, audit=memory).audit_sink(context) is memory
+    assert LiveRuntime(environ=api.environ, audit=memory).current().audit_sink() is memory

@@ -17,7 +17,6 @@ import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from core.app.http_api import HttpApi
 from core.config.source import (
     BlobConfigSource,
     ConfigSourceError,
@@ -26,6 +25,7 @@ from core.config.source import (
     parse_blob_url,
     reload_interval,
 )
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, get_env, request, serving, write_config
@@ -74,14 +74,14 @@ def test_blob_config_is_reloaded_by_etag_with_conditional_gets(
     environ = {**os.environ, "VAULTRELAY_CONFIG": blob.url, "VAULTRELAY_CONFIG_RELOAD_SECONDS": str(INTERVAL_S)}
     environ.pop("AZURE_CLIENT_ID", None)  # the system-assigned identity reads it
     token = seeded.issue_token("caller", AUDIENCE)
-    api = HttpApi(environ=environ, audit=MemoryAuditSink())
+    api = LiveRuntime(environ=environ, audit=MemoryAuditSink())
     seeded.reset_counters()
     with serving(api):
         first = get_env(functions, "production", token)
         assert first.status_code == 200, first.get_body()
         assert body_json(first)["LOG_LEVEL"] == "info"
         assert downloads(seeded) == 1 and blob_gets(seeded)["304"] == 0
-        context = api.context()
+        context = api.current()
 
         # Within the interval: no request to storage at all.
         assert get_env(functions, "production", token).status_code == 200
@@ -91,7 +91,7 @@ def test_blob_config_is_reloaded_by_etag_with_conditional_gets(
         wait_interval()
         assert get_env(functions, "production", token).status_code == 200
         assert blob_gets(seeded)["304"] == 1 and downloads(seeded) == 1
-        assert api.context() is context
+        assert api.current() is context
 
         # A new version is seen only after the interval, then downloaded once and re-parsed.
         blob.upload_blob(config_text(seeded, tmp_path, log_level="debug"), overwrite=True)
@@ -99,7 +99,7 @@ def test_blob_config_is_reloaded_by_etag_with_conditional_gets(
         wait_interval()
         assert body_json(get_env(functions, "production", token))["LOG_LEVEL"] == "debug"
         assert downloads(seeded) == 2
-        assert api.context() is not context
+        assert api.current() is not context
 
         # Access revoked in a new version: followed like a file edit.
         blob.upload_blob(config_text(seeded, tmp_path, access={"production": [seeded.identities["other"].object_id]}), overwrite=True)
@@ -135,7 +135,7 @@ def test_an_unreachable_blob_keeps_the_last_good_config_and_readiness_says_so(
     token = seeded.issue_token("caller", AUDIENCE)
     admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}  # readiness detail is for admins
     health = functions["health"].get_user_function()
-    api = HttpApi(environ=environ, audit=MemoryAuditSink())
+    api = LiveRuntime(environ=environ, audit=MemoryAuditSink())
     with serving(api):
         assert get_env(functions, "production", token).status_code == 200
         ready = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
@@ -164,12 +164,12 @@ def test_a_blob_that_cannot_be_read_at_start_is_503(
     functions: dict[str, Any], seeded: SandboxClient, container: ContainerClient,
 ) -> None:
     missing = f"{container.url}/no-such-config.yaml"
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": missing}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": missing}, audit=MemoryAuditSink())
     with serving(api):
         response = get_env(functions, "production", seeded.issue_token("caller", AUDIENCE))
         assert response.status_code == 503
         with pytest.raises(Exception, match="does not exist") as raised:
-            api.context()
+            api.current()
         assert missing in str(raised.value)
         not_ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}))
         # no config, so no admin list: nobody learns more than the status (the log names the blob)
@@ -207,7 +207,7 @@ def test_reload_interval_setting(value: str | None, seconds: float) -> None:
 
 def test_readiness_document_of_a_file_config_names_its_source(functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path) -> None:
     path = write_config(tmp_path / "vaultrelay.yaml", seeded)
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
         admin = {"Authorization": f"Bearer {seeded.issue_token('admin', AUDIENCE)}"}
         ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}, headers=admin))

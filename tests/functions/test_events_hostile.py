@@ -14,24 +14,25 @@ import azure.functions as func
 import pytest
 import yaml
 
-from core.app.http_api import HttpApi
+from core.push import SyncEngine
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from core.state.tables import TABLES
 from sandbox.client import SandboxClient
-from tests.functions.apihelpers import serving, write_config
+from tests.functions.apihelpers import keyvault_event, serving, write_config
 
 NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
 NEW_VERSION = "Microsoft.KeyVault.SecretNewVersionCreated"
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     path = write_config(tmp_path_factory.mktemp("events") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
     config["state"]["table_prefix"] = f"ev{uuid.uuid4().hex[:8]}"
     config["targets"] = {"vault": {"type": "keyvault", "env": "production", "store": "azure", "vault": "kv-target", "prefix": "ev-"}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
         yield api
     api.close()
@@ -46,8 +47,8 @@ def event(event_type: str, vault: str, name: str, version: str = "0" * 32, event
     )
 
 
-def all_rows(api: HttpApi) -> list[tuple[str, str, str, dict[str, Any]]]:
-    state = api.context().engine().state
+def all_rows(api: LiveRuntime) -> list[tuple[str, str, str, dict[str, Any]]]:
+    state = api.current().state
     return [(table, r.partition, r.key, r.fields) for table in TABLES for r in state.query(table)]
 
 
@@ -68,46 +69,46 @@ HOSTILE = [
 
 @pytest.mark.parametrize("event_type", [NEAR_EXPIRY, NEW_VERSION])
 def test_names_key_vault_could_never_produce_are_acknowledged_as_malformed_and_write_nothing(
-    functions: dict[str, Any], api: HttpApi, event_type: str, caplog: pytest.LogCaptureFixture,
+    functions: dict[str, Any], api: LiveRuntime, event_type: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     handler = functions["keyvault_events"].get_user_function()
     before = all_rows(api)
-    writes = api.context().engine().state.writes
+    writes = api.current().state.writes
     for vault, name in HOSTILE:
         handler(event(event_type, vault, name))  # acknowledged: the function returns, Event Grid does not retry
-        outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": event_type,
+        outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": event_type,
                                       "data": {"VaultName": vault, "ObjectName": name, "Version": "1" * 32}})
         assert outcome["outcome"] == "malformed", (vault, name, outcome)
         assert name not in outcome["detail"] or not name
     for version in ("not-hex", "0" * 31, "0" * 32 + "/x"):
-        outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": event_type,
+        outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": event_type,
                                       "data": {"VaultName": "kv-source", "ObjectName": "api-key", "Version": version}})
         assert outcome["outcome"] == "malformed" and "Version" in outcome["detail"]
-    long_id = api.keyvault_event({"id": "x" * 5000, "eventType": event_type, "data": {"VaultName": "kv-source", "ObjectName": "api-key"}})
+    long_id = keyvault_event(api, {"id": "x" * 5000, "eventType": event_type, "data": {"VaultName": "kv-source", "ObjectName": "api-key"}})
     assert long_id["outcome"] == "malformed" and len(long_id["event_id"]) <= 200
-    assert api.context().engine().state.writes == writes
+    assert api.current().state.writes == writes
     assert all_rows(api) == before
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "api\x00key" not in logged and "../../x" not in logged
 
 
-def test_events_about_vaults_not_in_the_config_write_nothing_to_state(functions: dict[str, Any], api: HttpApi) -> None:
+def test_events_about_vaults_not_in_the_config_write_nothing_to_state(functions: dict[str, Any], api: LiveRuntime) -> None:
     handler = functions["keyvault_events"].get_user_function()
     before = all_rows(api)
-    writes = api.context().engine().state.writes
+    writes = api.current().state.writes
     for event_type in (NEAR_EXPIRY, "Microsoft.KeyVault.SecretExpired", NEW_VERSION):
         for i in range(5):
             handler(event(event_type, "someone-elses-vault", f"secret-{i}"))
-            outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": event_type,
+            outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": event_type,
                                           "data": {"VaultName": "Someone-Elses-Vault", "ObjectName": f"secret-{i}"}})
             assert outcome["outcome"] == "ignored" and "not in the config" in outcome["detail"]
-    assert api.context().engine().state.writes == writes
+    assert api.current().state.writes == writes
     assert all_rows(api) == before  # no status warning, no event row, no audit row
-    assert not [r for r in api.context().engine().status() if r["last_error"]]
+    assert not [r for r in SyncEngine(api.current()).status() if r["last_error"]]
 
 
-def test_a_vault_the_config_names_still_gets_its_warning(api: HttpApi) -> None:
-    outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": NEAR_EXPIRY,
+def test_a_vault_the_config_names_still_gets_its_warning(api: LiveRuntime) -> None:
+    outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": NEAR_EXPIRY,
                                   "data": {"VaultName": "kv-source", "ObjectName": "api-key"}})
     assert outcome["outcome"] == "warning"
-    assert [r for r in api.context().engine().state.query("rotations", "warning") if r.key == "kv-source:api-key"]
+    assert [r for r in api.current().state.query("rotations", "warning") if r.key == "kv-source:api-key"]

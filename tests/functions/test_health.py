@@ -26,7 +26,7 @@ def test_deep_readiness_says_only_ok_or_not_to_anyone_but_an_admin(
     anonymous probes, callers who are not admins and bad tokens get `{"status": ...}` only."""
     import os
 
-    from core.app.http_api import HttpApi
+    from core.runtime import LiveRuntime
     from core.state.audit import MemoryAuditSink
     from tests.functions.apihelpers import AUDIENCE, client_principal, foreign_token, request, serving, write_config
 
@@ -41,7 +41,7 @@ def test_deep_readiness_says_only_ok_or_not_to_anyone_but_an_admin(
         "forged App Service principal in bearer mode": {"X-MS-CLIENT-PRINCIPAL": client_principal([("oid", admin_oid)])},
         "garbage": {"Authorization": "Basic YWRtaW46YWRtaW4="},
     }
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
     with serving(api):
         for who, headers in callers.items():
             response = health(request("GET", "/api/health", params={"deep": "1"}, headers=headers))

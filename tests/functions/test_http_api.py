@@ -17,9 +17,11 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from core.app.http_api import FORBIDDEN_BODY, HttpApi
+from core.app.readiness import readiness
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS
+from functions.http_api import FORBIDDEN_BODY
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import (
     ADMIN_ROLE,
@@ -51,9 +53,9 @@ def audit() -> MemoryAuditSink:
 
 
 @pytest.fixture(scope="module")
-def api(bearer_config: Path, audit: MemoryAuditSink) -> Iterator[HttpApi]:
+def api(bearer_config: Path, audit: MemoryAuditSink) -> Iterator[LiveRuntime]:
     """The bearer-mode API over the example config, serving the registered functions."""
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(bearer_config)}, audit=audit)
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(bearer_config)}, audit=audit)
     with serving(api):
         yield api
     api.close()
@@ -79,7 +81,7 @@ def test_get_env_is_registered_on_api_envs_env_for_get(functions: dict[str, Any]
 
 # ---- a valid caller ----------------------------------------------------------------------------
 def test_valid_caller_gets_the_bundle_as_json_and_the_fetch_is_audited_without_values(
-    functions: dict[str, Any], api: HttpApi, audit: MemoryAuditSink, caller_token: str, seeded: SandboxClient,
+    functions: dict[str, Any], api: LiveRuntime, audit: MemoryAuditSink, caller_token: str, seeded: SandboxClient,
 ) -> None:
     audit.clear()
     response = get_env(functions, "production", caller_token)
@@ -112,7 +114,7 @@ def test_valid_caller_gets_the_bundle_as_json_and_the_fetch_is_audited_without_v
     ({}, "*/*", "application/json", '"LOG_LEVEL": "info"'),
 ])
 def test_formats_by_query_or_accept(
-    functions: dict[str, Any], api: HttpApi, caller_token: str,
+    functions: dict[str, Any], api: LiveRuntime, caller_token: str,
     params: dict[str, str], accept: str | None, media_type: str, line: str,
 ) -> None:
     response = get_env(functions, "production", caller_token, params=params, headers={"Accept": accept} if accept else None)
@@ -122,14 +124,14 @@ def test_formats_by_query_or_accept(
     assert response.headers["Cache-Control"] == "no-store"
 
 
-def test_unknown_format_is_400_and_unacceptable_accept_is_406(functions: dict[str, Any], api: HttpApi, caller_token: str) -> None:
+def test_unknown_format_is_400_and_unacceptable_accept_is_406(functions: dict[str, Any], api: LiveRuntime, caller_token: str) -> None:
     response = get_env(functions, "production", caller_token, params={"format": "xml"})
     assert response.status_code == 400 and body_json(response)["error"] == "bad_request"
     response = get_env(functions, "production", caller_token, headers={"Accept": "image/png"})
     assert response.status_code == 406 and body_json(response)["error"] == "not_acceptable"
 
 
-def test_group_member_and_app_id_in_the_access_list_may_fetch(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient) -> None:
+def test_group_member_and_app_id_in_the_access_list_may_fetch(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient) -> None:
     as_group = seeded.issue_token("app", AUDIENCE, claims={"groups": [GROUP_ID]})
     assert get_env(functions, "production", as_group).status_code == 200
     as_app = seeded.issue_token("sp", AUDIENCE)  # listed by its app (client) id
@@ -145,14 +147,14 @@ def test_v2_issuer_and_comma_separated_audiences_are_accepted(
     client_id_audience = seeded.issue_token("caller", "11111111-2222-3333-4444-555555555555", claims={
         "iss": f"{seeded.authority}/{seeded.tenant_id}/v2.0", "ver": "2.0", "azp": seeded.identities["caller"].client_id,
     })
-    with serving(HttpApi(environ=environ, audit=MemoryAuditSink())) as api:
+    with serving(LiveRuntime(environ=environ, audit=MemoryAuditSink())) as api:
         assert get_env(functions, "production", client_id_audience).status_code == 200
         assert get_env(functions, "production", seeded.issue_token("caller", AUDIENCE)).status_code == 200
         api.close()
 
 
 # ---- tokens that are refused -------------------------------------------------------------------
-def test_missing_token_is_401_with_a_bearer_challenge(functions: dict[str, Any], api: HttpApi) -> None:
+def test_missing_token_is_401_with_a_bearer_challenge(functions: dict[str, Any], api: LiveRuntime) -> None:
     for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": ""}):
         response = get_env(functions, "production", headers=headers)
         assert response.status_code == 401
@@ -174,7 +176,7 @@ def test_missing_token_is_401_with_a_bearer_challenge(functions: dict[str, Any],
     ("alg_none", "RS256"),
 ])
 def test_bad_tokens_are_401_invalid_token(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, caller_token: str, case: str, description: str,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, caller_token: str, case: str, description: str,
 ) -> None:
     now = int(time.time())
     other_tenant = "00000000-1111-2222-3333-444444444444"
@@ -199,8 +201,8 @@ def test_bad_tokens_are_401_invalid_token(
     assert_no_values(response)
 
 
-def test_unknown_kid_refetches_the_keys_at_most_once_per_interval(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient) -> None:
-    keys = api.context().authenticator(api.environ).validator.keys
+def test_unknown_kid_refetches_the_keys_at_most_once_per_interval(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient) -> None:
+    keys = api.current().authenticator().validator.keys
     get_env(functions, "production", foreign_token(seeded, kid="rollover-1"))
     before = keys.fetches
     for i in range(3):
@@ -210,7 +212,7 @@ def test_unknown_kid_refetches_the_keys_at_most_once_per_interval(functions: dic
 
 # ---- authorization -----------------------------------------------------------------------------
 def test_caller_not_listed_and_unknown_env_get_the_same_403(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, caller_token: str, audit: MemoryAuditSink,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, caller_token: str, audit: MemoryAuditSink,
 ) -> None:
     other = seeded.issue_token("other", AUDIENCE)
     admin = seeded.issue_token("admin", AUDIENCE, claims={"roles": [ADMIN_ROLE]})
@@ -231,7 +233,7 @@ def test_caller_not_listed_and_unknown_env_get_the_same_403(
 
 
 def test_resolution_failure_is_502_with_names_and_reasons_only(
-    functions: dict[str, Any], api: HttpApi, caller_token: str, audit: MemoryAuditSink,
+    functions: dict[str, Any], api: LiveRuntime, caller_token: str, audit: MemoryAuditSink,
 ) -> None:
     response = get_env(functions, "broken", caller_token)
     assert response.status_code == 502
@@ -242,7 +244,7 @@ def test_resolution_failure_is_502_with_names_and_reasons_only(
     assert audit.records[-1].detail["outcome"] == "failed" and audit.records[-1].detail["failed"] == "MISSING_SECRET"
 
 
-def test_app_service_principal_headers_are_refused_in_bearer_mode(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, caller_token: str) -> None:
+def test_app_service_principal_headers_are_refused_in_bearer_mode(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, caller_token: str) -> None:
     principal = client_principal([(OID_CLAIM, seeded.identities["caller"].object_id)])
     for headers in ({"X-MS-CLIENT-PRINCIPAL": principal}, {"X-MS-CLIENT-PRINCIPAL-ID": seeded.identities["caller"].object_id}):
         response = get_env(functions, "production", caller_token, headers=headers)
@@ -253,16 +255,16 @@ def test_app_service_principal_headers_are_refused_in_bearer_mode(functions: dic
 
 # ---- App Service Authentication mode -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def app_service_api(seeded: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def app_service_api(seeded: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     config = write_config(tmp_path_factory.mktemp("easyauth") / "vaultrelay.yaml", seeded, auth_mode="app_service", audience=None)
     # What App Service sets when its authentication module is on (and strips forged headers).
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
     yield api
     api.close()
 
 
 def test_app_service_mode_trusts_the_client_principal_headers(
-    functions: dict[str, Any], app_service_api: HttpApi, seeded: SandboxClient, caller_token: str,
+    functions: dict[str, Any], app_service_api: LiveRuntime, seeded: SandboxClient, caller_token: str,
 ) -> None:
     caller = seeded.identities["caller"]
     other = seeded.identities["other"]
@@ -296,11 +298,11 @@ def test_config_changes_are_picked_up_and_an_invalid_config_fails_closed(
     functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path, caller_token: str,
 ) -> None:
     config = write_config(tmp_path / "vaultrelay.yaml", seeded)
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
     with serving(api):
         assert get_env(functions, "production", caller_token).status_code == 200
-        first = api.context()
-        assert api.context() is first  # cached while the file is unchanged
+        first = api.current()
+        assert api.current() is first  # cached while the file is unchanged
         write_config(config, seeded, access={"production": [seeded.identities["other"].object_id]})
         os.utime(config, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
         assert get_env(functions, "production", caller_token).status_code == 403
@@ -309,7 +311,7 @@ def test_config_changes_are_picked_up_and_an_invalid_config_fails_closed(
         assert response.status_code == 503 and body_json(response)["error"] == "unavailable"
         assert str(config) not in response.get_body().decode()
     api.close()
-    missing = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(tmp_path / "missing.yaml")}, audit=MemoryAuditSink())
+    missing = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(tmp_path / "missing.yaml")}, audit=MemoryAuditSink())
     with serving(missing):
         assert get_env(functions, "production", caller_token).status_code == 503
 
@@ -317,14 +319,14 @@ def test_config_changes_are_picked_up_and_an_invalid_config_fails_closed(
 def test_bearer_mode_without_an_audience_is_503_not_401(functions: dict[str, Any], seeded: SandboxClient, tmp_path: Path, caller_token: str) -> None:
     config = write_config(tmp_path / "vaultrelay.yaml", seeded, audience=None)
     environ = {k: v for k, v in os.environ.items() if k != "VAULTRELAY_API_AUDIENCE"}
-    with serving(HttpApi(environ={**environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())) as api:
+    with serving(LiveRuntime(environ={**environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())) as api:
         response = get_env(functions, "production", caller_token)
         assert response.status_code == 503 and response.headers["Retry-After"] == "30"
         api.close()
 
 
 # ---- health ------------------------------------------------------------------------------------
-def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tmp_path: Path) -> None:
+def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, tmp_path: Path) -> None:
     health = functions["health"].get_user_function()
     live = health(request("GET", "/api/health"))
     assert live.status_code == 200 and body_json(live) == {"status": "ok"}
@@ -344,7 +346,7 @@ def test_health_liveness_and_deep_readiness(functions: dict[str, Any], api: Http
         "envs:\n  e:\n    X:\n      from: {store: ghost, vault: kv-source, secret: api-key}\n"
         f"api: {{audience: '{AUDIENCE}', admins: [{seeded.identities['admin'].object_id}]}}\n"
     )
-    with serving(HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(broken)}, audit=MemoryAuditSink())) as other:
+    with serving(LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(broken)}, audit=MemoryAuditSink())) as other:
         not_ready = health(request("GET", "/api/health", params={"deep": "1"}, headers=admin))
         assert not_ready.status_code == 503
         assert body_json(not_ready)["stores"]["ghost"]["ok"] is False
@@ -367,7 +369,7 @@ def test_a_user_signed_in_through_a_listed_app_is_not_that_app(functions: dict[s
     delegated_v2 = seeded.issue_token("other", AUDIENCE, claims={  # no idtyp (an optional claim): scp and sub decide
         "ver": "2.0", "idtyp": None, "appid": None, "azp": sp_app_id, "scp": "user_impersonation", "sub": "pairwise-subject-of-the-user"})
     app_only = seeded.issue_token("sp", AUDIENCE)  # client credentials: idtyp app, sub == oid
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
     with serving(api):
         for token in (delegated, delegated_v2):
             assert get_env(functions, "production", token).status_code == 403
@@ -389,7 +391,7 @@ def test_app_service_mode_without_app_service_authentication_refuses_every_reque
     forged = client_principal([(OID_CLAIM, caller.object_id), ("tid", seeded.tenant_id)])  # anyone can send this
     for setting in (None, "False"):
         env = {**environ, "VAULTRELAY_CONFIG": str(config), **({"WEBSITE_AUTH_ENABLED": setting} if setting else {})}
-        api = HttpApi(environ=env, audit=MemoryAuditSink())
+        api = LiveRuntime(environ=env, audit=MemoryAuditSink())
         with serving(api):
             response = get_env(functions, "production", headers={"X-MS-CLIENT-PRINCIPAL": forged, "X-MS-CLIENT-PRINCIPAL-ID": caller.object_id})
             assert response.status_code == 503
@@ -400,7 +402,7 @@ def test_app_service_mode_without_app_service_authentication_refuses_every_reque
             ready = functions["health"].get_user_function()(request("GET", "/api/health", params={"deep": "1"}))
             # not ready; the detail is for admins only, and none can be recognised in this state
             assert ready.status_code == 503 and body_json(ready) == {"status": "unavailable"}
-            ready, detail = api._readiness(api.context())
+            ready, detail = readiness(api.current(), api.source_status())
             auth = detail["auth"]
             assert not ready and auth["mode"] == "app_service" and auth["ok"] is False and "WEBSITE_AUTH_ENABLED" in auth["problem"]
         api.close()
@@ -425,7 +427,7 @@ def test_dotenv_over_http_is_inert_and_a_value_it_cannot_carry_is_406_naming_the
     document["envs"]["expand"] = {"EVIL": {"from": {"store": "azure", "vault": "kv-source", "secret": f"{name}-expand"}}, "OTHER": "other-value"}
     config.write_text(yaml.safe_dump(document, sort_keys=False))
     audit = MemoryAuditSink()
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=audit)
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=audit)
     with serving(api):
         response = get_env(functions, "attack", caller_token, params={"format": "dotenv"})
         assert response.status_code == 200

@@ -1,5 +1,5 @@
 """User delegation keys kept in the state vault serve every path that signs a user delegation
-SAS, not only the sync engine: here `GET /api/envs/{env}` (the registered function and HttpApi),
+SAS, not only the sync engine: here `GET /api/envs/{env}` (the registered function, one LiveRuntime per instance),
 against the sandbox, counting `Get User Delegation Key` requests and using each SAS on Azurite."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import yaml
 from azure.keyvault.secrets import SecretClient
 from azure.storage.blob import ContainerClient
 
-from core.app.http_api import ApiResponse, HttpApi
 from core.mint.sas import StoredDelegationKeys
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.core.test_rotation_account_keys_sandbox import delegation_key_requests, sas_lists
-from tests.functions.apihelpers import AUDIENCE, body_json, get_env, serving
+from tests.functions.apihelpers import AUDIENCE, body_json, fetch, get_env, serving
 
 ACCOUNT = "sandboxstore"
 
@@ -58,24 +58,21 @@ def ud_config(path: Path, sandbox: SandboxClient, container: str, *, state: dict
     return path
 
 
-def new_api(config: Path) -> HttpApi:
-    """An HttpApi as a fresh Functions instance has it: its own config, StoreConnections and clients."""
-    return HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+def new_api(config: Path) -> LiveRuntime:
+    """A LiveRuntime as a fresh Functions instance has it: its own config, runtime and clients."""
+    return LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
 
 
 @pytest.fixture()
-def apis() -> Iterator[list[HttpApi]]:
-    opened: list[HttpApi] = []
+def apis() -> Iterator[list[LiveRuntime]]:
+    opened: list[LiveRuntime] = []
     yield opened
     for api in opened:
         api.close()
 
 
 def fetched_sas(response: Any) -> str:
-    """UD_SAS from a 200 answer of the registered function (HttpResponse) or of HttpApi (ApiResponse)."""
-    if isinstance(response, ApiResponse):
-        assert response.status == 200, response.body
-        return str(json.loads(response.body)["UD_SAS"])
+    """UD_SAS from a 200 answer of the registered function."""
     assert response.status_code == 200, response.get_body()
     return str(body_json(response)["UD_SAS"])
 
@@ -86,13 +83,13 @@ def signed_key_fields(token: str) -> tuple[str, ...]:
     return tuple(query[field][0] for field in ("skoid", "skt", "ske"))
 
 
-def kept_key_name(api: HttpApi) -> str:
-    store = api.context().broker.store("azure")
+def kept_key_name(api: LiveRuntime) -> str:
+    store = api.current().connections.store("azure")
     return StoredDelegationKeys.secret_name(ACCOUNT, f"azure:{store.identity_description}", timedelta(hours=1))
 
 
 def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
-    functions: dict[str, Any], seeded: SandboxClient, container: str, tmp_path: Path, apis: list[HttpApi],
+    functions: dict[str, Any], seeded: SandboxClient, container: str, tmp_path: Path, apis: list[LiveRuntime],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     state = {"store": "azure", "account": ACCOUNT, "vault": "kv-state", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
@@ -116,7 +113,7 @@ def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
 
     time.sleep(1.1)  # SAS times have one-second resolution: the second SAS is a new one
     with caplog.at_level(logging.DEBUG, logger="vaultrelay"):
-        two = fetched_sas(second.fetch_env("ud", query={}, headers={"Authorization": f"Bearer {token}"}))  # another instance
+        two = fetched_sas(fetch(second, "ud", headers={"Authorization": f"Bearer {token}"}))  # another instance
     assert delegation_key_requests(seeded) == 1, seeded.counters()["by_endpoint"]  # the kept key signed it
     assert vault.get_secret(kept).properties.version == renewed.properties.version
 
@@ -128,7 +125,7 @@ def test_http_fetches_sign_with_the_delegation_key_kept_in_the_state_vault(
 
 
 def test_without_a_state_vault_each_run_requests_its_own_delegation_key_and_says_why(
-    seeded: SandboxClient, container: str, tmp_path: Path, apis: list[HttpApi], caplog: pytest.LogCaptureFixture,
+    seeded: SandboxClient, container: str, tmp_path: Path, apis: list[LiveRuntime], caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = ud_config(tmp_path / "vaultrelay.yaml", seeded, container, state=None)
     token = seeded.issue_token("caller", AUDIENCE)
@@ -137,7 +134,7 @@ def test_without_a_state_vault_each_run_requests_its_own_delegation_key_and_says
 
     seeded.reset_counters()
     with caplog.at_level(logging.INFO, logger="vaultrelay"):
-        tokens = [fetched_sas(api.fetch_env("ud", query={}, headers={"Authorization": f"Bearer {token}"})) for _ in range(2)]
+        tokens = [fetched_sas(fetch(api, "ud", headers={"Authorization": f"Bearer {token}"})) for _ in range(2)]
     assert delegation_key_requests(seeded) == 2, seeded.counters()["by_endpoint"]
     assert any("no state.vault" in record.getMessage() for record in caplog.records)
     for sas in tokens:
@@ -145,7 +142,7 @@ def test_without_a_state_vault_each_run_requests_its_own_delegation_key_and_says
 
 
 def test_an_unreadable_state_vault_falls_back_to_a_new_key_and_logs_why(
-    clean_faults: SandboxClient, seeded: SandboxClient, container: str, tmp_path: Path, apis: list[HttpApi],
+    clean_faults: SandboxClient, seeded: SandboxClient, container: str, tmp_path: Path, apis: list[LiveRuntime],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     state = {"store": "azure", "account": ACCOUNT, "vault": "kv-shared", "table_prefix": f"t{uuid.uuid4().hex[:8]}"}
@@ -156,7 +153,7 @@ def test_an_unreadable_state_vault_falls_back_to_a_new_key_and_logs_why(
     clean_faults.set_faults([{"service": "keyvault", "target": "kv-shared", "error_rate": 1.0, "error_status": 403}])
 
     with caplog.at_level(logging.INFO, logger="vaultrelay"):
-        tokens = [fetched_sas(api.fetch_env("ud", query={}, headers={"Authorization": f"Bearer {token}"})) for _ in range(2)]
+        tokens = [fetched_sas(fetch(api, "ud", headers={"Authorization": f"Bearer {token}"})) for _ in range(2)]
     messages = [record.getMessage() for record in caplog.records]
     assert any("cannot read the kept delegation key" in m and "HTTP 403" in m for m in messages), messages
     assert any("cannot keep the new delegation key" in m and "HTTP 403" in m for m in messages), messages

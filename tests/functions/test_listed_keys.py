@@ -17,8 +17,8 @@ import pytest
 from azure.mgmt.storage import StorageManagementClient
 from azure.storage.blob import ContainerClient
 
-from core.app.http_api import HttpApi
-from core.rotation.account_keys import KeyRotation
+from core.app.rotate import rotate
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.configs import body_yaml, ref
@@ -51,10 +51,10 @@ def small_limits(seeded: SandboxClient, arm_limits: SandboxClient) -> SandboxCli
 
 @pytest.fixture()
 def api_for(tmp_path: Path) -> Iterator[Any]:
-    opened: list[HttpApi] = []
+    opened: list[LiveRuntime] = []
 
-    def make(config: Path) -> HttpApi:
-        api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    def make(config: Path) -> LiveRuntime:
+        api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
         opened.append(api)
         return api
 
@@ -115,7 +115,7 @@ def test_a_key_this_process_regenerates_is_not_served_from_the_kept_listing(
                 "ACTIVE": ref(resource_type="storage", account=account, key="active", rotate={"every": "30d"}),
             },
         })
-        (report,) = KeyRotation(world.engine(body)).rotate(f"storage:{account}", force=True)  # key1 active: key2 is regenerated
+        (report,) = rotate(world.runtime(body), f"storage:{account}", force=True)  # key1 active: key2 is regenerated
         assert (report.outcome, report.new_active) == ("rotated", "key2"), report
         seeded.reset_counters()
         after = body_json(get_env(functions, "stor", token))["KEY2"]

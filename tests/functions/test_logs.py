@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,14 @@ from typing import Any
 import pytest
 from azure.keyvault.secrets import SecretClient
 
-from core.app.http_api import HttpApi
 from core.config import parse_config
 from core.connections import StoreConnections
 from core.logs import SDK_LOGGERS, configure_logging, redact, sdk_log_level, set_sdk_log_level
 from core.push import SyncEngine
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
+from tests.configs import config_yaml, keyvault_target, mi_store, ref, secret_ref, state_block
 from tests.functions.apihelpers import AUDIENCE, get_env, serving, write_config
 
 
@@ -78,7 +78,7 @@ def test_an_authorized_fetch_sends_no_sdk_records_to_the_worker(
     token = seeded.issue_token("caller", AUDIENCE)
 
     def fetch() -> int:
-        api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())  # cold caches
+        api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())  # cold caches
         with serving(api):
             root_at.records.clear()
             assert get_env(functions, "production", token).status_code == 200
@@ -109,26 +109,19 @@ def test_no_sas_signature_token_or_client_secret_in_any_record_of_a_real_sync_at
     configure_logging({"VAULTRELAY_SDK_LOG_LEVEL": "DEBUG"})  # every record of every SDK
     tag = uuid.uuid4().hex[:8]
     client_secret = os.environ["SANDBOX_SP_CLIENT_SECRET"]
-    text = textwrap.dedent(f"""
-        version: 1
-        secretStores:
-          azure: {{type: azure.managed_identity}}
-          legacy:
-            type: azure.keyvault
-            vault_name: kv-source
-            auth: {{client_id: "${{SANDBOX_SP_CLIENT_ID}}", client_secret: "${{SANDBOX_SP_CLIENT_SECRET}}", tenant_id: "${{AZURE_TENANT_ID}}"}}
-        state: {{store: azure, account: sandboxstore, vault: kv-state, table_prefix: lg{tag}}}
-        envs:
-          app:
-            ACCOUNT_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, sas_type: account, permissions: rl, expiry: 2h}}}}
-            CONTAINER_SAS: {{from: {{store: azure, resource_type: storage, account: sandboxstore, operation: generate_sas, container: logs{tag}, permissions: rl, expiry: 1h}}}}
-            KEY: {{from: {{store: azure, resource_type: storage, account: sandboxstore, key: key1}}}}
-            PASSWORD: {{from: {{store: azure, vault: kv-source, secret: database-password}}}}
-          legacy:
-            VIA_SP: {{from: {{store: legacy, secret: api-key}}}}
-        targets:
-          vault: {{type: keyvault, env: app, store: azure, vault: kv-target, prefix: lg{tag}-}}
-    """)
+    legacy = {"type": "azure.keyvault", "vault_name": "kv-source", "auth": {
+        "client_id": "${SANDBOX_SP_CLIENT_ID}", "client_secret": "${SANDBOX_SP_CLIENT_SECRET}", "tenant_id": "${AZURE_TENANT_ID}"}}
+    text = config_yaml(stores={"azure": mi_store(), "legacy": legacy}, state=state_block(f"lg{tag}"), envs={
+        "app": {
+            "ACCOUNT_SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", sas_type="account",
+                               permissions="rl", expiry="2h"),
+            "CONTAINER_SAS": ref(resource_type="storage", account="sandboxstore", operation="generate_sas", container=f"logs{tag}",
+                                 permissions="rl", expiry="1h"),
+            "KEY": ref(resource_type="storage", account="sandboxstore", key="key1"),
+            "PASSWORD": secret_ref("database-password"),
+        },
+        "legacy": {"VIA_SP": ref("legacy", secret="api-key")},
+    }, targets={"vault": keyvault_target("app", prefix=f"lg{tag}-")})
     broker = StoreConnections(parse_config(text, "logs.yaml", environ=os.environ))
     report = SyncEngine(broker).sync(force_mint=True)
     assert report.ok and sorted(report.minted) == ["app/ACCOUNT_SAS", "app/CONTAINER_SAS"], report

@@ -23,7 +23,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from core.app.http_api import HttpApi
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS, example_environment, seed_example
 from sandbox.client import SandboxClient
@@ -47,13 +47,13 @@ CHECKS = [status_code_conformance, content_type_conformance, response_schema_con
 
 
 @pytest.fixture(scope="module")
-def served(sandbox: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def served(sandbox: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     seed_example(sandbox)
     config = write_config(tmp_path_factory.mktemp("openapi") / "vaultrelay.yaml", sandbox)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in example_environment(sandbox).items():
             patch.setenv(key, value)
-        api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+        api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
         with serving(api):
             yield api
         api.close()
@@ -78,7 +78,7 @@ def wsgi(functions: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def values(served: HttpApi, functions: dict[str, Any], tokens: dict[str, str]) -> list[str]:
+def values(served: LiveRuntime, functions: dict[str, Any], tokens: dict[str, str]) -> list[str]:
     """Every value the production env resolves to (to look for in error bodies)."""
     response = get_env(functions, "production", tokens["caller"])
     assert response.status_code == 200
@@ -110,7 +110,7 @@ def test_every_documented_route_is_registered_and_every_registered_route_documen
     ("broken", {}, {}),
     ("no-such-env", {}, {}),
 ])
-def test_known_requests_conform_to_the_spec(wsgi: Any, served: HttpApi, tokens: dict[str, str],
+def test_known_requests_conform_to_the_spec(wsgi: Any, served: LiveRuntime, tokens: dict[str, str],
                                             env: str, query: dict[str, str], headers: dict[str, str]) -> None:
     operation = SCHEMA["/envs/{env}"]["GET"]
     for token in ("caller", "other", None):
@@ -121,7 +121,7 @@ def test_known_requests_conform_to_the_spec(wsgi: Any, served: HttpApi, tokens: 
         case.validate_response(response, checks=CHECKS)
 
 
-def test_health_conforms_to_the_spec(wsgi: Any, served: HttpApi) -> None:
+def test_health_conforms_to_the_spec(wsgi: Any, served: LiveRuntime) -> None:
     operation = SCHEMA["/health"]["GET"]
     for query in ({}, {"deep": "1"}, {"deep": "no"}):
         case = operation.Case(query=query)
@@ -132,7 +132,7 @@ def test_health_conforms_to_the_spec(wsgi: Any, served: HttpApi) -> None:
 
 @SCHEMA.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_generated_requests_conform_to_the_spec(case: Any, wsgi: Any, served: HttpApi, tokens: dict[str, str], values: list[str]) -> None:
+def test_generated_requests_conform_to_the_spec(case: Any, wsgi: Any, served: LiveRuntime, tokens: dict[str, str], values: list[str]) -> None:
     for token in (tokens["caller"], None):
         response = case.call(app=wsgi, headers={"Authorization": f"Bearer {token}"} if token else {})
         assert response.status_code != 500
@@ -144,13 +144,13 @@ def test_generated_requests_conform_to_the_spec(case: Any, wsgi: Any, served: Ht
 
 # ---- properties over the handler, called directly ----------------------------------------------
 @pytest.fixture(scope="module", params=["bearer", "app_service"])
-def mode(request: pytest.FixtureRequest, served: HttpApi, sandbox: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mode(request: pytest.FixtureRequest, served: LiveRuntime, sandbox: SandboxClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API in each auth mode (same envs and access lists)."""
     if request.param == "bearer":
         yield "bearer"
         return
     config = write_config(tmp_path_factory.mktemp("easyauth") / "vaultrelay.yaml", sandbox, auth_mode="app_service", audience=None)
-    api = HttpApi(environ={**served.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**served.environ, "VAULTRELAY_CONFIG": str(config), "WEBSITE_AUTH_ENABLED": "True"}, audit=MemoryAuditSink())
     with serving(api):
         yield "app_service"
     api.close()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from core.access import AuthError, SigningKeys, TokenValidator
-from core.app.http_api import HttpApi
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, foreign_token, get_env, serving, write_config
@@ -56,7 +56,7 @@ def test_no_keys_cached_and_a_hanging_authority_one_fetch_then_back_off(
     functions: dict[str, Any], hung: SandboxClient, tmp_path: Path,
 ) -> None:
     config = write_config(tmp_path / "vaultrelay.yaml", hung)
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(config)}, audit=MemoryAuditSink())
     valid = hung.issue_token("caller", AUDIENCE)
     tokens = [foreign_token(hung, kid=f"random-{uuid.uuid4().hex}") for _ in range(100)] + [valid] * 4
     hung.set_faults([{**HANG, "operation": "OpenIdConfigurationV2"}])
@@ -66,7 +66,7 @@ def test_no_keys_cached_and_a_hanging_authority_one_fetch_then_back_off(
         statuses = list(pool.map(lambda token: get_env(functions, "production", token).status_code, tokens))
         assert statuses == [503] * len(tokens)
         assert time.monotonic() - began < HANG["latency_ms"] / 1000  # nobody waited for the authority's answer
-        keys = api.context().authenticator(api.environ).validator.keys
+        keys = api.current().authenticator().validator.keys
         assert keys.wait_for_fetch(10) and (keys.attempts, keys.fetches) == (1, 0)  # the hung fetch gave up on its own
         failed_at = time.monotonic()
 

@@ -27,8 +27,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from core import telemetry
-from core.app.http_api import HttpApi
-from core.rotation.account_keys import KeyRotation
+from core.app.rotate import rotate
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from demo.seed import EXAMPLE_SECRETS
 from sandbox.client import SandboxClient, SandboxProcess
@@ -103,7 +103,7 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     """The example config with its own state tables and one Key Vault target for an env that
     mints nothing (minted SAS tokens live in the shared state vault other modules count on)."""
     path = write_config(tmp_path_factory.mktemp("telemetry") / "vaultrelay.yaml", seeded)
@@ -113,7 +113,7 @@ def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactor
     config["access"]["metrics"] = config["access"]["production"]
     config["targets"] = {"vault": {"type": "keyvault", "env": "metrics", "store": "azure", "vault": "kv-target", "prefix": f"tm-{tag}-"}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
         yield api
     api.close()
@@ -154,7 +154,7 @@ def bearer(sandbox: SandboxClient, identity: str) -> dict[str, str]:
 
 
 def test_a_sync_records_push_counters_and_resolve_latency(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, reader: InMemoryMetricReader,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, reader: InMemoryMetricReader,
 ) -> None:
     response = call(functions, "sync_env", request("POST", "/api/sync/metrics", headers=bearer(seeded, "admin"),
                                                    route_params={"env": "metrics"}), InvocationContext("sync_env"))
@@ -173,7 +173,7 @@ def test_a_sync_records_push_counters_and_resolve_latency(
 
 
 def test_a_fetch_records_resolve_latency_and_failures_by_reason(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, reader: InMemoryMetricReader,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, reader: InMemoryMetricReader,
 ) -> None:
     ok = call(functions, "get_env", request("GET", "/api/envs/production", headers=bearer(seeded, "caller"), route_params={"env": "production"}))
     assert ok.status_code == 200
@@ -190,7 +190,7 @@ def test_a_fetch_records_resolve_latency_and_failures_by_reason(
 
 
 def test_log_records_of_an_invocation_carry_the_operation_id_and_fields_and_no_values(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, caplog: pytest.LogCaptureFixture,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, caplog: pytest.LogCaptureFixture,
 ) -> None:
     context = InvocationContext("get_env")
     with caplog.at_level(logging.DEBUG):
@@ -219,7 +219,7 @@ def test_log_records_of_an_invocation_carry_the_operation_id_and_fields_and_no_v
 
 
 def test_without_a_trace_context_the_invocation_id_is_the_operation_id(
-    functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, caplog: pytest.LogCaptureFixture,
+    functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, caplog: pytest.LogCaptureFixture,
 ) -> None:
     class NoTrace(InvocationContext):
         @property
@@ -278,11 +278,11 @@ def test_a_forced_rotation_through_the_engine_is_counted_once(seeded: SandboxCli
     world = World(seeded)
     account = fresh_cosmos_account(seeded, world.tag)
     engine = world.engine(cosmos_body(account))
-    [report] = KeyRotation(engine).rotate(f"cosmos:{account}", force=True)
+    [report] = rotate(engine.runtime, f"cosmos:{account}", force=True)
     assert report.outcome == "rotated" and report.repushed == ["app"], report
     assert rotations(reader) == {("cosmos", "rotated"): 1}
     # Not due: the check is counted with its outcome, the rotation is not counted again.
-    [again] = KeyRotation(world.engine(cosmos_body(account))).rotate()
+    [again] = rotate(world.runtime(cosmos_body(account)))
     assert again.outcome == "not_due"
     assert rotations(reader) == {("cosmos", "rotated"): 1, ("cosmos", "not_due"): 1}
     assert "vaultrelay.failures" not in points(reader)

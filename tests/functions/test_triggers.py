@@ -16,10 +16,11 @@ import yaml
 from azure.functions.timer import TimerRequest
 from azure.keyvault.secrets import SecretClient
 
-from core.app.http_api import HttpApi
+from core.push import SyncEngine
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
-from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
+from tests.functions.apihelpers import AUDIENCE, body_json, keyvault_event, request, serving, write_config
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     """The example config, with this module's own state tables and target secret names."""
     path = write_config(tmp_path_factory.mktemp("triggers") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
@@ -38,7 +39,7 @@ def api(seeded: SandboxClient, tag: str, tmp_path_factory: pytest.TempPathFactor
         config["envs"].pop(name, None)
         config["access"].pop(name, None)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    api = HttpApi(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
+    api = LiveRuntime(environ={**os.environ, "VAULTRELAY_CONFIG": str(path)}, audit=MemoryAuditSink())
     with serving(api):
         yield api
     api.close()
@@ -76,17 +77,17 @@ def test_the_triggers_are_registered(functions: dict[str, Any]) -> None:
                       "accept_drift": "drift/{env}/{target}/accept"}
 
 
-def test_admin_routes_need_an_admin(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient) -> None:
+def test_admin_routes_need_an_admin(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient) -> None:
     assert call(functions, "sync_all", request("POST", "/api/sync")).status_code == 401
     denied = call(functions, "status", request("GET", "/api/status", headers=bearer(seeded, "caller")))
     assert denied.status_code == 403 and body_json(denied)["error"] == "forbidden"
 
 
-def test_timer_syncs_then_an_unchanged_tick_writes_nothing(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
+def test_timer_syncs_then_an_unchanged_tick_writes_nothing(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
     timer = functions["sync_timer"].get_user_function()
     timer(TimerRequest(past_due=True))
     assert target.get_secret(f"fn-{tag}-database-password").value == "s3cr3t-db-password"
-    engine = api.context().engine()
+    engine = SyncEngine(api.current())
     writes = engine.state.writes
     seeded.reset_counters()
     timer(TimerRequest())
@@ -94,7 +95,7 @@ def test_timer_syncs_then_an_unchanged_tick_writes_nothing(functions: dict[str, 
     assert not any(k.startswith("keyvault:Set") for k in seeded.counters()["by_endpoint"])
 
 
-def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str) -> None:
+def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, tag: str) -> None:
     admin = bearer(seeded, "admin")
     synced = call(functions, "sync_env", request("POST", "/api/sync/production", headers=admin, route_params={"env": "production"}))
     assert synced.status_code == 200, synced.get_body()
@@ -117,7 +118,7 @@ def test_admin_sync_status_and_rotate(functions: dict[str, Any], api: HttpApi, s
     assert missing_env.status_code == 404
 
 
-def test_admin_accepts_drift_over_http(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
+def test_admin_accepts_drift_over_http(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
     admin = bearer(seeded, "admin")
     assert call(functions, "sync_env", request("POST", "/api/sync/production", headers=admin, route_params={"env": "production"})).status_code == 200
     name = f"fn-{tag}-database-password"
@@ -143,7 +144,7 @@ def test_admin_accepts_drift_over_http(functions: dict[str, Any], api: HttpApi, 
     assert target.get_secret(name).value == "edited-by-hand"
 
 
-def test_new_secret_version_event_resyncs_the_env_once(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
+def test_new_secret_version_event_resyncs_the_env_once(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, tag: str, target: SecretClient) -> None:
     handler = functions["keyvault_events"].get_user_function()
     handler(event("Microsoft.KeyVault.SecretNewVersionCreated", "kv-source", "database-password"))  # settle
     SecretClient(seeded.vault_url("kv-source"), seeded.admin_credential()).set_secret("database-password", f"new-{tag}")
@@ -151,40 +152,40 @@ def test_new_secret_version_event_resyncs_the_env_once(functions: dict[str, Any]
     handler(delivered)
     assert target.get_secret(f"fn-{tag}-database-password").value == f"new-{tag}"
     raw = {"id": delivered.id, "eventType": delivered.event_type, "data": delivered.get_json()}
-    assert api.keyvault_event(raw)["outcome"] == "duplicate"
+    assert keyvault_event(api, raw)["outcome"] == "duplicate"
     SecretClient(seeded.vault_url("kv-source"), seeded.admin_credential()).set_secret("database-password", "s3cr3t-db-password")
     handler(event("Microsoft.KeyVault.SecretNewVersionCreated", "kv-source", "database-password"))
 
 
-def test_cloudevents_unknown_and_malformed_events_are_acknowledged(api: HttpApi) -> None:
+def test_cloudevents_unknown_and_malformed_events_are_acknowledged(api: LiveRuntime) -> None:
     cloud = {"id": str(uuid.uuid4()), "type": "Microsoft.KeyVault.SecretNewVersionCreated", "source": "/subscriptions/x",
              "specversion": "1.0", "data": {"VaultName": "kv-source", "ObjectName": "api-key", "Version": "1" * 32}}
-    assert api.keyvault_event(cloud)["outcome"] == "synced"
+    assert keyvault_event(api, cloud)["outcome"] == "synced"
     unknown = {"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNewVersionCreated", "data": {"VaultName": "elsewhere", "ObjectName": "x"}}
-    assert api.keyvault_event(unknown)["outcome"] == "ignored"
-    malformed = api.keyvault_event({"id": "m1", "eventType": "Microsoft.KeyVault.SecretNewVersionCreated", "data": "nope"})
+    assert keyvault_event(api, unknown)["outcome"] == "ignored"
+    malformed = keyvault_event(api, {"id": "m1", "eventType": "Microsoft.KeyVault.SecretNewVersionCreated", "data": "nope"})
     assert malformed["outcome"] == "malformed" and "data" in malformed["detail"]
     other = {"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.KeyNewVersionCreated", "data": {"VaultName": "kv-source", "ObjectName": "k"}}
-    assert api.keyvault_event(other)["outcome"] == "ignored"
+    assert keyvault_event(api, other)["outcome"] == "ignored"
 
 
-def test_near_expiry_of_a_secret_vaultrelay_does_not_own_is_a_status_warning(api: HttpApi) -> None:
-    outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
+def test_near_expiry_of_a_secret_vaultrelay_does_not_own_is_a_status_warning(api: LiveRuntime) -> None:
+    outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
                                   "data": {"VaultName": "kv-source", "ObjectName": "api-key"}})
     assert outcome["outcome"] == "warning" and outcome["envs"] == ["production"]
-    warnings = [r for r in api.context().engine().state.query("rotations", "warning") if r.key == "kv-source:api-key"]
+    warnings = [r for r in api.current().state.query("rotations", "warning") if r.key == "kv-source:api-key"]
     assert warnings and "not managed by vaultrelay" in json.dumps(warnings[0].fields)
 
 
-def test_near_expiry_of_a_minted_sas_resyncs_without_reminting_a_token_that_is_not_due(api: HttpApi, target: SecretClient, tag: str) -> None:
-    engine = api.context().engine()
+def test_near_expiry_of_a_minted_sas_resyncs_without_reminting_a_token_that_is_not_due(api: LiveRuntime, target: SecretClient, tag: str) -> None:
+    engine = SyncEngine(api.current())
     # Minted now, by this module's state: the example's tokens are kept in the shared state vault
     # under names made of their parameters, where another module's sync may have left them.
     engine.sync(force_mint=True)
     minted = [r for r in engine.state.query("rotations", "sas")]
     assert minted, "the example env mints SAS tokens"
     before = target.get_secret(f"fn-{tag}-storage-sas").value
-    outcome = api.keyvault_event({"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
+    outcome = keyvault_event(api, {"id": str(uuid.uuid4()), "eventType": "Microsoft.KeyVault.SecretNearExpiry",
                                   "data": {"VaultName": "kv-state", "ObjectName": minted[0].key}})
     assert outcome["outcome"] == "synced" and outcome["envs"] == ["production"] and "not due" in outcome["detail"]
     assert target.get_secret(f"fn-{tag}-storage-sas").value == before

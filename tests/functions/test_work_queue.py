@@ -20,8 +20,9 @@ from azure.functions.queue import QueueMessage  # what the worker builds from th
 from azure.keyvault.secrets import SecretClient
 from azure.storage.queue import QueueClient
 
-from core.app.http_api import HttpApi
 from core.app.work import DEFAULT_MAX_DEQUEUE, WorkFailed, parse_item
+from core.app.worker import work_item
+from core.runtime import LiveRuntime
 from core.state.audit import MemoryAuditSink
 from sandbox.client import SandboxClient
 from tests.functions.apihelpers import AUDIENCE, body_json, request, serving, write_config
@@ -44,7 +45,7 @@ def source(seeded: SandboxClient, tag: str) -> SecretClient:
 
 
 @pytest.fixture(scope="module")
-def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRuntime]:
     """Three small envs with a Key Vault target each, in queue mode on this module's own queue."""
     path = write_config(tmp_path_factory.mktemp("work") / "vaultrelay.yaml", seeded)
     config = yaml.safe_load(path.read_text())
@@ -58,7 +59,7 @@ def api(seeded: SandboxClient, source: SecretClient, tag: str, tmp_path_factory:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     environ = {**os.environ, "VAULTRELAY_CONFIG": str(path), "VAULTRELAY_SYNC_MODE": "queue", "VAULTRELAY_WORK_QUEUE": f"wq-{tag}",
                "VAULTRELAY_WORK_BATCH": "1"}
-    api = HttpApi(environ=environ, audit=MemoryAuditSink())
+    api = LiveRuntime(environ=environ, audit=MemoryAuditSink())
     with serving(api):
         yield api
     api.close()
@@ -121,7 +122,7 @@ def test_the_queue_trigger_is_registered_as_host_json_configures_it(functions: d
     assert 1 <= queues["batchSize"] <= 32
 
 
-def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                                raw_queue: QueueClient, target: SecretClient, tag: str) -> None:
     drain(raw_queue)
     response = functions["sync_all"].get_user_function()(request("POST", "/api/sync", headers=admin(seeded)))
@@ -148,7 +149,7 @@ def test_http_sync_enqueues_and_the_worker_function_syncs_once(functions: dict[s
     assert all(versions(target, tag, env) == 1 for env in ENVS)
 
 
-def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                                      raw_queue: QueueClient) -> None:
     one = functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-beta", headers=admin(seeded), route_params={"env": "q-beta"}))
     assert one.status_code == 202 and [i["envs"] for i in body_json(one)["enqueued"]] == [["q-beta"]]
@@ -157,7 +158,7 @@ def test_post_sync_of_one_env_answers_202_and_404_for_an_unknown_env(functions: 
     drain(raw_queue)
 
 
-def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, Any], api: HttpApi, seeded: SandboxClient,
+def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient,
                                                          raw_queue: QueueClient, source: SecretClient, target: SecretClient, tag: str) -> None:
     functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-gamma", headers=admin(seeded), route_params={"env": "q-gamma"}))
     older = drain(raw_queue)
@@ -179,7 +180,7 @@ def test_a_newer_value_then_an_older_item_does_one_write(functions: dict[str, An
     assert target.get_secret(f"wq-{tag}-q-gamma-SECRET").value == f"new-value-{tag}"
 
 
-def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: HttpApi, raw_queue: QueueClient) -> None:
+def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: LiveRuntime, raw_queue: QueueClient) -> None:
     from azure.functions.timer import TimerRequest
 
     functions["sync_timer"].get_user_function()(TimerRequest(past_due=False))
@@ -188,7 +189,7 @@ def test_the_timer_enqueues_every_env(functions: dict[str, Any], api: HttpApi, r
 
 
 def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_sync(
-        functions: dict[str, Any], api: HttpApi, seeded: SandboxClient, raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
+        functions: dict[str, Any], api: LiveRuntime, seeded: SandboxClient, raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
     functions["sync_env"].get_user_function()(request("POST", "/api/sync/q-broken", headers=admin(seeded), route_params={"env": "q-broken"}))
     (text, _), = drain(raw_queue)
     with pytest.raises(WorkFailed):
@@ -207,12 +208,12 @@ def test_a_failing_item_is_poisoned_on_its_last_delivery_and_cleared_by_a_good_s
     assert "now-there" not in json.dumps(status)
 
 
-def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: HttpApi) -> None:
+def test_a_message_that_is_not_a_work_item_is_acknowledged(functions: dict[str, Any], api: LiveRuntime) -> None:
     deliver(functions, base64.b64encode(b'{"envs": "x"}').decode())  # no exception: retrying cannot fix it
 
 
 
-def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[str, Any], api: HttpApi, clean_faults: SandboxClient,
+def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[str, Any], api: LiveRuntime, clean_faults: SandboxClient,
                                                                  raw_queue: QueueClient, source: SecretClient, target: SecretClient,
                                                                  tag: str) -> None:
     import time
@@ -245,7 +246,7 @@ def test_a_throttled_env_is_re_enqueued_with_a_delay_not_failed(functions: dict[
     assert target.get_secret(f"wq-{tag}-q-beta-SECRET").value == f"throttled-value-{tag}"
 
 
-def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: HttpApi, clean_faults: SandboxClient,
+def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: LiveRuntime, clean_faults: SandboxClient,
                                                                           raw_queue: QueueClient, source: SecretClient, tag: str) -> None:
     """Key Vault asks for 120 s: the item does not hold its worker that long (the 429 is not
     retried, the vault's other requests are not sent) but is re-enqueued, invisible at least as
@@ -255,11 +256,11 @@ def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: 
     drain(raw_queue)
     source.set_secret(f"wq-{tag}-q-gamma", f"later-value-{tag}")
     item = new_item(["q-gamma"], "secret_changed", "event:test", forget=[{"vault": "kv-source", "secret": f"wq-{tag}-q-gamma"}])
-    fresh = HttpApi(environ=api.environ)  # its own clients: the vault stays closed for this one only
+    fresh = LiveRuntime(environ=api.environ)  # its own clients: the vault stays closed for this one only
     clean_faults.set_faults([{"service": "keyvault", "target": "kv-source", "error_rate": 1.0, "error_status": 429, "retry_after_s": 120}])
     clean_faults.reset_counters()
     try:
-        result = fresh.work_item(item.to_text(), 1)
+        result = dict(work_item(fresh.current(), item.to_text(), 1).__dict__)
     finally:
         clean_faults.clear_faults()
         fresh.close()
@@ -271,3 +272,48 @@ def test_a_long_retry_after_is_not_waited_for_the_item_comes_back_after_it(api: 
     assert list(raw_queue.receive_messages(max_messages=32, visibility_timeout=1)) == []  # invisible for now
     assert raw_queue.get_queue_properties().approximate_message_count == 1
     raw_queue.clear_messages()  # the re-enqueued item would otherwise come back in two minutes
+
+
+def test_a_small_fan_out_is_cut_into_enough_items_for_many_instances() -> None:
+    from core.app.work import item_size, plan_items
+
+    def sizes(envs: int, batch: int = 10) -> list[int]:
+        groups = [[f"e{i}"] for i in range(envs)]
+        return [len(item.envs) for item in plan_items(groups, "scheduled", "timer", batch=item_size(envs, batch))]
+
+    assert sizes(100) == [7] * 14 + [2]  # 15 items, not 10 of 10: 4 consumers get 4 rounds, none idle for long
+    assert sizes(5000) == [10] * 500  # a large fleet: the configured batch
+    assert sizes(3) == [1, 1, 1] and sizes(40, batch=2) == [2] * 20
+
+
+def test_work_items_reuse_a_key_listing_until_the_accounts_key_switches(api: LiveRuntime, clean_faults: SandboxClient, tag: str,
+                                                                        tmp_path: Path) -> None:
+    """Each item listing the storage keys afresh would spend the storage provider's 100 lists per
+    5 minutes on a few hundred items; items reuse this process's listing instead, except one made
+    before (or about when) another instance switched the account's active key."""
+    from core.app.work import new_item
+    from core.state.tables import Row
+    from tests.world import fresh_account
+
+    account = fresh_account(clean_faults, f"wk{tag}")
+    config = yaml.safe_load(Path(api.environ["VAULTRELAY_CONFIG"]).read_text())
+    for store in config["secretStores"].values():  # no value cache: what is kept is the listing itself
+        store.setdefault("cache", {})["secret_cache"] = {"enabled": False}
+    config["envs"]["q-key"] = {"KEY": {"from": {"store": "azure", "resource_type": "storage", "account": account, "key": "active"}}}
+    config["targets"]["t-q-key"] = {"type": "keyvault", "env": "q-key", "store": "azure", "vault": "kv-target", "prefix": f"wq-{tag}-key-"}
+    path = tmp_path / "vaultrelay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    worker = LiveRuntime(environ={**api.environ, "VAULTRELAY_CONFIG": str(path)})
+
+    def list_keys_calls() -> int:
+        clean_faults.reset_counters()
+        assert work_item(worker.current(), new_item(["q-key"], "scheduled", "timer").to_text(), 1).outcome == "done"
+        return int(clean_faults.counters()["by_endpoint"].get("arm:StorageListKeys", 0))
+
+    try:
+        assert list_keys_calls() == 1
+        assert list_keys_calls() == 0  # the listing this process keeps
+        worker.current().state.put("rotations", Row("storage", account.lower(), {"active": "key1", "rotated_at": dt.datetime.now(dt.UTC).isoformat()}))
+        assert list_keys_calls() == 1  # made before the switch: listed afresh
+    finally:
+        worker.close()

@@ -45,7 +45,7 @@ from core.errors import NotFoundError
 from core.sources.registry import sources
 from core.state.fingerprints import Fingerprinter
 from core.state.leases import holder_is_dead
-from core.state.tables import Conflict, Lease, Row, StateStore, StateUnavailable
+from core.state.tables import MINTED_RECORDS, ROTATION_PARTITIONS, Conflict, Lease, Row, StateStore, StateUnavailable
 from core.targets.app_settings import SiteChange, site_key
 from core.targets.base import RUN_ENVS, Change, DesiredItem, PushResult, Snapshot, TargetContext, TargetError
 from core.targets.registry import TargetRegistry
@@ -230,7 +230,7 @@ class SyncEngine:
         if sas:
             def record(ref: Any, outcome: Any) -> None:
                 self.state.audit(self.owner, "sas.minted", f"{env}/{ref.name}", {"reason": outcome.reason, "expires": str(outcome.expires_on)})
-                row = self.state.get("rotations", "sas", outcome.secret) or Row("sas", outcome.secret)  # SAS and tokens
+                row = self.state.get("rotations", MINTED_RECORDS, outcome.secret) or Row(MINTED_RECORDS, outcome.secret)  # SAS and tokens
                 row.fields.update({"variable": ref.name, "env": env, "issued": self.clock().isoformat(), "expires": str(outcome.expires_on),
                                    "reason": outcome.reason})
                 try:
@@ -985,7 +985,7 @@ class SyncEngine:
 
     def rotation_status(self) -> list[dict[str, Any]]:
         rows = []
-        for kind in ("storage", "cosmos", "sas", "tagged", "warning"):  # tagged: core.rotation.tagged_secrets
+        for kind in ROTATION_PARTITIONS:  # tagged: core.rotation.tagged_secrets
             for row in self.state.query("rotations", kind):
                 rows.append({"kind": kind, "name": row.key, **{k: v for k, v in row.fields.items() if not k.startswith("fp_")}})
         return rows

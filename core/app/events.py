@@ -34,7 +34,7 @@ from core.mint.sas import DELEGATION_KEY_PREFIX
 from core.resolve import forget_values
 from core.runtime import Runtime
 from core.sources.registry import sources
-from core.state.tables import Conflict, Row
+from core.state.tables import MINTED_RECORDS, Conflict, Row
 
 log = logging.getLogger("vaultrelay.events")
 
@@ -194,7 +194,7 @@ class KeyVaultEvents:
         config = self.runtime.config
         state_vault = (config.state.vault or "").lower() if config.state else ""
         if event.vault == state_vault and event.name.startswith(("vr-sas-", "vr-token-")):
-            row = self.runtime.state.get("rotations", "sas", event.name)
+            row = self.runtime.state.get("rotations", MINTED_RECORDS, event.name)
             env = str(row.fields.get("env")) if row else None
             if env and env in self.runtime.envs_with_targets():
                 # Key Vault warns 30 days ahead, so every short-lived SAS is "near expiry" from the

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.sources.registry import sources
+from core.state.tables import ACCOUNT_KEY_RECORDS, MINTED_RECORDS
 
 DEFAULT_WINDOW = timedelta(days=30)
 
@@ -71,7 +72,7 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
     loaded = engine.broker.loaded
     config = loaded.config
     found: dict[tuple[str, str], Expiring] = {}
-    minted = {(str(r.get("env")), str(r.get("variable"))): _time(r.get("expires")) for r in engine.rotation_status() if r.get("kind") == "sas"}
+    minted = {(str(r.get("env")), str(r.get("variable"))): _time(r.get("expires")) for r in engine.rotation_status() if r.get("kind") == MINTED_RECORDS}
     for env in sorted(config.envs):
         bundle, _ = engine.resolve_env(env, dry_run=True)
         for item, user in in_bundle(engine.broker, env, bundle, now, minted):
@@ -81,7 +82,7 @@ def expiring(engine: Any, window: timedelta = DEFAULT_WINDOW, *, now: datetime |
     for row in engine.rotation_status():
         kind = row.get("kind")
         due = _time(row.get("next_due"))
-        if kind in ("storage", "cosmos") and due is not None:
+        if kind in ACCOUNT_KEY_RECORDS and due is not None:
             name = str(row.get("name"))
             found.setdefault((f"{kind}_key", name.lower()), Expiring(name, f"{kind}_key", name.split(":")[-1], due, renewable=True,
                                                                      renewal="rotated by vaultrelay when due", expired=due <= now))

@@ -4,7 +4,7 @@
 single process), write one JSON line per record to the `vaultrelay.audit` logger (which
 Application Insights collects on Azure Functions), or append a row to the state store's audit
 table (`<prefix>audit`, the table sync and rotation write to).  The Function app's default is the
-logger and, when the config has a `state:` section, the table (core/app/http_api.py).
+logger and, when the config has a `state:` section, the table (`core.runtime.Runtime.audit_sink`, through the runtime's one state store).
 
 The table is durable and says so: when its row cannot be written, `record` raises
 `AuditWriteError`, and a fetch that would hand out values answers 503 instead (a secret broker

@@ -47,6 +47,14 @@ from core.errors import VaultRelayError
 log = logging.getLogger("vaultrelay.state")
 
 TABLES = ("pushes", "rotations", "events", "leases", "audit")
+# Partitions of the rotations table.  They predate the source kinds they resemble: `sas` holds the
+# records of every minted value (SAS and access tokens), `storage` and `cosmos` the account key
+# rotations, `tagged` the rotations of sample-tagged secrets, `warning` what a rotation reported.
+MINTED_RECORDS = "sas"
+STORAGE_KEY_RECORDS = "storage"
+COSMOS_KEY_RECORDS = "cosmos"
+ACCOUNT_KEY_RECORDS = (STORAGE_KEY_RECORDS, COSMOS_KEY_RECORDS)
+ROTATION_PARTITIONS = (*ACCOUNT_KEY_RECORDS, MINTED_RECORDS, "tagged", "warning")
 # "no more than 15 discrete comparisons are permitted within a $filter string" (Learn: Querying
 # tables and entities, Supported query options).
 FILTER_COMPARISONS = 15

@@ -11,7 +11,11 @@ and, when the kind reads a remote object, a reference to one that does not exist
   audience) declare so in their case;
 * declares its required permissions: `compute_permissions` names what the reference needs
   (Azure roles, or a note for needs outside Azure RBAC);
-* never puts the value in a failure, a log record or a repr.
+* never puts the value in a failure, a log record or a repr;
+* keeps what it declares (core/sources/kinds.py, core/sources/base.py `Source`): a Key Vault
+  read names its vault and object, a source following an account's active key names the case's
+  account, only minted kinds ask a lifetime of their own, and a fetch that needs a user
+  delegation key declares the storage token scope.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from azure.storage.blob import BlobServiceClient
 from core.config import parse_config
 from core.connections import StoreConnections
 from core.permissions.matrix import compute_permissions
+from core.plan import plan_env
+from core.sources.base import STORAGE_SCOPE
 from core.sources.registry import default_registry
 from tests.configs import config_yaml, ref, secret_ref
 from tests.world import World, unique
@@ -242,3 +248,29 @@ def test_never_puts_the_value_in_failures_logs_or_reprs(kind: str, world: World,
 def test_a_registered_kind_without_a_case_fails_the_suite(world: World) -> None:
     with pytest.raises(pytest.fail.Exception, match="'new_kind' is registered but has no contract case"):
         prepare("new_kind", world)
+
+
+def test_keeps_what_it_declares(kind: str, world: World) -> None:
+    case = prepare(kind, world)
+    loaded = loaded_for({"VALUE": case.found, "AGAIN": case.found})
+    first, again = plan_env(loaded, "e").refs
+    registry = default_registry()
+    source, features = registry.get(kind), registry.features(kind)
+    read = source.keyvault_object(first)
+    assert (read is not None) == features.reads_keyvault, read
+    if read is not None:  # what a Key Vault event for the object names
+        assert read == (first.param("vault"), first.param("secret"))
+    assert source.fetch_target(first) == source.fetch_target(again)
+    follows = source.follows_active_key(first)
+    if follows is not None:
+        assert features.shares_account_call and follows[1].lower() == str(first.param("account")).lower()
+    if source.minted_lifetime(first) is not None:
+        assert features.minted
+    broker = StoreConnections(loaded)
+    try:
+        scopes = source.token_scopes(first, broker.cloud)
+    finally:
+        broker.close()
+    assert all(scope.endswith("/.default") for scope in scopes), scopes
+    if source.uses_delegation_key(first):
+        assert STORAGE_SCOPE in scopes

@@ -7,18 +7,22 @@ estate of bench/sync.py (16 Key Vault secrets from a shared pool, 3 literals and
 env; Key Vault and blob targets alternating) and, for each worker count, in its own namespace
 (state tables, target names):
 
-1. `vaultrelay sync --queue` enqueues every env (work items of `VAULTRELAY_WORK_BATCH` envs),
-   `vaultrelay worker --processes N --drain` syncs them (first sync);
+1. `vaultrelay sync --queue` enqueues every env (work items of up to `VAULTRELAY_WORK_BATCH` envs,
+   fewer for a small fleet: about 16 items), `vaultrelay worker --processes N --drain` syncs them
+   (first sync);
 2. the same again with nothing changed (unchanged re-sync).
 
-Printed per run: wall time (workers starting to queue drained), target writes, 429s, requests per
-env, CPU seconds per env (the worker processes, the sandbox and Azurite, all measured in this
-run), and speedup over one process.  Two ceilings bound any speedup on this machine: the CPU
+Printed per run: items, wall time (launching the workers to their exit), its timeline (start-up:
+launch to the first item received, i.e. imports, config, credentials, forks; work: first item to
+the last item done; tail: last item done to exit, i.e. drain detection and process exit), target
+writes, 429s, requests per env, CPU seconds per env (the worker processes, the sandbox and
+Azurite, all measured in this run), and speedup over one process; then how much CPU each part
+used (the sandbox's stand-ins are one Python process: at 1.0 of a CPU they would be the limit).  Two ceilings bound any speedup on this machine: the CPU
 ceiling (the CPUs divided by the CPU per env, against one worker's wall time per env) and Key
 Vault's budget (4,000 requests per 10 s per vault, against the target vault's requests per
 second with one worker).  Then a Key Vault event about a secret every env of a second estate uses
 (`--event-envs`, default 2,000): the time from the event to every target holding the new value,
-with 1 and 4 workers.
+with 1 and 4 workers, until the last item is done (every target then holds it), planning included.
 
 Targets (PASS/FAIL): speedup >= 0.8 x min(workers, CPU ceiling) up to 4 workers; zero target and
 state writes on every unchanged re-sync; no env pushed twice; every env pushed by the first sync.
@@ -85,6 +89,15 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def own_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` alone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -114,12 +127,14 @@ def run_phase(sbx: Any, config: Path, label: str, workers: int, sandbox_pid: int
            "VAULTRELAY_WORK_BATCH": str(BATCH)}
     enqueued = cli(sbx, env, "sync", "--queue")
     sbx.client.reset_counters()
-    cpu_clients, cpu_sandbox = children_cpu(), tree_cpu(sandbox_pid)
+    cpu_clients, cpu_sandbox, cpu_stand_ins = children_cpu(), tree_cpu(sandbox_pid), own_cpu(sandbox_pid)
     began, launched = time.monotonic(), time.time()
     stats = cli(sbx, env, "worker", "--processes", str(workers), "--drain", "--visibility-timeout", "300")
     seconds = time.monotonic() - began
     cpu_clients, cpu_sandbox = children_cpu() - cpu_clients, tree_cpu(sandbox_pid) - cpu_sandbox
+    cpu_stand_ins = own_cpu(sandbox_pid) - cpu_stand_ins
     return {"seconds": seconds, "stats": stats, "counters": sbx.client.counters(), "cpu_clients": cpu_clients, "cpu_sandbox": cpu_sandbox,
+            "cpu_stand_ins": cpu_stand_ins,
             "items": len(enqueued.get("enqueued", [])), "timeline": timeline(stats, launched, seconds)}
 
 
@@ -270,6 +285,12 @@ def main() -> int:
     console.print(table)
     console.print(f"CPU ceiling: {cores} CPUs / {cpu_env1:.3f} CPU s per env x {wall1 / envs:.3f} s per env (1 worker) = "
                   f"{cpu_ceiling:.2f}x")
+    for workers, pair in runs.items():
+        run = pair["first"]
+        console.print(f"  first sync, {workers} worker(s): CPU used {(run['cpu_clients'] + run['cpu_sandbox']) / run['seconds']:.2f} of "
+                      f"{cores} CPUs; the sandbox's stand-ins (one Python process) {run['cpu_stand_ins'] / run['seconds']:.2f} of one CPU, "
+                      f"Azurite {(run['cpu_sandbox'] - run['cpu_stand_ins']) / run['seconds']:.2f}, the workers "
+                      f"{run['cpu_clients'] / run['seconds']:.2f}")
     console.print(f"Key Vault budget ceiling: {KEYVAULT_BUDGET_PER_S:.0f} requests/s per vault / "
                   f"{kv_target / wall1:.1f} kv-target requests/s with 1 worker ({kv_target} requests, "
                   f"{runs[counts[0]]['first']['stats'].get('target_writes')} writes) = {kv_ceiling:.1f}x")

@@ -916,8 +916,8 @@ def _rotation_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _status(runtime: Any, loaded: Any, json_output: bool, out: TextIO, err: TextIO | None = None, expiring_window: str | None = None) -> int:
-    from core.app.expiry import DEFAULT_WINDOW, blocking, parse_window
     from core.app.status import status
+    from core.expiry import DEFAULT_WINDOW, blocking, parse_window
     from core.terminal import iso, when
 
     window = DEFAULT_WINDOW

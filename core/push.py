@@ -298,8 +298,8 @@ class SyncEngine:
         return report
 
     def _notify(self, report: SyncReport) -> None:
-        """`notify:` events of this sync (each sent once across instances: core.app.notify)."""
-        from core.app.notify import Notifier, occurrence
+        """`notify:` events of this sync (each sent once across instances: core.notify)."""
+        from core.notify import Notifier, occurrence
 
         notifier = Notifier(self)
         if not notifier.enabled:
@@ -327,8 +327,8 @@ class SyncEngine:
     def _notify_expiring(self, env: str, bundle: Bundle) -> None:
         """`expiring` events: what this env resolved that vaultrelay cannot renew and that expires
         within `notify.expiring_within`."""
-        from core.app.expiry import in_bundle
-        from core.app.notify import Notifier, occurrence
+        from core.expiry import in_bundle
+        from core.notify import Notifier, occurrence
 
         notifier = Notifier(self)
         if not notifier.wants("expiring"):

@@ -169,8 +169,8 @@ def status(req: func.HttpRequest, context: func.Context = NO_CONTEXT) -> func.Ht
     """Per env and target: last push, drift, last error; rotations (admins only, no values)."""
 
     def run(runtime: Any, principal: Any) -> tuple[int, Any]:
-        from core.app.expiry import DEFAULT_WINDOW, parse_window
         from core.app.status import status
+        from core.expiry import DEFAULT_WINDOW, parse_window
 
         try:
             asked = req.params.get("expiring")

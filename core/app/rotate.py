@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from core.app.notify import Notifier, occurrence
 from core.app.sync import push
+from core.notify import Notifier, occurrence
 from core.push import SyncEngine
 from core.rotation.account_keys import KeyRotation
 from core.rotation.regeneration import RotationReport

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from core.app.expiry import DEFAULT_WINDOW, Expiring, expiring
 from core.app.sync import engine
+from core.expiry import DEFAULT_WINDOW, Expiring, expiring
 from core.runtime import Runtime
 
 

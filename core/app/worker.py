@@ -46,8 +46,8 @@ IDLE_POLLS = (0.1, 0.2, 0.5, 1.0, 2.0)
 # drained queue is noticed at once (the host's maxPollingInterval is for a queue that stays).
 DRAIN_POLL_S = 0.2
 # What a sync imports on first use (clients, targets, minting, notify, telemetry).
-WARM_MODULES = ("azure.data.tables", "azure.keyvault.secrets", "azure.storage.blob", "azure.mgmt.storage", "core.app.expiry",
-                "core.app.notify", "core.azure.transport", "core.mint.minted", "core.sources.transforms", "core.values", "azure.core.polling",
+WARM_MODULES = ("azure.data.tables", "azure.keyvault.secrets", "azure.storage.blob", "azure.mgmt.storage", "core.expiry",
+                "core.notify", "core.azure.transport", "core.mint.minted", "core.sources.transforms", "core.values", "azure.core.polling",
                 "opentelemetry.metrics")
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.app.expiry import expiring, parse_window
 from core.cli import EXIT_CONFIG, EXIT_OK, EXIT_RESOLUTION, main
+from core.expiry import expiring, parse_window
 from tests.configs import body_yaml, keyvault_target, ref, secret_ref
 from tests.world import World, write_config
 

@@ -102,3 +102,25 @@ def test_rotation_does_not_call_back_up_the_pipeline() -> None:
 def test_the_rotation_check_sees_an_upward_import() -> None:
     graph = {"core.rotation.x": {"core.push", "core.state"}, "core.rotation.y": {"core.app.sync"}, "core.app.rotate": {"core.push"}}
     assert upward_imports(graph) == {"core.rotation.x": ["core.push"], "core.rotation.y": ["core.app.sync"]}
+
+
+def imports_of_the_use_cases(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Pipeline modules (everything in core/ but the use cases, the runtime that assembles them
+    and the CLI) -> what they import from core/app."""
+    shells = ("core.app", "core.cli", "core.cli_json")
+    stages = {m: deps for m, deps in graph.items() if not any(m == s or m.startswith(s + ".") for s in shells)}
+    upward = {m: sorted(d for d in deps if d == "core.app" or d.startswith("core.app.")) for m, deps in stages.items()}
+    return {m: d for m, d in upward.items() if d}
+
+
+def test_no_stage_imports_the_use_cases() -> None:
+    """The use cases (core/app) call the stages; no stage (push, resolve, rotation, state, ...)
+    calls a use case back: push emits notifications through core.notify, not core.app."""
+    graph = import_graph()
+    assert "core.push" in graph and "core.app.sync" in graph
+    assert imports_of_the_use_cases(graph) == {}
+
+
+def test_the_use_case_check_sees_an_upward_import() -> None:
+    graph = {"core.push": {"core.app.notify", "core.state"}, "core.app.sync": {"core.push"}, "core.cli": {"core.app.sync"}}
+    assert imports_of_the_use_cases(graph) == {"core.push": ["core.app.notify"]}

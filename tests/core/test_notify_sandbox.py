@@ -18,8 +18,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from core import telemetry
-from core.app.notify import Notifier
 from core.cli import EXIT_OK, main
+from core.notify import Notifier
 from sandbox.receiver import serve_https
 from tests.configs import app_settings_target, body_yaml, keyvault_target, secret_ref
 from tests.world import World, run_cli, write_config

@@ -310,14 +310,17 @@ CONTENDER_CLASSES: dict[str, Callable[[dict[str, Any]], Contender]] = {
 
 
 def reset_process_state() -> None:
-    """Forget what the SDKs cache process-wide (Key Vault challenges) and vaultrelay's value cache."""
+    """Forget what the SDKs cache process-wide (Key Vault challenges) and vaultrelay's process-wide
+    caches (values, kept storage key listings), so a cold run lists keys through ARM again."""
     from azure.keyvault.secrets._shared import http_challenge_cache
 
     http_challenge_cache.clear()
     try:
         from core.resolve import PROCESS_VALUE_CACHE
+        from core.sources.listed_keys import PROCESS_LISTED_KEYS
 
         PROCESS_VALUE_CACHE.clear()
+        PROCESS_LISTED_KEYS.clear()
     except ImportError:
         pass
     gc.collect()

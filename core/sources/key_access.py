@@ -97,7 +97,9 @@ def _probe_data_plane(clients: AzureClients, account: str, keys: Any) -> bool | 
     key = listed.get("key1") or next(iter(listed.values()), None)
     if not key:
         return None
-    client = clients.account_key_blob_service(account, key, retry_total=1)
+    # No retry: this probe sits on a caller's path (a fetch, a resolve), and the storage SDK's
+    # retry backs off 15 s first; a probe that cannot tell now publishes as before (None).
+    client = clients.account_key_blob_service(account, key, retry_total=0)
     try:
         client.get_service_properties()
     except HttpResponseError as exc:

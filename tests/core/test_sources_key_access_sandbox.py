@@ -131,6 +131,34 @@ def test_without_read_on_the_account_the_data_plane_answers_the_question(world: 
     assert statuses.get("storage:blob:GET:properties:403") == 1  # ... the data plane said KeyBasedAuthenticationNotPermitted
 
 
+def test_a_data_plane_that_cannot_answer_is_asked_once_and_the_key_published(world: World, tmp_path: Path) -> None:
+    """The data-plane probe sits on the caller's path: when the blob service cannot answer (503,
+    a firewall), it is asked once, not retried after the storage SDK's 15 s backoff, and the key
+    is published as before."""
+    sandbox = world.sandbox
+    account = fresh_account(sandbox, world.tag)
+    operator = sandbox.create_identity(f"keyop2-{world.tag}")
+    sandbox.grant(operator.name, "Storage Account Key Operator Service Role", sandbox.resource_id("storage", account))
+    config = tmp_path / "operator.yaml"
+    config.write_text(json.dumps({
+        "version": 1,
+        "secretStores": {"op": {"type": "azure.managed_identity", "identity": {"type": "user_assigned", "client_id": operator.client_id}}},
+        "envs": {"e": {"KEY": {"from": {"store": "op", "resource_type": "storage", "account": account, "key": "key2",
+                                        "resource_group": sandbox.resource_group}}}},
+    }))
+    sandbox.set_faults(rules=[{"service": "storage", "target": account, "operation": "blob:GET:properties",
+                               "error_rate": 1.0, "error_status": 503}])
+    sandbox.reset_counters()
+    try:
+        code, out, _ = run(config, "resolve", "--env", "e", "--format", "json", "--reveal")
+        statuses = sandbox.counters()["by_endpoint_status"]
+    finally:
+        sandbox.clear_faults()
+    assert code == EXIT_OK and json.loads(out)["KEY"]
+    assert statuses.get("arm:GetStorage:403") == 1
+    assert statuses.get("storage:blob:GET:properties:503") == 1  # one probe, no retry
+
+
 def test_cosmos_keys_and_connection_strings_are_refused_without_local_auth(world: World, tmp_path: Path) -> None:
     sandbox = world.sandbox
     account = f"cosmos-nla-{world.tag}"

@@ -108,12 +108,11 @@ def test_storage_keys_and_key_signed_sas_are_refused_and_user_delegation_sas_wor
     assert rows.get(account, {}).get("phase", "") == ""  # nothing was started
 
 
-def test_without_read_on_the_account_the_data_plane_answers_the_question(world: World, tmp_path: Path) -> None:
-    """An identity with only Storage Account Key Operator Service Role (no read on the account)
-    cannot GET allowSharedKeyAccess; one request with the listed key tells the same."""
+def key_operator_config(world: World, tmp_path: Path, account: str, name: str) -> Path:
+    """A config resolving storage `account`'s key2 as a new identity that holds only Storage
+    Account Key Operator Service Role there (list keys, no read of the account)."""
     sandbox = world.sandbox
-    account, _ = keyless_storage(world)
-    operator = sandbox.create_identity(f"keyop-{world.tag}")
+    operator = sandbox.create_identity(f"{name}-{world.tag}")
     sandbox.grant(operator.name, "Storage Account Key Operator Service Role", sandbox.resource_id("storage", account))
     config = tmp_path / "operator.yaml"
     config.write_text(json.dumps({
@@ -122,6 +121,15 @@ def test_without_read_on_the_account_the_data_plane_answers_the_question(world: 
         "envs": {"e": {"KEY": {"from": {"store": "op", "resource_type": "storage", "account": account, "key": "key2",
                                         "resource_group": sandbox.resource_group}}}},
     }))
+    return config
+
+
+def test_without_read_on_the_account_the_data_plane_answers_the_question(world: World, tmp_path: Path) -> None:
+    """An identity with only Storage Account Key Operator Service Role (no read on the account)
+    cannot GET allowSharedKeyAccess; one request with the listed key tells the same."""
+    sandbox = world.sandbox
+    account, _ = keyless_storage(world)
+    config = key_operator_config(world, tmp_path, account, "keyop")
     sandbox.reset_counters()
     code, out, err = run(config, "resolve", "--env", "e", "--format", "json", "--reveal")
     assert (code, out) == (EXIT_RESOLUTION, "")
@@ -137,15 +145,7 @@ def test_a_data_plane_that_cannot_answer_is_asked_once_and_the_key_published(wor
     is published as before."""
     sandbox = world.sandbox
     account = fresh_account(sandbox, world.tag)
-    operator = sandbox.create_identity(f"keyop2-{world.tag}")
-    sandbox.grant(operator.name, "Storage Account Key Operator Service Role", sandbox.resource_id("storage", account))
-    config = tmp_path / "operator.yaml"
-    config.write_text(json.dumps({
-        "version": 1,
-        "secretStores": {"op": {"type": "azure.managed_identity", "identity": {"type": "user_assigned", "client_id": operator.client_id}}},
-        "envs": {"e": {"KEY": {"from": {"store": "op", "resource_type": "storage", "account": account, "key": "key2",
-                                        "resource_group": sandbox.resource_group}}}},
-    }))
+    config = key_operator_config(world, tmp_path, account, "keyop2")
     sandbox.set_faults(rules=[{"service": "storage", "target": account, "operation": "blob:GET:properties",
                                "error_rate": 1.0, "error_status": 503}])
     sandbox.reset_counters()
